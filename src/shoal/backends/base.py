@@ -1,0 +1,77 @@
+"""The one narrow contract every backend implements, and the job it receives.
+
+A backend is told which nodes exist (``nodes``), given function payloads once (``define``),
+handed ready jobs with concrete placements (``submit``), asked to stop attempts (``cancel``),
+and polled for outcomes (``poll``). It never decides what runs next: the core does. The same
+conformance suite (tests/backends) runs against every implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shoal.core.events import Outcome
+from shoal.core.resources import Node, Placement
+
+
+@dataclass(slots=True)
+class Job:
+    """One attempt of one task, ready to run where the placement says."""
+
+    task: int
+    attempt: int
+    name: str
+    kind: str  # "python" or "command"
+    placement: Placement
+    taskdir: Path
+    function: int = -1  # python: id of a function given to define()
+    payload: bytes = b""  # python: pickled (args, kwargs), references already resolved
+    argv: list[str] = field(default_factory=list)  # command: the program and its arguments
+    shell: bool = False  # command: argv[0] is a shell line for /bin/sh -c
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    isolate: bool = False  # python: run in a fresh process, not a persistent worker
+    ranks: int = 1
+    cpus: int = 1  # cores per rank
+
+
+class Backend(abc.ABC):
+    """What the runtime needs from an execution engine."""
+
+    name: str = "backend"
+    capabilities: frozenset[str] = frozenset()
+
+    @abc.abstractmethod
+    def nodes(self) -> list[Node]:
+        """The nodes (with core and GPU ids) this backend can place work on."""
+
+    @abc.abstractmethod
+    def start(self, rundir: Path) -> None:
+        """Get ready to run jobs for the run in ``rundir`` (start workers, connect, ...)."""
+
+    @abc.abstractmethod
+    def define(self, function: int, payload: bytes) -> None:
+        """Make a pickled function known under ``function`` before jobs use it."""
+
+    @abc.abstractmethod
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Start these attempts. Must not block on their completion."""
+
+    @abc.abstractmethod
+    def cancel(self, task: int, attempt: int) -> None:
+        """Stop a running attempt; its outcome (a failure) is reported by ``poll`` later."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[Outcome]:
+        """Outcomes that arrived, waiting up to ``timeout`` seconds for the first one."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop everything this backend started. Safe to call twice."""
+
+    def notes(self) -> list[str]:
+        """Things the run should tell the user once (e.g. that CPU pinning was folded)."""
+        return []

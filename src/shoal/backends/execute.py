@@ -1,0 +1,65 @@
+"""Running one Python call inside a worker or an isolated process (no shoal imports beyond this).
+
+Shared by the persistent worker (``worker.py``) and the fresh-process runner (``isolated.py``),
+so a task behaves the same wherever it runs: the function is unpickled once, the arguments per
+call; the result is pickled with pickle, or cloudpickle when pickle cannot; failures come back
+as text tracebacks (exceptions of user code need not be picklable).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
+
+
+def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
+    started = time.time()
+    try:
+        args, kwargs = pickle.loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as err:  # noqa: BLE001 - whatever user code raises is a task failure
+        text = "".join(traceback.format_exception(err))
+        write(taskdir, "traceback.txt", text)
+        return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
+    ended = time.time()
+    try:
+        data = pickle.dumps(value, protocol=5)
+    except Exception:
+        try:
+            data = cloudpickle.dumps(value, protocol=5)
+        except Exception as err:
+            msg = (
+                f"the task returned a {type(value).__name__} that cannot be pickled "
+                f"({type(err).__name__}: {err}); return plain data instead"
+            )
+            write(taskdir, "traceback.txt", msg + "\n")
+            return False, None, "error", msg, started, ended
+    return True, data, "", "", started, ended
+
+
+def write(taskdir: str, name: str, text: str) -> None:
+    try:
+        os.makedirs(taskdir, exist_ok=True)
+        Path(taskdir, name).write_text(text)
+    except OSError as err:  # the failure itself is still reported through the pipe
+        print(f"shoal: cannot write {name} in {taskdir}: {err}", file=sys.stderr)
+
+
+def pin(cores: list[int] | None, env: dict[str, str]) -> None:
+    """Apply a task's CPU affinity and environment to this process."""
+    if cores:
+        try:
+            os.sched_setaffinity(0, cores)
+        except OSError:
+            pass
+    os.environ.update(env)

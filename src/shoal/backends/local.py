@@ -1,0 +1,420 @@
+"""The local backend: one node (this machine, or a pretend larger one), local processes.
+
+* Python tasks run in persistent worker processes (``worker.py``), one task per worker at a
+  time, started on demand and reused; ``isolate=True`` runs a task in a fresh process.
+* Command tasks, and Python tasks with several ranks, run as child processes; several ranks
+  start through the MPI launcher (``mpiexec -n {ranks}`` by default).
+* Every task is pinned: CPU affinity to its cores (set on the launching thread just before the
+  child is spawned, so it holds from the first instruction), ``OMP_NUM_THREADS`` to its cores,
+  ``CUDA_VISIBLE_DEVICES``/``ROCR_VISIBLE_DEVICES``/``ZE_AFFINITY_MASK`` to its GPUs.
+* A node pretended larger than the machine folds core ids onto the real cores (``pin="fold"``,
+  the default in that case) and says so once; ``pin=False`` turns CPU pinning off.
+* A worker that dies (segfault, out-of-memory kill, ``os._exit``) fails only its task; the
+  worker is replaced on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shoal.backends.base import Backend, Job
+from shoal.core.events import Outcome
+from shoal.core.resources import Node
+from shoal.errors import BackendError, DefinitionError
+
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a child process
+STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
+
+
+def detect_gpus() -> int:
+    """GPUs visible to this process: CUDA_VISIBLE_DEVICES if set, else /dev/nvidia* devices."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([x for x in env.split(",") if x.strip() and x.strip() != "-1"])
+    try:
+        return len([d for d in os.listdir("/dev") if d[6:].isdigit() and d.startswith("nvidia")])
+    except OSError:
+        return 0
+
+
+def signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def describe_exit(code: int) -> tuple[str, str]:
+    """(kind, words) for a process exit code."""
+    if code < 0:
+        name = signal_name(code)
+        extra = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return "crash", f"the process was killed by {name}{extra}"
+    return "exit", f"the process exited with code {code}"
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    fns: set[int] = field(default_factory=set)
+    job: Job | None = None
+
+
+@dataclass(slots=True)
+class _Child:
+    job: Job
+    proc: subprocess.Popen[bytes]
+    fd: int  # pidfd, readable once the process exited
+    started: float
+    kill_at: float | None = None
+
+
+class LocalBackend(Backend):
+    """Runs everything on this machine. ``cpus``/``gpus``/``memory`` pretend another size."""
+
+    name = "local"
+    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel"})
+
+    def __init__(
+        self,
+        cpus: int | None = None,
+        gpus: int | None = None,
+        memory: int | None = None,
+        pin: bool | str | None = None,
+        launcher: str = "mpiexec -n {ranks}",
+        python: str = sys.executable,
+    ) -> None:
+        self.real = sorted(os.sched_getaffinity(0))
+        ncpu = len(self.real) if cpus is None else cpus
+        if ncpu < 1:
+            raise DefinitionError(f"cpus must be at least 1, got {cpus}")
+        ngpu = detect_gpus() if gpus is None else gpus
+        mem = memory if memory is not None else psutil.virtual_memory().total // 2**20
+        self.node = Node.sized(socket.gethostname() or "localhost", ncpu, ngpu, mem)
+        self._notes: list[str] = []
+        if pin is None:
+            pin = "fold" if ncpu > len(self.real) else True
+        if pin == "fold" and ncpu > len(self.real):
+            self._notes.append(
+                f"the node pretends {ncpu} cores but this machine has {len(self.real)}: "
+                f"CPU pinning folds core ids onto the real cores (pin=False turns it off)"
+            )
+        elif pin is True and ncpu > len(self.real):
+            raise DefinitionError(
+                f"pin=True needs real cores, but cpus={ncpu} exceeds the {len(self.real)} cores "
+                "of this machine: use pin='fold' or pin=False"
+            )
+        self.pin = bool(pin)
+        self.launcher = shlex.split(launcher)
+        if not any("{ranks}" in a for a in self.launcher):
+            raise DefinitionError(f"launcher {launcher!r} must contain {{ranks}}")
+        self.python = python
+        self.rundir = Path(".")
+        self.functions: dict[int, bytes] = {}
+        self.workers: list[_Worker] = []
+        self.idle: list[_Worker] = []
+        self.children: dict[int, _Child] = {}  # by pidfd
+        self.busy: dict[int, _Worker] = {}  # by connection fd
+        self.where: dict[tuple[int, int], _Worker | _Child] = {}
+        self._home_affinity = set(self.real)
+        self._worker_seq = 0
+        self._outbox: list[Outcome] = []
+
+    # -- contract -------------------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        return [self.node]
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def start(self, rundir: Path) -> None:
+        self.rundir = rundir
+        (rundir / "workers").mkdir(parents=True, exist_ok=True)
+
+    def define(self, function: int, payload: bytes) -> None:
+        self.functions[function] = payload
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            if job.kind == "python" and not job.isolate and job.ranks == 1:
+                self._to_worker(job)
+            else:
+                self._spawn(job)
+
+    def cancel(self, task: int, attempt: int) -> None:
+        where = self.where.get((task, attempt))
+        if isinstance(where, _Worker):
+            where.proc.kill()  # the worker's death is reported by poll; the task by _lost
+        elif isinstance(where, _Child) and where.kill_at is None:
+            self._signal(where, signal.SIGTERM)
+            where.kill_at = time.monotonic() + GRACE
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        out, self._outbox = self._outbox, []
+        if out:
+            timeout = 0
+        handles: list[Any] = [w.conn for w in self.busy.values()]
+        handles += list(self.children)
+        if not handles:
+            if timeout:
+                time.sleep(min(timeout, 0.05))
+            return out
+        for ready in wait(handles, timeout):
+            if isinstance(ready, Connection):
+                out.append(self._from_worker(self.busy[ready.fileno()]))
+            else:
+                out.append(self._reap(self.children.pop(ready)))
+        self._enforce_kills()
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                w.conn.send_bytes(pickle.dumps(("stop",)))
+            except OSError:
+                pass
+        for c in list(self.children.values()):
+            self._signal(c, signal.SIGKILL)
+        deadline = time.monotonic() + 2
+        for w in self.workers:
+            try:
+                w.proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            w.conn.close()
+        for fd, c in list(self.children.items()):
+            c.proc.wait()
+            os.close(fd)
+        self.workers.clear()
+        self.idle.clear()
+        self.busy.clear()
+        self.children.clear()
+
+    # -- pinning --------------------------------------------------------------------------
+    def _cores(self, job: Job) -> list[int] | None:
+        if not self.pin:
+            return None
+        real = self.real
+        return sorted({real[c % len(real)] for c in job.placement.cores})
+
+    def _env(self, job: Job) -> dict[str, str]:
+        gpus = ",".join(str(g) for g in job.placement.gpus)
+        env = {
+            "OMP_NUM_THREADS": str(job.cpus),
+            "CUDA_VISIBLE_DEVICES": gpus,
+            "ROCR_VISIBLE_DEVICES": gpus,
+            "ZE_AFFINITY_MASK": gpus,
+            "SHOAL_TASK": str(job.task),
+            "SHOAL_ATTEMPT": str(job.attempt),
+            "SHOAL_TASK_DIR": str(job.taskdir),
+            "SHOAL_CORES": ",".join(str(c) for c in job.placement.cores),
+        }
+        env.update(job.env)
+        return env
+
+    # -- persistent workers ---------------------------------------------------------------
+    def _new_worker(self) -> _Worker:
+        self._worker_seq += 1
+        n = self._worker_seq
+        ours, theirs = socket.socketpair()
+        spool = self.rundir / "workers"
+        env = dict(os.environ)
+        paths = [p for p in sys.path if p]
+        if os.getcwd() not in paths:
+            paths.insert(0, os.getcwd())
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        with open(spool / f"{n}.out", "w+b") as out, open(spool / f"{n}.err", "w+b") as err:
+            proc = subprocess.Popen(
+                [self.python, "-m", "shoal.backends.worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        theirs.close()
+        w = _Worker(n, proc, Connection(ours.detach()))
+        self.workers.append(w)
+        return w
+
+    def _to_worker(self, job: Job) -> None:
+        w = self.idle.pop() if self.idle else self._new_worker()
+        fn = None if job.function in w.fns else self.functions[job.function]
+        w.fns.add(job.function)
+        msg = (
+            "run", job.task, job.attempt, job.function, fn, job.payload,
+            self._cores(job), self._env(job), str(job.taskdir),
+        )
+        w.job = job
+        self.busy[w.conn.fileno()] = w
+        self.where[(job.task, job.attempt)] = w
+        try:
+            w.conn.send_bytes(pickle.dumps(msg, protocol=5))
+        except OSError:
+            pass  # the worker died; poll() sees the closed connection and reports the task
+
+    def _from_worker(self, w: _Worker) -> Outcome:
+        job = w.job
+        assert job is not None
+        try:
+            reply = pickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            return self._lost(w)
+        del self.busy[w.conn.fileno()]
+        del self.where[(job.task, job.attempt)]
+        w.job = None
+        self.idle.append(w)
+        task, attempt, ok, result, kind, error, started, ended = reply
+        return Outcome(
+            task, attempt, ok, started, ended, kind, error, None, f"worker-{w.index}", result
+        )
+
+    def _lost(self, w: _Worker) -> Outcome:
+        """The worker died mid-task: fail the task, forget the worker (a new one replaces it)."""
+        job = w.job
+        assert job is not None
+        del self.busy[w.conn.fileno()]
+        del self.where[(job.task, job.attempt)]
+        w.conn.close()
+        self.workers.remove(w)
+        try:
+            code = w.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            code = w.proc.wait()
+        kind, words = describe_exit(code)
+        msg = f"worker-{w.index} running this task died: {words}"
+        tail = _tail(self.rundir / "workers" / f"{w.index}.err")
+        if tail:
+            msg += f"\nlast lines of its stderr:\n{tail}"
+        return Outcome(job.task, job.attempt, False, None, time.time(), "crash", msg, code)
+
+    # -- child processes ------------------------------------------------------------------
+    def _spawn(self, job: Job) -> None:
+        job.taskdir.mkdir(parents=True, exist_ok=True)
+        if job.kind == "python":
+            with open(job.taskdir / "input.pkl", "wb") as fh:
+                pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
+            argv = [self.python, "-m", "shoal.backends.isolated", str(job.taskdir)]
+        elif job.shell:
+            argv = ["/bin/sh", "-c", job.argv[0]]
+        else:
+            argv = list(job.argv)
+        if job.ranks > 1:
+            argv = [a.replace("{ranks}", str(job.ranks)) for a in self.launcher] + argv
+        env = dict(os.environ)
+        env.update(self._env(job))
+        if job.kind == "python":
+            paths = [p for p in sys.path if p]
+            env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
+        cores = self._cores(job)
+        started = time.time()
+        with open(job.taskdir / "stdout", "wb") as out, open(job.taskdir / "stderr", "wb") as err:
+            try:
+                if cores:  # children inherit the spawning thread's affinity
+                    os.sched_setaffinity(0, cores)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=job.workdir or None,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                self._outbox.append(
+                    Outcome(job.task, job.attempt, False, started, time.time(), "exit",
+                            f"cannot start {argv[0]!r}: {e.strerror or e}", 127)
+                )
+                return
+            finally:
+                if cores:
+                    os.sched_setaffinity(0, self._home_affinity)
+        fd = os.pidfd_open(proc.pid)
+        child = _Child(job, proc, fd, started)
+        self.children[fd] = child
+        self.where[(job.task, job.attempt)] = child
+
+    def _signal(self, c: _Child, sig: int) -> None:
+        try:
+            os.killpg(c.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _enforce_kills(self) -> None:
+        now = time.monotonic()
+        for c in self.children.values():
+            if c.kill_at is not None and now >= c.kill_at:
+                self._signal(c, signal.SIGKILL)
+
+    def _reap(self, c: _Child) -> Outcome:
+        os.close(c.fd)
+        code = c.proc.wait()
+        self._signal(c, signal.SIGKILL)  # leftovers of the process group (e.g. MPI ranks)
+        job = c.job
+        del self.where[(job.task, job.attempt)]
+        ended = time.time()
+        if job.kind == "python":
+            return self._python_reply(c, code, ended)
+        if code != 0:
+            kind, words = describe_exit(code)
+            tail = _tail(job.taskdir / "stderr")
+            msg = f"command {shlex.join(job.argv)!r}: {words}" + (f"\n{tail}" if tail else "")
+            return Outcome(job.task, job.attempt, False, c.started, ended, kind, msg, code)
+        with open(job.taskdir / "stdout", "rb") as fh:
+            text = fh.read(STDOUT_LIMIT).decode(errors="replace")
+        value = {"returncode": 0, "stdout": text, "dir": str(job.taskdir)}
+        return Outcome(job.task, job.attempt, True, c.started, ended, "", "", 0, "process",
+                       pickle.dumps(value, protocol=5))
+
+    def _python_reply(self, c: _Child, code: int, ended: float) -> Outcome:
+        job = c.job
+        path = job.taskdir / "reply.pkl"
+        if path.exists():
+            with open(path, "rb") as fh:
+                ok, result, kind, error, started, end = pickle.load(fh)
+            path.unlink()
+            return Outcome(job.task, job.attempt, ok, started, end, kind, error, code,
+                           "process", result)
+        kind, words = describe_exit(code)
+        tail = _tail(job.taskdir / "stderr")
+        msg = f"the isolated process of this task ended without a result: {words}"
+        return Outcome(job.task, job.attempt, False, c.started, ended, kind,
+                       msg + (f"\n{tail}" if tail else ""), code)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _check_backend(value: Any) -> Backend:
+    if isinstance(value, Backend):
+        return value
+    raise BackendError(f"not a shoal backend: {value!r}")

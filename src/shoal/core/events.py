@@ -1,0 +1,136 @@
+"""Events (what happened) go into the core; commands (what to do) come out.
+
+Both are frozen, slotted dataclasses. Every event carries ``now``, the time at which the runtime
+observed it: the core never reads a clock. Every command carries ``cause``, a short label of the
+event that led to it, so the story of any task can be told from the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.core.resources import Placement, Request
+from shoal.core.states import State
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """The core's view of a task: what it waits for, what it needs, how urgent it is."""
+
+    id: int
+    deps: tuple[int, ...] = ()
+    request: Request = Request()
+    priority: int = 0
+    timeout: float | None = None
+
+
+# -- events -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Event:
+    now: float
+
+    def label(self) -> str:
+        return type(self).__name__.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted(Event):
+    """New tasks join the run (the initial workflow, or work added later)."""
+
+    tasks: tuple[TaskInfo, ...]
+
+    def label(self) -> str:
+        return f"submitted({len(self.tasks)} tasks)"
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded(Event):
+    """An attempt finished without error."""
+
+    task: int
+    attempt: int
+
+    def label(self) -> str:
+        return f"succeeded(task {self.task}, attempt {self.attempt})"
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Event):
+    """An attempt failed; ``kind`` is error, exit, timeout, crash, lost or cancelled."""
+
+    task: int
+    attempt: int
+    reason: str
+    kind: str = "error"
+
+    def label(self) -> str:
+        return f"failed(task {self.task}, attempt {self.attempt}, {self.kind})"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Event):
+    """Someone asked for a task to be cancelled (and with it, everything downstream)."""
+
+    task: int
+    reason: str = "cancelled by request"
+
+    def label(self) -> str:
+        return f"cancel(task {self.task})"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    """Time passed: check timeouts and waiting tasks."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a backend reported about an attempt: the data behind a Succeeded or Failed event."""
+
+    task: int
+    attempt: int
+    ok: bool
+    started: float | None = None
+    ended: float | None = None
+    kind: str = ""
+    error: str = ""
+    exit_code: int | None = None
+    worker: str = ""
+    result: bytes | None = None  # pickled return value (None for failures)
+
+
+
+# -- commands ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Command:
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition(Command):
+    """Persist this state change (the runtime writes all of them before acting on the rest)."""
+
+    task: int
+    old: State | None
+    new: State
+    time: float
+    reason: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Command):
+    """Start attempt ``attempt`` of ``task`` on ``placement``."""
+
+    task: int
+    attempt: int
+    placement: Placement
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Command):
+    """Stop a running attempt (timeout or cancellation); the backend then reports it failed."""
+
+    task: int
+    attempt: int
+    reason: str

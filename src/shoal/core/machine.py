@@ -1,0 +1,332 @@
+"""The scheduler: a pure, deterministic state machine.
+
+``Scheduler.handle(*events)`` is its only mutator. It reads no clock, touches no file and starts
+no process: the runtime feeds it events stamped with the time and carries out the commands it
+returns (persisting every :class:`Transition` before any :class:`Dispatch` or :class:`Kill`).
+
+Placement policy (``Policy.mode``):
+
+* ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
+  starts (higher ``priority`` first, then submission order). A task that does not fit yet does
+  not block smaller ones behind it, with one guard against starvation: once the most urgent
+  ready task has waited ``reserve_after`` seconds, it gets a reservation. The node it is most
+  likely to fit on (the one with the most free cores among those large enough) takes no new work
+  until the task starts there; other nodes keep backfilling. On a single node this means the
+  node drains until the large task fits. The reservation is derived afresh on every pass, so
+  there is no reservation state to persist or to go stale.
+* ``waves``: start everything that fits, then start nothing until all of it has finished.
+  It exists to compare against; it wastes the cores that wait for the slowest task of a wave.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from shoal.core.events import (
+    Cancel,
+    Command,
+    Dispatch,
+    Event,
+    Failed,
+    Kill,
+    Submitted,
+    Succeeded,
+    TaskInfo,
+    Tick,
+    Transition,
+)
+from shoal.core.queue import ReadyQueue
+from shoal.core.resources import Node, Placement, Pool, Request
+from shoal.core.states import TERMINAL, IllegalTransition, State, check
+from shoal.errors import DefinitionError, ResourceError
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How ready tasks are placed: ``backfill`` (default) or ``waves``; see the module doc."""
+
+    mode: str = "backfill"
+    reserve_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("backfill", "waves"):
+            raise DefinitionError(
+                f"unknown policy {self.mode!r}: use 'backfill' (the default) or 'waves'"
+            )
+        if self.reserve_after < 0:
+            raise DefinitionError(f"reserve_after must be >= 0 seconds, got {self.reserve_after}")
+
+
+class _Entry:
+    __slots__ = (
+        "info",
+        "state",
+        "waiting",
+        "children",
+        "attempt",
+        "placement",
+        "generation",
+        "ready_since",
+        "kill",
+    )
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.info = info
+        self.state = State.PENDING
+        self.waiting = 0
+        self.children: list[int] = []
+        self.attempt = 0
+        self.placement: Placement | None = None
+        self.generation = 0
+        self.ready_since = 0.0
+        self.kill: tuple[str, str] | None = None  # (kind, reason) of a kill in flight
+
+
+class Scheduler:
+    """Decides what runs where and when. See the module docstring for the policy."""
+
+    def __init__(self, nodes: Sequence[Node], policy: Policy | None = None) -> None:
+        self.pool = Pool(tuple(nodes))
+        self.policy = policy or Policy()
+        self.tasks: dict[int, _Entry] = {}
+        self.queue = ReadyQueue()
+        self.counts: dict[State, int] = {s: 0 for s in State}
+        self.running: dict[int, _Entry] = {}
+        self.now = 0.0
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._open = 0
+
+    # -- public questions -----------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """True when every task is in a terminal state."""
+        return self._open == 0
+
+    def state(self, task: int) -> State:
+        return self.tasks[task].state
+
+    def placement(self, task: int) -> Placement | None:
+        return self.tasks[task].placement
+
+    def placements(self) -> list[Placement]:
+        return [e.placement for e in self.running.values() if e.placement is not None]
+
+    def refusal(self, request: Request) -> str | None:
+        return self.pool.refusal(request)
+
+    # -- the one mutator ------------------------------------------------------------------
+    def handle(self, *events: Event) -> list[Command]:
+        out: list[Command] = []
+        cause = "tick"
+        for ev in events:
+            if ev.now > self.now:
+                self.now = ev.now
+            cause = ev.label()
+            if isinstance(ev, Succeeded):
+                self._on_succeeded(ev, cause, out)
+            elif isinstance(ev, Failed):
+                self._on_failed(ev, cause, out)
+            elif isinstance(ev, Tick):
+                self._on_tick(cause, out)
+            elif isinstance(ev, Submitted):
+                self._on_submitted(ev, cause, out)
+            elif isinstance(ev, Cancel):
+                self._on_cancel(ev, cause, out)
+            else:
+                raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
+        self._schedule(cause, out)
+        return out
+
+    # -- handlers ---------------------------------------------------------------------------
+    def _move(
+        self, e: _Entry, new: State, cause: str, out: list[Command], reason: str = ""
+    ) -> None:
+        check(e.info.id, e.state, new)
+        self.counts[e.state] -= 1
+        self.counts[new] += 1
+        out.append(Transition(cause, e.info.id, e.state, new, self.now, reason, e.attempt))
+        e.state = new
+        if new in TERMINAL:
+            self._open -= 1
+
+    def _on_submitted(self, ev: Submitted, cause: str, out: list[Command]) -> None:
+        batch = {t.id for t in ev.tasks}
+        if len(batch) != len(ev.tasks):
+            raise DefinitionError("a submission names the same task id twice")
+        for t in ev.tasks:  # validate everything before changing anything
+            if t.id in self.tasks:
+                raise DefinitionError(f"task id {t.id} is already part of this run")
+            for d in t.deps:
+                if d not in self.tasks and d not in batch:
+                    raise DefinitionError(f"task {t.id} depends on unknown task {d}")
+            why = self.pool.refusal(t.request)
+            if why:
+                raise ResourceError(f"task {t.id} can never start: {why}")
+        for t in ev.tasks:
+            self.tasks[t.id] = _Entry(t)
+        for t in ev.tasks:
+            e = self.tasks[t.id]
+            self.counts[State.PENDING] += 1
+            self._open += 1
+            out.append(Transition(cause, t.id, None, State.PENDING, self.now))
+            failed_dep: _Entry | None = None
+            for d in t.deps:
+                dep = self.tasks[d]
+                dep.children.append(t.id)
+                if dep.state is not State.SUCCEEDED:
+                    e.waiting += 1
+                    if dep.state in TERMINAL:
+                        failed_dep = dep
+            if failed_dep is not None:
+                self._end_downstream(failed_dep, [e], cause, out)
+            elif e.waiting == 0:
+                self._ready(e, cause, out)
+
+    def _on_succeeded(self, ev: Succeeded, cause: str, out: list[Command]) -> None:
+        e = self._current(ev.task, ev.attempt)
+        if e is None:
+            return
+        self._release(e)
+        self._move(e, State.SUCCEEDED, cause, out)
+        for c in e.children:
+            child = self.tasks[c]
+            child.waiting -= 1
+            if child.waiting == 0 and child.state is State.PENDING:
+                self._ready(child, cause, out)
+
+    def _on_failed(self, ev: Failed, cause: str, out: list[Command]) -> None:
+        e = self._current(ev.task, ev.attempt)
+        if e is None:
+            return
+        self._release(e)
+        kind, reason = e.kill if e.kill else (ev.kind, ev.reason)
+        if kind == "cancelled":
+            self._move(e, State.CANCELLED, cause, out, reason)
+        else:
+            self._move(e, State.FAILED, cause, out, reason)
+        self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+
+    def _on_cancel(self, ev: Cancel, cause: str, out: list[Command]) -> None:
+        e = self.tasks.get(ev.task)
+        if e is None:
+            raise DefinitionError(f"cannot cancel task {ev.task}: it is not part of this run")
+        if e.state in TERMINAL:
+            return
+        if e.state is State.RUNNING:
+            if e.kill is None:
+                e.kill = ("cancelled", ev.reason)
+                out.append(Kill(cause, e.info.id, e.attempt, ev.reason))
+            return
+        self.queue.discard(e.info.id)
+        self._move(e, State.CANCELLED, cause, out, ev.reason)
+        self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+
+    def _on_tick(self, cause: str, out: list[Command]) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= self.now:
+            _, task, attempt = heapq.heappop(dl)
+            e = self._current(task, attempt)
+            if e is None or e.kill is not None:
+                continue
+            reason = f"timed out after {e.info.timeout:g} s"
+            e.kill = ("timeout", reason)
+            out.append(Kill(cause, task, attempt, reason))
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _current(self, task: int, attempt: int) -> _Entry | None:
+        """The entry if ``attempt`` is its running attempt; stale reports are ignored."""
+        e = self.tasks.get(task)
+        if e is None or e.state is not State.RUNNING or e.attempt != attempt:
+            return None
+        return e
+
+    def _release(self, e: _Entry) -> None:
+        assert e.placement is not None
+        self.pool.release(e.placement)
+        e.placement = None
+        del self.running[e.info.id]
+
+    def _ready(self, e: _Entry, cause: str, out: list[Command]) -> None:
+        self._move(e, State.READY, cause, out)
+        e.generation += 1
+        e.ready_since = self.now
+        self.queue.push(e.info.id, e.info.request, e.info.priority, e.generation)
+
+    def _end_downstream(
+        self, root: _Entry, start: Iterable[_Entry], cause: str, out: list[Command]
+    ) -> None:
+        """End everything downstream of ``root``: dep_failed, or cancelled if root was."""
+        rid = root.info.id
+        if root.state is State.CANCELLED:
+            new, reason = State.CANCELLED, f"upstream task {rid} was cancelled"
+        else:
+            new, reason = State.DEP_FAILED, f"upstream task {rid} failed"
+        stack = list(start)
+        while stack:
+            e = stack.pop()
+            if e.state in TERMINAL:
+                continue
+            if e.state is State.RUNNING:  # cannot happen: it would have waited for root
+                raise IllegalTransition(f"task {e.info.id} runs although {rid} did not succeed")
+            self.queue.discard(e.info.id)
+            self._move(e, new, cause, out, reason)
+            stack.extend(self.tasks[c] for c in e.children)
+
+    def _start(self, task: int, placement: Placement, cause: str, out: list[Command]) -> None:
+        e = self.tasks[task]
+        e.attempt += 1
+        e.placement = placement
+        e.kill = None
+        self.running[task] = e
+        self._move(e, State.RUNNING, cause, out)
+        out.append(Dispatch(cause, task, e.attempt, placement))
+        if e.info.timeout is not None:
+            heapq.heappush(self._deadlines, (self.now + e.info.timeout, task, e.attempt))
+
+    def _schedule(self, cause: str, out: list[Command]) -> None:
+        if not self.queue:
+            return
+        waves = self.policy.mode == "waves"
+        if waves and self.running:
+            return
+        blocked: set[Request] = set()
+        avoid: frozenset[int] = frozenset()
+        reserved = False
+        while self.queue:
+            started = False
+            first = True
+            for (_, task, _), request in self.queue.heads():
+                if request in blocked:
+                    first = False
+                    continue
+                placement = self.pool.allocate(request, avoid)
+                if placement is not None:
+                    self._start(self.queue.pop(request), placement, cause, out)
+                    started = True
+                    break
+                blocked.add(request)
+                if first and not waves and not reserved:
+                    waited = self.now - self.tasks[task].ready_since
+                    if waited >= self.policy.reserve_after:
+                        reserved = True
+                        avoid = self._reserve(request)
+                first = False
+            if not started:
+                return
+
+    def _reserve(self, request: Request) -> frozenset[int]:
+        """Nodes to keep free for a starving task of shape ``request``."""
+        nodes = self.pool.nodes
+        big = [
+            i
+            for i, n in enumerate(nodes)
+            if len(n.cores) >= request.cpus * request.ranks
+            and len(n.gpus) >= request.gpus * request.ranks
+            and (not n.memory or n.memory >= request.memory * request.ranks)
+        ]
+        if not big:  # it spans nodes: hold everything until it fits
+            return frozenset(range(len(nodes)))
+        best = max(big, key=lambda i: (self.pool.free[i].ncores, self.pool.free[i].ngpus, -i))
+        return frozenset({best})

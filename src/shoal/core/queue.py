@@ -1,0 +1,67 @@
+"""Ready tasks, grouped by resource shape, each group a priority heap.
+
+Tasks with the same :class:`Request` are interchangeable for placement, so one heap per shape is
+enough: picking the next task costs O(shapes + log n), never a scan of the backlog. Entries are
+removed lazily: a heap item whose generation no longer matches its task is skipped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from shoal.core.resources import Request
+
+# (-priority, task id, generation): the smallest item is the most urgent, oldest first.
+Item = tuple[int, int, int]
+
+
+@dataclass(slots=True)
+class ReadyQueue:
+    heaps: dict[Request, list[Item]] = field(default_factory=dict)
+    live: dict[int, int] = field(default_factory=dict)  # task id -> generation in the heap
+    size: int = 0
+
+    def push(self, task: int, request: Request, priority: int, generation: int) -> None:
+        heap = self.heaps.get(request)
+        if heap is None:
+            heap = self.heaps[request] = []
+        heapq.heappush(heap, (-priority, task, generation))
+        self.live[task] = generation
+        self.size += 1
+
+    def discard(self, task: int) -> None:
+        if self.live.pop(task, None) is not None:
+            self.size -= 1
+
+    def _clean(self, request: Request) -> Item | None:
+        heap = self.heaps[request]
+        while heap:
+            item = heap[0]
+            if self.live.get(item[1]) == item[2]:
+                return item
+            heapq.heappop(heap)
+        del self.heaps[request]
+        return None
+
+    def heads(self) -> Iterator[tuple[Item, Request]]:
+        """The most urgent live item of every shape, most urgent shape first."""
+        out = []
+        for request in list(self.heaps):
+            item = self._clean(request)
+            if item is not None:
+                out.append((item, request))
+        out.sort(key=lambda pair: pair[0])
+        return iter(out)
+
+    def pop(self, request: Request) -> int:
+        item = self._clean(request)
+        assert item is not None
+        heapq.heappop(self.heaps[request])
+        del self.live[item[1]]
+        self.size -= 1
+        return item[1]
+
+    def __len__(self) -> int:
+        return self.size

@@ -1,0 +1,75 @@
+"""Task states and the one table of legal transitions between them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(enum.Enum):
+    """The life of a task. Each member's docstring says what it means."""
+
+    PENDING = "pending"
+    """Waiting for the tasks it depends on to succeed."""
+    READY = "ready"
+    """All dependencies succeeded; queued until resources are free."""
+    RUNNING = "running"
+    """Resources are held and the task was handed to a backend."""
+    SUCCEEDED = "succeeded"
+    """Finished without error; its result is stored."""
+    FAILED = "failed"
+    """Raised, exited non-zero, timed out, crashed or was lost."""
+    DEP_FAILED = "dep_failed"
+    """Never ran because a task upstream of it failed (the root task is recorded)."""
+    CANCELLED = "cancelled"
+    """Cancelled by a user or rule, or downstream of a cancelled task."""
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+# Enum members carry their docstrings as the string literal after them only in source; keep a
+# mapping for the docs and the CLI.
+DOCS: dict[State, str] = {
+    State.PENDING: "waiting for the tasks it depends on to succeed",
+    State.READY: "all dependencies succeeded; queued until resources are free",
+    State.RUNNING: "resources are held and the task was handed to a backend",
+    State.SUCCEEDED: "finished without error; its result is stored",
+    State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
+    State.DEP_FAILED: "never ran because a task upstream of it failed",
+    State.CANCELLED: "cancelled, or downstream of a cancelled task",
+}
+
+TERMINAL: frozenset[State] = frozenset(
+    {State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED}
+)
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED}),
+    State.READY: frozenset({State.RUNNING, State.CANCELLED}),
+    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED}),
+    State.SUCCEEDED: frozenset(),
+    State.FAILED: frozenset(),
+    State.DEP_FAILED: frozenset(),
+    State.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(AssertionError):
+    """The core tried a transition that the table forbids (a bug in shoal, never user error)."""
+
+
+def check(task: int, old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"task {task}: {old.value} -> {new.value} is not a legal transition")
+
+
+def diagram() -> str:
+    """The state diagram as Mermaid text, generated from the table (used in the docs)."""
+    lines = ["stateDiagram-v2", "    [*] --> pending"]
+    for old, news in TRANSITIONS.items():
+        for new in sorted(news, key=lambda s: s.value):
+            lines.append(f"    {old.value} --> {new.value}")
+    for s in sorted(TERMINAL, key=lambda s: s.value):
+        lines.append(f"    {s.value} --> [*]")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The one exception tree of shoal.
+
+Every error says what went wrong, why, and what to do next. The tree:
+
+    ShoalError
+    ├── DefinitionError        the workflow itself is wrong (cycle, missing reference, bad option)
+    │   └── ResourceError      a request that no node can ever satisfy
+    ├── TaskFailed             user code raised, a command exited non-zero, a timeout, a crash
+    │   └── DependencyFailed   a task never ran because a task it needs failed
+    ├── StoreError             the run directory cannot be read or written
+    └── BackendError           the infrastructure under the run failed
+
+All of them pickle (they carry only plain strings and numbers), so they cross process borders.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of every error shoal raises on purpose."""
+
+
+class DefinitionError(ShoalError, ValueError):
+    """The workflow cannot run as written: fix the definition and try again."""
+
+
+class ResourceError(DefinitionError):
+    """A task asks for more than any node has; it could never start."""
+
+
+class StoreError(ShoalError):
+    """The run directory or its database is missing, locked or unreadable."""
+
+
+class BackendError(ShoalError):
+    """The execution backend failed (not the user's code)."""
+
+
+class TaskFailed(ShoalError):
+    """A task ended in failure.
+
+    ``traceback`` holds the remote traceback (text) for Python tasks; ``kind`` is one of
+    ``error``, ``exit``, ``timeout``, ``crash``, ``lost`` or ``cancelled``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: int = -1,
+        name: str = "",
+        kind: str = "error",
+        traceback: str = "",
+        exit_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.task = task
+        self.name = name
+        self.kind = kind
+        self.traceback = traceback
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.traceback:
+            return f"{text}\n\nRemote traceback:\n{self.traceback.rstrip()}"
+        return text
+
+
+class DependencyFailed(TaskFailed):
+    """A task was not run because a task upstream of it failed; ``root`` names that task."""
+
+    def __init__(self, message: str, *, root: int = -1, root_name: str = "", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.root = root
+        self.root_name = root_name
+
+
+def _rebuild(cls: type[TaskFailed], message: str, state: dict[str, object]) -> TaskFailed:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err

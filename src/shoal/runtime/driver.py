@@ -1,0 +1,187 @@
+"""The one loop: events in, persist, then act.
+
+Each iteration: collect outcomes from the backend, turn them into events (plus a ``Tick`` with
+the current time), let the core decide, write every resulting transition, attempt and result in
+one SQLite transaction, and only then hand new attempts to the backend and kill the ones the
+core wants stopped. A task is therefore never running without the store saying so first.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.backends.base import Backend, Job
+from shoal.core.events import (
+    Dispatch,
+    Event,
+    Failed,
+    Kill,
+    Outcome,
+    Submitted,
+    Succeeded,
+    TaskInfo,
+    Tick,
+    Transition,
+)
+from shoal.core.machine import Policy, Scheduler
+from shoal.core.states import State
+from shoal.errors import DefinitionError
+from shoal.runtime.status import StatusFile
+from shoal.spec.refs import StoredRef, follow, walk
+from shoal.spec.task import render_command
+from shoal.spec.workflow import Plan, Record, dumps
+from shoal.store.writer import Batch, Writer
+
+POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+class Driver:
+    """Runs one plan to the end on one backend, recording everything in the run directory."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        backend: Backend,
+        rundir: Path,
+        writer: Writer,
+        policy: Policy,
+        log: logging.Logger,
+        on_progress: Callable[[dict[State, int], int], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.backend = backend
+        self.dir = rundir
+        self.writer = writer
+        self.log = log
+        self.records: dict[int, Record] = {r.id: r for r in plan.records}
+        self.scheduler = Scheduler(backend.nodes(), policy)
+        self.status = StatusFile(rundir / "status.json", plan.name, len(plan.records))
+        self.on_progress = on_progress
+        # Results that some task's arguments refer to are kept in memory (pickled).
+        self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
+        self.values: dict[int, bytes] = {}
+        self.backend_outbox: list[Outcome] = []  # failures found while building jobs
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> str:
+        b = self.backend
+        b.start(self.dir)
+        for i, (_, payload) in enumerate(self.plan.functions):
+            b.define(i, payload)
+        infos = tuple(
+            TaskInfo(r.id, r.deps, r.options.request, r.options.priority, r.options.timeout)
+            for r in self.plan.records
+        )
+        self._step([Submitted(time.time(), infos)])
+        last_progress = 0.0
+        while not self.scheduler.done:
+            outcomes = b.poll(POLL)
+            events: list[Event] = [self._event(o) for o in outcomes]
+            events.append(Tick(time.time()))
+            self._step(events, outcomes)
+            now = time.monotonic()
+            if self.on_progress is not None and now - last_progress > 0.1:
+                last_progress = now
+                self.on_progress(self.scheduler.counts, len(self.records))
+            self.status.maybe_write(self.scheduler, self.log)
+        state = "failed" if self._any_failed() else "succeeded"
+        self.status.write(self.scheduler, state)
+        if self.on_progress is not None:
+            self.on_progress(self.scheduler.counts, len(self.records))
+        return state
+
+    def _any_failed(self) -> bool:
+        c = self.scheduler.counts
+        return bool(c[State.FAILED] or c[State.DEP_FAILED] or c[State.CANCELLED])
+
+    def _event(self, o: Outcome) -> Event:
+        now = time.time()
+        if o.ok:
+            if o.task in self.needed and o.result is not None:
+                self.values[o.task] = o.result
+            return Succeeded(now, o.task, o.attempt)
+        reason = first_line(o.error) or o.kind
+        return Failed(now, o.task, o.attempt, reason, o.kind)
+
+    def _step(self, events: list[Event], outcomes: list[Outcome] | None = None) -> None:
+        commands = self.scheduler.handle(*events)
+        batch = Batch(outcomes=outcomes or [])
+        dispatch: list[Dispatch] = []
+        kills: list[Kill] = []
+        for c in commands:
+            if isinstance(c, Transition):
+                batch.transitions.append(c)
+            elif isinstance(c, Dispatch):
+                dispatch.append(c)
+                batch.dispatched.append((c.task, c.attempt, c.placement, time.time()))
+            elif isinstance(c, Kill):
+                kills.append(c)
+        for t in batch.transitions:
+            if t.new is State.FAILED:
+                self.log.warning("task %s (%s) failed: %s", t.task, self.records[t.task].name,
+                                 t.reason)
+        if batch.transitions or batch.dispatched or batch.outcomes:
+            self.writer.commit(batch)  # persist first ...
+        if dispatch:  # ... then act
+            jobs = []
+            for d in dispatch:
+                job = self._job(d)
+                if isinstance(job, Outcome):  # could not even build it: fail at once
+                    self.backend_outbox.append(job)
+                else:
+                    jobs.append(job)
+            if jobs:
+                self.backend.submit(jobs)
+        for k in kills:
+            self.log.info("stopping task %s attempt %s: %s", k.task, k.attempt, k.reason)
+            self.backend.cancel(k.task, k.attempt)
+        if self.backend_outbox:
+            pending, self.backend_outbox = self.backend_outbox, []
+            self._step([self._event(o) for o in pending], pending)
+
+    # -- building jobs --------------------------------------------------------------------
+    def _resolve(self, r: Record) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        cache: dict[int, Any] = {}
+
+        def visit(ref: Any) -> Any:
+            assert isinstance(ref, StoredRef)
+            if ref.task not in cache:
+                cache[ref.task] = pickle.loads(self.values[ref.task])
+            return follow(cache[ref.task], ref.path, f"task {r.name!r} (#{r.id})")
+
+        args, kwargs = pickle.loads(r.payload)
+        return walk(args, visit), walk(kwargs, visit)
+
+    def _job(self, d: Dispatch) -> Job | Outcome:
+        r = self.records[d.task]
+        o = r.options
+        job = Job(
+            task=r.id, attempt=d.attempt, name=r.name, kind=r.kind, placement=d.placement,
+            taskdir=self.dir / "tasks" / str(r.id), function=r.function, workdir=r.workdir,
+            env=r.env, ranks=o.ranks, cpus=o.cpus,
+            isolate=bool(o.isolate) if o.isolate is not None else o.gpus > 0,
+        )
+        try:
+            if r.kind == "python":
+                if r.has_refs:
+                    job.payload = dumps(self._resolve(r))
+                else:
+                    job.payload = r.payload
+            else:
+                assert r.template is not None
+                _, values = self._resolve(r)
+                job.argv, job.shell = render_command(r.template, values)
+        except (DefinitionError, KeyError, IndexError, ValueError, TypeError) as err:
+            msg = f"cannot prepare the inputs of task {r.name!r} (#{r.id}): {err}"
+            now = time.time()
+            return Outcome(r.id, d.attempt, False, now, now, "error", msg)
+        return job

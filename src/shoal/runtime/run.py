@@ -1,0 +1,127 @@
+"""The user's handle on a run: results, status and failures, read from the store."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import DependencyFailed, StoreError, TaskFailed
+from shoal.spec.task import Task
+from shoal.store.queries import Reader
+
+
+class Run:
+    """A run, live or finished. Everything it says comes from ``shoal.db`` in ``run.dir``."""
+
+    def __init__(self, rundir: Path, name: str, thread: threading.Thread | None = None) -> None:
+        self.dir = Path(rundir)
+        self.name = name
+        self._thread = thread
+        self.error: BaseException | None = None  # set when the driver itself crashed
+        self.state = "running" if thread else "unknown"
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name!r} {self.state} at {self.dir}>"
+
+    # -- waiting --------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run ends (or ``timeout`` seconds pass); re-raise a driver crash."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished and every task succeeded."""
+        return self.state == "succeeded"
+
+    # -- questions ------------------------------------------------------------------------
+    def _id(self, reader: Reader, task: Task | int | str) -> int:
+        if isinstance(task, Task):
+            if task.id is None:
+                raise StoreError(f"{task.label} is not part of run {self.name!r}")
+            return task.id
+        return reader.find(task).id
+
+    def result(self, task: Task | int | str) -> Any:
+        """The return value of a task (for commands: returncode, stdout and dir).
+
+        Raises :class:`TaskFailed` (with the remote traceback) if it failed, and
+        :class:`DependencyFailed` naming the root task if it never ran because of a failure.
+        """
+        with Reader(self.dir) as r:
+            tid = self._id(r, task)
+            row = r.find(tid)
+            if row.state == "succeeded":
+                return r.result(tid)
+            if row.state == "failed":
+                raise self._failure(r, tid)
+            if row.state == "dep_failed":
+                root = self._root(r, tid)
+                rrow = r.find(root)
+                raise DependencyFailed(
+                    f"task {row.name!r} (#{tid}) did not run because task {rrow.name!r} "
+                    f"(#{root}) failed: {rrow.reason}",
+                    task=tid, name=row.name, kind="dependency", root=root, root_name=rrow.name,
+                )
+            if row.state == "cancelled":
+                raise TaskFailed(
+                    f"task {row.name!r} (#{tid}) was cancelled: {row.reason}",
+                    task=tid, name=row.name, kind="cancelled",
+                )
+            raise StoreError(
+                f"task {row.name!r} (#{tid}) has no result yet: it is {row.state}. "
+                "Call run.wait() first."
+            )
+
+    def _failure(self, r: Reader, tid: int) -> TaskFailed:
+        row = r.find(tid)
+        attempts = r.attempts(tid)
+        last = attempts[-1] if attempts else {}
+        logs = self.dir / "tasks" / str(tid)
+        error = last.get("error") or ""
+        tb = error.split("\n", 1)[1] if last.get("kind") == "error" and "\n" in error else ""
+        return TaskFailed(
+            f"task {row.name!r} (#{tid}) failed: {row.reason}. Output and traceback: {logs}",
+            task=tid, name=row.name, kind=last.get("kind") or "error", traceback=tb,
+            exit_code=last.get("exit_code"),
+        )
+
+    def _root(self, r: Reader, tid: int) -> int:
+        """The failed task upstream of a dependency-failed one (breadth first, nearest)."""
+        todo: deque[int] = deque(r.find(tid).deps)
+        seen: set[int] = set()
+        while todo:
+            t = todo.popleft()
+            if t in seen:
+                continue
+            seen.add(t)
+            row = r.find(t)
+            if row.state in ("failed", "cancelled"):
+                return t
+            todo.extend(row.deps)
+        return -1
+
+    def status(self) -> dict[str, Any]:
+        """Counts of tasks by state, and the run's state."""
+        with Reader(self.dir) as r:
+            counts = r.counts()
+            meta = r.meta()
+        return {"run": self.name, "state": meta.get("state", self.state), "counts": counts,
+                "total": sum(counts.values())}
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Failed tasks: id, name, reason, kind, exit code and the folder with their logs."""
+        with Reader(self.dir) as r:
+            return r.failures()
+
+    def results(self, tasks: list[Task]) -> list[Any]:
+        return [self.result(t) for t in tasks]

@@ -1,0 +1,127 @@
+"""Task options (resources, limits, priority, tags), checked at the boundary."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from shoal.errors import DefinitionError
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What one task needs: ``ranks`` ranks of ``cpus`` cores, ``gpus`` GPUs and ``memory`` MB each."""
+
+    cpus: int = 1
+    gpus: int = 0
+    ranks: int = 1
+    memory: int = 0
+
+    def describe(self) -> str:
+        parts = [f"{self.cpus} core{'s' * (self.cpus != 1)}"]
+        if self.gpus:
+            parts.append(f"{self.gpus} GPU{'s' * (self.gpus != 1)}")
+        if self.memory:
+            parts.append(f"{self.memory} MB")
+        each = " + ".join(parts)
+        return f"{self.ranks} ranks × ({each})" if self.ranks > 1 else each
+
+
+
+_UNITS = {"": 1, "k": 1e-3, "m": 1, "g": 1024, "t": 1024 * 1024}
+_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: int | float | str | None) -> int:
+    """Memory in MB: a number is MB; strings like ``"4GB"``, ``"512M"``, ``"2GiB"`` are parsed."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise DefinitionError(f"memory must be a size like 4096 (MB) or '4GB', not {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise DefinitionError(f"memory must not be negative, got {value}")
+        return int(value)
+    m = _MEM.match(str(value))
+    if not m:
+        raise DefinitionError(
+            f"cannot read memory {value!r}: use a number of MB or a size like '512MB' or '4GB'"
+        )
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-task options. ``cpus`` and ``gpus`` are per rank; ``memory`` is MB per rank."""
+
+    name: str | None = None
+    cpus: int = 1
+    gpus: int = 0
+    ranks: int = 1
+    memory: int = 0
+    timeout: float | None = None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    isolate: bool | None = None
+
+    @property
+    def request(self) -> Request:
+        return Request(self.cpus, self.gpus, self.ranks, self.memory)
+
+    def merged(self, where: str, **changes: Any) -> Options:
+        """A copy with ``changes`` applied and checked; ``where`` names the caller in errors."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            hint = ", ".join(sorted(known))
+            raise DefinitionError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {hint}")
+        clean: dict[str, Any] = {}
+        for key, value in changes.items():
+            clean[key] = _check(where, key, value)
+        return replace(self, **clean)
+
+
+def _int(where: str, key: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DefinitionError(f"{where}: {key} must be an integer, got {value!r}")
+    if value < low:
+        raise DefinitionError(f"{where}: {key} must be >= {low}, got {value}")
+    return value
+
+
+def _check(where: str, key: str, value: Any) -> Any:
+    if key in ("cpus", "ranks"):
+        return _int(where, key, value, 1)
+    if key == "gpus":
+        return _int(where, key, value, 0)
+    if key == "priority":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DefinitionError(f"{where}: priority must be an integer, got {value!r}")
+        return value
+    if key == "memory":
+        try:
+            return parse_memory(value)
+        except DefinitionError as err:
+            raise DefinitionError(f"{where}: {err}") from None
+    if key == "timeout":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise DefinitionError(f"{where}: timeout must be a positive number of seconds")
+        return float(value)
+    if key == "tags":
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, Iterable) or not all(isinstance(t, str) for t in value):
+            raise DefinitionError(f"{where}: tags must be a string or a list of strings")
+        return tuple(value)
+    if key == "name":
+        if value is not None and not isinstance(value, str):
+            raise DefinitionError(f"{where}: name must be a string, got {value!r}")
+        return value
+    if key == "isolate":
+        if value is not None and not isinstance(value, bool):
+            raise DefinitionError(f"{where}: isolate must be True or False, got {value!r}")
+        return value
+    raise AssertionError(key)

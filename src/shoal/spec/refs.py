@@ -1,0 +1,152 @@
+"""References to task outputs, and the walk that finds and replaces them inside arguments.
+
+``task.out`` is a :class:`Ref`; ``ref["energy"]``, ``ref.structure`` and ``ref[0]`` select
+parts, chained freely. A live Ref points at its task handle; when arguments are stored it is
+pickled as a :class:`StoredRef` that names the task by its run-local id, so stored arguments
+are plain data that any process (a resumed driver, a CLI) can read back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shoal.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from shoal.spec.task import Task
+
+Step = tuple[str, Any]  # ("item", key) or ("attr", name)
+
+
+class Ref:
+    """A reference to (part of) a task's output. Build it with ``task.out``."""
+
+    __slots__ = ("path", "task")
+
+    def __init__(self, task: Task, path: tuple[Step, ...] = ()) -> None:
+        self.task = task
+        self.path = path
+
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self.task, (*self.path, ("item", key)))
+
+    def __getattr__(self, name: str) -> Ref:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return Ref(self.task, (*self.path, ("attr", name)))
+
+    def __repr__(self) -> str:
+        return f"<Ref {self.task.label}{describe(self.path)}>"
+
+    def __bool__(self) -> bool:
+        raise DefinitionError(
+            f"{self!r} is a reference to a future result; it has no truth value yet. "
+            "Branch on results inside a task, or in a rule."
+        )
+
+    def __iter__(self) -> Any:
+        raise DefinitionError(
+            f"{self!r} is a reference to a future result and cannot be iterated; "
+            "select items with ref[0], ref['key'] instead"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.task.id is None:
+            raise DefinitionError(f"{self!r} refers to a task that is not part of this run")
+        return (StoredRef, (self.task.id, self.path))
+
+
+class StoredRef:
+    """A reference as stored: the task's run-local id and the path into its output."""
+
+    __slots__ = ("path", "task")
+
+    def __init__(self, task: int, path: tuple[Step, ...] = ()) -> None:
+        self.task = task
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoredRef, (self.task, self.path))
+
+    def __repr__(self) -> str:
+        return f"<StoredRef task {self.task}{describe(self.path)}>"
+
+
+def describe(path: tuple[Step, ...]) -> str:
+    return "".join(f"[{k!r}]" if kind == "item" else f".{k}" for kind, k in path)
+
+
+def follow(value: Any, path: tuple[Step, ...], where: str) -> Any:
+    """Apply ``path`` to a resolved value, with an error that names the failing step."""
+    for i, (kind, key) in enumerate(path):
+        try:
+            value = value[key] if kind == "item" else getattr(value, key)
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
+            raise DefinitionError(
+                f"{where}: cannot select {describe(path[: i + 1])} from the output "
+                f"({type(value).__name__}): {type(err).__name__}: {err}"
+            ) from None
+    return value
+
+
+def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
+    """Rebuild ``obj`` with every Ref/StoredRef/Task replaced by ``visit(it)``.
+
+    Containers walked: list, tuple (named too), dict, set, frozenset and dataclass instances.
+    Objects with no reference inside are returned as they are (no copy).
+    """
+    from shoal.spec.task import Task
+
+    if isinstance(obj, Ref | StoredRef | Task):
+        return visit(obj)
+    t = type(obj)
+    if t in _ATOMS:
+        return obj
+    if t is list or t is tuple or t is set or t is frozenset:
+        items = [walk(x, visit) for x in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        return t(items)
+    if t is dict:
+        new = {k: walk(v, visit) for k, v in obj.items()}
+        if all(new[k] is v for k, v in obj.items()):
+            return obj
+        return new
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        items = [walk(x, visit) for x in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        return t(*items)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            w = walk(v, visit)
+            if w is not v:
+                changes[f.name] = w
+        if not changes:
+            return obj
+        copy = object.__new__(t)
+        if hasattr(obj, "__dict__"):
+            copy.__dict__.update(obj.__dict__)
+        for f in dataclasses.fields(obj):
+            object.__setattr__(copy, f.name, changes.get(f.name, getattr(obj, f.name)))
+        return copy
+    return obj
+
+
+_ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
+
+
+def refs_in(obj: Any) -> list[Ref]:
+    """Every reference inside ``obj`` (a task handle counts as ``task.out``)."""
+    found: list[Ref] = []
+
+    def visit(x: Any) -> Any:
+        found.append(x if isinstance(x, Ref) else x.out)
+        return x
+
+    walk(obj, visit)
+    return found

@@ -1,0 +1,292 @@
+"""Tasks: decorated Python functions and command templates, and the handles their calls return.
+
+Calling a task factory runs nothing. It records a :class:`Task` in the innermost open
+:class:`~shoal.spec.workflow.Workflow` (if any) and returns the handle, whose ``out`` is a
+reference that later calls may take as an argument: that is how the graph is wired.
+"""
+
+from __future__ import annotations
+
+import itertools
+import string
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from shoal.errors import DefinitionError
+from shoal.spec.options import Options
+from shoal.spec.refs import Ref, refs_in
+
+if TYPE_CHECKING:
+    from shoal.spec.workflow import Workflow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_keys = itertools.count()
+_local = threading.local()
+
+
+def open_workflows() -> list[Workflow]:
+    stack: list[Workflow] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+class Task:
+    """A handle to one recorded call. ``task.out`` (or the handle itself) is its output."""
+
+    __slots__ = (
+        "after_tasks",
+        "args",
+        "deps",
+        "env",
+        "fn",
+        "id",
+        "key",
+        "kind",
+        "kwargs",
+        "options",
+        "template",
+        "workdir",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        options: Options,
+        *,
+        fn: Callable[..., Any] | None = None,
+        template: str | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        after: Iterable[Task] = (),
+    ) -> None:
+        self.key = next(_keys)
+        self.id: int | None = None  # run-local id, set when a run takes the task
+        self.kind = kind
+        self.fn = fn
+        self.template = template
+        self.args = args
+        self.kwargs = kwargs or {}
+        self.options = options
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.after_tasks: list[Task] = []
+        self.deps: list[Task] = []
+        for ref in refs_in((args, self.kwargs)):
+            self._depend(ref.task)
+        self.after(*after)
+        stack = open_workflows()
+        if stack:
+            stack[-1].add(self)
+
+    def _depend(self, other: Task) -> None:
+        if not any(other is d for d in self.deps):
+            self.deps.append(other)
+
+    def after(self, *tasks: Task | Ref) -> Task:
+        """Run this task only after ``tasks`` succeeded (ordering only, no data)."""
+        for t in tasks:
+            if isinstance(t, Ref):
+                t = t.task
+            if not isinstance(t, Task):
+                raise DefinitionError(
+                    f"{self.label}: after= takes task handles, got {type(t).__name__}"
+                )
+            if not any(t is a for a in self.after_tasks):
+                self.after_tasks.append(t)
+            self._depend(t)
+        return self
+
+    @property
+    def out(self) -> Ref:
+        """A reference to this task's return value (commands: a dict with the exit code)."""
+        return Ref(self)
+
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self)[key]
+
+    @property
+    def name(self) -> str:
+        if self.options.name:
+            return self.options.name
+        if self.fn is not None:
+            return getattr(self.fn, "__name__", "task")
+        assert self.template is not None
+        return self.template.split()[0].rsplit("/", 1)[-1] if self.template.split() else "command"
+
+    @property
+    def label(self) -> str:
+        return f"task {self.name!r}" + (f" (#{self.id})" if self.id is not None else "")
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} key={self.key} id={self.id}>"
+
+
+class TaskFactory(Generic[P, R]):
+    """What ``@shoal.task`` returns: calling it records a task and returns its handle."""
+
+    def __init__(self, fn: Callable[P, R], options: Options) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"shoal.task needs a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.defaults = options
+        self.__wrapped__ = fn
+        self.__name__ = getattr(fn, "__name__", "task")
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def options(self, **changes: Any) -> TaskFactory[P, R]:
+        """A copy of this factory with other options, e.g. ``relax.options(cpus=4)(...)``."""
+        return TaskFactory(self.fn, self.defaults.merged(f"{self.__name__}.options", **changes))
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Task:
+        return Task("python", self.defaults, fn=self.fn, args=args, kwargs=dict(kwargs))
+
+    def __repr__(self) -> str:
+        return f"<shoal task factory {self.__name__}>"
+
+
+@overload
+def task(fn: Callable[P, R], **options: Any) -> TaskFactory[P, R]: ...
+@overload
+def task(fn: None = None, **options: Any) -> Callable[[Callable[P, R]], TaskFactory[P, R]]: ...
+def task(fn: Any = None, **options: Any) -> Any:
+    """Turn a function into a task factory: ``@task``, ``@task(cpus=4)`` or ``task(fn)``.
+
+    Options: ``name``, ``cpus`` (cores per rank), ``gpus`` (per rank), ``ranks``, ``memory``
+    (MB per rank, or a string like ``"4GB"``), ``timeout`` (seconds), ``priority`` (higher
+    starts first), ``tags`` and ``isolate`` (run in a fresh process instead of a worker).
+    """
+    where = f"task({getattr(fn, '__name__', '')})" if fn is not None else "task(...)"
+    opts = Options().merged(where, **options)
+    if fn is None:
+        return lambda f: TaskFactory(f, opts)
+    return TaskFactory(fn, opts)
+
+
+def placeholders(template: str) -> set[str]:
+    """The names used by ``{placeholders}`` in a command template."""
+    names = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise DefinitionError(f"command template {template!r} is malformed: {err}") from None
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        base = field.split(".", 1)[0].split("[", 1)[0]
+        if not base or base.isdigit():
+            raise DefinitionError(
+                f"command template {template!r} uses a positional placeholder {{{field}}}; "
+                "name it, e.g. {T}, and pass T=... when calling"
+            )
+        names.add(base)
+    return names
+
+
+class CommandFactory:
+    """What ``shoal.command`` returns: calling it with the placeholder values records a task."""
+
+    def __init__(
+        self,
+        template: str,
+        options: Options,
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(template, str) or not template.strip():
+            raise DefinitionError("shoal.command needs a non-empty command template string")
+        self.template = template
+        self.defaults = options
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.fields = placeholders(template)
+
+    def options(self, **changes: Any) -> CommandFactory:
+        workdir = changes.pop("workdir", self.workdir)
+        env = changes.pop("env", self.env)
+        opts = self.defaults.merged(f"command {self.template!r}", **changes)
+        return CommandFactory(self.template, opts, workdir, env)
+
+    def __call__(
+        self,
+        *args: Any,
+        after: Iterable[Task] = (),
+        workdir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        **values: Any,
+    ) -> Task:
+        where = f"command {self.template!r}"
+        if args:
+            raise DefinitionError(f"{where}: pass placeholder values by name, e.g. T=300")
+        missing = sorted(self.fields - set(values))
+        if missing:
+            need = ", ".join(f"{m}=..." for m in missing)
+            raise DefinitionError(f"{where} needs a value for {missing}: call it with {need}")
+        extra = sorted(set(values) - self.fields)
+        if extra:
+            raise DefinitionError(
+                f"{where} has no placeholder for {extra}; its placeholders are "
+                f"{sorted(self.fields) or 'none'}"
+            )
+        merged_env = {**self.env, **(env or {})}
+        return Task(
+            "command",
+            self.defaults,
+            template=self.template,
+            kwargs=values,
+            workdir=workdir if workdir is not None else self.workdir,
+            env=merged_env,
+            after=after,
+        )
+
+    def __repr__(self) -> str:
+        return f"<shoal command {self.template!r}>"
+
+
+def command(
+    template: str,
+    *,
+    workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> CommandFactory:
+    """A factory of command tasks: ``md = command("lmp -in in.melt -var T {T}", cpus=4)``.
+
+    Each call fills the ``{placeholders}`` (values may be references to other tasks' outputs);
+    ``after=[...]`` adds ordering-only dependencies. The task's output is a dict with
+    ``returncode``, ``stdout`` and ``stderr`` (paths of the captured files).
+    """
+    opts = Options().merged(f"command {template!r}", **options)
+    return CommandFactory(template, opts, workdir, env)
+
+
+_SHELL_CHARS = set("|&;<>()$`\\*?~\n")
+
+
+def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bool]:
+    """Fill a template: ``(argv, False)``, or ``([line], True)`` when it needs a shell.
+
+    Each inserted value is quoted, so a value with spaces stays one argument. Templates with
+    shell syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``.
+    """
+    import shlex
+
+    fmt = string.Formatter()
+    parts: list[str] = []
+    shell = False
+    for literal, field, spec, conv in fmt.parse(template):
+        parts.append(literal)
+        if _SHELL_CHARS & set(literal):
+            shell = True
+        if field is None:
+            continue
+        value, _ = fmt.get_field(field, (), values)
+        value = fmt.convert_field(value, conv)
+        parts.append(shlex.quote(fmt.format_field(value, spec or "")))
+    line = "".join(parts)
+    return ([line], True) if shell else (shlex.split(line), False)

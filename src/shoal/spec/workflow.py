@@ -1,0 +1,293 @@
+"""Workflows collect tasks; ``compile`` checks them and lowers them to plain records.
+
+Validation happens before anything runs, and refuses with a clear message and nothing
+half-started: references to tasks outside the workflow, cycles (the message lists the cycle),
+functions or arguments that cannot be serialized. Requests that no node can satisfy are
+checked by the run, which knows the nodes.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import pickle
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from shoal.errors import DefinitionError
+from shoal.spec.options import Options
+from shoal.spec.task import Task, open_workflows
+
+if TYPE_CHECKING:
+    from shoal.runtime.run import Run
+
+
+class Workflow:
+    """A named collection of tasks and nested workflows.
+
+    Use it as a context manager (tasks created inside are added) or call :meth:`add`.
+    """
+
+    def __init__(self, name: str = "workflow") -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError("a workflow needs a non-empty name")
+        bad = set(name) & set('/\\:*?"<>|\0')
+        if bad:
+            raise DefinitionError(
+                f"workflow name {name!r} contains {''.join(sorted(bad))!r}; it names the run "
+                "directory, so use letters, digits, '-', '_' or '.'"
+            )
+        self.name = name
+        self.items: list[Task | Workflow] = []
+        self._keys: set[int] = set()
+        stack = open_workflows()
+        if stack:
+            stack[-1].add(self)
+
+    def __enter__(self) -> Workflow:
+        open_workflows().append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack = open_workflows()
+        if stack and stack[-1] is self:
+            stack.pop()
+
+    def add(self, *items: Task | Workflow) -> Workflow:
+        """Add tasks or workflows (a task or workflow is added once, however often given)."""
+        for item in items:
+            if not isinstance(item, Task | Workflow):
+                raise DefinitionError(
+                    f"workflow {self.name!r}: add() takes tasks or workflows, "
+                    f"got {type(item).__name__}"
+                )
+            if item is self:
+                raise DefinitionError(f"workflow {self.name!r} cannot contain itself")
+            key = id(item)
+            if key not in self._keys:
+                self._keys.add(key)
+                self.items.append(item)
+        return self
+
+    @property
+    def tasks(self) -> list[Task]:
+        """All tasks, nested workflows flattened, each once, in the order they were added."""
+        seen: set[int] = set()
+        out: list[Task] = []
+        for t in self._walk(set()):
+            if t.key not in seen:
+                seen.add(t.key)
+                out.append(t)
+        return out
+
+    def _walk(self, active: set[int]) -> Iterator[Task]:
+        if id(self) in active:
+            raise DefinitionError(f"workflow {self.name!r} contains itself through nesting")
+        active.add(id(self))
+        for item in self.items:
+            if isinstance(item, Task):
+                yield item
+            else:
+                yield from item._walk(active)
+        active.discard(id(self))
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self.tasks)} tasks>"
+
+    def run(self, **options: Any) -> Run:
+        """Run to the end and return the :class:`~shoal.runtime.run.Run` (see ``shoal.run``)."""
+        from shoal.runtime.api import run
+
+        return run(self, **options)
+
+    def submit(self, **options: Any) -> Run:
+        """Start the run in the background and return its handle at once; ``run.wait()``."""
+        from shoal.runtime.api import submit
+
+        return submit(self, **options)
+
+
+# -- lowering ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Record:
+    """One task as plain data: what the store keeps and the runtime dispatches."""
+
+    id: int
+    name: str
+    kind: str
+    options: Options
+    deps: tuple[int, ...]
+    payload: bytes  # pickled (args, kwargs) with references as StoredRef
+    has_refs: bool
+    function: int = -1  # index into Plan.functions
+    template: str | None = None
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Plan:
+    name: str
+    records: list[Record]
+    functions: list[tuple[str, bytes]]  # (qualified name, cloudpickle payload)
+
+
+def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()) -> Plan:
+    """Check ``wf`` and lower it. Ids start at ``first_id``; ``known`` tasks may be referenced."""
+    tasks = wf.tasks
+    if not tasks:
+        raise DefinitionError(f"workflow {wf.name!r} has no tasks: nothing to run")
+    members = {t.key for t in tasks} | {t.key for t in known}
+    for t in tasks:
+        for d in t.deps:
+            if d.key not in members:
+                raise DefinitionError(
+                    f"task {t.name!r} uses the output of task {d.name!r}, which is not part of "
+                    f"workflow {wf.name!r}. Create {d.name!r} inside the `with Workflow(...)` "
+                    "block, or add it with wf.add(...)."
+                )
+    _check_cycles(tasks)
+    for i, t in enumerate(tasks):
+        t.id = first_id + i
+    functions: list[tuple[str, bytes]] = []
+    fn_index: dict[int, int] = {}
+    records = []
+    for t in tasks:
+        fidx = -1
+        if t.fn is not None:
+            fidx = fn_index.get(id(t.fn), -1)
+            if fidx < 0:
+                fidx = fn_index[id(t.fn)] = len(functions)
+                functions.append((_qualname(t.fn), pickle_function(t.fn, t.name)))
+        has_refs = any(True for _ in _iter_refs(t))
+        records.append(
+            Record(
+                id=t.id,  # type: ignore[arg-type]
+                name=t.name,
+                kind=t.kind,
+                options=t.options,
+                deps=tuple(d.id for d in t.deps),  # type: ignore[misc]
+                payload=pickle_args(t),
+                has_refs=has_refs,
+                function=fidx,
+                template=t.template,
+                workdir=t.workdir,
+                env=t.env,
+            )
+        )
+    return Plan(wf.name, records, functions)
+
+
+def _iter_refs(t: Task) -> Iterator[Any]:
+    from shoal.spec.refs import refs_in
+
+    yield from refs_in((t.args, t.kwargs))
+
+
+def _check_cycles(tasks: list[Task]) -> None:
+    indeg = {t.key: 0 for t in tasks}
+    children: dict[int, list[Task]] = {t.key: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            if d.key in indeg:
+                indeg[t.key] += 1
+                children[d.key].append(t)
+    todo = [t for t in tasks if indeg[t.key] == 0]
+    seen = 0
+    while todo:
+        t = todo.pop()
+        seen += 1
+        for c in children[t.key]:
+            indeg[c.key] -= 1
+            if indeg[c.key] == 0:
+                todo.append(c)
+    if seen == len(tasks):
+        return
+    # Walk dependencies among the leftovers until a task repeats: that is a cycle.
+    left = {t.key: t for t in tasks if indeg[t.key] > 0}
+    start = next(iter(left.values()))
+    path: list[Task] = []
+    index: dict[int, int] = {}
+    node = start
+    while node.key not in index:
+        index[node.key] = len(path)
+        path.append(node)
+        node = next(d for d in node.deps if d.key in left)
+    cycle = path[index[node.key] :]
+    cycle.reverse()  # show it in execution order: a -> b means b depends on a
+    names = " -> ".join(c.name for c in [*cycle, cycle[0]])
+    raise DefinitionError(
+        f"the workflow has a dependency cycle: {names}. Remove one of these dependencies."
+    )
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    mod = getattr(fn, "__module__", None) or "?"
+    return f"{mod}:{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
+
+
+def _importable(module: types.ModuleType) -> bool:
+    name = module.__name__.split(".", 1)[0]
+    if name in sys.builtin_module_names:
+        return True
+    try:
+        return importlib.machinery.PathFinder.find_spec(name, sys.path) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def pickle_function(fn: Callable[..., Any], name: str) -> bytes:
+    """Pickle a task function: by reference when workers can import it, else by value."""
+    mod = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if mod is not None and mod.__name__ != "__main__" and not _importable(mod):
+        # Loaded from a path the workers will not search: send the code itself.
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        out: bytes = cloudpickle.dumps(fn, protocol=5)
+        return out
+    except Exception as err:
+        raise DefinitionError(
+            f"task {name!r}: its function {_qualname(fn)} cannot be serialized for the workers "
+            f"({type(err).__name__}: {err}). A task function must not hold locks, open files, "
+            "sockets or similar; create such objects inside the function."
+        ) from None
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle plain data fast, and anything else (lambdas, local classes) with cloudpickle."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        out: bytes = cloudpickle.dumps(value, protocol=5)
+        return out
+
+
+def pickle_args(t: Task) -> bytes:
+    try:
+        return dumps((t.args, t.kwargs))
+    except DefinitionError:
+        raise
+    except Exception as err:
+        where = _bad_argument(t)
+        raise DefinitionError(
+            f"task {t.name!r}: {where} cannot be serialized ({type(err).__name__}: {err}). "
+            "Pass plain data (numbers, strings, lists, dicts, arrays) or picklable objects."
+        ) from None
+
+
+def _bad_argument(t: Task) -> str:
+    items: list[tuple[str, Any]] = [(f"argument {i + 1}", a) for i, a in enumerate(t.args)]
+    items += [(f"argument {k!r}", v) for k, v in t.kwargs.items()]
+    for label, value in items:
+        try:
+            dumps(value)
+        except Exception:
+            return label
+    return "an argument"

@@ -1,0 +1,206 @@
+"""Read-only questions to a run's store; safe while the run goes on (WAL readers never block)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import StoreError
+from shoal.store.schema import connect
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    id: int
+    name: str
+    kind: str
+    state: str
+    attempts: int
+    reason: str | None
+    updated: float | None
+    tags: tuple[str, ...]
+    deps: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "attempts": self.attempts,
+            "reason": self.reason,
+            "updated": self.updated,
+            "tags": list(self.tags),
+            "deps": list(self.deps),
+        }
+
+
+_TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps"
+
+
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    return TaskRow(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+        tuple(json.loads(row[7])), tuple(json.loads(row[8])),
+    )
+
+
+class Reader:
+    """Queries over ``shoal.db``. Open, ask, close; or use as a context manager."""
+
+    def __init__(self, rundir: Path | str) -> None:
+        self.dir = Path(rundir)
+        self.conn = connect(self.dir / "shoal.db", readonly=True)
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _q(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self.conn
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot read {self.dir / 'shoal.db'}: {err}") from None
+
+    def meta(self) -> dict[str, Any]:
+        with self._q() as c:
+            return {k: json.loads(v) for k, v in c.execute("SELECT key, value FROM meta")}
+
+    def counts(self) -> dict[str, int]:
+        with self._q() as c:
+            return dict(c.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self._q() as c:
+            rows = c.execute("SELECT id, name, cores, gpus, memory FROM nodes ORDER BY id")
+            return [
+                {"id": i, "name": n, "cores": json.loads(cs), "gpus": json.loads(gs), "memory": m}
+                for i, n, cs, gs, m in rows
+            ]
+
+    def tasks(
+        self, state: str | None = None, limit: int | None = None, tag: str | None = None
+    ) -> list[TaskRow]:
+        sql = f"SELECT {_TASK_COLS} FROM tasks"
+        args: list[Any] = []
+        if state:
+            sql += " WHERE state = ?"
+            args.append(state)
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._q() as c:
+            rows = [_task(r) for r in c.execute(sql, args)]
+        if tag:
+            rows = [r for r in rows if tag in r.tags]
+        return rows
+
+    def find(self, ref: str | int) -> TaskRow:
+        """A task by id, or by name if the name is unique."""
+        with self._q() as c:
+            if isinstance(ref, int) or str(ref).isdigit():
+                row = c.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE id=?", (int(ref),)).fetchone()
+                if row:
+                    return _task(row)
+            rows = c.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE name=?", (str(ref),)).fetchall()
+        if len(rows) == 1:
+            return _task(rows[0])
+        if not rows:
+            raise StoreError(f"no task {ref!r} in {self.dir}: give a task id or a unique name")
+        ids = ", ".join(str(r[0]) for r in rows[:10])
+        raise StoreError(f"{len(rows)} tasks are named {ref!r} (ids {ids}, ...): give the id")
+
+    def attempts(self, task: int) -> list[dict[str, Any]]:
+        with self._q() as c:
+            cur = c.execute(
+                "SELECT attempt, placement, dispatched, started, ended, outcome, kind, exit_code,"
+                " error, worker FROM attempts WHERE task=? ORDER BY attempt",
+                (task,),
+            )
+            cols = [d[0] for d in cur.description]
+            out = [dict(zip(cols, r, strict=True)) for r in cur]
+        for a in out:
+            a["placement"] = json.loads(a["placement"]) if a["placement"] else None
+        return out
+
+    def story(self, task: int) -> list[dict[str, Any]]:
+        """Every transition of a task, oldest first, with the event that caused it."""
+        with self._q() as c:
+            cur = c.execute(
+                "SELECT attempt, old, new, time, reason, event FROM transitions"
+                " WHERE task=? ORDER BY seq",
+                (task,),
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def running(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self._q() as c:
+            cur = c.execute(
+                "SELECT t.id, t.name, a.attempt, a.dispatched, a.placement FROM tasks t"
+                " JOIN attempts a ON a.task = t.id AND a.attempt = t.attempts"
+                " WHERE t.state = 'running' ORDER BY a.dispatched LIMIT ?",
+                (limit,),
+            )
+            return [
+                {"id": i, "name": n, "attempt": a, "dispatched": d,
+                 "placement": json.loads(p) if p else None}
+                for i, n, a, d, p in cur
+            ]
+
+    def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Failed tasks with their reason and the last attempt's error kind and exit code."""
+        sql = (
+            "SELECT t.id, t.name, t.reason, a.kind, a.exit_code FROM tasks t"
+            " LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempts"
+            " WHERE t.state = 'failed' ORDER BY t.id"
+        )
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._q() as c:
+            return [
+                {"id": i, "name": n, "reason": r, "kind": k, "exit_code": x,
+                 "logs": str(self.dir / "tasks" / str(i))}
+                for i, n, r, k, x in c.execute(sql)
+            ]
+
+    def result_bytes(self, task: int) -> bytes | None:
+        with self._q() as c:
+            row = c.execute("SELECT value, path FROM results WHERE task=?", (task,)).fetchone()
+        if row is None:
+            return None
+        if row[0] is not None:
+            data: bytes = row[0]
+            return data
+        return (self.dir / row[1]).read_bytes()
+
+    def result(self, task: int) -> Any:
+        data = self.result_bytes(task)
+        if data is None:
+            raise StoreError(f"task {task} has no stored result")
+        return pickle.loads(data)
+
+    def functions(self) -> dict[int, tuple[str, bytes]]:
+        with self._q() as c:
+            return {i: (n, p) for i, n, p in c.execute("SELECT id, name, payload FROM functions")}
+
+    def task_spec(self, task: int) -> dict[str, Any]:
+        with self._q() as c:
+            cur = c.execute("SELECT * FROM tasks WHERE id=?", (task,))
+            cols = [d[0] for d in cur.description]
+            row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"no task {task} in {self.dir}")
+        return dict(zip(cols, row, strict=True))

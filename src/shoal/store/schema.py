@@ -1,0 +1,72 @@
+"""The SQLite schema of ``shoal.db`` and the connection settings both sides use."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from shoal.errors import StoreError
+
+VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, cores TEXT NOT NULL, gpus TEXT NOT NULL,
+    memory INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS functions(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    function INTEGER,
+    template TEXT,
+    payload BLOB NOT NULL,
+    has_refs INTEGER NOT NULL,
+    deps TEXT NOT NULL,
+    options TEXT NOT NULL,
+    workdir TEXT,
+    env TEXT,
+    tags TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated REAL);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name);
+CREATE TABLE IF NOT EXISTS attempts(
+    task INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    placement TEXT, dispatched REAL, started REAL, ended REAL,
+    outcome TEXT, kind TEXT, exit_code INTEGER, error TEXT, worker TEXT,
+    PRIMARY KEY(task, attempt)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transitions(
+    seq INTEGER PRIMARY KEY, task INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    old TEXT, new TEXT NOT NULL, time REAL NOT NULL, reason TEXT, event TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS transitions_task ON transitions(task);
+CREATE TABLE IF NOT EXISTS results(
+    task INTEGER PRIMARY KEY, value BLOB, path TEXT, size INTEGER NOT NULL);
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open ``shoal.db``: the writer in WAL mode, readers read-only (never blocking the writer)."""
+    try:
+        if readonly:
+            if not path.exists():
+                raise StoreError(
+                    f"no shoal database at {path}: is this a run directory? "
+                    "Runs are folders named <workflow>-<timestamp> holding shoal.db."
+                )
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        else:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode never corrupts the database; a power cut may lose the last
+            # transactions, which resume treats like a crash (those tasks run again).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open the run database {path}: {err}") from None
+    return conn

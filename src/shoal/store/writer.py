@@ -1,0 +1,226 @@
+"""The driver's side of the store: every loop iteration's changes in one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.core.events import Outcome, Transition
+from shoal.core.resources import Node, Placement
+from shoal.errors import StoreError
+from shoal.spec.options import Options
+from shoal.spec.workflow import Plan
+from shoal.store.schema import SCHEMA, VERSION, connect
+
+
+def options_json(o: Options) -> str:
+    return json.dumps(
+        {
+            "cpus": o.cpus,
+            "gpus": o.gpus,
+            "ranks": o.ranks,
+            "memory": o.memory,
+            "timeout": o.timeout,
+            "priority": o.priority,
+            "isolate": o.isolate,
+        }
+    )
+
+
+def placement_json(p: Placement) -> str:
+    return json.dumps([[s.node, list(s.cores), list(s.gpus), s.memory, s.ranks] for s in p.slots])
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one loop iteration changes; written by :meth:`Writer.commit` at once."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    dispatched: list[tuple[int, int, Placement, float]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+class Writer:
+    """Owns the one writing connection. Not thread-safe: the driver loop alone uses it."""
+
+    INLINE = 256 * 1024  # results up to this size live in the database, larger ones in files
+
+    def __init__(self, rundir: Path) -> None:
+        self.dir = rundir
+        self.path = rundir / "shoal.db"
+        self.conn = connect(self.path)
+        self._options_cache: dict[int, tuple[Options, str]] = {}
+        try:
+            self.conn.executescript(SCHEMA)
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot create the schema in {self.path}: {err}") from None
+
+    # -- set-up -----------------------------------------------------------------------------
+    def init(self, meta: dict[str, Any], nodes: Sequence[Node]) -> None:
+        with self._tx():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(VERSION),)
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in meta.items()],
+            )
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
+                [
+                    (i, n.name, json.dumps(n.cores), json.dumps(n.gpus), n.memory)
+                    for i, n in enumerate(nodes)
+                ],
+            )
+
+    def set_meta(self, **values: Any) -> None:
+        with self._tx():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
+
+    def _options(self, o: Options) -> str:
+        hit = self._options_cache.get(id(o))
+        if hit is None or hit[0] is not o:
+            hit = self._options_cache[id(o)] = (o, options_json(o))
+        return hit[1]
+
+    def add_plan(self, plan: Plan, first_function: int) -> None:
+        """Store the tasks and functions of a plan (before any of them is scheduled)."""
+        rows = (
+            (
+                r.id,
+                r.name,
+                r.kind,
+                r.function + first_function if r.function >= 0 else None,
+                r.template,
+                r.payload,
+                int(r.has_refs),
+                json.dumps(r.deps),
+                self._options(r.options),
+                r.workdir,
+                json.dumps(r.env) if r.env else None,
+                json.dumps(r.options.tags),
+                "pending",
+            )
+            for r in plan.records
+        )
+        with self._tx():
+            self.conn.executemany(
+                "INSERT INTO functions VALUES (?, ?, ?)",
+                [(first_function + i, n, p) for i, (n, p) in enumerate(plan.functions)],
+            )
+            self.conn.executemany(
+                "INSERT INTO tasks(id, name, kind, function, template, payload, has_refs, deps,"
+                " options, workdir, env, tags, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    # -- the per-iteration transaction ----------------------------------------------------------
+    def commit(self, batch: Batch) -> None:
+        ts = batch.transitions
+        last: dict[int, Transition] = {}
+        for t in ts:
+            last[t.task] = t
+        results = []
+        for o in batch.outcomes:
+            if o.ok and o.result is not None:
+                results.append(self._result_row(o.task, o.result))
+        with self._tx():
+            c = self.conn
+            if ts:
+                c.executemany(
+                    "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (t.task, t.attempt, t.old.value if t.old else None, t.new.value,
+                         t.time, t.reason, t.cause)
+                        for t in ts
+                    ],
+                )
+                c.executemany(
+                    "UPDATE tasks SET state=?, attempts=?, reason=?, updated=? WHERE id=?",
+                    [(t.new.value, t.attempt, t.reason, t.time, t.task) for t in last.values()],
+                )
+            if batch.dispatched:
+                c.executemany(
+                    "INSERT OR REPLACE INTO attempts(task, attempt, placement, dispatched)"
+                    " VALUES (?,?,?,?)",
+                    [(t, a, placement_json(p), now) for t, a, p, now in batch.dispatched],
+                )
+            if batch.outcomes:
+                c.executemany(
+                    "UPDATE attempts SET started=?, ended=?, outcome=?, kind=?, exit_code=?,"
+                    " error=?, worker=? WHERE task=? AND attempt=?",
+                    [
+                        (o.started, o.ended, "succeeded" if o.ok else "failed", o.kind or None,
+                         o.exit_code, o.error or None, o.worker, o.task, o.attempt)
+                        for o in batch.outcomes
+                    ],
+                )
+            if results:
+                c.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?)", results)
+
+    def _result_row(self, task: int, data: bytes) -> tuple[int, bytes | None, str | None, int]:
+        if len(data) <= self.INLINE:
+            return (task, data, None, len(data))
+        rel = f"tasks/{task}/result.pkl"
+        path = self.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+        tmp.replace(path)
+        return (task, None, rel, len(data))
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.conn, self.path)
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+    def sizes(self) -> Iterable[int]:
+        return [self.path.stat().st_size]
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back whole on any error, as a StoreError."""
+
+    __slots__ = ("conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, err: object, tb: object) -> None:
+        if kind is None:
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                err = e
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if isinstance(err, sqlite3.Error):
+            hint = ""
+            if "full" in str(err):
+                hint = " The disk is full: free space, then resume the run."
+            raise StoreError(
+                f"writing to {self.path} failed ({err}); the last change was rolled back, the "
+                f"database is intact.{hint}"
+            ) from err
