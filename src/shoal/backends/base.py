@@ -36,6 +36,7 @@ class Job:
     isolate: bool = False  # python: run in a fresh process, not a persistent worker
     ranks: int = 1
     cpus: int = 1  # cores per rank
+    after: int | None = None  # queue behind this running task on its slot (prefetch)
 
 
 class Backend(abc.ABC):
@@ -43,6 +44,7 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     capabilities: frozenset[str] = frozenset()
+    prefetch: int = 0  # how many tasks may queue behind a running one (jobs with ``after``)
 
     @abc.abstractmethod
     def nodes(self) -> list[Node]:
@@ -62,7 +64,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, task: int, attempt: int) -> None:
-        """Stop a running attempt; its outcome (a failure) is reported by ``poll`` later."""
+        """Stop an attempt; its outcome (a failure, or ``returned``) is reported by ``poll``."""
 
     @abc.abstractmethod
     def poll(self, timeout: float) -> list[Outcome]:

@@ -23,11 +23,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import select
 
 import psutil
 
@@ -73,7 +76,8 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     conn: Connection
     fns: set[int] = field(default_factory=set)
-    job: Job | None = None
+    envs: set[int] = field(default_factory=set)
+    jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
 
 
 @dataclass(slots=True)
@@ -89,7 +93,8 @@ class LocalBackend(Backend):
     """Runs everything on this machine. ``cpus``/``gpus``/``memory`` pretend another size."""
 
     name = "local"
-    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel"})
+    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel", "prefetch"})
+    prefetch = 16
 
     def __init__(
         self,
@@ -130,11 +135,16 @@ class LocalBackend(Backend):
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
         self.children: dict[int, _Child] = {}  # by pidfd
-        self.busy: dict[int, _Worker] = {}  # by connection fd
+        self.by_fd: dict[int, _Worker] = {}  # every live worker, by connection fd
         self.where: dict[tuple[int, int], _Worker | _Child] = {}
+        self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
+        self.ran: dict[int, _Worker] = {}  # recently finished task id -> the worker that ran it
         self._home_affinity = set(self.real)
         self._worker_seq = 0
         self._outbox: list[Outcome] = []
+        self._epoll = select.epoll()
+        self._env_cache: dict[tuple[Any, ...], tuple[int, dict[str, str]]] = {}
+        self._cores_cache: dict[int, tuple[Any, list[int] | None]] = {}
 
     # -- contract -------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -151,16 +161,32 @@ class LocalBackend(Backend):
         self.functions[function] = payload
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        batches: dict[int, tuple[_Worker, list[tuple[Any, ...]]]] = {}
         for job in jobs:
             if job.kind == "python" and not job.isolate and job.ranks == 1:
-                self._to_worker(job)
+                w = self._worker_for(job)
+                if w is None:  # its slot is gone: give it back unstarted
+                    self._outbox.append(Outcome(job.task, job.attempt, False, returned=True))
+                    continue
+                batches.setdefault(w.index, (w, []))[1].append(self._message(w, job))
             else:
                 self._spawn(job)
+        for w, items in batches.values():
+            try:
+                w.conn.send_bytes(pickle.dumps(("run", items), protocol=5))
+            except OSError:
+                pass  # the worker died; poll() sees the closed connection and reports it
 
     def cancel(self, task: int, attempt: int) -> None:
         where = self.where.get((task, attempt))
         if isinstance(where, _Worker):
-            where.proc.kill()  # the worker's death is reported by poll; the task by _lost
+            if where.jobs and where.jobs[0].task == task:
+                where.proc.kill()  # running: the worker's death is reported by poll()
+            else:
+                try:
+                    where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
+                except OSError:
+                    pass
         elif isinstance(where, _Child) and where.kill_at is None:
             self._signal(where, signal.SIGTERM)
             where.kill_at = time.monotonic() + GRACE
@@ -169,17 +195,13 @@ class LocalBackend(Backend):
         out, self._outbox = self._outbox, []
         if out:
             timeout = 0
-        handles: list[Any] = [w.conn for w in self.busy.values()]
-        handles += list(self.children)
-        if not handles:
-            if timeout:
-                time.sleep(min(timeout, 0.05))
-            return out
-        for ready in wait(handles, timeout):
-            if isinstance(ready, Connection):
-                out.append(self._from_worker(self.busy[ready.fileno()]))
-            else:
-                out.append(self._reap(self.children.pop(ready)))
+        for fd, _ in self._epoll.poll(timeout):
+            w = self.by_fd.get(fd)
+            if w is not None:
+                self._from_worker(w, out)
+            elif fd in self.children:
+                self._epoll.unregister(fd)
+                out.append(self._reap(self.children.pop(fd)))
         self._enforce_kills()
         return out
 
@@ -202,31 +224,48 @@ class LocalBackend(Backend):
         for fd, c in list(self.children.items()):
             c.proc.wait()
             os.close(fd)
+        self._epoll.close()
         self.workers.clear()
         self.idle.clear()
-        self.busy.clear()
+        self.by_fd.clear()
         self.children.clear()
 
     # -- pinning --------------------------------------------------------------------------
     def _cores(self, job: Job) -> list[int] | None:
         if not self.pin:
             return None
-        real = self.real
-        return sorted({real[c % len(real)] for c in job.placement.cores})
+        p = job.placement
+        hit = self._cores_cache.get(id(p))
+        if hit is None or hit[0] is not p:
+            if len(self._cores_cache) > 4096:
+                self._cores_cache.clear()
+            real = self.real
+            hit = self._cores_cache[id(p)] = (p, sorted({real[c % len(real)] for c in p.cores}))
+        return hit[1]
+
+    def _base_env(self, job: Job) -> tuple[int, dict[str, str]]:
+        """The environment a placement implies (pinning variables plus the task's own), with a
+        small id so that a worker receives each distinct one only once."""
+        key = (job.placement, job.cpus, tuple(job.env.items()))
+        hit = self._env_cache.get(key)
+        if hit is None:
+            gpus = ",".join(str(g) for g in job.placement.gpus)
+            env = {
+                "OMP_NUM_THREADS": str(job.cpus),
+                "CUDA_VISIBLE_DEVICES": gpus,
+                "ROCR_VISIBLE_DEVICES": gpus,
+                "ZE_AFFINITY_MASK": gpus,
+                "SHOAL_CORES": ",".join(str(c) for c in job.placement.cores),
+                **job.env,
+            }
+            hit = self._env_cache[key] = (len(self._env_cache), env)
+        return hit
 
     def _env(self, job: Job) -> dict[str, str]:
-        gpus = ",".join(str(g) for g in job.placement.gpus)
-        env = {
-            "OMP_NUM_THREADS": str(job.cpus),
-            "CUDA_VISIBLE_DEVICES": gpus,
-            "ROCR_VISIBLE_DEVICES": gpus,
-            "ZE_AFFINITY_MASK": gpus,
-            "SHOAL_TASK": str(job.task),
-            "SHOAL_ATTEMPT": str(job.attempt),
-            "SHOAL_TASK_DIR": str(job.taskdir),
-            "SHOAL_CORES": ",".join(str(c) for c in job.placement.cores),
-        }
-        env.update(job.env)
+        env = dict(self._base_env(job)[1])
+        env["SHOAL_TASK"] = str(job.task)
+        env["SHOAL_ATTEMPT"] = str(job.attempt)
+        env["SHOAL_TASK_DIR"] = str(job.taskdir)
         return env
 
     # -- persistent workers ---------------------------------------------------------------
@@ -253,59 +292,98 @@ class LocalBackend(Backend):
         theirs.close()
         w = _Worker(n, proc, Connection(ours.detach()))
         self.workers.append(w)
+        self.by_fd[w.conn.fileno()] = w
+        self._epoll.register(w.conn.fileno(), select.EPOLLIN)
         return w
 
-    def _to_worker(self, job: Job) -> None:
-        w = self.idle.pop() if self.idle else self._new_worker()
+    def _worker_for(self, job: Job) -> _Worker | None:
+        if job.after is not None:
+            # Behind a task this worker holds; or, if that task already ended (its outcome
+            # crossed this job on the way), on the worker that ran it: its slot's cores.
+            w = self.holder.get(job.after) or self.ran.get(job.after)
+            if w is None or w.proc.returncode is not None or w not in self.workers:
+                return None
+            if w in self.idle:
+                self.idle.remove(w)
+            return w
+        return self.idle.pop() if self.idle else self._new_worker()
+
+    def _message(self, w: _Worker, job: Job) -> tuple[Any, ...]:
         fn = None if job.function in w.fns else self.functions[job.function]
         w.fns.add(job.function)
-        msg = (
-            "run", job.task, job.attempt, job.function, fn, job.payload,
-            self._cores(job), self._env(job), str(job.taskdir),
-        )
-        w.job = job
-        self.busy[w.conn.fileno()] = w
+        env_id, env = self._base_env(job)
+        send_env = None if env_id in w.envs else env
+        w.envs.add(env_id)
+        w.jobs.append(job)
         self.where[(job.task, job.attempt)] = w
-        try:
-            w.conn.send_bytes(pickle.dumps(msg, protocol=5))
-        except OSError:
-            pass  # the worker died; poll() sees the closed connection and reports the task
-
-    def _from_worker(self, w: _Worker) -> Outcome:
-        job = w.job
-        assert job is not None
-        try:
-            reply = pickle.loads(w.conn.recv_bytes())
-        except (EOFError, OSError):
-            return self._lost(w)
-        del self.busy[w.conn.fileno()]
-        del self.where[(job.task, job.attempt)]
-        w.job = None
-        self.idle.append(w)
-        task, attempt, ok, result, kind, error, started, ended = reply
-        return Outcome(
-            task, attempt, ok, started, ended, kind, error, None, f"worker-{w.index}", result
+        self.holder[job.task] = w
+        return (
+            job.task, job.attempt, job.function, fn, job.payload,
+            self._cores(job), env_id, send_env, str(job.taskdir),
         )
 
-    def _lost(self, w: _Worker) -> Outcome:
-        """The worker died mid-task: fail the task, forget the worker (a new one replaces it)."""
-        job = w.job
-        assert job is not None
-        del self.busy[w.conn.fileno()]
+    def _forget(self, w: _Worker, job: Job) -> None:
+        w.jobs.remove(job)
         del self.where[(job.task, job.attempt)]
+        if self.holder.get(job.task) is w:
+            del self.holder[job.task]
+        if len(self.ran) > 4096:  # only the last few matter (followers in flight)
+            self.ran.clear()
+        self.ran[job.task] = w
+
+    def _from_worker(self, w: _Worker, out: list[Outcome]) -> None:
+        """Read every reply waiting on this worker's connection."""
+        while True:
+            try:
+                reply = pickle.loads(w.conn.recv_bytes())
+            except (EOFError, OSError):
+                self._lost(w, out)
+                return
+            if reply[0] == "dropped":
+                _, task, attempt = reply
+                job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
+                self._forget(w, job)
+                out.append(Outcome(task, attempt, False, None, time.time(), "cancelled",
+                                   "cancelled before it started"))
+            else:
+                _, task, attempt, ok, result, kind, error, started, ended = reply
+                job = w.jobs[0]
+                self._forget(w, job)
+                out.append(Outcome(task, attempt, ok, started, ended, kind, error, None,
+                                   f"worker-{w.index}", result))
+            if not w.jobs:
+                self.idle.append(w)
+                return
+            if not w.conn.poll(0):
+                return
+
+    def _lost(self, w: _Worker, out: list[Outcome]) -> None:
+        """The worker died: return its queued tasks, fail the running one, forget the worker."""
+        del self.by_fd[w.conn.fileno()]
+        self._epoll.unregister(w.conn.fileno())
         w.conn.close()
         self.workers.remove(w)
+        if w in self.idle:
+            self.idle.remove(w)
         try:
             code = w.proc.wait(5)
         except subprocess.TimeoutExpired:
             w.proc.kill()
             code = w.proc.wait()
+        jobs = list(w.jobs)
+        for job in jobs:
+            self._forget(w, job)
+        for job in jobs[1:]:
+            out.append(Outcome(job.task, job.attempt, False, returned=True))
+        if not jobs:
+            return
         kind, words = describe_exit(code)
         msg = f"worker-{w.index} running this task died: {words}"
         tail = _tail(self.rundir / "workers" / f"{w.index}.err")
         if tail:
             msg += f"\nlast lines of its stderr:\n{tail}"
-        return Outcome(job.task, job.attempt, False, None, time.time(), "crash", msg, code)
+        out.append(Outcome(jobs[0].task, jobs[0].attempt, False, None, time.time(), kind, msg,
+                           code))
 
     # -- child processes ------------------------------------------------------------------
     def _spawn(self, job: Job) -> None:
@@ -352,6 +430,7 @@ class LocalBackend(Backend):
         fd = os.pidfd_open(proc.pid)
         child = _Child(job, proc, fd, started)
         self.children[fd] = child
+        self._epoll.register(fd, select.EPOLLIN)
         self.where[(job.task, job.attempt)] = child
 
     def _signal(self, c: _Child, sig: int) -> None:

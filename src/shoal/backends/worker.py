@@ -1,9 +1,11 @@
 """A persistent worker process: runs Python tasks one after another, no interpreter start each.
 
-Started by the local backend as ``python -m shoal.backends.worker FD SPOOL_OUT SPOOL_ERR``, it
-talks over one socket (``multiprocessing.connection`` framing) to the driver. Messages in:
-``("run", task, attempt, function, fn_payload | None, payload, cores, env, taskdir)`` and
-``("stop",)``; one reply per run: ``(task, attempt, ok, result, kind, error, started, ended)``.
+Started by the local backend as ``python -m shoal.backends.worker FD``, it talks over one
+socket (``multiprocessing.connection`` framing) to the driver. Messages in:
+``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env | None, taskdir)])``
+queues tasks (a function and an environment are sent once per worker, then named by id), run in order; ``("drop", task, attempt)`` removes a queued task that has not
+started; ``("stop",)``. Replies: ``("done", task, attempt, ok, result, kind, error, started,
+ended)`` per task and ``("dropped", task, attempt)``.
 
 Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker
 moves whatever the task printed into ``tasks/<id>/stdout`` and ``stderr``; a silent task costs
@@ -16,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -47,32 +50,53 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
     conn = Connection(int(argv[0]))
     functions: dict[int, Callable[..., Any]] = {}
-    base_env = dict(os.environ)
-    last_env: dict[str, str] = {}
+    envs: dict[int, dict[str, str]] = {}
+    env_now: dict[str, str] = {}
+    cores_now: list[int] | None = None
+    pending: deque[tuple[Any, ...]] = deque()
     while True:
-        try:
-            msg = pickle.loads(conn.recv_bytes())
-        except EOFError:
-            return
-        if msg[0] == "stop":
-            return
-        _, task, attempt, fid, fn_payload, payload, cores, env, taskdir = msg
+        # Take every message that is already here (blocking only when there is no work), so a
+        # "drop" reaches a queued task before it starts.
+        while not pending or conn.poll(0):
+            try:
+                msg = pickle.loads(conn.recv_bytes())
+            except EOFError:
+                return
+            if msg[0] == "stop":
+                return
+            if msg[0] == "run":
+                pending.extend(msg[1])
+            elif msg[0] == "drop":
+                for item in pending:
+                    if item[0] == msg[1] and item[1] == msg[2]:
+                        pending.remove(item)
+                        conn.send_bytes(pickle.dumps(("dropped", msg[1], msg[2])))
+                        break
+        task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir = pending.popleft()
         if fn_payload is not None:
             functions[fid] = cloudpickle.loads(fn_payload)
-        if env != last_env:
-            for key in last_env:
-                if key in base_env:
-                    os.environ[key] = base_env[key]
-                else:
-                    os.environ.pop(key, None)
-            last_env = env
-        pin(cores, env)
+        if env is not None:
+            envs[env_id] = env
+        env = envs[env_id]
+        if env is not env_now:  # change only what differs from the previous task
+            for key, value in env.items():
+                if env_now.get(key) != value:
+                    os.environ[key] = value
+            for key in env_now.keys() - env.keys():
+                os.environ.pop(key, None)
+            env_now = env
+        os.environ["SHOAL_TASK"] = str(task)
+        os.environ["SHOAL_ATTEMPT"] = str(attempt)
+        os.environ["SHOAL_TASK_DIR"] = taskdir
+        if cores != cores_now:
+            cores_now = cores
+            pin(cores, {})
         reply = call(functions[fid], payload, taskdir)
         sys.stdout.flush()
         sys.stderr.flush()
         _drain(1, taskdir, "stdout")
         _drain(2, taskdir, "stderr")
-        conn.send_bytes(pickle.dumps((task, attempt, *reply), protocol=5))
+        conn.send_bytes(pickle.dumps(("done", task, attempt, *reply), protocol=5))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Events (what happened) go into the core; commands (what to do) come out.
 
-Both are frozen, slotted dataclasses. Every event carries ``now``, the time at which the runtime
+Events are frozen, slotted dataclasses; commands are slotted (see below). Every event carries ``now``, the time at which the runtime
 observed it: the core never reads a clock. Every command carries ``cause``, a short label of the
 event that led to it, so the story of any task can be told from the store.
 """
@@ -68,6 +68,17 @@ class Failed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Returned(Event):
+    """The backend gives an attempt back unstarted (its slot was lost); it is ready again."""
+
+    task: int
+    attempt: int
+
+    def label(self) -> str:
+        return f"returned(task {self.task}, attempt {self.attempt})"
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel(Event):
     """Someone asked for a task to be cancelled (and with it, everything downstream)."""
 
@@ -97,16 +108,20 @@ class Outcome:
     exit_code: int | None = None
     worker: str = ""
     result: bytes | None = None  # pickled return value (None for failures)
+    returned: bool = False  # given back unstarted: neither success nor failure
 
 
 
 # -- commands ---------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+# Commands are slotted but not frozen: the scheduler makes several per task, and a frozen
+# dataclass pays an object.__setattr__ call per field on construction (3-4x slower). Nothing
+# mutates them after creation; tests/core checks that handle() returns fresh objects only.
+@dataclass(slots=True)
 class Command:
     cause: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transition(Command):
     """Persist this state change (the runtime writes all of them before acting on the rest)."""
 
@@ -118,16 +133,21 @@ class Transition(Command):
     attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dispatch(Command):
-    """Start attempt ``attempt`` of ``task`` on ``placement``."""
+    """Start attempt ``attempt`` of ``task`` on ``placement``.
+
+    With ``after`` set, the task is queued behind that running task on the same slot and
+    starts there when it ends (prefetch); otherwise it starts now.
+    """
 
     task: int
     attempt: int
     placement: Placement
+    after: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Kill(Command):
     """Stop a running attempt (timeout or cancellation); the backend then reports it failed."""
 

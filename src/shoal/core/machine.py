@@ -16,11 +16,22 @@ Placement policy (``Policy.mode``):
   there is no reservation state to persist or to go stale.
 * ``waves``: start everything that fits, then start nothing until all of it has finished.
   It exists to compare against; it wastes the cores that wait for the slowest task of a wave.
+
+Prefetch (``Policy.prefetch`` > 0, backfill only): a round trip through the driver costs a
+fraction of a millisecond, which is most of the time of a tiny task. So ready tasks of a shape
+are queued behind each running task of that shape on its *slot* (its placement), as many as
+fit in ``prefetch_window`` seconds of expected work (a moving average of the shape's run time),
+at most ``prefetch``. They are ``queued``: handed to the backend but holding no resources. When the
+running task ends, the next one takes over its placement at once (``queued -> running``); when
+the slot is lost, the backend returns them (``Returned``) and they are ready again. Longer
+tasks are never prefetched, so a slot stuck behind a slow task cannot idle other cores.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +42,7 @@ from shoal.core.events import (
     Event,
     Failed,
     Kill,
+    Returned,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -49,6 +61,8 @@ class Policy:
 
     mode: str = "backfill"
     reserve_after: float = 60.0
+    prefetch: int = 0
+    prefetch_window: float = 0.01
 
     def __post_init__(self) -> None:
         if self.mode not in ("backfill", "waves"):
@@ -57,6 +71,28 @@ class Policy:
             )
         if self.reserve_after < 0:
             raise DefinitionError(f"reserve_after must be >= 0 seconds, got {self.reserve_after}")
+        if self.prefetch < 0:
+            raise DefinitionError(f"prefetch must be >= 0, got {self.prefetch}")
+
+
+# Enum attribute access goes through a Python-level descriptor in 3.11; the hot paths below
+# use these module constants instead.
+PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
+SUCCEEDED, FAILED, CANCELLED, DEP_FAILED = (
+    State.SUCCEEDED, State.FAILED, State.CANCELLED, State.DEP_FAILED
+)
+
+
+class _Slot:
+    """A placement and the tasks using it in turn: ``tasks[0]`` runs, the rest are queued."""
+
+    __slots__ = ("key", "placement", "request", "tasks")
+
+    def __init__(self, key: int, placement: Placement, request: Request, task: int) -> None:
+        self.key = key
+        self.placement = placement
+        self.request = request
+        self.tasks: deque[int] = deque([task])
 
 
 class _Entry:
@@ -69,7 +105,9 @@ class _Entry:
         "placement",
         "generation",
         "ready_since",
+        "since",
         "kill",
+        "slot",
     )
 
     def __init__(self, info: TaskInfo) -> None:
@@ -81,7 +119,9 @@ class _Entry:
         self.placement: Placement | None = None
         self.generation = 0
         self.ready_since = 0.0
+        self.since = 0.0  # when the current attempt started running
         self.kill: tuple[str, str] | None = None  # (kind, reason) of a kill in flight
+        self.slot: _Slot | None = None
 
 
 class Scheduler:
@@ -97,6 +137,9 @@ class Scheduler:
         self.now = 0.0
         self._deadlines: list[tuple[float, int, int]] = []
         self._open = 0
+        self._slot_keys = itertools.count()
+        self.open_slots: dict[Request, dict[int, _Slot]] = {}  # slots accepting prefetch
+        self.runtime: dict[Request, float] = {}  # moving average of run time per shape
 
     # -- public questions -----------------------------------------------------------------
     @property
@@ -134,6 +177,8 @@ class Scheduler:
                 self._on_submitted(ev, cause, out)
             elif isinstance(ev, Cancel):
                 self._on_cancel(ev, cause, out)
+            elif isinstance(ev, Returned):
+                self._on_returned(ev, cause, out)
             else:
                 raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
         self._schedule(cause, out)
@@ -168,14 +213,14 @@ class Scheduler:
             self.tasks[t.id] = _Entry(t)
         for t in ev.tasks:
             e = self.tasks[t.id]
-            self.counts[State.PENDING] += 1
+            self.counts[PENDING] += 1
             self._open += 1
-            out.append(Transition(cause, t.id, None, State.PENDING, self.now))
+            out.append(Transition(cause, t.id, None, PENDING, self.now))
             failed_dep: _Entry | None = None
             for d in t.deps:
                 dep = self.tasks[d]
                 dep.children.append(t.id)
-                if dep.state is not State.SUCCEEDED:
+                if dep.state is not SUCCEEDED:
                     e.waiting += 1
                     if dep.state in TERMINAL:
                         failed_dep = dep
@@ -188,25 +233,45 @@ class Scheduler:
         e = self._current(ev.task, ev.attempt)
         if e is None:
             return
-        self._release(e)
-        self._move(e, State.SUCCEEDED, cause, out)
+        self._move(e, SUCCEEDED, cause, out)
+        self._end_run(e, cause, out)
         for c in e.children:
             child = self.tasks[c]
             child.waiting -= 1
-            if child.waiting == 0 and child.state is State.PENDING:
+            if child.waiting == 0 and child.state is PENDING:
                 self._ready(child, cause, out)
 
     def _on_failed(self, ev: Failed, cause: str, out: list[Command]) -> None:
-        e = self._current(ev.task, ev.attempt)
-        if e is None:
+        e = self.tasks.get(ev.task)
+        if e is None or e.attempt != ev.attempt:
             return
-        self._release(e)
         kind, reason = e.kill if e.kill else (ev.kind, ev.reason)
-        if kind == "cancelled":
-            self._move(e, State.CANCELLED, cause, out, reason)
+        if e.state is QUEUED and kind == "cancelled":  # dropped before it started
+            self._unqueue(e)
+            self._move(e, CANCELLED, cause, out, reason)
+        elif e.state is RUNNING:
+            new = CANCELLED if kind == "cancelled" else FAILED
+            self._move(e, new, cause, out, reason)
+            self._end_run(e, cause, out)
         else:
-            self._move(e, State.FAILED, cause, out, reason)
+            return
         self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+
+    def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
+        e = self.tasks.get(ev.task)
+        if e is None or e.attempt != ev.attempt:
+            return
+        if e.state is QUEUED:
+            self._unqueue(e)
+        elif e.state is RUNNING:
+            self._end_run(e, cause, out, returned=True)
+        else:
+            return
+        if e.kill is not None and e.kill[0] == "cancelled":
+            self._move(e, CANCELLED, cause, out, e.kill[1])
+            self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+        else:
+            self._ready(e, cause, out, "returned unstarted by the backend")
 
     def _on_cancel(self, ev: Cancel, cause: str, out: list[Command]) -> None:
         e = self.tasks.get(ev.task)
@@ -214,13 +279,13 @@ class Scheduler:
             raise DefinitionError(f"cannot cancel task {ev.task}: it is not part of this run")
         if e.state in TERMINAL:
             return
-        if e.state is State.RUNNING:
+        if e.state is RUNNING or e.state is QUEUED:
             if e.kill is None:
                 e.kill = ("cancelled", ev.reason)
                 out.append(Kill(cause, e.info.id, e.attempt, ev.reason))
             return
         self.queue.discard(e.info.id)
-        self._move(e, State.CANCELLED, cause, out, ev.reason)
+        self._move(e, CANCELLED, cause, out, ev.reason)
         self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
 
     def _on_tick(self, cause: str, out: list[Command]) -> None:
@@ -238,18 +303,43 @@ class Scheduler:
     def _current(self, task: int, attempt: int) -> _Entry | None:
         """The entry if ``attempt`` is its running attempt; stale reports are ignored."""
         e = self.tasks.get(task)
-        if e is None or e.state is not State.RUNNING or e.attempt != attempt:
+        if e is None or e.state is not RUNNING or e.attempt != attempt:
             return None
         return e
 
-    def _release(self, e: _Entry) -> None:
-        assert e.placement is not None
-        self.pool.release(e.placement)
+    def _end_run(self, e: _Entry, cause: str, out: list[Command], returned: bool = False) -> None:
+        """The running attempt of ``e`` ended: hand its slot to the next queued task or free it."""
+        slot = e.slot
+        assert slot is not None and slot.tasks[0] == e.info.id
+        if not returned:
+            took = self.now - e.since
+            old = self.runtime.get(slot.request)
+            self.runtime[slot.request] = took if old is None else 0.8 * old + 0.2 * took
+        slot.tasks.popleft()
+        e.slot = None
         e.placement = None
         del self.running[e.info.id]
+        if not slot.tasks:
+            self.pool.release(slot.placement)
+            self.open_slots.get(slot.request, {}).pop(slot.key, None)
+            return
+        nxt = self.tasks[slot.tasks[0]]
+        self._run(nxt, slot.placement, cause, out)
+        if nxt.kill is not None:  # cancelled while it was queued: stop it now it started
+            out.append(Kill(cause, nxt.info.id, nxt.attempt, nxt.kill[1]))
+        if len(slot.tasks) <= self.policy.prefetch:
+            self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 
-    def _ready(self, e: _Entry, cause: str, out: list[Command]) -> None:
-        self._move(e, State.READY, cause, out)
+    def _unqueue(self, e: _Entry) -> None:
+        slot = e.slot
+        assert slot is not None
+        slot.tasks.remove(e.info.id)
+        e.slot = None
+        if self.policy.prefetch and slot.tasks:
+            self.open_slots.setdefault(slot.request, {})[slot.key] = slot
+
+    def _ready(self, e: _Entry, cause: str, out: list[Command], reason: str = "") -> None:
+        self._move(e, READY, cause, out, reason)
         e.generation += 1
         e.ready_since = self.now
         self.queue.push(e.info.id, e.info.request, e.info.priority, e.generation)
@@ -259,31 +349,67 @@ class Scheduler:
     ) -> None:
         """End everything downstream of ``root``: dep_failed, or cancelled if root was."""
         rid = root.info.id
-        if root.state is State.CANCELLED:
-            new, reason = State.CANCELLED, f"upstream task {rid} was cancelled"
+        if root.state is CANCELLED:
+            new, reason = CANCELLED, f"upstream task {rid} was cancelled"
         else:
-            new, reason = State.DEP_FAILED, f"upstream task {rid} failed"
+            new, reason = DEP_FAILED, f"upstream task {rid} failed"
         stack = list(start)
         while stack:
             e = stack.pop()
             if e.state in TERMINAL:
                 continue
-            if e.state is State.RUNNING:  # cannot happen: it would have waited for root
+            if e.state is RUNNING or e.state is QUEUED:  # it waited for root
                 raise IllegalTransition(f"task {e.info.id} runs although {rid} did not succeed")
             self.queue.discard(e.info.id)
             self._move(e, new, cause, out, reason)
             stack.extend(self.tasks[c] for c in e.children)
 
+    def _run(self, e: _Entry, placement: Placement, cause: str, out: list[Command]) -> None:
+        e.placement = placement
+        e.since = self.now
+        self.running[e.info.id] = e
+        self._move(e, RUNNING, cause, out)
+        if e.info.timeout is not None:
+            heapq.heappush(self._deadlines, (self.now + e.info.timeout, e.info.id, e.attempt))
+
     def _start(self, task: int, placement: Placement, cause: str, out: list[Command]) -> None:
         e = self.tasks[task]
         e.attempt += 1
-        e.placement = placement
         e.kill = None
-        self.running[task] = e
-        self._move(e, State.RUNNING, cause, out)
+        slot = e.slot = _Slot(next(self._slot_keys), placement, e.info.request, task)
+        self._run(e, placement, cause, out)
         out.append(Dispatch(cause, task, e.attempt, placement))
-        if e.info.timeout is not None:
-            heapq.heappush(self._deadlines, (self.now + e.info.timeout, task, e.attempt))
+        if self.policy.prefetch:
+            self.open_slots.setdefault(slot.request, {})[slot.key] = slot
+
+    def _prefetch(self, avoid: frozenset[int], cause: str, out: list[Command]) -> None:
+        """Queue ready tasks of short-running shapes behind running tasks of the same shape."""
+        for request, slots in self.open_slots.items():
+            if not slots or request not in self.queue.heaps:
+                continue
+            took = self.runtime.get(request)
+            if took is None:  # nothing of this shape finished yet: no basis to prefetch
+                continue
+            depth = min(self.policy.prefetch, int(self.policy.prefetch_window / max(took, 1e-6)))
+            if depth < 1:
+                continue
+            for key, slot in list(slots.items()):
+                if avoid and any(s.node in avoid for s in slot.placement.slots):
+                    continue
+                while len(slot.tasks) <= depth and request in self.queue.heaps:
+                    if self.queue.peek(request) is None:
+                        break
+                    task = self.queue.pop(request)
+                    e = self.tasks[task]
+                    e.attempt += 1
+                    e.kill = None
+                    e.slot = slot
+                    after = slot.tasks[-1]
+                    slot.tasks.append(task)
+                    self._move(e, QUEUED, cause, out)
+                    out.append(Dispatch(cause, task, e.attempt, slot.placement, after))
+                if len(slot.tasks) > depth:
+                    del slots[key]
 
     def _schedule(self, cause: str, out: list[Command]) -> None:
         if not self.queue:
@@ -294,7 +420,9 @@ class Scheduler:
         blocked: set[Request] = set()
         avoid: frozenset[int] = frozenset()
         reserved = False
-        while self.queue:
+        while True:
+            if not self.queue:
+                return
             started = False
             first = True
             for (_, task, _), request in self.queue.heads():
@@ -314,7 +442,9 @@ class Scheduler:
                         avoid = self._reserve(request)
                 first = False
             if not started:
-                return
+                break
+        if self.policy.prefetch and not waves:
+            self._prefetch(avoid, cause, out)
 
     def _reserve(self, request: Request) -> frozenset[int]:
         """Nodes to keep free for a starving task of shape ``request``."""

@@ -55,6 +55,13 @@ class ReadyQueue:
         out.sort(key=lambda pair: pair[0])
         return iter(out)
 
+    def peek(self, request: Request) -> int | None:
+        """The most urgent live task of this shape, or None."""
+        if request not in self.heaps:
+            return None
+        item = self._clean(request)
+        return None if item is None else item[1]
+
     def pop(self, request: Request) -> int:
         item = self._clean(request)
         assert item is not None

@@ -12,6 +12,9 @@ class State(enum.Enum):
     """Waiting for the tasks it depends on to succeed."""
     READY = "ready"
     """All dependencies succeeded; queued until resources are free."""
+    QUEUED = "queued"
+    """Handed to a backend slot behind a running task of the same shape; it starts there when
+    that task ends, and holds no resources until then (prefetch of short tasks)."""
     RUNNING = "running"
     """Resources are held and the task was handed to a backend."""
     SUCCEEDED = "succeeded"
@@ -23,6 +26,10 @@ class State(enum.Enum):
     CANCELLED = "cancelled"
     """Cancelled by a user or rule, or downstream of a cancelled task."""
 
+    # Members are singletons, so identity hashing is correct; Enum's own __hash__ is written in
+    # Python and was the single largest cost of the scheduler's inner loop.
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
@@ -33,6 +40,7 @@ class State(enum.Enum):
 DOCS: dict[State, str] = {
     State.PENDING: "waiting for the tasks it depends on to succeed",
     State.READY: "all dependencies succeeded; queued until resources are free",
+    State.QUEUED: "waiting at a backend slot behind a running task of the same shape",
     State.RUNNING: "resources are held and the task was handed to a backend",
     State.SUCCEEDED: "finished without error; its result is stored",
     State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
@@ -46,8 +54,9 @@ TERMINAL: frozenset[State] = frozenset(
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED}),
-    State.READY: frozenset({State.RUNNING, State.CANCELLED}),
-    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED}),
+    State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED}),
+    State.QUEUED: frozenset({State.RUNNING, State.READY, State.CANCELLED}),
+    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY}),
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),
     State.DEP_FAILED: frozenset(),

@@ -180,12 +180,16 @@ def prepare(
     pin: bool | str | None = None,
     launcher: str = "mpiexec -n {ranks}",
     progress: bool | None = None,
+    prefetch: int | None = None,
+    prefetch_window: float = 0.01,
 ) -> Prepared:
     if not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
     be = make_backend(backend, cpus, gpus, memory, pin, launcher)
     show = settings.cli if progress is None else progress
-    return Prepared(wf, be, Path(base or os.getcwd()), Policy(policy, reserve_after), show)
+    depth = be.prefetch if prefetch is None else prefetch
+    pol = Policy(policy, reserve_after, depth, prefetch_window)
+    return Prepared(wf, be, Path(base or os.getcwd()), pol, show)
 
 
 def run(wf: Workflow, **options: Any) -> Run:
@@ -195,7 +199,10 @@ def run(wf: Workflow, **options: Any) -> Run:
     (where run directories go, default: the current directory); ``policy`` ('backfill' or
     'waves'); ``reserve_after`` (seconds before a waiting large task gets a reservation);
     ``pin`` (True, 'fold' or False); ``launcher`` (MPI launcher template with ``{ranks}``);
-    ``progress`` (show a progress bar; default: only under ``shoal run``).
+    ``progress`` (show a progress bar; default: only under ``shoal run``); ``prefetch``
+    (at most this many tasks queued behind each running short task; default: the backend's,
+    16 for local; 0 turns it off) and ``prefetch_window`` (seconds of expected work queued per
+    slot, from the average run time of tasks of that shape).
     """
     p = prepare(wf, **options)
     r = Run(p.dir, wf.name)

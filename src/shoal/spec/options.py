@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from shoal.errors import DefinitionError
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What one task needs: ``ranks`` ranks of ``cpus`` cores, ``gpus`` GPUs and ``memory`` MB each."""
+class Request(NamedTuple):
+    """What one task needs: ``ranks`` ranks of ``cpus`` cores, ``gpus`` GPUs and ``memory`` MB each.
+
+    A NamedTuple rather than a dataclass: it keys the scheduler's per-shape queues, and tuple
+    hashing and equality run in C.
+    """
 
     cpus: int = 1
     gpus: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,19 @@ def options_json(o: Options) -> str:
     )
 
 
+_placements: dict[int, tuple[Placement, str]] = {}
+
+
 def placement_json(p: Placement) -> str:
-    return json.dumps([[s.node, list(s.cores), list(s.gpus), s.memory, s.ranks] for s in p.slots])
+    """JSON of a placement; cached, since queued tasks reuse the placement of their slot."""
+    hit = _placements.get(id(p))
+    if hit is not None and hit[0] is p:
+        return hit[1]
+    if len(_placements) > 4096:
+        _placements.clear()
+    text = json.dumps([[s.node, list(s.cores), list(s.gpus), s.memory, s.ranks] for s in p.slots])
+    _placements[id(p)] = (p, text)
+    return text
 
 
 @dataclass(slots=True)
@@ -53,6 +65,15 @@ class Writer:
         self.dir = rundir
         self.path = rundir / "shoal.db"
         self.conn = connect(self.path)
+        # Checkpoints copy the WAL into the database and fsync: a background thread does them
+        # (its own connection; SQLite releases the GIL), so the loop's commits rarely pay. The
+        # writer still checkpoints itself past 10,000 pages (~40 MB), so the WAL stays bounded
+        # even if the background checkpoints cannot catch up.
+        self.conn.execute("PRAGMA wal_autocheckpoint=10000")
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="shoal-checkpoint", daemon=True
+        )
         self._options_cache: dict[int, tuple[Options, str]] = {}
         try:
             self.conn.executescript(SCHEMA)
@@ -182,7 +203,25 @@ class Writer:
     def _tx(self) -> _Tx:
         return _Tx(self.conn, self.path)
 
+    def start_checkpoints(self, every: float = 1.0) -> None:
+        self._every = every
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = connect(self.path)
+        try:
+            while not self._stop.wait(self._every):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or failing disk: the next try, or close(), catches up
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join()
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
