@@ -162,11 +162,13 @@ class Scheduler:
     # -- the one mutator ------------------------------------------------------------------
     def handle(self, *events: Event) -> list[Command]:
         out: list[Command] = []
-        cause = "tick"
+        cause = last = "tick"  # a scheduling pass is credited to the last event that is not a tick
         for ev in events:
             if ev.now > self.now:
                 self.now = ev.now
             cause = ev.label()
+            if cause != "tick":
+                last = cause
             if isinstance(ev, Succeeded):
                 self._on_succeeded(ev, cause, out)
             elif isinstance(ev, Failed):
@@ -181,7 +183,7 @@ class Scheduler:
                 self._on_returned(ev, cause, out)
             else:
                 raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
-        self._schedule(cause, out)
+        self._schedule(last, out)
         return out
 
     # -- handlers ---------------------------------------------------------------------------

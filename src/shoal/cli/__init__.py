@@ -1,0 +1,1 @@
+"""The command line: ``shoal run``, ``status``, ``tasks`` and ``logs`` (see ``main.py``)."""

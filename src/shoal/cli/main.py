@@ -1,0 +1,222 @@
+"""The ``shoal`` command: run workflows, and ask a run directory what ran, what failed and why.
+
+Exit codes: 0 success; 1 the run finished with failed tasks; 2 bad input (the workflow, the
+options or the run directory); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal.errors import ShoalError, StoreError
+from shoal.store.queries import Reader
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def latest_run(where: Path) -> Path:
+    """``where`` itself if it is a run directory, else the newest run directory inside it."""
+    if (where / "shoal.db").exists():
+        return where
+    if not where.is_dir():
+        raise StoreError(f"{where} is not a directory")
+    runs = [p for p in where.iterdir() if (p / "shoal.db").exists()]
+    if not runs:
+        raise StoreError(
+            f"no run directories in {where}: give the path of one (a folder holding shoal.db), "
+            "or start a run with `shoal run FILE.py`"
+        )
+    return max(runs, key=lambda p: (p / "shoal.db").stat().st_mtime)
+
+
+def _rundir(run_dir: str | None) -> Path:
+    return latest_run(Path(run_dir) if run_dir else Path.cwd())
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Turn shoal's own errors into one clear line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShoalError as err:
+            click.secho(f"shoal: {err}", fg="red", err=True)
+            sys.exit(EXIT_INPUT)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="shoal")
+def main() -> None:
+    """shoal runs ensembles of simulations and keeps the whole story on disk."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(file: str, args: tuple[str, ...]) -> None:
+    """Run FILE.py, a script that builds a workflow and runs it (progress bar and summary).
+
+    Extra ARGS are passed to the script as sys.argv[1:]. Exits 1 if any task failed.
+    """
+    from shoal.runtime.api import settings
+
+    path = Path(file)
+    if path.suffix != ".py":
+        raise click.UsageError(f"{file}: shoal run takes a Python script (.py)")
+    settings.cli = True
+    settings.runs.clear()
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except KeyboardInterrupt:
+        click.secho("shoal: interrupted", fg="yellow", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if not settings.runs:
+        click.secho(f"shoal: {file} finished without running a workflow (call wf.run())",
+                    fg="yellow", err=True)
+    if any(not r.ok for r in settings.runs):
+        sys.exit(EXIT_FAILED)
+
+
+def _status(d: Path) -> dict[str, Any]:
+    with Reader(d) as r:
+        meta = r.meta()
+        counts = r.counts()
+        nodes = r.nodes()
+        running = r.running(limit=20)
+        failures = r.failures(limit=20)
+    status_file = d / "status.json"
+    live: dict[str, Any] = {}
+    if status_file.exists():
+        try:
+            live = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            live = {}
+    return {
+        "run": meta.get("name"),
+        "dir": str(d),
+        "state": meta.get("state"),
+        "created": meta.get("created"),
+        "ended": meta.get("ended"),
+        "total": sum(counts.values()),
+        "counts": counts,
+        "nodes": [{"name": n["name"], "cores": len(n["cores"]), "gpus": len(n["gpus"])}
+                  for n in nodes],
+        "resources": live.get("resources"),
+        "throughput": live.get("throughput"),
+        "running": running,
+        "failures": failures,
+    }
+
+
+@main.command()
+@click.argument("run_dir", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def status(run_dir: str | None, as_json: bool) -> None:
+    """Counts by state, running tasks, and failures with their reasons.
+
+    RUN_DIR defaults to the newest run directory in the current directory.
+    """
+    st = _status(_rundir(run_dir))
+    if as_json:
+        _emit(st)
+        return
+    end = st["ended"] or time.time()
+    took = f"{end - st['created']:.1f} s" if st["created"] else "?"
+    click.echo(f"run {st['run']}: {st['state']}  ({took})  {st['dir']}")
+    parts = "  ".join(f"{k} {v}" for k, v in sorted(st["counts"].items()))
+    click.echo(f"tasks: {st['total']}  {parts}")
+    cores = sum(n["cores"] for n in st["nodes"])
+    gpus = sum(n["gpus"] for n in st["nodes"])
+    res = st["resources"] or {}
+    click.echo(f"resources: {len(st['nodes'])} node(s), {cores} cores, {gpus} GPUs"
+               + (f"; in use: {res.get('cores_used')} cores, {res.get('gpus_used')} GPUs"
+                  if res and st["state"] == "running" else ""))
+    if st["running"]:
+        click.echo(f"running ({len(st['running'])} shown):")
+        for t in st["running"]:
+            since = time.time() - t["dispatched"] if t["dispatched"] else 0
+            click.echo(f"  #{t['id']} {t['name']}  attempt {t['attempt']}  {since:.1f} s")
+    if st["failures"]:
+        click.echo("failures:")
+        for f in st["failures"]:
+            code = f" (exit {f['exit_code']})" if f["exit_code"] not in (None, 0) else ""
+            click.echo(f"  #{f['id']} {f['name']}  {f['kind']}{code}: {f['reason']}")
+            click.echo(f"      logs: {f['logs']}")
+
+
+@main.command()
+@click.argument("run_dir", required=False)
+@click.option("--state", help="Only tasks in this state (e.g. failed, running, succeeded).")
+@click.option("--tag", help="Only tasks with this tag.")
+@click.option("--limit", type=int, default=None, help="At most this many tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def tasks(run_dir: str | None, state: str | None, tag: str | None, limit: int | None,
+          as_json: bool) -> None:
+    """List tasks: id, name, state, attempts and reason."""
+    from shoal.core.states import State
+
+    if state and state not in {s.value for s in State}:
+        known = ", ".join(s.value for s in State)
+        raise click.BadParameter(f"unknown state {state!r}; states are: {known}", param_hint="--state")
+    d = _rundir(run_dir)
+    with Reader(d) as r:
+        rows = r.tasks(state=state, limit=limit, tag=tag)
+        if as_json:
+            _emit([{**t.as_dict(), "attempts": r.attempts(t.id)} for t in rows])
+            return
+    for t in rows:
+        reason = f"  {t.reason}" if t.reason else ""
+        click.echo(f"{t.id:>6}  {t.name:<24} {t.state:<10} attempts {t.attempts}{reason}")
+    if not rows:
+        click.echo("no tasks" + (f" in state {state}" if state else ""), err=True)
+
+
+@main.command()
+@click.argument("task")
+@click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+def logs(task: str, run_dir: str | None) -> None:
+    """Print a task's story, stdout, stderr and traceback. TASK is an id or a unique name."""
+    d = _rundir(run_dir)
+    with Reader(d) as r:
+        row = r.find(task)
+        attempts = r.attempts(row.id)
+        story = r.story(row.id)
+    click.secho(f"task #{row.id} {row.name}: {row.state}"
+                + (f" ({row.reason})" if row.reason else ""), bold=True)
+    for s in story:
+        stamp = time.strftime("%H:%M:%S", time.localtime(s["time"]))
+        why = f"  {s['reason']}" if s["reason"] else ""
+        click.echo(f"  {stamp} {s['old'] or '-'} -> {s['new']}  [{s['event']}]{why}")
+    for a in attempts:
+        took = ""
+        if a["started"] and a["ended"]:
+            took = f" in {a['ended'] - a['started']:.3f} s"
+        click.echo(f"  attempt {a['attempt']}: {a['outcome'] or 'running'}{took}"
+                   f" on {a['placement']}" + (f" ({a['worker']})" if a["worker"] else ""))
+    folder = d / "tasks" / str(row.id)
+    for name in ("stdout", "stderr", "traceback.txt"):
+        path = folder / name
+        if path.exists() and path.stat().st_size:
+            click.secho(f"--- {name} ({path})", fg="cyan")
+            click.echo(path.read_text(errors="replace").rstrip())
+    if not folder.exists():
+        click.echo(f"  (no output captured: {folder} does not exist)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Shared fixtures. Every test that runs a workflow puts its run directories in a tmp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Open MPI refuses to run as root without these, and oversubscribes only when told to.
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """A folder for run directories: pass as ``wf.run(base=base)``."""
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d
