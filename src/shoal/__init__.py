@@ -1,15 +1,15 @@
 """shoal: high-throughput, adaptive ensembles of simulations on one allocation or one laptop.
 
-    import shoal
+import shoal
 
-    @shoal.task
-    def relax(a: float) -> dict: ...
+@shoal.task
+def relax(a: float) -> dict: ...
 
-    with shoal.Workflow("eos") as wf:
-        points = [relax(a) for a in (3.5, 3.6, 3.7)]
+with shoal.Workflow("eos") as wf:
+    points = [relax(a) for a in (3.5, 3.6, 3.7)]
 
-    run = wf.run()
-    print(run.result(points[0]))
+run = wf.run()
+print(run.result(points[0]))
 """
 
 from shoal.errors import (
@@ -33,6 +33,7 @@ __all__ = [
     "BackendError",
     "DefinitionError",
     "DependencyFailed",
+    "Ref",
     "ResourceError",
     "Run",
     "ShoalError",
@@ -40,7 +41,6 @@ __all__ = [
     "Task",
     "TaskFailed",
     "Workflow",
-    "Ref",
     "command",
     "run",
     "submit",

@@ -93,11 +93,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def feed(self, *events: Event) -> list[Command]:
         out = self.s.handle(*events)
         awaiting: set[int] = set()  # RUNNING transitions whose Dispatch has not come yet
+        started = False
         for c in out:
             if isinstance(c, Transition):
                 self.on_transition(c, awaiting)
             elif isinstance(c, Dispatch):
                 assert c.task in awaiting, f"dispatch of task {c.task} without a transition"
+                if self.s.policy.mode == "waves" and not started:
+                    assert not self.runs, f"waves: task {c.task} starts while {set(self.runs)} run"
+                started = True
                 awaiting.discard(c.task)
                 self.on_dispatch(c)
             elif isinstance(c, Kill):
@@ -361,6 +365,24 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert not any(d in BAD_END for d in deps), f"{t} is {v} though a dep ended badly"
         # an idle pool always fits the most urgent ready task (refusal() said so at submission)
         assert not ready or running, f"ready tasks {ready} wait on an idle pool"
+        if s.policy.mode == "backfill" and s.policy.reserve_after == math.inf:
+            # pure backfill (no reservation) wastes nothing: no ready task fits what is free
+            for t in ready:
+                assert not self.fits_now(self.infos[t].request), f"ready task {t} fits but waits"
+
+    def fits_now(self, req: Request) -> bool:
+        """Whether ``req`` fits on what the model says is free, on one node or spread."""
+        ranks = 0
+        for i, node in enumerate(self.s.pool.nodes):
+            cores = len(node.cores) - sum(1 for k, n, _ in self.held if k == "core" and n == i)
+            gpus = len(node.gpus) - sum(1 for k, n, _ in self.held if k == "gpu" and n == i)
+            fit = cores // req.cpus
+            if req.gpus:
+                fit = min(fit, gpus // req.gpus)
+            if req.memory and node.memory:
+                fit = min(fit, (node.memory - self.memory.get(i, 0)) // req.memory)
+            ranks += fit
+        return ranks >= req.ranks
 
     def teardown(self) -> None:
         if self.sched is None:

@@ -8,6 +8,7 @@ as text tracebacks (exceptions of user code need not be picklable).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -27,7 +28,7 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
     try:
         args, kwargs = pickle.loads(payload)
         value = fn(*args, **kwargs)
-    except BaseException as err:  # noqa: BLE001 - whatever user code raises is a task failure
+    except BaseException as err:
         text = "".join(traceback.format_exception(err))
         write(taskdir, "traceback.txt", text)
         return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
@@ -58,8 +59,6 @@ def write(taskdir: str, name: str, text: str) -> None:
 def pin(cores: list[int] | None, env: dict[str, str]) -> None:
     """Apply a task's CPU affinity and environment to this process."""
     if cores:
-        try:
+        with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cores)
-        except OSError:
-            pass
     os.environ.update(env)

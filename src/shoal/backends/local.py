@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import select
 import shlex
 import signal
 import socket
@@ -29,8 +31,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
-
-import select
 
 import psutil
 
@@ -172,10 +172,9 @@ class LocalBackend(Backend):
             else:
                 self._spawn(job)
         for w, items in batches.values():
-            try:
+            # If the worker died, poll() sees the closed connection and reports its tasks.
+            with contextlib.suppress(OSError):
                 w.conn.send_bytes(pickle.dumps(("run", items), protocol=5))
-            except OSError:
-                pass  # the worker died; poll() sees the closed connection and reports it
 
     def cancel(self, task: int, attempt: int) -> None:
         where = self.where.get((task, attempt))
@@ -183,10 +182,8 @@ class LocalBackend(Backend):
             if where.jobs and where.jobs[0].task == task:
                 where.proc.kill()  # running: the worker's death is reported by poll()
             else:
-                try:
+                with contextlib.suppress(OSError):
                     where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
-                except OSError:
-                    pass
         elif isinstance(where, _Child) and where.kill_at is None:
             self._signal(where, signal.SIGTERM)
             where.kill_at = time.monotonic() + GRACE
@@ -207,10 +204,8 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         for w in self.workers:
-            try:
+            with contextlib.suppress(OSError):
                 w.conn.send_bytes(pickle.dumps(("stop",)))
-            except OSError:
-                pass
         for c in list(self.children.values()):
             self._signal(c, signal.SIGKILL)
         deadline = time.monotonic() + 2
@@ -318,8 +313,15 @@ class LocalBackend(Backend):
         self.where[(job.task, job.attempt)] = w
         self.holder[job.task] = w
         return (
-            job.task, job.attempt, job.function, fn, job.payload,
-            self._cores(job), env_id, send_env, str(job.taskdir),
+            job.task,
+            job.attempt,
+            job.function,
+            fn,
+            job.payload,
+            self._cores(job),
+            env_id,
+            send_env,
+            str(job.taskdir),
         )
 
     def _forget(self, w: _Worker, job: Job) -> None:
@@ -343,14 +345,35 @@ class LocalBackend(Backend):
                 _, task, attempt = reply
                 job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
                 self._forget(w, job)
-                out.append(Outcome(task, attempt, False, None, time.time(), "cancelled",
-                                   "cancelled before it started"))
+                out.append(
+                    Outcome(
+                        task,
+                        attempt,
+                        False,
+                        None,
+                        time.time(),
+                        "cancelled",
+                        "cancelled before it started",
+                    )
+                )
             else:
                 _, task, attempt, ok, result, kind, error, started, ended = reply
                 job = w.jobs[0]
                 self._forget(w, job)
-                out.append(Outcome(task, attempt, ok, started, ended, kind, error, None,
-                                   f"worker-{w.index}", result))
+                out.append(
+                    Outcome(
+                        task,
+                        attempt,
+                        ok,
+                        started,
+                        ended,
+                        kind,
+                        error,
+                        None,
+                        f"worker-{w.index}",
+                        result,
+                    )
+                )
             if not w.jobs:
                 self.idle.append(w)
                 return
@@ -382,8 +405,9 @@ class LocalBackend(Backend):
         tail = _tail(self.rundir / "workers" / f"{w.index}.err")
         if tail:
             msg += f"\nlast lines of its stderr:\n{tail}"
-        out.append(Outcome(jobs[0].task, jobs[0].attempt, False, None, time.time(), kind, msg,
-                           code))
+        out.append(
+            Outcome(jobs[0].task, jobs[0].attempt, False, None, time.time(), kind, msg, code)
+        )
 
     # -- child processes ------------------------------------------------------------------
     def _spawn(self, job: Job) -> None:
@@ -420,8 +444,16 @@ class LocalBackend(Backend):
                 )
             except OSError as e:
                 self._outbox.append(
-                    Outcome(job.task, job.attempt, False, started, time.time(), "exit",
-                            f"cannot start {argv[0]!r}: {e.strerror or e}", 127)
+                    Outcome(
+                        job.task,
+                        job.attempt,
+                        False,
+                        started,
+                        time.time(),
+                        "exit",
+                        f"cannot start {argv[0]!r}: {e.strerror or e}",
+                        127,
+                    )
                 )
                 return
             finally:
@@ -434,10 +466,8 @@ class LocalBackend(Backend):
         self.where[(job.task, job.attempt)] = child
 
     def _signal(self, c: _Child, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(c.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _enforce_kills(self) -> None:
         now = time.monotonic()
@@ -462,8 +492,18 @@ class LocalBackend(Backend):
         with open(job.taskdir / "stdout", "rb") as fh:
             text = fh.read(STDOUT_LIMIT).decode(errors="replace")
         value = {"returncode": 0, "stdout": text, "dir": str(job.taskdir)}
-        return Outcome(job.task, job.attempt, True, c.started, ended, "", "", 0, "process",
-                       pickle.dumps(value, protocol=5))
+        return Outcome(
+            job.task,
+            job.attempt,
+            True,
+            c.started,
+            ended,
+            "",
+            "",
+            0,
+            "process",
+            pickle.dumps(value, protocol=5),
+        )
 
     def _python_reply(self, c: _Child, code: int, ended: float) -> Outcome:
         job = c.job
@@ -472,13 +512,22 @@ class LocalBackend(Backend):
             with open(path, "rb") as fh:
                 ok, result, kind, error, started, end = pickle.load(fh)
             path.unlink()
-            return Outcome(job.task, job.attempt, ok, started, end, kind, error, code,
-                           "process", result)
+            return Outcome(
+                job.task, job.attempt, ok, started, end, kind, error, code, "process", result
+            )
         kind, words = describe_exit(code)
         tail = _tail(job.taskdir / "stderr")
         msg = f"the isolated process of this task ended without a result: {words}"
-        return Outcome(job.task, job.attempt, False, c.started, ended, kind,
-                       msg + (f"\n{tail}" if tail else ""), code)
+        return Outcome(
+            job.task,
+            job.attempt,
+            False,
+            c.started,
+            ended,
+            kind,
+            msg + (f"\n{tail}" if tail else ""),
+            code,
+        )
 
 
 def _tail(path: Path, lines: int = 20) -> str:

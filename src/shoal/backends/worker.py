@@ -3,8 +3,9 @@
 Started by the local backend as ``python -m shoal.backends.worker FD``, it talks over one
 socket (``multiprocessing.connection`` framing) to the driver. Messages in:
 ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env | None, taskdir)])``
-queues tasks (a function and an environment are sent once per worker, then named by id), run in order; ``("drop", task, attempt)`` removes a queued task that has not
-started; ``("stop",)``. Replies: ``("done", task, attempt, ok, result, kind, error, started,
+queues tasks, run in order (a function and an environment are sent once per worker, then
+named by id); ``("drop", task, attempt)`` removes a queued task that has not started;
+``("stop",)``. Replies: ``("done", task, attempt, ok, result, kind, error, started,
 ended)`` per task and ``("dropped", task, attempt)``.
 
 Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker

@@ -86,8 +86,11 @@ def run(file: str, args: tuple[str, ...]) -> None:
         click.secho("shoal: interrupted", fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if not settings.runs:
-        click.secho(f"shoal: {file} finished without running a workflow (call wf.run())",
-                    fg="yellow", err=True)
+        click.secho(
+            f"shoal: {file} finished without running a workflow (call wf.run())",
+            fg="yellow",
+            err=True,
+        )
     if any(not r.ok for r in settings.runs):
         sys.exit(EXIT_FAILED)
 
@@ -114,8 +117,9 @@ def _status(d: Path) -> dict[str, Any]:
         "ended": meta.get("ended"),
         "total": sum(counts.values()),
         "counts": counts,
-        "nodes": [{"name": n["name"], "cores": len(n["cores"]), "gpus": len(n["gpus"])}
-                  for n in nodes],
+        "nodes": [
+            {"name": n["name"], "cores": len(n["cores"]), "gpus": len(n["gpus"])} for n in nodes
+        ],
         "resources": live.get("resources"),
         "throughput": live.get("throughput"),
         "running": running,
@@ -143,9 +147,14 @@ def status(run_dir: str | None, as_json: bool) -> None:
     cores = sum(n["cores"] for n in st["nodes"])
     gpus = sum(n["gpus"] for n in st["nodes"])
     res = st["resources"] or {}
-    click.echo(f"resources: {len(st['nodes'])} node(s), {cores} cores, {gpus} GPUs"
-               + (f"; in use: {res.get('cores_used')} cores, {res.get('gpus_used')} GPUs"
-                  if res and st["state"] == "running" else ""))
+    click.echo(
+        f"resources: {len(st['nodes'])} node(s), {cores} cores, {gpus} GPUs"
+        + (
+            f"; in use: {res.get('cores_used')} cores, {res.get('gpus_used')} GPUs"
+            if res and st["state"] == "running"
+            else ""
+        )
+    )
     if st["running"]:
         click.echo(f"running ({len(st['running'])} shown):")
         for t in st["running"]:
@@ -165,14 +174,17 @@ def status(run_dir: str | None, as_json: bool) -> None:
 @click.option("--tag", help="Only tasks with this tag.")
 @click.option("--limit", type=int, default=None, help="At most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def tasks(run_dir: str | None, state: str | None, tag: str | None, limit: int | None,
-          as_json: bool) -> None:
+def tasks(
+    run_dir: str | None, state: str | None, tag: str | None, limit: int | None, as_json: bool
+) -> None:
     """List tasks: id, name, state, attempts and reason."""
     from shoal.core.states import State
 
     if state and state not in {s.value for s in State}:
         known = ", ".join(s.value for s in State)
-        raise click.BadParameter(f"unknown state {state!r}; states are: {known}", param_hint="--state")
+        raise click.BadParameter(
+            f"unknown state {state!r}; states are: {known}", param_hint="--state"
+        )
     d = _rundir(run_dir)
     with Reader(d) as r:
         rows = r.tasks(state=state, limit=limit, tag=tag)
@@ -196,8 +208,10 @@ def logs(task: str, run_dir: str | None) -> None:
         row = r.find(task)
         attempts = r.attempts(row.id)
         story = r.story(row.id)
-    click.secho(f"task #{row.id} {row.name}: {row.state}"
-                + (f" ({row.reason})" if row.reason else ""), bold=True)
+    click.secho(
+        f"task #{row.id} {row.name}: {row.state}" + (f" ({row.reason})" if row.reason else ""),
+        bold=True,
+    )
     for s in story:
         stamp = time.strftime("%H:%M:%S", time.localtime(s["time"]))
         why = f"  {s['reason']}" if s["reason"] else ""
@@ -206,8 +220,10 @@ def logs(task: str, run_dir: str | None) -> None:
         took = ""
         if a["started"] and a["ended"]:
             took = f" in {a['ended'] - a['started']:.3f} s"
-        click.echo(f"  attempt {a['attempt']}: {a['outcome'] or 'running'}{took}"
-                   f" on {a['placement']}" + (f" ({a['worker']})" if a["worker"] else ""))
+        click.echo(
+            f"  attempt {a['attempt']}: {a['outcome'] or 'running'}{took}"
+            f" on {a['placement']}" + (f" ({a['worker']})" if a["worker"] else "")
+        )
     folder = d / "tasks" / str(row.id)
     for name in ("stdout", "stderr", "traceback.txt"):
         path = folder / name

@@ -1,8 +1,9 @@
 """Events (what happened) go into the core; commands (what to do) come out.
 
-Events are frozen, slotted dataclasses; commands are slotted (see below). Every event carries ``now``, the time at which the runtime
-observed it: the core never reads a clock. Every command carries ``cause``, a short label of the
-event that led to it, so the story of any task can be told from the store.
+Events are frozen, slotted dataclasses; commands are slotted (see below). Every event carries
+``now``, the time at which the runtime observed it: the core never reads a clock. Every command
+carries ``cause``, a short label of the event that led to it, so the story of any task can be
+told from the store.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from shoal.core.resources import Placement, Request
 from shoal.core.states import State
 
+DEFAULT = Request()
+
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:
@@ -19,7 +22,7 @@ class TaskInfo:
 
     id: int
     deps: tuple[int, ...] = ()
-    request: Request = Request()
+    request: Request = DEFAULT
     priority: int = 0
     timeout: float | None = None
 
@@ -109,7 +112,6 @@ class Outcome:
     worker: str = ""
     result: bytes | None = None  # pickled return value (None for failures)
     returned: bool = False  # given back unstarted: neither success nor failure
-
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -79,7 +79,10 @@ class Policy:
 # use these module constants instead.
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
 SUCCEEDED, FAILED, CANCELLED, DEP_FAILED = (
-    State.SUCCEEDED, State.FAILED, State.CANCELLED, State.DEP_FAILED
+    State.SUCCEEDED,
+    State.FAILED,
+    State.CANCELLED,
+    State.DEP_FAILED,
 )
 
 
@@ -97,24 +100,24 @@ class _Slot:
 
 class _Entry:
     __slots__ = (
-        "info",
-        "state",
-        "waiting",
-        "children",
         "attempt",
-        "placement",
+        "children",
         "generation",
+        "info",
+        "kill",
+        "placement",
         "ready_since",
         "since",
-        "kill",
         "slot",
+        "state",
+        "waiting",
     )
 
     def __init__(self, info: TaskInfo) -> None:
         self.info = info
         self.state = State.PENDING
         self.waiting = 0
-        self.children: list[int] = []
+        self.children: list[int] | None = None
         self.attempt = 0
         self.placement: Placement | None = None
         self.generation = 0
@@ -215,21 +218,29 @@ class Scheduler:
             self.tasks[t.id] = _Entry(t)
         for t in ev.tasks:
             e = self.tasks[t.id]
-            self.counts[PENDING] += 1
-            self._open += 1
-            out.append(Transition(cause, t.id, None, PENDING, self.now))
             failed_dep: _Entry | None = None
             for d in t.deps:
                 dep = self.tasks[d]
-                dep.children.append(t.id)
+                if dep.children is None:
+                    dep.children = [t.id]
+                else:
+                    dep.children.append(t.id)
                 if dep.state is not SUCCEEDED:
                     e.waiting += 1
                     if dep.state in TERMINAL:
                         failed_dep = dep
-            if failed_dep is not None:
+            # A task is born pending, or ready when it waits for nothing (one transition).
+            born = READY if e.waiting == 0 else PENDING
+            e.state = born
+            self.counts[born] += 1
+            self._open += 1
+            out.append(Transition(cause, t.id, None, born, self.now))
+            if born is READY:
+                e.generation += 1
+                e.ready_since = self.now
+                self.queue.push(t.id, t.request, t.priority, e.generation)
+            elif failed_dep is not None:
                 self._end_downstream(failed_dep, [e], cause, out)
-            elif e.waiting == 0:
-                self._ready(e, cause, out)
 
     def _on_succeeded(self, ev: Succeeded, cause: str, out: list[Command]) -> None:
         e = self._current(ev.task, ev.attempt)
@@ -237,7 +248,7 @@ class Scheduler:
             return
         self._move(e, SUCCEEDED, cause, out)
         self._end_run(e, cause, out)
-        for c in e.children:
+        for c in e.children or ():
             child = self.tasks[c]
             child.waiting -= 1
             if child.waiting == 0 and child.state is PENDING:
@@ -257,7 +268,7 @@ class Scheduler:
             self._end_run(e, cause, out)
         else:
             return
-        self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+        self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
 
     def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
         e = self.tasks.get(ev.task)
@@ -271,7 +282,7 @@ class Scheduler:
             return
         if e.kill is not None and e.kill[0] == "cancelled":
             self._move(e, CANCELLED, cause, out, e.kill[1])
-            self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+            self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
         else:
             self._ready(e, cause, out, "returned unstarted by the backend")
 
@@ -288,7 +299,7 @@ class Scheduler:
             return
         self.queue.discard(e.info.id)
         self._move(e, CANCELLED, cause, out, ev.reason)
-        self._end_downstream(e, [self.tasks[c] for c in e.children], cause, out)
+        self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
 
     def _on_tick(self, cause: str, out: list[Command]) -> None:
         dl = self._deadlines
@@ -364,7 +375,7 @@ class Scheduler:
                 raise IllegalTransition(f"task {e.info.id} runs although {rid} did not succeed")
             self.queue.discard(e.info.id)
             self._move(e, new, cause, out, reason)
-            stack.extend(self.tasks[c] for c in e.children)
+            stack.extend(self.tasks[c] for c in e.children or ())
 
     def _run(self, e: _Entry, placement: Placement, cause: str, out: list[Command]) -> None:
         e.placement = placement

@@ -139,9 +139,8 @@ class Pool:
             return None
         big = max(self.nodes, key=lambda n: (len(n.cores), len(n.gpus), n.memory))
         where = "the largest node" if len(self.nodes) > 1 else "the only node"
-        return (
-            f"it asks for {req.describe()}, but {where} is {big.describe()}"
-            + (f" (and there are {len(self.nodes)} nodes)" if len(self.nodes) > 1 else "")
+        return f"it asks for {req.describe()}, but {where} is {big.describe()}" + (
+            f" (and there are {len(self.nodes)} nodes)" if len(self.nodes) > 1 else ""
         )
 
     # -- changes --------------------------------------------------------------------------

@@ -68,14 +68,20 @@ class IllegalTransition(AssertionError):
     """The core tried a transition that the table forbids (a bug in shoal, never user error)."""
 
 
+INITIAL: frozenset[State] = frozenset({State.PENDING, State.READY})
+"""States a task may be born in: ready when it waits for nothing, else pending."""
+
+
 def check(task: int, old: State, new: State) -> None:
     if new not in TRANSITIONS[old]:
-        raise IllegalTransition(f"task {task}: {old.value} -> {new.value} is not a legal transition")
+        raise IllegalTransition(
+            f"task {task}: {old.value} -> {new.value} is not a legal transition"
+        )
 
 
 def diagram() -> str:
     """The state diagram as Mermaid text, generated from the table (used in the docs)."""
-    lines = ["stateDiagram-v2", "    [*] --> pending"]
+    lines = ["stateDiagram-v2", "    [*] --> pending", "    [*] --> ready"]
     for old, news in TRANSITIONS.items():
         for new in sorted(news, key=lambda s: s.value):
             lines.append(f"    {old.value} --> {new.value}")

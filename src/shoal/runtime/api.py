@@ -101,8 +101,9 @@ def _logger(rundir: Path) -> logging.Logger:
 class Prepared:
     """A checked workflow with its run directory created, ready to drive."""
 
-    def __init__(self, wf: Workflow, backend: Backend, base: Path, policy: Policy,
-                 progress: bool) -> None:
+    def __init__(
+        self, wf: Workflow, backend: Backend, base: Path, policy: Policy, progress: bool
+    ) -> None:
         plan = compile_workflow(wf)
         check_resources(plan, backend)
         self.plan = plan
@@ -113,9 +114,14 @@ class Prepared:
         nodes = backend.nodes()
         self.writer.init(
             {
-                "name": wf.name, "state": "running", "created": time.time(),
-                "backend": backend.name, "policy": policy.mode, "pid": os.getpid(),
-                "host": socket.gethostname(), "tasks": len(plan.records),
+                "name": wf.name,
+                "state": "running",
+                "created": time.time(),
+                "backend": backend.name,
+                "policy": policy.mode,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "tasks": len(plan.records),
                 "argv": sys.argv,
             },
             nodes,
@@ -123,8 +129,12 @@ class Prepared:
         self.writer.add_plan(plan, 0)
         self.policy = policy
         self.progress = progress
-        self.log.info("run %s: %d tasks on %s", wf.name, len(plan.records),
-                      "; ".join(n.describe() for n in nodes))
+        self.log.info(
+            "run %s: %d tasks on %s",
+            wf.name,
+            len(plan.records),
+            "; ".join(n.describe() for n in nodes),
+        )
         for note in backend.notes():
             self.log.info("note: %s", note)
             if progress:
@@ -132,8 +142,15 @@ class Prepared:
 
     def execute(self, run: Run) -> Run:
         bar = Progress(self.plan.name, len(self.plan.records)) if self.progress else None
-        driver = Driver(self.plan, self.backend, self.dir, self.writer, self.policy, self.log,
-                        bar.update if bar else None)
+        driver = Driver(
+            self.plan,
+            self.backend,
+            self.dir,
+            self.writer,
+            self.policy,
+            self.log,
+            bar.update if bar else None,
+        )
         state = "crashed"
         try:
             with bar if bar else _null():
@@ -149,8 +166,11 @@ class Prepared:
             finally:
                 self.writer.close()
             counts = driver.scheduler.counts
-            self.log.info("run ended %s: %s", state,
-                          ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]))
+            self.log.info(
+                "run ended %s: %s",
+                state,
+                ", ".join(f"{counts[s]} {s.value}" for s in State if counts[s]),
+            )
             for h in list(self.log.handlers):
                 h.close()
                 self.log.removeHandler(h)

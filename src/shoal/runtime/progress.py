@@ -68,8 +68,9 @@ def summary(run: Run) -> None:
         for col in ("id", "name", "kind", "reason", "logs"):
             table.add_column(col, overflow="fold")
         for f in fails[:10]:
-            table.add_row(str(f["id"]), f["name"], str(f["kind"] or ""), f["reason"] or "",
-                          f["logs"])
+            table.add_row(
+                str(f["id"]), f["name"], str(f["kind"] or ""), f["reason"] or "", f["logs"]
+            )
         console.print(table)
         if len(fails) > 10:
             console.print(f"... and {len(fails) - 10} more: shoal tasks {run.dir} --state failed")

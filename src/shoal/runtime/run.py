@@ -70,12 +70,18 @@ class Run:
                 raise DependencyFailed(
                     f"task {row.name!r} (#{tid}) did not run because task {rrow.name!r} "
                     f"(#{root}) failed: {rrow.reason}",
-                    task=tid, name=row.name, kind="dependency", root=root, root_name=rrow.name,
+                    task=tid,
+                    name=row.name,
+                    kind="dependency",
+                    root=root,
+                    root_name=rrow.name,
                 )
             if row.state == "cancelled":
                 raise TaskFailed(
                     f"task {row.name!r} (#{tid}) was cancelled: {row.reason}",
-                    task=tid, name=row.name, kind="cancelled",
+                    task=tid,
+                    name=row.name,
+                    kind="cancelled",
                 )
             raise StoreError(
                 f"task {row.name!r} (#{tid}) has no result yet: it is {row.state}. "
@@ -91,7 +97,10 @@ class Run:
         tb = error.split("\n", 1)[1] if last.get("kind") == "error" and "\n" in error else ""
         return TaskFailed(
             f"task {row.name!r} (#{tid}) failed: {row.reason}. Output and traceback: {logs}",
-            task=tid, name=row.name, kind=last.get("kind") or "error", traceback=tb,
+            task=tid,
+            name=row.name,
+            kind=last.get("kind") or "error",
+            traceback=tb,
             exit_code=last.get("exit_code"),
         )
 
@@ -115,8 +124,12 @@ class Run:
         with Reader(self.dir) as r:
             counts = r.counts()
             meta = r.meta()
-        return {"run": self.name, "state": meta.get("state", self.state), "counts": counts,
-                "total": sum(counts.values())}
+        return {
+            "run": self.name,
+            "state": meta.get("state", self.state),
+            "counts": counts,
+            "total": sum(counts.values()),
+        }
 
     def failures(self) -> list[dict[str, Any]]:
         """Failed tasks: id, name, reason, kind, exit code and the folder with their logs."""

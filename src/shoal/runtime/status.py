@@ -61,8 +61,11 @@ class StatusFile:
                 "overall": round(finished / elapsed, 2) if elapsed > 0 else 0.0,
             },
             "running": [
-                {"id": e.info.id, "attempt": e.attempt,
-                 "cores": list(e.placement.cores) if e.placement else []}
+                {
+                    "id": e.info.id,
+                    "attempt": e.attempt,
+                    "cores": list(e.placement.cores) if e.placement else [],
+                }
                 for e in running
             ],
         }

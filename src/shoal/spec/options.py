@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from shoal.errors import DefinitionError
 
+
 class Request(NamedTuple):
     """What one task needs: ``ranks`` ranks of ``cpus`` cores, ``gpus`` GPUs and ``memory`` MB each.
 
@@ -29,7 +30,6 @@ class Request(NamedTuple):
             parts.append(f"{self.memory} MB")
         each = " + ".join(parts)
         return f"{self.ranks} ranks × ({each})" if self.ranks > 1 else each
-
 
 
 _UNITS = {"": 1, "k": 1e-3, "m": 1, "g": 1024, "t": 1024 * 1024}

@@ -24,6 +24,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _keys = itertools.count()
+_EMPTY: dict[str, Any] = {}  # shared by tasks without kwargs or env; never mutated
 _local = threading.local()
 
 
@@ -71,21 +72,25 @@ class Task:
         self.fn = fn
         self.template = template
         self.args = args
-        self.kwargs = kwargs or {}
+        self.kwargs = kwargs or _EMPTY
         self.options = options
         self.workdir = workdir
-        self.env = dict(env or {})
-        self.after_tasks: list[Task] = []
-        self.deps: list[Task] = []
+        self.env = dict(env) if env else _EMPTY
+        # Lists are created on first use: a million tasks without dependencies is common.
+        self.after_tasks: list[Task] | tuple[()] = ()
+        self.deps: list[Task] | tuple[()] = ()
         for ref in refs_in((args, self.kwargs)):
             self._depend(ref.task)
-        self.after(*after)
+        if after:
+            self.after(*after)
         stack = open_workflows()
         if stack:
             stack[-1].add(self)
 
     def _depend(self, other: Task) -> None:
         if not any(other is d for d in self.deps):
+            if isinstance(self.deps, tuple):
+                self.deps = []
             self.deps.append(other)
 
     def after(self, *tasks: Task | Ref) -> Task:
@@ -98,6 +103,8 @@ class Task:
                     f"{self.label}: after= takes task handles, got {type(t).__name__}"
                 )
             if not any(t is a for a in self.after_tasks):
+                if isinstance(self.after_tasks, tuple):
+                    self.after_tasks = []
                 self.after_tasks.append(t)
             self._depend(t)
         return self

@@ -13,7 +13,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -129,7 +129,7 @@ class Record:
     function: int = -1  # index into Plan.functions
     template: str | None = None
     workdir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -179,7 +179,7 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
                 function=fidx,
                 template=t.template,
                 workdir=t.workdir,
-                env=t.env,
+                env=t.env or None,
             )
         )
     return Plan(wf.name, records, functions)

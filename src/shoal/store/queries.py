@@ -46,8 +46,15 @@ _TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps"
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
     return TaskRow(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-        tuple(json.loads(row[7])), tuple(json.loads(row[8])),
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        tuple(json.loads(row[7])),
+        tuple(json.loads(row[8])),
     )
 
 
@@ -111,7 +118,9 @@ class Reader:
         """A task by id, or by name if the name is unique."""
         with self._q() as c:
             if isinstance(ref, int) or str(ref).isdigit():
-                row = c.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE id=?", (int(ref),)).fetchone()
+                row = c.execute(
+                    f"SELECT {_TASK_COLS} FROM tasks WHERE id=?", (int(ref),)
+                ).fetchone()
                 if row:
                     return _task(row)
             rows = c.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE name=?", (str(ref),)).fetchall()
@@ -155,8 +164,13 @@ class Reader:
                 (limit,),
             )
             return [
-                {"id": i, "name": n, "attempt": a, "dispatched": d,
-                 "placement": json.loads(p) if p else None}
+                {
+                    "id": i,
+                    "name": n,
+                    "attempt": a,
+                    "dispatched": d,
+                    "placement": json.loads(p) if p else None,
+                }
                 for i, n, a, d, p in cur
             ]
 
@@ -171,8 +185,14 @@ class Reader:
             sql += f" LIMIT {int(limit)}"
         with self._q() as c:
             return [
-                {"id": i, "name": n, "reason": r, "kind": k, "exit_code": x,
-                 "logs": str(self.dir / "tasks" / str(i))}
+                {
+                    "id": i,
+                    "name": n,
+                    "reason": r,
+                    "kind": k,
+                    "exit_code": x,
+                    "logs": str(self.dir / "tasks" / str(i)),
+                }
                 for i, n, r, k, x in c.execute(sql)
             ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -83,9 +84,7 @@ class Writer:
     # -- set-up -----------------------------------------------------------------------------
     def init(self, meta: dict[str, Any], nodes: Sequence[Node]) -> None:
         with self._tx():
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(VERSION),)
-            )
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(VERSION),))
             self.conn.executemany(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [(k, json.dumps(v)) for k, v in meta.items()],
@@ -159,8 +158,15 @@ class Writer:
                     "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"
                     " VALUES (?,?,?,?,?,?,?)",
                     [
-                        (t.task, t.attempt, t.old.value if t.old else None, t.new.value,
-                         t.time, t.reason, t.cause)
+                        (
+                            t.task,
+                            t.attempt,
+                            t.old.value if t.old else None,
+                            t.new.value,
+                            t.time,
+                            t.reason,
+                            t.cause,
+                        )
                         for t in ts
                     ],
                 )
@@ -179,8 +185,17 @@ class Writer:
                     "UPDATE attempts SET started=?, ended=?, outcome=?, kind=?, exit_code=?,"
                     " error=?, worker=? WHERE task=? AND attempt=?",
                     [
-                        (o.started, o.ended, "succeeded" if o.ok else "failed", o.kind or None,
-                         o.exit_code, o.error or None, o.worker, o.task, o.attempt)
+                        (
+                            o.started,
+                            o.ended,
+                            "succeeded" if o.ok else "failed",
+                            o.kind or None,
+                            o.exit_code,
+                            o.error or None,
+                            o.worker,
+                            o.task,
+                            o.attempt,
+                        )
                         for o in batch.outcomes
                     ],
                 )
@@ -211,10 +226,9 @@ class Writer:
         conn = connect(self.path)
         try:
             while not self._stop.wait(self._every):
-                try:
+                # Busy or a failing disk: the next try, or close(), catches up.
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy or failing disk: the next try, or close(), catches up
         finally:
             conn.close()
 
@@ -222,10 +236,8 @@ class Writer:
         self._stop.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
         self.conn.close()
 
     def sizes(self) -> Iterable[int]:
@@ -251,10 +263,8 @@ class _Tx:
                 return
             except sqlite3.Error as e:
                 err = e
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         if isinstance(err, sqlite3.Error):
             hint = ""
             if "full" in str(err):

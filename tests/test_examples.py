@@ -1,0 +1,144 @@
+"""The examples run end to end (quick mode) and give physically sensible answers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from shoal.store.queries import Reader
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples folder is not a package)."""
+    modname = f"shoal_example_{name}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- eos.py ------------------------------------------------------------------------------------
+def test_eos_quick(base: Path) -> None:
+    pytest.importorskip("ase")
+    eos = load("eos")
+    wf, fits = eos.build(eos.QUICK, points=7)
+    run = wf.run(base=base)
+
+    assert run.ok, run.failures()
+    st = run.status()
+    assert st["counts"] == {"succeeded": len(eos.QUICK) * (7 + 1)}
+    assert set(fits) == set(eos.QUICK)
+    results = {m: run.result(t) for m, t in fits.items()}
+    for metal, r in results.items():
+        assert r["metal"] == metal
+        assert r["points"] == 7
+        assert all(isinstance(r[k], float) for k in ("a0", "B", "E0", "V0"))
+        # The minimum lies inside the ±6 % window around the guess.
+        assert abs(r["a0"] / eos.GUESS[metal] - 1) < 0.06
+    cu = results["Cu"]
+    assert cu["a0"] == pytest.approx(3.59, abs=0.02)
+    assert cu["B"] == pytest.approx(134, abs=10)
+    al = results["Al"]
+    assert al["B"] < cu["B"]  # aluminium is much softer than copper
+
+    table = eos.format_table(results)
+    assert "Cu" in table and "Al" in table
+
+
+def test_eos_main_uses_shoal_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ase")
+    eos = load("eos")
+    monkeypatch.setenv("SHOAL_BASE", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    eos.main(["--quick"])
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert set(eos.QUICK) <= set(lines)
+    assert float(lines["Cu"][1]) == pytest.approx(3.59, abs=0.02)
+    runs = [p for p in (tmp_path / "runs").iterdir() if (p / "shoal.db").exists()]
+    assert len(runs) == 1
+    assert not any((p / "shoal.db").exists() for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_eos_through_cli(tmp_path: Path) -> None:
+    pytest.importorskip("ase")
+    env = {**os.environ, "SHOAL_BASE": str(tmp_path / "runs")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "run", str(EXAMPLES / "eos.py"), "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert any(r and r[0] == "Cu" for r in rows), proc.stdout
+    assert any(r and r[0] == "Al" for r in rows), proc.stdout
+    assert "succeeded" in proc.stderr  # the summary shoal run prints
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+# -- commands.py -------------------------------------------------------------------------------
+def test_commands_quick(base: Path) -> None:
+    cmds = load("commands")
+    temps = cmds.QUICK
+    wf, sweep, summary = cmds.build(temps, steps=200)
+    run = wf.run(base=base)
+
+    assert run.ok, run.failures()
+    assert run.status()["counts"] == {"succeeded": len(temps) + 2}  # + smoke test + summary
+
+    # Every sweep point ran its command and printed a parseable result; env= reached it.
+    for i, (T, t) in enumerate(zip(temps, sweep, strict=True)):
+        out = run.result(t)
+        assert out["returncode"] == 0
+        assert Path(out["dir"]).is_dir()
+        point = json.loads(out["stdout"].strip().splitlines()[-1])
+        assert point["T"] == T
+        assert point["steps"] == 200
+        assert point["seed"] == i  # from the per-call env={"ANNEAL_SEED": ...}
+
+    # The fan-in task saw all of them.
+    s = run.result(summary)
+    assert s["count"] == len(temps)
+    assert [r["T"] for r in s["rows"]] == sorted(temps)
+    assert all(f"{T:>6.2f}" in s["table"] for T in temps)
+    # Physics: ordered well below T_c, disordered well above it.
+    rows = {r["T"]: r for r in s["rows"]}
+    assert rows[min(temps)]["magnetization"] > 0.9
+    assert rows[max(temps)]["magnetization"] < 0.4
+
+    # after=[smoke]: no sweep point started before the smoke test ended.
+    with Reader(run.dir) as r:
+        smoke_id = next(t.id for t in r.tasks() if t.name == "smoke-test")
+        smoke_end = r.attempts(smoke_id)[-1]["ended"]
+        for t in sweep:
+            assert r.attempts(t.id)[0]["started"] >= smoke_end
+
+
+def test_commands_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmds = load("commands")
+    monkeypatch.setenv("SHOAL_BASE", str(tmp_path))
+    cmds.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "specific heat peaks at T =" in out
+    assert sum(1 for line in out.splitlines() if line.strip()[:1].isdigit()) == len(cmds.QUICK)
