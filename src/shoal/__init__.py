@@ -1,48 +1,73 @@
 """shoal: high-throughput, adaptive ensembles of simulations on one allocation or one laptop.
 
-import shoal
+    import shoal
 
-@shoal.task
-def relax(a: float) -> dict: ...
+    @shoal.task
+    def relax(a: float) -> dict: ...
 
-with shoal.Workflow("eos") as wf:
-    points = [relax(a) for a in (3.5, 3.6, 3.7)]
+    with shoal.Workflow("eos") as wf:
+        points = [relax(a) for a in (3.5, 3.6, 3.7)]
 
-run = wf.run()
-print(run.result(points[0]))
+    run = wf.run()
+    print(run.result(points[0]))
+
+Names are imported on first use (PEP 562), so that worker processes, which import only the
+code that runs tasks, start fast.
 """
 
-from shoal.errors import (
-    BackendError,
-    DefinitionError,
-    DependencyFailed,
-    ResourceError,
-    ShoalError,
-    StoreError,
-    TaskFailed,
-)
-from shoal.runtime.api import run, submit
-from shoal.runtime.run import Run
-from shoal.spec.refs import Ref
-from shoal.spec.task import Task, command, task
-from shoal.spec.workflow import Workflow
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackendError",
-    "DefinitionError",
-    "DependencyFailed",
-    "Ref",
-    "ResourceError",
-    "Run",
-    "ShoalError",
-    "StoreError",
-    "Task",
-    "TaskFailed",
-    "Workflow",
-    "command",
-    "run",
-    "submit",
-    "task",
-]
+_WHERE = {
+    "BackendError": "shoal.errors",
+    "DefinitionError": "shoal.errors",
+    "DependencyFailed": "shoal.errors",
+    "ResourceError": "shoal.errors",
+    "ShoalError": "shoal.errors",
+    "StoreError": "shoal.errors",
+    "TaskFailed": "shoal.errors",
+    "Ref": "shoal.spec.refs",
+    "Task": "shoal.spec.task",
+    "command": "shoal.spec.task",
+    "task": "shoal.spec.task",
+    "Workflow": "shoal.spec.workflow",
+    "Run": "shoal.runtime.run",
+    "run": "shoal.runtime.api",
+    "submit": "shoal.runtime.api",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:
+    from shoal.errors import (
+        BackendError,
+        DefinitionError,
+        DependencyFailed,
+        ResourceError,
+        ShoalError,
+        StoreError,
+        TaskFailed,
+    )
+    from shoal.runtime.api import run, submit
+    from shoal.runtime.run import Run
+    from shoal.spec.refs import Ref
+    from shoal.spec.task import Task, command, task
+    from shoal.spec.workflow import Workflow

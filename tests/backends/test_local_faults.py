@@ -452,11 +452,52 @@ def test_closures_and_lambdas(base: Path) -> None:
 
 
 # -- (k) the store while a run goes on ---------------------------------------------------------
-def test_store_readable_while_running(base: Path, tmp_path: Path) -> None:
+def observe_live(rundir: Path, running: int) -> dict[str, Any]:
+    """What ``run.status()``-style queries and ``shoal status --json`` say of a live run."""
     from click.testing import CliRunner
 
     from shoal.cli.main import main
 
+    with Reader(rundir) as r:
+        seen: dict[str, Any] = {
+            "meta_state": r.meta()["state"],
+            "counts": r.counts(),
+            "running_ids": sorted(x["id"] for x in r.running()),
+            "running_state_ids": sorted(t.id for t in r.tasks(state="running")),
+            "failures": r.failures(),
+        }
+    out = CliRunner().invoke(main, ["status", str(rundir), "--json"])
+    assert out.exit_code == 0, out.output
+    seen["cli"] = json.loads(out.output)
+    return seen
+
+
+def check_live(seen: dict[str, Any], total: int) -> None:
+    assert seen["meta_state"] == "running"
+    assert sum(seen["counts"].values()) == total
+    assert seen["counts"]["running"] == 2
+    assert len(seen["running_ids"]) == 2
+    assert seen["running_ids"] == seen["running_state_ids"]
+    assert seen["failures"] == []
+    assert seen["cli"]["state"] == "running"
+    assert seen["cli"]["counts"] == seen["counts"]
+
+
+def wait_running(rundir_of: Any, n: int, limit: float = 15.0) -> Path:
+    """Poll the store (not a sleep standing in for an ordering) until ``n`` tasks run."""
+    deadline = time.monotonic() + limit
+    while True:
+        assert time.monotonic() < deadline, f"{n} tasks never ran at once"
+        d = rundir_of()
+        if d is not None and (d / "shoal.db").exists():
+            with Reader(d) as r:
+                if r.counts().get("running", 0) >= n:
+                    return Path(d)
+        time.sleep(0.02)
+
+
+def test_store_readable_while_running(base: Path, tmp_path: Path) -> None:
+    """``wf.submit`` returns at once; status and store queries work while tasks run."""
     gate = tmp_path / "gate"
     with shoal.Workflow("live") as wf:
         tasks = [wait_for(str(gate), i) for i in range(4)]
@@ -465,30 +506,49 @@ def test_store_readable_while_running(base: Path, tmp_path: Path) -> None:
         deadline = time.monotonic() + 15
         while run.status()["counts"].get("running", 0) < 2:
             assert time.monotonic() < deadline, f"tasks never started: {run.status()}"
-            assert not run.done, "the run ended while its tasks wait for the gate"
+            assert not run.done, f"the run ended while its tasks wait for the gate: {run}"
             time.sleep(0.02)
         st = run.status()
         assert st["state"] == "running"
         assert st["total"] == 4
-        assert st["counts"]["running"] == 2
-        with Reader(run.dir) as r:
-            running = r.running()
-            assert sorted(x["id"] for x in running) == sorted(
-                t.id for t in r.tasks(state="running")
-            )
-            assert len(running) == 2
-            assert r.meta()["state"] == "running"
-            assert r.failures() == []
-        out = CliRunner().invoke(main, ["status", str(run.dir), "--json"])
-        assert out.exit_code == 0, out.output
-        live = json.loads(out.output)
-        assert live["state"] == "running"
-        assert live["counts"]["running"] == 2
+        check_live(observe_live(run.dir, 2), 4)
+        assert not run.done
         with pytest.raises(shoal.StoreError, match="no result yet"):
             run.result(tasks[0])
     finally:
         gate.touch()
-        run.wait(30)
+    run.wait(30)
     assert run.done
+    assert run.status()["state"] == "succeeded"
+    assert [run.result(t) for t in tasks] == [0, 1, 2, 3]
+
+
+def test_store_readable_while_run_blocks(base: Path, tmp_path: Path) -> None:
+    """The same queries from another thread while ``wf.run`` blocks in this one."""
+    gate = tmp_path / "gate"
+    seen: dict[str, Any] = {}
+
+    def rundir_of() -> Path | None:
+        dirs = list(base.glob("live-*"))
+        return dirs[0] if dirs else None
+
+    def watcher() -> None:
+        try:
+            seen.update(observe_live(wait_running(rundir_of, 2), 2))
+        except BaseException as err:  # handed to the test thread
+            seen["error"] = err
+        finally:
+            gate.touch()
+
+    with shoal.Workflow("live") as wf:
+        tasks = [wait_for(str(gate), i) for i in range(4)]
+    thread = threading.Thread(target=watcher, daemon=True)
+    thread.start()
+    run = wf.run(base=base, cpus=2)
+    thread.join(5)
+    if "error" in seen:
+        raise seen["error"]
+    check_live(seen, 4)
+    assert run.ok
     assert run.status()["state"] == "succeeded"
     assert [run.result(t) for t in tasks] == [0, 1, 2, 3]

@@ -1,6 +1,5 @@
-"""Execution backends behind one contract (``base.Backend``); ``local`` is the default."""
+"""Execution backends behind one contract (``base.Backend``); ``local`` is the default.
 
-from shoal.backends.base import Backend, Job
-from shoal.backends.local import LocalBackend
-
-__all__ = ["Backend", "Job", "LocalBackend"]
+Nothing is imported here on purpose: worker processes import ``shoal.backends.worker`` and
+should not pay for the driver-side modules.
+"""

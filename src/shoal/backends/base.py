@@ -74,6 +74,9 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Stop everything this backend started. Safe to call twice."""
 
+    def warm(self, workers: int) -> None:  # noqa: B027 - optional hook, no-op by default
+        """A hint: about this many Python tasks will run at once; start workers now."""
+
     def notes(self) -> list[str]:
         """Things the run should tell the user once (e.g. that CPU pinning was folded)."""
         return []

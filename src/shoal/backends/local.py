@@ -157,6 +157,11 @@ class LocalBackend(Backend):
         self.rundir = rundir
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
 
+    def warm(self, workers: int) -> None:
+        """Start workers up front (they import in parallel), so early tasks do not wait."""
+        for _ in range(min(workers, len(self.node.cores)) - len(self.workers)):
+            self.idle.append(self._new_worker())
+
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload
 

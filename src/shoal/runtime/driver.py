@@ -90,6 +90,10 @@ class Driver:
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
             b.define(i, payload)
+        pooled = sum(1 for r in self.records if r.kind == "python" and not r.options.isolate)
+        cores = sum(len(n.cores) for n in b.nodes())
+        if pooled:
+            b.warm(min(pooled, cores))
         requests: dict[int, Request] = {}  # one Request per distinct Options, not per task
         infos = []
         for r in self.plan.records:
