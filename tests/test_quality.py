@@ -30,3 +30,10 @@ def test_ruff_lint_is_clean() -> None:
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_state_docs_are_generated_from_the_table() -> None:
+    out = subprocess.run(
+        [sys.executable, "scripts/docs.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr

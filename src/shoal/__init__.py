@@ -40,7 +40,24 @@ _WHERE = {
     "submit": "shoal.runtime.api",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "BackendError",
+    "DefinitionError",
+    "DependencyFailed",
+    "Ref",
+    "ResourceError",
+    "Run",
+    "ShoalError",
+    "StoreError",
+    "Task",
+    "TaskFailed",
+    "Workflow",
+    "command",
+    "run",
+    "submit",
+    "task",
+]
+assert sorted(__all__) == sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:

@@ -490,9 +490,12 @@ def wait_running(rundir_of: Any, n: int, limit: float = 15.0) -> Path:
         assert time.monotonic() < deadline, f"{n} tasks never ran at once"
         d = rundir_of()
         if d is not None and (d / "shoal.db").exists():
-            with Reader(d) as r:
-                if r.counts().get("running", 0) >= n:
-                    return Path(d)
+            try:
+                with Reader(d) as r:
+                    if r.counts().get("running", 0) >= n:
+                        return Path(d)
+            except shoal.StoreError:
+                pass  # the run is creating its tables: a fresh run directory, not a live one
         time.sleep(0.02)
 
 
