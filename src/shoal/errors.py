@@ -66,7 +66,8 @@ class TaskFailed(ShoalError):
     def __str__(self) -> str:
         text = super().__str__()
         if self.traceback:
-            return f"{text}\n\nRemote traceback:\n{self.traceback.rstrip()}"
+            title = "Remote traceback" if self.kind == "error" else "Details"
+            return f"{text}\n\n{title}:\n{self.traceback.rstrip()}"
         return text
 
 

@@ -277,6 +277,23 @@ def test_timeout_fails_task_and_run_goes_on(base: Path) -> None:
     check_bystanders(run, squares, end)
 
 
+@pytest.mark.parametrize("where", ["worker", "isolated", "command"])
+def test_timeout_is_reported_as_timeout(base: Path, where: str) -> None:
+    """A timed-out task fails with kind "timeout" (errors.TaskFailed lists the kinds), not as
+    a crash of the process the timeout killed."""
+    with shoal.Workflow("timeout-kind") as wf:
+        if where == "command":
+            slow = shoal.command("sleep 30", timeout=1)()
+        else:
+            slow = sleep_long.options(timeout=1, isolate=where == "isolated")(30)
+    run = wf.run(base=base, cpus=1)
+    f = failure_of(run, slow)
+    assert "timed out" in f["reason"]
+    with pytest.raises(shoal.TaskFailed) as info:
+        run.result(slow)
+    assert (f["kind"], info.value.kind) == ("timeout", "timeout")
+
+
 # -- (e) result that cannot be pickled ---------------------------------------------------------
 @pytest.mark.parametrize("isolate", [False, True], ids=["worker", "isolated"])
 def test_unpicklable_result(base: Path, isolate: bool) -> None:

@@ -59,7 +59,7 @@ def summary(run: Run) -> None:
     counts = st["counts"]
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     colour = "green" if run.ok else "red"
-    console.print(f"[{colour}]run {run.name} {run.state}[/]: {parts}  ({run.dir})")
+    console.print(f"[{colour}]run {run.name} {run.state}[/]: {parts}  ({run.dir})", soft_wrap=True)
     if run.ok:
         return
     fails = run.failures()

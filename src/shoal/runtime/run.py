@@ -94,7 +94,8 @@ class Run:
         last = attempts[-1] if attempts else {}
         logs = self.dir / "tasks" / str(tid)
         error = last.get("error") or ""
-        tb = error.split("\n", 1)[1] if last.get("kind") == "error" and "\n" in error else ""
+        # Python errors carry the remote traceback; commands the tail of their stderr.
+        tb = error.split("\n", 1)[1] if "\n" in error else ""
         return TaskFailed(
             f"task {row.name!r} (#{tid}) failed: {row.reason}. Output and traceback: {logs}",
             task=tid,

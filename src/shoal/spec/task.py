@@ -265,8 +265,10 @@ def command(
     """A factory of command tasks: ``md = command("lmp -in in.melt -var T {T}", cpus=4)``.
 
     Each call fills the ``{placeholders}`` (values may be references to other tasks' outputs);
-    ``after=[...]`` adds ordering-only dependencies. The task's output is a dict with
-    ``returncode``, ``stdout`` and ``stderr`` (paths of the captured files).
+    ``after=[...]`` adds ordering-only dependencies. The task's output is a dict:
+    ``returncode`` (0), ``stdout`` (the text it printed, up to 1 MiB) and ``dir`` (its task
+    folder, which holds the full ``stdout`` and ``stderr`` files). Without ``workdir`` a
+    command runs in the directory the run was started from.
     """
     opts = Options().merged(f"command {template!r}", **options)
     return CommandFactory(template, opts, workdir, env)
