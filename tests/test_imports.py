@@ -67,9 +67,7 @@ def _top_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
                 yield from _top_level(part)
             for handler in node.handlers:
                 yield from _top_level(handler.body)
-        elif isinstance(node, ast.With):
-            yield from _top_level(node.body)
-        elif isinstance(node, ast.ClassDef):
+        elif isinstance(node, ast.With | ast.ClassDef):
             yield from _top_level(node.body)
 
 
@@ -118,8 +116,15 @@ def where(module: str, line: int) -> str:
 
 
 def test_the_walk_sees_the_modules() -> None:
-    for expected in ("shoal", "shoal.errors", "shoal.core.machine", "shoal.spec.task",
-                     "shoal.cli.main", "shoal.runtime.api", "shoal.store.writer"):
+    for expected in (
+        "shoal",
+        "shoal.errors",
+        "shoal.core.machine",
+        "shoal.spec.task",
+        "shoal.cli.main",
+        "shoal.runtime.api",
+        "shoal.store.writer",
+    ):
         assert expected in MODULES
     assert any(t == "shoal.core.events" for _, t in imports("shoal.core.machine"))
 
@@ -143,19 +148,26 @@ def test_dependencies_point_down() -> None:
             if theirs in FREE or theirs == mine:
                 continue
             if theirs == FACADE:
-                bad.append(f"{where(module, line)}: {module} imports the shoal package itself "
-                           "(its __init__ imports every layer); import from the module instead")
+                bad.append(
+                    f"{where(module, line)}: {module} imports the shoal package itself "
+                    "(its __init__ imports every layer); import from the module instead"
+                )
             elif theirs not in LAYERS:
                 continue  # reported by test_every_package_has_a_layer
             elif LAYERS[theirs] >= LAYERS[mine]:
-                bad.append(f"{where(module, line)}: {module} ({mine}) imports {target} "
-                           f"({theirs}), which is not below it")
+                bad.append(
+                    f"{where(module, line)}: {module} ({mine}) imports {target} "
+                    f"({theirs}), which is not below it"
+                )
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
 def test_errors_import_nothing_of_shoal() -> None:
-    own = [t for _, t in imports("shoal.errors", everywhere=True)
-           if t == "shoal" or t.startswith("shoal.")]
+    own = [
+        t
+        for _, t in imports("shoal.errors", everywhere=True)
+        if t == "shoal" or t.startswith("shoal.")
+    ]
     assert not own, f"shoal.errors must be importable by all, but imports {own}"
 
 

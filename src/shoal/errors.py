@@ -61,7 +61,7 @@ class TaskFailed(ShoalError):
         self.exit_code = exit_code
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), str(self), self.__dict__))
+        return (_rebuild, (type(self), self.args[0] if self.args else "", self.__dict__))
 
     def __str__(self) -> str:
         text = super().__str__()

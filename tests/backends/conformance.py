@@ -11,6 +11,7 @@ The class name has no ``Test`` prefix, so pytest collects it only through its su
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,11 @@ def snooze(seconds: float) -> str:
     return "woke"
 
 
-FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze)  # index = function id
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv)  # index = function id
 
 
 def payload(*args: Any, **kwargs: Any) -> bytes:
@@ -154,6 +159,22 @@ class BackendContract:
         value = pickle.loads(o.result)
         assert value["returncode"] == 0
         assert value["stdout"] == "hello\nworld\n"
+
+    def test_job_env_reaches_the_job(self, backend: Backend, rundir: Path) -> None:
+        cmd = self.command_job(backend, rundir, 1, ["/bin/sh", "-c", "echo $SHOAL_GREETING"])
+        cmd.env = {"SHOAL_GREETING": "hello"}
+        o = self.run_one(backend, cmd)
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"")["stdout"] == "hello\n"
+        job = self.python_job(backend, rundir, 2, getenv, "SHOAL_GREETING")
+        job.env = {"SHOAL_GREETING": "bonjour"}
+        o = self.run_one(backend, job)
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"") == "bonjour"
+        # The next job on the same backend must not inherit the previous job's variables.
+        o = self.run_one(backend, self.python_job(backend, rundir, 3, getenv, "SHOAL_GREETING"))
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"") is None
 
     def test_missing_program_fails_cleanly(self, backend: Backend, rundir: Path) -> None:
         o = self.run_one(backend, self.command_job(backend, rundir, 4,

@@ -33,10 +33,11 @@ from shoal.core import (
     Tick,
     Transition,
 )
+from shoal.core.events import Returned
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
 from shoal.errors import DefinitionError, ResourceError
 
-PEN, RDY, RUN = State.PENDING, State.READY, State.RUNNING
+PEN, RDY, QUE, RUN = State.PENDING, State.READY, State.QUEUED, State.RUNNING
 SUC, FAI, DEP, CAN = State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED
 
 Step = tuple[int, State | None, State]
@@ -79,31 +80,37 @@ def test_terminal_states_are_exactly_those_without_a_way_out() -> None:
 
 
 # -- (b) scenarios ---------------------------------------------------------------------------
+PREFETCH = Policy(prefetch=2, prefetch_window=10.0)
+WARM = (sub(0, task(0)), Succeeded(1, 0, 1))  # one 1 s run: prefetch now knows the shape is short
+WARMED = ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC))
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     events: tuple[Event, ...]
     transitions: tuple[Step, ...]
     cores: int = 1
+    policy: Policy | None = None
     kills: tuple[tuple[int, str], ...] = ()  # (task, text in the kill reason), in order
     reasons: tuple[tuple[int, str], ...] = ()  # (task, text in the reason of its last transition)
+    queued_after: tuple[tuple[int, int], ...] = ()  # (task, after) of each prefetch Dispatch
     done: bool | None = None
     ordered: bool = True  # False: the same transitions, in any order
 
 
 SCENARIOS = [
     Scenario(
-        "no deps: pending, ready, running at once",
+        "no deps: born ready, running at once",
         (sub(0, task(0)),),
-        ((0, None, PEN), (0, PEN, RDY), (0, RDY, RUN)),
+        ((0, None, RDY), (0, RDY, RUN)),
         done=False,
     ),
     Scenario(
         "success readies and starts a dependent",
         (sub(0, task(0), task(1, 0)), Succeeded(1, 0, 1), Succeeded(2, 1, 1)),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            (0, None, RDY),
             (1, None, PEN),
             (0, RDY, RUN),
             (0, RUN, SUC),
@@ -117,10 +124,8 @@ SCENARIOS = [
         "a task waits for all of its deps",
         (sub(0, task(0), task(1), task(2, 0, 1)), Succeeded(1, 1, 1), Succeeded(2, 0, 1)),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (1, PEN, RDY),
+            (0, None, RDY),
+            (1, None, RDY),
             (2, None, PEN),
             (0, RDY, RUN),
             (1, RDY, RUN),
@@ -140,12 +145,10 @@ SCENARIOS = [
             Succeeded(3, 4, 1),
         ),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            (0, None, RDY),
             (1, None, PEN),
             (2, None, PEN),
-            (3, None, PEN),
-            (3, PEN, RDY),
+            (3, None, RDY),
             (4, None, PEN),
             (0, RDY, RUN),
             (3, RDY, RUN),
@@ -165,8 +168,7 @@ SCENARIOS = [
         "failure in a diamond ends every task below it exactly once",
         (sub(0, task(0), task(1, 0), task(2, 0), task(3, 1, 2)), Failed(1, 0, 1, "boom")),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            (0, None, RDY),
             (1, None, PEN),
             (2, None, PEN),
             (3, None, PEN),
@@ -183,8 +185,7 @@ SCENARIOS = [
         "cancel of a pending task cancels it and its dependents",
         (sub(0, task(0), task(1, 0), task(2, 1)), Cancel(1, 1), Succeeded(2, 0, 1)),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            (0, None, RDY),
             (1, None, PEN),
             (2, None, PEN),
             (0, RDY, RUN),
@@ -198,21 +199,13 @@ SCENARIOS = [
     Scenario(
         "cancel of a ready task: it never starts",
         (sub(0, task(0), task(1)), Cancel(1, 1), Succeeded(2, 0, 1)),
-        (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (1, PEN, RDY),
-            (0, RDY, RUN),
-            (1, RDY, CAN),
-            (0, RUN, SUC),
-        ),
+        ((0, None, RDY), (1, None, RDY), (0, RDY, RUN), (1, RDY, CAN), (0, RUN, SUC)),
         done=True,
     ),
     Scenario(
         "cancel of a finished task changes nothing",
         (sub(0, task(0)), Succeeded(1, 0, 1), Cancel(2, 0)),
-        ((0, None, PEN), (0, PEN, RDY), (0, RDY, RUN), (0, RUN, SUC)),
+        ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC)),
         done=True,
     ),
     Scenario(
@@ -223,14 +216,7 @@ SCENARIOS = [
             Cancel(1.5, 0, "again"),
             Failed(2, 0, 1, "terminated by signal 15", kind="exit"),
         ),
-        (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (0, RDY, RUN),
-            (0, RUN, CAN),
-            (1, PEN, CAN),
-        ),
+        ((0, None, RDY), (1, None, PEN), (0, RDY, RUN), (0, RUN, CAN), (1, PEN, CAN)),
         kills=((0, "user said stop"),),
         reasons=((0, "user said stop"), (1, "upstream task 0 was cancelled")),
         done=True,
@@ -239,8 +225,7 @@ SCENARIOS = [
         "cancel of a running task that succeeds before the kill lands: it succeeded",
         (sub(0, task(0), task(1, 0)), Cancel(1, 0), Succeeded(2, 0, 1)),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            (0, None, RDY),
             (1, None, PEN),
             (0, RDY, RUN),
             (0, RUN, SUC),
@@ -258,14 +243,7 @@ SCENARIOS = [
             Tick(20),
             Failed(21, 0, 1, "terminated by signal 15", kind="exit"),
         ),
-        (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (0, RDY, RUN),
-            (0, RUN, FAI),
-            (1, PEN, DEP),
-        ),
+        ((0, None, RDY), (1, None, PEN), (0, RDY, RUN), (0, RUN, FAI), (1, PEN, DEP)),
         kills=((0, "timed out"),),
         reasons=((0, "timed out after 5 s"), (1, "upstream task 0 failed")),
         done=True,
@@ -273,29 +251,31 @@ SCENARIOS = [
     Scenario(
         "timeout: a task that ends in time is never killed",
         (sub(0, task(0, timeout=5.0)), Succeeded(3, 0, 1), Tick(100)),
-        ((0, None, PEN), (0, PEN, RDY), (0, RDY, RUN), (0, RUN, SUC)),
+        ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC)),
         done=True,
     ),
     Scenario(
-        "stale Succeeded/Failed events (wrong attempt, not running, unknown) are ignored",
+        "stale Succeeded/Failed/Returned events (wrong attempt, not running, unknown) are ignored",
         (
             sub(0, task(0), task(1)),
             Succeeded(1, 0, 2),
             Failed(1, 0, 0, "old attempt"),
+            Returned(1, 0, 2),
             Succeeded(1, 1, 1),
             Failed(1, 1, 1, "not running"),
+            Returned(1, 1, 1),
             Succeeded(1, 99, 1),
+            Returned(1, 99, 1),
             Succeeded(2, 0, 1),
             Failed(3, 0, 1, "late report"),
             Succeeded(3, 0, 1),
+            Returned(3, 0, 1),
             Succeeded(4, 1, 2),
             Succeeded(5, 1, 1),
         ),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (1, PEN, RDY),
+            (0, None, RDY),
+            (1, None, RDY),
             (0, RDY, RUN),
             (0, RUN, SUC),
             (1, RDY, RUN),
@@ -306,14 +286,7 @@ SCENARIOS = [
     Scenario(
         "a task submitted after its dep failed ends dep_failed at once",
         (sub(0, task(0)), Failed(1, 0, 1, "boom"), sub(2, task(1, 0))),
-        (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (0, RDY, RUN),
-            (0, RUN, FAI),
-            (1, None, PEN),
-            (1, PEN, DEP),
-        ),
+        ((0, None, RDY), (0, RDY, RUN), (0, RUN, FAI), (1, None, PEN), (1, PEN, DEP)),
         reasons=((1, "upstream task 0 failed"),),
         done=True,
     ),
@@ -321,10 +294,8 @@ SCENARIOS = [
         "a task submitted after its dep was cancelled is cancelled at once",
         (sub(0, task(0), task(1)), Cancel(0, 1), sub(1, task(2, 1))),
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
-            (1, None, PEN),
-            (1, PEN, RDY),
+            (0, None, RDY),
+            (1, None, RDY),
             (0, RDY, RUN),
             (1, RDY, CAN),
             (2, None, PEN),
@@ -333,24 +304,152 @@ SCENARIOS = [
         reasons=((2, "upstream task 1 was cancelled"),),
     ),
     Scenario(
-        "a task submitted after its dep succeeded is ready and starts at once",
+        "a task submitted after its dep succeeded is born ready and starts at once",
         (sub(0, task(0)), Succeeded(1, 0, 1), sub(2, task(1, 0))),
+        ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC), (1, None, RDY), (1, RDY, RUN)),
+        done=False,
+    ),
+    Scenario(
+        "returned unstarted: ready again, and the report of the old attempt is stale",
+        (sub(0, task(0)), Returned(1, 0, 1), Succeeded(1.5, 0, 1), Succeeded(2, 0, 2)),
+        ((0, None, RDY), (0, RDY, RUN), (0, RUN, RDY), (0, RDY, RUN), (0, RUN, SUC)),
+        done=True,
+    ),
+    Scenario(
+        "returned while a cancel is in flight: cancelled, with its dependents",
+        (sub(0, task(0), task(1, 0)), Cancel(1, 0), Returned(2, 0, 1)),
+        ((0, None, RDY), (1, None, PEN), (0, RDY, RUN), (0, RUN, CAN), (1, PEN, CAN)),
+        kills=((0, "cancelled by request"),),
+        done=True,
+    ),
+    Scenario(
+        "prefetch: short tasks queue behind a running one and take over its slot in turn",
         (
-            (0, None, PEN),
-            (0, PEN, RDY),
+            *WARM,
+            sub(1, task(1), task(2), task(3), task(4)),
+            Succeeded(2, 1, 1),
+            Succeeded(3, 2, 1),
+            Succeeded(4, 3, 1),
+            Succeeded(5, 4, 1),
+        ),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, RDY),
+            (3, None, RDY),
+            (4, None, RDY),
+            (1, RDY, RUN),
+            (2, RDY, QUE),
+            (3, RDY, QUE),  # at most prefetch=2 behind one slot
+            (1, RUN, SUC),
+            (2, QUE, RUN),
+            (4, RDY, QUE),
+            (2, RUN, SUC),
+            (3, QUE, RUN),
+            (3, RUN, SUC),
+            (4, QUE, RUN),
+            (4, RUN, SUC),
+        ),
+        policy=PREFETCH,
+        queued_after=((2, 1), (3, 2), (4, 3)),
+        done=True,
+    ),
+    Scenario(
+        "prefetch: nothing is queued before a task of the shape has finished",
+        (sub(0, task(0), task(1)),),
+        ((0, None, RDY), (1, None, RDY), (0, RDY, RUN)),
+        policy=PREFETCH,
+    ),
+    Scenario(
+        "prefetch: nothing is queued behind a shape slower than the window",
+        (sub(0, task(0)), Succeeded(20, 0, 1), sub(20, task(1), task(2))),
+        (
+            (0, None, RDY),
             (0, RDY, RUN),
             (0, RUN, SUC),
-            (1, None, PEN),
-            (1, PEN, RDY),
+            (1, None, RDY),
+            (2, None, RDY),
             (1, RDY, RUN),
         ),
-        done=False,
+        policy=PREFETCH,
+    ),
+    Scenario(
+        "cancel of a queued task: Kill, the backend drops it, cancelled; the slot moves on",
+        (
+            *WARM,
+            sub(1, task(1), task(2), task(3)),
+            Cancel(2, 2),
+            Failed(2, 2, 1, "dropped", kind="cancelled"),
+            Succeeded(3, 1, 1),
+            Succeeded(4, 3, 1),
+        ),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, RDY),
+            (3, None, RDY),
+            (1, RDY, RUN),
+            (2, RDY, QUE),
+            (3, RDY, QUE),
+            (2, QUE, CAN),
+            (1, RUN, SUC),
+            (3, QUE, RUN),
+            (3, RUN, SUC),
+        ),
+        policy=PREFETCH,
+        kills=((2, "cancelled by request"),),
+        queued_after=((2, 1), (3, 2)),
+        done=True,
+    ),
+    Scenario(
+        "a cancelled queued task that reaches its slot first is killed again once it runs",
+        (
+            *WARM,
+            sub(1, task(1), task(2)),
+            Cancel(2, 2),
+            Succeeded(3, 1, 1),
+            Failed(4, 2, 1, "terminated", kind="exit"),
+        ),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, RDY),
+            (1, RDY, RUN),
+            (2, RDY, QUE),
+            (1, RUN, SUC),
+            (2, QUE, RUN),
+            (2, RUN, CAN),
+        ),
+        policy=PREFETCH,
+        kills=((2, "cancelled by request"), (2, "cancelled by request")),
+        reasons=((2, "cancelled by request"),),
+        queued_after=((2, 1),),
+        done=True,
+    ),
+    Scenario(
+        # Returned means the slot is lost: everything queued on it comes back, and nothing is
+        # queued on it again; the running head still holds its cores until its outcome.
+        "a queued task returned unstarted gives back its slot's queue",
+        (*WARM, sub(1, task(1), task(2), task(3)), Returned(2, 3, 1)),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, RDY),
+            (3, None, RDY),
+            (1, RDY, RUN),
+            (2, RDY, QUE),
+            (3, RDY, QUE),
+            (2, QUE, RDY),
+            (3, QUE, RDY),
+        ),
+        policy=PREFETCH,
+        queued_after=((2, 1), (3, 2)),
     ),
 ]
 
 
 def play(s: Scenario) -> tuple[Scheduler, list[Command]]:
-    sched = Scheduler([Node.sized("n0", s.cores)])
+    sched = Scheduler([Node.sized("n0", s.cores)], s.policy)
     out: list[Command] = []
     for ev in s.events:
         got = sched.handle(ev)
@@ -370,17 +469,23 @@ def test_scenario(s: Scenario) -> None:
     else:
         assert Counter(got) == Counter(s.transitions)
 
-    # each RUNNING transition is followed at once by the Dispatch of attempt 1 of that task
+    # each ready -> running (or queued) move is followed at once by the Dispatch of the next
+    # attempt of that task: a fresh one for running, one behind another task for queued
+    attempts: Counter[int] = Counter()
     for i, c in enumerate(out):
-        if isinstance(c, Transition) and c.new is RUN:
+        if isinstance(c, Transition) and c.old is RDY and c.new in (RUN, QUE):
             d = out[i + 1]
-            assert isinstance(d, Dispatch) and (d.task, d.attempt) == (c.task, 1)
-    assert len(dispatched(out)) == sum(1 for _, _, new in got if new is RUN)
+            attempts[c.task] += 1
+            assert isinstance(d, Dispatch) and (d.task, d.attempt) == (c.task, attempts[c.task])
+            assert (d.after is None) == (c.new is RUN)
+    assert len(dispatched(out)) == attempts.total()
+    queued = [(d.task, d.after) for d in out if isinstance(d, Dispatch) and d.after is not None]
+    assert queued == list(s.queued_after)
 
     kills = [c for c in out if isinstance(c, Kill)]
     assert [k.task for k in kills] == [t for t, _ in s.kills]
     for k, (_, text) in zip(kills, s.kills, strict=True):
-        assert text in k.reason and k.attempt == 1
+        assert text in k.reason
 
     for t, text in s.reasons:
         last = [c for c in out if isinstance(c, Transition) and c.task == t][-1]
@@ -390,8 +495,52 @@ def test_scenario(s: Scenario) -> None:
     final = {t: new for t, _, new in got}
     assert {t: sched.state(t) for t in sched.tasks} == final
     assert sched.counts == {st: sum(1 for v in final.values() if v is st) for st in State}
+    sched.pool.check(sched.placements())
     if s.done is not None:
         assert sched.done is s.done
+
+
+def test_returned_attempt_reports_why() -> None:
+    sched = Scheduler([Node.sized("n0", 1)])
+    sched.handle(sub(0, task(0)))
+    out = sched.handle(Returned(1, 0, 1))
+    assert out[0] == Transition(
+        "returned(task 0, attempt 1)", 0, RUN, RDY, 1, "returned unstarted by the backend", 1
+    )
+
+
+def test_tasks_returned_from_a_lost_slot_get_a_fresh_placement() -> None:
+    """A worker dies while running task 1 with tasks 2 and 3 queued behind it (prefetch). Like
+    the local backend, the fake backend below fails the running task and returns every attempt
+    that is queued on the dead slot, including ones dispatched onto it later. "Returned" means
+    the slot was lost (events.Returned), so tasks 2 and 3 must end up dispatched afresh."""
+    sched = Scheduler([Node.sized("n0", 1)], PREFETCH)
+    for ev in WARM:
+        sched.handle(ev)
+    out = sched.handle(sub(1, task(1), task(2), task(3)))
+    assert [(d.task, d.after) for d in out if isinstance(d, Dispatch)] == [
+        (1, None),
+        (2, 1),
+        (3, 2),
+    ]
+    dead = {1, 2, 3}  # tasks whose slot is the dead worker
+    backend: deque[Event] = deque([Returned(2, 2, 1), Returned(2, 3, 1)])
+    sched.handle(Failed(2, 1, 1, "worker died", kind="lost"))
+    fresh: list[int] = []
+    for step in range(20):
+        if not backend or fresh:
+            break
+        for c in sched.handle(backend.popleft()):
+            if isinstance(c, Dispatch) and c.after in dead:
+                dead.add(c.task)
+                backend.append(Returned(3 + step, c.task, c.attempt))
+            elif isinstance(c, Dispatch):
+                fresh.append(c.task)
+    assert fresh, (
+        f"tasks 2 and 3 were queued on the lost slot again and again (states "
+        f"{ {t: sched.state(t).value for t in (2, 3)} }, attempts "
+        f"{ {t: sched.tasks[t].attempt for t in (2, 3)} }); its core is never freed"
+    )
 
 
 def test_timeout_counts_from_the_start_of_the_attempt() -> None:

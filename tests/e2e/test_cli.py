@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -36,7 +37,9 @@ def boom(x):
 hello = shoal.command("echo hello {who}")
 """
 
-DEMO = TASKS + """
+DEMO = (
+    TASKS
+    + """
 with shoal.Workflow("demo") as wf:
     squares = [square(i) for i in range(3)]
     s = total([q.out for q in squares])
@@ -46,8 +49,11 @@ with shoal.Workflow("demo") as wf:
 
 run = wf.run()
 """
+)
 
-FINE = TASKS + """
+FINE = (
+    TASKS
+    + """
 with shoal.Workflow("fine") as wf:
     squares = [square(i) for i in range(4)]
     s = total([q.out for q in squares])
@@ -56,15 +62,19 @@ with shoal.Workflow("fine") as wf:
 run = wf.run()
 print("RESULT", run.result(s), run.result(greet)["stdout"].strip())
 """
+)
 
-CYCLE = TASKS + """
+CYCLE = (
+    TASKS
+    + """
 with shoal.Workflow("loop") as wf:
-    a = square(1)
-    b = square(2).after(a)
+    a = square.options(name="first")(1)
+    b = square.options(name="second")(2).after(a)
     a.after(b)
 
 wf.run()
 """
+)
 
 
 def shoal_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,7 +120,7 @@ def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in p.stdout + p.stderr, p.stdout + p.stderr
 
 
-# -- shoal run ---------------------------------------------------------------------------------------
+# -- shoal run ------------------------------------------------------------------------------------
 def test_run_with_a_failure_exits_1_and_names_it(project: Project) -> None:
     p = project.demo
     out = p.stdout + p.stderr
@@ -133,11 +143,13 @@ def test_definition_error_exits_2_with_one_line(tmp_path: Path) -> None:
     no_traceback(p)
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, p.stderr
-    assert "cycle" in lines[0] and "square -> square" in lines[0], lines[0]
+    assert lines[0].startswith("shoal: "), lines[0]
+    assert "cycle" in lines[0], lines[0]
+    assert re.search(r"first \(#\d+\) -> second|second \(#\d+\) -> first", lines[0]), lines[0]
     assert run_dirs(tmp_path) == []
 
 
-# -- shoal status ------------------------------------------------------------------------------------
+# -- shoal status ---------------------------------------------------------------------------------
 def test_status_defaults_to_the_newest_run(project: Project) -> None:
     p = shoal_cli(project.dir, "status")
     assert p.returncode == 0, p.stderr
@@ -181,7 +193,7 @@ def test_status_where_there_is_no_run_exits_2(tmp_path: Path) -> None:
     no_traceback(p)
 
 
-# -- shoal tasks -------------------------------------------------------------------------------------
+# -- shoal tasks ----------------------------------------------------------------------------------
 def test_tasks_failed_json_lists_exactly_the_failure(project: Project) -> None:
     p = shoal_cli(project.dir, "tasks", "--state", "failed", "--json")
     assert p.returncode == 0, p.stderr
@@ -213,7 +225,7 @@ def test_tasks_unknown_state_exits_2_listing_states(project: Project) -> None:
     no_traceback(p)
 
 
-# -- shoal logs --------------------------------------------------------------------------------------
+# -- shoal logs -----------------------------------------------------------------------------------
 def test_logs_print_stdout_and_traceback(project: Project) -> None:
     p = shoal_cli(project.dir, "logs", "boom")
     assert p.returncode == 0, p.stderr

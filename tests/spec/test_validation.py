@@ -21,7 +21,7 @@ from shoal.spec import parse_memory
 from shoal.store import Reader
 
 
-# -- module-level tasks and types (workers import them by reference) --------------------------
+# -- module-level tasks and types (workers import them by reference) ------------------------------
 @shoal.task
 def step(x: Any = None) -> Any:
     return x
@@ -57,7 +57,7 @@ def named(name: str) -> shoal.spec.TaskFactory[Any, Any]:
     return step.options(name=name)
 
 
-# -- references and cycles -----------------------------------------------------------------------
+# -- references and cycles ------------------------------------------------------------------------
 def test_reference_to_task_outside_the_workflow(base: Path) -> None:
     outside = named("prepare")(1)  # no workflow open: belongs to none
     with Workflow("eos") as wf:
@@ -71,12 +71,15 @@ def test_reference_to_task_outside_the_workflow(base: Path) -> None:
     nothing_started(base)
 
 
-def _cycle_in(msg: str) -> list[str]:
-    m = re.search(r"cycle: (\w+(?: -> \w+)+)", msg)
+def _cycle_in(msg: str, ids: bool = False) -> list[str]:
+    m = re.search(r"cycle: (.+? -> .+?)\.(?:\s|$)", msg)
     assert m, f"no 'x -> y -> x' cycle listed in: {msg}"
-    names = m.group(1).split(" -> ")
-    assert names[0] == names[-1], f"the listed cycle does not close: {m.group(1)}"
-    return names[:-1]
+    labels = m.group(1).split(" -> ")
+    assert labels[0] == labels[-1], f"the listed cycle does not close: {m.group(1)}"
+    # Each task is listed as "name (#id)"; the ids tell tasks of one name apart.
+    if ids:
+        return labels[:-1]
+    return [re.sub(r" \(#\d+\)$", "", label) for label in labels[:-1]]
 
 
 def _rotated_to(names: list[str], first: str) -> list[str]:
@@ -120,7 +123,21 @@ def test_task_after_itself_is_a_cycle(base: Path) -> None:
     nothing_started(base)
 
 
-# -- impossible requests ---------------------------------------------------------------------------
+def test_cycle_among_tasks_of_one_name_tells_them_apart(base: Path) -> None:
+    """Tasks of one function share a name; the listed cycle must still say which is which."""
+    with Workflow("same") as wf:
+        one = step(1)
+        two = step(2).after(one)
+        one.after(two)
+    with pytest.raises(DefinitionError, match="cycle") as info:
+        wf.run(base=base)
+    cycle = _cycle_in(str(info.value), ids=True)
+    assert len(cycle) == 2, str(info.value)
+    assert len(set(cycle)) == 2, f"the two tasks in the cycle look the same: {info.value}"
+    nothing_started(base)
+
+
+# -- impossible requests --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("request_", "asks", "node"),
     [
@@ -151,7 +168,7 @@ def test_resource_error_is_a_definition_error() -> None:
     assert issubclass(ResourceError, DefinitionError)
 
 
-# -- things that cannot travel to a worker -------------------------------------------------------
+# -- things that cannot travel to a worker --------------------------------------------------------
 def test_unpicklable_function_is_named(base: Path) -> None:
     lock = threading.Lock()
 
@@ -193,7 +210,7 @@ def test_unserializable_argument_is_named(
     nothing_started(base)
 
 
-# -- options ----------------------------------------------------------------------------------------
+# -- options --------------------------------------------------------------------------------------
 BAD_OPTIONS = [
     ({"cpus": 0}, "cpus", ">= 1"),
     ({"cpus": "2"}, "cpus", "integer"),
@@ -243,8 +260,17 @@ def test_unknown_option_lists_the_known_ones() -> None:
 
 @pytest.mark.parametrize(
     ("text", "mb"),
-    [("4GB", 4096), ("512MB", 512), ("512M", 512), ("2GiB", 2048), ("1.5G", 1536),
-     ("1TB", 1024 * 1024), (100, 100), ("100", 100), (None, 0)],
+    [
+        ("4GB", 4096),
+        ("512MB", 512),
+        ("512M", 512),
+        ("2GiB", 2048),
+        ("1.5G", 1536),
+        ("1TB", 1024 * 1024),
+        (100, 100),
+        ("100", 100),
+        (None, 0),
+    ],
 )
 def test_memory_strings_parse(text: Any, mb: int) -> None:
     assert parse_memory(text) == mb
@@ -276,7 +302,7 @@ def test_command_options_copy_leaves_the_original_alone() -> None:
     assert wide(T=1).options.cpus == 3
 
 
-# -- command templates --------------------------------------------------------------------------
+# -- command templates ----------------------------------------------------------------------------
 def test_command_missing_placeholder_value(base: Path) -> None:
     md = shoal.command("lmp -in in.melt -var T {T} -var P {P}")
     with pytest.raises(DefinitionError) as info:
@@ -356,7 +382,7 @@ def test_ref_has_no_truth_value() -> None:
 def test_ref_cannot_be_iterated() -> None:
     t = step()
     with pytest.raises(DefinitionError, match="cannot be iterated"):
-        a, b = t.out
+        _a, _b = t.out
 
 
 def test_workflow_add_refuses_other_things() -> None:
@@ -364,7 +390,7 @@ def test_workflow_add_refuses_other_things() -> None:
         Workflow("w").add(step)  # a factory, not a task
 
 
-# -- references wire the graph and resolve ----------------------------------------------------------
+# -- references wire the graph and resolve --------------------------------------------------------
 def test_references_nested_in_containers(base: Path) -> None:
     with Workflow("nest") as wf:
         p = [produce(i) for i in range(7)]

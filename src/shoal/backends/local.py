@@ -327,6 +327,7 @@ class LocalBackend(Backend):
             env_id,
             send_env,
             str(job.taskdir),
+            job.after is not None,
         )
 
     def _forget(self, w: _Worker, job: Job) -> None:
@@ -362,23 +363,23 @@ class LocalBackend(Backend):
                     )
                 )
             else:
-                _, task, attempt, ok, result, kind, error, started, ended = reply
-                job = w.jobs[0]
-                self._forget(w, job)
-                out.append(
-                    Outcome(
-                        task,
-                        attempt,
-                        ok,
-                        started,
-                        ended,
-                        kind,
-                        error,
-                        None,
-                        f"worker-{w.index}",
-                        result,
+                for task, attempt, ok, result, kind, error, started, ended in reply[1]:
+                    job = w.jobs[0]
+                    self._forget(w, job)
+                    out.append(
+                        Outcome(
+                            task,
+                            attempt,
+                            ok,
+                            started,
+                            ended,
+                            kind,
+                            error,
+                            None,
+                            f"worker-{w.index}",
+                            result,
+                        )
                     )
-                )
             if not w.jobs:
                 self.idle.append(w)
                 return

@@ -2,11 +2,11 @@
 
 Started by the local backend as ``python -m shoal.backends.worker FD``, it talks over one
 socket (``multiprocessing.connection`` framing) to the driver. Messages in:
-``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env | None, taskdir)])``
+``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir, queued)])``
 queues tasks, run in order (a function and an environment are sent once per worker, then
 named by id); ``("drop", task, attempt)`` removes a queued task that has not started;
-``("stop",)``. Replies: ``("done", task, attempt, ok, result, kind, error, started,
-ended)`` per task and ``("dropped", task, attempt)``.
+``("stop",)``. Replies: ``("done", [(task, attempt, ok, result, kind, error, started,
+ended), ...])`` (several per message, see HOLD) and ``("dropped", task, attempt)``.
 
 Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker
 moves whatever the task printed into ``tasks/<id>/stdout`` and ``stderr``; a silent task costs
@@ -19,6 +19,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -27,6 +28,14 @@ from typing import Any
 import cloudpickle
 
 from shoal.backends.execute import call, pin
+
+# Replies of tiny tasks share messages: a finished task's reply is held while the next queued
+# task is a prefetched one (the scheduler queues only tasks it expects to take milliseconds),
+# for at most HOLD seconds counted at task boundaries, or until BATCH replies are held. A
+# reply is never held when nothing is queued behind, so a dependent never waits on a quiet
+# worker; the worst case is one unexpectedly long queued task.
+HOLD = 0.001
+BATCH = 64
 
 
 def _drain(fd: int, taskdir: str, name: str) -> None:
@@ -55,7 +64,17 @@ def main(argv: list[str]) -> None:
     env_now: dict[str, str] = {}
     cores_now: list[int] | None = None
     pending: deque[tuple[Any, ...]] = deque()
+    replies: list[tuple[Any, ...]] = []
+    first = 0.0  # when the oldest held reply was made
     while True:
+        if replies and (
+            not pending
+            or not pending[0][-1]  # the next task was not prefetched: it may be long
+            or len(replies) >= BATCH
+            or time.monotonic() - first > HOLD
+        ):
+            conn.send_bytes(pickle.dumps(("done", replies), protocol=5))
+            replies = []
         # Take every message that is already here (blocking only when there is no work), so a
         # "drop" reaches a queued task before it starts.
         while not pending or conn.poll(0):
@@ -73,7 +92,7 @@ def main(argv: list[str]) -> None:
                         pending.remove(item)
                         conn.send_bytes(pickle.dumps(("dropped", msg[1], msg[2])))
                         break
-        task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir = pending.popleft()
+        task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir, _ = pending.popleft()
         if fn_payload is not None:
             functions[fid] = cloudpickle.loads(fn_payload)
         if env is not None:
@@ -97,7 +116,9 @@ def main(argv: list[str]) -> None:
         sys.stderr.flush()
         _drain(1, taskdir, "stdout")
         _drain(2, taskdir, "stderr")
-        conn.send_bytes(pickle.dumps(("done", task, attempt, *reply), protocol=5))
+        if not replies:
+            first = time.monotonic()
+        replies.append((task, attempt, *reply))
 
 
 if __name__ == "__main__":

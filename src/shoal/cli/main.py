@@ -27,6 +27,8 @@ def latest_run(where: Path) -> Path:
     """``where`` itself if it is a run directory, else the newest run directory inside it."""
     if (where / "shoal.db").exists():
         return where
+    if not where.exists():
+        raise StoreError(f"{where} does not exist: give a run directory (a folder with shoal.db)")
     if not where.is_dir():
         raise StoreError(f"{where} is not a directory")
     runs = [p for p in where.iterdir() if (p / "shoal.db").exists()]

@@ -107,6 +107,7 @@ class _Entry:
         "kill",
         "placement",
         "ready_since",
+        "root",
         "since",
         "slot",
         "state",
@@ -125,6 +126,29 @@ class _Entry:
         self.since = 0.0  # when the current attempt started running
         self.kill: tuple[str, str] | None = None  # (kind, reason) of a kill in flight
         self.slot: _Slot | None = None
+        self.root = -1  # dep_failed/cancelled downstream: the task where it started
+
+
+def _check_acyclic(tasks: Sequence[TaskInfo], batch: set[int]) -> None:
+    """Refuse a submission whose tasks depend on each other in a cycle (Kahn's algorithm)."""
+    waiting = {t.id: sum(1 for d in t.deps if d in batch) for t in tasks}
+    children: dict[int, list[int]] = {}
+    for t in tasks:
+        for d in t.deps:
+            if d in batch:
+                children.setdefault(d, []).append(t.id)
+    todo = [i for i, n in waiting.items() if n == 0]
+    seen = 0
+    while todo:
+        i = todo.pop()
+        seen += 1
+        for c in children.get(i, ()):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                todo.append(c)
+    if seen != len(tasks):
+        stuck = sorted(i for i, n in waiting.items() if n > 0)[:10]
+        raise DefinitionError(f"the submitted tasks depend on each other in a cycle: {stuck}")
 
 
 class Scheduler:
@@ -214,6 +238,8 @@ class Scheduler:
             why = self.pool.refusal(t.request)
             if why:
                 raise ResourceError(f"task {t.id} can never start: {why}")
+        if any(d >= t.id for t in ev.tasks for d in t.deps if d in batch):
+            _check_acyclic(ev.tasks, batch)
         for t in ev.tasks:
             self.tasks[t.id] = _Entry(t)
         for t in ev.tasks:
@@ -271,15 +297,33 @@ class Scheduler:
         self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
 
     def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
+        """A task came back unstarted: its slot is lost. Free the slot's placement and make
+        every task on it ready again (their own Returned reports, if any, are then stale)."""
         e = self.tasks.get(ev.task)
-        if e is None or e.attempt != ev.attempt:
+        if e is None or e.attempt != ev.attempt or e.slot is None:
             return
-        if e.state is QUEUED:
-            self._unqueue(e)
-        elif e.state is RUNNING:
-            self._end_run(e, cause, out, returned=True)
-        else:
+        if e.state is not QUEUED and e.state is not RUNNING:
             return
+        slot = e.slot
+        self.open_slots.get(slot.request, {}).pop(slot.key, None)
+        head = self.tasks[slot.tasks[0]]
+        if head.state is RUNNING and head is not e:
+            # The head still runs (or its outcome is on the way): only the queued ones go.
+            for t in list(slot.tasks)[1:]:
+                self._give_back(self.tasks[t], cause, out)
+            return
+        for t in list(slot.tasks):
+            self._give_back(self.tasks[t], cause, out)
+        self.pool.release(slot.placement)
+
+    def _give_back(self, e: _Entry, cause: str, out: list[Command]) -> None:
+        slot = e.slot
+        assert slot is not None
+        slot.tasks.remove(e.info.id)
+        e.slot = None
+        if e.state is RUNNING:
+            e.placement = None
+            del self.running[e.info.id]
         if e.kill is not None and e.kill[0] == "cancelled":
             self._move(e, CANCELLED, cause, out, e.kill[1])
             self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
@@ -320,14 +364,13 @@ class Scheduler:
             return None
         return e
 
-    def _end_run(self, e: _Entry, cause: str, out: list[Command], returned: bool = False) -> None:
+    def _end_run(self, e: _Entry, cause: str, out: list[Command]) -> None:
         """The running attempt of ``e`` ended: hand its slot to the next queued task or free it."""
         slot = e.slot
         assert slot is not None and slot.tasks[0] == e.info.id
-        if not returned:
-            took = self.now - e.since
-            old = self.runtime.get(slot.request)
-            self.runtime[slot.request] = took if old is None else 0.8 * old + 0.2 * took
+        took = self.now - e.since
+        old = self.runtime.get(slot.request)
+        self.runtime[slot.request] = took if old is None else 0.8 * old + 0.2 * took
         slot.tasks.popleft()
         e.slot = None
         e.placement = None
@@ -361,7 +404,7 @@ class Scheduler:
         self, root: _Entry, start: Iterable[_Entry], cause: str, out: list[Command]
     ) -> None:
         """End everything downstream of ``root``: dep_failed, or cancelled if root was."""
-        rid = root.info.id
+        rid = root.root if root.root >= 0 else root.info.id
         if root.state is CANCELLED:
             new, reason = CANCELLED, f"upstream task {rid} was cancelled"
         else:
@@ -374,6 +417,7 @@ class Scheduler:
             if e.state is RUNNING or e.state is QUEUED:  # it waited for root
                 raise IllegalTransition(f"task {e.info.id} runs although {rid} did not succeed")
             self.queue.discard(e.info.id)
+            e.root = rid
             self._move(e, new, cause, out, reason)
             stack.extend(self.tasks[c] for c in e.children or ())
 

@@ -190,7 +190,8 @@ class Driver:
             assert isinstance(ref, StoredRef)
             if ref.task not in cache:
                 cache[ref.task] = pickle.loads(self.values[ref.task])
-            return follow(cache[ref.task], ref.path, f"task {r.name!r} (#{r.id})")
+            source = self.records[ref.task]
+            return follow(cache[ref.task], ref.path, f"output of {source.name!r} (#{source.id})")
 
         args, kwargs = pickle.loads(r.payload)
         return walk(args, visit), walk(kwargs, visit)
@@ -224,7 +225,7 @@ class Driver:
                 _, values = self._resolve(r)
                 job.argv, job.shell = render_command(r.template, values)
         except (DefinitionError, KeyError, IndexError, ValueError, TypeError) as err:
-            msg = f"cannot prepare the inputs of task {r.name!r} (#{r.id}): {err}"
+            msg = f"cannot prepare the inputs: {err}"
             now = time.time()
             return Outcome(r.id, d.attempt, False, now, now, "error", msg)
         return job

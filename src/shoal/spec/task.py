@@ -109,6 +109,10 @@ class Task:
             self._depend(t)
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A handle inside another task's arguments means its output: store a reference.
+        return Ref(self).__reduce__()
+
     @property
     def out(self) -> Ref:
         """A reference to this task's return value (commands: a dict with the exit code)."""

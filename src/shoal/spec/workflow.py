@@ -101,6 +101,8 @@ class Workflow:
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self.tasks)} tasks>"
 
+    # run() and submit() are conveniences the user expects on the workflow. They reach up into
+    # the runtime with a late import; the spec layer itself depends on nothing above it.
     def run(self, **options: Any) -> Run:
         """Run to the end and return the :class:`~shoal.runtime.run.Run` (see ``shoal.run``)."""
         from shoal.runtime.api import run
@@ -153,9 +155,9 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
                     f"workflow {wf.name!r}. Create {d.name!r} inside the `with Workflow(...)` "
                     "block, or add it with wf.add(...)."
                 )
-    _check_cycles(tasks)
     for i, t in enumerate(tasks):
         t.id = first_id + i
+    _check_cycles(tasks)
     functions: list[tuple[str, bytes]] = []
     fn_index: dict[int, int] = {}
     records = []
@@ -222,7 +224,7 @@ def _check_cycles(tasks: list[Task]) -> None:
         node = next(d for d in node.deps if d.key in left)
     cycle = path[index[node.key] :]
     cycle.reverse()  # show it in execution order: a -> b means b depends on a
-    names = " -> ".join(c.name for c in [*cycle, cycle[0]])
+    names = " -> ".join(f"{c.name} (#{c.id})" for c in [*cycle, cycle[0]])
     raise DefinitionError(
         f"the workflow has a dependency cycle: {names}. Remove one of these dependencies."
     )

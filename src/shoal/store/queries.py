@@ -128,8 +128,8 @@ class Reader:
             return _task(rows[0])
         if not rows:
             raise StoreError(f"no task {ref!r} in {self.dir}: give a task id or a unique name")
-        ids = ", ".join(str(r[0]) for r in rows[:10])
-        raise StoreError(f"{len(rows)} tasks are named {ref!r} (ids {ids}, ...): give the id")
+        ids = ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise StoreError(f"{len(rows)} tasks are named {ref!r} (ids {ids}): give the id")
 
     def attempts(self, task: int) -> list[dict[str, Any]]:
         with self._q() as c:

@@ -60,7 +60,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                 )
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         else:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # One thread at a time: ``submit`` creates the writer in the caller's thread and the
+            # driver thread then owns it.
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode never corrupts the database; a power cut may lose the last
             # transactions, which resume treats like a crash (those tasks run again).
