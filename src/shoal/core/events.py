@@ -156,3 +156,4 @@ class Kill(Command):
     task: int
     attempt: int
     reason: str
+    kind: str = "cancelled"  # or "timeout"

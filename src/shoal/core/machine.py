@@ -354,7 +354,7 @@ class Scheduler:
                 continue
             reason = f"timed out after {e.info.timeout:g} s"
             e.kill = ("timeout", reason)
-            out.append(Kill(cause, task, attempt, reason))
+            out.append(Kill(cause, task, attempt, reason, "timeout"))
 
     # -- helpers ----------------------------------------------------------------------------
     def _current(self, task: int, attempt: int) -> _Entry | None:
@@ -382,7 +382,7 @@ class Scheduler:
         nxt = self.tasks[slot.tasks[0]]
         self._run(nxt, slot.placement, cause, out)
         if nxt.kill is not None:  # cancelled while it was queued: stop it now it started
-            out.append(Kill(cause, nxt.info.id, nxt.attempt, nxt.kill[1]))
+            out.append(Kill(cause, nxt.info.id, nxt.attempt, nxt.kill[1], nxt.kill[0]))
         if len(slot.tasks) <= self.policy.prefetch:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 

@@ -81,6 +81,7 @@ class Driver:
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.values: dict[int, bytes] = {}
         self.backend_outbox: list[Outcome] = []  # failures found while building jobs
+        self.killed: dict[tuple[int, int], Kill] = {}  # attempts this driver asked to stop
         self.tasks_root = str(rundir / "tasks")
 
     # -- the loop -------------------------------------------------------------------------
@@ -142,6 +143,10 @@ class Driver:
         now = time.time()
         if o.returned:
             return Returned(now, o.task, o.attempt)
+        kill = self.killed.pop((o.task, o.attempt), None) if self.killed else None
+        if kill is not None and not o.ok:  # record why it really ended: we stopped it
+            o.kind = kill.kind
+            o.error = f"{kill.reason}\n(the backend reported: {o.error})"
         if o.ok:
             if o.task in self.needed and o.result is not None:
                 self.values[o.task] = o.result
@@ -180,6 +185,7 @@ class Driver:
             self.backend.submit(jobs)
         for k in acts.kills:
             self.log.info("stopping task %s attempt %s: %s", k.task, k.attempt, k.reason)
+            self.killed[(k.task, k.attempt)] = k
             self.backend.cancel(k.task, k.attempt)
 
     # -- building jobs --------------------------------------------------------------------
