@@ -3,7 +3,10 @@
 * :func:`alternate` runs a reference and shoal side by side (ref, shoal, ref, shoal, ...) and
   :func:`medians` reduces the measurements to medians: this machine is noisy, so every number
   is compared against a reference measured in the same invocation.
-* :func:`tempbase` is a temporary folder for run directories, deleted afterwards.
+* :func:`tempbase` is a temporary folder for run directories, deleted afterwards
+  (``SHOAL_BENCH_KEEP=1`` keeps it, to look at a run that went wrong).
+* :func:`run_shoal` runs a workflow under a watchdog: a run that hangs ends the benchmark with
+  the run's last status instead of blocking forever.
 * :func:`child_peak_rss` runs a workload in a subprocess and reports its peak RSS.
 * :func:`machine` describes the machine; :func:`report` prints the one-line summary and writes
   the JSON that ``bench/run.py`` collects.
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,7 +86,74 @@ def tempbase(prefix: str = "shoal-bench-") -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("SHOAL_BENCH_KEEP"):
+            print(f"  (kept {path})", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def cleanup_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that temp folders are removed when a run is stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+# -- running shoal ----------------------------------------------------------------------------
+class Hung(Exception):
+    """A shoal run did not finish within its time limit."""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise :class:`Hung` in the main thread if the block runs longer than ``seconds``."""
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise Hung(f"{what} did not finish within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def shoal_options(args: Any) -> dict[str, Any]:
+    """Options for ``wf.run`` from the common command-line flags."""
+    return {} if args.prefetch is None else {"prefetch": args.prefetch}
+
+
+def run_shoal(wf: Any, base: Path, timeout: float | None, **options: Any) -> Any:
+    """``wf.run(base=base, **options)`` under a watchdog; a hang or a failed run is fatal."""
+    try:
+        with watchdog(timeout, f"shoal run {wf.name!r}"):
+            run = wf.run(base=base, **options)
+    except Hung as err:
+        raise SystemExit(f"HUNG: {err}; last status: {last_status(base)}") from None
+    if not run.ok:
+        raise SystemExit(f"shoal run {wf.name!r} ended {run.state}: {run.status()}")
+    return run
+
+
+def last_status(base: Path) -> str:
+    """Counts and running tasks from the newest run directory's status.json, as one line."""
+    dirs = sorted(base.glob("*/status.json"), key=lambda p: p.stat().st_mtime)
+    if not dirs:
+        return "no status.json"
+    try:
+        st = json.loads(dirs[-1].read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable status.json ({err})"
+    counts = {k: v for k, v in st.get("counts", {}).items() if v}
+    running = [r.get("id") for r in st.get("running", [])][:10]
+    return f"counts {counts}, running task ids {running}, status updated {st.get('updated')}"
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -113,8 +184,15 @@ def child_peak_rss(argv: list[str], timeout: float | None = None) -> tuple[int, 
             if pid:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
+                proc.terminate()  # lets the child clean up; then make sure
+                for _ in range(200):
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    time.sleep(0.05)
+                else:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
                 break
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -167,13 +245,21 @@ def row(
     }
 
 
-def report(name: str, summary: str, rows: list[dict[str, Any]], data: dict[str, Any],
-           json_path: str | None) -> None:
-    """Print the one-line summary; write everything as JSON to ``json_path`` if given."""
+def report(
+    name: str, summary: str, rows: list[dict[str, Any]], data: dict[str, Any], args: Any
+) -> None:
+    """Print the one-line summary; write everything as JSON to ``args.json`` if given."""
     print(summary, flush=True)
-    if json_path:
-        doc = {"benchmark": name, "summary": summary, "machine": machine(), "rows": rows, **data}
-        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        doc = {
+            "benchmark": name,
+            "summary": summary,
+            "machine": machine(),
+            "args": vars(args),
+            "rows": rows,
+            **data,
+        }
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def add_common_args(parser: Any) -> None:
@@ -182,6 +268,15 @@ def add_common_args(parser: Any) -> None:
         "--repeats", type=int, default=REPEATS, help=f"runs of each side (default {REPEATS})"
     )
     parser.add_argument("--quiet", action="store_true", help="no per-run lines on stderr")
+    parser.add_argument(
+        "--prefetch", type=int, default=None, help="shoal's prefetch= (default: shoal's own)"
+    )
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=300.0,
+        help="seconds before a shoal run counts as hung (default 300; 0: no limit)",
+    )
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import time
+from typing import Any
 
 import common
 
@@ -25,17 +26,17 @@ def noop(i: int) -> int:
     return i
 
 
-def reference(n: int) -> float:
+def reference(n: int) -> dict[str, float]:
     t0 = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(2) as ex:
         futures = [ex.submit(noop, i) for i in range(n)]
         total = sum(f.result() for f in futures)
     took = time.perf_counter() - t0
     assert total == n * (n - 1) // 2, total
-    return took
+    return {"rate": n / took}
 
 
-def shoal_run(n: int) -> dict[str, float]:
+def shoal_run(n: int, timeout: float | None, **options: Any) -> dict[str, float]:
     """Build and run ``n`` independent no-op tasks (run directory deleted after)."""
     with common.tempbase() as base:
         t0 = time.perf_counter()
@@ -43,18 +44,12 @@ def shoal_run(n: int) -> dict[str, float]:
         with shoal.Workflow("w1") as wf:
             tasks = [fn(i) for i in range(n)]
         t1 = time.perf_counter()
-        run = wf.run(cpus=2, base=base)
+        run = common.run_shoal(wf, base, timeout, cpus=2, **options)
         t2 = time.perf_counter()
-        check(run, tasks, n)
+        last = run.result(tasks[-1])
+        if last != n - 1:
+            raise SystemExit(f"unexpected result of the last task: {last!r}")
     return {"rate": n / (t2 - t0), "build_s": t1 - t0, "run_s": t2 - t1}
-
-
-def check(run: shoal.Run, tasks: list[shoal.Task], n: int) -> None:
-    if not run.ok:
-        raise SystemExit(f"shoal run not ok: state={run.state} status={run.status()}")
-    last = run.result(tasks[-1])
-    if last != n - 1:
-        raise SystemExit(f"unexpected result of the last task: {last!r}")
 
 
 def main() -> None:
@@ -62,12 +57,14 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=20_000)
     common.add_common_args(p)
     a = p.parse_args()
+    common.cleanup_on_sigterm()
     n = a.tasks
+    opts = common.shoal_options(a)
 
     runs = common.alternate(
         {
-            "reference": lambda: {"rate": n / reference(n)},
-            "shoal": lambda: shoal_run(n),
+            "reference": lambda: reference(n),
+            "shoal": lambda: shoal_run(n, a.run_timeout, **opts),
         },
         a.repeats,
         not a.quiet,
@@ -85,7 +82,7 @@ def main() -> None:
     rows = [
         common.row(f"W1 {n} no-op Python tasks", sho, ref, ratio, f">= {TARGET}x", met, "tasks/s")
     ]
-    common.report("w1", summary, rows, {"tasks": n, "runs": runs}, a.json)
+    common.report("w1", summary, rows, {"tasks": n, "runs": runs}, a)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import math
 import random
 import time
+from typing import Any
 
 import common
 
@@ -46,7 +47,9 @@ def bound(tasks: list[tuple[float, int]]) -> float:
     return max(sum(d * c for d, c in tasks) / CORES, max(d for d, _ in tasks))
 
 
-def shoal_run(tasks: list[tuple[float, int]], policy: str) -> dict[str, float]:
+def shoal_run(
+    tasks: list[tuple[float, int]], policy: str, timeout: float | None, **options: Any
+) -> dict[str, float]:
     lower = bound(tasks)
     with common.tempbase() as base:
         fn = shoal.task(nap)
@@ -54,10 +57,8 @@ def shoal_run(tasks: list[tuple[float, int]], policy: str) -> dict[str, float]:
             for d, c in tasks:
                 fn.options(cpus=c)(d)
         t0 = time.perf_counter()
-        run = wf.run(cpus=CORES, base=base, policy=policy)
+        run = common.run_shoal(wf, base, timeout, cpus=CORES, policy=policy, **options)
         wall = time.perf_counter() - t0
-        if not run.ok:
-            raise SystemExit(f"shoal run not ok: state={run.state} status={run.status()}")
         with Reader(run.dir) as r:
             first, last, count = r.conn.execute(
                 "SELECT min(started), max(ended), count(*) FROM attempts"
@@ -79,11 +80,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     common.add_common_args(p)
     a = p.parse_args()
+    common.cleanup_on_sigterm()
+    opts = common.shoal_options(a)
     tasks = workload(a.tasks, a.seed)
     lower = bound(tasks)
 
     runs = common.alternate(
-        {pol: (lambda pol=pol: shoal_run(tasks, pol)) for pol in POLICIES}, a.repeats, not a.quiet
+        {pol: (lambda pol=pol: shoal_run(tasks, pol, a.run_timeout, **opts)) for pol in POLICIES},
+        a.repeats,
+        not a.quiet,
     )
     m = {pol: common.medians(runs[pol]) for pol in POLICIES}
     bf, wv = m["backfill"], m["waves"]
@@ -134,7 +139,7 @@ def main() -> None:
         f"{wv['wall_s']:.2f} s end to end (eff {wv['eff_wall']:.3f})"
     )
     data = {"tasks": a.tasks, "seed": a.seed, "bound_s": lower, "runs": runs}
-    common.report("w3", summary, rows, data, a.json)
+    common.report("w3", summary, rows, data, a)
 
 
 if __name__ == "__main__":

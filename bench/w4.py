@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from typing import Any
 
 import common
 
@@ -26,22 +27,22 @@ def noop(i: int) -> int:
     return i
 
 
-def independent(n: int) -> float:
+def independent(n: int, timeout: float | None, **options: Any) -> float:
     with common.tempbase() as base:
         t0 = time.perf_counter()
         fn = shoal.task(noop)
         with shoal.Workflow("w4-flat") as wf:
             tasks = [fn(i) for i in range(n)]
-        run = wf.run(cpus=2, base=base)
+        run = common.run_shoal(wf, base, timeout, cpus=2, **options)
         took = time.perf_counter() - t0
-        if not run.ok:
-            raise SystemExit(f"shoal run not ok: state={run.state} status={run.status()}")
         if run.result(tasks[-1]) != n - 1:
             raise SystemExit("wrong result of the last independent task")
     return took
 
 
-def dag(stages: int, width: int, parents: str, seed: int = 42) -> float:
+def dag(
+    stages: int, width: int, parents: str, timeout: float | None, seed: int = 42, **options: Any
+) -> float:
     rng = random.Random(seed)
     with common.tempbase() as base:
         t0 = time.perf_counter()
@@ -53,10 +54,8 @@ def dag(stages: int, width: int, parents: str, seed: int = 42) -> float:
                     prev = [fn(prev[j].out) for j in range(width)]
                 else:
                     prev = [fn(prev[rng.randrange(width)].out) for _ in range(width)]
-        run = wf.run(cpus=2, base=base)
+        run = common.run_shoal(wf, base, timeout, cpus=2, **options)
         took = time.perf_counter() - t0
-        if not run.ok:
-            raise SystemExit(f"shoal run not ok: state={run.state} status={run.status()}")
         last = run.result(prev[-1])
         if parents == "chain" and last != width - 1:
             raise SystemExit(f"wrong result at the end of the last chain: {last!r}")
@@ -70,12 +69,16 @@ def main() -> None:
     p.add_argument("--parents", choices=("chain", "random"), default="chain")
     common.add_common_args(p)
     a = p.parse_args()
+    common.cleanup_on_sigterm()
+    opts = common.shoal_options(a)
     n = a.stages * a.width
 
     runs = common.alternate(
         {
-            "independent": lambda: {"rate": n / independent(n)},
-            "dag": lambda: {"rate": n / dag(a.stages, a.width, a.parents)},
+            "independent": lambda: {"rate": n / independent(n, a.run_timeout, **opts)},
+            "dag": lambda: {
+                "rate": n / dag(a.stages, a.width, a.parents, a.run_timeout, **opts)
+            },
         },
         a.repeats,
         not a.quiet,
@@ -101,7 +104,7 @@ def main() -> None:
         )
     ]
     data = {"stages": a.stages, "width": a.width, "parents": a.parents, "runs": runs}
-    common.report("w4", summary, rows, data, a.json)
+    common.report("w4", summary, rows, data, a)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -65,6 +66,8 @@ class Writer:
     def __init__(self, rundir: Path) -> None:
         self.dir = rundir
         self.path = rundir / "shoal.db"
+        if not self.path.exists():
+            self._create()
         self.conn = connect(self.path)
         # Checkpoints copy the WAL into the database and fsync: a background thread does them
         # (its own connection; SQLite releases the GIL), so the loop's commits rarely pay. The
@@ -76,10 +79,21 @@ class Writer:
             target=self._checkpoint_loop, name="shoal-checkpoint", daemon=True
         )
         self._options_cache: dict[int, tuple[Options, str]] = {}
+
+    def _create(self) -> None:
+        """Build the schema in a side file and rename it into place: a reader that finds
+        ``shoal.db`` always finds its tables."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        conn = connect(tmp)
         try:
-            self.conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA)
         except sqlite3.Error as err:
             raise StoreError(f"cannot create the schema in {self.path}: {err}") from None
+        finally:
+            conn.close()  # the last connection checkpoints and removes the -wal file
+        os.replace(tmp, self.path)
 
     # -- set-up -----------------------------------------------------------------------------
     def init(self, meta: dict[str, Any], nodes: Sequence[Node]) -> None:
