@@ -173,8 +173,10 @@ def child_peak_rss(argv: list[str], timeout: float | None = None) -> tuple[int, 
     """Run ``argv`` to the end; return (exit code, peak RSS in MB, stdout).
 
     The peak comes from ``wait4``'s rusage of that one child (Linux: the larger of the
-    child's own peak and that of the descendants it waited for). Children that want the
-    driver's own peak alone also print their ``VmHWM`` (see :func:`vm_hwm_mb`).
+    child's own peak and that of the descendants it waited for). It also counts the memory
+    the child had between fork and exec, which is this process's: measure with a small
+    parent. Children that want the driver's own peak alone also print their ``VmHWM`` (see
+    :func:`vm_hwm_mb`), which has neither problem.
     """
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(argv, stdout=out, cwd=ROOT)

@@ -80,7 +80,12 @@ def main() -> None:
     )
     rows = [
         common.row(
-            f"W2 {n} /bin/true command tasks{note}", sho, ref, ratio, f">= {TARGET}x", met,
+            f"W2 {n} /bin/true command tasks{note}",
+            sho,
+            ref,
+            ratio,
+            f">= {TARGET}x",
+            met,
             "tasks/s",
         )
     ]

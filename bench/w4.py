@@ -76,9 +76,7 @@ def main() -> None:
     runs = common.alternate(
         {
             "independent": lambda: {"rate": n / independent(n, a.run_timeout, **opts)},
-            "dag": lambda: {
-                "rate": n / dag(a.stages, a.width, a.parents, a.run_timeout, **opts)
-            },
+            "dag": lambda: {"rate": n / dag(a.stages, a.width, a.parents, a.run_timeout, **opts)},
         },
         a.repeats,
         not a.quiet,

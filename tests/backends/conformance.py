@@ -76,21 +76,41 @@ class BackendContract:
         return Placement((Slot(0, tuple(ids), (), 0, 1),))
 
     @staticmethod
-    def python_job(backend: Backend, rundir: Path, task: int, fn: Callable[..., Any],
-                   *args: Any, first: int = 0, **kwargs: Any) -> Job:
+    def python_job(
+        backend: Backend,
+        rundir: Path,
+        task: int,
+        fn: Callable[..., Any],
+        *args: Any,
+        first: int = 0,
+        **kwargs: Any,
+    ) -> Job:
         fid = FUNCTIONS.index(fn)
         backend.define(fid, pickle_function(fn, fn.__name__))
-        return Job(task=task, attempt=1, name=fn.__name__, kind="python",
-                   placement=BackendContract.placement(backend, first=first),
-                   taskdir=rundir / "tasks" / str(task), function=fid,
-                   payload=payload(*args, **kwargs))
+        return Job(
+            task=task,
+            attempt=1,
+            name=fn.__name__,
+            kind="python",
+            placement=BackendContract.placement(backend, first=first),
+            taskdir=rundir / "tasks" / str(task),
+            function=fid,
+            payload=payload(*args, **kwargs),
+        )
 
     @staticmethod
-    def command_job(backend: Backend, rundir: Path, task: int, argv: list[str],
-                    first: int = 0) -> Job:
-        return Job(task=task, attempt=1, name=argv[0], kind="command",
-                   placement=BackendContract.placement(backend, first=first),
-                   taskdir=rundir / "tasks" / str(task), argv=argv)
+    def command_job(
+        backend: Backend, rundir: Path, task: int, argv: list[str], first: int = 0
+    ) -> Job:
+        return Job(
+            task=task,
+            attempt=1,
+            name=argv[0],
+            kind="command",
+            placement=BackendContract.placement(backend, first=first),
+            taskdir=rundir / "tasks" / str(task),
+            argv=argv,
+        )
 
     @staticmethod
     def collect(backend: Backend, n: int, timeout: float = WAIT) -> list[Outcome]:
@@ -133,8 +153,7 @@ class BackendContract:
         assert o.started is not None and o.ended is not None
         assert before - 1 <= o.started <= o.ended <= time.time() + 1
 
-    def test_python_job_that_raises_reports_traceback(self, backend: Backend,
-                                                      rundir: Path) -> None:
+    def test_python_job_that_raises_reports_traceback(self, backend: Backend, rundir: Path) -> None:
         o = self.run_one(backend, self.python_job(backend, rundir, 3, boom, "no convergence"))
         assert not o.ok
         assert o.kind == "error"
@@ -144,16 +163,17 @@ class BackendContract:
         assert "in boom" in o.error  # the frame of the user's function is in the text
 
     def test_command_exit_code(self, backend: Backend, rundir: Path) -> None:
-        o = self.run_one(backend, self.command_job(backend, rundir, 1,
-                                                   ["/bin/sh", "-c", "exit 3"]))
+        o = self.run_one(backend, self.command_job(backend, rundir, 1, ["/bin/sh", "-c", "exit 3"]))
         assert not o.ok
         assert o.kind == "exit"
         assert o.exit_code == 3
         assert "3" in o.error
 
     def test_command_stdout_in_result(self, backend: Backend, rundir: Path) -> None:
-        o = self.run_one(backend, self.command_job(backend, rundir, 2,
-                                                   ["/bin/sh", "-c", "echo hello; echo world"]))
+        o = self.run_one(
+            backend,
+            self.command_job(backend, rundir, 2, ["/bin/sh", "-c", "echo hello; echo world"]),
+        )
         assert o.ok, o.error
         assert o.result is not None
         value = pickle.loads(o.result)
@@ -177,15 +197,15 @@ class BackendContract:
         assert pickle.loads(o.result or b"") is None
 
     def test_missing_program_fails_cleanly(self, backend: Backend, rundir: Path) -> None:
-        o = self.run_one(backend, self.command_job(backend, rundir, 4,
-                                                   ["/no/such/program-shoal"]))
+        o = self.run_one(backend, self.command_job(backend, rundir, 4, ["/no/such/program-shoal"]))
         assert not o.ok
         assert o.kind == "exit"
         assert "/no/such/program-shoal" in o.error
 
     @pytest.mark.parametrize("kind", ["python", "command"])
-    def test_cancel_running_job_fails_quickly(self, backend: Backend, rundir: Path,
-                                              kind: str) -> None:
+    def test_cancel_running_job_fails_quickly(
+        self, backend: Backend, rundir: Path, kind: str
+    ) -> None:
         if "cancel" not in backend.capabilities:
             pytest.skip(f"backend {backend.name!r} does not offer cancel")
         if kind == "python":
@@ -276,8 +296,12 @@ class BackendContract:
         backend.close()
 
     def test_close_stops_running_jobs(self, backend: Backend, rundir: Path) -> None:
-        backend.submit([self.command_job(backend, rundir, 1, ["/bin/sh", "-c", "sleep 30"]),
-                        self.python_job(backend, rundir, 2, snooze, 30, first=1)])
+        backend.submit(
+            [
+                self.command_job(backend, rundir, 1, ["/bin/sh", "-c", "sleep 30"]),
+                self.python_job(backend, rundir, 2, snooze, 30, first=1),
+            ]
+        )
         assert backend.poll(0.3) == []
         t0 = time.monotonic()
         backend.close()

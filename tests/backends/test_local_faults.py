@@ -196,8 +196,7 @@ def check_cascade(run: shoal.Run, root: shoal.Task, deps: list[shoal.Task]) -> N
     ],
     ids=["sigkill", "segfault", "os_exit"],
 )
-def test_dead_worker_fails_only_its_task(base: Path, victim: Any, kind: str,
-                                         words: str) -> None:
+def test_dead_worker_fails_only_its_task(base: Path, victim: Any, kind: str, words: str) -> None:
     with shoal.Workflow("dead-worker") as wf:
         squares, end = bystanders()
         bad = victim()
@@ -412,7 +411,7 @@ def test_pin_false_leaves_affinity_alone(base: Path) -> None:
 @MPI
 def test_command_with_two_ranks(base: Path) -> None:
     code = "import os;print(os.environ.get('OMPI_COMM_WORLD_RANK'))"
-    ranks = shoal.command(f"{sys.executable} -c \"{code}\"", ranks=2)
+    ranks = shoal.command(f'{sys.executable} -c "{code}"', ranks=2)
     with shoal.Workflow("mpi-command") as wf:
         t = ranks()
     run = wf.run(base=base, cpus=2)

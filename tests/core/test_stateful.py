@@ -179,6 +179,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert c.attempt == self.attempts.get(c.task, 0) + 1, c
         self.attempts[c.task] = c.attempt
         if c.after is not None:  # prefetch: queued behind the last task of a running slot
+            # Only tasks with a lane are queued, and only behind a task of the same lane.
+            lane = self.infos[c.task].prefetch
+            assert lane is not None and self.infos[c.after].prefetch == lane, c
             ahead = self.live.get(c.after)
             assert ahead is not None, f"task {c.task} queued behind {c.after}, not in flight"
             chain = ahead.chain
@@ -290,6 +293,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.draw_request(data),
                 data.draw(st.integers(-2, 2)),
                 data.draw(st.none() | st.sampled_from([1.0, 5.0, 20.0])),
+                data.draw(st.sampled_from([None, "pool", "process"]), label="lane"),
             )
             self.infos[tid] = info
             batch.append(info)

@@ -44,6 +44,7 @@ Step = tuple[int, State | None, State]
 
 
 def task(id: int, *deps: int, **kw: object) -> TaskInfo:
+    kw.setdefault("prefetch", "pool")  # queueable (in lane "pool") unless a test says otherwise
     return TaskInfo(id, tuple(deps), **kw)  # type: ignore[arg-type]
 
 
@@ -874,3 +875,20 @@ def test_waves_start_nothing_while_the_wave_runs(mode: str, after_each: list[lis
 def test_bad_policy_raises_definition_error(kw: dict[str, object]) -> None:
     with pytest.raises(DefinitionError):
         Policy(**kw)  # type: ignore[arg-type]
+
+
+def test_tasks_queue_only_behind_tasks_of_their_lane() -> None:
+    """Only tasks with a lane are prefetched, and only behind a running task of the same lane:
+    nothing queues behind a task without one, and a "process" task not behind a "pool" one."""
+    sched = Scheduler([Node.sized("n0", 1)], PREFETCH)
+    sched.handle(Submitted(0.0, (task(0),)))
+    sched.handle(Succeeded(0.001, 0, 1))  # teaches the shape's run time: 1 ms
+    out = sched.handle(
+        Submitted(1.0, (task(1, prefetch=None), task(2, prefetch="process"), task(3)))
+    )
+    assert [d.after for d in out if isinstance(d, Dispatch)] == [None]  # task 1 runs alone
+    assert sched.state(2) is RDY and sched.state(3) is RDY  # 2 may not queue; 3 waits its turn
+    out = sched.handle(Succeeded(1.001, 1, 1))
+    assert [(d.task, d.after) for d in out if isinstance(d, Dispatch)] == [(2, None)]
+    out = sched.handle(Succeeded(1.002, 2, 1))
+    assert [(d.task, d.after) for d in out if isinstance(d, Dispatch)] == [(3, None)]

@@ -44,7 +44,9 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     capabilities: frozenset[str] = frozenset()
-    prefetch: int = 0  # how many tasks may queue behind a running one (jobs with ``after``)
+    # How many tasks may queue behind a running one (jobs with ``after``). A follower is always
+    # of the same lane as the task it follows: "pool" (persistent workers) or "process".
+    prefetch: int = 0
 
     @abc.abstractmethod
     def nodes(self) -> list[Node]:

@@ -20,10 +20,10 @@ import os
 import pickle
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,12 +35,10 @@ from typing import Any
 import psutil
 
 from shoal.backends.base import Backend, Job
+from shoal.backends.processes import Processes, describe_exit, tail
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
-from shoal.errors import BackendError, DefinitionError
-
-GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a child process
-STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
+from shoal.errors import DefinitionError
 
 
 def detect_gpus() -> int:
@@ -54,22 +52,6 @@ def detect_gpus() -> int:
         return 0
 
 
-def signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def describe_exit(code: int) -> tuple[str, str]:
-    """(kind, words) for a process exit code."""
-    if code < 0:
-        name = signal_name(code)
-        extra = " (killed: out of memory?)" if name == "SIGKILL" else ""
-        return "crash", f"the process was killed by {name}{extra}"
-    return "exit", f"the process exited with code {code}"
-
-
 @dataclass(slots=True)
 class _Worker:
     index: int
@@ -78,15 +60,6 @@ class _Worker:
     fns: set[int] = field(default_factory=set)
     envs: set[int] = field(default_factory=set)
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
-
-
-@dataclass(slots=True)
-class _Child:
-    job: Job
-    proc: subprocess.Popen[bytes]
-    fd: int  # pidfd, readable once the process exited
-    started: float
-    kill_at: float | None = None
 
 
 class LocalBackend(Backend):
@@ -134,15 +107,23 @@ class LocalBackend(Backend):
         self.functions: dict[int, bytes] = {}
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
-        self.children: dict[int, _Child] = {}  # by pidfd
         self.by_fd: dict[int, _Worker] = {}  # every live worker, by connection fd
-        self.where: dict[tuple[int, int], _Worker | _Child] = {}
+        self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
         self.ran: dict[int, _Worker] = {}  # recently finished task id -> the worker that ran it
         self._home_affinity = set(self.real)
         self._worker_seq = 0
         self._outbox: list[Outcome] = []
         self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self.processes = Processes(
+            self._process_line,
+            self._home_affinity,
+            self._wake,
+            Path(tempfile.gettempdir()),
+            threads=len(self.node.cores) + 2,  # a chain per slot at most
+        )
         self._env_cache: dict[tuple[Any, ...], tuple[int, dict[str, str]]] = {}
         self._cores_cache: dict[int, tuple[Any, list[int] | None]] = {}
 
@@ -156,6 +137,7 @@ class LocalBackend(Backend):
     def start(self, rundir: Path) -> None:
         self.rundir = rundir
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
+        self.processes.folder = rundir / "workers"
 
     def warm(self, workers: int) -> None:
         """Start workers up front (they import in parallel), so early tasks do not wait."""
@@ -175,7 +157,7 @@ class LocalBackend(Backend):
                     continue
                 batches.setdefault(w.index, (w, []))[1].append(self._message(w, job))
             else:
-                self._spawn(job)
+                self.processes.start(job)
         for w, items in batches.values():
             # If the worker died, poll() sees the closed connection and reports its tasks.
             with contextlib.suppress(OSError):
@@ -189,9 +171,8 @@ class LocalBackend(Backend):
             else:
                 with contextlib.suppress(OSError):
                     where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
-        elif isinstance(where, _Child) and where.kill_at is None:
-            self._signal(where, signal.SIGTERM)
-            where.kill_at = time.monotonic() + GRACE
+        else:
+            self.processes.cancel(task, attempt)
 
     def poll(self, timeout: float) -> list[Outcome]:
         out, self._outbox = self._outbox, []
@@ -201,18 +182,21 @@ class LocalBackend(Backend):
             w = self.by_fd.get(fd)
             if w is not None:
                 self._from_worker(w, out)
-            elif fd in self.children:
-                self._epoll.unregister(fd)
-                out.append(self._reap(self.children.pop(fd)))
-        self._enforce_kills()
+            elif fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+        out += self.processes.drain()
         return out
 
     def close(self) -> None:
+        """Stop idle workers politely, busy ones and child processes at once."""
+        self.processes.close()
         for w in self.workers:
-            with contextlib.suppress(OSError):
-                w.conn.send_bytes(pickle.dumps(("stop",)))
-        for c in list(self.children.values()):
-            self._signal(c, signal.SIGKILL)
+            if w.jobs:
+                w.proc.kill()
+            else:
+                with contextlib.suppress(OSError):
+                    w.conn.send_bytes(pickle.dumps(("stop",)))
         deadline = time.monotonic() + 2
         for w in self.workers:
             try:
@@ -221,14 +205,13 @@ class LocalBackend(Backend):
                 w.proc.kill()
                 w.proc.wait()
             w.conn.close()
-        for fd, c in list(self.children.items()):
-            c.proc.wait()
-            os.close(fd)
         self._epoll.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.workers.clear()
         self.idle.clear()
         self.by_fd.clear()
-        self.children.clear()
 
     # -- pinning --------------------------------------------------------------------------
     def _cores(self, job: Job) -> list[int] | None:
@@ -408,17 +391,18 @@ class LocalBackend(Backend):
             return
         kind, words = describe_exit(code)
         msg = f"worker-{w.index} running this task died: {words}"
-        tail = _tail(self.rundir / "workers" / f"{w.index}.err")
-        if tail:
-            msg += f"\nlast lines of its stderr:\n{tail}"
+        text = tail(self.rundir / "workers" / f"{w.index}.err")
+        if text:
+            msg += f"\nlast lines of its stderr:\n{text}"
         out.append(
             Outcome(jobs[0].task, jobs[0].attempt, False, None, time.time(), kind, msg, code)
         )
 
-    # -- child processes ------------------------------------------------------------------
-    def _spawn(self, job: Job) -> None:
-        job.taskdir.mkdir(parents=True, exist_ok=True)
+    # -- child processes --------------------------------------------------------------------
+    def _process_line(self, job: Job) -> tuple[list[str], dict[str, str], list[int] | None]:
+        """argv, environment and cores of a job run as a child process (chain threads)."""
         if job.kind == "python":
+            job.taskdir.mkdir(parents=True, exist_ok=True)
             with open(job.taskdir / "input.pkl", "wb") as fh:
                 pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
             argv = [self.python, "-m", "shoal.backends.isolated", str(job.taskdir)]
@@ -433,122 +417,8 @@ class LocalBackend(Backend):
         if job.kind == "python":
             paths = [p for p in sys.path if p]
             env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
-        cores = self._cores(job)
-        started = time.time()
-        with open(job.taskdir / "stdout", "wb") as out, open(job.taskdir / "stderr", "wb") as err:
-            try:
-                if cores:  # children inherit the spawning thread's affinity
-                    os.sched_setaffinity(0, cores)
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=job.workdir or None,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as e:
-                self._outbox.append(
-                    Outcome(
-                        job.task,
-                        job.attempt,
-                        False,
-                        started,
-                        time.time(),
-                        "exit",
-                        f"cannot start {argv[0]!r}: {e.strerror or e}",
-                        127,
-                    )
-                )
-                return
-            finally:
-                if cores:
-                    os.sched_setaffinity(0, self._home_affinity)
-        fd = os.pidfd_open(proc.pid)
-        child = _Child(job, proc, fd, started)
-        self.children[fd] = child
-        self._epoll.register(fd, select.EPOLLIN)
-        self.where[(job.task, job.attempt)] = child
+        return argv, env, self._cores(job)
 
-    def _signal(self, c: _Child, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(c.proc.pid, sig)
-
-    def _enforce_kills(self) -> None:
-        now = time.monotonic()
-        for c in self.children.values():
-            if c.kill_at is not None and now >= c.kill_at:
-                self._signal(c, signal.SIGKILL)
-
-    def _reap(self, c: _Child) -> Outcome:
-        os.close(c.fd)
-        code = c.proc.wait()
-        self._signal(c, signal.SIGKILL)  # leftovers of the process group (e.g. MPI ranks)
-        job = c.job
-        del self.where[(job.task, job.attempt)]
-        ended = time.time()
-        if job.kind == "python":
-            return self._python_reply(c, code, ended)
-        if code != 0:
-            kind, words = describe_exit(code)
-            tail = _tail(job.taskdir / "stderr")
-            msg = f"command {shlex.join(job.argv)!r}: {words}" + (f"\n{tail}" if tail else "")
-            return Outcome(job.task, job.attempt, False, c.started, ended, kind, msg, code)
-        with open(job.taskdir / "stdout", "rb") as fh:
-            text = fh.read(STDOUT_LIMIT).decode(errors="replace")
-        value = {"returncode": 0, "stdout": text, "dir": str(job.taskdir)}
-        return Outcome(
-            job.task,
-            job.attempt,
-            True,
-            c.started,
-            ended,
-            "",
-            "",
-            0,
-            "process",
-            pickle.dumps(value, protocol=5),
-        )
-
-    def _python_reply(self, c: _Child, code: int, ended: float) -> Outcome:
-        job = c.job
-        path = job.taskdir / "reply.pkl"
-        if path.exists():
-            with open(path, "rb") as fh:
-                ok, result, kind, error, started, end = pickle.load(fh)
-            path.unlink()
-            return Outcome(
-                job.task, job.attempt, ok, started, end, kind, error, code, "process", result
-            )
-        kind, words = describe_exit(code)
-        tail = _tail(job.taskdir / "stderr")
-        msg = f"the isolated process of this task ended without a result: {words}"
-        return Outcome(
-            job.task,
-            job.attempt,
-            False,
-            c.started,
-            ended,
-            kind,
-            msg + (f"\n{tail}" if tail else ""),
-            code,
-        )
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _check_backend(value: Any) -> Backend:
-    if isinstance(value, Backend):
-        return value
-    raise BackendError(f"not a shoal backend: {value!r}")
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")

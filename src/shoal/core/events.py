@@ -25,6 +25,9 @@ class TaskInfo:
     request: Request = DEFAULT
     priority: int = 0
     timeout: float | None = None
+    # The backend queue ("lane") that can hold this task behind a running task of the same
+    # lane, e.g. "pool" (workers) or "process" (process chains); None: never queued.
+    prefetch: str | None = None
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ Prefetch (``Policy.prefetch`` > 0, backfill only): a round trip through the driv
 fraction of a millisecond, which is most of the time of a tiny task. So ready tasks of a shape
 are queued behind each running task of that shape on its *slot* (its placement), as many as
 fit in ``prefetch_window`` seconds of expected work (a moving average of the shape's run time),
-at most ``prefetch``. They are ``queued``: handed to the backend but holding no resources. When the
+at most ``prefetch``. Only tasks with a lane (``TaskInfo.prefetch``: the backend queue that
+can hold them, e.g. a worker or a process chain) are queued, and only behind a running task of
+the same lane. They are ``queued``: handed to the backend but holding no resources. When the
 running task ends, the next one takes over its placement at once (``queued -> running``); when
 the slot is lost, the backend returns them (``Returned``) and they are ready again. Longer
 tasks are never prefetched, so a slot stuck behind a slow task cannot idle other cores.
@@ -89,12 +91,15 @@ SUCCEEDED, FAILED, CANCELLED, DEP_FAILED = (
 class _Slot:
     """A placement and the tasks using it in turn: ``tasks[0]`` runs, the rest are queued."""
 
-    __slots__ = ("key", "placement", "request", "tasks")
+    __slots__ = ("key", "lane", "placement", "request", "tasks")
 
-    def __init__(self, key: int, placement: Placement, request: Request, task: int) -> None:
+    def __init__(
+        self, key: int, placement: Placement, request: Request, task: int, lane: str | None
+    ) -> None:
         self.key = key
         self.placement = placement
         self.request = request
+        self.lane = lane  # the backend queue its tasks run in; None: nothing may queue here
         self.tasks: deque[int] = deque([task])
 
 
@@ -383,7 +388,7 @@ class Scheduler:
         self._run(nxt, slot.placement, cause, out)
         if nxt.kill is not None:  # cancelled while it was queued: stop it now it started
             out.append(Kill(cause, nxt.info.id, nxt.attempt, nxt.kill[1], nxt.kill[0]))
-        if len(slot.tasks) <= self.policy.prefetch:
+        if slot.lane and len(slot.tasks) <= self.policy.prefetch:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 
     def _unqueue(self, e: _Entry) -> None:
@@ -391,7 +396,7 @@ class Scheduler:
         assert slot is not None
         slot.tasks.remove(e.info.id)
         e.slot = None
-        if self.policy.prefetch and slot.tasks:
+        if self.policy.prefetch and slot.tasks and slot.lane:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 
     def _ready(self, e: _Entry, cause: str, out: list[Command], reason: str = "") -> None:
@@ -433,10 +438,12 @@ class Scheduler:
         e = self.tasks[task]
         e.attempt += 1
         e.kill = None
-        slot = e.slot = _Slot(next(self._slot_keys), placement, e.info.request, task)
+        slot = e.slot = _Slot(
+            next(self._slot_keys), placement, e.info.request, task, e.info.prefetch
+        )
         self._run(e, placement, cause, out)
         out.append(Dispatch(cause, task, e.attempt, placement))
-        if self.policy.prefetch:
+        if self.policy.prefetch and e.info.prefetch:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 
     def _prefetch(self, avoid: frozenset[int], cause: str, out: list[Command]) -> None:
@@ -454,8 +461,9 @@ class Scheduler:
                 if avoid and any(s.node in avoid for s in slot.placement.slots):
                     continue
                 while len(slot.tasks) <= depth and request in self.queue.heaps:
-                    if self.queue.peek(request) is None:
-                        break
+                    head = self.queue.peek(request)
+                    if head is None or self.tasks[head].info.prefetch != slot.lane:
+                        break  # the most urgent task of this shape cannot queue here
                     task = self.queue.pop(request)
                     e = self.tasks[task]
                     e.attempt += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,10 +92,11 @@ class Driver:
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
             b.define(i, payload)
-        pooled = sum(1 for r in self.records if r.kind == "python" and not r.options.isolate)
+        pooled = sum(1 for r in self.records if self._pooled(r))
         cores = sum(len(n.cores) for n in b.nodes())
         if pooled:
             b.warm(min(pooled, cores))
+        queue = b.prefetch > 0
         requests: dict[int, Request] = {}  # one Request per distinct Options, not per task
         infos = []
         for r in self.plan.records:
@@ -102,8 +104,17 @@ class Driver:
             req = requests.get(id(o))
             if req is None:
                 req = requests[id(o)] = o.request
-            infos.append(TaskInfo(r.id, r.deps, req, o.priority, o.timeout))
-        self._loop(infos)
+            infos.append(
+                TaskInfo(r.id, r.deps, req, o.priority, o.timeout, self._lane(r) if queue else None)
+            )
+        # Backend threads (process chains) need the GIL right after their child exits; the
+        # default 5 ms switch interval would leave them waiting behind the loop for that long.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.001))
+        try:
+            self._loop(infos)
+        finally:
+            sys.setswitchinterval(interval)
         state = "failed" if self._any_failed() else "succeeded"
         self.status.write(self.scheduler, state)
         if self.on_progress is not None:
@@ -134,6 +145,19 @@ class Driver:
                 last_progress = now
                 self.on_progress(self.scheduler.counts, len(self.records))
             self.status.maybe_write(self.scheduler, self.log)
+
+    @staticmethod
+    def _isolate(r: Record) -> bool:
+        o = r.options
+        return bool(o.isolate) if o.isolate is not None else o.gpus > 0
+
+    def _pooled(self, r: Record) -> bool:
+        """Runs in a persistent worker (and so may be queued behind another task there)."""
+        return r.kind == "python" and not self._isolate(r) and r.options.ranks == 1
+
+    def _lane(self, r: Record) -> str:
+        """Which backend queue runs the task: persistent workers, or child processes."""
+        return "pool" if self._pooled(r) else "process"
 
     def _any_failed(self) -> bool:
         c = self.scheduler.counts
@@ -218,7 +242,7 @@ class Driver:
             ranks=o.ranks,
             cpus=o.cpus,
             after=d.after,
-            isolate=bool(o.isolate) if o.isolate is not None else o.gpus > 0,
+            isolate=self._isolate(r),
         )
         try:
             if r.kind == "python":

@@ -1,0 +1,312 @@
+"""Child processes for the local backend: commands, isolated Python tasks, MPI launches.
+
+Each slot's processes run in a *chain*: one thread starts a process, waits for it, reports the
+outcome, and starts the next job queued behind it on the same slot (jobs with ``after``),
+without a round trip through the driver. This is the shape of a plain thread pool running
+``subprocess.run``, which is what short commands need to keep every core busy.
+
+CPU affinity is per thread on Linux: the chain thread pins itself to the task's cores just
+before the fork, so the child is pinned from its first instruction, then unpins itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import queue
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from shoal.backends.base import Job
+from shoal.core.events import Outcome
+
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a process
+STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
+
+Prepare = Callable[[Job], tuple[list[str], dict[str, str], list[int] | None]]
+
+
+def signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def describe_exit(code: int) -> tuple[str, str]:
+    """(kind, words) for a process exit code."""
+    if code < 0:
+        name = signal_name(code)
+        extra = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return "crash", f"the process was killed by {name}{extra}"
+    return "exit", f"the process exited with code {code}"
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a text file (empty if it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class _Spool:
+    """A chain's stdout and stderr files, reused from one process to the next. After a process
+    ends, what it printed is moved to ``tasks/<id>/`` (a rename); a silent process costs no
+    file at all, which keeps short commands cheap."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.paths = (folder / f"{name}.out", folder / f"{name}.err")
+        self.files = [open(p, "w+b") for p in self.paths]  # noqa: SIM115 - closed in close()
+
+    def keep(self, taskdir: Path) -> None:
+        """Move non-empty output into the task folder and start fresh spool files, so the
+        spool is always empty (offset 0) when the next process gets it."""
+        for i, name in enumerate(("stdout", "stderr")):
+            if os.fstat(self.files[i].fileno()).st_size:
+                taskdir.mkdir(parents=True, exist_ok=True)
+                self.files[i].close()
+                os.replace(self.paths[i], taskdir / name)
+                self.files[i] = open(self.paths[i], "w+b")  # noqa: SIM115
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
+class _Chain:
+    __slots__ = ("cancelled", "current", "done", "jobs", "proc", "spool")
+
+    def __init__(self, job: Job) -> None:
+        self.jobs: deque[Job] = deque([job])
+        self.current: Job | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cancelled = False
+        self.done = False
+        self.spool: _Spool | None = None
+
+
+class Processes:
+    """Runs jobs as child processes in per-slot chains; outcomes arrive through ``drain``."""
+
+    def __init__(
+        self,
+        prepare: Prepare,
+        home: set[int],
+        wake: Callable[[], None],
+        folder: Path,
+        threads: int,
+    ) -> None:
+        self.prepare = prepare
+        self.folder = folder  # where the chains' spool files live
+        self._names = itertools.count()
+        self.home = home
+        self.wake = wake
+        self.lock = threading.Lock()
+        self.chain_of: dict[int, _Chain] = {}  # task id -> the chain that has it
+        self.spools: list[_Spool] = []  # idle spools, reused by the next chain
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="shoal-chain")
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.chains: list[_Chain] = []
+        self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.closing = False
+
+    def start(self, job: Job) -> None:
+        with self.lock:
+            if job.after is not None:
+                chain = self.chain_of.get(job.after)
+                if chain is not None and not chain.done:
+                    chain.jobs.append(job)
+                    self.chain_of[job.task] = chain
+                    return
+            chain = _Chain(job)
+            self.chain_of[job.task] = chain
+            self.chains.append(chain)
+        self.pool.submit(self._run, chain)
+
+    def cancel(self, task: int, attempt: int) -> bool:
+        """Stop a job; False if this runner does not know it."""
+        with self.lock:
+            chain = self.chain_of.get(task)
+            if chain is None:
+                return False
+            cur = chain.current
+            if cur is not None and cur.task == task and cur.attempt == attempt:
+                chain.cancelled = True
+                if chain.proc is not None:
+                    self._stop(chain.proc)
+                return True
+            for job in chain.jobs:
+                if job.task == task and job.attempt == attempt:
+                    chain.jobs.remove(job)
+                    del self.chain_of[task]
+                    now = time.time()
+                    self.outcomes.put(
+                        Outcome(
+                            task,
+                            attempt,
+                            False,
+                            None,
+                            now,
+                            "cancelled",
+                            "cancelled before it started",
+                        )
+                    )
+                    self.wake()
+                    return True
+        return False
+
+    def drain(self) -> list[Outcome]:
+        out = []
+        while not self.outcomes.empty():
+            out.append(self.outcomes.get())
+        return out
+
+    def busy(self) -> bool:
+        with self.lock:
+            return any(not c.done for c in self.chains)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            for chain in self.chains:
+                chain.jobs.clear()
+                if chain.proc is not None:
+                    _killpg(chain.proc, signal.SIGKILL)
+        self.pool.shutdown(wait=True)
+        for spool in self.spools:
+            spool.close()
+        self.spools.clear()
+        with contextlib.suppress(OSError):
+            os.close(self.devnull)
+
+    # -- the chain thread -------------------------------------------------------------------
+    def _run(self, chain: _Chain) -> None:
+        with self.lock:
+            chain.spool = self.spools.pop() if self.spools else None
+        if chain.spool is None:
+            chain.spool = _Spool(self.folder, f"chain-{next(self._names)}")
+        while True:
+            with self.lock:
+                if not chain.jobs or self.closing:
+                    chain.done = True
+                    self.chains.remove(chain)
+                    self.spools.append(chain.spool)
+                    return
+                job = chain.jobs.popleft()
+                chain.current = job
+                chain.cancelled = False
+            outcome = self._one(chain, job)
+            with self.lock:
+                chain.current = None
+                chain.proc = None
+                if self.chain_of.get(job.task) is chain:
+                    del self.chain_of[job.task]
+            self.outcomes.put(outcome)
+            self.wake()
+
+    def _one(self, chain: _Chain, job: Job) -> Outcome:
+        started = time.time()
+        spool = chain.spool
+        assert spool is not None
+        try:
+            argv, env, cores = self.prepare(job)
+            if cores:
+                os.sched_setaffinity(0, cores)
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=self.devnull,
+                    stdout=spool.files[0],
+                    stderr=spool.files[1],
+                    cwd=job.workdir or None,
+                    env=env,
+                    start_new_session=True,
+                )
+            finally:
+                if cores:
+                    os.sched_setaffinity(0, self.home)
+        except OSError as e:
+            what = e.filename or (job.argv[0] if job.argv else "the process")
+            msg = f"cannot start {what!r}: {e.strerror or e}"
+            return Outcome(job.task, job.attempt, False, started, time.time(), "exit", msg, 127)
+        with self.lock:
+            chain.proc = proc
+            if chain.cancelled or self.closing:
+                self._stop(proc)
+        code = proc.wait()
+        _killpg(proc, signal.SIGKILL)  # leftovers of the process group (MPI ranks, ...)
+        ended = time.time()
+        spool.keep(job.taskdir)
+        if job.kind == "python":
+            return _python_reply(job, code, started, ended)
+        if code != 0:
+            kind, words = describe_exit(code)
+            text = tail(job.taskdir / "stderr")
+            msg = f"command {shlex.join(job.argv)!r}: {words}" + (f"\n{text}" if text else "")
+            return Outcome(job.task, job.attempt, False, started, ended, kind, msg, code)
+        printed = ""
+        with contextlib.suppress(FileNotFoundError), open(job.taskdir / "stdout", "rb") as fh:
+            printed = fh.read(STDOUT_LIMIT).decode(errors="replace")
+        value = {"returncode": 0, "stdout": printed, "dir": str(job.taskdir)}
+        return Outcome(
+            job.task,
+            job.attempt,
+            True,
+            started,
+            ended,
+            "",
+            "",
+            0,
+            "process",
+            pickle.dumps(value, protocol=5),
+        )
+
+    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the process group now, SIGKILL it after GRACE seconds if still there."""
+        _killpg(proc, signal.SIGTERM)
+        timer = threading.Timer(GRACE, _killpg, (proc, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+
+def _killpg(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _python_reply(job: Job, code: int, started: float, ended: float) -> Outcome:
+    path = job.taskdir / "reply.pkl"
+    if path.exists():
+        with open(path, "rb") as fh:
+            ok, result, kind, error, t0, t1 = pickle.load(fh)
+        path.unlink()
+        return Outcome(job.task, job.attempt, ok, t0, t1, kind, error, code, "process", result)
+    kind, words = describe_exit(code)
+    text = tail(job.taskdir / "stderr")
+    msg = f"the isolated process of this task ended without a result: {words}"
+    return Outcome(
+        job.task,
+        job.attempt,
+        False,
+        started,
+        ended,
+        kind,
+        msg + (f"\n{text}" if text else ""),
+        code,
+    )
