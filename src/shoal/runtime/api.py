@@ -135,10 +135,9 @@ class Prepared:
             len(plan.records),
             "; ".join(n.describe() for n in nodes),
         )
-        for note in backend.notes():
+        for note in backend.notes():  # said once per run: in the log and on stderr
             self.log.info("note: %s", note)
-            if progress:
-                print(f"shoal: {note}", file=sys.stderr)
+            print(f"shoal: {note}", file=sys.stderr)
 
     def execute(self, run: Run) -> Run:
         bar = Progress(self.plan.name, len(self.plan.records)) if self.progress else None

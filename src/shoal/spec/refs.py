@@ -141,12 +141,41 @@ _ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
 def refs_in(obj: Any) -> list[Ref]:
-    """Every reference inside ``obj`` (a task handle counts as ``task.out``)."""
+    """Every reference inside ``obj`` (a task handle counts as ``task.out``).
+
+    A search only (nothing is rebuilt), with a fast path for the common case of plain data.
+    """
     found: list[Ref] = []
-
-    def visit(x: Any) -> Any:
-        found.append(x if isinstance(x, Ref) else x.out)
-        return x
-
-    walk(obj, visit)
+    _find(obj, found)
     return found
+
+
+def _find(obj: Any, found: list[Ref]) -> None:
+    from shoal.spec.task import Task
+
+    t = type(obj)
+    if t in _ATOMS:
+        return
+    if t is Ref:
+        found.append(obj)
+    elif t is Task:
+        found.append(obj.out)
+    elif t is tuple or t is list or t is set or t is frozenset:
+        for x in obj:
+            if type(x) not in _ATOMS:
+                _find(x, found)
+    elif t is dict:
+        for v in obj.values():
+            if type(v) not in _ATOMS:
+                _find(v, found)
+    elif isinstance(obj, Ref | Task | tuple):  # subclasses, named tuples
+        if isinstance(obj, Ref):
+            found.append(obj)
+        elif isinstance(obj, Task):
+            found.append(obj.out)
+        else:
+            for x in obj:
+                _find(x, found)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _find(getattr(obj, f.name), found)

@@ -44,6 +44,7 @@ class Task:
         "deps",
         "env",
         "fn",
+        "has_refs",
         "id",
         "key",
         "kind",
@@ -79,7 +80,9 @@ class Task:
         # Lists are created on first use: a million tasks without dependencies is common.
         self.after_tasks: list[Task] | tuple[()] = ()
         self.deps: list[Task] | tuple[()] = ()
-        for ref in refs_in((args, self.kwargs)):
+        refs = refs_in((args, self.kwargs))
+        self.has_refs = bool(refs)  # arguments need resolving before the task runs
+        for ref in refs:
             self._depend(ref.task)
         if after:
             self.after(*after)

@@ -168,7 +168,6 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
             if fidx < 0:
                 fidx = fn_index[id(t.fn)] = len(functions)
                 functions.append((_qualname(t.fn), pickle_function(t.fn, t.name)))
-        has_refs = any(True for _ in _iter_refs(t))
         records.append(
             Record(
                 id=t.id,  # type: ignore[arg-type]
@@ -177,7 +176,7 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
                 options=t.options,
                 deps=tuple(d.id for d in t.deps),  # type: ignore[misc]
                 payload=pickle_args(t),
-                has_refs=has_refs,
+                has_refs=t.has_refs,
                 function=fidx,
                 template=t.template,
                 workdir=t.workdir,
@@ -185,12 +184,6 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
             )
         )
     return Plan(wf.name, records, functions)
-
-
-def _iter_refs(t: Task) -> Iterator[Any]:
-    from shoal.spec.refs import refs_in
-
-    yield from refs_in((t.args, t.kwargs))
 
 
 def _check_cycles(tasks: list[Task]) -> None:

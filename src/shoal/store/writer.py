@@ -135,11 +135,11 @@ class Writer:
                 r.template,
                 r.payload,
                 int(r.has_refs),
-                json.dumps(r.deps),
+                json.dumps(r.deps) if r.deps else "[]",
                 self._options(r.options),
                 r.workdir,
                 json.dumps(r.env) if r.env else None,
-                json.dumps(r.options.tags),
+                json.dumps(r.options.tags) if r.options.tags else "[]",
                 "pending",
             )
             for r in plan.records
