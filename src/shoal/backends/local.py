@@ -38,7 +38,7 @@ from shoal.backends.base import Backend, Job
 from shoal.backends.processes import Processes, describe_exit, tail
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
-from shoal.errors import DefinitionError
+from shoal.errors import BackendError, DefinitionError
 
 
 def detect_gpus() -> int:
@@ -103,7 +103,7 @@ class LocalBackend(Backend):
         if not any("{ranks}" in a for a in self.launcher):
             raise DefinitionError(f"launcher {launcher!r} must contain {{ranks}}")
         self.python = python
-        self.rundir = Path(".")
+        self.rundir: Path | None = None
         self.functions: dict[int, bytes] = {}
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
@@ -135,6 +135,9 @@ class LocalBackend(Backend):
         return list(self._notes)
 
     def start(self, rundir: Path) -> None:
+        """Get ready for the run in ``rundir``; calling it again for the same run is a no-op."""
+        if self.rundir == rundir:
+            return
         self.rundir = rundir
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.processes.folder = rundir / "workers"
@@ -256,6 +259,8 @@ class LocalBackend(Backend):
         self._worker_seq += 1
         n = self._worker_seq
         ours, theirs = socket.socketpair()
+        if self.rundir is None:
+            raise BackendError("the local backend was not started: call start(rundir) first")
         spool = self.rundir / "workers"
         env = dict(os.environ)
         paths = [p for p in sys.path if p]
@@ -391,7 +396,7 @@ class LocalBackend(Backend):
             return
         kind, words = describe_exit(code)
         msg = f"worker-{w.index} running this task died: {words}"
-        text = tail(self.rundir / "workers" / f"{w.index}.err")
+        text = tail(Path(str(self.rundir)) / "workers" / f"{w.index}.err")
         if text:
             msg += f"\nlast lines of its stderr:\n{text}"
         out.append(

@@ -7,9 +7,13 @@ returns (persisting every :class:`Transition` before any :class:`Dispatch` or :c
 Placement policy (``Policy.mode``):
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
-  starts (higher ``priority`` first, then submission order). A task that does not fit yet does
-  not block smaller ones behind it, with one guard against starvation: once the most urgent
-  ready task has waited ``reserve_after`` seconds, it gets a reservation. The node it is most
+  starts: higher ``priority`` first; among equal priority the largest request first
+  (``order="largest"``: GPUs, then cores), then submission order. Durations are unknown, so
+  starting big tasks while there is room and letting small ones fill the gaps is what keeps
+  the end of a run from trailing off with a few wide tasks; ``order="fifo"`` keeps plain
+  submission order. A task that does not fit yet does not block smaller ones behind it, with
+  one guard against starvation: once the most urgent ready task (by priority, then age) has
+  waited ``reserve_after`` seconds, it gets a reservation. The node it is most
   likely to fit on (the one with the most free cores among those large enough) takes no new work
   until the task starts there; other nodes keep backfilling. On a single node this means the
   node drains until the large task fits. The reservation is derived afresh on every pass, so
@@ -63,6 +67,7 @@ class Policy:
 
     mode: str = "backfill"
     reserve_after: float = 60.0
+    order: str = "largest"
     prefetch: int = 0
     prefetch_window: float = 0.01
 
@@ -75,6 +80,10 @@ class Policy:
             raise DefinitionError(f"reserve_after must be >= 0 seconds, got {self.reserve_after}")
         if self.prefetch < 0:
             raise DefinitionError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.order not in ("largest", "fifo"):
+            raise DefinitionError(
+                f"unknown order {self.order!r}: use 'largest' (the default) or 'fifo'"
+            )
 
 
 # Enum attribute access goes through a Python-level descriptor in 3.11; the hot paths below
@@ -132,6 +141,11 @@ class _Entry:
         self.kill: tuple[str, str] | None = None  # (kind, reason) of a kill in flight
         self.slot: _Slot | None = None
         self.root = -1  # dep_failed/cancelled downstream: the task where it started
+
+
+def _size(r: Request) -> tuple[int, int, int]:
+    """Sort key putting the largest request first: GPUs, then cores, then memory."""
+    return (-r.gpus * r.ranks, -r.cpus * r.ranks, -r.memory * r.ranks)
 
 
 def _check_acyclic(tasks: Sequence[TaskInfo], batch: set[int]) -> None:
@@ -484,15 +498,22 @@ class Scheduler:
             return
         blocked: set[Request] = set()
         avoid: frozenset[int] = frozenset()
-        reserved = False
-        while True:
-            if not self.queue:
-                return
+        largest = self.policy.order == "largest"
+        while self.queue:
+            heads = self.queue.heads()  # most urgent first: priority, then submission order
+            if not avoid and not waves:
+                # Starvation guard: the most urgent, oldest ready task that has waited
+                # reserve_after seconds and still does not fit gets a reservation.
+                (_, task, _), request = heads[0]
+                waited = self.now - self.tasks[task].ready_since
+                if waited >= self.policy.reserve_after and not self.pool.fits(request):
+                    blocked.add(request)
+                    avoid = self._reserve(request)
+            if largest:  # among equal priority, the biggest first: small ones fill the gaps
+                heads.sort(key=lambda h: (h[0][0], _size(h[1]), h[0][1]))
             started = False
-            first = True
-            for (_, task, _), request in self.queue.heads():
+            for _, request in heads:
                 if request in blocked:
-                    first = False
                     continue
                 placement = self.pool.allocate(request, avoid)
                 if placement is not None:
@@ -500,12 +521,6 @@ class Scheduler:
                     started = True
                     break
                 blocked.add(request)
-                if first and not waves and not reserved:
-                    waited = self.now - self.tasks[task].ready_since
-                    if waited >= self.policy.reserve_after:
-                        reserved = True
-                        avoid = self._reserve(request)
-                first = False
             if not started:
                 break
         if self.policy.prefetch and not waves:

@@ -8,7 +8,6 @@ removed lazily: a heap item whose generation no longer matches its task is skipp
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from shoal.core.resources import Request
@@ -45,7 +44,7 @@ class ReadyQueue:
         del self.heaps[request]
         return None
 
-    def heads(self) -> Iterator[tuple[Item, Request]]:
+    def heads(self) -> list[tuple[Item, Request]]:
         """The most urgent live item of every shape, most urgent shape first."""
         out = []
         for request in list(self.heaps):
@@ -53,7 +52,7 @@ class ReadyQueue:
             if item is not None:
                 out.append((item, request))
         out.sort(key=lambda pair: pair[0])
-        return iter(out)
+        return out
 
     def peek(self, request: Request) -> int | None:
         """The most urgent live task of this shape, or None."""

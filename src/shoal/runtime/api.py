@@ -111,6 +111,9 @@ class Prepared:
         self.dir = new_rundir(base, wf.name)
         self.log = _logger(self.dir)
         self.writer = Writer(self.dir)
+        # Workers import while the plan is written to the store.
+        backend.start(self.dir)
+        backend.warm(Driver.workers_wanted(plan, backend))
         nodes = backend.nodes()
         self.writer.init(
             {
@@ -201,13 +204,20 @@ def prepare(
     progress: bool | None = None,
     prefetch: int | None = None,
     prefetch_window: float = 0.01,
+    order: str = "largest",
 ) -> Prepared:
     if not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
     be = make_backend(backend, cpus, gpus, memory, pin, launcher)
     show = settings.cli if progress is None else progress
     depth = be.prefetch if prefetch is None else prefetch
-    pol = Policy(policy, reserve_after, depth, prefetch_window)
+    pol = Policy(
+        mode=policy,
+        reserve_after=reserve_after,
+        order=order,
+        prefetch=depth,
+        prefetch_window=prefetch_window,
+    )
     return Prepared(wf, be, Path(base or os.getcwd()), pol, show)
 
 
@@ -216,7 +226,8 @@ def run(wf: Workflow, **options: Any) -> Run:
 
     Options: ``cpus``/``gpus``/``memory`` pretend a node of that size; ``backend``; ``base``
     (where run directories go, default: the current directory); ``policy`` ('backfill' or
-    'waves'); ``reserve_after`` (seconds before a waiting large task gets a reservation);
+    'waves'); ``order`` ('largest' first among equal priority, or 'fifo');
+    ``reserve_after`` (seconds before a waiting large task gets a reservation);
     ``pin`` (True, 'fold' or False); ``launcher`` (MPI launcher template with ``{ranks}``);
     ``progress`` (show a progress bar; default: only under ``shoal run``); ``prefetch``
     (at most this many tasks queued behind each running short task; default: the backend's,

@@ -92,10 +92,7 @@ class Driver:
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
             b.define(i, payload)
-        pooled = sum(1 for r in self.records if self._pooled(r))
-        cores = sum(len(n.cores) for n in b.nodes())
-        if pooled:
-            b.warm(min(pooled, cores))
+        b.warm(self.workers_wanted(self.plan, b))
         queue = b.prefetch > 0
         requests: dict[int, Request] = {}  # one Request per distinct Options, not per task
         infos = []
@@ -146,14 +143,21 @@ class Driver:
                 self.on_progress(self.scheduler.counts, len(self.records))
             self.status.maybe_write(self.scheduler, self.log)
 
+    @classmethod
+    def workers_wanted(cls, plan: Plan, backend: Backend) -> int:
+        """How many Python tasks can run in workers at once: workers worth starting now."""
+        pooled = sum(1 for r in plan.records if cls._pooled(r))
+        return min(pooled, sum(len(n.cores) for n in backend.nodes()))
+
     @staticmethod
     def _isolate(r: Record) -> bool:
         o = r.options
         return bool(o.isolate) if o.isolate is not None else o.gpus > 0
 
-    def _pooled(self, r: Record) -> bool:
+    @staticmethod
+    def _pooled(r: Record) -> bool:
         """Runs in a persistent worker (and so may be queued behind another task there)."""
-        return r.kind == "python" and not self._isolate(r) and r.options.ranks == 1
+        return r.kind == "python" and not Driver._isolate(r) and r.options.ranks == 1
 
     def _lane(self, r: Record) -> str:
         """Which backend queue runs the task: persistent workers, or child processes."""
