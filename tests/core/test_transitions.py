@@ -892,3 +892,22 @@ def test_tasks_queue_only_behind_tasks_of_their_lane() -> None:
     assert [(d.task, d.after) for d in out if isinstance(d, Dispatch)] == [(2, None)]
     out = sched.handle(Succeeded(1.002, 2, 1))
     assert [(d.task, d.after) for d in out if isinstance(d, Dispatch)] == [(3, None)]
+
+
+@pytest.mark.parametrize(("order", "first"), [("largest", 4), ("fifo", 0)])
+def test_equal_priority_starts_the_largest_request_first(order: str, first: int) -> None:
+    """Among equal priority the largest request starts first (small ones fill the gaps after
+    it); order="fifo" keeps submission order instead."""
+    sched = Scheduler([Node.sized("n0", 4)], Policy(order=order))
+    small = [task(i) for i in range(4)]
+    big = task(4, request=Request(cpus=4))
+    out = sched.handle(Submitted(0.0, (*small, big)))
+    started = [d.task for d in out if isinstance(d, Dispatch)]
+    assert started[0] == first
+    assert started == ([4] if order == "largest" else [0, 1, 2, 3])
+
+
+def test_priority_still_beats_size() -> None:
+    sched = Scheduler([Node.sized("n0", 4)], Policy(order="largest"))
+    out = sched.handle(Submitted(0.0, (task(0, request=Request(cpus=4)), task(1, priority=1))))
+    assert [d.task for d in out if isinstance(d, Dispatch)] == [1]
