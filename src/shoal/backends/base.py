@@ -76,8 +76,8 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Stop everything this backend started. Safe to call twice."""
 
-    def warm(self, workers: int) -> None:  # noqa: B027 - optional hook, no-op by default
-        """A hint: about this many Python tasks will run at once; start workers now."""
+    def warm(self, workers: int, cpus: int = 1) -> None:  # noqa: B027 - optional, no-op here
+        """A hint: about this many Python tasks of ``cpus`` cores will run at once."""
 
     def notes(self) -> list[str]:
         """Things the run should tell the user once (e.g. that CPU pinning was folded)."""

@@ -20,6 +20,7 @@ import os
 import pickle
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -57,9 +58,29 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes]
     conn: Connection
+    cpus: int  # cores per task it runs: thread variables are set once, when it starts
     fns: set[int] = field(default_factory=set)
     envs: set[int] = field(default_factory=set)
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def fold(cores: tuple[int, ...], real: list[int]) -> list[int]:
+    """Real cores for a placement on a pretend node larger than the machine: as many distinct
+    real cores as the task has cores (up to all of them), starting where its first core lands."""
+    n = len(real)
+    if not cores:
+        return []
+    start = cores[0] % n
+    return sorted(real[(start + j) % n] for j in range(min(len(cores), n)))
+
+
+def _kill_group(w: _Worker) -> None:
+    """Kill a worker and every process its tasks started (its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(w.proc.pid, signal.SIGKILL)
 
 
 class LocalBackend(Backend):
@@ -107,6 +128,7 @@ class LocalBackend(Backend):
         self.functions: dict[int, bytes] = {}
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
+        self._retired: list[_Worker] = []
         self.by_fd: dict[int, _Worker] = {}  # every live worker, by connection fd
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
@@ -142,10 +164,10 @@ class LocalBackend(Backend):
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.processes.folder = rundir / "workers"
 
-    def warm(self, workers: int) -> None:
+    def warm(self, workers: int, cpus: int = 1) -> None:
         """Start workers up front (they import in parallel), so early tasks do not wait."""
         for _ in range(min(workers, len(self.node.cores)) - len(self.workers)):
-            self.idle.append(self._new_worker())
+            self.idle.append(self._new_worker(cpus))
 
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload
@@ -170,7 +192,7 @@ class LocalBackend(Backend):
         where = self.where.get((task, attempt))
         if isinstance(where, _Worker):
             if where.jobs and where.jobs[0].task == task:
-                where.proc.kill()  # running: the worker's death is reported by poll()
+                _kill_group(where)  # running: the worker's death is reported by poll()
             else:
                 with contextlib.suppress(OSError):
                     where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
@@ -196,7 +218,7 @@ class LocalBackend(Backend):
         self.processes.close()
         for w in self.workers:
             if w.jobs:
-                w.proc.kill()
+                _kill_group(w)
             else:
                 with contextlib.suppress(OSError):
                     w.conn.send_bytes(pickle.dumps(("stop",)))
@@ -205,9 +227,14 @@ class LocalBackend(Backend):
             try:
                 w.proc.wait(max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                w.proc.kill()
+                _kill_group(w)
                 w.proc.wait()
+            _kill_group(w)  # whatever its tasks left running in the background
             w.conn.close()
+        for w in self._retired:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(1)
+            _kill_group(w)
         self._epoll.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
@@ -226,7 +253,7 @@ class LocalBackend(Backend):
             if len(self._cores_cache) > 4096:
                 self._cores_cache.clear()
             real = self.real
-            hit = self._cores_cache[id(p)] = (p, sorted({real[c % len(real)] for c in p.cores}))
+            hit = self._cores_cache[id(p)] = (p, fold(p.cores, real))
         return hit[1]
 
     def _base_env(self, job: Job) -> tuple[int, dict[str, str]]:
@@ -255,7 +282,7 @@ class LocalBackend(Backend):
         return env
 
     # -- persistent workers ---------------------------------------------------------------
-    def _new_worker(self) -> _Worker:
+    def _new_worker(self, cpus: int) -> _Worker:
         self._worker_seq += 1
         n = self._worker_seq
         ours, theirs = socket.socketpair()
@@ -267,6 +294,9 @@ class LocalBackend(Backend):
         if os.getcwd() not in paths:
             paths.insert(0, os.getcwd())
         env["PYTHONPATH"] = os.pathsep.join(paths)
+        # Numerical libraries read these once, at import: a worker serves one task width.
+        for var in THREAD_VARS:
+            env[var] = str(cpus)
         with open(spool / f"{n}.out", "w+b") as out, open(spool / f"{n}.err", "w+b") as err:
             proc = subprocess.Popen(
                 [self.python, "-m", "shoal.backends.worker", str(theirs.fileno())],
@@ -278,7 +308,7 @@ class LocalBackend(Backend):
                 start_new_session=True,
             )
         theirs.close()
-        w = _Worker(n, proc, Connection(ours.detach()))
+        w = _Worker(n, proc, Connection(ours.detach()), cpus)
         self.workers.append(w)
         self.by_fd[w.conn.fileno()] = w
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
@@ -294,7 +324,26 @@ class LocalBackend(Backend):
             if w in self.idle:
                 self.idle.remove(w)
             return w
-        return self.idle.pop() if self.idle else self._new_worker()
+        return self._idle_worker(job.cpus)
+
+    def _idle_worker(self, cpus: int) -> _Worker:
+        """An idle worker for tasks of this width; a new one if none, retiring an idle worker
+        of another width when the pool is at its size (one worker per core)."""
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i].cpus == cpus:
+                return self.idle.pop(i)
+        if self.idle and len(self.workers) >= len(self.node.cores):
+            self._retire(self.idle.pop(0))
+        return self._new_worker(cpus)
+
+    def _retire(self, w: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            w.conn.send_bytes(pickle.dumps(("stop",)))
+        self._epoll.unregister(w.conn.fileno())
+        del self.by_fd[w.conn.fileno()]
+        w.conn.close()
+        self.workers.remove(w)
+        self._retired.append(w)  # reaped at close()
 
     def _message(self, w: _Worker, job: Job) -> tuple[Any, ...]:
         fn = None if job.function in w.fns else self.functions[job.function]
@@ -385,8 +434,9 @@ class LocalBackend(Backend):
         try:
             code = w.proc.wait(5)
         except subprocess.TimeoutExpired:
-            w.proc.kill()
+            _kill_group(w)
             code = w.proc.wait()
+        _kill_group(w)  # the processes its task had started
         jobs = list(w.jobs)
         for job in jobs:
             self._forget(w, job)

@@ -211,7 +211,11 @@ class Processes:
                 job = chain.jobs.popleft()
                 chain.current = job
                 chain.cancelled = False
-            outcome = self._one(chain, job)
+            try:
+                outcome = self._one(chain, job)
+            except Exception as e:  # a bug here must not leave the task running forever
+                outcome = Outcome(job.task, job.attempt, False, None, time.time(), "error",
+                                  f"the process runner failed: {type(e).__name__}: {e}")
             with self.lock:
                 chain.current = None
                 chain.proc = None
@@ -242,9 +246,15 @@ class Processes:
                 if cores:
                     os.sched_setaffinity(0, self.home)
         except OSError as e:
-            what = e.filename or (job.argv[0] if job.argv else "the process")
-            msg = f"cannot start {what!r}: {e.strerror or e}"
+            if e.filename is not None and job.workdir and str(e.filename) == str(job.workdir):
+                msg = f"cannot start the command: its workdir {job.workdir!r} does not exist"
+            else:
+                what = e.filename or (job.argv[0] if job.argv else "the process")
+                msg = f"cannot start {what!r}: {e.strerror or e}"
             return Outcome(job.task, job.attempt, False, started, time.time(), "exit", msg, 127)
+        except Exception as e:  # anything else must still come back as this task's failure
+            msg = f"cannot start the process: {type(e).__name__}: {e}"
+            return Outcome(job.task, job.attempt, False, started, time.time(), "error", msg)
         with self.lock:
             chain.proc = proc
             if chain.cancelled or self.closing:

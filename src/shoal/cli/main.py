@@ -7,7 +7,9 @@ options or the run directory); 130 interrupted.
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import click
 
-from shoal.errors import ShoalError, StoreError
+from shoal.errors import ShoalError, StoreError, TaskFailed
 from shoal.store.queries import Reader
 
 EXIT_FAILED = 1
@@ -54,6 +56,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except TaskFailed as err:  # a script asked for the result of a failed task
+            click.secho(f"shoal: {err}", fg="red", err=True)
+            sys.exit(EXIT_FAILED)
         except ShoalError as err:
             click.secho(f"shoal: {err}", fg="red", err=True)
             sys.exit(EXIT_INPUT)
@@ -126,7 +131,22 @@ def _status(d: Path) -> dict[str, Any]:
         "throughput": live.get("throughput"),
         "running": running,
         "failures": failures,
+        "pid": meta.get("pid"),
+        "host": meta.get("host"),
     }
+
+
+def _driver_alive(st: dict[str, Any]) -> bool:
+    """Whether the driver of a run recorded as running still exists (unknowable elsewhere)."""
+    if st.get("host") != socket.gethostname() or not st.get("pid"):
+        return True
+    try:
+        os.kill(int(st["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @main.command()
@@ -138,6 +158,12 @@ def status(run_dir: str | None, as_json: bool) -> None:
     RUN_DIR defaults to the newest run directory in the current directory.
     """
     st = _status(_rundir(run_dir))
+    if st["state"] == "running" and not _driver_alive(st):
+        st["state"] = "lost"
+        st["note"] = (
+            f"the driver (pid {st['pid']} on {st['host']}) is gone without recording an end: "
+            "it was killed or its node failed"
+        )
     if as_json:
         _emit(st)
         return
@@ -157,8 +183,13 @@ def status(run_dir: str | None, as_json: bool) -> None:
             else ""
         )
     )
+    if st.get("note"):
+        click.secho(f"note: {st['note']}", fg="yellow")
     if st["running"]:
-        click.echo(f"running ({len(st['running'])} shown):")
+        if st["state"] == "running":
+            click.echo(f"running ({len(st['running'])} shown):")
+        else:
+            click.echo(f"were running when the run stopped ({len(st['running'])} shown):")
         for t in st["running"]:
             since = time.time() - t["dispatched"] if t["dispatched"] else 0
             click.echo(f"  #{t['id']} {t['name']}  attempt {t['attempt']}  {since:.1f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -105,6 +106,7 @@ class Prepared:
         self, wf: Workflow, backend: Backend, base: Path, policy: Policy, progress: bool
     ) -> None:
         plan = compile_workflow(wf)
+        self.ids = {t.key: t.id for t in wf.tasks if t.id is not None}
         check_resources(plan, backend)
         self.plan = plan
         self.backend = backend
@@ -113,7 +115,7 @@ class Prepared:
         self.writer = Writer(self.dir)
         # Workers import while the plan is written to the store.
         backend.start(self.dir)
-        backend.warm(Driver.workers_wanted(plan, backend))
+        backend.warm(*Driver.workers_wanted(plan, backend))
         nodes = backend.nodes()
         self.writer.init(
             {
@@ -181,6 +183,10 @@ class Prepared:
         return run
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -235,7 +241,7 @@ def run(wf: Workflow, **options: Any) -> Run:
     slot, from the average run time of tasks of that shape).
     """
     p = prepare(wf, **options)
-    r = Run(p.dir, wf.name)
+    r = Run(p.dir, wf.name, ids=p.ids)
     settings.runs.append(r)
     return p.execute(r)
 
@@ -253,7 +259,7 @@ def submit(wf: Workflow, **options: Any) -> Run:
             box[0].error = err
 
     thread = threading.Thread(target=body, name=f"shoal-{wf.name}", daemon=True)
-    r = Run(p.dir, wf.name, thread)
+    r = Run(p.dir, wf.name, thread, ids=p.ids)
     box.append(r)
     settings.runs.append(r)
     thread.start()

@@ -12,6 +12,7 @@ import logging
 import pickle
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,7 @@ class Driver:
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
             b.define(i, payload)
-        b.warm(self.workers_wanted(self.plan, b))
+        b.warm(*self.workers_wanted(self.plan, b))
         queue = b.prefetch > 0
         requests: dict[int, Request] = {}  # one Request per distinct Options, not per task
         infos = []
@@ -144,10 +145,14 @@ class Driver:
             self.status.maybe_write(self.scheduler, self.log)
 
     @classmethod
-    def workers_wanted(cls, plan: Plan, backend: Backend) -> int:
-        """How many Python tasks can run in workers at once: workers worth starting now."""
-        pooled = sum(1 for r in plan.records if cls._pooled(r))
-        return min(pooled, sum(len(n.cores) for n in backend.nodes()))
+    def workers_wanted(cls, plan: Plan, backend: Backend) -> tuple[int, int]:
+        """Workers worth starting now, and the most common task width among their tasks."""
+        widths = Counter(r.options.cpus for r in plan.records if cls._pooled(r))
+        if not widths:
+            return 0, 1
+        cpus = widths.most_common(1)[0][0]
+        cores = sum(len(n.cores) for n in backend.nodes())
+        return min(widths[cpus], cores // cpus), cpus
 
     @staticmethod
     def _isolate(r: Record) -> bool:

@@ -15,9 +15,16 @@ from shoal.store.queries import Reader
 class Run:
     """A run, live or finished. Everything it says comes from ``shoal.db`` in ``run.dir``."""
 
-    def __init__(self, rundir: Path, name: str, thread: threading.Thread | None = None) -> None:
+    def __init__(
+        self,
+        rundir: Path,
+        name: str,
+        thread: threading.Thread | None = None,
+        ids: dict[int, int] | None = None,
+    ) -> None:
         self.dir = Path(rundir)
         self.name = name
+        self._ids = ids or {}  # task handle key -> id in this run (a handle may join other runs)
         self._thread = thread
         self.error: BaseException | None = None  # set when the driver itself crashed
         self.state = "running" if thread else "unknown"
@@ -46,9 +53,10 @@ class Run:
     # -- questions ------------------------------------------------------------------------
     def _id(self, reader: Reader, task: Task | int | str) -> int:
         if isinstance(task, Task):
-            if task.id is None:
-                raise StoreError(f"{task.label} is not part of run {self.name!r}")
-            return task.id
+            tid = self._ids.get(task.key)
+            if tid is None:
+                raise StoreError(f"task {task.name!r} is not part of run {self.name!r}")
+            return tid
         return reader.find(task).id
 
     def result(self, task: Task | int | str) -> Any:

@@ -8,6 +8,7 @@ reference that later calls may take as an argument: that is how the graph is wir
 from __future__ import annotations
 
 import itertools
+import os
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -202,6 +203,29 @@ def placeholders(template: str) -> set[str]:
     return names
 
 
+def _check_env(where: str, env: Mapping[str, Any] | None) -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise DefinitionError(f"{where}: env must be a dict of strings, got {type(env).__name__}")
+    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        k = bad[0]
+        raise DefinitionError(
+            f"{where}: env[{k!r}] = {env[k]!r} is not a string; environment values must be "
+            f"strings, e.g. env={{{k!r}: {str(env[k])!r}}}"
+        )
+    return dict(env)
+
+
+def _check_workdir(where: str, workdir: Any) -> str | None:
+    if workdir is None:
+        return None
+    if not isinstance(workdir, str | os.PathLike):
+        raise DefinitionError(f"{where}: workdir must be a path, got {workdir!r}")
+    return os.fspath(workdir)
+
+
 class CommandFactory:
     """What ``shoal.command`` returns: calling it with the placeholder values records a task."""
 
@@ -216,8 +240,9 @@ class CommandFactory:
             raise DefinitionError("shoal.command needs a non-empty command template string")
         self.template = template
         self.defaults = options
-        self.workdir = workdir
-        self.env = dict(env or {})
+        where = f"command {template!r}"
+        self.workdir = _check_workdir(where, workdir)
+        self.env = _check_env(where, env)
         self.fields = placeholders(template)
 
     def options(self, **changes: Any) -> CommandFactory:
@@ -247,7 +272,8 @@ class CommandFactory:
                 f"{where} has no placeholder for {extra}; its placeholders are "
                 f"{sorted(self.fields) or 'none'}"
             )
-        merged_env = {**self.env, **(env or {})}
+        merged_env = {**self.env, **_check_env(where, env)}
+        workdir = _check_workdir(where, workdir)
         return Task(
             "command",
             self.defaults,

@@ -256,12 +256,19 @@ def pickle_function(fn: Callable[..., Any], name: str) -> bytes:
 
 
 def dumps(value: Any) -> bytes:
-    """Pickle plain data fast, and anything else (lambdas, local classes) with cloudpickle."""
+    """Pickle plain data fast, and anything else (lambdas, local classes) with cloudpickle.
+
+    Plain pickle stores classes by name; one defined in the user's script (``__main__``) would
+    not be found in a worker, so such data goes through cloudpickle, which sends the class.
+    """
     try:
-        return pickle.dumps(value, protocol=5)
+        data = pickle.dumps(value, protocol=5)
+        if b"__main__" not in data:
+            return data
     except Exception:
-        out: bytes = cloudpickle.dumps(value, protocol=5)
-        return out
+        pass
+    out: bytes = cloudpickle.dumps(value, protocol=5)
+    return out
 
 
 def pickle_args(t: Task) -> bytes:
