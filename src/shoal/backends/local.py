@@ -107,6 +107,8 @@ class LocalBackend(Backend):
         mem = memory if memory is not None else psutil.virtual_memory().total // 2**20
         self.node = Node.sized(socket.gethostname() or "localhost", ncpu, ngpu, mem)
         self._notes: list[str] = []
+        if pin not in (None, True, False, "fold"):
+            raise DefinitionError(f"pin must be True, False or 'fold', got {pin!r}")
         if pin is None:
             pin = "fold" if ncpu > len(self.real) else True
         if pin == "fold" and ncpu > len(self.real):

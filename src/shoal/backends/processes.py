@@ -214,8 +214,15 @@ class Processes:
             try:
                 outcome = self._one(chain, job)
             except Exception as e:  # a bug here must not leave the task running forever
-                outcome = Outcome(job.task, job.attempt, False, None, time.time(), "error",
-                                  f"the process runner failed: {type(e).__name__}: {e}")
+                outcome = Outcome(
+                    job.task,
+                    job.attempt,
+                    False,
+                    None,
+                    time.time(),
+                    "error",
+                    f"the process runner failed: {type(e).__name__}: {e}",
+                )
             with self.lock:
                 chain.current = None
                 chain.proc = None

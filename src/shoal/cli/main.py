@@ -198,7 +198,8 @@ def status(run_dir: str | None, as_json: bool) -> None:
         for f in st["failures"]:
             code = f" (exit {f['exit_code']})" if f["exit_code"] not in (None, 0) else ""
             click.echo(f"  #{f['id']} {f['name']}  {f['kind']}{code}: {f['reason']}")
-            click.echo(f"      logs: {f['logs']}")
+            if f["logs"]:
+                click.echo(f"      logs: {f['logs']}")
 
 
 @main.command()
@@ -264,7 +265,20 @@ def logs(task: str, run_dir: str | None) -> None:
             click.secho(f"--- {name} ({path})", fg="cyan")
             click.echo(path.read_text(errors="replace").rstrip())
     if not folder.exists():
-        click.echo(f"  (no output captured: {folder} does not exist)")
+        click.echo("  (the task printed nothing; no output folder was created)")
+
+
+def _where(placement: list[list[Any]] | None) -> str:
+    """A placement as words: node 0 cores 2,3 GPUs 1."""
+    if not placement:
+        return "?"
+    parts = []
+    for node, cores, gpus, _mem, _ranks in placement:
+        text = f"node {node} cores {','.join(map(str, cores))}"
+        if gpus:
+            text += f" GPUs {','.join(map(str, gpus))}"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def check_resources(plan: Plan, backend: Backend) -> None:
         if why:
             raise ResourceError(
                 f"task {r.name!r} (#{r.id}) can never start: {why}. Lower its request, or, "
-                "to test on a small machine, pretend a bigger node: wf.run(cpus=..., gpus=...)."
+                "to test on a small machine, pretend a bigger node: "
+                "wf.run(cpus=..., gpus=..., memory=...)."
             )
 
 
@@ -227,6 +228,20 @@ def prepare(
     return Prepared(wf, be, Path(base or os.getcwd()), pol, show)
 
 
+def _check_options(options: dict[str, Any]) -> None:
+    import difflib
+    import inspect
+
+    known = [n for n in inspect.signature(prepare).parameters if n != "wf"]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DefinitionError(
+                f"unknown run option {name!r}{hint} Run options are: {', '.join(known)}"
+            )
+
+
 def run(wf: Workflow, **options: Any) -> Run:
     """Run ``wf`` to the end on this machine (by default) and return its :class:`Run`.
 
@@ -240,6 +255,7 @@ def run(wf: Workflow, **options: Any) -> Run:
     16 for local; 0 turns it off) and ``prefetch_window`` (seconds of expected work queued per
     slot, from the average run time of tasks of that shape).
     """
+    _check_options(options)
     p = prepare(wf, **options)
     r = Run(p.dir, wf.name, ids=p.ids)
     settings.runs.append(r)
@@ -248,6 +264,7 @@ def run(wf: Workflow, **options: Any) -> Run:
 
 def submit(wf: Workflow, **options: Any) -> Run:
     """Like :func:`run`, but return at once; the run goes on in a background thread."""
+    _check_options(options)
     options.setdefault("progress", False)
     p = prepare(wf, **options)
     box: list[Run] = []

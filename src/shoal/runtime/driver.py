@@ -179,7 +179,7 @@ class Driver:
         kill = self.killed.pop((o.task, o.attempt), None) if self.killed else None
         if kill is not None and not o.ok:  # record why it really ended: we stopped it
             o.kind = kill.kind
-            o.error = f"{kill.reason}\n(the backend reported: {o.error})"
+            o.error = f"{kill.reason}; it was stopped"
         if o.ok:
             if o.task in self.needed and o.result is not None:
                 self.values[o.task] = o.result

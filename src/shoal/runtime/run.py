@@ -100,12 +100,13 @@ class Run:
         row = r.find(tid)
         attempts = r.attempts(tid)
         last = attempts[-1] if attempts else {}
-        logs = self.dir / "tasks" / str(tid)
+        folder = self.dir / "tasks" / str(tid)
+        logs = f"Output and traceback: {folder}" if folder.exists() else "It printed nothing."
         error = last.get("error") or ""
         # Python errors carry the remote traceback; commands the tail of their stderr.
         tb = error.split("\n", 1)[1] if "\n" in error else ""
         return TaskFailed(
-            f"task {row.name!r} (#{tid}) failed: {row.reason}. Output and traceback: {logs}",
+            f"task {row.name!r} (#{tid}) failed: {row.reason}. {logs}",
             task=tid,
             name=row.name,
             kind=last.get("kind") or "error",

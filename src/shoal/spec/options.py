@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
@@ -43,15 +44,15 @@ def parse_memory(value: int | float | str | None) -> int:
     if isinstance(value, bool):
         raise DefinitionError(f"memory must be a size like 4096 (MB) or '4GB', not {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise DefinitionError(f"memory must not be negative, got {value}")
-        return int(value)
+        if not math.isfinite(value) or value < 0:
+            raise DefinitionError(f"memory must be a size in MB, not negative or NaN; got {value}")
+        return math.ceil(value)
     m = _MEM.match(str(value))
     if not m:
         raise DefinitionError(
             f"cannot read memory {value!r}: use a number of MB or a size like '512MB' or '4GB'"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return math.ceil(float(m.group(1)) * _UNITS[m.group(2).lower()])  # 512KB -> 1 MB, not 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,15 @@ def _check(where: str, key: str, value: Any) -> Any:
     if key == "timeout":
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise DefinitionError(f"{where}: timeout must be a positive number of seconds")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise DefinitionError(
+                f"{where}: timeout must be a positive number of seconds, got {value!r}"
+            )
         return float(value)
     if key == "tags":
         if isinstance(value, str):

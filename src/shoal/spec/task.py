@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -310,25 +311,50 @@ def command(
 _SHELL_CHARS = set("|&;<>()$`\\*?~\n")
 
 
+def _scan(literal: str, state: str) -> str:
+    """The quoting state (``""``, ``"'"`` or ``'"'``) after a literal part of a template."""
+    escaped = False
+    for ch in literal:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and state != "'":
+            escaped = True
+        elif ch == "'" and state != '"':
+            state = "" if state == "'" else "'"
+        elif ch == '"' and state != "'":
+            state = "" if state == '"' else '"'
+    return state
+
+
+def _quote(text: str, state: str, shell: bool) -> str:
+    """Quote an inserted value so it stays one word and literal, wherever it sits."""
+    if state == '"':  # inside the user's double quotes: escape what is special there
+        special = '\\"$`' if shell else '\\"'  # sh also expands $ and `; shlex.split does not
+        return "".join("\\" + c if c in special else c for c in text)
+    if state == "'":  # inside single quotes: close, insert an escaped quote, reopen
+        return text.replace("'", "'\\''")
+    return shlex.quote(text)
+
+
 def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bool]:
     """Fill a template: ``(argv, False)``, or ``([line], True)`` when it needs a shell.
 
-    Each inserted value is quoted, so a value with spaces stays one argument. Templates with
-    shell syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``.
+    Each inserted value stays one argument and is taken literally: it is quoted for where it
+    sits (bare, or inside the template's own double or single quotes). Templates with shell
+    syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``.
     """
-    import shlex
-
     fmt = string.Formatter()
+    pieces = list(fmt.parse(template))
+    shell = any(_SHELL_CHARS & set(literal) for literal, _, _, _ in pieces)
     parts: list[str] = []
-    shell = False
-    for literal, field, spec, conv in fmt.parse(template):
+    state = ""
+    for literal, field, spec, conv in pieces:
         parts.append(literal)
-        if _SHELL_CHARS & set(literal):
-            shell = True
+        state = _scan(literal, state)
         if field is None:
             continue
         value, _ = fmt.get_field(field, (), values)
         value = fmt.convert_field(value, conv)
-        parts.append(shlex.quote(fmt.format_field(value, spec or "")))
+        parts.append(_quote(fmt.format_field(value, spec or ""), state, shell))
     line = "".join(parts)
     return ([line], True) if shell else (shlex.split(line), False)
