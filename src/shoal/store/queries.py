@@ -131,29 +131,30 @@ class Reader:
         ids = ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
         raise StoreError(f"{len(rows)} tasks are named {ref!r} (ids {ids}): give the id")
 
-    def attempts(self, task: int) -> list[dict[str, Any]]:
+    def _dicts(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of a query as dicts keyed by column name."""
         with self._q() as c:
-            cur = c.execute(
-                "SELECT attempt, placement, dispatched, started, ended, outcome, kind, exit_code,"
-                " error, worker FROM attempts WHERE task=? ORDER BY attempt",
-                (task,),
-            )
+            cur = c.execute(sql, args)
             cols = [d[0] for d in cur.description]
-            out = [dict(zip(cols, r, strict=True)) for r in cur]
+            return [dict(zip(cols, r, strict=True)) for r in cur]
+
+    def attempts(self, task: int) -> list[dict[str, Any]]:
+        out = self._dicts(
+            "SELECT attempt, placement, dispatched, started, ended, outcome, kind, exit_code,"
+            " error, worker FROM attempts WHERE task=? ORDER BY attempt",
+            (task,),
+        )
         for a in out:
             a["placement"] = json.loads(a["placement"]) if a["placement"] else None
         return out
 
     def story(self, task: int) -> list[dict[str, Any]]:
         """Every transition of a task, oldest first, with the event that caused it."""
-        with self._q() as c:
-            cur = c.execute(
-                "SELECT attempt, old, new, time, reason, event FROM transitions"
-                " WHERE task=? ORDER BY seq",
-                (task,),
-            )
-            cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r, strict=True)) for r in cur]
+        return self._dicts(
+            "SELECT attempt, old, new, time, reason, event FROM transitions"
+            " WHERE task=? ORDER BY seq",
+            (task,),
+        )
 
     def running(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._q() as c:
@@ -217,10 +218,7 @@ class Reader:
             return {i: (n, p) for i, n, p in c.execute("SELECT id, name, payload FROM functions")}
 
     def task_spec(self, task: int) -> dict[str, Any]:
-        with self._q() as c:
-            cur = c.execute("SELECT * FROM tasks WHERE id=?", (task,))
-            cols = [d[0] for d in cur.description]
-            row = cur.fetchone()
-        if row is None:
+        rows = self._dicts("SELECT * FROM tasks WHERE id=?", (task,))
+        if not rows:
             raise StoreError(f"no task {task} in {self.dir}")
-        return dict(zip(cols, row, strict=True))
+        return rows[0]
