@@ -7,7 +7,7 @@ makespan over the one measured. Two makespans: end to end (the wall time of ``wf
 first start to last end (``attempts.started`` / ``attempts.ended`` in the store). The policies
 ``backfill`` (target >= 0.97, first start to last end) and ``waves`` run alternately.
 
-    python bench/w3.py [--tasks 400] [--json PATH]
+    python bench/w3.py [--tasks 400] [--order largest|fifo] [--json PATH]
 """
 
 from __future__ import annotations
@@ -80,10 +80,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=400)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--order", help="shoal's order= (default: shoal's own)")
     common.add_common_args(p)
     a = p.parse_args()
     common.cleanup_on_sigterm()
     opts = common.shoal_options(a)
+    if a.order:
+        opts["order"] = a.order
     tasks = workload(a.tasks, a.seed)
     lower = bound(tasks)
 
@@ -95,9 +98,10 @@ def main() -> None:
     m = {pol: common.medians(runs[pol]) for pol in POLICIES}
     bf, wv = m["backfill"], m["waves"]
     met = bf["eff_span"] >= TARGET
+    note = f" [order={a.order}]" if a.order else ""
     rows = [
         common.row(
-            "W3 backfill efficiency, first start to last end",
+            f"W3 backfill{note} efficiency, first start to last end",
             bf["span_s"],
             lower,
             bf["eff_span"],
@@ -106,7 +110,7 @@ def main() -> None:
             "s",
         ),
         common.row(
-            "W3 backfill efficiency, end to end (wf.run)",
+            f"W3 backfill{note} efficiency, end to end (wf.run)",
             bf["wall_s"],
             lower,
             bf["eff_wall"],
@@ -115,7 +119,7 @@ def main() -> None:
             "s",
         ),
         common.row(
-            "W3 waves efficiency, first start to last end",
+            f"W3 waves{note} efficiency, first start to last end",
             wv["span_s"],
             lower,
             wv["eff_span"],
@@ -124,7 +128,7 @@ def main() -> None:
             "s",
         ),
         common.row(
-            "W3 waves efficiency, end to end (wf.run)",
+            f"W3 waves{note} efficiency, end to end (wf.run)",
             wv["wall_s"],
             lower,
             wv["eff_wall"],
@@ -134,7 +138,7 @@ def main() -> None:
         ),
     ]
     summary = (
-        f"W3 {a.tasks} sleep tasks on {CORES} pretend cores, bound {lower:.2f} s: "
+        f"W3 {a.tasks} sleep tasks on {CORES} pretend cores{note}, bound {lower:.2f} s: "
         f"backfill {bf['span_s']:.2f} s first-start-to-last-end (eff {bf['eff_span']:.3f}, "
         f"target >= {TARGET}: {'met' if met else 'NOT met'}), {bf['wall_s']:.2f} s end to end "
         f"(eff {bf['eff_wall']:.3f}; {bf['lead_s']:.2f} s to the first start, {bf['tail_s']:.2f} s "

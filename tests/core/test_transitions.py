@@ -911,3 +911,15 @@ def test_priority_still_beats_size() -> None:
     sched = Scheduler([Node.sized("n0", 4)], Policy(order="largest"))
     out = sched.handle(Submitted(0.0, (task(0, request=Request(cpus=4)), task(1, priority=1))))
     assert [d.task for d in out if isinstance(d, Dispatch)] == [1]
+
+
+def test_an_outcome_for_a_task_still_queued_is_a_backend_bug_not_a_hang() -> None:
+    """A backend that runs a queued task before the one ahead of it ends breaks the contract;
+    the core says so instead of dropping the report (which would leave the run hanging)."""
+    sched = Scheduler([Node.sized("n0", 1)], PREFETCH)
+    for ev in WARM:
+        sched.handle(ev)
+    sched.handle(Submitted(2.0, (task(1), task(2))))
+    assert sched.state(2) is QUE
+    with pytest.raises(IllegalTransition, match="queued behind task 1"):
+        sched.handle(Succeeded(2.5, 2, 1))

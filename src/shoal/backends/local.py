@@ -59,11 +59,13 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     conn: Connection
     cpus: int  # cores per task it runs: thread variables are set once, when it starts
+    ready: bool = False  # it said hello: it started and imported what it needs
     fns: set[int] = field(default_factory=set)
     envs: set[int] = field(default_factory=set)
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
 
 
+MAX_FRESH_DEATHS = 5  # then the workers themselves are broken: stop replacing them
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -131,6 +133,7 @@ class LocalBackend(Backend):
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
         self._retired: list[_Worker] = []
+        self._fresh_deaths = 0  # workers in a row that died before finishing any task
         self.by_fd: dict[int, _Worker] = {}  # every live worker, by connection fd
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
@@ -386,6 +389,12 @@ class LocalBackend(Backend):
             except (EOFError, OSError):
                 self._lost(w, out)
                 return
+            if reply[0] == "ready":  # it started and imported what it needs
+                w.ready = True
+                self._fresh_deaths = 0
+                if not w.conn.poll(0):
+                    return
+                continue
             if reply[0] == "dropped":
                 _, task, attempt = reply
                 job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
@@ -442,6 +451,15 @@ class LocalBackend(Backend):
         jobs = list(w.jobs)
         for job in jobs:
             self._forget(w, job)
+        if not w.ready:  # died while starting: the environment, not a task, is at fault
+            self._fresh_deaths += 1
+            if self._fresh_deaths >= MAX_FRESH_DEATHS:
+                text = tail(Path(str(self.rundir)) / "workers" / f"{w.index}.err")
+                raise BackendError(
+                    f"{self._fresh_deaths} worker processes in a row died while starting (the "
+                    f"last exit code was {code}): check that they can import shoal and your "
+                    "modules with the same Python. The last one said:\n" + (text or "(nothing)")
+                )
         for job in jobs[1:]:
             out.append(Outcome(job.task, job.attempt, False, returned=True))
         if not jobs:

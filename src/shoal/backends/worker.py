@@ -6,7 +6,8 @@ socket (``multiprocessing.connection`` framing) to the driver. Messages in:
 queues tasks, run in order (a function and an environment are sent once per worker, then
 named by id); ``("drop", task, attempt)`` removes a queued task that has not started;
 ``("stop",)``. Replies: ``("done", [(task, attempt, ok, result, kind, error, started,
-ended), ...])`` (several per message, see HOLD) and ``("dropped", task, attempt)``.
+ended), ...])`` (several per message, see HOLD), ``("dropped", task, attempt)``, and
+``("ready",)`` once at start.
 
 Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker
 moves whatever the task printed into ``tasks/<id>/stdout`` and ``stderr``; a silent task costs
@@ -59,6 +60,7 @@ def _drain(fd: int, taskdir: str, name: str) -> None:
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
     conn = Connection(int(argv[0]))
+    conn.send_bytes(pickle.dumps(("ready",)))
     functions: dict[int, Callable[..., Any]] = {}
     envs: dict[int, dict[str, str]] = {}
     env_now: dict[str, str] = {}

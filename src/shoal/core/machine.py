@@ -7,17 +7,17 @@ returns (persisting every :class:`Transition` before any :class:`Dispatch` or :c
 Placement policy (``Policy.mode``):
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
-  starts: higher ``priority`` first; among equal priority the largest request first
-  (``order="largest"``: GPUs, then cores), then submission order. Durations are unknown, so
-  starting big tasks while there is room and letting small ones fill the gaps is what keeps
-  the end of a run from trailing off with a few wide tasks; ``order="fifo"`` keeps plain
-  submission order. A task that does not fit yet does not block smaller ones behind it, with
-  one guard against starvation: once the most urgent ready task (by priority, then age) has
-  waited ``reserve_after`` seconds, it gets a reservation. The node it is most
-  likely to fit on (the one with the most free cores among those large enough) takes no new work
-  until the task starts there; other nodes keep backfilling. On a single node this means the
-  node drains until the large task fits. The reservation is derived afresh on every pass, so
-  there is no reservation state to persist or to go stale.
+  starts: higher ``priority`` first, then submission order. ``order="largest"`` puts the
+  largest request first among equal priority (GPUs, then cores), so that small tasks fill the
+  gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than submission order with
+  the local backend, whose workers serve one task width each and must be replaced when the
+  mix of widths changes, so it is not the default. A task that does not fit yet does not
+  block smaller ones behind it, with one guard against starvation: once the most urgent ready
+  task (by priority, then age) has waited ``reserve_after`` seconds, it gets a reservation.
+  The node it is most likely to fit on (the one with the most free cores among those large
+  enough) takes no new work until the task starts there; other nodes keep backfilling. On a
+  single node this means the node drains until the large task fits. The reservation is
+  derived afresh on every pass, so there is no reservation state to persist or to go stale.
 * ``waves``: start everything that fits, then start nothing until all of it has finished.
   It exists to compare against; it wastes the cores that wait for the slowest task of a wave.
 
@@ -67,7 +67,7 @@ class Policy:
 
     mode: str = "backfill"
     reserve_after: float = 60.0
-    order: str = "largest"
+    order: str = "fifo"
     prefetch: int = 0
     prefetch_window: float = 0.01
 
@@ -82,7 +82,7 @@ class Policy:
             raise DefinitionError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.order not in ("largest", "fifo"):
             raise DefinitionError(
-                f"unknown order {self.order!r}: use 'largest' (the default) or 'fifo'"
+                f"unknown order {self.order!r}: use 'fifo' (the default) or 'largest'"
             )
 
 
@@ -290,6 +290,7 @@ class Scheduler:
     def _on_succeeded(self, ev: Succeeded, cause: str, out: list[Command]) -> None:
         e = self._current(ev.task, ev.attempt)
         if e is None:
+            self._check_not_queued(ev.task, ev.attempt, "succeeded")
             return
         self._move(e, SUCCEEDED, cause, out)
         self._end_run(e, cause, out)
@@ -307,6 +308,8 @@ class Scheduler:
         if e.state is QUEUED and kind == "cancelled":  # dropped before it started
             self._unqueue(e)
             self._move(e, CANCELLED, cause, out, reason)
+        elif e.state is QUEUED:
+            self._check_not_queued(ev.task, ev.attempt, "failed")
         elif e.state is RUNNING:
             new = CANCELLED if kind == "cancelled" else FAILED
             self._move(e, new, cause, out, reason)
@@ -376,6 +379,17 @@ class Scheduler:
             out.append(Kill(cause, task, attempt, reason, "timeout"))
 
     # -- helpers ----------------------------------------------------------------------------
+    def _check_not_queued(self, task: int, attempt: int, what: str) -> None:
+        """An outcome for a task still queued behind another breaks the backend contract (it
+        ran before the task ahead of it ended). Ignoring it would hang the run: say so."""
+        e = self.tasks.get(task)
+        if e is not None and e.state is QUEUED and e.attempt == attempt and e.slot is not None:
+            raise IllegalTransition(
+                f"the backend reported task {task} attempt {attempt} {what} while it was queued "
+                f"behind task {e.slot.tasks[0]}: a job with 'after' must not start before the "
+                "task ahead of it ends (a bug in the backend)"
+            )
+
     def _current(self, task: int, attempt: int) -> _Entry | None:
         """The entry if ``attempt`` is its running attempt; stale reports are ignored."""
         e = self.tasks.get(task)

@@ -211,7 +211,7 @@ def prepare(
     progress: bool | None = None,
     prefetch: int | None = None,
     prefetch_window: float = 0.01,
-    order: str = "largest",
+    order: str = "fifo",
 ) -> Prepared:
     if not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
@@ -247,7 +247,7 @@ def run(wf: Workflow, **options: Any) -> Run:
 
     Options: ``cpus``/``gpus``/``memory`` pretend a node of that size; ``backend``; ``base``
     (where run directories go, default: the current directory); ``policy`` ('backfill' or
-    'waves'); ``order`` ('largest' first among equal priority, or 'fifo');
+    'waves'); ``order`` ('fifo', or 'largest' first among equal priority);
     ``reserve_after`` (seconds before a waiting large task gets a reservation);
     ``pin`` (True, 'fold' or False); ``launcher`` (MPI launcher template with ``{ranks}``);
     ``progress`` (show a progress bar; default: only under ``shoal run``); ``prefetch``
