@@ -39,6 +39,7 @@ PUBLIC = [
     "TaskFailed",
     "Workflow",
     "command",
+    "current",
     "run",
     "submit",
     "task",
@@ -319,3 +320,21 @@ def test_submit_returns_at_once_and_wait_blocks(base: Path, tmp_path: Path) -> N
     assert run.ok, run.failures()
     assert run.result(total) == [0, 1]
     assert run.status()["counts"] == {"succeeded": 3}
+
+
+def _where_am_i() -> tuple[int, int, str]:
+    here = shoal.current()
+    return here.task, here.attempt, here.dir
+
+
+def test_current_names_the_running_task_in_workers_and_isolated_processes(base: Path) -> None:
+    with shoal.Workflow("whoami") as wf:
+        pooled = shoal.task(_where_am_i)()
+        alone = shoal.task(_where_am_i, isolate=True)()
+    run = wf.run(base=base)
+    for t in (pooled, alone):
+        task, attempt, folder = run.result(t)
+        assert (task, attempt) == (t.id, 1)
+        assert Path(folder) == run.dir / "tasks" / str(t.id)
+    with pytest.raises(RuntimeError, match="inside a running shoal task"):
+        shoal.current()

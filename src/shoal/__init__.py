@@ -35,6 +35,7 @@ _WHERE = {
     "command": "shoal.spec.task",
     "task": "shoal.spec.task",
     "Workflow": "shoal.spec.workflow",
+    "current": "shoal.backends.execute",
     "Run": "shoal.runtime.run",
     "run": "shoal.runtime.api",
     "submit": "shoal.runtime.api",
@@ -53,6 +54,7 @@ __all__ = [
     "TaskFailed",
     "Workflow",
     "command",
+    "current",
     "run",
     "submit",
     "task",
@@ -74,6 +76,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from shoal.backends.execute import current
     from shoal.errors import (
         BackendError,
         DefinitionError,

@@ -15,12 +15,39 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """The task this process is running: its id, attempt and folder (``tasks/<id>``)."""
+
+    task: int
+    attempt: int
+    dir: str
+
+
+CURRENT: Current | None = None  # set by the worker before each task
+
+
+def current() -> Current:
+    """The task being run, from inside a task: ``shoal.current().dir`` is its folder.
+
+    In persistent workers shoal sets this before each task; commands and isolated tasks also
+    get ``SHOAL_TASK``, ``SHOAL_ATTEMPT`` and ``SHOAL_TASK_DIR`` in their environment.
+    """
+    if CURRENT is not None:
+        return CURRENT
+    if "SHOAL_TASK" in os.environ:
+        env = os.environ
+        return Current(int(env["SHOAL_TASK"]), int(env["SHOAL_ATTEMPT"]), env["SHOAL_TASK_DIR"])
+    raise RuntimeError("shoal.current() is only meaningful inside a running shoal task")
 
 
 def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:

@@ -28,6 +28,7 @@ from typing import Any
 
 import cloudpickle
 
+from shoal.backends import execute
 from shoal.backends.execute import call, pin
 
 # Replies of tiny tasks share messages: a finished task's reply is held while the next queued
@@ -107,9 +108,9 @@ def main(argv: list[str]) -> None:
             for key in env_now.keys() - env.keys():
                 os.environ.pop(key, None)
             env_now = env
-        os.environ["SHOAL_TASK"] = str(task)
-        os.environ["SHOAL_ATTEMPT"] = str(attempt)
-        os.environ["SHOAL_TASK_DIR"] = taskdir
+        # Not in os.environ: glibc's setenv keeps every distinct value it was ever given, so
+        # per-task values there leak about 100 bytes a task. Tasks call shoal.current().
+        execute.CURRENT = execute.Current(task, attempt, taskdir)
         if cores != cores_now:
             cores_now = cores
             pin(cores, {})
