@@ -7,7 +7,7 @@ persists and the runtime dispatches.
 
 from shoal.spec.options import Options, parse_memory
 from shoal.spec.refs import Ref, StoredRef
-from shoal.spec.task import CommandFactory, Task, TaskFactory, command, task
+from shoal.spec.task import CommandFactory, Task, TaskFactory, command
 from shoal.spec.workflow import Plan, Record, Workflow, compile_workflow
 
 __all__ = [
@@ -23,5 +23,7 @@ __all__ = [
     "command",
     "compile_workflow",
     "parse_memory",
-    "task",
 ]
+
+# ``task`` (the decorator) is not re-exported here: it would shadow the module
+# ``shoal.spec.task``. Users write ``shoal.task``.
