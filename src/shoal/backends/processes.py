@@ -177,10 +177,6 @@ class Processes:
             out.append(self.outcomes.get())
         return out
 
-    def busy(self) -> bool:
-        with self.lock:
-            return any(not c.done for c in self.chains)
-
     def close(self) -> None:
         with self.lock:
             self.closing = True

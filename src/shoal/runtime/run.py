@@ -145,6 +145,3 @@ class Run:
         """Failed tasks: id, name, reason, kind, exit code and the folder with their logs."""
         with Reader(self.dir) as r:
             return r.failures()
-
-    def results(self, tasks: list[Task]) -> list[Any]:
-        return [self.result(t) for t in tasks]

@@ -212,13 +212,3 @@ class Reader:
         if data is None:
             raise StoreError(f"task {task} has no stored result")
         return pickle.loads(data)
-
-    def functions(self) -> dict[int, tuple[str, bytes]]:
-        with self._q() as c:
-            return {i: (n, p) for i, n, p in c.execute("SELECT id, name, payload FROM functions")}
-
-    def task_spec(self, task: int) -> dict[str, Any]:
-        rows = self._dicts("SELECT * FROM tasks WHERE id=?", (task,))
-        if not rows:
-            raise StoreError(f"no task {task} in {self.dir}")
-        return rows[0]
