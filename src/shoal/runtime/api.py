@@ -17,7 +17,7 @@ from shoal.backends.base import Backend
 from shoal.backends.local import LocalBackend
 from shoal.core.machine import Policy
 from shoal.core.states import State
-from shoal.errors import DefinitionError, ResourceError
+from shoal.errors import DefinitionError, ResourceError, StoreError
 from shoal.runtime.driver import Driver
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
@@ -168,6 +168,8 @@ class Prepared:
             self.backend.close()
             try:
                 self.writer.set_meta(state=state, ended=time.time())
+            except StoreError as err:  # e.g. the disk is full: keep the error that ended the run
+                self.log.error("could not record the end of the run: %s", err)
             finally:
                 self.writer.close()
             counts = driver.scheduler.counts
