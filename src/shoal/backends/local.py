@@ -90,7 +90,7 @@ class LocalBackend(Backend):
 
     name = "local"
     capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel", "prefetch"})
-    prefetch = 16
+    prefetch = 64
 
     def __init__(
         self,

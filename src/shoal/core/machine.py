@@ -69,7 +69,7 @@ class Policy:
     reserve_after: float = 60.0
     order: str = "fifo"
     prefetch: int = 0
-    prefetch_window: float = 0.01
+    prefetch_window: float = 0.02
 
     def __post_init__(self) -> None:
         if self.mode not in ("backfill", "waves"):

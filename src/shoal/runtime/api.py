@@ -212,7 +212,7 @@ def prepare(
     launcher: str = "mpiexec -n {ranks}",
     progress: bool | None = None,
     prefetch: int | None = None,
-    prefetch_window: float = 0.01,
+    prefetch_window: float = 0.02,
     order: str = "fifo",
 ) -> Prepared:
     if not isinstance(wf, Workflow):
@@ -254,7 +254,7 @@ def run(wf: Workflow, **options: Any) -> Run:
     ``pin`` (True, 'fold' or False); ``launcher`` (MPI launcher template with ``{ranks}``);
     ``progress`` (show a progress bar; default: only under ``shoal run``); ``prefetch``
     (at most this many tasks queued behind each running short task; default: the backend's,
-    16 for local; 0 turns it off) and ``prefetch_window`` (seconds of expected work queued per
+    64 for local; 0 turns it off) and ``prefetch_window`` (seconds of expected work queued per
     slot, from the average run time of tasks of that shape).
     """
     _check_options(options)
