@@ -17,6 +17,13 @@ from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
 
 
+def pooled(kind: str, isolate: bool, ranks: int) -> bool:
+    """Whether a task runs in a persistent worker (a single-rank Python task not isolated).
+    The runtime picks a task's prefetch lane with it and the backend routes jobs with it, so
+    the two always agree."""
+    return kind == "python" and not isolate and ranks == 1
+
+
 @dataclass(slots=True)
 class Job:
     """One attempt of one task, ready to run where the placement says."""
@@ -37,6 +44,10 @@ class Job:
     ranks: int = 1
     cpus: int = 1  # cores per rank
     after: int | None = None  # queue behind this running task on its slot (prefetch)
+
+    @property
+    def pooled(self) -> bool:
+        return pooled(self.kind, self.isolate, self.ranks)
 
 
 class Backend(abc.ABC):

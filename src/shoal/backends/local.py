@@ -79,6 +79,15 @@ def fold(cores: tuple[int, ...], real: list[int]) -> list[int]:
     return sorted(real[(start + j) % n] for j in range(min(len(cores), n)))
 
 
+def _python_path() -> str:
+    """The driver's import path (and its working directory) for Python processes it starts,
+    so that functions pickled by reference import there as they do here."""
+    paths = [p for p in sys.path if p]
+    if os.getcwd() not in paths:
+        paths.insert(0, os.getcwd())
+    return os.pathsep.join(paths)
+
+
 def _kill_group(w: _Worker) -> None:
     """Kill a worker and every process its tasks started (its own process group)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -180,7 +189,7 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         batches: dict[int, tuple[_Worker, list[tuple[Any, ...]]]] = {}
         for job in jobs:
-            if job.kind == "python" and not job.isolate and job.ranks == 1:
+            if job.pooled:
                 w = self._worker_for(job)
                 if w is None:  # its slot is gone: give it back unstarted
                     self._outbox.append(Outcome(job.task, job.attempt, False, returned=True))
@@ -295,10 +304,7 @@ class LocalBackend(Backend):
             raise BackendError("the local backend was not started: call start(rundir) first")
         spool = self.rundir / "workers"
         env = dict(os.environ)
-        paths = [p for p in sys.path if p]
-        if os.getcwd() not in paths:
-            paths.insert(0, os.getcwd())
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONPATH"] = _python_path()
         # Numerical libraries read these once, at import: a worker serves one task width.
         for var in THREAD_VARS:
             env[var] = str(cpus)
@@ -490,8 +496,7 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env.update(self._env(job))
         if job.kind == "python":
-            paths = [p for p in sys.path if p]
-            env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *paths])
+            env["PYTHONPATH"] = _python_path()
         return argv, env, self._cores(job)
 
     def _wake(self) -> None:

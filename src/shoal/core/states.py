@@ -6,25 +6,16 @@ import enum
 
 
 class State(enum.Enum):
-    """The life of a task. Each member's docstring says what it means."""
+    """The life of a task. Each member's ``__doc__`` says what it means (from ``DOCS``)."""
 
     PENDING = "pending"
-    """Waiting for the tasks it depends on to succeed."""
     READY = "ready"
-    """All dependencies succeeded; queued until resources are free."""
     QUEUED = "queued"
-    """Handed to a backend slot behind a running task of the same shape; it starts there when
-    that task ends, and holds no resources until then (prefetch of short tasks)."""
     RUNNING = "running"
-    """Resources are held and the task was handed to a backend."""
     SUCCEEDED = "succeeded"
-    """Finished without error; its result is stored."""
     FAILED = "failed"
-    """Raised, exited non-zero, timed out, crashed or was lost."""
     DEP_FAILED = "dep_failed"
-    """Never ran because a task upstream of it failed (the root task is recorded)."""
     CANCELLED = "cancelled"
-    """Cancelled by a user or rule, or downstream of a cancelled task."""
 
     # Members are singletons, so identity hashing is correct; Enum's own __hash__ is written in
     # Python and was the single largest cost of the scheduler's inner loop.
@@ -35,18 +26,22 @@ class State(enum.Enum):
         return self in TERMINAL
 
 
-# Enum members carry their docstrings as the string literal after them only in source; keep a
-# mapping for the docs and the CLI.
+# One text per state: it is the member's docstring, and the docs and the CLI show it.
 DOCS: dict[State, str] = {
     State.PENDING: "waiting for the tasks it depends on to succeed",
     State.READY: "all dependencies succeeded; queued until resources are free",
-    State.QUEUED: "waiting at a backend slot behind a running task of the same shape",
+    State.QUEUED: (
+        "handed to a backend slot behind a running task of the same shape; it starts there "
+        "when that task ends and holds no resources until then"
+    ),
     State.RUNNING: "resources are held and the task was handed to a backend",
     State.SUCCEEDED: "finished without error; its result is stored",
     State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
-    State.DEP_FAILED: "never ran because a task upstream of it failed",
+    State.DEP_FAILED: "never ran because a task upstream of it failed (the root is recorded)",
     State.CANCELLED: "cancelled, or downstream of a cancelled task",
 }
+for _state, _text in DOCS.items():
+    _state.__doc__ = _text[0].upper() + _text[1:] + "."
 
 TERMINAL: frozenset[State] = frozenset(
     {State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Backend, Job
+from shoal.backends.base import Backend, Job, pooled
 from shoal.core.events import (
     Dispatch,
     Event,
@@ -162,7 +162,7 @@ class Driver:
     @staticmethod
     def _pooled(r: Record) -> bool:
         """Runs in a persistent worker (and so may be queued behind another task there)."""
-        return r.kind == "python" and not Driver._isolate(r) and r.options.ranks == 1
+        return pooled(r.kind, Driver._isolate(r), r.options.ranks)
 
     def _lane(self, r: Record) -> str:
         """Which backend queue runs the task: persistent workers, or child processes."""
