@@ -30,6 +30,11 @@ _WHERE = {
     "ShoalError": "shoal.errors",
     "StoreError": "shoal.errors",
     "TaskFailed": "shoal.errors",
+    "TaskSkipped": "shoal.errors",
+    "Response": "shoal.spec.response",
+    "Strategy": "shoal.spec.steer",
+    "Event": "shoal.runtime.steer",
+    "Controller": "shoal.runtime.steer",
     "Ref": "shoal.spec.refs",
     "Task": "shoal.spec.task",
     "command": "shoal.spec.task",
@@ -43,15 +48,20 @@ _WHERE = {
 
 __all__ = [
     "BackendError",
+    "Controller",
     "DefinitionError",
     "DependencyFailed",
+    "Event",
     "Ref",
     "ResourceError",
+    "Response",
     "Run",
     "ShoalError",
     "StoreError",
+    "Strategy",
     "Task",
     "TaskFailed",
+    "TaskSkipped",
     "Workflow",
     "command",
     "current",
@@ -85,7 +95,11 @@ if TYPE_CHECKING:
         ShoalError,
         StoreError,
         TaskFailed,
+        TaskSkipped,
     )
+    from shoal.runtime.steer import Controller, Event
+    from shoal.spec.response import Response
+    from shoal.spec.steer import Strategy
     from shoal.runtime.api import run, submit
     from shoal.runtime.run import Run
     from shoal.spec.refs import Ref

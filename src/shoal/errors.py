@@ -7,6 +7,7 @@ Every error says what went wrong, why, and what to do next. The tree:
     │   └── ResourceError      a request that no node can ever satisfy
     ├── TaskFailed             user code raised, a command exited non-zero, a timeout, a crash
     │   └── DependencyFailed   a task never ran because a task it needs failed
+    ├── TaskSkipped            a task never ran because a Response upstream stopped its children
     ├── StoreError             the run directory cannot be read or written
     └── BackendError           the infrastructure under the run failed
 
@@ -26,6 +27,23 @@ class DefinitionError(ShoalError, ValueError):
 
 class ResourceError(DefinitionError):
     """A task asks for more than any node has; it could never start."""
+
+
+class TaskSkipped(ShoalError):
+    """A task was skipped (a task upstream returned ``Response(stop_children=True)``); it has
+    no result, and that is not a failure."""
+
+    def __init__(self, message: str, *, task: int = -1, name: str = "") -> None:
+        super().__init__(message)
+        self.task = task
+        self.name = name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_skipped, (self.args[0] if self.args else "", self.task, self.name))
+
+
+def _rebuild_skipped(message: str, task: int, name: str) -> TaskSkipped:
+    return TaskSkipped(message, task=task, name=name)
 
 
 class StoreError(ShoalError):

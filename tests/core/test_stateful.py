@@ -23,7 +23,6 @@ from shoal.core import (
     Cancel,
     Command,
     Dispatch,
-    Event,
     Failed,
     Kill,
     Node,
@@ -32,6 +31,7 @@ from shoal.core import (
     Request,
     Scheduler,
     State,
+    Stimulus,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -117,7 +117,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         return sorted(t for t, v in self.states.items() if v in states)
 
     # -- feeding events and checking every command ------------------------------------------
-    def feed(self, *events: Event) -> list[Command]:
+    def feed(self, *events: Stimulus) -> list[Command]:
         out = self.s.handle(*events)
         awaiting: dict[int, State] = {}  # READY -> RUNNING/QUEUED moves whose Dispatch is due
         fresh = False
@@ -448,7 +448,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if t not in self.live:
                 choices += [(t, self.attempts.get(t, 0)), (t, 1)]
         task, attempt = data.draw(st.sampled_from(sorted(set(choices))))
-        ev: Event
+        ev: Stimulus
         if kind == "succeeded":
             ev = Succeeded(self.now, task, attempt)
         elif kind == "returned":

@@ -18,7 +18,6 @@ from shoal.core import (
     Cancel,
     Command,
     Dispatch,
-    Event,
     Failed,
     Kill,
     Node,
@@ -27,6 +26,7 @@ from shoal.core import (
     Request,
     Scheduler,
     State,
+    Stimulus,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -74,9 +74,13 @@ def test_check_raises_exactly_for_transitions_not_in_the_table(old: State, new: 
             check(7, old, new)
 
 
-def test_terminal_states_are_exactly_those_without_a_way_out() -> None:
+def test_terminal_states_leave_only_by_reopening() -> None:
+    # A terminal state has no way forward: its only way out is a Retry, back to pending or
+    # ready. Every other state has a way forward.
     assert set(TRANSITIONS) == set(State)
-    assert {s for s, news in TRANSITIONS.items() if not news} == TERMINAL
+    reopen = {State.PENDING, State.READY}
+    assert {s for s, news in TRANSITIONS.items() if news <= reopen} == TERMINAL
+    assert {s for s, news in TRANSITIONS.items() if not news} == {State.SUCCEEDED, State.SKIPPED}
     assert all(s.terminal == (s in TERMINAL) for s in State)
 
 
@@ -89,7 +93,7 @@ WARMED = ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC))
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    events: tuple[Event, ...]
+    events: tuple[Stimulus, ...]
     transitions: tuple[Step, ...]
     cores: int = 1
     policy: Policy | None = None
@@ -525,7 +529,7 @@ def test_tasks_returned_from_a_lost_slot_get_a_fresh_placement() -> None:
         (3, 2),
     ]
     dead = {1, 2, 3}  # tasks whose slot is the dead worker
-    backend: deque[Event] = deque([Returned(2, 2, 1), Returned(2, 3, 1)])
+    backend: deque[Stimulus] = deque([Returned(2, 2, 1), Returned(2, 3, 1)])
     sched.handle(Failed(2, 1, 1, "worker died", kind="lost"))
     fresh: list[int] = []
     for step in range(20):
@@ -616,7 +620,7 @@ def test_cancel_of_an_unknown_task_raises() -> None:
         sched.handle(Cancel(0, 3))
 
 
-class Strange(Event):
+class Strange(Stimulus):
     pass
 
 
@@ -787,7 +791,7 @@ def stream(reserve_after: float, steps_: int = 40) -> tuple[list[tuple[float, in
     log: list[tuple[float, int]] = []
     running: deque[int] = deque()
 
-    def feed(*events: Event) -> None:
+    def feed(*events: Stimulus) -> None:
         for c in sched.handle(*events):
             if isinstance(c, Dispatch):
                 log.append((sched.now, c.task))

@@ -32,6 +32,13 @@ class Current:
     attempt: int
     dir: str
 
+    @property
+    def out(self) -> Any:
+        """A reference to this task's own output, for the tasks of a ``Response`` to use."""
+        from shoal.spec.refs import StoredRef
+
+        return StoredRef(self.task)
+
 
 CURRENT: Current | None = None  # set by the worker before each task
 
@@ -60,6 +67,8 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
         write(taskdir, "traceback.txt", text)
         return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
     ended = time.time()
+    if type(value).__name__ == "Response" and type(value).__module__ == "shoal.spec.response":
+        return _respond(value, taskdir, started, ended)
     try:
         data = pickle.dumps(value, protocol=5)
     except Exception:
@@ -73,6 +82,21 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
             write(taskdir, "traceback.txt", msg + "\n")
             return False, None, "error", msg, started, ended
     return True, data, "", "", started, ended
+
+
+def _respond(value: Any, taskdir: str, started: float, ended: float) -> Reply:
+    """A Response goes back whole (new tasks included), marked with the kind "response"."""
+    from shoal.spec.response import encode
+
+    try:
+        return True, encode(value), "response", "", started, ended
+    except Exception as err:
+        msg = (
+            f"the task returned a Response that cannot be sent to the driver "
+            f"({type(err).__name__}: {err}); its tasks' functions and arguments must pickle"
+        )
+        write(taskdir, "traceback.txt", msg + "\n")
+        return False, None, "error", msg, started, ended
 
 
 def write(taskdir: str, name: str, text: str) -> None:

@@ -32,7 +32,7 @@ class TaskInfo:
 
 # -- events -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Event:
+class Stimulus:
     now: float
 
     def label(self) -> str:
@@ -40,7 +40,7 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class Submitted(Event):
+class Submitted(Stimulus):
     """New tasks join the run (the initial workflow, or work added later)."""
 
     tasks: tuple[TaskInfo, ...]
@@ -50,18 +50,27 @@ class Submitted(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Succeeded(Event):
-    """An attempt finished without error."""
+class Succeeded(Stimulus):
+    """An attempt finished without error.
+
+    A task that returned a Response brings the work it asks for, handled in the same step:
+    ``add`` (new tasks, which may depend on this one), ``gate`` (ids of tasks that this task's
+    dependents must now also wait for: a detour, or a replacement) and ``skip`` (this task's
+    dependents end as skipped).
+    """
 
     task: int
     attempt: int
+    add: tuple[TaskInfo, ...] = ()
+    gate: tuple[int, ...] = ()
+    skip: bool = False
 
     def label(self) -> str:
         return f"succeeded(task {self.task}, attempt {self.attempt})"
 
 
 @dataclass(frozen=True, slots=True)
-class Failed(Event):
+class Failed(Stimulus):
     """An attempt failed; ``kind`` is error, exit, timeout, crash, lost or cancelled."""
 
     task: int
@@ -74,7 +83,7 @@ class Failed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Returned(Event):
+class Returned(Stimulus):
     """The backend gives an attempt back unstarted (its slot was lost); it is ready again."""
 
     task: int
@@ -85,7 +94,7 @@ class Returned(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Cancel(Event):
+class Cancel(Stimulus):
     """Someone asked for a task to be cancelled (and with it, everything downstream)."""
 
     task: int
@@ -96,7 +105,32 @@ class Cancel(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Tick(Event):
+class Retry(Stimulus):
+    """Reopen a failed or cancelled task for a new attempt, optionally with a new ``info``
+    (more cores, more time); the tasks downstream that ended because of it reopen with it."""
+
+    task: int
+    info: TaskInfo | None = None
+    reason: str = "retried by request"
+
+    def label(self) -> str:
+        return f"retry(task {self.task})"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Stimulus):
+    """Start nothing new from now on. With ``drain`` running tasks finish; without, they are
+    stopped and go back to ready (they did not fail, so a later resume runs them again)."""
+
+    drain: bool = True
+    reason: str = "stopped by request"
+
+    def label(self) -> str:
+        return "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Stimulus):
     """Time passed: check timeouts and waiting tasks."""
 
 
@@ -159,4 +193,4 @@ class Kill(Command):
     task: int
     attempt: int
     reason: str
-    kind: str = "cancelled"  # or "timeout"
+    kind: str = "cancelled"  # or "timeout", or "stopped" (the run stops: back to ready)

@@ -45,10 +45,12 @@ from shoal.core.events import (
     Cancel,
     Command,
     Dispatch,
-    Event,
     Failed,
     Kill,
+    Retry,
     Returned,
+    Stimulus,
+    Stop,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -72,9 +74,14 @@ class Policy:
     prefetch_window: float = 0.02
 
     def __post_init__(self) -> None:
+        # MatEnsemble calls the two "adaptive" and "non-adaptive": the same policies.
+        alias = {"adaptive": "backfill", "non-adaptive": "waves"}.get(self.mode)
+        if alias is not None:
+            object.__setattr__(self, "mode", alias)
         if self.mode not in ("backfill", "waves"):
             raise DefinitionError(
-                f"unknown policy {self.mode!r}: use 'backfill' (the default) or 'waves'"
+                f"unknown policy {self.mode!r}: use 'backfill' (the default; also called "
+                "'adaptive') or 'waves' ('non-adaptive')"
             )
         if self.reserve_after < 0:
             raise DefinitionError(f"reserve_after must be >= 0 seconds, got {self.reserve_after}")
@@ -89,12 +96,15 @@ class Policy:
 # Enum attribute access goes through a Python-level descriptor in 3.11; the hot paths below
 # use these module constants instead.
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
-SUCCEEDED, FAILED, CANCELLED, DEP_FAILED = (
+SUCCEEDED, FAILED, CANCELLED, DEP_FAILED, SKIPPED = (
     State.SUCCEEDED,
     State.FAILED,
     State.CANCELLED,
     State.DEP_FAILED,
+    State.SKIPPED,
 )
+# Terminal states a task may be reopened from (Retry), and what ends the tasks downstream.
+REOPENABLE = frozenset({FAILED, CANCELLED})
 
 
 class _Slot:
@@ -186,6 +196,7 @@ class Scheduler:
         self._slot_keys = itertools.count()
         self.open_slots: dict[Request, dict[int, _Slot]] = {}  # slots accepting prefetch
         self.runtime: dict[Request, float] = {}  # moving average of run time per shape
+        self.stopped = ""  # why nothing new starts any more (Stop); "" while the run goes on
 
     # -- public questions -----------------------------------------------------------------
     @property
@@ -205,8 +216,18 @@ class Scheduler:
     def refusal(self, request: Request) -> str | None:
         return self.pool.refusal(request)
 
+    @property
+    def settled(self) -> bool:
+        """True when nothing is running or queued (a stopped run can then end)."""
+        return self.counts[RUNNING] == 0 and self.counts[QUEUED] == 0
+
+    @property
+    def idle(self) -> bool:
+        """Resources are free and no task is ready to use them."""
+        return not self.queue and any(f.ncores for f in self.pool.free)
+
     # -- the one mutator ------------------------------------------------------------------
-    def handle(self, *events: Event) -> list[Command]:
+    def handle(self, *events: Stimulus) -> list[Command]:
         out: list[Command] = []
         cause = last = "tick"  # a scheduling pass is credited to the last event that is not a tick
         for ev in events:
@@ -227,6 +248,10 @@ class Scheduler:
                 self._on_cancel(ev, cause, out)
             elif isinstance(ev, Returned):
                 self._on_returned(ev, cause, out)
+            elif isinstance(ev, Retry):
+                self._on_retry(ev, cause, out)
+            elif isinstance(ev, Stop):
+                self._on_stop(ev, cause, out)
             else:
                 raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
         self._schedule(last, out)
@@ -245,10 +270,16 @@ class Scheduler:
             self._open -= 1
 
     def _on_submitted(self, ev: Submitted, cause: str, out: list[Command]) -> None:
-        batch = {t.id for t in ev.tasks}
-        if len(batch) != len(ev.tasks):
+        self._validate(ev.tasks)
+        self._insert(ev.tasks, cause, out)
+
+    def _validate(self, tasks: Sequence[TaskInfo], gate: Sequence[int] = ()) -> None:
+        """Refuse a submission before changing anything: duplicate or unknown ids, requests
+        that can never fit, cycles."""
+        batch = {t.id for t in tasks}
+        if len(batch) != len(tasks):
             raise DefinitionError("a submission names the same task id twice")
-        for t in ev.tasks:  # validate everything before changing anything
+        for t in tasks:
             if t.id in self.tasks:
                 raise DefinitionError(f"task id {t.id} is already part of this run")
             for d in t.deps:
@@ -257,11 +288,16 @@ class Scheduler:
             why = self.pool.refusal(t.request)
             if why:
                 raise ResourceError(f"task {t.id} can never start: {why}")
-        if any(d >= t.id for t in ev.tasks for d in t.deps if d in batch):
-            _check_acyclic(ev.tasks, batch)
-        for t in ev.tasks:
+        for g in gate:
+            if g not in self.tasks and g not in batch:
+                raise DefinitionError(f"dependents cannot wait for unknown task {g}")
+        if any(d >= t.id for t in tasks for d in t.deps if d in batch):
+            _check_acyclic(tasks, batch)
+
+    def _insert(self, tasks: Sequence[TaskInfo], cause: str, out: list[Command]) -> None:
+        for t in tasks:
             self.tasks[t.id] = _Entry(t)
-        for t in ev.tasks:
+        for t in tasks:
             e = self.tasks[t.id]
             failed_dep: _Entry | None = None
             for d in t.deps:
@@ -292,8 +328,16 @@ class Scheduler:
         if e is None:
             self._check_not_queued(ev.task, ev.attempt, "succeeded")
             return
+        # The dependents a Response is about are those it had before adding work (added tasks
+        # that use its output are its children too, but neither gated nor skipped).
+        before = list(e.children or ()) if ev.gate or ev.skip else []
+        if ev.add or ev.gate:
+            self._validate(ev.add, ev.gate)
+            self._insert(ev.add, cause, out)
         self._move(e, SUCCEEDED, cause, out)
         self._end_run(e, cause, out)
+        if before:
+            self._redirect(e, before, ev, cause, out)
         for c in e.children or ():
             child = self.tasks[c]
             child.waiting -= 1
@@ -305,6 +349,14 @@ class Scheduler:
         if e is None or e.attempt != ev.attempt:
             return
         kind, reason = e.kill if e.kill else (ev.kind, ev.reason)
+        if kind == "stopped":  # the run stops: it did not fail, it will run again
+            if e.state is QUEUED:
+                self._unqueue(e)
+                self._ready(e, cause, out, reason)
+            elif e.state is RUNNING:
+                self._end_run(e, cause, out)
+                self._ready(e, cause, out, reason)
+            return
         if e.state is QUEUED and kind == "cancelled":  # dropped before it started
             self._unqueue(e)
             self._move(e, CANCELLED, cause, out, reason)
@@ -317,6 +369,105 @@ class Scheduler:
         else:
             return
         self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
+
+    def _redirect(
+        self, e: _Entry, children: list[int], ev: Succeeded, cause: str, out: list[Command]
+    ) -> None:
+        """Apply a Response to the dependents of ``e``: skip them, or make them wait for the
+        gate tasks too (a detour, or the replacement standing in for ``e``)."""
+        if ev.skip:
+            rid = e.info.id
+            start = [self.tasks[c] for c in children if self.tasks[c].state is PENDING]
+            self._end_downstream(
+                e, start, cause, out, SKIPPED, f"task {rid} stopped its children (Response)"
+            )
+            return
+        gate = [self.tasks[g] for g in ev.gate]
+        for c in children:
+            child = self.tasks[c]
+            if child.state is not PENDING:
+                continue
+            for g in gate:
+                if g.state is SUCCEEDED:
+                    continue
+                child.waiting += 1
+                if g.children is None:
+                    g.children = [c]
+                else:
+                    g.children.append(c)
+                if g.state in TERMINAL:  # the gate could never open (it was born failed)
+                    self._end_downstream(g, [child], cause, out)
+                    break
+
+    def _on_retry(self, ev: Retry, cause: str, out: list[Command]) -> None:
+        e = self.tasks.get(ev.task)
+        if e is None:
+            raise DefinitionError(f"cannot retry task {ev.task}: it is not part of this run")
+        if e.state not in REOPENABLE:
+            raise DefinitionError(
+                f"cannot retry task {ev.task}: it is {e.state.value}; only failed or cancelled "
+                "tasks can be retried"
+                + (" (retry the task upstream that failed)" if e.state is DEP_FAILED else "")
+            )
+        if ev.info is not None:
+            if ev.info.id != ev.task or ev.info.deps != e.info.deps:
+                raise DefinitionError(f"retry of task {ev.task} must keep its id and dependencies")
+            why = self.pool.refusal(ev.info.request)
+            if why:
+                raise ResourceError(f"task {ev.task} can never start: {why}")
+        for d in e.info.deps:
+            dep = self.tasks[d]
+            if dep.state in TERMINAL and dep.state is not SUCCEEDED:
+                raise DefinitionError(
+                    f"cannot retry task {ev.task}: it depends on task {d}, which is "
+                    f"{dep.state.value}; retry that one"
+                )
+        if ev.info is not None:
+            e.info = ev.info
+        self._reopen(e, cause, out, ev.reason)
+        # Reopen what ended because of it, unless something else upstream still blocks it.
+        rid = e.info.id
+        stack = [self.tasks[c] for c in e.children or ()]
+        while stack:
+            down = stack.pop()
+            if down.root != rid or down.state not in (DEP_FAILED, CANCELLED):
+                continue
+            blocker = next(
+                (
+                    self.tasks[x]
+                    for x in down.info.deps
+                    if self.tasks[x].state in TERMINAL and self.tasks[x].state is not SUCCEEDED
+                ),
+                None,
+            )
+            if blocker is not None:  # it stays ended, now because of that other task
+                down.root = blocker.root if blocker.root >= 0 else blocker.info.id
+                continue
+            self._reopen(down, cause, out, f"upstream task {rid} was retried")
+            stack.extend(self.tasks[c] for c in down.children or ())
+
+    def _reopen(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
+        e.waiting = sum(1 for d in e.info.deps if self.tasks[d].state is not SUCCEEDED)
+        e.root = -1
+        e.kill = None
+        self._open += 1
+        if e.waiting == 0:
+            self._ready(e, cause, out, reason)
+        else:
+            self._move(e, PENDING, cause, out, reason)
+
+    def _on_stop(self, ev: Stop, cause: str, out: list[Command]) -> None:
+        if not self.stopped:
+            self.stopped = ev.reason or "stopped"
+        if ev.drain:
+            return
+        for e in list(self.running.values()):
+            slot = e.slot
+            for t in list(slot.tasks) if slot is not None else [e.info.id]:
+                q = self.tasks[t]
+                if q.kill is None:
+                    q.kill = ("stopped", ev.reason)
+                    out.append(Kill(cause, t, q.attempt, ev.reason, "stopped"))
 
     def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
         """A task came back unstarted: its slot is lost. Free the slot's placement and make
@@ -434,12 +585,23 @@ class Scheduler:
         self.queue.push(e.info.id, e.info.request, e.info.priority, e.generation)
 
     def _end_downstream(
-        self, root: _Entry, start: Iterable[_Entry], cause: str, out: list[Command]
+        self,
+        root: _Entry,
+        start: Iterable[_Entry],
+        cause: str,
+        out: list[Command],
+        new: State | None = None,
+        reason: str = "",
     ) -> None:
-        """End everything downstream of ``root``: dep_failed, or cancelled if root was."""
+        """End everything downstream of ``root``: dep_failed, or cancelled or skipped if root
+        was (or ``new``, when given)."""
         rid = root.root if root.root >= 0 else root.info.id
-        if root.state is CANCELLED:
+        if new is not None:
+            pass
+        elif root.state is CANCELLED:
             new, reason = CANCELLED, f"upstream task {rid} was cancelled"
+        elif root.state is SKIPPED:
+            new, reason = SKIPPED, f"upstream task {rid} stopped its children (Response)"
         else:
             new, reason = DEP_FAILED, f"upstream task {rid} failed"
         stack = list(start)
@@ -505,7 +667,7 @@ class Scheduler:
                     del slots[key]
 
     def _schedule(self, cause: str, out: list[Command]) -> None:
-        if not self.queue:
+        if not self.queue or self.stopped:
             return
         waves = self.policy.mode == "waves"
         if waves and self.running:

@@ -16,6 +16,7 @@ class State(enum.Enum):
     FAILED = "failed"
     DEP_FAILED = "dep_failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
 
     # Members are singletons, so identity hashing is correct; Enum's own __hash__ is written in
     # Python and was the single largest cost of the scheduler's inner loop.
@@ -39,23 +40,31 @@ DOCS: dict[State, str] = {
     State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
     State.DEP_FAILED: "never ran because a task upstream of it failed (the root is recorded)",
     State.CANCELLED: "cancelled, or downstream of a cancelled task",
+    State.SKIPPED: (
+        "never ran because a task upstream of it returned a Response with stop_children "
+        "(not a failure)"
+    ),
 }
 for _state, _text in DOCS.items():
     _state.__doc__ = _text[0].upper() + _text[1:] + "."
 
 TERMINAL: frozenset[State] = frozenset(
-    {State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED}
+    {State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}
 )
 
+# Terminal states end a task for good unless someone retries it: a failed or cancelled task
+# may be reopened (``Retry``), and the tasks downstream that ended because of it go back to
+# pending with it. Nothing leaves ``succeeded`` or ``skipped``.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED}),
+    State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}),
     State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED}),
     State.QUEUED: frozenset({State.RUNNING, State.READY, State.CANCELLED}),
     State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY}),
     State.SUCCEEDED: frozenset(),
-    State.FAILED: frozenset(),
-    State.DEP_FAILED: frozenset(),
-    State.CANCELLED: frozenset(),
+    State.FAILED: frozenset({State.READY, State.PENDING}),
+    State.DEP_FAILED: frozenset({State.PENDING}),
+    State.CANCELLED: frozenset({State.READY, State.PENDING}),
+    State.SKIPPED: frozenset(),
 }
 
 

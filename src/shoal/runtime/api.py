@@ -21,7 +21,7 @@ from shoal.errors import DefinitionError, ResourceError, StoreError
 from shoal.runtime.driver import Driver
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
-from shoal.spec.workflow import Plan, Workflow, compile_workflow
+from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
 from shoal.store.writer import Writer
 
 
@@ -106,8 +106,12 @@ class Prepared:
     def __init__(
         self, wf: Workflow, backend: Backend, base: Path, policy: Policy, progress: bool
     ) -> None:
-        plan = compile_workflow(wf)
+        self.functions = Functions()
+        plan = compile_workflow(wf, functions=self.functions)
         self.ids = {t.key: t.id for t in wf.tasks if t.id is not None}
+        self.rules = wf.rules
+        self.strategies = wf.strategies
+        self.tracked = wf.tracked
         check_resources(plan, backend)
         self.plan = plan
         self.backend = backend
@@ -132,7 +136,7 @@ class Prepared:
             },
             nodes,
         )
-        self.writer.add_plan(plan, 0)
+        self.writer.add_plan(plan)
         self.policy = policy
         self.progress = progress
         self.log.info(
@@ -155,6 +159,11 @@ class Prepared:
             self.policy,
             self.log,
             bar.update if bar else None,
+            rules=self.rules,
+            strategies=self.strategies,
+            tracked=self.tracked,
+            ids=self.ids,
+            functions=self.functions,
         )
         state = "crashed"
         try:
@@ -206,7 +215,7 @@ def prepare(
     memory: int | str | None = None,
     backend: Backend | str | None = None,
     base: str | os.PathLike[str] | None = None,
-    policy: str = "backfill",
+    policy: str = "backfill",  # or "waves"; MatEnsemble's names "adaptive"/"non-adaptive" too
     reserve_after: float = 60.0,
     pin: bool | str | None = None,
     launcher: str = "mpiexec -n {ranks}",

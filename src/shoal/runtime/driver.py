@@ -20,12 +20,14 @@ from typing import Any
 
 from shoal.backends.base import Backend, Job, pooled
 from shoal.core.events import (
+    Command,
     Dispatch,
-    Event,
     Failed,
     Kill,
     Outcome,
     Returned,
+    Stimulus,
+    Stop,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -33,16 +35,21 @@ from shoal.core.events import (
     Transition,
 )
 from shoal.core.machine import Policy, Scheduler
+from shoal.core.resources import Pool
 from shoal.core.states import State
-from shoal.errors import DefinitionError
+from shoal.errors import DefinitionError, ResourceError
 from shoal.runtime.status import StatusFile
+from shoal.runtime.steer import Steering
 from shoal.spec.options import Request
 from shoal.spec.refs import StoredRef, follow, walk
-from shoal.spec.task import render_command
-from shoal.spec.workflow import Plan, Record, dumps
+from shoal.spec.response import decode
+from shoal.spec.steer import Rule, Strategy, Tracker
+from shoal.spec.task import Task, detached, render_command
+from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
 from shoal.store.writer import Batch, Writer
 
 POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
+ROUNDS = 50  # rounds of handler actions handled within one loop iteration
 
 
 @dataclass(slots=True)
@@ -69,6 +76,12 @@ class Driver:
         policy: Policy,
         log: logging.Logger,
         on_progress: Callable[[dict[State, int], int], None] | None = None,
+        *,
+        rules: list[Rule] | None = None,
+        strategies: list[Strategy] | None = None,
+        tracked: dict[str, Tracker] | None = None,
+        ids: dict[int, int] | None = None,
+        functions: Functions | None = None,
     ) -> None:
         self.plan = plan
         self.backend = backend
@@ -82,9 +95,24 @@ class Driver:
         # Results that some task's arguments refer to are kept in memory (pickled).
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.values: dict[int, bytes] = {}
+        self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
         self.backend_outbox: list[Outcome] = []  # failures found while building jobs
         self.killed: dict[tuple[int, int], Kill] = {}  # attempts this driver asked to stop
         self.tasks_root = str(rundir / "tasks")
+        self.ids = ids if ids is not None else {}  # handle key -> id (shared with the Run)
+        if functions is None:
+            functions = Functions()
+            functions.count = len(plan.functions)
+        self.functions = functions
+        self.batch = Batch()
+        self.extra: list[Stimulus] = []  # events found while turning outcomes into events
+        self.queue = backend.prefetch > 0
+        self.requests: dict[int, Request] = {}  # one Request per distinct Options
+        self.pool = Pool(tuple(backend.nodes()))  # for refusing added work with a clear message
+        self.steering: Steering | None = None
+        if rules or strategies or tracked or any(r.options.tags for r in plan.records):
+            self.steering = Steering(self, rules or [], strategies or [], tracked, time.time())
+            self.steering.note_tags(plan.records)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> str:
@@ -92,19 +120,9 @@ class Driver:
         self.writer.start_checkpoints()
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
-            b.define(i, payload)
+            b.define(self.plan.first_function + i, payload)
         b.warm(*self.workers_wanted(self.plan, b))
-        queue = b.prefetch > 0
-        requests: dict[int, Request] = {}  # one Request per distinct Options, not per task
-        infos = []
-        for r in self.plan.records:
-            o = r.options
-            req = requests.get(id(o))
-            if req is None:
-                req = requests[id(o)] = o.request
-            infos.append(
-                TaskInfo(r.id, r.deps, req, o.priority, o.timeout, self._lane(r) if queue else None)
-            )
+        infos = [self._info(r) for r in self.plan.records]
         # Backend threads (process chains) need the GIL right after their child exits; the
         # default 5 ms switch interval would leave them waiting behind the loop for that long.
         interval = sys.getswitchinterval()
@@ -113,36 +131,104 @@ class Driver:
             self._loop(infos)
         finally:
             sys.setswitchinterval(interval)
-        state = "failed" if self._any_failed() else "succeeded"
-        self.status.write(self.scheduler, state)
+        st = self.steering
+        if st is not None:
+            st.end(time.time())
+            self.writer.commit(Batch(rules=st.rows(every=True)))
+        if self._any_failed() or (st is not None and st.error):
+            state = "failed"
+        elif self.scheduler.stopped:
+            state = "stopped"
+        else:
+            state = "succeeded"
+        if self.scheduler.stopped:
+            self.writer.set_meta(stop_reason=self.scheduler.stopped)
+            self.log.info("run stopped: %s", self.scheduler.stopped)
+        self.status.write(self.scheduler, state, self._extra_status())
         if self.on_progress is not None:
             self.on_progress(self.scheduler.counts, len(self.records))
         return state
+
+    def _info(self, r: Record) -> TaskInfo:
+        o = r.options
+        req = self.requests.get(id(o))
+        if req is None:
+            req = self.requests[id(o)] = o.request
+        lane = self._lane(r) if self.queue else None
+        return TaskInfo(r.id, r.deps, req, o.priority, o.timeout, lane)
 
     def _loop(self, infos: list[TaskInfo]) -> None:
         # Committing in a second thread so that it overlaps the next poll was tried and measured
         # slower (W1 0.55x against 0.80x): executemany binds parameters holding the GIL, and the
         # two threads then hand the GIL back and forth at the 5 ms switch interval.
-        events: list[Event] = [Submitted(time.time(), tuple(infos))]
+        now = time.time()
+        events: list[Stimulus] = [Submitted(now, tuple(infos))]
         del infos
+        st = self.steering
+        if st is not None:
+            st.start(now)
+            events.extend(st.take())
         outcomes: list[Outcome] = []
         last_progress = 0.0
+        s = self.scheduler
         while True:
-            batch, acts = self._decide(events, outcomes)
-            if batch.transitions or batch.dispatched or batch.outcomes:
+            commands = s.handle(*events)
+            if st is not None:
+                commands = self._steer(commands, outcomes)
+            batch, acts = self._decide(commands, outcomes)
+            if batch:
                 self.writer.commit(batch)  # persist first ...
             self._act(acts)  # ... then act
-            if self.scheduler.done and not self.backend_outbox:
+            self.batch = Batch()
+            ended = s.done or (s.stopped and s.settled)
+            if ended and not self.backend_outbox and (st is None or not st.stimuli):
                 return
-            outcomes = self.backend_outbox + self.backend.poll(0 if self.backend_outbox else POLL)
+            wait = 0 if self.backend_outbox or (st is not None and st.stimuli) else POLL
+            outcomes = self.backend_outbox + self.backend.poll(wait)
             self.backend_outbox = []
             events = [self._event(o) for o in outcomes]
-            events.append(Tick(time.time()))
-            now = time.monotonic()
-            if self.on_progress is not None and now - last_progress > 0.1:
-                last_progress = now
-                self.on_progress(self.scheduler.counts, len(self.records))
-            self.status.maybe_write(self.scheduler, self.log)
+            if self.extra:
+                events.extend(self.extra)
+                self.extra = []
+            now = time.time()
+            events.append(Tick(now))
+            if st is not None:
+                st.tick(now)
+                events.extend(st.take())
+            mono = time.monotonic()
+            if self.on_progress is not None and mono - last_progress > 0.1:
+                last_progress = mono
+                self.on_progress(s.counts, len(self.records))
+            self.status.maybe_write(s, self.log, self._extra_status)
+
+    def _steer(self, commands: list[Command], outcomes: list[Outcome]) -> list[Command]:
+        """Let rules and strategies react to this iteration, and feed their actions to the
+        core at once (a few rounds), so that all of it is committed together."""
+        st = self.steering
+        assert st is not None
+        by_task = {o.task: o for o in outcomes} if outcomes else {}
+        new = commands
+        for _ in range(ROUNDS):
+            now = time.time()
+            if st.active:
+                st.observe(new, by_task, now)
+            st.idle(now)
+            stimuli = st.take()
+            if not stimuli:
+                break
+            by_task = {}
+            new = []
+            for ev in stimuli:
+                try:
+                    new.extend(self.scheduler.handle(ev))
+                except DefinitionError as err:  # checked when asked; refused here all the same
+                    self.log.warning("a rule's request was refused: %s", err)
+            commands.extend(new)
+        self.batch.rules.extend(st.rows())
+        return commands
+
+    def _extra_status(self) -> dict[str, Any]:
+        return self.steering.summary() if self.steering is not None else {}
 
     @classmethod
     def workers_wanted(cls, plan: Plan, backend: Backend) -> tuple[int, int]:
@@ -172,7 +258,7 @@ class Driver:
         c = self.scheduler.counts
         return bool(c[State.FAILED] or c[State.DEP_FAILED] or c[State.CANCELLED])
 
-    def _event(self, o: Outcome) -> Event:
+    def _event(self, o: Outcome) -> Stimulus:
         now = time.time()
         if o.returned:
             return Returned(now, o.task, o.attempt)
@@ -181,15 +267,125 @@ class Driver:
             o.kind = kill.kind
             o.error = f"{kill.reason}; it was stopped"
         if o.ok:
-            if o.task in self.needed and o.result is not None:
+            event: Stimulus = Succeeded(now, o.task, o.attempt)
+            if o.kind == "response":
+                event = self._respond(o, now)
+            if o.ok and o.task in self.needed and o.result is not None:
                 self.values[o.task] = o.result
-            return Succeeded(now, o.task, o.attempt)
+            return event
         reason = first_line(o.error) or o.kind
         return Failed(now, o.task, o.attempt, reason, o.kind)
 
-    def _decide(self, events: list[Event], outcomes: list[Outcome]) -> tuple[Batch, _Acts]:
-        commands = self.scheduler.handle(*events)
-        batch = Batch(outcomes=outcomes)
+    # -- work added while the run goes on ----------------------------------------------------
+    def _respond(self, o: Outcome, now: float) -> Stimulus:
+        """Turn a task's Response into the work it asks for, or fail the task if it is
+        invalid (the error names what is wrong)."""
+        r = self.records[o.task]
+        assert o.result is not None
+        try:
+            output, resp = decode(o.result)
+            o.result = output
+            new = resp.add + resp.detour + resp.replace
+            infos = self.add_work(new, f"response of {r.name} (#{r.id})") if new else []
+        except Exception as err:
+            o.ok = False
+            o.result = None
+            o.kind = "error"
+            why = err if isinstance(err, DefinitionError) else f"{type(err).__name__}: {err}"
+            o.error = f"the task returned an invalid Response: {why}"
+            self.log.warning("task %s (%s): %s", r.id, r.name, o.error)
+            return Failed(now, o.task, o.attempt, o.error, "error")
+        by_key = {t.key: t.id for t in new}
+        gate = tuple(by_key[t.key] for t in (*resp.detour, *resp.replace))
+        if resp.replace:
+            standin = by_key[resp.replace[-1].key]
+            assert standin is not None
+            self.alias[o.task] = standin
+            self.batch.aliases.append((o.task, standin))
+            if o.task in self.needed:
+                self.needed.add(standin)
+        if resp.stop_run:
+            self.extra.append(Stop(now, True, f"task {r.name} (#{r.id}) stopped the run"))
+        return Succeeded(
+            now,
+            o.task,
+            o.attempt,
+            add=tuple(infos),
+            gate=tuple(g for g in gate if g is not None),
+            skip=resp.stop_children,
+        )
+
+    def add_work(self, tasks: list[Task], origin: str) -> list[TaskInfo]:
+        """Validate and lower tasks added to the live run; they are stored with the next
+        commit, before any of them is dispatched. Raises DefinitionError (nothing changed)."""
+        with detached():
+            plan = lower(tasks, self.plan.name, len(self.records), self.ids, self.functions)
+        seen: set[Request] = set()
+        for r in plan.records:
+            req = r.options.request
+            if req in seen:
+                continue
+            seen.add(req)
+            why = self.pool.refusal(req)
+            if why:
+                raise ResourceError(f"task {r.name!r} can never start: {why}")
+        for t in tasks:
+            if t.id is not None:
+                self.ids[t.key] = t.id
+        for i, (_, payload) in enumerate(plan.functions):
+            self.backend.define(plan.first_function + i, payload)
+        self.records.extend(plan.records)
+        for r in plan.records:
+            if r.has_refs:
+                self.needed.update(r.deps)
+        self.batch.plans.append((plan, origin))
+        self.status.total = len(self.records)
+        if self.steering is not None:
+            self.steering.note_tags(plan.records)
+        self.log.info("%s added %d task(s)", origin, len(plan.records))
+        return [self._info(r) for r in plan.records]
+
+    def retry_info(self, task: int, changes: dict[str, Any]) -> TaskInfo | None:
+        """The task's new TaskInfo when a retry changes its options (None: unchanged)."""
+        if not changes:
+            return None
+        r = self.records[task]
+        options = r.options.merged(f"retry of task {r.name!r} (#{task})", **changes)
+        why = self.pool.refusal(options.request)
+        if why:
+            raise ResourceError(f"retry of task {r.name!r} (#{task}) can never start: {why}")
+        r.options = options
+        self.batch.options.append((task, options))
+        return self._info(r)
+
+    def task_id(self, task: Task) -> int | None:
+        return self.ids.get(task.key)
+
+    def value(self, task: int) -> Any:
+        """The result of a task that succeeded (through replacements)."""
+        task = self._standin(task)
+        if self.scheduler.state(task) is not State.SUCCEEDED:
+            raise DefinitionError(
+                f"task #{task} has no result: it is {self.scheduler.state(task).value}"
+            )
+        return pickle.loads(self._pickled(task))
+
+    def _standin(self, task: int) -> int:
+        while task in self.alias:
+            task = self.alias[task]
+        return task
+
+    def _pickled(self, task: int) -> bytes:
+        data = self.values.get(task)
+        if data is None:
+            data = self.writer.result(task)
+            if data is None:
+                raise DefinitionError(f"the result of task #{task} is not in the store")
+        return data
+
+    def _decide(self, commands: list[Command], outcomes: list[Outcome]) -> tuple[Batch, _Acts]:
+        batch = self.batch
+        batch.outcomes = outcomes
         acts = _Acts()
         now = time.time()
         for c in commands:
@@ -227,10 +423,11 @@ class Driver:
 
         def visit(ref: Any) -> Any:
             assert isinstance(ref, StoredRef)
-            if ref.task not in cache:
-                cache[ref.task] = pickle.loads(self.values[ref.task])
+            task = self._standin(ref.task)
+            if task not in cache:
+                cache[task] = pickle.loads(self._pickled(task))
             source = self.records[ref.task]
-            return follow(cache[ref.task], ref.path, f"output of {source.name!r} (#{source.id})")
+            return follow(cache[task], ref.path, f"output of {source.name!r} (#{source.id})")
 
         args, kwargs = pickle.loads(r.payload)
         return walk(args, visit), walk(kwargs, visit)

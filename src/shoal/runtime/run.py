@@ -7,7 +7,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import DependencyFailed, StoreError, TaskFailed
+from shoal.errors import DependencyFailed, StoreError, TaskFailed, TaskSkipped
 from shoal.spec.task import Task
 from shoal.store.queries import Reader
 
@@ -47,8 +47,9 @@ class Run:
 
     @property
     def ok(self) -> bool:
-        """True when the run finished and every task succeeded."""
-        return self.state == "succeeded"
+        """True when the run finished and no task failed: every task succeeded (or was
+        skipped), or the run was stopped on purpose (a Response, a rule) with nothing failed."""
+        return self.state in ("succeeded", "stopped")
 
     # -- questions ------------------------------------------------------------------------
     def _id(self, reader: Reader, task: Task | int | str) -> int:
@@ -68,8 +69,19 @@ class Run:
         with Reader(self.dir) as r:
             tid = self._id(r, task)
             row = r.find(tid)
+            seen = {tid}
+            while row.state == "succeeded" and row.alias is not None and row.alias not in seen:
+                tid = row.alias  # replaced (Response replace=): its stand-in's output
+                seen.add(tid)
+                row = r.find(tid)
             if row.state == "succeeded":
                 return r.result(tid)
+            if row.state == "skipped":
+                raise TaskSkipped(
+                    f"task {row.name!r} (#{tid}) did not run: {row.reason}",
+                    task=tid,
+                    name=row.name,
+                )
             if row.state == "failed":
                 raise self._failure(r, tid)
             if row.state == "dep_failed":

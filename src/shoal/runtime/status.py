@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,17 @@ class StatusFile:
         self.last = 0.0
         self.window: deque[tuple[float, int]] = deque(maxlen=40)  # (time, finished count)
 
-    def maybe_write(self, s: Scheduler, log: logging.Logger) -> None:
+    def maybe_write(
+        self,
+        s: Scheduler,
+        log: logging.Logger,
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         now = time.monotonic()
         if now - self.last >= INTERVAL:
             self.last = now
             try:
-                self.write(s, "running")
+                self.write(s, "running", extra() if extra is not None else None)
             except OSError as err:  # a status file is a convenience, never a reason to stop
                 log.warning("cannot write %s: %s", self.path, err)
 
@@ -70,8 +76,12 @@ class StatusFile:
             ],
         }
 
-    def write(self, s: Scheduler, state: str) -> None:
-        data = json.dumps(self.snapshot(s, state), indent=1)
+    def write(self, s: Scheduler, state: str, extra: dict[str, Any] | None = None) -> None:
+        """Write the file atomically; ``extra`` adds sections (groups and rules)."""
+        snap = self.snapshot(s, state)
+        if extra:
+            snap.update(extra)
+        data = json.dumps(snap, indent=1)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w") as fh:
             fh.write(data)

@@ -140,23 +140,23 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
 _ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
 
 
-def refs_in(obj: Any) -> list[Ref]:
+def refs_in(obj: Any) -> list[Ref | StoredRef]:
     """Every reference inside ``obj`` (a task handle counts as ``task.out``).
 
     A search only (nothing is rebuilt), with a fast path for the common case of plain data.
     """
-    found: list[Ref] = []
+    found: list[Ref | StoredRef] = []
     _find(obj, found)
     return found
 
 
-def _find(obj: Any, found: list[Ref]) -> None:
+def _find(obj: Any, found: list[Ref | StoredRef]) -> None:
     from shoal.spec.task import Task
 
     t = type(obj)
     if t in _ATOMS:
         return
-    if t is Ref:
+    if t is Ref or t is StoredRef:
         found.append(obj)
     elif t is Task:
         found.append(obj.out)

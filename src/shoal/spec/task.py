@@ -30,11 +30,28 @@ _EMPTY: dict[str, Any] = {}  # shared by tasks without kwargs or env; never muta
 _local = threading.local()
 
 
+def fresh_key() -> int:
+    """A new handle key (unique in this process)."""
+    return next(_keys)
+
+
 def open_workflows() -> list[Workflow]:
     stack: list[Workflow] | None = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     return stack
+
+
+class detached:
+    """Within this block no workflow is open: tasks made by a rule or a Response handler join
+    the run they are submitted to, not a ``with Workflow`` block of the caller."""
+
+    def __enter__(self) -> None:
+        self.saved = open_workflows()
+        _local.stack = []
+
+    def __exit__(self, *exc: object) -> None:
+        _local.stack = self.saved
 
 
 class Task:
@@ -51,6 +68,7 @@ class Task:
         "key",
         "kind",
         "kwargs",
+        "links",
         "options",
         "template",
         "workdir",
@@ -84,8 +102,14 @@ class Task:
         self.deps: list[Task] | tuple[()] = ()
         refs = refs_in((args, self.kwargs))
         self.has_refs = bool(refs)  # arguments need resolving before the task runs
+        # Ids of tasks already in the run that the arguments refer to as stored references
+        # (``shoal.current().out`` inside a task, or a handle pickled into a running task).
+        self.links: tuple[int, ...] = ()
         for ref in refs:
-            self._depend(ref.task)
+            if isinstance(ref, Ref):
+                self._depend(ref.task)
+            elif ref.task not in self.links:
+                self.links = (*self.links, ref.task)
         if after:
             self.after(*after)
         stack = open_workflows()

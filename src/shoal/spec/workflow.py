@@ -12,7 +12,7 @@ import importlib.machinery
 import pickle
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import cloudpickle  # type: ignore[import-untyped]
 
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options
+from shoal.spec.steer import Rule, Strategy, Tracker, make_rule, make_tracker
 from shoal.spec.task import Task, open_workflows
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ class Workflow:
     Use it as a context manager (tasks created inside are added) or call :meth:`add`.
     """
 
-    def __init__(self, name: str = "workflow") -> None:
+    def __init__(
+        self, name: str = "workflow", *, track: dict[str, str | Tracker] | None = None
+    ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise DefinitionError("a workflow needs a non-empty name")
         bad = set(name) & set('/\\:*?"<>|\0')
@@ -44,6 +47,11 @@ class Workflow:
         self.name = name
         self.items: list[Task | Workflow] = []
         self._keys: set[int] = set()
+        self.own_rules: list[Rule] = []
+        self.own_strategies: list[Strategy] = []
+        self.own_tracked: dict[str, Tracker] = {}
+        if track:
+            self.track(**track)
         stack = open_workflows()
         if stack:
             stack[-1].add(self)
@@ -57,12 +65,16 @@ class Workflow:
         if stack and stack[-1] is self:
             stack.pop()
 
-    def add(self, *items: Task | Workflow) -> Workflow:
-        """Add tasks or workflows (a task or workflow is added once, however often given)."""
+    def add(self, *items: Task | Workflow | Strategy) -> Workflow:
+        """Add tasks, workflows or strategies (each is added once, however often given)."""
         for item in items:
+            if isinstance(item, Strategy):
+                if not any(item is s for s in self.own_strategies):
+                    self.own_strategies.append(item)
+                continue
             if not isinstance(item, Task | Workflow):
                 raise DefinitionError(
-                    f"workflow {self.name!r}: add() takes tasks or workflows, "
+                    f"workflow {self.name!r}: add() takes tasks, workflows or strategies, "
                     f"got {type(item).__name__}"
                 )
             if item is self:
@@ -82,6 +94,81 @@ class Workflow:
             if t.key not in seen:
                 seen.add(t.key)
                 out.append(t)
+        return out
+
+    # -- steering ---------------------------------------------------------------------------
+    def on(
+        self,
+        trigger: str,
+        *,
+        tags: str | Iterable[str] | None = None,
+        name: str | None = None,
+        seconds: float | None = None,
+        when: str | Callable[..., Any] | None = None,
+        on_error: str = "stop",
+        label: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register ``fn(event, ctl)`` for ``trigger`` (a decorator).
+
+        Triggers: task-started, task-succeeded, task-failed, task-finished, task-cancelled
+        (filtered by ``tags`` and the task-name glob ``name``); start, end, idle; interval
+        (every ``seconds``); metric (``when="mean(runtime) > 30"`` or a callable over the
+        group's statistics, fired each time it becomes true). ``on_error``: 'stop' (default:
+        a handler that raises stops the run gracefully) or 'log'. ``label`` names the rule.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            rule = make_rule(
+                trigger,
+                fn,
+                tags=tags,
+                name=name,
+                seconds=seconds,
+                when=when,
+                on_error=on_error,
+                label=label,
+            )
+            self.own_rules.append(rule)
+            return fn
+
+        return register
+
+    def track(self, **fields: str | Tracker) -> Workflow:
+        """Keep statistics of result fields per tag: ``wf.track(energy="energy")``, or a
+        function of the result: ``wf.track(fmax=lambda r: max(r["forces"]))``."""
+        for key, spec in fields.items():
+            if key in ("runtime", "wait"):
+                raise DefinitionError(f"track {key!r}: that name is kept already; choose another")
+            self.own_tracked[key] = make_tracker(key, spec)
+        return self
+
+    @property
+    def rules(self) -> list[Rule]:
+        """Rules of this workflow and the ones nested in it."""
+        return [r for w in self._workflows() for r in w.own_rules]
+
+    @property
+    def strategies(self) -> list[Strategy]:
+        return [s for w in self._workflows() for s in w.own_strategies]
+
+    @property
+    def tracked(self) -> dict[str, Tracker]:
+        out: dict[str, Tracker] = {}
+        for w in self._workflows():
+            out.update(w.own_tracked)
+        return out
+
+    def _workflows(self) -> list[Workflow]:
+        out: list[Workflow] = []
+        stack: list[Workflow] = [self]
+        seen: set[int] = set()
+        while stack:
+            w = stack.pop()
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            out.append(w)
+            stack.extend(i for i in reversed(w.items) if isinstance(i, Workflow))
         return out
 
     def _walk(self, active: set[int]) -> Iterator[Task]:
@@ -138,43 +225,96 @@ class Record:
 class Plan:
     name: str
     records: list[Record]
-    functions: list[tuple[str, bytes]]  # (qualified name, cloudpickle payload)
+    # (qualified name, cloudpickle payload); functions[i] has the global id first_function + i
+    functions: list[tuple[str, bytes]]
+    first_function: int = 0
 
 
-def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()) -> Plan:
-    """Check ``wf`` and lower it. Ids start at ``first_id``; ``known`` tasks may be referenced."""
+class Functions:
+    """The functions a run has seen, so that work added later reuses their ids."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, tuple[Callable[..., Any], int]] = {}  # id(fn) -> (fn, global id)
+        self.count = 0
+
+    def lookup(self, fn: Callable[..., Any]) -> int:
+        hit = self.index.get(id(fn))
+        return hit[1] if hit is not None and hit[0] is fn else -1
+
+    def register(self, fn: Callable[..., Any]) -> int:
+        fid = self.count
+        self.index[id(fn)] = (fn, fid)
+        self.count += 1
+        return fid
+
+
+def compile_workflow(
+    wf: Workflow,
+    first_id: int = 0,
+    known: Mapping[int, int] | None = None,
+    functions: Functions | None = None,
+) -> Plan:
+    """Check ``wf`` and lower it. Ids start at ``first_id``.
+
+    Work added to a live run passes ``known`` (handle key -> id of tasks already in the run,
+    which the new tasks may use) and the run's ``functions``; stored references (``links``)
+    may then name any task id below ``first_id``.
+    """
     tasks = wf.tasks
-    if not tasks:
+    if not tasks and not (wf.rules or wf.strategies):
         raise DefinitionError(f"workflow {wf.name!r} has no tasks: nothing to run")
-    members = {t.key for t in tasks} | {t.key for t in known}
+    return lower(tasks, wf.name, first_id, known or {}, functions or Functions())
+
+
+def lower(
+    tasks: list[Task],
+    name: str,
+    first_id: int,
+    known: Mapping[int, int],
+    functions: Functions,
+) -> Plan:
+    """Validate ``tasks`` and turn them into records (see :func:`compile_workflow`)."""
+    members = {t.key for t in tasks}
     for t in tasks:
         for d in t.deps:
-            if d.key not in members:
+            if d.key not in members and d.key not in known:
                 raise DefinitionError(
                     f"task {t.name!r} uses the output of task {d.name!r}, which is not part of "
-                    f"workflow {wf.name!r}. Create {d.name!r} inside the `with Workflow(...)` "
+                    f"workflow {name!r}. Create {d.name!r} inside the `with Workflow(...)` "
                     "block, or add it with wf.add(...)."
+                )
+        for link in t.links:
+            if not 0 <= link < first_id:
+                raise DefinitionError(
+                    f"task {t.name!r} refers to the output of task #{link}, which is not part "
+                    "of this run"
                 )
     for i, t in enumerate(tasks):
         t.id = first_id + i
     _check_cycles(tasks)
-    functions: list[tuple[str, bytes]] = []
-    fn_index: dict[int, int] = {}
+    first_function = functions.count
+    new_functions: list[tuple[str, bytes]] = []
     records = []
     for t in tasks:
         fidx = -1
         if t.fn is not None:
-            fidx = fn_index.get(id(t.fn), -1)
+            fidx = functions.lookup(t.fn)
             if fidx < 0:
-                fidx = fn_index[id(t.fn)] = len(functions)
-                functions.append((_qualname(t.fn), pickle_function(t.fn, t.name)))
+                payload = pickle_function(t.fn, t.name)
+                fidx = functions.register(t.fn)
+                new_functions.append((_qualname(t.fn), payload))
+        deps: tuple[int, ...] = tuple(
+            d.id if d.key in members and d.id is not None else known[d.key] for d in t.deps
+        )
+        if t.links:
+            deps = deps + tuple(x for x in t.links if x not in deps)
         records.append(
             Record(
                 id=t.id,  # type: ignore[arg-type]
                 name=t.name,
                 kind=t.kind,
                 options=t.options,
-                deps=tuple(d.id for d in t.deps),  # type: ignore[misc]
+                deps=deps,
                 payload=pickle_args(t),
                 has_refs=t.has_refs,
                 function=fidx,
@@ -183,7 +323,7 @@ def compile_workflow(wf: Workflow, first_id: int = 0, known: Iterable[Task] = ()
                 env=t.env or None,
             )
         )
-    return Plan(wf.name, records, functions)
+    return Plan(name, records, new_functions, first_function)
 
 
 def _check_cycles(tasks: list[Task]) -> None:

@@ -26,6 +26,8 @@ class TaskRow:
     updated: float | None
     tags: tuple[str, ...]
     deps: tuple[int, ...]
+    origin: str | None = None  # who added it (None or "workflow": the initial workflow)
+    alias: int | None = None  # replaced by this task (Response replace=)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -38,10 +40,12 @@ class TaskRow:
             "updated": self.updated,
             "tags": list(self.tags),
             "deps": list(self.deps),
+            "origin": self.origin or "workflow",
+            "alias": self.alias,
         }
 
 
-_TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps"
+_TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps, origin, alias"
 
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
@@ -55,6 +59,8 @@ def _task(row: tuple[Any, ...]) -> TaskRow:
         row[6],
         tuple(json.loads(row[7])),
         tuple(json.loads(row[8])),
+        row[9],
+        row[10],
     )
 
 

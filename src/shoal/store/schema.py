@@ -7,7 +7,7 @@ from pathlib import Path
 
 from shoal.errors import StoreError
 
-VERSION = 1
+VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS tasks(
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
-    updated REAL);
+    updated REAL,
+    origin TEXT,     -- who added it: the workflow, a Response of task N, a rule or a strategy
+    alias INTEGER);  -- replaced (Response replace=) by this task: its output stands for ours
 -- No index on tasks(state): every state change would update it twice, and the questions it
 -- would serve (counts, failures, running tasks) are asked rarely; a scan of a million rows is
 -- a fraction of a second.
@@ -46,6 +48,9 @@ CREATE TABLE IF NOT EXISTS transitions(
     seq INTEGER PRIMARY KEY, task INTEGER NOT NULL, attempt INTEGER NOT NULL,
     old TEXT, new TEXT NOT NULL, time REAL NOT NULL, reason TEXT, event TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_task ON transitions(task);
+CREATE TABLE IF NOT EXISTS rules(
+    label TEXT PRIMARY KEY, trigger TEXT NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+    seconds REAL NOT NULL, slowest REAL NOT NULL, last_error TEXT, memory BLOB);
 CREATE TABLE IF NOT EXISTS results(
     task INTEGER PRIMARY KEY, value BLOB, path TEXT, size INTEGER NOT NULL);
 """

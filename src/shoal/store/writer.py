@@ -56,6 +56,21 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     dispatched: list[tuple[int, int, Placement, float]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    plans: list[tuple[Plan, str]] = field(default_factory=list)  # work added, and by whom
+    aliases: list[tuple[int, int]] = field(default_factory=list)  # (task, replaced by)
+    options: list[tuple[int, Options]] = field(default_factory=list)  # changed by a retry
+    rules: list[tuple[Any, ...]] = field(default_factory=list)  # rows of the rules table
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.transitions
+            or self.dispatched
+            or self.outcomes
+            or self.plans
+            or self.aliases
+            or self.options
+            or self.rules
+        )
 
 
 class Writer:
@@ -124,14 +139,18 @@ class Writer:
             hit = self._options_cache[id(o)] = (o, options_json(o))
         return hit[1]
 
-    def add_plan(self, plan: Plan, first_function: int) -> None:
+    def add_plan(self, plan: Plan, origin: str = "workflow") -> None:
         """Store the tasks and functions of a plan (before any of them is scheduled)."""
+        with self._tx():
+            self._insert_plan(plan, origin)
+
+    def _insert_plan(self, plan: Plan, origin: str) -> None:
         rows = (
             (
                 r.id,
                 r.name,
                 r.kind,
-                r.function + first_function if r.function >= 0 else None,
+                r.function if r.function >= 0 else None,
                 r.template,
                 r.payload,
                 int(r.has_refs),
@@ -141,19 +160,30 @@ class Writer:
                 json.dumps(r.env) if r.env else None,
                 json.dumps(r.options.tags) if r.options.tags else "[]",
                 "pending",
+                origin,
             )
             for r in plan.records
         )
-        with self._tx():
-            self.conn.executemany(
-                "INSERT INTO functions VALUES (?, ?, ?)",
-                [(first_function + i, n, p) for i, (n, p) in enumerate(plan.functions)],
-            )
-            self.conn.executemany(
-                "INSERT INTO tasks(id, name, kind, function, template, payload, has_refs, deps,"
-                " options, workdir, env, tags, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+        first = plan.first_function
+        self.conn.executemany(
+            "INSERT INTO functions VALUES (?, ?, ?)",
+            [(first + i, n, p) for i, (n, p) in enumerate(plan.functions)],
+        )
+        self.conn.executemany(
+            "INSERT INTO tasks(id, name, kind, function, template, payload, has_refs, deps,"
+            " options, workdir, env, tags, state, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+
+    def result(self, task: int) -> bytes | None:
+        """The pickled result of a task, from the store (for tasks whose value left memory)."""
+        row = self.conn.execute("SELECT value, path FROM results WHERE task=?", (task,)).fetchone()
+        if row is None:
+            return None
+        value, rel = row
+        if value is not None:
+            return bytes(value)
+        return (self.dir / rel).read_bytes()
 
     # -- the per-iteration transaction ----------------------------------------------------------
     def commit(self, batch: Batch) -> None:
@@ -167,6 +197,19 @@ class Writer:
                 results.append(self._result_row(o.task, o.result))
         with self._tx():
             c = self.conn
+            for plan, origin in batch.plans:  # new tasks first: transitions name them
+                self._insert_plan(plan, origin)
+            if batch.aliases:
+                c.executemany(
+                    "UPDATE tasks SET alias=? WHERE id=?", [(b, a) for a, b in batch.aliases]
+                )
+            if batch.options:
+                c.executemany(
+                    "UPDATE tasks SET options=? WHERE id=?",
+                    [(options_json(o), t) for t, o in batch.options],
+                )
+            if batch.rules:
+                c.executemany("INSERT OR REPLACE INTO rules VALUES (?,?,?,?,?,?,?,?)", batch.rules)
             if ts:
                 c.executemany(
                     "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"

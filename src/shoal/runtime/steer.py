@@ -1,0 +1,659 @@
+"""The steering engine: rules, strategies and group statistics, inside the driver.
+
+The core says what happened (its ``Transition`` commands); this engine keeps the statistics of
+every tag, calls the rules and strategies that listen, and turns what they ask through their
+controller (submit, cancel, retry, stop) back into core events. It performs no I/O of its own
+and takes the time as an argument, so tests drive it with a scheduler and a fake clock.
+
+The driver calls, in each loop iteration: :meth:`Steering.observe` with the iteration's
+transitions and outcomes, :meth:`Steering.tick` for timers and metrics, :meth:`Steering.idle`
+after scheduling, and :meth:`Steering.take` for the events the handlers produced; those are
+handled by the core in the same iteration, so a rule's submission is committed and dispatched
+with the transaction that recorded its cause.
+
+A handler that raises is recorded (traceback in the log, count and last error in the store and
+the status). With ``on_error="stop"`` (the default) the run then stops gracefully: nothing new
+starts, running tasks finish, and the run ends as failed with the rule named. Every call is
+timed; one slower than :data:`SLOW` seconds is reported once in the log, and the slowest call
+of each rule is in ``status.json``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import pickle
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoal.core.events import Cancel, Outcome, Retry, Stimulus, Stop, TaskInfo, Transition
+from shoal.core.machine import Scheduler
+from shoal.core.states import State
+from shoal.core.stats import Group
+from shoal.errors import DefinitionError
+from shoal.spec.response import tasks_of
+from shoal.spec.steer import TASK_TRIGGERS, Rule, Strategy, Tracker
+from shoal.spec.task import Task, detached
+
+if TYPE_CHECKING:
+    from shoal.spec.workflow import Record
+
+SLOW = 0.1  # seconds: a handler call slower than this is reported
+ALL = "*"  # the group of all tasks
+
+_TRIGGERS_OF: dict[State, tuple[str, ...]] = {
+    State.RUNNING: ("task-started",),
+    State.SUCCEEDED: ("task-succeeded", "task-finished"),
+    State.FAILED: ("task-failed", "task-finished"),
+    State.CANCELLED: ("task-cancelled",),
+}
+_ENDED = frozenset(
+    {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.DEP_FAILED, State.SKIPPED}
+)
+
+
+class Host(Protocol):
+    """What the engine needs from the driver."""
+
+    scheduler: Scheduler
+    records: list[Record]
+    log: logging.Logger
+
+    def add_work(self, tasks: list[Task], origin: str) -> list[TaskInfo]: ...
+    def retry_info(self, task: int, changes: dict[str, Any]) -> TaskInfo | None: ...
+    def value(self, task: int) -> Any: ...
+    def task_id(self, task: Task) -> int | None: ...
+
+
+class TaskView:
+    """The task an event is about: ``id``, ``name``, ``tags`` and ``attempt``."""
+
+    __slots__ = ("attempt", "id", "name", "tags")
+
+    def __init__(self, id: int, name: str, tags: tuple[str, ...], attempt: int) -> None:
+        self.id = id
+        self.name = name
+        self.tags = tags
+        self.attempt = attempt
+
+    def __repr__(self) -> str:
+        return f"<task {self.name!r} #{self.id} attempt {self.attempt}>"
+
+
+class Event:
+    """What a handler is told: ``kind`` (the trigger), ``time``; for task events ``task``,
+    ``state``, ``result`` (the return value, read on first use), ``error``, ``started``,
+    ``ended``, ``runtime`` and ``wait`` (seconds ready before it started); for metric events
+    ``group`` and ``stats``."""
+
+    __slots__ = (
+        "_load",
+        "_result",
+        "ended",
+        "error",
+        "group",
+        "kind",
+        "started",
+        "state",
+        "stats",
+        "task",
+        "time",
+        "wait",
+    )
+
+    def __init__(self, kind: str, now: float) -> None:
+        self.kind = kind
+        self.time = now
+        self.task: TaskView | None = None
+        self.state: str | None = None
+        self.error: str | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.wait: float | None = None
+        self.group: str | None = None
+        self.stats: Group | None = None
+        self._load: Callable[[], Any] | None = None
+        self._result: Any = _UNREAD
+
+    @property
+    def result(self) -> Any:
+        """The task's return value (None unless it succeeded)."""
+        if self._result is _UNREAD:
+            self._result = self._load() if self._load is not None else None
+        return self._result
+
+    @property
+    def runtime(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+    def __repr__(self) -> str:
+        what = f" {self.task!r} {self.state}" if self.task else ""
+        return f"<Event {self.kind}{what}>"
+
+
+_UNREAD = object()
+
+
+class Owner:
+    """A rule or a strategy, as the engine keeps it: its memory and its record of calls."""
+
+    __slots__ = (
+        "calls",
+        "done",
+        "errors",
+        "kind",
+        "label",
+        "last_error",
+        "memory",
+        "on_error",
+        "seconds",
+        "slowest",
+        "stored",
+        "target",
+        "trigger",
+        "warned",
+    )
+
+    def __init__(self, label: str, kind: str, trigger: str, on_error: str, target: Any) -> None:
+        self.label = label
+        self.kind = kind  # "rule" or "strategy"
+        self.trigger = trigger
+        self.on_error = on_error
+        self.target = target  # the Rule or the Strategy
+        self.memory: dict[str, Any] = {}
+        self.calls = 0
+        self.errors = 0
+        self.seconds = 0.0
+        self.slowest = 0.0
+        self.last_error: str | None = None
+        self.done = False  # a strategy that said it is done
+        self.warned = False
+        self.stored: tuple[int, int, bytes] | None = None  # (calls, errors, memory) stored
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rule": self.label,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "calls": self.calls,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 6),
+            "slowest": round(self.slowest, 6),
+            "slow": self.slowest > SLOW,
+            "last_error": self.last_error,
+        }
+
+
+class Controller:
+    """What a handler may do: ``submit``, ``cancel``, ``retry``, ``stop``; ``stats``,
+    ``resources``, ``result``; and ``memory``, its own dict, stored with the run."""
+
+    __slots__ = ("_engine", "_owner")
+
+    def __init__(self, engine: Steering, owner: Owner) -> None:
+        self._engine = engine
+        self._owner = owner
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        return self._owner.memory
+
+    @property
+    def now(self) -> float:
+        return self._engine.now
+
+    def submit(self, *items: Any) -> list[Task]:
+        """Add tasks or workflows to the run; they may use results of tasks already in it."""
+        return self._engine.submit(self._owner, items)
+
+    def cancel(self, target: Task | TaskView | int | str) -> int:
+        """Cancel a task (handle, event task or id) or every unfinished task of a tag; the
+        tasks downstream end as cancelled. Returns how many were asked to stop."""
+        return self._engine.cancel(self._owner, target)
+
+    def retry(self, task: Task | TaskView | int, **changes: Any) -> None:
+        """Run a failed or cancelled task again, optionally with other options, e.g.
+        ``ctl.retry(event.task, cpus=4, timeout=1200)``."""
+        self._engine.retry(self._owner, task, changes)
+
+    def stop(self, drain: bool = True) -> None:
+        """Start nothing new; with ``drain=False`` stop the running tasks too."""
+        self._engine.stop(f"{self._owner.kind} {self._owner.label!r} stopped the run", drain)
+
+    def stats(self, tag: str | None = None) -> Group:
+        """Counts and statistics of a tag's tasks (``None``: all tasks)."""
+        return self._engine.group(tag)
+
+    def resources(self) -> dict[str, int]:
+        """Cores and GPUs: total and free."""
+        return self._engine.host.scheduler.pool.totals()
+
+    def result(self, task: Task | TaskView | int) -> Any:
+        """The return value of a task that succeeded."""
+        engine = self._engine
+        return engine.host.value(engine.resolve(task, "result"))
+
+
+class Steering:
+    """Calls the rules and strategies of a run; see the module docstring."""
+
+    def __init__(
+        self,
+        host: Host,
+        rules: Sequence[Rule],
+        strategies: Sequence[Strategy],
+        tracked: dict[str, Tracker] | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.host = host
+        self.log = host.log
+        self.now = now
+        self.tracked = dict(tracked or {})
+        self.owners: list[Owner] = []
+        labels: set[str] = set()
+
+        def label(text: str) -> str:
+            out, i = text, 1
+            while out in labels:
+                i += 1
+                out = f"{text}#{i}"
+            labels.add(out)
+            return out
+
+        self.rules: dict[str, list[tuple[Rule, Owner]]] = {}
+        for r in rules:
+            owner = Owner(label(r.label), "rule", r.trigger, r.on_error, r)
+            self.owners.append(owner)
+            self.rules.setdefault(r.trigger, []).append((r, owner))
+        self.strategies: list[Owner] = []
+        for s in strategies:
+            owner = Owner(label(s.label), "strategy", "strategy", s.on_error, s)
+            self.owners.append(owner)
+            self.strategies.append(owner)
+        self.task_rules = any(t in self.rules for t in TASK_TRIGGERS)
+        # The group of all tasks costs a little per task: kept when something reads it.
+        self.all = bool(self.strategies or self.tracked) or any(
+            not r.tags for r, _ in self.rules.get("metric", ())
+        )
+        self.groups: dict[str, Group] = {}
+        if self.all:
+            self.groups[ALL] = Group()
+        self.ready_at: dict[int, float] = {}  # when tagged tasks became ready (for waits)
+        self.owned: dict[int, Owner] = {}  # tasks a strategy submitted
+        self.stimuli: list[Stimulus] = []
+        self.next_at = {id(r): now + (r.seconds or 0) for r, _ in self.rules.get("interval", ())}
+        self.metric_on: dict[int, bool] = {}
+        self.changed: set[str] = set()
+        self.was_idle = False
+        self.ended_since_idle = 0
+        self.error: str | None = None  # a handler raised and the run stops because of it
+        self.ending = False
+        self.tagged = False  # some task has tags (statistics per tag are kept)
+
+    # -- what the driver asks ---------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether this iteration's transitions need looking at."""
+        return self.task_rules or bool(self.strategies) or self.tagged or self.all
+
+    def note_tags(self, records: Iterable[Record]) -> None:
+        if not self.tagged:
+            self.tagged = any(r.options.tags for r in records)
+
+    def take(self) -> list[Stimulus]:
+        out, self.stimuli = self.stimuli, []
+        return out
+
+    def start(self, now: float) -> None:
+        self.now = now
+        for rule, owner in self.rules.get("start", ()):
+            self._call(owner, rule.fn, Event("start", now))
+        for owner in self.strategies:
+            self._strategy(owner, "on_start")
+
+    def end(self, now: float) -> None:
+        self.now = now
+        self.ending = True
+        for rule, owner in self.rules.get("end", ()):
+            self._call(owner, rule.fn, Event("end", now))
+        for owner in self.strategies:
+            if not owner.done and not self._done(owner) and self.error is None:
+                self.log.warning(
+                    "strategy %r did not say it is done, but it added no work while nothing "
+                    "was left to run; the run ends here",
+                    owner.label,
+                )
+
+    def observe(self, commands: Sequence[Any], outcomes: dict[int, Outcome], now: float) -> None:
+        """Update statistics and call task handlers for this iteration's transitions."""
+        self.now = now
+        records = self.host.records
+        rules = self.rules if self.task_rules else None
+        for c in commands:
+            if type(c) is not Transition:
+                continue
+            new = c.new
+            r = records[c.task]
+            tags = r.options.tags
+            if tags or self.all:
+                self._count(c, tags, outcomes.get(c.task) if new in _ENDED else None)
+            if new in _ENDED:
+                self.ended_since_idle += 1
+            if rules is not None:
+                for trigger in _TRIGGERS_OF.get(new, ()):
+                    for rule, owner in rules.get(trigger, ()):
+                        if rule.tags and not any(t in rule.tags for t in tags):
+                            continue
+                        if rule.name is not None and not fnmatch.fnmatchcase(r.name, rule.name):
+                            continue
+                        self._call(owner, rule.fn, self._event(trigger, c, r, outcomes))
+            if self.strategies and new in _ENDED:
+                self._results(c, r, outcomes)
+        if self.changed:
+            self._metrics()
+
+    def tick(self, now: float) -> None:
+        """Interval rules whose time has come."""
+        self.now = now
+        for rule, owner in self.rules.get("interval", ()):
+            due = self.next_at[id(rule)]
+            if now >= due:
+                self.next_at[id(rule)] = now + (rule.seconds or 0)
+                self._call(owner, rule.fn, Event("interval", now))
+
+    def idle(self, now: float) -> None:
+        """Call idle rules and strategies when resources are free and nothing is ready: when
+        the run becomes idle, and again each time tasks end while it stays idle."""
+        s = self.host.scheduler
+        idle = s.idle and not s.stopped
+        fire = idle and (not self.was_idle or self.ended_since_idle > 0)
+        self.was_idle = idle
+        if not fire:
+            return
+        self.ended_since_idle = 0
+        self.now = now
+        for rule, owner in self.rules.get("idle", ()):
+            self._call(owner, rule.fn, Event("idle", now))
+        for owner in self.strategies:
+            self._strategy(owner, "on_idle")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "groups": {k: g.summary() for k, g in sorted(self.groups.items())},
+            "rules": [o.summary() for o in self.owners],
+        }
+
+    def rows(self, every: bool = False) -> list[tuple[Any, ...]]:
+        """Rows for the store's rules table: owners whose record or memory changed."""
+        out = []
+        for o in self.owners:
+            if not every and o.stored is not None and o.stored[0] == o.calls:
+                continue  # not called since it was stored
+            try:
+                memory = pickle.dumps(o.memory, protocol=5)
+            except Exception as err:
+                if not o.warned:
+                    o.warned = True
+                    self.log.warning("the memory of %r cannot be stored: %s", o.label, err)
+                memory = o.stored[2] if o.stored else b""
+            now = (o.calls, o.errors, memory)
+            if every or now != o.stored:
+                o.stored = now
+                out.append(
+                    (
+                        o.label,
+                        o.trigger,
+                        o.calls,
+                        o.errors,
+                        o.seconds,
+                        o.slowest,
+                        o.last_error,
+                        memory,
+                    )
+                )
+        return out
+
+    # -- statistics ---------------------------------------------------------------------------
+    def group(self, tag: str | None) -> Group:
+        key = ALL if tag is None else tag
+        g = self.groups.get(key)
+        if g is None:
+            if key == ALL:
+                raise DefinitionError(
+                    "statistics of all tasks are kept when a strategy, a tracked field or a "
+                    "metric rule without tags asks for them; ask for a tag, e.g. "
+                    "ctl.stats('md')"
+                )
+            g = self.groups[key] = Group()
+        return g
+
+    def _count(self, c: Transition, tags: tuple[str, ...], o: Outcome | None) -> None:
+        old = c.old.value if c.old is not None else None
+        new = c.new
+        keys = (*tags, ALL) if self.all else tags
+        groups = self.groups
+        for key in keys:
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = Group()
+            g.moved(old, new.value)
+            self.changed.add(key)
+        if new is State.READY:
+            self.ready_at[c.task] = c.time
+            return
+        if o is None or o.started is None:
+            if new in _ENDED:
+                self.ready_at.pop(c.task, None)
+            return
+        ready = self.ready_at.pop(c.task, None)
+        took = (o.ended or o.started) - o.started
+        values: dict[str, float] = {}
+        if self.tracked and new is State.SUCCEEDED and o.result is not None:
+            values = self._fields(c.task, o.result)
+        for key in keys:
+            g = groups[key]
+            g.runtime.add(took)
+            if ready is not None:
+                g.wait.add(max(0.0, o.started - ready))
+            for name, v in values.items():
+                g.stream(name).add(v)
+
+    def _fields(self, task: int, data: bytes) -> dict[str, float]:
+        try:
+            value = pickle.loads(data)
+        except Exception:
+            return {}
+        out = {}
+        for name, get in self.tracked.items():
+            try:
+                x = get(value)
+            except Exception:  # a result without the field is not counted for it
+                continue
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                try:
+                    x = float(x)
+                except (TypeError, ValueError):
+                    continue
+            if math.isfinite(x):
+                out[name] = float(x)
+        return out
+
+    def _metrics(self) -> None:
+        changed, self.changed = self.changed, set()
+        for rule, owner in self.rules.get("metric", ()):
+            key = rule.group
+            if key not in changed:
+                continue
+            g = self.groups[key]
+            try:
+                assert rule.condition is not None
+                hit = bool(rule.condition(g))
+            except Exception as err:
+                self._failed(owner, err)
+                continue
+            was = self.metric_on.get(id(rule), False)
+            self.metric_on[id(rule)] = hit
+            if hit and not was:
+                ev = Event("metric", self.now)
+                ev.group = key
+                ev.stats = g
+                self._call(owner, rule.fn, ev)
+
+    # -- events --------------------------------------------------------------------------------
+    def _event(self, kind: str, c: Transition, r: Record, outcomes: dict[int, Outcome]) -> Event:
+        ev = Event(kind, self.now)
+        ev.task = TaskView(r.id, r.name, r.options.tags, c.attempt)
+        ev.state = c.new.value
+        o = outcomes.get(c.task)
+        if o is not None and c.new is not State.RUNNING:
+            ev.started, ev.ended = o.started, o.ended
+            if o.ok:
+                data = o.result
+                if data is not None:
+                    ev._load = lambda: pickle.loads(data)
+            else:
+                ev.error = o.error or c.reason
+        elif c.new is not State.RUNNING:
+            ev.error = c.reason or None
+        ready = self.ready_at.get(c.task)
+        if ready is not None and ev.started is not None:
+            ev.wait = max(0.0, ev.started - ready)
+        return ev
+
+    def _results(self, c: Transition, r: Record, outcomes: dict[int, Outcome]) -> None:
+        owner = self.owned.get(c.task)
+        for o in self.strategies:
+            if o.done:
+                continue
+            s: Strategy = o.target
+            if o is owner or (s.tags and any(t in s.tags for t in r.options.tags)):
+                self._strategy(o, "on_result", self._event("result", c, r, outcomes))
+        if owner is not None:
+            del self.owned[c.task]
+
+    # -- calling user code ------------------------------------------------------------------
+    def _call(self, owner: Owner, fn: Callable[..., Any], *args: Any) -> None:
+        if self.error is not None and self.host.scheduler.stopped:
+            return  # the run stops because a handler failed: call no more
+        ctl = Controller(self, owner)
+        t0 = time.perf_counter()
+        try:
+            with detached():
+                fn(*args, ctl)
+        except Exception as err:
+            self._failed(owner, err)
+        finally:
+            took = time.perf_counter() - t0
+            owner.calls += 1
+            owner.seconds += took
+            if took > owner.slowest:
+                owner.slowest = took
+                if took > SLOW:
+                    self.log.warning(
+                        "%s %r took %.3f s in one call (slow handlers delay the whole run: "
+                        "move heavy work into a task the handler submits)",
+                        owner.kind,
+                        owner.label,
+                        took,
+                    )
+
+    def _strategy(self, owner: Owner, method: str, *args: Any) -> None:
+        if owner.done:
+            return
+        s: Strategy = owner.target
+        self._call(owner, getattr(s, method), *args)
+        if self._done(owner):
+            owner.done = True
+            self.log.info("strategy %r is done", owner.label)
+
+    def _done(self, owner: Owner) -> bool:
+        s: Strategy = owner.target
+        try:
+            return bool(s.done(Controller(self, owner)))
+        except Exception as err:
+            self._failed(owner, err)
+            return True
+
+    def _failed(self, owner: Owner, err: BaseException) -> None:
+        owner.errors += 1
+        text = "".join(traceback.format_exception(err))
+        owner.last_error = f"{type(err).__name__}: {err}"
+        self.log.error("%s %r raised %s\n%s", owner.kind, owner.label, owner.last_error, text)
+        if owner.on_error == "stop" and self.error is None:
+            self.error = f"{owner.kind} {owner.label!r} raised {owner.last_error}"
+            self.stop(f"{self.error} (traceback in shoal.log)", True)
+
+    # -- what controllers do ----------------------------------------------------------------
+    def submit(self, owner: Owner, items: Sequence[Any]) -> list[Task]:
+        if self.ending:
+            raise DefinitionError(
+                f"{owner.label}: the run is ending, so nothing can be submitted; submit from "
+                "an 'idle' rule or a strategy's on_idle instead"
+            )
+        tasks: list[Task] = []
+        for item in items:
+            tasks.extend(tasks_of(item, "ctl.submit(...)"))
+        if not tasks:
+            return []
+        known = [t for t in tasks if t.id is not None and self.host.task_id(t) is not None]
+        if known:
+            raise DefinitionError(
+                f"{owner.label}: task {known[0].name!r} is part of the run already; make a "
+                "new call of the task factory to run it again"
+            )
+        infos = self.host.add_work(tasks, f"{owner.kind} {owner.label}")
+        from shoal.core.events import Submitted
+
+        self.stimuli.append(Submitted(self.now, tuple(infos)))
+        if owner.kind == "strategy":
+            for info in infos:
+                self.owned[info.id] = owner
+        return tasks
+
+    def resolve(self, target: Task | TaskView | int, what: str) -> int:
+        if isinstance(target, TaskView):
+            return target.id
+        if isinstance(target, Task):
+            tid = self.host.task_id(target)
+            if tid is None:
+                raise DefinitionError(f"{what}: task {target.name!r} is not part of this run")
+            return tid
+        if isinstance(target, int) and not isinstance(target, bool):
+            if not 0 <= target < len(self.host.records):
+                raise DefinitionError(f"{what}: there is no task #{target} in this run")
+            return target
+        raise DefinitionError(f"{what}: give a task handle, event.task or a task id")
+
+    def cancel(self, owner: Owner, target: Task | TaskView | int | str) -> int:
+        s = self.host.scheduler
+        if isinstance(target, str):
+            ids = [
+                r.id
+                for r in self.host.records
+                if target in r.options.tags and r.id in s.tasks and not s.state(r.id).terminal
+            ]
+        else:
+            tid = self.resolve(target, "ctl.cancel")
+            ids = [tid] if tid in s.tasks and not s.state(tid).terminal else []
+        reason = f"cancelled by {owner.kind} {owner.label!r}"
+        self.stimuli.extend(Cancel(self.now, t, reason) for t in ids)
+        return len(ids)
+
+    def retry(self, owner: Owner, target: Task | TaskView | int, changes: dict[str, Any]) -> None:
+        tid = self.resolve(target, "ctl.retry")
+        state = self.host.scheduler.state(tid)
+        if state not in (State.FAILED, State.CANCELLED):
+            raise DefinitionError(
+                f"ctl.retry: task #{tid} is {state.value}; only failed or cancelled tasks can "
+                "be retried"
+            )
+        info = self.host.retry_info(tid, changes)
+        self.stimuli.append(Retry(self.now, tid, info, f"retried by {owner.kind} {owner.label!r}"))
+
+    def stop(self, reason: str, drain: bool) -> None:
+        self.stimuli.append(Stop(self.now, drain, reason))
