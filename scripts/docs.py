@@ -1,7 +1,7 @@
 """Write the generated parts of the docs (the task state diagram) from the code.
 
-    python scripts/docs.py          # rewrite docs/states.md
-    python scripts/docs.py --check  # exit 1 if docs/states.md is stale (tests run this)
+python scripts/docs.py          # rewrite docs/states.md
+python scripts/docs.py --check  # exit 1 if docs/states.md is stale (tests run this)
 """
 
 from __future__ import annotations

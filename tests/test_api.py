@@ -28,15 +28,20 @@ from shoal.store import Reader
 
 PUBLIC = [
     "BackendError",
+    "Controller",
     "DefinitionError",
     "DependencyFailed",
+    "Event",
     "Ref",
     "ResourceError",
+    "Response",
     "Run",
     "ShoalError",
     "StoreError",
+    "Strategy",
     "Task",
     "TaskFailed",
+    "TaskSkipped",
     "Workflow",
     "command",
     "current",
@@ -77,6 +82,7 @@ ERRORS: list[BaseException] = [
         root=3,
         root_name="relax",
     ),
+    shoal.TaskSkipped("task 'md' (#5) did not run: task 2 stopped its children", task=5, name="md"),
 ]
 
 

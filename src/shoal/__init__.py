@@ -97,11 +97,11 @@ if TYPE_CHECKING:
         TaskFailed,
         TaskSkipped,
     )
-    from shoal.runtime.steer import Controller, Event
-    from shoal.spec.response import Response
-    from shoal.spec.steer import Strategy
     from shoal.runtime.api import run, submit
     from shoal.runtime.run import Run
+    from shoal.runtime.steer import Controller, Event
     from shoal.spec.refs import Ref
+    from shoal.spec.response import Response
+    from shoal.spec.steer import Strategy
     from shoal.spec.task import Task, command, task
     from shoal.spec.workflow import Workflow
