@@ -3,8 +3,10 @@
 The machine keeps its own model of the run, built only from the commands ``handle`` returns:
 the state of every task, the attempt in flight, the slots (a placement used in turn by a running
 task and the tasks queued behind it) and the kills sent. After every step the model must agree
-with the scheduler, and the scheduler's resources must add up. A last phase drains the run:
-every task must end in a terminal state.
+with the scheduler, and the scheduler's resources must add up. Steering is part of the mix:
+successes that add work and gate or skip the dependents (Responses), retries of failed or
+cancelled tasks, and stops. A last phase drains the run: every task must end in a terminal state
+(or, once the run was stopped, nothing may be left running).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from shoal.core import (
     Placement,
     Policy,
     Request,
+    Retry,
     Scheduler,
     State,
     Stimulus,
+    Stop,
     Submitted,
     Succeeded,
     TaskInfo,
@@ -44,7 +48,7 @@ from shoal.errors import DefinitionError, ResourceError
 
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
 SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
-BAD_END = frozenset({State.FAILED, State.DEP_FAILED, State.CANCELLED})
+BAD_END = frozenset({State.FAILED, State.DEP_FAILED, State.CANCELLED, State.SKIPPED})
 LIVE = frozenset({QUEUED, RUNNING})
 Key = tuple[str, int, int]  # ("core" | "gpu", node, id)
 
@@ -80,7 +84,7 @@ class Attempt:
     number: int
     chain: Chain
     start: float | None = None  # when it started running
-    kill: str | None = None  # "cancel" or "timeout" once a Kill was sent
+    kill: str | None = None  # "cancel", "timeout" or "stop" once a Kill was sent
     killed_in: list[State] = field(default_factory=list)  # its state at each Kill
 
 
@@ -102,6 +106,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.memory: dict[int, int] = {}
         self.seen: list[Command] = []  # every command returned, to check none is reused
         self.seen_ids: set[int] = set()
+        self.gates: dict[int, set[int]] = {}  # extra deps a Response's gate gave a task
+        self.stopped = False
 
     @property
     def s(self) -> Scheduler:
@@ -112,6 +118,9 @@ class SchedulerMachine(RuleBasedStateMachine):
     def setup(self, shapes: list[tuple[int, int, int]], policy: Policy) -> None:
         nodes = [Node.sized(f"n{i}", c, g, m) for i, (c, g, m) in enumerate(shapes)]
         self.sched = Scheduler(nodes, policy)
+
+    def deps_of(self, task: int) -> list[int]:
+        return [*self.infos[task].deps, *sorted(self.gates.get(task, ()))]
 
     def tasks_in(self, *states: State) -> list[int]:
         return sorted(t for t, v in self.states.items() if v in states)
@@ -145,7 +154,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def on_transition(self, c: Transition, awaiting: dict[int, State]) -> None:
         assert c.time == self.s.now
-        deps = [self.states[d] for d in self.infos[c.task].deps]
+        deps = [self.states[d] for d in self.deps_of(c.task)]
         if c.old is None:
             assert c.new in INITIAL, c
             assert c.task not in self.states, f"task {c.task} was created twice"
@@ -157,6 +166,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if c.new in (READY, QUEUED, RUNNING, SUCCEEDED):
             assert all(d is SUCCEEDED for d in deps), f"{c} although its deps are {deps}"
         if c.old is READY and c.new in LIVE:
+            assert not self.stopped, f"{c}: the run was stopped, nothing new may start"
             awaiting[c.task] = c.new
         elif c.old is QUEUED and c.new is RUNNING:  # it takes over its slot
             a = self.live[c.task]
@@ -225,6 +235,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert state in LIVE
         assert state not in a.killed_in, f"second kill of task {c.task} while {state.value}"
         a.killed_in.append(state)
+        if c.kind == "stopped":
+            assert self.stopped
+            a.kill = a.kill or "stop"
+            return
         if "timed out" in c.reason:
             timeout = self.infos[c.task].timeout
             assert state is RUNNING and a.start is not None
@@ -232,8 +246,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert a.kill is None
             a.kill = "timeout"
         else:
-            assert a.kill in (None, "cancel")
-            a.kill = "cancel"
+            assert a.kill in (None, "cancel", "stop")
+            a.kill = "cancel" if a.kill is None else a.kill
 
     def check_chains(self) -> None:
         """After each batch: every slot has one running task at its head, the rest queued."""
@@ -379,7 +393,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         out = self.feed(Failed(self.now, task, a.number, f"{kind} in task {task}", kind))
         end = transitions(out, task)[0]
         assert end.old is RUNNING
-        if a.kill == "cancel":
+        if a.kill == "stop":
+            assert end.new is READY, "a task stopped with the run did not fail: ready again"
+        elif a.kill == "cancel":
             assert end.new is CANCELLED
         elif a.kill == "timeout":
             assert end.new is FAILED and end.reason.startswith("timed out after")
@@ -387,15 +403,18 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert end.new is FAILED and end.reason == f"{kind} in task {task}"
         self.handover(out, chain, task)
 
-    @precondition(lambda self: any(self.live[t].kill == "cancel" for t in self.tasks_in(QUEUED)))
+    @precondition(
+        lambda self: any(self.live[t].kill in ("cancel", "stop") for t in self.tasks_in(QUEUED))
+    )
     @rule(data=st.data())
     def drop_queued(self, data: st.DataObject) -> None:
-        """The backend drops a cancelled task that had not started yet."""
-        queued = [t for t in self.tasks_in(QUEUED) if self.live[t].kill == "cancel"]
+        """The backend drops a cancelled (or stopped) task that had not started yet."""
+        queued = [t for t in self.tasks_in(QUEUED) if self.live[t].kill in ("cancel", "stop")]
         task = data.draw(st.sampled_from(queued))
         a = self.live[task]
         out = self.feed(Failed(self.now, task, a.number, "dropped", "cancelled"))
-        assert [(t.old, t.new) for t in transitions(out, task)] == [(QUEUED, CANCELLED)]
+        new = READY if a.kill == "stop" else CANCELLED
+        assert [(t.old, t.new) for t in transitions(out, task)] == [(QUEUED, new)]
 
     @precondition(lambda self: bool(self.live))
     @rule(data=st.data())
@@ -406,7 +425,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         old = self.states[task]
         out = self.feed(Returned(self.now, task, a.number))
         first = transitions(out, task)[0]
-        expected = CANCELLED if a.kill == "cancel" else READY
+        expected = CANCELLED if a.kill == "cancel" else READY  # stopped: ready again too
         assert (first.old, first.new) == (old, expected)
 
     @precondition(lambda self: bool(self.states))
@@ -429,6 +448,69 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             assert [(t.old, t.new, t.reason) for t in mine] == [(old, CANCELLED, "stop")]
             assert kills == []
+
+    @precondition(lambda self: bool(self.tasks_in(RUNNING)))
+    @rule(data=st.data(), how=st.sampled_from(["add", "detour", "replace", "skip"]))
+    def respond(self, data: st.DataObject, how: str) -> None:
+        """A running task succeeds with a Response: new tasks, and its dependents gated on
+        some of them, or skipped."""
+        task = data.draw(st.sampled_from(self.tasks_in(RUNNING)))
+        a = self.live[task]
+        if a.kill is not None:
+            return
+        children = [t for t in self.states if task in self.deps_of(t)]
+        batch = []
+        for i in range(data.draw(st.integers(0 if how == "skip" else 1, 3), label="added")):
+            tid = self.next_id
+            self.next_id += 1
+            on = data.draw(st.sampled_from([(), (task,), *[(b.id,) for b in batch]]))
+            info = TaskInfo(tid, on, Request(), 0, None, data.draw(st.sampled_from([None, "pool"])))
+            self.infos[tid] = info
+            batch.append(info)
+            del i
+        gate = () if how in ("add", "skip") else tuple(b.id for b in batch)
+        if how == "replace":
+            gate = gate[-1:]
+        pending = [c for c in children if self.states[c] is PENDING]
+        out = self.feed(
+            Succeeded(self.now, task, a.number, add=tuple(batch), gate=gate, skip=how == "skip")
+        )
+        assert (RUNNING, SUCCEEDED) in [(t.old, t.new) for t in transitions(out, task)]
+        for c in pending:
+            if how == "skip":
+                assert self.states[c] is State.SKIPPED, f"child {c} of {task} was not skipped"
+            elif gate:
+                self.gates.setdefault(c, set()).update(gate)
+                assert self.states[c] in (PENDING, State.DEP_FAILED), (c, self.states[c])
+
+    @precondition(lambda self: bool(self.tasks_in(FAILED, CANCELLED)))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        task = data.draw(st.sampled_from(self.tasks_in(FAILED, CANCELLED)))
+        deps = [self.states[d] for d in self.deps_of(task)]
+        if any(d in BAD_END for d in deps):
+            before = self.snapshot()
+            with pytest.raises(DefinitionError, match="retry that one"):
+                self.s.handle(Retry(self.now, task))
+            assert self.snapshot() == before
+            return
+        old = self.states[task]
+        out = self.feed(Retry(self.now, task))
+        first = transitions(out, task)[0]
+        assert first.old is old and first.new in (READY, PENDING)
+
+    @precondition(lambda self: not self.stopped)
+    @rule(drain=st.booleans())
+    def stop(self, drain: bool) -> None:
+        self.stopped = True
+        live = set(self.live)
+        out = self.feed(Stop(self.now, drain, "stop run"))
+        kills = {c.task for c in out if isinstance(c, Kill)}
+        assert kills <= live and (
+            drain or kills == {t for t in live if self.live[t].kill is None} or kills <= live
+        )
+        if drain:
+            assert not kills
 
     @rule(dt=st.sampled_from([0.5, 1.0, 4.0, 10.0, 30.0]))
     def tick(self, dt: float) -> None:
@@ -491,7 +573,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert s.done == all(v in TERMINAL for v in states.values())
 
         for t, v in states.items():
-            deps = [states[d] for d in self.infos[t].deps]
+            deps = [states[d] for d in self.deps_of(t)]
             if v in (READY, QUEUED, RUNNING, SUCCEEDED):
                 assert all(d is SUCCEEDED for d in deps), (t, v, deps)
             if v is PENDING:
@@ -499,6 +581,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             if v not in TERMINAL:
                 assert not any(d in BAD_END for d in deps), f"{t} is {v} though a dep ended badly"
         # an idle pool always fits the most urgent ready task (refusal() said so at submission)
+        assert s.stopped == ("stop run" if self.stopped else "")
+        if self.stopped:
+            return
         assert not ready or running, f"ready tasks {ready} wait on an idle pool"
         if s.policy.mode == "backfill" and s.policy.reserve_after == math.inf:
             # pure backfill (no reservation) wastes nothing: no ready task fits what is free
@@ -537,6 +622,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                     self.fail_task(task, "exit")
                 self.check()
         assert not self.live, f"the drain did not end: {sorted(self.live)}"
+        if self.stopped:
+            assert self.s.settled
+            return
         assert self.s.done, {t: v for t, v in self.states.items() if v not in TERMINAL}
         assert all(v in TERMINAL for v in self.states.values())
         assert all(self.s.state(t) in TERMINAL for t in self.s.tasks)
