@@ -126,6 +126,7 @@ class _Entry:
     __slots__ = (
         "attempt",
         "children",
+        "gates",
         "generation",
         "info",
         "kill",
@@ -143,6 +144,7 @@ class _Entry:
         self.state = State.PENDING
         self.waiting = 0
         self.children: list[int] | None = None
+        self.gates: list[int] | None = None  # tasks a Response made it wait for, besides deps
         self.attempt = 0
         self.placement: Placement | None = None
         self.generation = 0
@@ -151,6 +153,10 @@ class _Entry:
         self.kill: tuple[str, str] | None = None  # (kind, reason) of a kill in flight
         self.slot: _Slot | None = None
         self.root = -1  # dep_failed/cancelled downstream: the task where it started
+
+    def waits_for(self) -> Sequence[int]:
+        """Its dependencies and the gates a Response added."""
+        return self.info.deps if self.gates is None else (*self.info.deps, *self.gates)
 
 
 def _size(r: Request) -> tuple[int, int, int]:
@@ -391,6 +397,10 @@ class Scheduler:
                 if g.state is SUCCEEDED:
                     continue
                 child.waiting += 1
+                if child.gates is None:
+                    child.gates = [g.info.id]
+                else:
+                    child.gates.append(g.info.id)
                 if g.children is None:
                     g.children = [c]
                 else:
@@ -415,7 +425,7 @@ class Scheduler:
             why = self.pool.refusal(ev.info.request)
             if why:
                 raise ResourceError(f"task {ev.task} can never start: {why}")
-        for d in e.info.deps:
+        for d in e.waits_for():
             dep = self.tasks[d]
             if dep.state in TERMINAL and dep.state is not SUCCEEDED:
                 raise DefinitionError(
@@ -435,7 +445,7 @@ class Scheduler:
             blocker = next(
                 (
                     self.tasks[x]
-                    for x in down.info.deps
+                    for x in down.waits_for()
                     if self.tasks[x].state in TERMINAL and self.tasks[x].state is not SUCCEEDED
                 ),
                 None,
@@ -447,7 +457,7 @@ class Scheduler:
             stack.extend(self.tasks[c] for c in down.children or ())
 
     def _reopen(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
-        e.waiting = sum(1 for d in e.info.deps if self.tasks[d].state is not SUCCEEDED)
+        e.waiting = sum(1 for d in e.waits_for() if self.tasks[d].state is not SUCCEEDED)
         e.root = -1
         e.kill = None
         self._open += 1
