@@ -131,7 +131,7 @@ def test_invalid_added_work_is_refused_before_anything_changes() -> None:
     assert s.state(0) is RUN and 2 not in s.tasks, "a refused response changed nothing"
 
 
-# -- retry ------------------------------------------------------------------------------------------
+# -- retry --
 def test_retry_reopens_the_task_and_what_failed_because_of_it() -> None:
     s = Scheduler([node(1)])
     s.handle(Submitted(0, (t(0), t(1, 0), t(2, 1))))
@@ -197,7 +197,7 @@ def test_retry_of_a_cancelled_task_reopens_its_cancelled_dependents() -> None:
     assert (1, CAN, PEN) in steps(out)
 
 
-# -- stop -------------------------------------------------------------------------------------------
+# -- stop --
 def test_stop_with_drain_starts_nothing_new_and_lets_running_tasks_finish() -> None:
     s = Scheduler([node(1)])
     s.handle(Submitted(0, (t(0), t(1), t(2))))
