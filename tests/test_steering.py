@@ -101,7 +101,7 @@ def test_a_detour_finishes_before_the_dependents_start(base: Path) -> None:
     run = wf.run(base=base, cpus=2)
     assert run.ok, run.failures()
     assert run.result(child) == 2  # the dependent sees the task's own output
-    nap_id = [i for i in by_name(run, "nap") if i != sibling.id][0]
+    nap_id = next(i for i in by_name(run, "nap") if i != sibling.id)
     plus_ids = [i for i in by_name(run, "plus") if i != child.id]
     child_start = attempts(run, child.id)[0]  # type: ignore[arg-type]
     for detour_task in (nap_id, *plus_ids):

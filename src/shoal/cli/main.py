@@ -109,6 +109,7 @@ def _status(d: Path) -> dict[str, Any]:
         nodes = r.nodes()
         running = r.running(limit=20)
         failures = r.failures(limit=20)
+        rules = r.rules()
     status_file = d / "status.json"
     live: dict[str, Any] = {}
     if status_file.exists():
@@ -131,9 +132,51 @@ def _status(d: Path) -> dict[str, Any]:
         "throughput": live.get("throughput"),
         "running": running,
         "failures": failures,
+        "stop_reason": meta.get("stop_reason"),
+        "groups": live.get("groups", {}),
+        "rules": rules,
         "pid": meta.get("pid"),
         "host": meta.get("host"),
     }
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _print_groups(groups: dict[str, Any]) -> None:
+    """Per tag: counts by state, run time and queue wait, and tracked fields."""
+    if not groups:
+        return
+    click.echo("groups (from status.json):")
+    for tag, g in groups.items():
+        name = "all tasks" if tag == "*" else f"tag {tag}"
+        counts = "  ".join(f"{k} {v}" for k, v in g["counts"].items())
+        click.echo(f"  {name}: {counts}")
+        for label, s in [("runtime", g["runtime"]), ("wait", g["wait"]), *g["fields"].items()]:
+            if not s["count"]:
+                continue
+            click.echo(
+                f"    {label:<10} n {s['count']}  mean {_num(s['mean'])}  std {_num(s['std'])}"
+                f"  min {_num(s['min'])}  p50 {_num(s['p50'])}  p90 {_num(s['p90'])}"
+                f"  max {_num(s['max'])}"
+            )
+
+
+def _print_rules(rules: list[dict[str, Any]]) -> None:
+    if not rules:
+        return
+    from shoal.runtime.steer import SLOW
+
+    click.echo("rules:")
+    for r in rules:
+        slow = "  SLOW" if r["slowest"] > SLOW else ""
+        click.echo(
+            f"  {r['rule']} ({r['trigger']}): {r['calls']} calls, {r['errors']} errors, "
+            f"{r['seconds']:.3f} s in all, slowest {r['slowest'] * 1000:.1f} ms{slow}"
+        )
+        if r["last_error"]:
+            click.secho(f"      last error: {r['last_error']}", fg="red")
 
 
 def _driver_alive(st: dict[str, Any]) -> bool:
@@ -185,6 +228,10 @@ def status(run_dir: str | None, as_json: bool) -> None:
     )
     if st.get("note"):
         click.secho(f"note: {st['note']}", fg="yellow")
+    if st.get("stop_reason"):
+        click.echo(f"stopped: {st['stop_reason']}")
+    _print_groups(st["groups"])
+    _print_rules(st["rules"])
     if st["running"]:
         if st["state"] == "running":
             click.echo(f"running ({len(st['running'])} shown):")

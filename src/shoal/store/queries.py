@@ -181,6 +181,16 @@ class Reader:
                 for i, n, a, d, p in cur
             ]
 
+    def rules(self) -> list[dict[str, Any]]:
+        """Rules and strategies of the run: calls, errors, time spent, the last error."""
+        try:
+            return self._dicts(
+                "SELECT label AS rule, trigger, calls, errors, seconds, slowest, last_error"
+                " FROM rules ORDER BY rowid"
+            )
+        except sqlite3.OperationalError:  # a run directory from before rules existed
+            return []
+
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Failed tasks with their reason and the last attempt's error kind and exit code."""
         sql = (
