@@ -142,3 +142,24 @@ def test_commands_main(
     out = capsys.readouterr().out
     assert "specific heat peaks at T =" in out
     assert sum(1 for line in out.splitlines() if line.strip()[:1].isdigit()) == len(cmds.QUICK)
+
+
+# -- melting.py --------------------------------------------------------------------------------
+def test_melting_brackets_the_transition_within_the_resolution(base: Path) -> None:
+    pytest.importorskip("ase")
+    melting = load("melting")
+    wf, strategy = melting.build(steps=400)
+    run = wf.run(base=base)
+    assert run.ok, run.failures()
+    lo, hi = strategy.bracket()
+    assert 0 < hi - lo <= 10.0
+    assert strategy.results[lo] is False and strategy.results[hi] is True
+    assert all(not strategy.results[t] for t in strategy.results if t < lo)
+    uniform = int((1300 - 500) / 10) + 1
+    assert len(strategy.results) < uniform / 4
+    assert run.status()["total"] == len(strategy.results)
+    with Reader(run.dir) as r:
+        assert r.counts() == {"succeeded": len(strategy.results)}
+    status = json.loads((run.dir / "status.json").read_text())
+    lind = status["groups"]["md"]["fields"]["lindemann"]
+    assert lind["count"] == len(strategy.results) and lind["max"] > 0.1 > lind["min"]

@@ -432,13 +432,15 @@ def test_a_strategy_starts_reacts_to_its_own_results_and_finishes() -> None:
         rig.finish(t, {"x": t})
     assert 0 in other, "the task of the workflow ran"
     assert 0 not in [r["x"] for r in s.results], "a strategy sees only its own tasks"
-    assert len(s.results) == 8 and rig.st.strategies[0].done
+    assert rig.st.strategies[0].done
     assert s.idles >= 1
     assert rig.host.scheduler.done
-    before = len(s.results)
-    rig.add(work(5))  # done: no more callbacks
+    assert len(rig.host.records) == 1 + 1 + 8  # one of the workflow, 1 + 2 * 4 of its own
+    assert len(s.results) == 9, "results of tasks in flight when it was done still arrive"
+    idles = s.idles
+    rig.add(work(5))  # done: nothing of the workflow reaches it, and no more on_idle
     rig.finish(len(rig.host.records) - 1, {"x": 5})
-    assert len(s.results) == before
+    assert len(s.results) == 9 and s.idles == idles
 
 
 def test_a_strategy_with_tags_sees_tagged_tasks_of_the_workflow() -> None:

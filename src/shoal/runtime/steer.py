@@ -528,11 +528,10 @@ class Steering:
     def _results(self, c: Transition, r: Record, outcomes: dict[int, Outcome]) -> None:
         owner = self.owned.get(c.task)
         for o in self.strategies:
-            if o.done:
-                continue
             s: Strategy = o.target
             if o is owner or (s.tags and any(t in s.tags for t in r.options.tags)):
-                self._strategy(o, "on_result", self._event("result", c, r, outcomes))
+                # A strategy that is done still hears of the tasks it had in flight.
+                self._strategy(o, "on_result", self._event("result", c, r, outcomes), late=True)
         if owner is not None:
             del self.owned[c.task]
 
@@ -562,12 +561,12 @@ class Steering:
                         took,
                     )
 
-    def _strategy(self, owner: Owner, method: str, *args: Any) -> None:
-        if owner.done:
+    def _strategy(self, owner: Owner, method: str, *args: Any, late: bool = False) -> None:
+        if owner.done and not late:
             return
         s: Strategy = owner.target
         self._call(owner, getattr(s, method), *args)
-        if self._done(owner):
+        if not owner.done and self._done(owner):
             owner.done = True
             self.log.info("strategy %r is done", owner.label)
 

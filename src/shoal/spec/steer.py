@@ -149,8 +149,9 @@ class Strategy:
     * ``on_result(event, ctl)``: a task this strategy submitted (or one with a tag in
       ``tags``) finished, succeeded or not.
     * ``on_idle(ctl)``: resources are free and nothing is ready to use them.
-    * ``done(ctl)``: True when the campaign is complete; the strategy is then called no more,
-      and the run ends once its tasks have finished.
+    * ``done(ctl)``: True when the campaign is complete. The strategy then submits nothing
+      more (no ``on_idle``); it still hears ``on_result`` of the tasks it had in flight, and
+      the run ends once they have finished.
 
     ``ctl.memory`` is the strategy's own dict, stored with the run. Several strategies may run
     in one run; each sees its own tasks.
