@@ -15,6 +15,7 @@ registered for every task, against W1 without it, alternated. Target: >= 0.8x.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sqlite3
 import statistics
 import time
@@ -43,7 +44,7 @@ def gaps(rundir: Path) -> list[float]:
         rows = c.execute(
             "SELECT task, started, ended FROM attempts WHERE outcome='succeeded' ORDER BY task"
         ).fetchall()
-    return [b[1] - a[2] for a, b in zip(rows, rows[1:], strict=False)]
+    return [b[1] - a[2] for a, b in itertools.pairwise(rows)]
 
 
 def chain_by_rule(n: int, timeout: float | None) -> dict[str, float]:

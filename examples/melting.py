@@ -83,7 +83,7 @@ class Bracket(shoal.Strategy):
     tags = ("md",)
 
     def __init__(self, low: float, high: float, step: float, resolution: float, steps: int):
-        self.grid = [low + step * i for i in range(int(round((high - low) / step)) + 1)]
+        self.grid = [low + step * i for i in range(round((high - low) / step) + 1)]
         self.resolution = resolution
         self.steps = steps
         self.results: dict[float, bool] = {}  # temperature -> melted
@@ -135,7 +135,11 @@ class Bracket(shoal.Strategy):
 
 
 def build(
-    low: float = 500, high: float = 1300, step: float = 200, resolution: float = 10, steps: int = 800
+    low: float = 500,
+    high: float = 1300,
+    step: float = 200,
+    resolution: float = 10,
+    steps: int = 800,
 ) -> tuple[shoal.Workflow, Bracket]:
     wf = shoal.Workflow("melting", track={"lindemann": "lindemann"})
     strategy = Bracket(low, high, step, resolution, steps)
@@ -157,7 +161,7 @@ def main(argv: list[str]) -> int:
     if b is None or not run.ok:
         print(f"no bracket found; see {run.dir}", file=sys.stderr)
         return 1
-    uniform = int(round((args.high - args.low) / args.resolution)) + 1
+    uniform = round((args.high - args.low) / args.resolution) + 1
     print(f"Cu55 melts between {b[0]:.1f} K (solid) and {b[1]:.1f} K (liquid)")
     print(
         f"{len(strategy.results)} MD runs; a uniform grid of {args.resolution:g} K over "

@@ -153,6 +153,27 @@ class Run:
             "total": sum(counts.values()),
         }
 
+    def memory(self, rule: str) -> dict[str, Any]:
+        """The stored ``ctl.memory`` of a rule or strategy (by its label)."""
+        with Reader(self.dir) as r:
+            return r.memory(rule)
+
+    def stats(self, tag: str = "*") -> dict[str, Any]:
+        """A tag's counts and statistics (runtime, wait, tracked fields), as last written to
+        ``status.json``; ``"*"``: all tasks (when kept)."""
+        import json
+
+        path = self.dir / "status.json"
+        try:
+            groups = json.loads(path.read_text()).get("groups", {})
+        except (OSError, ValueError) as err:
+            raise StoreError(f"cannot read {path}: {err}") from None
+        if tag not in groups:
+            known = ", ".join(sorted(groups)) or "none"
+            raise StoreError(f"run {self.name!r} has no statistics for {tag!r} (groups: {known})")
+        out: dict[str, Any] = groups[tag]
+        return out
+
     def failures(self) -> list[dict[str, Any]]:
         """Failed tasks: id, name, reason, kind, exit code and the folder with their logs."""
         with Reader(self.dir) as r:

@@ -191,6 +191,20 @@ class Reader:
         except sqlite3.OperationalError:  # a run directory from before rules existed
             return []
 
+    def memory(self, rule: str) -> dict[str, Any]:
+        """The stored memory of a rule or strategy."""
+        try:
+            with self._q() as c:
+                row = c.execute("SELECT memory FROM rules WHERE label=?", (rule,)).fetchone()
+                labels = [r[0] for r in c.execute("SELECT label FROM rules")]
+        except sqlite3.OperationalError:
+            row, labels = None, []
+        if row is None:
+            known = ", ".join(labels) or "none"
+            raise StoreError(f"no rule or strategy {rule!r} in {self.dir} (known: {known})")
+        out: dict[str, Any] = pickle.loads(row[0]) if row[0] else {}
+        return out
+
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Failed tasks with their reason and the last attempt's error kind and exit code."""
         sql = (
