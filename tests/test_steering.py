@@ -369,3 +369,48 @@ def test_a_strategy_runs_a_campaign_in_an_otherwise_empty_workflow(base: Path) -
     import pickle
 
     assert pickle.loads(memory)["bracket"] == [s.lo, s.hi]
+
+
+class Count(shoal.Strategy):
+    """Submit ``n`` tasks of its own, one after another."""
+
+    def __init__(self, name: str, n: int) -> None:
+        self.name, self.n = name, n
+        self.seen: list[str] = []
+
+    @property
+    def label(self) -> str:
+        return f"count-{self.name}"
+
+    def on_start(self, ctl: shoal.Controller) -> None:
+        ctl.submit(plus.options(name=self.name)(0, 1))
+
+    def on_result(self, event: shoal.Event, ctl: shoal.Controller) -> None:
+        self.seen.append(event.task.name)
+        if len(self.seen) < self.n:
+            ctl.submit(plus.options(name=self.name)(event.result, 1))
+
+    def done(self, ctl: shoal.Controller) -> bool:
+        return len(self.seen) >= self.n
+
+
+def test_several_strategies_in_one_run_each_see_their_own_tasks(base: Path) -> None:
+    a, b = Count("a", 3), Count("b", 5)
+    wf = Workflow("two").add(a, b)
+    run = wf.run(base=base, cpus=2, policy="adaptive")
+    assert run.ok
+    assert a.seen == ["a"] * 3 and b.seen == ["b"] * 5
+    assert run.memory("count-a") == {} and run.status()["total"] == 8
+
+
+def test_matensemble_policy_names_are_the_same_policies(base: Path) -> None:
+    from shoal.core.machine import Policy
+
+    assert Policy("adaptive").mode == "backfill"
+    assert Policy("non-adaptive").mode == "waves"
+    with Workflow("waves") as wf:
+        ts = [nap(0.05, str(i)) for i in range(4)]
+    run = wf.run(base=base, cpus=2, policy="non-adaptive")
+    assert run.ok and len({run.result(t) for t in ts}) == 4
+    with pytest.raises(shoal.DefinitionError, match="'adaptive'"):
+        Policy("greedy")
