@@ -12,37 +12,33 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_runs(tmp_path: Path) -> None:
-    pytest.importorskip("ase", reason="the README example uses ASE (pip: shoal[examples])")
-    code = re.search(r"```python\n(import shoal\nfrom ase.*?)```", README.read_text(), re.S)
-    assert code, "the README has no Python example starting with 'import shoal'"
+def run_block(start: str, tmp_path: Path) -> tuple[str, str]:
+    """Run the README's Python block that begins with ``start``: (its code, what it printed)."""
+    code = re.search(rf"```python\n({re.escape(start)}.*?)```", README.read_text(), re.S)
+    assert code, f"the README has no Python example starting with {start!r}"
     script = tmp_path / "example.py"
     script.write_text(code.group(1))
     out = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    values = dict(re.findall(r"'(a0|B)': (?:np\.float64\()?([0-9.]+)", out.stdout))
-    assert abs(float(values["a0"]) - 3.59) < 0.01, out.stdout
-    assert abs(float(values["B"]) - 133) < 5, out.stdout
+    return code.group(1), out.stdout
+
+
+def test_readme_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("ase", reason="the README example uses ASE (pip: shoal[examples])")
+    _, printed = run_block("import shoal\nfrom ase", tmp_path)
+    values = dict(re.findall(r"'(a0|B)': (?:np\.float64\()?([0-9.]+)", printed))
+    assert abs(float(values["a0"]) - 3.59) < 0.01, printed
+    assert abs(float(values["B"]) - 133) < 5, printed
     assert list(tmp_path.glob("eos-*/shoal.db")), "no run directory in the working directory"
 
 
 def test_readme_steering_example_runs(tmp_path: Path) -> None:
-    code = re.search(
-        r"```python\n(import math\n\nimport shoal\n# steering.*?)```", README.read_text(), re.S
-    )
-    assert code, "the README lost its steering example"
-    script = tmp_path / "steer.py"
-    script.write_text(code.group(1))
-    out = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    printed = out.stdout.splitlines()
+    code, printed = run_block("import math\n\nimport shoal\n# steering", tmp_path)
     expected = [
         line.split("# ")[1].strip()
-        for line in code.group(1).splitlines()
+        for line in code.splitlines()
         if line.strip().startswith("print(") and "# " in line
     ]
-    assert printed == expected
+    assert printed.splitlines() == expected

@@ -75,13 +75,18 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
         try:
             data = cloudpickle.dumps(value, protocol=5)
         except Exception as err:
-            msg = (
-                f"the task returned a {type(value).__name__} that cannot be pickled "
-                f"({type(err).__name__}: {err}); return plain data instead"
-            )
-            write(taskdir, "traceback.txt", msg + "\n")
-            return False, None, "error", msg, started, ended
+            why = f"a {type(value).__name__} that cannot be pickled"
+            return _unsendable(why, err, "return plain data instead", taskdir, started, ended)
     return True, data, "", "", started, ended
+
+
+def _unsendable(
+    what: str, err: Exception, fix: str, taskdir: str, started: float, ended: float
+) -> Reply:
+    """The reply of a task whose return value cannot go back to the driver."""
+    msg = f"the task returned {what} ({type(err).__name__}: {err}); {fix}"
+    write(taskdir, "traceback.txt", msg + "\n")
+    return False, None, "error", msg, started, ended
 
 
 def _respond(value: Any, taskdir: str, started: float, ended: float) -> Reply:
@@ -91,12 +96,9 @@ def _respond(value: Any, taskdir: str, started: float, ended: float) -> Reply:
     try:
         return True, encode(value), "response", "", started, ended
     except Exception as err:
-        msg = (
-            f"the task returned a Response that cannot be sent to the driver "
-            f"({type(err).__name__}: {err}); its tasks' functions and arguments must pickle"
-        )
-        write(taskdir, "traceback.txt", msg + "\n")
-        return False, None, "error", msg, started, ended
+        why = "a Response that cannot be sent to the driver"
+        fix = "its tasks' functions and arguments must pickle"
+        return _unsendable(why, err, fix, taskdir, started, ended)
 
 
 def write(taskdir: str, name: str, text: str) -> None:

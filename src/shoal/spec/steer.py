@@ -78,8 +78,17 @@ def make_rule(
     when: str | Callable[..., Any] | None = None,
     on_error: str = "stop",
     label: str | None = None,
+    **unknown: Any,
 ) -> Rule:
     """Check a rule's definition, with messages that say what to write instead."""
+    if unknown:
+        known = ["tags", "name", "seconds", "when", "on_error", "label"]
+        bad = sorted(unknown)[0]
+        close = difflib.get_close_matches(bad, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DefinitionError(
+            f"rule on {trigger!r}: unknown option {bad!r}{hint} Options: {', '.join(known)}"
+        )
     title = str(label or getattr(fn, "__name__", None) or "rule")
     where = f"rule {title!r} ({trigger})"
     if trigger not in TRIGGERS:

@@ -12,7 +12,7 @@ import importlib.machinery
 import pickle
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,37 +98,20 @@ class Workflow:
 
     # -- steering ---------------------------------------------------------------------------
     def on(
-        self,
-        trigger: str,
-        *,
-        tags: str | Iterable[str] | None = None,
-        name: str | None = None,
-        seconds: float | None = None,
-        when: str | Callable[..., Any] | None = None,
-        on_error: str = "stop",
-        label: str | None = None,
+        self, trigger: str, **options: Any
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register ``fn(event, ctl)`` for ``trigger`` (a decorator).
 
         Triggers: task-started, task-succeeded, task-failed, task-finished, task-cancelled
-        (filtered by ``tags`` and the task-name glob ``name``); start, end, idle; interval
-        (every ``seconds``); metric (``when="mean(runtime) > 30"`` or a callable over the
+        (filtered by ``tags=`` and the task-name glob ``name=``); start, end, idle; interval
+        (every ``seconds=``); metric (``when="mean(runtime) > 30"`` or a callable over the
         group's statistics, fired each time it becomes true). ``on_error``: 'stop' (default:
         a handler that raises stops the run gracefully) or 'log'. ``label`` names the rule.
+        The options are checked by :func:`shoal.spec.steer.make_rule`.
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            rule = make_rule(
-                trigger,
-                fn,
-                tags=tags,
-                name=name,
-                seconds=seconds,
-                when=when,
-                on_error=on_error,
-                label=label,
-            )
-            self.own_rules.append(rule)
+            self.own_rules.append(make_rule(trigger, fn, **options))
             return fn
 
         return register
