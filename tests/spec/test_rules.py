@@ -42,9 +42,8 @@ def test_bad_rules_are_refused_with_what_to_write(
 
 
 def test_rules_of_nested_workflows_are_collected() -> None:
-    with Workflow("outer") as outer:
-        with Workflow("inner") as inner:
-            pass
+    with Workflow("outer") as outer, Workflow("inner") as inner:
+        pass
     inner.on("start")(handler)
     outer.on("end")(handler)
     assert [r.trigger for r in outer.rules] == ["end", "start"]
