@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shoal.core.resources import Placement, Request
+from shoal.core.retry import Backoff
 from shoal.core.states import State
 
 DEFAULT = Request()
@@ -28,6 +29,7 @@ class TaskInfo:
     # The backend queue ("lane") that can hold this task behind a running task of the same
     # lane, e.g. "pool" (workers) or "process" (process chains); None: never queued.
     prefetch: str | None = None
+    retry: Backoff | None = None  # what to do when an attempt fails (None: it fails)
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class Failed(Stimulus):
     attempt: int
     reason: str
     kind: str = "error"
+    code: int | None = None  # the exit code, for commands
 
     def label(self) -> str:
         return f"failed(task {self.task}, attempt {self.attempt}, {self.kind})"
@@ -115,6 +118,37 @@ class Retry(Stimulus):
 
     def label(self) -> str:
         return f"retry(task {self.task})"
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun(Stimulus):
+    """Run a finished task again (a new attempt); with ``downstream``, the tasks that depend
+    on it, directly or not, run again after it."""
+
+    task: int
+    downstream: bool = False
+    reason: str = "rerun by request"
+
+    def label(self) -> str:
+        return f"rerun(task {self.task})"
+
+
+@dataclass(frozen=True, slots=True)
+class Restored(Stimulus):
+    """A resumed run's tasks, with the state and attempt count the store recorded.
+
+    Finished tasks keep their state; the others are made ready or pending afresh (a task that
+    was running lost its attempt). ``gates`` are the extra dependencies Responses added:
+    ``(task, (gate ids...))``.
+    """
+
+    tasks: tuple[TaskInfo, ...]
+    states: tuple[State, ...]
+    attempts: tuple[int, ...]
+    gates: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    def label(self) -> str:
+        return f"restored({len(self.tasks)} tasks)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,14 +39,17 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from shoal.core import reopen
 from shoal.core.events import (
     Cancel,
     Command,
     Dispatch,
     Failed,
     Kill,
+    Rerun,
+    Restored,
     Retry,
     Returned,
     Stimulus,
@@ -96,6 +99,7 @@ class Policy:
 # Enum attribute access goes through a Python-level descriptor in 3.11; the hot paths below
 # use these module constants instead.
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
+RETRYING = State.RETRYING
 SUCCEEDED, FAILED, CANCELLED, DEP_FAILED, SKIPPED = (
     State.SUCCEEDED,
     State.FAILED,
@@ -103,8 +107,6 @@ SUCCEEDED, FAILED, CANCELLED, DEP_FAILED, SKIPPED = (
     State.DEP_FAILED,
     State.SKIPPED,
 )
-# Terminal states a task may be reopened from (Retry), and what ends the tasks downstream.
-REOPENABLE = frozenset({FAILED, CANCELLED})
 
 
 class _Slot:
@@ -198,6 +200,7 @@ class Scheduler:
         self.running: dict[int, _Entry] = {}
         self.now = 0.0
         self._deadlines: list[tuple[float, int, int]] = []
+        self._retries: list[tuple[float, int, int]] = []  # (due, task, attempt) backing off
         self._open = 0
         self._slot_keys = itertools.count()
         self.open_slots: dict[Request, dict[int, _Slot]] = {}  # slots accepting prefetch
@@ -255,9 +258,13 @@ class Scheduler:
             elif isinstance(ev, Returned):
                 self._on_returned(ev, cause, out)
             elif isinstance(ev, Retry):
-                self._on_retry(ev, cause, out)
+                reopen.retry(self, ev, cause, out)
             elif isinstance(ev, Stop):
-                self._on_stop(ev, cause, out)
+                reopen.stop(self, ev, cause, out)
+            elif isinstance(ev, Rerun):
+                reopen.rerun(self, ev, cause, out)
+            elif isinstance(ev, Restored):
+                reopen.restore(self, ev, cause, out)
             else:
                 raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
         self._schedule(last, out)
@@ -343,7 +350,7 @@ class Scheduler:
         self._move(e, SUCCEEDED, cause, out)
         self._end_run(e, cause, out)
         if before:
-            self._redirect(e, before, ev, cause, out)
+            reopen.redirect(self, e, before, ev, cause, out)
         for c in e.children or ():
             child = self.tasks[c]
             child.waiting -= 1
@@ -369,115 +376,22 @@ class Scheduler:
         elif e.state is QUEUED:
             self._check_not_queued(ev.task, ev.attempt, "failed")
         elif e.state is RUNNING:
+            policy = e.info.retry
+            wait = None
+            if policy is not None and kind != "cancelled":
+                wait = policy.delay_for(e.info.id, e.attempt, kind, reason, ev.code)
+            if wait is not None:  # it tries again after the back-off
+                why = f"attempt {e.attempt} failed ({kind}: {reason}); retry in {wait:.3g} s"
+                self._move(e, RETRYING, cause, out, why)
+                self._end_run(e, cause, out)
+                heapq.heappush(self._retries, (self.now + wait, e.info.id, e.attempt))
+                return
             new = CANCELLED if kind == "cancelled" else FAILED
             self._move(e, new, cause, out, reason)
             self._end_run(e, cause, out)
         else:
             return
         self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
-
-    def _redirect(
-        self, e: _Entry, children: list[int], ev: Succeeded, cause: str, out: list[Command]
-    ) -> None:
-        """Apply a Response to the dependents of ``e``: skip them, or make them wait for the
-        gate tasks too (a detour, or the replacement standing in for ``e``)."""
-        if ev.skip:
-            rid = e.info.id
-            start = [self.tasks[c] for c in children if self.tasks[c].state is PENDING]
-            self._end_downstream(
-                e, start, cause, out, SKIPPED, f"task {rid} stopped its children (Response)"
-            )
-            return
-        gate = [self.tasks[g] for g in ev.gate]
-        for c in children:
-            child = self.tasks[c]
-            if child.state is not PENDING:
-                continue
-            for g in gate:
-                if g.state is SUCCEEDED:
-                    continue
-                child.waiting += 1
-                if child.gates is None:
-                    child.gates = [g.info.id]
-                else:
-                    child.gates.append(g.info.id)
-                if g.children is None:
-                    g.children = [c]
-                else:
-                    g.children.append(c)
-                if g.state in TERMINAL:  # the gate could never open (it was born failed)
-                    self._end_downstream(g, [child], cause, out)
-                    break
-
-    def _on_retry(self, ev: Retry, cause: str, out: list[Command]) -> None:
-        e = self.tasks.get(ev.task)
-        if e is None:
-            raise DefinitionError(f"cannot retry task {ev.task}: it is not part of this run")
-        if e.state not in REOPENABLE:
-            raise DefinitionError(
-                f"cannot retry task {ev.task}: it is {e.state.value}; only failed or cancelled "
-                "tasks can be retried"
-                + (" (retry the task upstream that failed)" if e.state is DEP_FAILED else "")
-            )
-        if ev.info is not None:
-            if ev.info.id != ev.task or ev.info.deps != e.info.deps:
-                raise DefinitionError(f"retry of task {ev.task} must keep its id and dependencies")
-            why = self.pool.refusal(ev.info.request)
-            if why:
-                raise ResourceError(f"task {ev.task} can never start: {why}")
-        for d in e.waits_for():
-            dep = self.tasks[d]
-            if dep.state in TERMINAL and dep.state is not SUCCEEDED:
-                raise DefinitionError(
-                    f"cannot retry task {ev.task}: it depends on task {d}, which is "
-                    f"{dep.state.value}; retry that one"
-                )
-        if ev.info is not None:
-            e.info = ev.info
-        self._reopen(e, cause, out, ev.reason)
-        # Reopen what ended because of it, unless something else upstream still blocks it.
-        rid = e.info.id
-        stack = [self.tasks[c] for c in e.children or ()]
-        while stack:
-            down = stack.pop()
-            if down.root != rid or down.state not in (DEP_FAILED, CANCELLED):
-                continue
-            blocker = next(
-                (
-                    self.tasks[x]
-                    for x in down.waits_for()
-                    if self.tasks[x].state in TERMINAL and self.tasks[x].state is not SUCCEEDED
-                ),
-                None,
-            )
-            if blocker is not None:  # it stays ended, now because of that other task
-                down.root = blocker.root if blocker.root >= 0 else blocker.info.id
-                continue
-            self._reopen(down, cause, out, f"upstream task {rid} was retried")
-            stack.extend(self.tasks[c] for c in down.children or ())
-
-    def _reopen(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
-        e.waiting = sum(1 for d in e.waits_for() if self.tasks[d].state is not SUCCEEDED)
-        e.root = -1
-        e.kill = None
-        self._open += 1
-        if e.waiting == 0:
-            self._ready(e, cause, out, reason)
-        else:
-            self._move(e, PENDING, cause, out, reason)
-
-    def _on_stop(self, ev: Stop, cause: str, out: list[Command]) -> None:
-        if not self.stopped:
-            self.stopped = ev.reason or "stopped"
-        if ev.drain:
-            return
-        for e in list(self.running.values()):
-            slot = e.slot
-            for t in list(slot.tasks) if slot is not None else [e.info.id]:
-                q = self.tasks[t]
-                if q.kill is None:
-                    q.kill = ("stopped", ev.reason)
-                    out.append(Kill(cause, t, q.attempt, ev.reason, "stopped"))
 
     def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
         """A task came back unstarted: its slot is lost. Free the slot's placement and make
@@ -529,6 +443,21 @@ class Scheduler:
         self._end_downstream(e, [self.tasks[c] for c in e.children or ()], cause, out)
 
     def _on_tick(self, cause: str, out: list[Command]) -> None:
+        due = self._retries
+        while due and due[0][0] <= self.now:
+            _, task, attempt = heapq.heappop(due)
+            back = self.tasks[task]
+            if back.state is not RETRYING or back.attempt != attempt:
+                continue  # cancelled while it waited
+            policy = back.info.retry
+            assert policy is not None
+            info = back.info
+            request, timeout = policy.escalate(info.request, info.timeout, attempt)
+            if request != info.request and self.pool.refusal(request):
+                request = info.request  # more memory than any node has: keep what it had
+            if request != info.request or timeout != info.timeout:
+                back.info = replace(info, request=request, timeout=timeout)
+            self._ready(back, cause, out, f"retry after attempt {attempt}")
         dl = self._deadlines
         while dl and dl[0][0] <= self.now:
             _, task, attempt = heapq.heappop(dl)

@@ -12,6 +12,7 @@ class State(enum.Enum):
     READY = "ready"
     QUEUED = "queued"
     RUNNING = "running"
+    RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEP_FAILED = "dep_failed"
@@ -36,6 +37,10 @@ DOCS: dict[State, str] = {
         "when that task ends and holds no resources until then"
     ),
     State.RUNNING: "resources are held and the task was handed to a backend",
+    State.RETRYING: (
+        "an attempt failed and its retry policy asks for another; it waits out the back-off, "
+        "holding no resources"
+    ),
     State.SUCCEEDED: "finished without error; its result is stored",
     State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
     State.DEP_FAILED: "never ran because a task upstream of it failed (the root is recorded)",
@@ -52,19 +57,22 @@ TERMINAL: frozenset[State] = frozenset(
     {State.SUCCEEDED, State.FAILED, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}
 )
 
-# Terminal states end a task for good unless someone retries it: a failed or cancelled task
-# may be reopened (``Retry``), and the tasks downstream that ended because of it go back to
-# pending with it. Nothing leaves ``succeeded`` or ``skipped``.
+# Terminal states end a task for good unless someone asks again: a failed or cancelled task
+# may be retried (``Retry``), and the tasks downstream that ended because of it go back to
+# pending with it; a finished task may be run again (``Rerun``).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}),
     State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED}),
     State.QUEUED: frozenset({State.RUNNING, State.READY, State.CANCELLED}),
-    State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY}),
-    State.SUCCEEDED: frozenset(),
+    State.RUNNING: frozenset(
+        {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY, State.RETRYING}
+    ),
+    State.RETRYING: frozenset({State.READY, State.CANCELLED}),
+    State.SUCCEEDED: frozenset({State.READY, State.PENDING}),
     State.FAILED: frozenset({State.READY, State.PENDING}),
     State.DEP_FAILED: frozenset({State.PENDING}),
     State.CANCELLED: frozenset({State.READY, State.PENDING}),
-    State.SKIPPED: frozenset(),
+    State.SKIPPED: frozenset({State.READY, State.PENDING}),
 }
 
 

@@ -1,0 +1,246 @@
+"""Reopening and redirecting tasks: Responses' gates and skips, retries, reruns, stops and
+the restore of a resumed run.
+
+These are parts of :class:`~shoal.core.machine.Scheduler`'s one mutator, kept in their own
+module to keep each small; they touch the scheduler's state only as its handlers do, and the
+same invariants hold (tests/core checks them after every step).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shoal.core.events import Command, Kill, Rerun, Restored, Retry, Stop, Succeeded, Transition
+from shoal.core.states import TERMINAL, State
+from shoal.errors import DefinitionError, ResourceError
+
+if TYPE_CHECKING:
+    from shoal.core.machine import Scheduler, _Entry
+
+PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
+SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
+DEP_FAILED, SKIPPED = State.DEP_FAILED, State.SKIPPED
+REOPENABLE = frozenset({FAILED, CANCELLED})
+
+
+def redirect(
+    s: Scheduler, e: _Entry, children: list[int], ev: Succeeded, cause: str, out: list[Command]
+) -> None:
+    """Apply a Response to the dependents of ``e``: skip them, or make them wait for the
+    gate tasks too (a detour, or the replacement standing in for ``e``)."""
+    if ev.skip:
+        rid = e.info.id
+        start = [s.tasks[c] for c in children if s.tasks[c].state is PENDING]
+        s._end_downstream(
+            e, start, cause, out, SKIPPED, f"task {rid} stopped its children (Response)"
+        )
+        return
+    gate = [s.tasks[g] for g in ev.gate]
+    for c in children:
+        child = s.tasks[c]
+        if child.state is not PENDING:
+            continue
+        for g in gate:
+            if g.state is SUCCEEDED:
+                continue
+            child.waiting += 1
+            if child.gates is None:
+                child.gates = [g.info.id]
+            else:
+                child.gates.append(g.info.id)
+            if g.children is None:
+                g.children = [c]
+            else:
+                g.children.append(c)
+            if g.state in TERMINAL:  # the gate could never open (it was born failed)
+                s._end_downstream(g, [child], cause, out)
+                break
+
+
+def retry(s: Scheduler, ev: Retry, cause: str, out: list[Command]) -> None:
+    e = s.tasks.get(ev.task)
+    if e is None:
+        raise DefinitionError(f"cannot retry task {ev.task}: it is not part of this run")
+    if e.state not in REOPENABLE:
+        raise DefinitionError(
+            f"cannot retry task {ev.task}: it is {e.state.value}; only failed or cancelled "
+            "tasks can be retried"
+            + (" (retry the task upstream that failed)" if e.state is DEP_FAILED else "")
+        )
+    if ev.info is not None:
+        if ev.info.id != ev.task or ev.info.deps != e.info.deps:
+            raise DefinitionError(f"retry of task {ev.task} must keep its id and dependencies")
+        why = s.pool.refusal(ev.info.request)
+        if why:
+            raise ResourceError(f"task {ev.task} can never start: {why}")
+    for d in e.waits_for():
+        dep = s.tasks[d]
+        if dep.state in TERMINAL and dep.state is not SUCCEEDED:
+            raise DefinitionError(
+                f"cannot retry task {ev.task}: it depends on task {d}, which is "
+                f"{dep.state.value}; retry that one"
+            )
+    if ev.info is not None:
+        e.info = ev.info
+    reopen(s, e, cause, out, ev.reason)
+    # Reopen what ended because of it, unless something else upstream still blocks it.
+    rid = e.info.id
+    stack = [s.tasks[c] for c in e.children or ()]
+    while stack:
+        down = stack.pop()
+        if down.root != rid or down.state not in (DEP_FAILED, CANCELLED):
+            continue
+        blocker = next(
+            (
+                s.tasks[x]
+                for x in down.waits_for()
+                if s.tasks[x].state in TERMINAL and s.tasks[x].state is not SUCCEEDED
+            ),
+            None,
+        )
+        if blocker is not None:  # it stays ended, now because of that other task
+            down.root = blocker.root if blocker.root >= 0 else blocker.info.id
+            continue
+        reopen(s, down, cause, out, f"upstream task {rid} was retried")
+        stack.extend(s.tasks[c] for c in down.children or ())
+
+
+def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
+    e = s.tasks.get(ev.task)
+    if e is None:
+        raise DefinitionError(f"cannot rerun task {ev.task}: it is not part of this run")
+    if e.state not in TERMINAL:
+        raise DefinitionError(
+            f"cannot rerun task {ev.task}: it is {e.state.value}; it has not finished"
+        )
+    blocked = [
+        d
+        for d in e.waits_for()
+        if s.tasks[d].state in TERMINAL and s.tasks[d].state is not SUCCEEDED
+    ]
+    if blocked:
+        raise DefinitionError(
+            f"cannot rerun task {ev.task}: task {blocked[0]} upstream of it did not succeed; "
+            "retry or rerun that one"
+        )
+    down: list[_Entry] = []
+    if ev.downstream:  # everything below it, in an order where parents come first
+        seen = {e.info.id}
+        stack = list(e.children or ())
+        while stack:
+            c = s.tasks[stack.pop()]
+            if c.info.id in seen:
+                continue
+            seen.add(c.info.id)
+            if c.state is RUNNING or c.state is QUEUED:
+                raise DefinitionError(
+                    f"cannot rerun task {ev.task} with its downstream: task {c.info.id} "
+                    "is running; wait for it, or cancel it first"
+                )
+            down.append(c)
+            stack.extend(c.children or ())
+    reopen(s, e, cause, out, ev.reason)
+    for c in down:
+        if c.state in TERMINAL:
+            reopen(s, c, cause, out, f"upstream task {ev.task} runs again")
+        elif c.state is READY:  # it would have started on the old output: wait again
+            s.queue.discard(c.info.id)
+            c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
+        else:
+            c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
+    for c in down:  # a ready task that now waits again goes back to pending
+        if c.state is READY and c.waiting:
+            s.counts[READY] -= 1
+            s.counts[PENDING] += 1
+            out.append(Transition(cause, c.info.id, READY, PENDING, s.now, ev.reason))
+            c.state = PENDING
+
+
+def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
+    """Rebuild a resumed run: finished tasks as they were, the rest ready or pending."""
+    if not (len(ev.tasks) == len(ev.states) == len(ev.attempts)):
+        raise DefinitionError("a restored run needs one state and attempt count per task")
+    s._validate(ev.tasks)
+    for t, state, attempts in zip(ev.tasks, ev.states, ev.attempts, strict=True):
+        e = s.tasks[t.id] = _Entry(t)
+        e.attempt = attempts
+        e.state = state
+    for task, gate in ev.gates:
+        s.tasks[task].gates = list(gate)
+    for t in ev.tasks:
+        e = s.tasks[t.id]
+        for d in e.waits_for():
+            dep = s.tasks[d]
+            if dep.children is None:
+                dep.children = [t.id]
+            else:
+                dep.children.append(t.id)
+    for t in ev.tasks:  # ids grow with the run, so a task's upstream comes first
+        e = s.tasks[t.id]
+        state = e.state
+        s.counts[state] += 1
+        if state in TERMINAL:
+            if state in (DEP_FAILED, CANCELLED, SKIPPED):
+                e.root = root_of(s, e)
+            continue
+        s._open += 1
+        e.waiting = sum(1 for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED)
+        bad = next(
+            (
+                s.tasks[d]
+                for d in e.waits_for()
+                if s.tasks[d].state in TERMINAL and s.tasks[d].state is not SUCCEEDED
+            ),
+            None,
+        )
+        lost = state is RUNNING or state is QUEUED
+        if e.waiting == 0:
+            if state is READY:
+                e.generation += 1
+                e.ready_since = s.now
+                s.queue.push(t.id, t.request, t.priority, e.generation)
+            else:
+                why = "its attempt was lost with the driver" if lost else "resumed"
+                s._ready(e, cause, out, why)
+        elif state is not PENDING:
+            s.counts[state] -= 1
+            s.counts[PENDING] += 1
+            out.append(Transition(cause, t.id, state, PENDING, s.now, "resumed"))
+            e.state = PENDING
+        if bad is not None and e.state is PENDING:
+            s._end_downstream(bad, [e], cause, out)
+
+
+def root_of(s: Scheduler, e: _Entry) -> int:
+    for d in e.waits_for():
+        dep = s.tasks[d]
+        if dep.state in TERMINAL and dep.state is not SUCCEEDED:
+            return dep.root if dep.root >= 0 else dep.info.id
+        if dep.state is SUCCEEDED and e.state is SKIPPED:
+            return dep.info.id  # the task whose Response skipped it
+    return -1
+
+
+def reopen(s: Scheduler, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
+    e.waiting = sum(1 for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED)
+    e.root = -1
+    e.kill = None
+    s._open += 1
+    if e.waiting == 0:
+        s._ready(e, cause, out, reason)
+    else:
+        s._move(e, PENDING, cause, out, reason)
+
+
+def stop(s: Scheduler, ev: Stop, cause: str, out: list[Command]) -> None:
+    if not s.stopped:
+        s.stopped = ev.reason or "stopped"
+    if ev.drain:
+        return
+    for e in list(s.running.values()):
+        slot = e.slot
+        for t in list(slot.tasks) if slot is not None else [e.info.id]:
+            q = s.tasks[t]
+            if q.kill is None:
+                q.kill = ("stopped", ev.reason)
+                out.append(Kill(cause, t, q.attempt, ev.reason, "stopped"))
