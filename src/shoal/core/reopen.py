@@ -158,6 +158,8 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
 
 def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
     """Rebuild a resumed run: finished tasks as they were, the rest ready or pending."""
+    from shoal.core.machine import _Entry  # the scheduler's record of a task
+
     if not (len(ev.tasks) == len(ev.states) == len(ev.attempts)):
         raise DefinitionError("a restored run needs one state and attempt count per task")
     s._validate(ev.tasks)
