@@ -51,7 +51,7 @@ def started(out: Sequence[Command]) -> list[int]:
     return [c.task for c in out if isinstance(c, Dispatch)]
 
 
-# -- retry policies -------------------------------------------------------------------------------
+# -- retry policies --
 def test_fixed_back_off_waits_then_retries_until_the_budget_is_spent() -> None:
     s = sched()
     s.handle(Submitted(0, (t(0, retry=Backoff(retries=2, delay=10)),)))
@@ -124,7 +124,7 @@ def test_a_task_backing_off_can_be_cancelled_and_its_downstream_with_it() -> Non
     assert s.handle(Tick(100)) == [] and s.done
 
 
-# -- rerun ------------------------------------------------------------------------------------------
+# -- rerun --
 def test_rerun_a_succeeded_task_alone_or_with_its_downstream() -> None:
     s = sched(cores=1)
     s.handle(Submitted(0, (t(0), t(1, 0), t(2, 1))))
@@ -154,7 +154,7 @@ def test_rerun_is_refused_while_unfinished_or_blocked() -> None:
         s.handle(Rerun(3, 2))
 
 
-# -- restore ----------------------------------------------------------------------------------------
+# -- restore --
 def test_restore_keeps_finished_tasks_and_readies_the_rest() -> None:
     s = sched(cores=4)
     tasks = (t(0), t(1, 0), t(2, 1), t(3), t(4, 3), t(5), t(6, 5))
