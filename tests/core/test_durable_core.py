@@ -22,8 +22,8 @@ from shoal.core import (
     Transition,
 )
 from shoal.core.events import Rerun, Restored
-from shoal.core.retry import Backoff
 from shoal.errors import DefinitionError
+from shoal.spec.retry import Backoff
 
 PEN, RDY, RUN, RET = State.PENDING, State.READY, State.RUNNING, State.RETRYING
 SUC, FAI, DEP, CAN, SKI = (

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shoal.core.resources import Placement, Request
-from shoal.core.retry import Backoff
 from shoal.core.states import State
+from shoal.spec.retry import Backoff
 
 DEFAULT = Request()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from shoal.errors import DefinitionError, ResourceError, StoreError
 from shoal.runtime.driver import Driver
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
+from shoal.spec.retry import Backoff
+from shoal.spec.retry import make as make_retry
+from shoal.spec.steer import Rule, Strategy
 from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
+from shoal.store.fs import warn_filesystem
+from shoal.store.lock import Lock
+from shoal.store.recover import Snapshot, load, load_rule
 from shoal.store.writer import Writer
 
 
@@ -31,6 +39,7 @@ class Settings:
 
     cli: bool = False
     runs: list[Run] = field(default_factory=list)
+    stop_at: float | None = None  # a deadline for every run (shoal run/resume --time-left)
 
 
 settings = Settings()
@@ -100,26 +109,84 @@ def _logger(rundir: Path) -> logging.Logger:
     return log
 
 
+@dataclass
+class Extras:
+    """Run options beyond the node and the policy: stops and the default retry policy."""
+
+    stop_at: float | None = None
+    stop_mode: str = "cancel"
+    retry: Backoff | None = None
+
+
 class Prepared:
-    """A checked workflow with its run directory created, ready to drive."""
+    """A checked run with its directory (new, or resumed) and lock, ready to drive."""
 
     def __init__(
-        self, wf: Workflow, backend: Backend, base: Path, policy: Policy, progress: bool
+        self,
+        *,
+        plan: Plan,
+        backend: Backend,
+        rundir: Path,
+        policy: Policy,
+        progress: bool,
+        extras: Extras,
+        lock: Lock,
+        rules: list[Rule],
+        strategies: list[Strategy],
+        tracked: dict[str, Any],
+        ids: dict[int, int],
+        functions: Functions,
+        restore: Snapshot | None = None,
     ) -> None:
-        self.functions = Functions()
-        plan = compile_workflow(wf, functions=self.functions)
-        self.ids = {t.key: t.id for t in wf.tasks if t.id is not None}
-        self.rules = wf.rules
-        self.strategies = wf.strategies
-        self.tracked = wf.tracked
-        check_resources(plan, backend)
         self.plan = plan
         self.backend = backend
-        self.dir = new_rundir(base, wf.name)
-        self.log = _logger(self.dir)
-        self.writer = Writer(self.dir)
+        self.dir = rundir
+        self.policy = policy
+        self.progress = progress
+        self.extras = extras
+        self.lock = lock
+        self.rules = rules
+        self.strategies = strategies
+        self.tracked = tracked
+        self.ids = ids
+        self.functions = functions
+        self.restore = restore
+        self.log = _logger(rundir)
+        self.writer = Writer(rundir)
+        warn_filesystem(rundir, self.log)
+
+    @classmethod
+    def new(
+        cls,
+        wf: Workflow,
+        backend: Backend,
+        base: Path,
+        policy: Policy,
+        progress: bool,
+        extras: Extras,
+        stored: dict[str, Any],
+    ) -> Prepared:
+        functions = Functions()
+        plan = compile_workflow(wf, functions=functions)
+        check_resources(plan, backend)
+        rundir = new_rundir(base, wf.name)
+        lock = Lock(rundir).acquire()
+        self = cls(
+            plan=plan,
+            backend=backend,
+            rundir=rundir,
+            policy=policy,
+            progress=progress,
+            extras=extras,
+            lock=lock,
+            rules=wf.rules,
+            strategies=wf.strategies,
+            tracked=wf.tracked,
+            ids={t.key: t.id for t in wf.tasks if t.id is not None},
+            functions=functions,
+        )
         # Workers import while the plan is written to the store.
-        backend.start(self.dir)
+        backend.start(rundir)
         backend.warm(*Driver.workers_wanted(plan, backend))
         nodes = backend.nodes()
         self.writer.init(
@@ -133,19 +200,23 @@ class Prepared:
                 "host": socket.gethostname(),
                 "tasks": len(plan.records),
                 "argv": sys.argv,
+                "options": stored,
+                "tracked": _blob(wf.tracked) if wf.tracked else None,
             },
             nodes,
         )
         self.writer.add_plan(plan)
-        self.policy = policy
-        self.progress = progress
         self.log.info(
             "run %s: %d tasks on %s",
             wf.name,
             len(plan.records),
             "; ".join(n.describe() for n in nodes),
         )
-        for note in backend.notes():  # said once per run: in the log and on stderr
+        self._notes()
+        return self
+
+    def _notes(self) -> None:
+        for note in self.backend.notes():  # said once per run: in the log and on stderr
             self.log.info("note: %s", note)
             print(f"shoal: {note}", file=sys.stderr)
 
@@ -164,10 +235,14 @@ class Prepared:
             tracked=self.tracked,
             ids=self.ids,
             functions=self.functions,
+            restore=self.restore,
+            stop_at=self.extras.stop_at,
+            stop_mode=self.extras.stop_mode,
+            default_retry=self.extras.retry,
         )
         state = "crashed"
         try:
-            with bar if bar else _null():
+            with bar if bar else _null(), _signals(driver):
                 state = driver.run()
         except KeyboardInterrupt:
             state = "interrupted"
@@ -181,6 +256,7 @@ class Prepared:
                 self.log.error("could not record the end of the run: %s", err)
             finally:
                 self.writer.close()
+                self.lock.release()
             counts = driver.scheduler.counts
             self.log.info(
                 "run ended %s: %s",
@@ -195,8 +271,42 @@ class Prepared:
         return run
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+def _blob(value: Any) -> str:
+    import base64
+
+    import cloudpickle
+
+    return base64.b64encode(cloudpickle.dumps(value)).decode()
+
+
+def _unblob(text: str | None) -> Any:
+    import base64
+
+    import cloudpickle
+
+    return cloudpickle.loads(base64.b64decode(text)) if text else None
+
+
+@contextlib.contextmanager
+def _signals(driver: Driver) -> Iterator[None]:
+    """SIGTERM and SIGINT stop the run gracefully (the driver finishes or stops the running
+    tasks and records the run as interrupted); a second signal stops it at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if driver.signalled:
+            raise KeyboardInterrupt(f"stopped by a second {name}")
+        driver.signalled = name
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 class _null:
@@ -207,8 +317,27 @@ class _null:
         return None
 
 
+STORED = (
+    "cpus",
+    "gpus",
+    "memory",
+    "policy",
+    "reserve_after",
+    "pin",
+    "launcher",
+    "prefetch",
+    "prefetch_window",
+    "order",
+    "stop_mode",
+    "retries",
+    "backoff",
+    "retry_on",
+    "escalate",
+)
+
+
 def prepare(
-    wf: Workflow,
+    wf: Workflow | None,
     *,
     cpus: int | None = None,
     gpus: int | None = None,
@@ -223,9 +352,25 @@ def prepare(
     prefetch: int | None = None,
     prefetch_window: float = 0.02,
     order: str = "fifo",
+    stop_at: float | None = None,
+    stop_mode: str = "cancel",
+    retries: int = 0,
+    backoff: Any = 0.0,
+    retry_on: Any = (),
+    escalate: Any = None,
+    _resume: Path | None = None,
 ) -> Prepared:
-    if not isinstance(wf, Workflow):
+    if _resume is None and not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
+    if stop_mode not in ("cancel", "finish"):
+        raise DefinitionError(
+            f"stop_mode must be 'cancel' (stop running tasks when the run is stopped, the "
+            f"default) or 'finish' (let them finish), got {stop_mode!r}"
+        )
+    stop = _deadline(stop_at)
+    extras = Extras(
+        stop, stop_mode, make_retry("run options", retries, backoff, retry_on, escalate)
+    )
     be = make_backend(backend, cpus, gpus, memory, pin, launcher)
     show = settings.cli if progress is None else progress
     depth = be.prefetch if prefetch is None else prefetch
@@ -236,14 +381,107 @@ def prepare(
         prefetch=depth,
         prefetch_window=prefetch_window,
     )
-    return Prepared(wf, be, Path(base or os.getcwd()), pol, show)
+    given = locals()
+    stored = {k: given[k] for k in STORED if _jsonable(given[k])}
+    if _resume is not None:
+        return resumed(_resume, be, pol, show, extras)
+    assert wf is not None
+    return Prepared.new(wf, be, Path(base or os.getcwd()), pol, show, extras, stored)
+
+
+def _jsonable(value: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _deadline(stop_at: Any) -> float | None:
+    """``stop_at``: epoch seconds, a datetime, or None; a deadline from ``settings`` (the
+    command line's ``--time-left``) applies when none is given."""
+    import datetime
+
+    if stop_at is None:
+        return settings.stop_at
+    if isinstance(stop_at, datetime.datetime):
+        return stop_at.timestamp()
+    if isinstance(stop_at, bool) or not isinstance(stop_at, int | float):
+        raise DefinitionError(
+            f"stop_at must be a time (epoch seconds or a datetime), got {stop_at!r}"
+        )
+    return float(stop_at)
+
+
+def resumed(
+    rundir: Path, backend: Backend, policy: Policy, progress: bool, extras: Extras
+) -> Prepared:
+    """The run in ``rundir``, read back from its store, ready to go on where it stopped."""
+    lock = Lock(rundir).acquire()
+    try:
+        snap = load(rundir)
+        plan = snap.plan
+        check_resources(plan, backend)
+        functions = Functions()
+        functions.count = len(plan.functions)
+        rules: list[Rule] = []
+        strategies: list[Strategy] = []
+        missing = []
+        for label, kind, payload, _ in snap.rules:
+            obj = load_rule(payload)
+            if obj is None:
+                missing.append(label)
+            elif kind == "strategy":
+                strategies.append(obj)
+            else:
+                rules.append(obj)
+        p = Prepared(
+            plan=plan,
+            backend=backend,
+            rundir=rundir,
+            policy=policy,
+            progress=progress,
+            extras=extras,
+            lock=lock,
+            rules=rules,
+            strategies=strategies,
+            tracked=_unblob(snap.meta.get("tracked")) or {},
+            ids={},
+            functions=functions,
+            restore=snap,
+        )
+    except BaseException:
+        lock.release()
+        raise
+    backend.start(rundir)
+    backend.warm(*Driver.workers_wanted(plan, backend))
+    resumes = int(snap.meta.get("resumes", 0)) + 1
+    p.writer.set_meta(
+        state="running", pid=os.getpid(), host=socket.gethostname(), resumes=resumes, ended=None
+    )
+    done = sum(1 for x in snap.states if x is State.SUCCEEDED)
+    p.log.info(
+        "resumed (%d): %d tasks, %d succeeded before, %d attempts lost with the last driver",
+        resumes,
+        len(plan.records),
+        done,
+        snap.lost,
+    )
+    for label in missing:
+        p.log.warning(
+            "rule or strategy %r could not be restored; the run goes on without it", label
+        )
+    p._notes()
+    return p
 
 
 def _check_options(options: dict[str, Any]) -> None:
     import difflib
     import inspect
 
-    known = [n for n in inspect.signature(prepare).parameters if n != "wf"]
+    known = [n for n in inspect.signature(prepare).parameters if n not in ("wf", "_resume")]
     for name in options:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
@@ -271,6 +509,36 @@ def run(wf: Workflow, **options: Any) -> Run:
     r = Run(p.dir, wf.name, ids=p.ids)
     settings.runs.append(r)
     return p.execute(r)
+
+
+def resume(run_dir: str | os.PathLike[str], **options: Any) -> Run:
+    """Go on with the run in ``run_dir`` after its driver died or was stopped.
+
+    Tasks that succeeded are not run again (their results are reused); attempts that were
+    running are recorded as lost and run again; work added by Responses, rules, strategies and
+    requests is there, and so is the memory of rules and strategies. The run's options (node
+    size, policy, retries) are those it was started with, unless given here.
+    """
+    rundir = Path(run_dir)
+    _check_options(options)
+    if not (rundir / "shoal.db").exists():
+        raise StoreError(
+            f"no shoal database in {rundir}: give a run directory (a folder named "
+            "<workflow>-<timestamp> holding shoal.db)"
+        )
+    stored = _stored_options(rundir)
+    p = prepare(None, **{**stored, **options, "_resume": rundir})
+    r = Run(p.dir, p.plan.name)
+    settings.runs.append(r)
+    return p.execute(r)
+
+
+def _stored_options(rundir: Path) -> dict[str, Any]:
+    from shoal.store.queries import Reader
+
+    with Reader(rundir) as r:
+        stored: dict[str, Any] = r.meta().get("options") or {}
+    return stored
 
 
 def submit(wf: Workflow, **options: Any) -> Run:

@@ -25,6 +25,7 @@ from shoal.core.events import (
     Failed,
     Kill,
     Outcome,
+    Restored,
     Returned,
     Stimulus,
     Stop,
@@ -38,11 +39,13 @@ from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Pool
 from shoal.core.states import State
 from shoal.errors import DefinitionError, ResourceError
+from shoal.runtime.requests import Requests
 from shoal.runtime.status import StatusFile
 from shoal.runtime.steer import Steering
 from shoal.spec.options import Request
 from shoal.spec.refs import StoredRef, follow, walk
 from shoal.spec.response import decode
+from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy, Tracker
 from shoal.spec.task import Task, detached, render_command
 from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
@@ -82,6 +85,10 @@ class Driver:
         tracked: dict[str, Tracker] | None = None,
         ids: dict[int, int] | None = None,
         functions: Functions | None = None,
+        restore: Any = None,
+        stop_at: float | None = None,
+        stop_mode: str = "cancel",
+        default_retry: Backoff | None = None,
     ) -> None:
         self.plan = plan
         self.backend = backend
@@ -107,12 +114,21 @@ class Driver:
         self.batch = Batch()
         self.extra: list[Stimulus] = []  # events found while turning outcomes into events
         self.queue = backend.prefetch > 0
-        self.requests: dict[int, Request] = {}  # one Request per distinct Options
+        self.shapes: dict[int, Request] = {}  # one Request per distinct Options
         self.pool = Pool(tuple(backend.nodes()))  # for refusing added work with a clear message
         self.steering: Steering | None = None
         if rules or strategies or tracked or any(r.options.tags for r in plan.records):
             self.steering = Steering(self, rules or [], strategies or [], tracked, time.time())
             self.steering.note_tags(plan.records)
+        self.default_retry = default_retry  # the run's policy for tasks without their own
+        self.restore = restore  # a Snapshot of a resumed run (shoal.store.recover), or None
+        if restore is not None:
+            self.alias.update(restore.aliases)
+        self.stop_at = stop_at  # a deadline (epoch seconds): stop starting tasks then
+        self.stop_mode = stop_mode  # "cancel" running tasks on a stop, or let them "finish"
+        self.signalled = ""  # set by the signal handler: stop gracefully
+        self.interrupted = ""  # why the run stopped early (a signal, the deadline)
+        self.requests = Requests(self)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> str:
@@ -135,7 +151,9 @@ class Driver:
         if st is not None:
             st.end(time.time())
             self.writer.commit(Batch(rules=st.rows(every=True)))
-        if self._any_failed() or (st is not None and st.error):
+        if self.interrupted:
+            state = "interrupted"
+        elif self._any_failed() or (st is not None and st.error):
             state = "failed"
         elif self.scheduler.stopped:
             state = "stopped"
@@ -151,28 +169,40 @@ class Driver:
 
     def _info(self, r: Record) -> TaskInfo:
         o = r.options
-        req = self.requests.get(id(o))
+        req = self.shapes.get(id(o))
         if req is None:
-            req = self.requests[id(o)] = o.request
+            req = self.shapes[id(o)] = o.request
         lane = self._lane(r) if self.queue else None
-        return TaskInfo(r.id, r.deps, req, o.priority, o.timeout, lane)
+        retry = o.retry if o.retry is not None else self.default_retry
+        return TaskInfo(r.id, r.deps, req, o.priority, o.timeout, lane, retry)
 
     def _loop(self, infos: list[TaskInfo]) -> None:
         # Committing in a second thread so that it overlaps the next poll was tried and measured
         # slower (W1 0.55x against 0.80x): executemany binds parameters holding the GIL, and the
         # two threads then hand the GIL back and forth at the 5 ms switch interval.
         now = time.time()
-        events: list[Stimulus] = [Submitted(now, tuple(infos))]
-        del infos
         st = self.steering
-        if st is not None:
-            st.start(now)
-            events.extend(st.take())
+        snap = self.restore
+        events: list[Stimulus]
+        if snap is not None:
+            states = tuple(snap.states)
+            events = [Restored(now, tuple(infos), states, tuple(snap.attempts), tuple(snap.gates))]
+            if st is not None:
+                st.resumed(snap)
+        else:
+            events = [Submitted(now, tuple(infos))]
+            if st is not None:
+                st.start(now)
+                events.extend(st.take())
+        del infos
         outcomes: list[Outcome] = []
         last_progress = 0.0
         s = self.scheduler
         while True:
             commands = s.handle(*events)
+            if self.requests.commands:  # what requests from other processes changed
+                commands = self.requests.commands + commands
+                self.requests.commands = []
             if st is not None:
                 commands = self._steer(commands, outcomes)
             batch, acts = self._decide(commands, outcomes)
@@ -192,6 +222,8 @@ class Driver:
                 self.extra = []
             now = time.time()
             events.append(Tick(now))
+            events.extend(self._stops(now))
+            events.extend(self.requests.poll(now))
             if st is not None:
                 st.tick(now)
                 events.extend(st.take())
@@ -200,6 +232,27 @@ class Driver:
                 last_progress = mono
                 self.on_progress(s.counts, len(self.records))
             self.status.maybe_write(s, self.log, self._extra_status)
+
+    def _stops(self, now: float) -> list[Stimulus]:
+        """A signal or the deadline stops the run gracefully (once): nothing new starts, and
+        the running tasks finish or are stopped (``stop_mode``); the run is resumable."""
+        if self.interrupted:
+            return []
+        why = ""
+        if self.signalled:
+            why = f"stopped by {self.signalled}"
+        elif self.stop_at is not None and now >= self.stop_at:
+            when = time.strftime("%H:%M:%S", time.localtime(self.stop_at))
+            why = f"the deadline ({when}) was reached"
+        if not why:
+            return []
+        self.interrupted = why
+        finish = self.stop_mode == "finish"
+        how = "running tasks finish" if finish else "running tasks are stopped"
+        self.log.warning(
+            "%s: nothing new starts, %s; resume with shoal resume %s", why, how, self.dir
+        )
+        return [Stop(now, finish, why)]
 
     def _steer(self, commands: list[Command], outcomes: list[Outcome]) -> list[Command]:
         """Let rules and strategies react to this iteration, and feed their actions to the
@@ -274,7 +327,7 @@ class Driver:
                 self.values[o.task] = o.result
             return event
         reason = first_line(o.error) or o.kind
-        return Failed(now, o.task, o.attempt, reason, o.kind)
+        return Failed(now, o.task, o.attempt, reason, o.kind, o.exit_code)
 
     # -- work added while the run goes on ----------------------------------------------------
     def _respond(self, o: Outcome, now: float) -> Stimulus:
@@ -297,6 +350,8 @@ class Driver:
             return Failed(now, o.task, o.attempt, o.error, "error")
         by_key = {t.key: t.id for t in new}
         gate = tuple(by_key[t.key] for t in (*resp.detour, *resp.replace))
+        if gate:
+            self.batch.gates.append((o.task, tuple(g for g in gate if g is not None)))
         if resp.replace:
             standin = by_key[resp.replace[-1].key]
             assert standin is not None

@@ -389,9 +389,11 @@ class Steering:
         }
 
     def rows(self, every: bool = False) -> list[tuple[Any, ...]]:
-        """Rows for the store's rules table: owners whose record or memory changed."""
+        """Rows for the store's rules table: owners called since they were last stored (all
+        of them with ``every``). A rule's definition is stored with its first row, a
+        strategy's whole object with each, so that a resumed run gets them back."""
         out = []
-        for o in self.owners:
+        for position, o in enumerate(self.owners):
             if not every and o.stored is not None and o.stored[0] == o.calls:
                 continue  # not called since it was stored
             try:
@@ -402,21 +404,68 @@ class Steering:
                     self.log.warning("the memory of %r cannot be stored: %s", o.label, err)
                 memory = o.stored[2] if o.stored else b""
             now = (o.calls, o.errors, memory)
-            if every or now != o.stored:
-                o.stored = now
-                out.append(
-                    (
-                        o.label,
-                        o.trigger,
-                        o.calls,
-                        o.errors,
-                        o.seconds,
-                        o.slowest,
-                        o.last_error,
-                        memory,
-                    )
+            if not every and now == o.stored:
+                continue
+            payload = None
+            if o.kind == "strategy" or o.stored is None:
+                payload = self._payload(o)
+            o.stored = now
+            out.append(
+                (
+                    o.label,
+                    o.trigger,
+                    o.calls,
+                    o.errors,
+                    o.seconds,
+                    o.slowest,
+                    o.last_error,
+                    memory,
+                    position,
+                    payload,
                 )
+            )
         return out
+
+    def _payload(self, o: Owner) -> bytes | None:
+        import cloudpickle
+
+        try:
+            data: bytes = cloudpickle.dumps(o.target, protocol=5)
+            return data
+        except Exception as err:
+            if not o.warned:
+                o.warned = True
+                self.log.warning(
+                    "%s %r cannot be stored (%s): a resumed run will go on without it",
+                    o.kind,
+                    o.label,
+                    err,
+                )
+            return None
+
+    def resumed(self, snap: Any) -> None:
+        """A resumed run: each owner gets back its stored memory, strategies the tasks they
+        had in flight, and the groups their counts (their streams start afresh). The start
+        rules and ``on_start`` ran when the run started, and do not run again."""
+        memories = {label: mem for label, _, _, mem in snap.rules}
+        for o in self.owners:
+            data = memories.get(o.label)
+            if data:
+                o.memory = pickle.loads(data)
+                o.stored = (o.calls, o.errors, data)
+        by_label = {o.label: o for o in self.strategies}
+        for tid, origin in enumerate(snap.origins):
+            if origin and origin.startswith("strategy ") and not snap.states[tid].terminal:
+                owner = by_label.get(origin[len("strategy ") :])
+                if owner is not None:
+                    self.owned[tid] = owner
+        for r, state in zip(self.host.records, snap.states, strict=True):
+            tags = r.options.tags
+            for key in (*tags, ALL) if self.all else tags:
+                g = self.groups.get(key)
+                if g is None:
+                    g = self.groups[key] = Group()
+                g.moved(None, state.value)
 
     # -- statistics ---------------------------------------------------------------------------
     def group(self, tag: str | None) -> Group:

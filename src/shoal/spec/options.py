@@ -9,6 +9,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from shoal.errors import DefinitionError
+from shoal.spec.retry import Backoff
+from shoal.spec.retry import make as make_retry
+
+RETRY_KEYS = ("retries", "backoff", "retry_on", "escalate")
 
 
 class Request(NamedTuple):
@@ -68,6 +72,7 @@ class Options:
     priority: int = 0
     tags: tuple[str, ...] = ()
     isolate: bool | None = None
+    retry: Backoff | None = None  # built from retries=, backoff=, retry_on=, escalate=
 
     @property
     def request(self) -> Request:
@@ -75,7 +80,26 @@ class Options:
 
     def merged(self, where: str, **changes: Any) -> Options:
         """A copy with ``changes`` applied and checked; ``where`` names the caller in errors."""
-        known = {f.name for f in fields(self)}
+        policy = {k: changes.pop(k) for k in RETRY_KEYS if k in changes}
+        if policy:
+            old = self.retry
+            base = {
+                "retries": old.retries if old else 0,
+                "backoff": {
+                    "delay": old.delay,
+                    "factor": old.factor,
+                    "cap": old.cap,
+                    "jitter": old.jitter,
+                }
+                if old
+                else 0.0,
+                "retry_on": tuple(old.on) if old else (),
+                "escalate": {"timeout": old.timeout_factor, "memory": old.memory_factor}
+                if old
+                else None,
+            }
+            changes["retry"] = make_retry(where, **{**base, **policy})
+        known = ({f.name for f in fields(self)} - {"retry"}) | set(RETRY_KEYS) | {"retry"}
         unknown = sorted(set(changes) - known)
         if unknown:
             hint = ", ".join(sorted(known))
@@ -130,6 +154,8 @@ def _check(where: str, key: str, value: Any) -> Any:
     if key == "name":
         if value is not None and not isinstance(value, str):
             raise DefinitionError(f"{where}: name must be a string, got {value!r}")
+        return value
+    if key == "retry":
         return value
     if key == "isolate":
         if value is not None and not isinstance(value, bool):

@@ -147,6 +147,18 @@ def encode(resp: Response) -> bytes:
     return pickle.dumps((output, buf.getvalue()), protocol=5)
 
 
+def encode_tasks(tasks: list[Task]) -> bytes:
+    """Tasks pickled whole, for another process to add to a run (``shoal.attach``)."""
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=5).dump(list(tasks))
+    return buf.getvalue()
+
+
+def decode_tasks(data: bytes) -> list[Task]:
+    out: list[Task] = pickle.loads(data)
+    return out
+
+
 def decode(data: bytes) -> tuple[bytes, Response]:
     """The output (pickled) and the Response with fresh handles (for the driver)."""
     output, blob = pickle.loads(data)

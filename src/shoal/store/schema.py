@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tasks(
     reason TEXT,
     updated REAL,
     origin TEXT,     -- who added it: the workflow, a Response of task N, a rule or a strategy
-    alias INTEGER);  -- replaced (Response replace=) by this task: its output stands for ours
+    alias INTEGER,   -- replaced (Response replace=) by this task: its output stands for ours
+    gate TEXT);      -- JSON ids its dependents also wait for (Response detour= / replace=)
 -- No index on tasks(state): every state change would update it twice, and the questions it
 -- would serve (counts, failures, running tasks) are asked rarely; a scan of a million rows is
 -- a fraction of a second.
@@ -50,7 +51,14 @@ CREATE TABLE IF NOT EXISTS transitions(
 CREATE INDEX IF NOT EXISTS transitions_task ON transitions(task);
 CREATE TABLE IF NOT EXISTS rules(
     label TEXT PRIMARY KEY, trigger TEXT NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,
-    seconds REAL NOT NULL, slowest REAL NOT NULL, last_error TEXT, memory BLOB);
+    seconds REAL NOT NULL, slowest REAL NOT NULL, last_error TEXT, memory BLOB,
+    position INTEGER NOT NULL DEFAULT 0,
+    payload BLOB);   -- the rule, or the strategy object as of its last call (cloudpickle)
+-- Requests from other processes (shoal retry/rerun/cancel/submit, shoal.attach): the driver
+-- takes them within a second; a stopped run takes them when it resumes.
+CREATE TABLE IF NOT EXISTS requests(
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, payload BLOB NOT NULL,
+    taken REAL, answer TEXT);
 CREATE TABLE IF NOT EXISTS results(
     task INTEGER PRIMARY KEY, value BLOB, path TEXT, size INTEGER NOT NULL);
 """

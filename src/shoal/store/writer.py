@@ -16,6 +16,7 @@ from shoal.core.events import Outcome, Transition
 from shoal.core.resources import Node, Placement
 from shoal.errors import StoreError
 from shoal.spec.options import Options
+from shoal.spec.retry import describe
 from shoal.spec.workflow import Plan
 from shoal.store.schema import SCHEMA, VERSION, connect
 
@@ -30,6 +31,7 @@ def options_json(o: Options) -> str:
             "timeout": o.timeout,
             "priority": o.priority,
             "isolate": o.isolate,
+            "retry": describe(o.retry),
         }
     )
 
@@ -60,6 +62,8 @@ class Batch:
     aliases: list[tuple[int, int]] = field(default_factory=list)  # (task, replaced by)
     options: list[tuple[int, Options]] = field(default_factory=list)  # changed by a retry
     rules: list[tuple[Any, ...]] = field(default_factory=list)  # rows of the rules table
+    gates: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # Response gates
+    answers: list[tuple[int, float, str]] = field(default_factory=list)  # requests taken
 
     def __bool__(self) -> bool:
         return bool(
@@ -70,6 +74,8 @@ class Batch:
             or self.aliases
             or self.options
             or self.rules
+            or self.gates
+            or self.answers
         )
 
 
@@ -208,8 +214,26 @@ class Writer:
                     "UPDATE tasks SET options=? WHERE id=?",
                     [(options_json(o), t) for t, o in batch.options],
                 )
+            if batch.gates:
+                c.executemany(
+                    "UPDATE tasks SET gate=? WHERE id=?",
+                    [(json.dumps(list(g)), t) for t, g in batch.gates],
+                )
             if batch.rules:
-                c.executemany("INSERT OR REPLACE INTO rules VALUES (?,?,?,?,?,?,?,?)", batch.rules)
+                c.executemany(
+                    "INSERT INTO rules(label, trigger, calls, errors, seconds, slowest,"
+                    " last_error, memory, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(label) DO UPDATE SET calls=excluded.calls,"
+                    " errors=excluded.errors, seconds=excluded.seconds, slowest=excluded.slowest,"
+                    " last_error=excluded.last_error, memory=excluded.memory,"
+                    " payload=COALESCE(excluded.payload, rules.payload)",
+                    batch.rules,
+                )
+            if batch.answers:
+                c.executemany(
+                    "UPDATE requests SET taken=?, answer=? WHERE id=?",
+                    [(now, answer, rid) for rid, now, answer in batch.answers],
+                )
             if ts:
                 c.executemany(
                     "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"

@@ -1,0 +1,198 @@
+"""Reading a run back from its store, to resume it: the store is the truth.
+
+:func:`load` returns everything a new driver needs: the records (the tasks as plain data, in
+id order), their last recorded states and attempt counts, the extra dependencies Responses
+added (gates), replacements (aliases), the functions, the rules and strategies with their
+memory, and the run's settings. Attempts that were in flight when the driver died are marked
+``lost`` (in one transaction) before anything else happens.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.core.states import State
+from shoal.errors import StoreError
+from shoal.spec.options import Options
+from shoal.spec.retry import undescribe
+from shoal.spec.workflow import Plan, Record
+from shoal.store.schema import VERSION, connect
+
+
+@dataclass
+class Snapshot:
+    name: str
+    meta: dict[str, Any]
+    plan: Plan
+    states: list[State]
+    attempts: list[int]
+    gates: list[tuple[int, tuple[int, ...]]]
+    aliases: dict[int, int]
+    rules: list[tuple[str, str, bytes | None, bytes | None]]  # label, kind, payload, memory
+    origins: list[str | None] = field(default_factory=list)
+    lost: int = 0  # attempts marked lost
+    requests: list[tuple[int, str, bytes]] = field(default_factory=list)
+
+
+def _options(text: str, name: str, tags: list[str]) -> Options:
+    o = json.loads(text)
+    return Options(
+        name=name,
+        cpus=o["cpus"],
+        gpus=o["gpus"],
+        ranks=o["ranks"],
+        memory=o["memory"],
+        timeout=o["timeout"],
+        priority=o["priority"],
+        tags=tuple(tags),
+        isolate=o["isolate"],
+        retry=undescribe(o.get("retry")),
+    )
+
+
+def load(rundir: Path) -> Snapshot:
+    """Read the run in ``rundir`` (see the module docstring)."""
+    path = Path(rundir) / "shoal.db"
+    if not path.exists():
+        raise StoreError(
+            f"no shoal database at {path}: give a run directory (a folder named "
+            "<workflow>-<timestamp> holding shoal.db)"
+        )
+    conn = connect(path)
+    try:
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        if int(meta.get("schema", 0)) != VERSION:
+            raise StoreError(
+                f"{path} was written by another version of shoal (schema {meta.get('schema')}, "
+                f"this one reads {VERSION}); resume it with that version"
+            )
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        lost = conn.execute(
+            "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=?"
+            " WHERE outcome IS NULL",
+            (now, "the driver stopped while this attempt ran; resumed as a new attempt"),
+        ).rowcount
+        conn.execute("COMMIT")
+        functions = [
+            (name, bytes(payload))
+            for _, name, payload in conn.execute(
+                "SELECT id, name, payload FROM functions ORDER BY id"
+            )
+        ]
+        records: list[Record] = []
+        states: list[State] = []
+        attempts: list[int] = []
+        gates: list[tuple[int, tuple[int, ...]]] = []
+        aliases: dict[int, int] = {}
+        gate_of: dict[int, tuple[int, ...]] = {}
+        options: dict[tuple[str, str, str], Options] = {}
+        rows = conn.execute(
+            "SELECT id, name, kind, function, template, payload, has_refs, deps, options,"
+            " workdir, env, tags, state, attempts, alias, gate, origin FROM tasks ORDER BY id"
+        )
+        origins: list[str | None] = []
+        for row in rows:
+            tid, name, kind, fn, template, payload, has_refs, deps, opts, wd, env, tags = row[:12]
+            state, n, alias, gate, origin = row[12:]
+            origins.append(origin)
+            if tid != len(records):
+                raise StoreError(f"{path}: task ids jump to {tid}; the store is damaged")
+            key = (opts, name, tags)
+            o = options.get(key)
+            if o is None:
+                o = options[key] = _options(opts, name, json.loads(tags))
+            records.append(
+                Record(
+                    id=tid,
+                    name=name,
+                    kind=kind,
+                    options=o,
+                    deps=tuple(json.loads(deps)),
+                    payload=bytes(payload),
+                    has_refs=bool(has_refs),
+                    function=fn if fn is not None else -1,
+                    template=template,
+                    workdir=wd,
+                    env=json.loads(env) if env else None,
+                )
+            )
+            states.append(State(state))
+            attempts.append(n)
+            if alias is not None:
+                aliases[tid] = alias
+            if gate:
+                gate_of[tid] = tuple(json.loads(gate))
+        if gate_of:
+            gates = _gates(records, gate_of)
+        rules = [
+            (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
+            for label, trigger, payload, memory in conn.execute(
+                "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
+            )
+        ]
+        requests = [
+            (rid, kind, bytes(payload))
+            for rid, kind, payload in conn.execute(
+                "SELECT id, kind, payload FROM requests WHERE taken IS NULL ORDER BY id"
+            )
+        ]
+    finally:
+        conn.close()
+    name = str(meta.get("name", "run"))
+    plan = Plan(name, records, functions, 0)
+    return Snapshot(
+        name, meta, plan, states, attempts, gates, aliases, rules, origins, lost, requests
+    )
+
+
+def _gates(
+    records: list[Record], gate_of: dict[int, tuple[int, ...]]
+) -> list[tuple[int, tuple[int, ...]]]:
+    """The extra dependencies of each task: a dependent of a task whose Response had a gate
+    waits for the gate tasks, and for their gates in turn (a replacement replaced again).
+    Tasks added at or after the response (the gate tasks among them) are not its dependents
+    in that sense, and get none."""
+    out = []
+    for r in records:
+        extra: list[int] = []
+        todo = [d for d in r.deps if d in gate_of]
+        seen: set[int] = set()
+        while todo:
+            d = todo.pop()
+            if d in seen:
+                continue
+            seen.add(d)
+            gate = gate_of[d]
+            if r.id >= min(gate):
+                continue
+            for g in gate:
+                if g not in extra:
+                    extra.append(g)
+                if g in gate_of:
+                    todo.append(g)
+        if extra:
+            out.append((r.id, tuple(extra)))
+    return out
+
+
+def load_rule(payload: bytes | None) -> Any:
+    """A stored rule or strategy, or None when it could not be stored or read back."""
+    if not payload:
+        return None
+    import cloudpickle  # type: ignore[import-untyped]
+
+    try:
+        return cloudpickle.loads(payload)
+    except Exception:
+        return None
+
+
+def memory(data: bytes | None) -> dict[str, Any]:
+    out: dict[str, Any] = pickle.loads(data) if data else {}
+    return out
