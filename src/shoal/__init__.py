@@ -44,6 +44,8 @@ _WHERE = {
     "Run": "shoal.runtime.run",
     "run": "shoal.runtime.api",
     "submit": "shoal.runtime.api",
+    "resume": "shoal.runtime.api",
+    "attach": "shoal.runtime.requests",
 }
 
 __all__ = [
@@ -63,8 +65,10 @@ __all__ = [
     "TaskFailed",
     "TaskSkipped",
     "Workflow",
+    "attach",
     "command",
     "current",
+    "resume",
     "run",
     "submit",
     "task",
@@ -97,7 +101,8 @@ if TYPE_CHECKING:
         TaskFailed,
         TaskSkipped,
     )
-    from shoal.runtime.api import run, submit
+    from shoal.runtime.api import resume, run, submit
+    from shoal.runtime.requests import attach
     from shoal.runtime.run import Run
     from shoal.runtime.steer import Controller, Event
     from shoal.spec.refs import Ref

@@ -1,7 +1,8 @@
 """The ``shoal`` command: run workflows, and ask a run directory what ran, what failed and why.
 
 Exit codes: 0 success; 1 the run finished with failed tasks; 2 bad input (the workflow, the
-options or the run directory); 130 interrupted.
+options or the run directory); 3 the run was stopped before the end by a signal or its
+deadline, and can be resumed (``shoal resume RUN_DIR``); 130 stopped at once (a second Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from shoal.store.queries import Reader
 
 EXIT_FAILED = 1
 EXIT_INPUT = 2
+EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -71,15 +73,24 @@ def main() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--time-left",
+    type=float,
+    help="Stop starting tasks this many minutes before the allocation ends (Slurm's end "
+    "time, or SHOAL_END_TIME); the run can then be resumed.",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(file: str, args: tuple[str, ...]) -> None:
+def run(file: str, args: tuple[str, ...], time_left: float | None) -> None:
     """Run FILE.py, a script that builds a workflow and runs it (progress bar and summary).
 
-    Extra ARGS are passed to the script as sys.argv[1:]. Exits 1 if any task failed.
+    Extra ARGS are passed to the script as sys.argv[1:]. Exits 1 if any task failed, 3 if
+    the run was stopped early (a signal, --time-left) and can be resumed.
     """
+    from shoal.cli.control import deadline
     from shoal.runtime.api import settings
 
+    settings.stop_at = deadline(time_left)
     path = Path(file)
     if path.suffix != ".py":
         raise click.UsageError(f"{file}: shoal run takes a Python script (.py)")
@@ -98,6 +109,8 @@ def run(file: str, args: tuple[str, ...]) -> None:
             fg="yellow",
             err=True,
         )
+    if any(r.state == "interrupted" for r in settings.runs):
+        sys.exit(EXIT_STOPPED)
     if any(not r.ok for r in settings.runs):
         sys.exit(EXIT_FAILED)
 
@@ -327,6 +340,14 @@ def _where(placement: list[list[Any]] | None) -> str:
         parts.append(text)
     return "; ".join(parts)
 
+
+def _register() -> None:
+    from shoal.cli.control import register
+
+    register(main, _rundir)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

@@ -193,8 +193,12 @@ class Attached:
     def submit(self, *items: Any) -> int:
         """Add tasks or workflows to the run; they may use ``attach(...).ref(id)``."""
         tasks = []
+        seen: set[int] = set()
         for item in items:
-            tasks.extend(tasks_of(item, "submit"))
+            for t in tasks_of(item, "submit"):
+                if t.key not in seen:
+                    seen.add(t.key)
+                    tasks.append(t)
         if not tasks:
             raise DefinitionError("submit(): nothing to submit")
         origin = f"submitted by pid {os.getpid()} on {socket.gethostname()}"

@@ -1,0 +1,184 @@
+"""Commands that change a run: resume, retry, rerun, cancel, submit (and the --time-left rule).
+
+A live run takes ``retry``, ``rerun``, ``cancel`` and ``submit`` within a second (they go
+through its store, see :mod:`shoal.runtime.requests`); a stopped run keeps them for
+``shoal resume``, which carries them out first.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_STOPPED = 3  # the run stopped early (a signal, the deadline) and can be resumed
+
+
+def allocation_end() -> float | None:
+    """When the allocation ends (epoch seconds): Slurm's SLURM_JOB_END_TIME, or SHOAL_END_TIME
+    for any other batch system; None when neither is set."""
+    for var in ("SHOAL_END_TIME", "SLURM_JOB_END_TIME"):
+        value = os.environ.get(var)
+        if value:
+            try:
+                return float(value)
+            except ValueError:
+                raise click.UsageError(f"{var}={value!r} is not a time in epoch seconds") from None
+    return None
+
+
+def deadline(time_left: float | None) -> float | None:
+    """``--time-left MINUTES``: stop starting tasks that many minutes before the end."""
+    if time_left is None:
+        return None
+    end = allocation_end()
+    if end is None:
+        raise click.UsageError(
+            "--time-left needs the allocation's end: run inside a Slurm job (SLURM_JOB_END_TIME)"
+            " or set SHOAL_END_TIME to the end in epoch seconds"
+        )
+    return end - time_left * 60
+
+
+def _report(request: int, answer: str | None, live: bool, rundir: Path) -> None:
+    if answer is not None:
+        click.echo(f"request {request}: {answer}")
+    elif live:
+        click.echo(f"request {request} is queued; the driver has not answered yet")
+    else:
+        click.echo(
+            f"request {request} is queued; no driver runs {rundir}: it is carried out when the "
+            f"run resumes (shoal resume {rundir})"
+        )
+
+
+def register(main: click.Group, rundir_of: Any) -> None:
+    """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory)."""
+
+    @main.command()
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--time-left", type=float, help="Stop starting tasks MINUTES before the end.")
+    @click.option(
+        "--stop-mode",
+        type=click.Choice(["cancel", "finish"]),
+        help="On a stop: stop the running tasks (cancel) or let them finish.",
+    )
+    @click.option("--cpus", type=int, help="Pretend a node of this many cores.")
+    @click.option("--gpus", type=int, help="Pretend a node with this many GPUs.")
+    def resume(
+        run_dir: str,
+        time_left: float | None,
+        stop_mode: str | None,
+        cpus: int | None,
+        gpus: int | None,
+    ) -> None:
+        """Go on with a run whose driver died or was stopped. Succeeded tasks do not run
+        again; tasks that were running get a new attempt. Exits 0 when every task succeeded,
+        1 if some failed, 3 if it was stopped again before the end."""
+        import shoal
+        from shoal.runtime.api import settings
+
+        settings.cli = True
+        settings.stop_at = deadline(time_left)
+        options: dict[str, Any] = {}
+        for key, value in (("stop_mode", stop_mode), ("cpus", cpus), ("gpus", gpus)):
+            if value is not None:
+                options[key] = value
+        run = shoal.resume(run_dir, **options)
+        if run.state == "interrupted":
+            sys.exit(EXIT_STOPPED)
+        if not run.ok:
+            sys.exit(1)
+
+    @main.command()
+    @click.argument("run_dir")
+    @click.argument("tasks", nargs=-1)
+    @click.option("--failed", is_flag=True, help="Every failed task.")
+    @click.option("--tag", help="The failed or cancelled tasks of this tag.")
+    @click.option("--timeout", type=float, help="A new timeout (seconds) for the retries.")
+    @click.option("--memory", help="A new memory request (MB, or like 4GB).")
+    @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
+    def retry(
+        run_dir: str,
+        tasks: tuple[str, ...],
+        failed: bool,
+        tag: str | None,
+        timeout: float | None,
+        memory: str | None,
+        wait: float,
+    ) -> None:
+        """Run failed or cancelled tasks again (TASKS: ids or names); what failed because of
+        them runs again too."""
+        import shoal
+
+        d = rundir_of(run_dir)
+        if not (tasks or failed or tag):
+            raise click.UsageError("name tasks, or give --failed or --tag T")
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            changes["timeout"] = timeout
+        if memory is not None:
+            changes["memory"] = memory
+        a = shoal.attach(d)
+        rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
+        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+
+    @main.command()
+    @click.argument("task")
+    @click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+    @click.option("--downstream", is_flag=True, help="Also run what depends on it again.")
+    @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
+    def rerun(task: str, run_dir: str | None, downstream: bool, wait: float) -> None:
+        """Run a finished task again (TASK: id or name), and with --downstream its dependents."""
+        import shoal
+
+        d = rundir_of(run_dir)
+        a = shoal.attach(d)
+        rid = a.rerun(_task(task), downstream)
+        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+
+    @main.command()
+    @click.argument("tasks", nargs=-1)
+    @click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+    @click.option("--tag", help="Every unfinished task of this tag.")
+    @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
+    def cancel(tasks: tuple[str, ...], run_dir: str | None, tag: str | None, wait: float) -> None:
+        """Cancel tasks (ids or names) or a tag: running ones are stopped, and what depends on
+        them ends as cancelled."""
+        import shoal
+
+        if not (tasks or tag):
+            raise click.UsageError("name tasks, or give --tag T")
+        d = rundir_of(run_dir)
+        a = shoal.attach(d)
+        rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
+        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+
+    @main.command()
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("script", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
+    def submit(run_dir: str, script: str, wait: float) -> None:
+        """Add the workflows SCRIPT defines to a run (live or stopped). SCRIPT builds
+        workflows without running them; shoal.attach(os.environ['SHOAL_RUN_DIR']).ref(id)
+        refers to outputs of the run's tasks."""
+        import shoal
+
+        d = rundir_of(run_dir)
+        os.environ["SHOAL_RUN_DIR"] = str(d)
+        sys.path.insert(0, str(Path(script).resolve().parent))
+        found = runpy.run_path(script, run_name="__shoal_submit__")
+        flows = [v for v in found.values() if isinstance(v, shoal.Workflow)]
+        if not flows:
+            raise click.UsageError(f"{script} defines no shoal.Workflow to submit")
+        a = shoal.attach(d)
+        rid = a.submit(*flows)
+        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+
+
+def _task(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
