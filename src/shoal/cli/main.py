@@ -285,9 +285,13 @@ def tasks(
         if as_json:
             _emit([{**t.as_dict(), "attempts": r.attempts(t.id)} for t in rows])
             return
+        tried = {t.id: r.attempts(t.id) for t in rows if t.attempts > 1}
     for t in rows:
         reason = f"  {t.reason}" if t.reason else ""
-        click.echo(f"{t.id:>6}  {t.name:<24} {t.state:<10} attempts {t.attempts}{reason}")
+        how = ""
+        if t.id in tried:  # what became of each attempt
+            how = " (" + ", ".join(a["kind"] or a["outcome"] or "?" for a in tried[t.id]) + ")"
+        click.echo(f"{t.id:>6}  {t.name:<24} {t.state:<10} attempts {t.attempts}{how}{reason}")
     if not rows:
         click.echo("no tasks" + (f" in state {state}" if state else ""), err=True)
 

@@ -198,8 +198,12 @@ class Driver:
         outcomes: list[Outcome] = []
         last_progress = 0.0
         s = self.scheduler
+        first = snap is not None  # a resumed run takes the requests that waited for it first
         while True:
             commands = s.handle(*events)
+            if first:
+                first = False
+                self.requests.poll(now, force=True)
             if self.requests.commands:  # what requests from other processes changed
                 commands = self.requests.commands + commands
                 self.requests.commands = []
