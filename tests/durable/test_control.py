@@ -279,3 +279,78 @@ def test_network_file_systems_are_detected_with_a_fix(tmp_path: Path) -> None:
     text = advice(tmp_path / "shared" / "run", str(mounts))
     assert text is not None and "nfs4" in text and "node-local disk" in text
     assert advice(tmp_path / "local", str(mounts)) is None
+
+
+class Walker(shoal.Strategy):
+    """Submits one task at a time; counts results in its memory and in an attribute."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def on_start(self, ctl: shoal.Controller) -> None:
+        ctl.submit(nap(0.15))
+
+    def on_result(self, event: shoal.Event, ctl: shoal.Controller) -> None:
+        self.seen += 1
+        ctl.memory["seen"] = ctl.memory.get("seen", 0) + 1
+        if self.seen < self.n:
+            ctl.submit(nap(0.15))
+
+    def done(self, ctl: shoal.Controller) -> bool:
+        return self.seen >= self.n
+
+
+def test_rules_and_strategies_come_back_with_their_memory(base: Path) -> None:
+    wf = Workflow("memory")
+    wf.add(Walker(8))
+    calls: list[int] = []
+
+    @wf.on("task-succeeded")
+    def count(event: shoal.Event, ctl: shoal.Controller) -> None:
+        ctl.memory["n"] = ctl.memory.get("n", 0) + 1
+        calls.append(1)
+
+    run = wf.run(base=base, cpus=2, stop_at=time.time() + 0.6, stop_mode="finish")
+    assert run.state == "interrupted"
+    before = run.memory("Walker")["seen"]
+    assert 0 < before < 8 and run.memory("count")["n"] == before
+    again = shoal.resume(run.dir)
+    assert again.ok
+    assert again.memory("Walker")["seen"] == 8, "the strategy went on where it stopped"
+    assert again.memory("count")["n"] == 8, "the rule's memory was restored"
+    assert again.status()["total"] == 8, "no task was submitted twice"
+
+
+def test_time_left_stops_before_the_allocation_ends(base: Path, tmp_path: Path) -> None:
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import sys, time, shoal\n"
+        "@shoal.task\n"
+        "def nap(s):\n"
+        "    time.sleep(s)\n"
+        "with shoal.Workflow('long') as wf:\n"
+        "    for i in range(20):\n"
+        "        nap(0.2)\n"
+        "wf.run(base=sys.argv[1], cpus=2)\n"
+    )
+    env = {**os.environ, "SHOAL_END_TIME": str(time.time() + 60 + 1.0)}  # ends in 61 s
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--time-left", "1", str(script), str(base)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 3, out.stderr
+    (rundir,) = base.glob("long-*")
+    assert "the deadline" in (rundir / "shoal.log").read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "run", "--time-left", "1", str(script), str(base)],
+        capture_output=True,
+        text=True,
+        env={
+            k: v for k, v in os.environ.items() if k not in ("SHOAL_END_TIME", "SLURM_JOB_END_TIME")
+        },
+    )
+    assert bad.returncode == 2 and "--time-left needs the allocation's end" in bad.stderr

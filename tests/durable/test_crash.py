@@ -166,6 +166,7 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path: Path, mode: str)
     assert "failed" not in kinds and "cancelled" not in kinds, "a graceful stop fails nothing"
     log = (rundir / "shoal.log").read_text()
     assert "stopped by SIGTERM" in log and "shoal resume" in log
+    script.unlink()  # the functions come from the copy stored with the run
     done = subprocess.run([*cli, "resume", str(rundir)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(rundir / "shoal.db") as c:
