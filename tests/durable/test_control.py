@@ -277,7 +277,7 @@ def test_network_file_systems_are_detected_with_a_fix(tmp_path: Path) -> None:
     assert fstype(tmp_path / "lustre", str(mounts)) == "lustre"
     assert fstype(tmp_path / "local", str(mounts)) == "ext4"
     text = advice(tmp_path / "shared" / "run", str(mounts))
-    assert text is not None and "nfs4" in text and "node-local disk" in text
+    assert text is not None and "nfs4" in text and "state_dir=" in text
     assert advice(tmp_path / "local", str(mounts)) is None
 
 

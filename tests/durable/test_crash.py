@@ -171,3 +171,51 @@ def test_sigterm_stops_gracefully_and_resume_finishes(tmp_path: Path, mode: str)
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(rundir / "shoal.db") as c:
         assert c.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0] == 12
+
+
+def test_a_node_local_state_dir_survives_losing_the_node(tmp_path: Path) -> None:
+    script = tmp_path / "local.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            import shoal
+
+            @shoal.task
+            def work(i):
+                time.sleep(0.01)
+                return i + 1
+
+            with shoal.Workflow("local") as wf:
+                for i in range(400):
+                    work(i)
+            wf.run(base=sys.argv[1], cpus=2, state_dir=sys.argv[2])
+            """
+        )
+    )
+    base, local = tmp_path / "runs", tmp_path / "node-local"
+    base.mkdir()
+    env = {**os.environ, "SHOAL_COPY_EVERY": "0.3"}
+    proc = subprocess.Popen([sys.executable, str(script), str(base), str(local)], env=env)
+    t0 = time.monotonic()
+    while not list(base.glob("local-*/shoal.db")) and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    (rundir,) = base.glob("local-*")
+    assert (local / rundir.name / "shoal.db").exists(), "the live store is on the local disk"
+    time.sleep(1.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    copied = succeeded(rundir)
+    assert copied, "the run directory holds a recent copy"
+    import shutil
+
+    shutil.rmtree(local)  # the node is gone, with its disk
+    import shoal
+
+    run = shoal.resume(rundir)  # the stored options bring state_dir back
+    assert run.ok and run.status()["counts"] == {"succeeded": 400}
+    assert (local / rundir.name / "shoal.db").exists()
+    with sqlite3.connect(rundir / "shoal.db") as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert c.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 400
+    assert run.result(399) == 400

@@ -30,7 +30,7 @@ from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
 from shoal.store.fs import warn_filesystem
 from shoal.store.lock import Lock
 from shoal.store.recover import Snapshot, load, load_rule
-from shoal.store.writer import Writer
+from shoal.store.writer import Writer, live_path, sync
 
 
 @dataclass
@@ -116,6 +116,7 @@ class Extras:
     stop_at: float | None = None
     stop_mode: str = "cancel"
     retry: Backoff | None = None
+    state_dir: Path | None = None
 
 
 class Prepared:
@@ -152,8 +153,11 @@ class Prepared:
         self.functions = functions
         self.restore = restore
         self.log = _logger(rundir)
-        self.writer = Writer(rundir)
-        warn_filesystem(rundir, self.log)
+        self.writer = Writer(rundir, extras.state_dir)
+        if extras.state_dir is None:
+            warn_filesystem(rundir, self.log)
+        else:
+            self.log.info("the live store is %s; copied here every few seconds", self.writer.path)
 
     @classmethod
     def new(
@@ -206,6 +210,7 @@ class Prepared:
             nodes,
         )
         self.writer.add_plan(plan)
+        self.writer.publish()
         self.log.info(
             "run %s: %d tasks on %s",
             wf.name,
@@ -333,6 +338,7 @@ STORED = (
     "backoff",
     "retry_on",
     "escalate",
+    "state_dir",
 )
 
 
@@ -358,6 +364,7 @@ def prepare(
     backoff: Any = 0.0,
     retry_on: Any = (),
     escalate: Any = None,
+    state_dir: str | os.PathLike[str] | None = None,
     _resume: Path | None = None,
 ) -> Prepared:
     if _resume is None and not isinstance(wf, Workflow):
@@ -368,9 +375,8 @@ def prepare(
             f"default) or 'finish' (let them finish), got {stop_mode!r}"
         )
     stop = _deadline(stop_at)
-    extras = Extras(
-        stop, stop_mode, make_retry("run options", retries, backoff, retry_on, escalate)
-    )
+    default = make_retry("run options", retries, backoff, retry_on, escalate)
+    extras = Extras(stop, stop_mode, default, Path(state_dir) if state_dir else None)
     be = make_backend(backend, cpus, gpus, memory, pin, launcher)
     show = settings.cli if progress is None else progress
     depth = be.prefetch if prefetch is None else prefetch
@@ -381,7 +387,7 @@ def prepare(
         prefetch=depth,
         prefetch_window=prefetch_window,
     )
-    given = locals()
+    given = {**locals(), "state_dir": os.fspath(state_dir) if state_dir else None}
     stored = {k: given[k] for k in STORED if _jsonable(given[k])}
     if _resume is not None:
         return resumed(_resume, be, pol, show, extras)
@@ -421,6 +427,8 @@ def resumed(
     """The run in ``rundir``, read back from its store, ready to go on where it stopped."""
     lock = Lock(rundir).acquire()
     try:
+        if extras.state_dir is not None:  # the newer of the two stores is the truth
+            sync(rundir / "shoal.db", live_path(rundir, extras.state_dir))
         snap = load(rundir)
         plan = snap.plan
         check_resources(plan, backend)

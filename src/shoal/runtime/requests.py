@@ -151,6 +151,13 @@ class Attached:
         self.path = self.dir / "shoal.db"
         if not self.path.exists():
             raise StoreError(f"no shoal database at {self.path}: give a run directory")
+        from shoal.store.queries import Reader
+        from shoal.store.writer import live_path
+
+        with Reader(self.dir) as r:
+            state_dir = (r.meta().get("options") or {}).get("state_dir")
+        if state_dir and live_path(self.dir, Path(state_dir)).exists():
+            self.path = live_path(self.dir, Path(state_dir))  # the store the driver writes
 
     @property
     def live(self) -> bool:

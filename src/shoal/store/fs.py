@@ -55,9 +55,10 @@ def advice(path: Path, mounts: str = "/proc/mounts") -> str | None:
         return None
     return (
         f"the run directory {path} is on {kind}, a network file system, where SQLite's locks "
-        "are not reliable (a store can be damaged if two processes write it). Put run "
-        "directories on a node-local disk (base=$TMPDIR or /local/scratch) and copy the run "
-        "directory back at the end, or at least make sure only this driver writes it."
+        "are not reliable (a store can be damaged if two processes write it). Keep the live "
+        "store on node-local disk: wf.run(state_dir='/local/scratch/shoal') (or $TMPDIR); "
+        "shoal then copies it into the run directory every few seconds and at the end, and "
+        "resume picks the newer copy."
     )
 
 

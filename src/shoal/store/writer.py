@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +85,20 @@ class Writer:
 
     INLINE = 256 * 1024  # results up to this size live in the database, larger ones in files
 
-    def __init__(self, rundir: Path) -> None:
+    # Seconds between copies of a node-local store into the run directory.
+    COPY_EVERY = float(os.environ.get("SHOAL_COPY_EVERY", "5"))
+
+    def __init__(self, rundir: Path, state_dir: Path | None = None) -> None:
         self.dir = rundir
         self.path = rundir / "shoal.db"
+        # With a state directory (node-local disk, when the run directory is on a network
+        # file system), the live database is there and the run directory gets a consistent
+        # copy every COPY_EVERY seconds and at the end.
+        self.copy: Path | None = None
+        if state_dir is not None:
+            self.copy, self.path = self.path, live_path(rundir, state_dir)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            sync(self.copy, self.path)
         if not self.path.exists():
             self._create()
         self.conn = connect(self.path)
@@ -299,17 +311,28 @@ class Writer:
     def _tx(self) -> _Tx:
         return _Tx(self.conn, self.path)
 
+    def publish(self) -> None:
+        """Copy a node-local store into the run directory now (no-op without one)."""
+        if self.copy is not None:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                copy_store(self.conn, self.copy)
+
     def start_checkpoints(self, every: float = 1.0) -> None:
         self._every = every
         self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
         conn = connect(self.path)
+        last = 0.0
         try:
             while not self._stop.wait(self._every):
                 # Busy or a failing disk: the next try, or close(), catches up.
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if self.copy is not None and time.monotonic() - last >= self.COPY_EVERY:
+                    last = time.monotonic()
+                    with contextlib.suppress(sqlite3.Error, OSError):
+                        copy_store(conn, self.copy)
         finally:
             conn.close()
 
@@ -319,7 +342,56 @@ class Writer:
             self._checkpointer.join()
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.copy is not None:
+            try:
+                copy_store(self.conn, self.copy)
+            except (sqlite3.Error, OSError) as err:
+                raise StoreError(
+                    f"cannot copy the store {self.path} into {self.copy}: {err}. The run's "
+                    f"state is intact in {self.path}; copy it by hand."
+                ) from None
         self.conn.close()
+
+
+def live_path(rundir: Path, state_dir: Path) -> Path:
+    """Where the live database of a run with a state directory is."""
+    return Path(state_dir) / rundir.name / "shoal.db"
+
+
+def copy_store(conn: sqlite3.Connection, dest: Path) -> None:
+    """A consistent copy of the database behind ``conn`` at ``dest`` (atomic: a new file is
+    written and renamed over the old one, so a reader always finds a whole store)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".copy")
+    tmp.unlink(missing_ok=True)
+    out = sqlite3.connect(tmp)
+    try:
+        conn.backup(out)
+        out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    finally:
+        out.close()
+    os.replace(tmp, dest)
+
+
+def sync(a: Path, b: Path) -> None:
+    """Make the older of two copies of a store equal to the newer (by modification time)."""
+    if not a.exists() and not b.exists():
+        return
+    if not b.exists() or (a.exists() and _mtime(a) > _mtime(b)):
+        src, dest = a, b
+    else:
+        src, dest = b, a
+    conn = sqlite3.connect(src)
+    try:
+        copy_store(conn, dest)
+    finally:
+        conn.close()
+
+
+def _mtime(db: Path) -> float:
+    """A store's last change: its file, or its write-ahead log when that is newer."""
+    wal = db.with_name(db.name + "-wal")
+    return max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
 
 
 class _Tx:
