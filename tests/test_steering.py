@@ -314,7 +314,7 @@ def test_interval_start_end_and_idle_rules_on_a_run(base: Path) -> None:
     run = wf.run(base=base, cpus=2)
     assert run.ok
     assert seen[0] == "start" and seen[-1] == "end"
-    assert 2 <= seen.count("interval") <= 5
+    assert seen.count("interval") >= 2  # every 0.1 s while the 0.35 s task ran
     assert "idle" in seen  # one core stays free while the one task runs
 
 
