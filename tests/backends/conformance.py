@@ -93,7 +93,7 @@ class BackendContract:
             name=fn.__name__,
             kind="python",
             placement=BackendContract.placement(backend, first=first),
-            taskdir=rundir / "tasks" / str(task),
+            folder=str(rundir / "tasks" / str(task)),
             function=fid,
             payload=payload(*args, **kwargs),
         )
@@ -108,7 +108,7 @@ class BackendContract:
             name=argv[0],
             kind="command",
             placement=BackendContract.placement(backend, first=first),
-            taskdir=rundir / "tasks" / str(task),
+            folder=str(rundir / "tasks" / str(task)),
             argv=argv,
         )
 

@@ -33,7 +33,7 @@ class Job:
     name: str
     kind: str  # "python" or "command"
     placement: Placement
-    taskdir: Path
+    folder: str  # the task's folder, tasks/<id> (a str: a Path per task costs 9 µs)
     function: int = -1  # python: id of a function given to define()
     payload: bytes = b""  # python: pickled (args, kwargs), references already resolved
     argv: list[str] = field(default_factory=list)  # command: the program and its arguments
@@ -44,6 +44,10 @@ class Job:
     ranks: int = 1
     cpus: int = 1  # cores per rank
     after: int | None = None  # queue behind this running task on its slot (prefetch)
+
+    @property
+    def taskdir(self) -> Path:
+        return Path(self.folder)
 
     @property
     def pooled(self) -> bool:

@@ -374,7 +374,7 @@ class LocalBackend(Backend):
             self._cores(job),
             env_id,
             send_env,
-            str(job.taskdir),
+            job.folder,
             job.after is not None,
         )
 

@@ -114,7 +114,7 @@ class Driver:
         self.batch = Batch()
         self.extra: list[Stimulus] = []  # events found while turning outcomes into events
         self.queue = backend.prefetch > 0
-        self.shapes: dict[int, Request] = {}  # one Request per distinct Options
+        self.shapes: dict[tuple[int, str], tuple[Any, Request, str | None, bool]] = {}
         self.pool = Pool(tuple(backend.nodes()))  # for refusing added work with a clear message
         self.steering: Steering | None = None
         if rules or strategies or tracked or any(r.options.tags for r in plan.records):
@@ -169,12 +169,14 @@ class Driver:
 
     def _info(self, r: Record) -> TaskInfo:
         o = r.options
-        req = self.shapes.get(id(o))
-        if req is None:
-            req = self.shapes[id(o)] = o.request
-        lane = self._lane(r) if self.queue else None
+        # One Request and lane per distinct Options and kind (a million tasks share a few).
+        key = (id(o), r.kind)
+        hit = self.shapes.get(key)
+        if hit is None or hit[0] is not o:
+            lane = self._lane(r) if self.queue else None
+            hit = self.shapes[key] = (o, o.request, lane, self._isolate(r))
         retry = o.retry if o.retry is not None else self.default_retry
-        return TaskInfo(r.id, r.deps, req, o.priority, o.timeout, lane, retry)
+        return TaskInfo(r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry)
 
     def _loop(self, infos: list[TaskInfo]) -> None:
         # Committing in a second thread so that it overlaps the next poll was tried and measured
@@ -296,6 +298,12 @@ class Driver:
         cpus = widths.most_common(1)[0][0]
         cores = sum(len(n.cores) for n in backend.nodes())
         return min(widths[cpus], cores // cpus), cpus
+
+    def _isolated(self, r: Record) -> bool:
+        hit = self.shapes.get((id(r.options), r.kind))
+        if hit is not None and hit[0] is r.options:
+            return hit[3]
+        return self._isolate(r)
 
     @staticmethod
     def _isolate(r: Record) -> bool:
@@ -500,14 +508,14 @@ class Driver:
             name=r.name,
             kind=r.kind,
             placement=d.placement,
-            taskdir=Path(f"{self.tasks_root}/{r.id}"),
+            folder=f"{self.tasks_root}/{r.id}",
             function=r.function,
             workdir=r.workdir,
             env=r.env or {},
             ranks=o.ranks,
             cpus=o.cpus,
             after=d.after,
-            isolate=self._isolate(r),
+            isolate=self._isolated(r),
         )
         try:
             if r.kind == "python":
