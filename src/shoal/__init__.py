@@ -33,8 +33,8 @@ _WHERE = {
     "TaskSkipped": "shoal.errors",
     "Response": "shoal.spec.response",
     "Strategy": "shoal.spec.steer",
-    "Event": "shoal.runtime.steer",
-    "Controller": "shoal.runtime.steer",
+    "Event": "shoal.runtime.handlers",
+    "Controller": "shoal.runtime.handlers",
     "Ref": "shoal.spec.refs",
     "Task": "shoal.spec.task",
     "command": "shoal.spec.task",
@@ -102,9 +102,9 @@ if TYPE_CHECKING:
         TaskSkipped,
     )
     from shoal.runtime.api import resume, run, submit
+    from shoal.runtime.handlers import Controller, Event
     from shoal.runtime.requests import attach
     from shoal.runtime.run import Run
-    from shoal.runtime.steer import Controller, Event
     from shoal.spec.refs import Ref
     from shoal.spec.response import Response
     from shoal.spec.steer import Strategy

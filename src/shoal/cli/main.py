@@ -179,7 +179,7 @@ def _print_groups(groups: dict[str, Any]) -> None:
 def _print_rules(rules: list[dict[str, Any]]) -> None:
     if not rules:
         return
-    from shoal.runtime.steer import SLOW
+    from shoal.runtime.handlers import SLOW
 
     click.echo("rules:")
     for r in rules:
