@@ -73,13 +73,12 @@ def retry(s: Scheduler, ev: Retry, cause: str, out: list[Command]) -> None:
         why = s.pool.refusal(ev.info.request)
         if why:
             raise ResourceError(f"task {ev.task} can never start: {why}")
-    for d in e.waits_for():
-        dep = s.tasks[d]
-        if dep.state in TERMINAL and dep.state is not SUCCEEDED:
-            raise DefinitionError(
-                f"cannot retry task {ev.task}: it depends on task {d}, which is "
-                f"{dep.state.value}; retry that one"
-            )
+    dep = blocker(s, e)
+    if dep is not None:
+        raise DefinitionError(
+            f"cannot retry task {ev.task}: it depends on task {dep.info.id}, which is "
+            f"{dep.state.value}; retry that one"
+        )
     if ev.info is not None:
         e.info = ev.info
     reopen(s, e, cause, out, ev.reason)
@@ -90,16 +89,9 @@ def retry(s: Scheduler, ev: Retry, cause: str, out: list[Command]) -> None:
         down = stack.pop()
         if down.root != rid or down.state not in (DEP_FAILED, CANCELLED):
             continue
-        blocker = next(
-            (
-                s.tasks[x]
-                for x in down.waits_for()
-                if s.tasks[x].state in TERMINAL and s.tasks[x].state is not SUCCEEDED
-            ),
-            None,
-        )
-        if blocker is not None:  # it stays ended, now because of that other task
-            down.root = blocker.root if blocker.root >= 0 else blocker.info.id
+        other = blocker(s, down)
+        if other is not None:  # it stays ended, now because of that other task
+            down.root = other.root if other.root >= 0 else other.info.id
             continue
         reopen(s, down, cause, out, f"upstream task {rid} was retried")
         stack.extend(s.tasks[c] for c in down.children or ())
@@ -113,14 +105,10 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
         raise DefinitionError(
             f"cannot rerun task {ev.task}: it is {e.state.value}; it has not finished"
         )
-    blocked = [
-        d
-        for d in e.waits_for()
-        if s.tasks[d].state in TERMINAL and s.tasks[d].state is not SUCCEEDED
-    ]
-    if blocked:
+    dep = blocker(s, e)
+    if dep is not None:
         raise DefinitionError(
-            f"cannot rerun task {ev.task}: task {blocked[0]} upstream of it did not succeed; "
+            f"cannot rerun task {ev.task}: task {dep.info.id} upstream of it did not succeed; "
             "retry or rerun that one"
         )
     down: list[_Entry] = []
@@ -187,14 +175,7 @@ def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
             continue
         s._open += 1
         e.waiting = sum(1 for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED)
-        bad = next(
-            (
-                s.tasks[d]
-                for d in e.waits_for()
-                if s.tasks[d].state in TERMINAL and s.tasks[d].state is not SUCCEEDED
-            ),
-            None,
-        )
+        bad = blocker(s, e)
         lost = state is RUNNING or state is QUEUED
         if e.waiting == 0:
             if state is READY:
@@ -213,13 +194,22 @@ def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
             s._end_downstream(bad, [e], cause, out)
 
 
-def root_of(s: Scheduler, e: _Entry) -> int:
+def blocker(s: Scheduler, e: _Entry) -> _Entry | None:
+    """The first task ``e`` waits for that ended without success (so ``e`` cannot run)."""
     for d in e.waits_for():
         dep = s.tasks[d]
         if dep.state in TERMINAL and dep.state is not SUCCEEDED:
-            return dep.root if dep.root >= 0 else dep.info.id
-        if dep.state is SUCCEEDED and e.state is SKIPPED:
-            return dep.info.id  # the task whose Response skipped it
+            return dep
+    return None
+
+
+def root_of(s: Scheduler, e: _Entry) -> int:
+    """Where the failure, cancellation or skip that ended ``e`` started."""
+    dep = blocker(s, e)
+    if dep is not None:
+        return dep.root if dep.root >= 0 else dep.info.id
+    if e.state is SKIPPED:  # skipped by the Response of a task that succeeded
+        return next((d for d in e.waits_for() if s.tasks[d].state is SUCCEEDED), -1)
     return -1
 
 
