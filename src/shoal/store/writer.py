@@ -40,6 +40,8 @@ def options_json(o: Options) -> str:
 
 # State.value goes through a Python-level descriptor: a plain dict is several times faster.
 NAMES: dict[State, str] = {s: s.value for s in State}
+QUIET = frozenset({State.READY, State.QUEUED})
+QUIET_FROM = frozenset({None, State.PENDING, State.READY, State.QUEUED})
 
 _placements: dict[int, tuple[Placement, str]] = {}
 
@@ -213,6 +215,15 @@ class Writer:
         last: dict[int, Transition] = {}
         for t in ts:
             last[t.task] = t
+        # The task's row says where it stands for readers and resume: finished, running,
+        # retrying, or waiting ("pending" covers ready and queued, which a resume recomputes
+        # anyway; the transitions table has every step). Not writing the moves between the
+        # waiting states saves two row updates per task.
+        rows = [
+            (NAMES[t.new], t.attempt, t.reason, t.time, t.task)
+            for t in last.values()
+            if t.new not in QUIET or t.old not in QUIET_FROM
+        ]
         results = []
         for o in batch.outcomes:
             if o.ok and o.result is not None:
@@ -269,7 +280,7 @@ class Writer:
                 )
                 c.executemany(
                     "UPDATE tasks SET state=?, attempts=?, reason=?, updated=? WHERE id=?",
-                    [(NAMES[t.new], t.attempt, t.reason, t.time, t.task) for t in last.values()],
+                    rows,
                 )
             if batch.dispatched:
                 c.executemany(
@@ -321,7 +332,7 @@ class Writer:
             with contextlib.suppress(sqlite3.Error, OSError):
                 copy_store(self.conn, self.copy)
 
-    def start_checkpoints(self, every: float = 1.0) -> None:
+    def start_checkpoints(self, every: float = 0.25) -> None:
         self._every = every
         self._checkpointer.start()
 
