@@ -130,6 +130,10 @@ def _status(d: Path) -> dict[str, Any]:
             live = json.loads(status_file.read_text())
         except (OSError, ValueError):
             live = {}
+    if meta.get("state") == "running" and live.get("counts"):
+        # While a run goes on its store says "pending" for ready and queued tasks too (that
+        # saves two row updates per task); status.json has the live counts.
+        counts = {k: v for k, v in live["counts"].items() if v}
     return {
         "run": meta.get("name"),
         "dir": str(d),

@@ -151,6 +151,14 @@ class Driver:
         if st is not None:
             st.end(time.time())
             self.writer.commit(Batch(rules=st.rows(every=True)))
+        if not self.scheduler.done:  # stopped early: the rows of waiting tasks say exactly how
+            waiting = [
+                (e.state.value, t)
+                for t, e in self.scheduler.tasks.items()
+                if e.state in (State.READY, State.QUEUED)
+            ]
+            if waiting:
+                self.writer.set_states(waiting)
         if self.interrupted:
             state = "interrupted"
         elif self._any_failed() or (st is not None and st.error):

@@ -199,6 +199,11 @@ class Writer:
             rows,
         )
 
+    def set_states(self, rows: list[tuple[str, int]]) -> None:
+        """Write exact states (``(state, task)``) of tasks whose row says only "pending"."""
+        with self._tx():
+            self.conn.executemany("UPDATE tasks SET state=? WHERE id=?", rows)
+
     def result(self, task: int) -> bytes | None:
         """The pickled result of a task, from the store (for tasks whose value left memory)."""
         row = self.conn.execute("SELECT value, path FROM results WHERE task=?", (task,)).fetchone()
