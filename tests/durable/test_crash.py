@@ -219,3 +219,71 @@ def test_a_node_local_state_dir_survives_losing_the_node(tmp_path: Path) -> None
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert c.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 400
     assert run.result(399) == 400
+
+
+def test_resume_after_a_kill_keeps_the_gates_of_responses(tmp_path: Path) -> None:
+    """A Response with add= and detour= (and a replacement), killed while the added work
+    runs: after resume the dependents still wait for the detour, the added task for
+    nothing, and everything ends correct."""
+    script = tmp_path / "gates.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            import shoal
+
+            @shoal.task
+            def slow(v):
+                time.sleep(1.5)
+                return v + 1
+
+            @shoal.task
+            def tenfold(v):
+                return v * 10
+
+            @shoal.task
+            def child(v):
+                return ("child", v)
+
+            @shoal.task
+            def head():
+                added = slow(shoal.current().out)
+                return shoal.Response(output=1, add=[added], detour=[tenfold(added)])
+
+            @shoal.task
+            def loop(n):
+                time.sleep(0.3)
+                return shoal.Response(output=n, replace=loop(n + 1)) if n < 4 else n
+
+            if __name__ == "__main__":
+                if sys.argv[1] == "start":
+                    with shoal.Workflow("gates") as wf:
+                        child(head())
+                        child(loop(0))
+                    wf.run(base=sys.argv[2], cpus=2)
+                else:
+                    shoal.resume(sys.argv[2])
+            """
+        )
+    )
+    base = tmp_path / "runs"
+    base.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), "start", str(base)])
+    t0 = time.monotonic()
+    while not list(base.glob("gates-*/status.json")) and time.monotonic() - t0 < 30:
+        time.sleep(0.02)
+    time.sleep(1.0)  # the added task sleeps, the loop has replaced itself a few times
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (rundir,) = base.glob("gates-*")
+    done = subprocess.run(
+        [sys.executable, str(script), "resume", str(rundir)], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    import shoal
+
+    run = shoal.Run(rundir, "gates")
+    assert run.status()["counts"] == {"succeeded": run.status()["total"]}
+    assert run.result(1) == ("child", 1)  # the head's own output, after its detour
+    assert run.result(3) == ("child", 4)  # the loop's last replacement
+    assert run.result("slow") == 2 and run.result("tenfold") == 20

@@ -103,6 +103,7 @@ class Driver:
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.values: dict[int, bytes] = {}
         self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
+        self.gate_of: dict[int, tuple[int, ...]] = {}  # task -> its Response's gate tasks
         self.backend_outbox: list[Outcome] = []  # failures found while building jobs
         self.killed: dict[tuple[int, int], Kill] = {}  # attempts this driver asked to stop
         self.tasks_root = str(rundir / "tasks")
@@ -124,6 +125,7 @@ class Driver:
         self.restore = restore  # a Snapshot of a resumed run (shoal.store.recover), or None
         if restore is not None:
             self.alias.update(restore.aliases)
+            self.gate_of.update(restore.gate_of)
         self.stop_at = stop_at  # a deadline (epoch seconds): stop starting tasks then
         self.stop_mode = stop_mode  # "cancel" running tasks on a stop, or let them "finish"
         self.signalled = ""  # set by the signal handler: stop gracefully
@@ -358,7 +360,7 @@ class Driver:
         try:
             output, resp = decode(o.result)
             o.result = output
-            new = resp.add + resp.detour + resp.replace
+            new = list({t.key: t for t in (*resp.add, *resp.detour, *resp.replace)}.values())
             infos = self.add_work(new, f"response of {r.name} (#{r.id})") if new else []
         except Exception as err:
             o.ok = False
@@ -369,9 +371,11 @@ class Driver:
             self.log.warning("task %s (%s): %s", r.id, r.name, o.error)
             return Failed(now, o.task, o.attempt, o.error, "error")
         by_key = {t.key: t.id for t in new}
-        gate = tuple(by_key[t.key] for t in (*resp.detour, *resp.replace))
+        gate = tuple(g for g in (by_key[t.key] for t in (*resp.detour, *resp.replace)) if g)
         if gate:
-            self.batch.gates.append((o.task, tuple(g for g in gate if g is not None)))
+            first = min(i.id for i in infos)  # tasks from here on came with this Response
+            self.gate_of[o.task] = gate
+            self.batch.gates.append((o.task, gate, first))
         if resp.replace:
             standin = by_key[resp.replace[-1].key]
             assert standin is not None
@@ -379,6 +383,15 @@ class Driver:
             self.batch.aliases.append((o.task, standin))
             if o.task in self.needed:
                 self.needed.add(standin)
+            # Added and detour tasks that use this task's output get the replacement's, so
+            # they wait for it (the replacement itself may use the output as it is now).
+            mine = {by_key[t.key] for t in resp.replace}
+            for i, info in enumerate(infos):
+                r = self.records[info.id]
+                if info.id not in mine and o.task in r.deps:
+                    r.deps = (*r.deps, standin)
+                    infos[i] = self._info(r)
+                    self.needed.add(standin)
         if resp.stop_run:
             self.extra.append(Stop(now, True, f"task {r.name} (#{r.id}) stopped the run"))
         return Succeeded(
@@ -386,7 +399,7 @@ class Driver:
             o.task,
             o.attempt,
             add=tuple(infos),
-            gate=tuple(g for g in gate if g is not None),
+            gate=gate,
             skip=resp.stop_children,
         )
 
@@ -395,6 +408,9 @@ class Driver:
         commit, before any of them is dispatched. Raises DefinitionError (nothing changed)."""
         with detached():
             plan = lower(tasks, self.plan.name, len(self.records), self.ids, self.functions)
+        if self.alias or self.gate_of:
+            for r in plan.records:
+                r.deps = self._through(r.deps)
         seen: set[Request] = set()
         for r in plan.records:
             req = r.options.request
@@ -419,6 +435,20 @@ class Driver:
             self.steering.note_tags(plan.records)
         self.log.info("%s added %d task(s)", origin, len(plan.records))
         return [self._info(r) for r in plan.records]
+
+    def _through(self, deps: tuple[int, ...]) -> tuple[int, ...]:
+        """Dependencies of new work, plus what stands behind them: the replacements of a
+        replaced task (its output is theirs) and the detours its dependents wait for."""
+        out = list(deps)
+        todo = list(deps)
+        while todo:
+            d = todo.pop()
+            more = [*self.gate_of.get(d, ()), *((self.alias[d],) if d in self.alias else ())]
+            for m in more:
+                if m not in out:
+                    out.append(m)
+                    todo.append(m)
+        return tuple(out)
 
     def retry_info(self, task: int, changes: dict[str, Any]) -> TaskInfo | None:
         """The task's new TaskInfo when a retry changes its options (None: unchanged)."""

@@ -35,6 +35,7 @@ class Snapshot:
     aliases: dict[int, int]
     rules: list[tuple[str, str, bytes | None, bytes | None]]  # label, kind, payload, memory
     origins: list[str | None] = field(default_factory=list)
+    gate_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
     lost: int = 0  # attempts marked lost
     requests: list[tuple[int, str, bytes]] = field(default_factory=list)
 
@@ -91,6 +92,7 @@ def load(rundir: Path) -> Snapshot:
         gates: list[tuple[int, tuple[int, ...]]] = []
         aliases: dict[int, int] = {}
         gate_of: dict[int, tuple[int, ...]] = {}
+        first_of: dict[int, int] = {}
         options: dict[tuple[str, str, str], Options] = {}
         rows = conn.execute(
             "SELECT id, name, kind, function, template, payload, has_refs, deps, options,"
@@ -127,9 +129,11 @@ def load(rundir: Path) -> Snapshot:
             if alias is not None:
                 aliases[tid] = alias
             if gate:
-                gate_of[tid] = tuple(json.loads(gate))
+                g = json.loads(gate)
+                gate_of[tid] = tuple(g["gate"])
+                first_of[tid] = int(g["first"])
         if gate_of:
-            gates = _gates(records, gate_of)
+            gates = _gates(records, gate_of, first_of)
         rules = [
             (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
             for label, trigger, payload, memory in conn.execute(
@@ -146,13 +150,15 @@ def load(rundir: Path) -> Snapshot:
         conn.close()
     name = str(meta.get("name", "run"))
     plan = Plan(name, records, functions, 0)
-    return Snapshot(
+    snap = Snapshot(
         name, meta, plan, states, attempts, gates, aliases, rules, origins, lost, requests
     )
+    snap.gate_of = gate_of
+    return snap
 
 
 def _gates(
-    records: list[Record], gate_of: dict[int, tuple[int, ...]]
+    records: list[Record], gate_of: dict[int, tuple[int, ...]], first_of: dict[int, int]
 ) -> list[tuple[int, tuple[int, ...]]]:
     """The extra dependencies of each task: a dependent of a task whose Response had a gate
     waits for the gate tasks, and for their gates in turn (a replacement replaced again).
@@ -169,7 +175,7 @@ def _gates(
                 continue
             seen.add(d)
             gate = gate_of[d]
-            if r.id >= min(gate):
+            if r.id >= first_of[d]:  # it came with the Response or later: not gated
                 continue
             for g in gate:
                 if g not in extra:

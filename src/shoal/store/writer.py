@@ -69,7 +69,8 @@ class Batch:
     aliases: list[tuple[int, int]] = field(default_factory=list)  # (task, replaced by)
     options: list[tuple[int, Options]] = field(default_factory=list)  # changed by a retry
     rules: list[tuple[Any, ...]] = field(default_factory=list)  # rows of the rules table
-    gates: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # Response gates
+    # Response gates: (task, gate ids, first id of the work that came with the Response)
+    gates: list[tuple[int, tuple[int, ...], int]] = field(default_factory=list)
     answers: list[tuple[int, float, str]] = field(default_factory=list)  # requests taken
 
     def __bool__(self) -> bool:
@@ -249,7 +250,7 @@ class Writer:
             if batch.gates:
                 c.executemany(
                     "UPDATE tasks SET gate=? WHERE id=?",
-                    [(json.dumps(list(g)), t) for t, g in batch.gates],
+                    [(json.dumps({"gate": list(g), "first": f}), t) for t, g, f in batch.gates],
                 )
             if batch.rules:
                 c.executemany(
