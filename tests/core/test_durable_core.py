@@ -177,3 +177,41 @@ def test_restore_applies_the_gates_of_responses() -> None:
     assert s.state(1) is PEN and started(out) == [2]
     s.handle(Succeeded(1, 2, 2))
     assert s.state(1) is RUN
+
+
+def test_rerun_downstream_of_a_diamond_waits_for_every_parent() -> None:
+    s = sched(cores=4)
+    # 0 -> 1 -> 3, 0 -> 2 -> 3
+    s.handle(Submitted(0, (t(0), t(1, 0), t(2, 0), t(3, 1, 2))))
+    for i in (0, 1, 2, 3):
+        s.handle(Succeeded(i + 1, i, 1))
+    s.handle(Rerun(5, 0, downstream=True))
+    assert [s.state(i) for i in range(4)] == [RUN, PEN, PEN, PEN]
+    s.handle(Succeeded(6, 0, 2))
+    s.handle(Succeeded(7, 2, 2))
+    assert s.state(3) is PEN, "task 3 must wait for task 1 too"
+    s.handle(Succeeded(8, 1, 2))
+    assert s.state(3) is RUN and s.tasks[3].waiting == 0
+
+
+def test_rerun_downstream_refuses_a_task_backing_off() -> None:
+    s = sched(cores=2)
+    s.handle(Submitted(0, (t(0), t(1, 0, retry=Backoff(retries=2, delay=60)))))
+    s.handle(Succeeded(1, 0, 1))
+    s.handle(Failed(2, 1, 1, "x"))
+    with pytest.raises(DefinitionError, match="is retrying"):
+        s.handle(Rerun(3, 0, downstream=True))
+
+
+def test_a_manual_retry_gets_the_policy_s_retries_again() -> None:
+    s = sched()
+    s.handle(Submitted(0, (t(0, retry=Backoff(retries=1)),)))
+    s.handle(Failed(1, 0, 1, "x"))
+    s.handle(Tick(1))
+    s.handle(Failed(2, 0, 2, "x"))
+    assert s.state(0) is FAI
+    from shoal.core import Retry
+
+    s.handle(Retry(3, 0))
+    s.handle(Failed(4, 0, 3, "x"))
+    assert s.state(0) is RET, "the budget counts from the manual retry"

@@ -128,6 +128,7 @@ class _Entry:
     __slots__ = (
         "attempt",
         "children",
+        "first",
         "gates",
         "generation",
         "info",
@@ -148,6 +149,7 @@ class _Entry:
         self.children: list[int] | None = None
         self.gates: list[int] | None = None  # tasks a Response made it wait for, besides deps
         self.attempt = 0
+        self.first = 0  # attempts before the last reopen (a retry budget counts from there)
         self.placement: Placement | None = None
         self.generation = 0
         self.ready_since = 0.0
@@ -379,7 +381,8 @@ class Scheduler:
             policy = e.info.retry
             wait = None
             if policy is not None and kind != "cancelled":
-                wait = policy.delay_for(e.info.id, e.attempt, kind, reason, ev.code)
+                tries = e.attempt - e.first
+                wait = policy.delay_for(e.info.id, tries, kind, reason, ev.code)
             if wait is not None:  # it tries again after the back-off
                 why = f"attempt {e.attempt} failed ({kind}: {reason}); retry in {wait:.3g} s"
                 self._move(e, RETRYING, cause, out, why)
@@ -452,7 +455,7 @@ class Scheduler:
             policy = back.info.retry
             assert policy is not None
             info = back.info
-            request, timeout = policy.escalate(info.request, info.timeout, attempt)
+            request, timeout = policy.escalate(info.request, info.timeout, attempt - back.first)
             if request != info.request and self.pool.refusal(request):
                 request = info.request  # more memory than any node has: keep what it had
             if request != info.request or timeout != info.timeout:

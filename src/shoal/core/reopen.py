@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from shoal.core.machine import Scheduler, _Entry
 
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
+RETRYING = State.RETRYING
 SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
 DEP_FAILED, SKIPPED = State.DEP_FAILED, State.SKIPPED
 REOPENABLE = frozenset({FAILED, CANCELLED})
@@ -112,7 +113,7 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             "retry or rerun that one"
         )
     down: list[_Entry] = []
-    if ev.downstream:  # everything below it, in an order where parents come first
+    if ev.downstream:  # everything below it
         seen = {e.info.id}
         stack = list(e.children or ())
         while stack:
@@ -120,28 +121,34 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             if c.info.id in seen:
                 continue
             seen.add(c.info.id)
-            if c.state is RUNNING or c.state is QUEUED:
+            if c.state in (RUNNING, QUEUED, RETRYING):
                 raise DefinitionError(
-                    f"cannot rerun task {ev.task} with its downstream: task {c.info.id} "
-                    "is running; wait for it, or cancel it first"
+                    f"cannot rerun task {ev.task} with its downstream: task {c.info.id} is "
+                    f"{c.state.value}; wait for it to end, or cancel it first"
                 )
             down.append(c)
             stack.extend(c.children or ())
     reopen(s, e, cause, out, ev.reason)
+    # First every downstream task waits again (in any order), then each counts what it waits
+    # for: counting while parents are still being reopened would miss some of them.
+    why = f"upstream task {ev.task} runs again"
     for c in down:
         if c.state in TERMINAL:
-            reopen(s, c, cause, out, f"upstream task {ev.task} runs again")
-        elif c.state is READY:  # it would have started on the old output: wait again
+            c.root = -1
+            c.kill = None
+            c.first = c.attempt
+            s._open += 1
+            s._move(c, PENDING, cause, out, why)
+        elif c.state is READY:  # it would have started on the old output
             s.queue.discard(c.info.id)
-            c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
-        else:
-            c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
-    for c in down:  # a ready task that now waits again goes back to pending
-        if c.state is READY and c.waiting:
             s.counts[READY] -= 1
             s.counts[PENDING] += 1
-            out.append(Transition(cause, c.info.id, READY, PENDING, s.now, ev.reason))
+            out.append(Transition(cause, c.info.id, READY, PENDING, s.now, why, c.attempt))
             c.state = PENDING
+    for c in down:
+        c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
+        if c.waiting == 0:  # cannot happen below a reopened task; kept for safety
+            s._ready(c, cause, out, why)
 
 
 def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
@@ -188,7 +195,7 @@ def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
         elif state is not PENDING:
             s.counts[state] -= 1
             s.counts[PENDING] += 1
-            out.append(Transition(cause, t.id, state, PENDING, s.now, "resumed"))
+            out.append(Transition(cause, t.id, state, PENDING, s.now, "resumed", e.attempt))
             e.state = PENDING
         if bad is not None and e.state is PENDING:
             s._end_downstream(bad, [e], cause, out)
@@ -217,6 +224,7 @@ def reopen(s: Scheduler, e: _Entry, cause: str, out: list[Command], reason: str)
     e.waiting = sum(1 for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED)
     e.root = -1
     e.kill = None
+    e.first = e.attempt  # a retry policy counts its retries from here
     s._open += 1
     if e.waiting == 0:
         s._ready(e, cause, out, reason)

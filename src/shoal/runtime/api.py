@@ -467,7 +467,12 @@ def resumed(
     backend.warm(*Driver.workers_wanted(plan, backend))
     resumes = int(snap.meta.get("resumes", 0)) + 1
     p.writer.set_meta(
-        state="running", pid=os.getpid(), host=socket.gethostname(), resumes=resumes, ended=None
+        state="running",
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        resumes=resumes,
+        ended=None,
+        stop_reason=None,  # a run stopped on purpose goes on when it is resumed
     )
     done = sum(1 for x in snap.states if x is State.SUCCEEDED)
     p.log.info(

@@ -8,6 +8,7 @@ core wants stopped. A task is therefore never running without the store saying s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import sys
@@ -463,6 +464,15 @@ class Driver:
         self.batch.options.append((task, options))
         return self._info(r)
 
+    def _escalated(self, task: int) -> None:
+        """Store what a retry policy escalated (timeout, memory), so that a resume keeps it."""
+        info = self.scheduler.tasks[task].info
+        r = self.records[task]
+        o = r.options
+        if info.timeout != o.timeout or info.request.memory != o.memory:
+            r.options = dataclasses.replace(o, timeout=info.timeout, memory=info.request.memory)
+            self.batch.options.append((task, r.options))
+
     def task_id(self, task: Task) -> int | None:
         return self.ids.get(task.key)
 
@@ -496,6 +506,8 @@ class Driver:
         for c in commands:
             if isinstance(c, Transition):
                 batch.transitions.append(c)
+                if c.old is State.RETRYING and c.new is State.READY:
+                    self._escalated(c.task)
                 if c.new is State.FAILED:
                     self.log.warning(
                         "task %s (%s) failed: %s", c.task, self.records[c.task].name, c.reason
