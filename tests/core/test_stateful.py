@@ -31,6 +31,7 @@ from shoal.core import (
     Placement,
     Policy,
     Request,
+    Rerun,
     Retry,
     Scheduler,
     State,
@@ -498,6 +499,41 @@ class SchedulerMachine(RuleBasedStateMachine):
         out = self.feed(Retry(self.now, task))
         first = transitions(out, task)[0]
         assert first.old is old and first.new in (READY, PENDING)
+
+    @precondition(lambda self: any(v in TERMINAL for v in self.states.values()))
+    @rule(data=st.data(), downstream=st.booleans())
+    def rerun(self, data: st.DataObject, downstream: bool) -> None:
+        """Run a finished task again, alone or with everything below it."""
+        task = data.draw(
+            st.sampled_from(sorted(t for t, v in self.states.items() if v in TERMINAL))
+        )
+        before = self.snapshot()
+        below: set[int] = set()
+        todo = [task]
+        while todo:
+            x = todo.pop()
+            for t in self.states:
+                if x in self.deps_of(t) and t not in below:
+                    below.add(t)
+                    todo.append(t)
+        blocked = any(self.states[d] in BAD_END for d in self.deps_of(task))
+        children = {t for t in self.states if task in self.deps_of(t)}
+        busy = any(
+            self.states[t] in (*LIVE, State.RETRYING) for t in (below if downstream else children)
+        )
+        if blocked or busy:
+            with pytest.raises(DefinitionError):
+                self.s.handle(Rerun(self.now, task, downstream))
+            assert self.snapshot() == before
+            return
+        out = self.feed(Rerun(self.now, task, downstream))
+        assert transitions(out, task)[0].new in (READY, PENDING)
+        if downstream:
+            for t in below:  # reopened, unless something else upstream of it ended badly
+                ok = self.states[t] not in TERMINAL or any(
+                    self.states[d] in BAD_END for d in self.deps_of(t)
+                )
+                assert ok, f"task {t} below {task} did not reopen"
 
     @precondition(lambda self: not self.stopped)
     @rule(drain=st.booleans())

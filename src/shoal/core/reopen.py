@@ -112,6 +112,12 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             f"cannot rerun task {ev.task}: task {dep.info.id} upstream of it did not succeed; "
             "retry or rerun that one"
         )
+    for c in e.children or ():
+        if s.tasks[c].state in (RUNNING, QUEUED, RETRYING):  # it started on the old output
+            raise DefinitionError(
+                f"cannot rerun task {ev.task}: task {c} that depends on it is "
+                f"{s.tasks[c].state.value}; wait for it to end, or cancel it first"
+            )
     down: list[_Entry] = []
     if ev.downstream:  # everything below it
         seen = {e.info.id}
@@ -128,12 +134,30 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
                 )
             down.append(c)
             stack.extend(c.children or ())
+    # A finished task below stays as it is when something else upstream of it, not run
+    # again, ended badly: it could not run anyway (decided to a fixpoint, as such tasks
+    # keep the ones below them finished too).
+    ids = {c.info.id for c in down} | {e.info.id}
+    keep: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for c in down:
+            if c.info.id in keep or c.state not in TERMINAL:
+                continue
+            for d in c.waits_for():
+                x = s.tasks[d]
+                bad = x.state in TERMINAL and x.state is not SUCCEEDED and d not in ids
+                if bad or d in keep:
+                    keep.add(c.info.id)
+                    changed = True
+                    break
     reopen(s, e, cause, out, ev.reason)
-    # First every downstream task waits again (in any order), then each counts what it waits
-    # for: counting while parents are still being reopened would miss some of them.
     why = f"upstream task {ev.task} runs again"
     for c in down:
-        if c.state in TERMINAL:
+        if c.info.id in keep:
+            c.root = root_of(s, c)
+        elif c.state in TERMINAL:
             c.root = -1
             c.kill = None
             c.first = c.attempt
@@ -141,13 +165,22 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             s._move(c, PENDING, cause, out, why)
         elif c.state is READY:  # it would have started on the old output
             s.queue.discard(c.info.id)
-            s.counts[READY] -= 1
-            s.counts[PENDING] += 1
-            out.append(Transition(cause, c.info.id, READY, PENDING, s.now, why, c.attempt))
-            c.state = PENDING
-    for c in down:
+            s._move(c, PENDING, cause, out, why)
+    # Then everything that waits below the reopened tasks counts again what it waits for:
+    # counting while parents were still being reopened would miss some of them.
+    again = [e, *(c for c in down if c.info.id not in keep)]
+    affected: dict[int, _Entry] = {c.info.id: c for c in again[1:]}
+    for r in again:
+        for child in r.children or ():
+            x = s.tasks[child]
+            if x.state is PENDING or x.state is READY:
+                affected[child] = x
+    for c in affected.values():
         c.waiting = sum(1 for d in c.waits_for() if s.tasks[d].state is not SUCCEEDED)
-        if c.waiting == 0:  # cannot happen below a reopened task; kept for safety
+        if c.state is READY and c.waiting:
+            s.queue.discard(c.info.id)
+            s._move(c, PENDING, cause, out, why)
+        elif c.state is PENDING and c.waiting == 0:
             s._ready(c, cause, out, why)
 
 

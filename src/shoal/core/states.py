@@ -62,7 +62,8 @@ TERMINAL: frozenset[State] = frozenset(
 # pending with it; a finished task may be run again (``Rerun``).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}),
-    State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED}),
+    # ready -> pending: a task upstream of it runs again (Rerun) before it started
+    State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED, State.PENDING}),
     State.QUEUED: frozenset({State.RUNNING, State.READY, State.CANCELLED}),
     State.RUNNING: frozenset(
         {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY, State.RETRYING}
