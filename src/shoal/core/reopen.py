@@ -112,11 +112,11 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             f"cannot rerun task {ev.task}: task {dep.info.id} upstream of it did not succeed; "
             "retry or rerun that one"
         )
-    for c in e.children or ():
-        if s.tasks[c].state in (RUNNING, QUEUED, RETRYING):  # it started on the old output
+    for child in e.children or ():
+        if s.tasks[child].state in (RUNNING, QUEUED, RETRYING):  # it started on old output
             raise DefinitionError(
-                f"cannot rerun task {ev.task}: task {c} that depends on it is "
-                f"{s.tasks[c].state.value}; wait for it to end, or cancel it first"
+                f"cannot rerun task {ev.task}: task {child} that depends on it is "
+                f"{s.tasks[child].state.value}; wait for it to end, or cancel it first"
             )
     down: list[_Entry] = []
     if ev.downstream:  # everything below it
