@@ -209,7 +209,8 @@ class Prepared:
             },
             nodes,
         )
-        self.writer.add_plan(plan)
+        self.born = time.time()
+        self.writer.add_plan(plan, born=self.born)
         self.writer.publish()
         self.log.info(
             "run %s: %d tasks on %s",
@@ -241,6 +242,7 @@ class Prepared:
             ids=self.ids,
             functions=self.functions,
             restore=self.restore,
+            born=getattr(self, "born", None),
             stop_at=self.extras.stop_at,
             stop_mode=self.extras.stop_mode,
             default_retry=self.extras.retry,

@@ -87,6 +87,7 @@ class Driver:
         ids: dict[int, int] | None = None,
         functions: Functions | None = None,
         restore: Any = None,
+        born: float | None = None,
         stop_at: float | None = None,
         stop_mode: str = "cancel",
         default_retry: Backoff | None = None,
@@ -127,6 +128,7 @@ class Driver:
         if restore is not None:
             self.alias.update(restore.aliases)
             self.gate_of.update(restore.gate_of)
+        self.born = born  # the plan's first transitions were stored then (Writer.add_plan)
         self.stop_at = stop_at  # a deadline (epoch seconds): stop starting tasks then
         self.stop_mode = stop_mode  # "cancel" running tasks on a stop, or let them "finish"
         self.signalled = ""  # set by the signal handler: stop gracefully
@@ -203,7 +205,7 @@ class Driver:
             if st is not None:
                 st.resumed(snap)
         else:
-            events = [Submitted(now, tuple(infos))]
+            events = [Submitted(self.born or now, tuple(infos))]
             if st is not None:
                 st.start(now)
                 events.extend(st.take())
@@ -503,8 +505,12 @@ class Driver:
         batch.outcomes = outcomes
         acts = _Acts()
         now = time.time()
+        born = self.born is not None
         for c in commands:
             if isinstance(c, Transition):
+                if born and c.old is None and c.task < len(self.plan.records):
+                    batch.born.append(c)  # stored with the plan already
+                    continue
                 batch.transitions.append(c)
                 if c.old is State.RETRYING and c.new is State.READY:
                     self._escalated(c.task)
@@ -517,6 +523,7 @@ class Driver:
                 batch.dispatched.append((c.task, c.attempt, c.placement, now))
             elif isinstance(c, Kill):
                 acts.kills.append(c)
+        self.born = None  # only the first iteration sees the plan's births
         return batch, acts
 
     def _act(self, acts: _Acts) -> None:

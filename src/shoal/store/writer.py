@@ -65,6 +65,7 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     dispatched: list[tuple[int, int, Placement, float]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    born: list[Transition] = field(default_factory=list)  # births stored with the plan
     plans: list[tuple[Plan, str]] = field(default_factory=list)  # work added, and by whom
     aliases: list[tuple[int, int]] = field(default_factory=list)  # (task, replaced by)
     options: list[tuple[int, Options]] = field(default_factory=list)  # changed by a retry
@@ -164,10 +165,22 @@ class Writer:
             hit = self._options_cache[id(o)] = (o, options_json(o))
         return hit[1]
 
-    def add_plan(self, plan: Plan, origin: str = "workflow") -> None:
-        """Store the tasks and functions of a plan (before any of them is scheduled)."""
+    def add_plan(self, plan: Plan, origin: str = "workflow", born: float | None = None) -> None:
+        """Store the tasks and functions of a plan (before any of them is scheduled).
+
+        With ``born`` (a time), also store each task's first transition, as the core will
+        make it for a new run (ready when it waits for nothing, else pending): this happens
+        while the workers start, instead of in the first loop iteration.
+        """
         with self._tx():
             self._insert_plan(plan, origin)
+            if born is not None:
+                cause = f"submitted({len(plan.records)} tasks)"
+                self.conn.executemany(
+                    "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"
+                    " VALUES (?,0,NULL,?,?,'',?)",
+                    [(r.id, "pending" if r.deps else "ready", born, cause) for r in plan.records],
+                )
 
     def _insert_plan(self, plan: Plan, origin: str) -> None:
         rows = (
@@ -219,6 +232,8 @@ class Writer:
     def commit(self, batch: Batch) -> None:
         ts = batch.transitions
         last: dict[int, Transition] = {}
+        for t in batch.born:  # their rows exist; the task's row may still need its state
+            last[t.task] = t
         for t in ts:
             last[t.task] = t
         # The task's row says where it stands for readers and resume: finished, running,
