@@ -517,7 +517,10 @@ def run(wf: Workflow, **options: Any) -> Run:
     ``progress`` (show a progress bar; default: only under ``shoal run``); ``prefetch``
     (at most this many tasks queued behind each running short task; default: the backend's,
     64 for local; 0 turns it off) and ``prefetch_window`` (seconds of expected work queued per
-    slot, from the average run time of tasks of that shape).
+    slot, from the average run time of tasks of that shape); ``stop_at`` (a deadline: epoch
+    seconds or a datetime) and ``stop_mode`` ('cancel' the running tasks on a stop, or let
+    them 'finish'); ``retries``, ``backoff``, ``retry_on`` and ``escalate`` (a retry policy
+    for tasks without their own); ``state_dir`` (keep the live store on node-local disk).
     """
     _check_options(options)
     p = prepare(wf, **options)
