@@ -414,3 +414,21 @@ def test_matensemble_policy_names_are_the_same_policies(base: Path) -> None:
     assert run.ok and len({run.result(t) for t in ts}) == 4
     with pytest.raises(shoal.DefinitionError, match="'adaptive'"):
         Policy("greedy")
+
+
+@shoal.task
+def last_word() -> Any:
+    me = shoal.current().out
+    return Response(output=0, replace=plus(5, 1), add=[plus(me, 2)], stop_run=True)
+
+
+def test_stop_run_with_a_replacement_names_the_task_that_stopped(base: Path) -> None:
+    with Workflow("last") as wf:
+        w = last_word()
+    run = wf.run(base=base, cpus=2)
+    assert run.state == "stopped"
+    with pytest.raises(shoal.StoreError, match="no result yet"):
+        run.result(w)  # its replacement never started: nothing new starts after stop_run
+    with db(run) as c:
+        (reason,) = c.execute("SELECT value FROM meta WHERE key='stop_reason'").fetchone()
+    assert json.loads(reason) == "task last_word (#0) stopped the run"

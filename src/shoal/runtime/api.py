@@ -18,9 +18,10 @@ from typing import Any
 from shoal.backends.base import Backend
 from shoal.backends.local import LocalBackend
 from shoal.core.machine import Policy
+from shoal.core.resources import Pool
 from shoal.core.states import State
-from shoal.errors import DefinitionError, ResourceError, StoreError
-from shoal.runtime.driver import Driver
+from shoal.errors import DefinitionError, StoreError
+from shoal.runtime.driver import Driver, check_resources
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
 from shoal.spec.retry import Backoff
@@ -78,25 +79,6 @@ def new_rundir(base: Path, name: str) -> Path:
         except FileExistsError:
             continue
     raise DefinitionError(f"cannot create a run directory for {name!r} in {base}")
-
-
-def check_resources(plan: Plan, backend: Backend) -> None:
-    from shoal.core.resources import Pool
-
-    pool = Pool(tuple(backend.nodes()))
-    seen = set()
-    for r in plan.records:
-        req = r.options.request
-        if req in seen:
-            continue
-        seen.add(req)
-        why = pool.refusal(req)
-        if why:
-            raise ResourceError(
-                f"task {r.name!r} (#{r.id}) can never start: {why}. Lower its request, or, "
-                "to test on a small machine, pretend a bigger node: "
-                "wf.run(cpus=..., gpus=..., memory=...)."
-            )
 
 
 def _logger(rundir: Path) -> logging.Logger:
@@ -172,7 +154,7 @@ class Prepared:
     ) -> Prepared:
         functions = Functions()
         plan = compile_workflow(wf, functions=functions)
-        check_resources(plan, backend)
+        check_resources(plan.records, Pool(tuple(backend.nodes())))
         rundir = new_rundir(base, wf.name)
         lock = Lock(rundir).acquire()
         self = cls(
@@ -189,9 +171,7 @@ class Prepared:
             ids={t.key: t.id for t in wf.tasks if t.id is not None},
             functions=functions,
         )
-        # Workers import while the plan is written to the store.
-        backend.start(rundir)
-        backend.warm(*Driver.workers_wanted(plan, backend))
+        self._start()  # workers import while the plan is written to the store
         nodes = backend.nodes()
         self.writer.init(
             {
@@ -220,6 +200,10 @@ class Prepared:
         )
         self._notes()
         return self
+
+    def _start(self) -> None:
+        self.backend.start(self.dir)
+        self.backend.warm(*Driver.workers_wanted(self.plan, self.backend))
 
     def _notes(self) -> None:
         for note in self.backend.notes():  # said once per run: in the log and on stderr
@@ -433,7 +417,7 @@ def resumed(
             sync(rundir / "shoal.db", live_path(rundir, extras.state_dir))
         snap = load(rundir)
         plan = snap.plan
-        check_resources(plan, backend)
+        check_resources(plan.records, Pool(tuple(backend.nodes())))
         functions = Functions()
         functions.count = len(plan.functions)
         rules: list[Rule] = []
@@ -465,8 +449,7 @@ def resumed(
     except BaseException:
         lock.release()
         raise
-    backend.start(rundir)
-    backend.warm(*Driver.workers_wanted(plan, backend))
+    p._start()
     resumes = int(snap.meta.get("resumes", 0)) + 1
     p.writer.set_meta(
         state="running",

@@ -53,6 +53,8 @@ from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
 from shoal.store.writer import Batch, Writer
 
 POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
+# Enum attribute access costs a Python-level call in 3.11: the per-transition checks use these.
+READY, RETRYING, FAILED = State.READY, State.RETRYING, State.FAILED
 ROUNDS = 50  # rounds of handler actions handled within one loop iteration
 
 
@@ -62,6 +64,24 @@ class _Acts:
 
     dispatch: list[Dispatch] = field(default_factory=list)
     kills: list[Kill] = field(default_factory=list)
+
+
+def check_resources(records: list[Record], pool: Pool) -> None:
+    """Refuse tasks that no node can ever hold, naming the first such task (one check per
+    distinct request): for a new run, for work added to a live one, and for retries."""
+    seen: set[Request] = set()
+    for r in records:
+        req = r.options.request
+        if req in seen:
+            continue
+        seen.add(req)
+        why = pool.refusal(req)
+        if why:
+            raise ResourceError(
+                f"task {r.name!r} (#{r.id}) can never start: {why}. Lower its request, or, "
+                "to test on a small machine, pretend a bigger node: "
+                "wf.run(cpus=..., gpus=..., memory=...)."
+            )
 
 
 def first_line(text: str) -> str:
@@ -117,7 +137,7 @@ class Driver:
         self.batch = Batch()
         self.extra: list[Stimulus] = []  # events found while turning outcomes into events
         self.queue = backend.prefetch > 0
-        self.shapes: dict[tuple[int, str], tuple[Any, Request, str | None, bool]] = {}
+        self.shapes: dict[tuple[int, str], tuple[Any, Request, str | None]] = {}
         self.pool = Pool(tuple(backend.nodes()))  # for refusing added work with a clear message
         self.steering: Steering | None = None
         if rules or strategies or tracked or any(r.options.tags for r in plan.records):
@@ -187,7 +207,7 @@ class Driver:
         hit = self.shapes.get(key)
         if hit is None or hit[0] is not o:
             lane = self._lane(r) if self.queue else None
-            hit = self.shapes[key] = (o, o.request, lane, self._isolate(r))
+            hit = self.shapes[key] = (o, o.request, lane)
         retry = o.retry if o.retry is not None else self.default_retry
         return TaskInfo(r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry)
 
@@ -242,7 +262,7 @@ class Driver:
             now = time.time()
             events.append(Tick(now))
             events.extend(self._stops(now))
-            events.extend(self.requests.poll(now))
+            self.requests.poll(now)  # its commands join the next iteration's
             if st is not None:
                 st.tick(now)
                 events.extend(st.take())
@@ -312,12 +332,6 @@ class Driver:
         cores = sum(len(n.cores) for n in backend.nodes())
         return min(widths[cpus], cores // cpus), cpus
 
-    def _isolated(self, r: Record) -> bool:
-        hit = self.shapes.get((id(r.options), r.kind))
-        if hit is not None and hit[0] is r.options:
-            return hit[3]
-        return self._isolate(r)
-
     @staticmethod
     def _isolate(r: Record) -> bool:
         o = r.options
@@ -373,15 +387,14 @@ class Driver:
             o.error = f"the task returned an invalid Response: {why}"
             self.log.warning("task %s (%s): %s", r.id, r.name, o.error)
             return Failed(now, o.task, o.attempt, o.error, "error")
-        by_key = {t.key: t.id for t in new}
-        gate = tuple(g for g in (by_key[t.key] for t in (*resp.detour, *resp.replace)) if g)
+        by_key = {t.key: t.id for t in new if t.id is not None}  # lower() gave every one an id
+        gate = tuple(by_key[t.key] for t in (*resp.detour, *resp.replace))
         if gate:
             first = min(i.id for i in infos)  # tasks from here on came with this Response
             self.gate_of[o.task] = gate
             self.batch.gates.append((o.task, gate, first))
         if resp.replace:
             standin = by_key[resp.replace[-1].key]
-            assert standin is not None
             self.alias[o.task] = standin
             self.batch.aliases.append((o.task, standin))
             if o.task in self.needed:
@@ -390,10 +403,10 @@ class Driver:
             # they wait for it (the replacement itself may use the output as it is now).
             mine = {by_key[t.key] for t in resp.replace}
             for i, info in enumerate(infos):
-                r = self.records[info.id]
-                if info.id not in mine and o.task in r.deps:
-                    r.deps = (*r.deps, standin)
-                    infos[i] = self._info(r)
+                added = self.records[info.id]
+                if info.id not in mine and o.task in added.deps:
+                    added.deps = (*added.deps, standin)
+                    infos[i] = self._info(added)
                     self.needed.add(standin)
         if resp.stop_run:
             self.extra.append(Stop(now, True, f"task {r.name} (#{r.id}) stopped the run"))
@@ -414,15 +427,7 @@ class Driver:
         if self.alias or self.gate_of:
             for r in plan.records:
                 r.deps = self._through(r.deps)
-        seen: set[Request] = set()
-        for r in plan.records:
-            req = r.options.request
-            if req in seen:
-                continue
-            seen.add(req)
-            why = self.pool.refusal(req)
-            if why:
-                raise ResourceError(f"task {r.name!r} can never start: {why}")
+        check_resources(plan.records, self.pool)
         for t in tasks:
             if t.id is not None:
                 self.ids[t.key] = t.id
@@ -459,9 +464,7 @@ class Driver:
             return None
         r = self.records[task]
         options = r.options.merged(f"retry of task {r.name!r} (#{task})", **changes)
-        why = self.pool.refusal(options.request)
-        if why:
-            raise ResourceError(f"retry of task {r.name!r} (#{task}) can never start: {why}")
+        check_resources([dataclasses.replace(r, options=options)], self.pool)
         r.options = options
         self.batch.options.append((task, options))
         return self._info(r)
@@ -512,9 +515,9 @@ class Driver:
                     batch.born.append(c)  # stored with the plan already
                     continue
                 batch.transitions.append(c)
-                if c.old is State.RETRYING and c.new is State.READY:
+                if c.old is RETRYING and c.new is READY:
                     self._escalated(c.task)
-                if c.new is State.FAILED:
+                if c.new is FAILED:
                     self.log.warning(
                         "task %s (%s) failed: %s", c.task, self.records[c.task].name, c.reason
                     )
@@ -572,7 +575,7 @@ class Driver:
             ranks=o.ranks,
             cpus=o.cpus,
             after=d.after,
-            isolate=self._isolated(r),
+            isolate=self._isolate(r),
         )
         try:
             if r.kind == "python":

@@ -43,10 +43,10 @@ class Requests:
         self.last = 0.0
         self.commands: list[Command] = []  # what the core made of them, for the next commit
 
-    def poll(self, now: float, force: bool = False) -> list[Stimulus]:
+    def poll(self, now: float, force: bool = False) -> None:
         """Carry out new requests; their commands wait in ``commands`` for the next commit."""
         if now - self.last < EVERY and not force:
-            return []
+            return
         self.last = now
         conn = self.d.writer.conn
         try:
@@ -55,7 +55,7 @@ class Requests:
             ).fetchall()
         except sqlite3.Error as err:
             self.d.log.warning("cannot read requests: %s", err)
-            return []
+            return
         for rid, kind, payload in rows:
             try:
                 answer = self._apply(kind, pickle.loads(payload), now)
@@ -65,7 +65,6 @@ class Requests:
                 answer = f"refused: {type(err).__name__}: {err}"
             self.d.log.info("request %s (%s): %s", rid, kind, answer)
             self.d.batch.answers.append((rid, now, answer))
-        return []
 
     def _handle(self, events: Sequence[Stimulus]) -> list[str]:
         """Feed events one at a time; a refused one is reported, the others go on."""

@@ -29,9 +29,18 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.core.events import Cancel, Outcome, Retry, Stimulus, Stop, TaskInfo, Transition
+from shoal.core.events import (
+    Cancel,
+    Outcome,
+    Retry,
+    Stimulus,
+    Stop,
+    Submitted,
+    TaskInfo,
+    Transition,
+)
 from shoal.core.machine import Scheduler
-from shoal.core.states import State
+from shoal.core.states import TERMINAL, State
 from shoal.core.stats import Group
 from shoal.errors import DefinitionError
 from shoal.runtime.handlers import SLOW, Controller, Event, Owner, TaskView
@@ -50,9 +59,6 @@ _TRIGGERS_OF: dict[State, tuple[str, ...]] = {
     State.FAILED: ("task-failed", "task-finished"),
     State.CANCELLED: ("task-cancelled",),
 }
-_ENDED = frozenset(
-    {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.DEP_FAILED, State.SKIPPED}
-)
 
 
 class Host(Protocol):
@@ -170,8 +176,8 @@ class Steering:
             r = records[c.task]
             tags = r.options.tags
             if tags or self.all:
-                self._count(c, tags, outcomes.get(c.task) if new in _ENDED else None)
-            if new in _ENDED:
+                self._count(c, tags, outcomes.get(c.task) if new in TERMINAL else None)
+            if new in TERMINAL:
                 self.ended_since_idle += 1
             if rules is not None:
                 for trigger in _TRIGGERS_OF.get(new, ()):
@@ -181,7 +187,7 @@ class Steering:
                         if rule.name is not None and not fnmatch.fnmatchcase(r.name, rule.name):
                             continue
                         self._call(owner, rule.fn, self._event(trigger, c, r, outcomes))
-            if self.strategies and new in _ENDED:
+            if self.strategies and new in TERMINAL:
                 self._results(c, r, outcomes)
         if self.changed:
             self._metrics()
@@ -325,7 +331,7 @@ class Steering:
             self.ready_at[c.task] = c.time
             return
         if o is None or o.started is None:
-            if new in _ENDED:
+            if new in TERMINAL:
                 self.ready_at.pop(c.task, None)
             return
         ready = self.ready_at.pop(c.task, None)
@@ -484,8 +490,6 @@ class Steering:
                 "new call of the task factory to run it again"
             )
         infos = self.host.add_work(tasks, f"{owner.kind} {owner.label}")
-        from shoal.core.events import Submitted
-
         self.stimuli.append(Submitted(self.now, tuple(infos)))
         if owner.kind == "strategy":
             for info in infos:
