@@ -29,6 +29,7 @@ LAYERS = {
     "backends": 2,
     "store": 2,
     "runtime": 3,
+    "config": 3,
     "cli": 4,
     "dashboard": 4,
 }

@@ -79,27 +79,47 @@ def main() -> None:
     help="Stop starting tasks this many minutes before the allocation ends (Slurm's end "
     "time, or SHOAL_END_TIME); the run can then be resumed.",
 )
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="GROUP.KEY=VALUE",
+    help="For config files: override a value, e.g. --set relax.cpus=4 (repeatable).",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(file: str, args: tuple[str, ...], time_left: float | None) -> None:
-    """Run FILE.py, a script that builds a workflow and runs it (progress bar and summary).
+def run(file: str, args: tuple[str, ...], time_left: float | None, sets: tuple[str, ...]) -> None:
+    """Run FILE: a Python script that builds a workflow and runs it, or an ensemble file
+    (.yaml, .json, .toml: shoal's format, Ensemble Launcher JSON or ensemble-python YAML).
 
-    Extra ARGS are passed to the script as sys.argv[1:]. Exits 1 if any task failed, 3 if
+    Extra ARGS are passed to a script as sys.argv[1:]. Exits 1 if any task failed, 3 if
     the run was stopped early (a signal, --time-left) and can be resumed.
     """
     from shoal.cli.control import deadline
+    from shoal.cli.files import FILES, run_file
     from shoal.runtime.api import settings
 
     settings.stop_at = deadline(time_left)
     path = Path(file)
-    if path.suffix != ".py":
-        raise click.UsageError(f"{file}: shoal run takes a Python script (.py)")
+    config = path.suffix.lower() in FILES
+    if not config and path.suffix != ".py":
+        raise click.UsageError(
+            f"{file}: shoal run takes a Python script (.py) or an ensemble file "
+            "(.yaml, .yml, .json, .toml)"
+        )
+    if config and args:
+        raise click.UsageError(f"{file}: extra arguments {' '.join(args)!r} are for scripts")
+    if sets and not config:
+        raise click.UsageError("--set overrides values of ensemble files, not of scripts")
     settings.cli = True
     settings.runs.clear()
-    sys.argv = [str(path), *args]
-    sys.path.insert(0, str(path.resolve().parent))
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        if config:
+            run_file(file, sets)
+        else:
+            sys.argv = [str(path), *args]
+            sys.path.insert(0, str(path.resolve().parent))
+            runpy.run_path(str(path), run_name="__main__")
     except KeyboardInterrupt:
         click.secho("shoal: interrupted", fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -353,6 +373,9 @@ def _register() -> None:
     from shoal.cli.control import register
 
     register(main, _rundir)
+    from shoal.cli.files import register as register_files
+
+    register_files(main)
 
 
 _register()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.core.stats import Group
+from shoal.spec.options import Options
 from shoal.spec.task import Task
 
 if TYPE_CHECKING:
@@ -139,8 +140,9 @@ class Owner:
 
 
 class Controller:
-    """What a handler may do: ``submit``, ``cancel``, ``retry``, ``stop``; ``stats``,
-    ``resources``, ``result``; and ``memory``, its own dict, stored with the run."""
+    """What a handler may do: ``submit``, ``cancel``, ``retry``, ``stop``, ``log``; ``stats``,
+    ``resources``, ``result``, ``tasks``, ``options``; and ``memory``, its own dict, stored with
+    the run."""
 
     __slots__ = ("_engine", "_owner")
 
@@ -181,6 +183,21 @@ class Controller:
     def resources(self) -> dict[str, int]:
         """Cores and GPUs: total and free."""
         return self._engine.host.scheduler.pool.totals()
+
+    def tasks(self, tag: str) -> list[TaskView]:
+        """The tasks of a tag in the run, in the order they were added."""
+        return self._engine.of_tag(tag)
+
+    def options(self, task: Task | TaskView | int) -> Options:
+        """The options a task has now (after any retry that changed them)."""
+        engine = self._engine
+        return engine.host.records[engine.resolve(task, "options")].options
+
+    def log(self, message: str, *args: Any, warning: bool = False) -> None:
+        """Write a line to the run's shoal.log, naming this rule or strategy."""
+        o = self._owner
+        text = f"{o.kind} {o.label!r}: {message % args if args else message}"
+        (self._engine.log.warning if warning else self._engine.log.info)(text)
 
     def result(self, task: Task | TaskView | int) -> Any:
         """The return value of a task that succeeded."""

@@ -121,7 +121,12 @@ class Steering:
         self.ready_at: dict[int, float] = {}  # when tagged tasks became ready (for waits)
         self.owned: dict[int, Owner] = {}  # tasks a strategy submitted
         self.stimuli: list[Stimulus] = []
-        self.next_at = {id(r): now + (r.seconds or 0) for r, _ in self.rules.get("interval", ())}
+        self.next_at = {
+            id(r): now + (r.seconds or 0)
+            for t in ("interval", "metric")
+            for r, _ in self.rules.get(t, ())
+            if r.seconds
+        }
         self.metric_on: dict[int, bool] = {}
         self.changed: set[str] = set()
         self.was_idle = False
@@ -200,6 +205,15 @@ class Steering:
             if now >= due:
                 self.next_at[id(rule)] = now + (rule.seconds or 0)
                 self._call(owner, rule.fn, Event("interval", now))
+        due = False
+        for rule, _ in self.rules.get("metric", ()):
+            if rule.seconds and now >= self.next_at[id(rule)]:
+                self.next_at[id(rule)] = now + rule.seconds
+                if rule.group in self.groups:
+                    self.changed.add(rule.group)
+                    due = True
+        if due:
+            self._metrics()
 
     def idle(self, now: float) -> None:
         """Call idle rules and strategies when resources are free and nothing is ready: when
@@ -382,7 +396,7 @@ class Steering:
                 continue
             was = self.metric_on.get(id(rule), False)
             self.metric_on[id(rule)] = hit
-            if hit and not was:
+            if hit and (not was or rule.repeat):
                 ev = Event("metric", self.now)
                 ev.group = key
                 ev.stats = g
@@ -509,6 +523,13 @@ class Steering:
                 raise DefinitionError(f"{what}: there is no task #{target} in this run")
             return target
         raise DefinitionError(f"{what}: give a task handle, event.task or a task id")
+
+    def of_tag(self, tag: str) -> list[TaskView]:
+        return [
+            TaskView(r.id, r.name, r.options.tags, 0)
+            for r in self.host.records
+            if tag in r.options.tags
+        ]
 
     def cancel(self, owner: Owner, target: Task | TaskView | int | str) -> int:
         s = self.host.scheduler

@@ -9,7 +9,7 @@ are plain data that any process (a resumed driver, a CLI) can read back.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import DefinitionError
@@ -138,6 +138,11 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
 
 
 _ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
+
+
+def plain(values: Iterable[Any]) -> bool:
+    """True when every one of ``values`` is a number, string or None (no reference can hide)."""
+    return _ATOMS.issuperset(map(type, values))
 
 
 def refs_in(obj: Any) -> list[Ref | StoredRef]:

@@ -47,6 +47,7 @@ class Rule:
     when: str | Callable[..., Any] | None = None
     on_error: str = "stop"
     condition: Compiled | Callable[..., Any] | None = None
+    repeat: bool = False  # metric: fire at every check while true, not only when it turns true
 
     @property
     def group(self) -> str:
@@ -78,11 +79,12 @@ def make_rule(
     when: str | Callable[..., Any] | None = None,
     on_error: str = "stop",
     label: str | None = None,
+    repeat: bool = False,
     **unknown: Any,
 ) -> Rule:
     """Check a rule's definition, with messages that say what to write instead."""
     if unknown:
-        known = ["tags", "name", "seconds", "when", "on_error", "label"]
+        known = ["tags", "name", "seconds", "when", "on_error", "label", "repeat"]
         bad = sorted(unknown)[0]
         close = difflib.get_close_matches(bad, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -109,7 +111,7 @@ def make_rule(
     tag_tuple = _tags(tags, where)
     if (tag_tuple or name) and trigger not in TASK_TRIGGERS and trigger != "metric":
         raise DefinitionError(f"{where}: tags= and name= filter task events; {trigger} has none")
-    if trigger == "interval":
+    if trigger == "interval" or (trigger == "metric" and seconds is not None):
         if (
             isinstance(seconds, bool)
             or not isinstance(seconds, int | float)
@@ -118,7 +120,11 @@ def make_rule(
         ):
             raise DefinitionError(f"{where}: an interval rule needs seconds=N (N > 0)")
     elif seconds is not None:
-        raise DefinitionError(f"{where}: seconds= is only for interval rules")
+        raise DefinitionError(
+            f"{where}: seconds= is for interval rules (and metric rules: check every N s too)"
+        )
+    if not isinstance(repeat, bool) or (repeat and trigger != "metric"):
+        raise DefinitionError(f"{where}: repeat=True is only for metric rules")
     condition: Compiled | Callable[..., Any] | None = None
     if trigger == "metric":
         if len(tag_tuple) > 1:
@@ -148,6 +154,7 @@ def make_rule(
         when,
         on_error,
         condition,
+        repeat,
     )
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options
-from shoal.spec.refs import Ref, refs_in
+from shoal.spec.refs import Ref, plain, refs_in
 
 if TYPE_CHECKING:
     from shoal.spec.workflow import Workflow
@@ -100,7 +100,9 @@ class Task:
         # Lists are created on first use: a million tasks without dependencies is common.
         self.after_tasks: list[Task] | tuple[()] = ()
         self.deps: list[Task] | tuple[()] = ()
-        refs = refs_in((args, self.kwargs))
+        # A sweep's tasks hold plain values: skip the search for references.
+        plain_call = (not args or plain(args)) and plain(self.kwargs.values())
+        refs = () if plain_call else refs_in((args, self.kwargs))
         self.has_refs = bool(refs)  # arguments need resolving before the task runs
         # Ids of tasks already in the run that the arguments refer to as stored references
         # (``shoal.current().out`` inside a task, or a handle pickled into a running task).

@@ -1,0 +1,417 @@
+"""An ensemble read from a config file: checked groups of tasks, and the rules that steer them.
+
+Every format (shoal's own, Ensemble Launcher JSON, ensemble-python YAML) is turned into one
+:class:`Ensemble`. Its groups expand into shoal tasks on demand: :meth:`Ensemble.workflow`
+builds the workflow of the groups that start with the run, and a ``submit`` rule builds a
+group's tasks when it fires. Tasks of a group carry the group's name as their first tag, so
+rules, statistics and ``shoal status`` see the group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import string
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.config.source import Loc, Source
+from shoal.core.resources import Node, Pool
+from shoal.errors import DefinitionError
+from shoal.spec.options import Options, parse_memory
+from shoal.spec.refs import StoredRef
+from shoal.spec.sweep import Sweep
+from shoal.spec.task import Task, placeholders, render_command
+from shoal.spec.workflow import Workflow
+
+SWEPT = ("cpus", "gpus", "ranks", "priority", "timeout", "memory")  # may be "{param}"
+INDEX = "index"  # a placeholder every group has: the task's position in its group
+
+
+@dataclass
+class Group:
+    """One group, checked: what each task runs, its sweep and its options."""
+
+    name: str
+    loc: Loc
+    src: Source
+    template: str | None
+    fn: Callable[..., Any] | None
+    function: str | None
+    args: dict[str, Any]
+    sweep: Sweep
+    count: int
+    options: dict[str, Any]  # Options.merged keys; values of SWEPT keys may be "{param}"
+    keys: dict[str, Loc]  # option -> where it was written
+    duration: float | None = None
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    each: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    start: bool = True
+    nodes: int = 1
+    _fixed: Options | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.sweep) * self.count
+
+    @property
+    def swept(self) -> dict[str, str]:
+        """Options whose value is a swept parameter: option -> parameter."""
+        return {
+            k: v[1:-1]
+            for k, v in self.options.items()
+            if k in SWEPT and isinstance(v, str) and _is_ref(v)
+        }
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The parameter values of each task, in order (``count`` copies of each point)."""
+        if self.count == 1:
+            yield from self.sweep
+            return
+        for row in self.sweep:
+            for _ in range(self.count):
+                yield row
+
+    def row(self, i: int) -> dict[str, Any]:
+        return self.sweep.row(i // self.count)
+
+    def task_options(self, row: dict[str, Any], index: int) -> Options:
+        if self._fixed is not None:
+            return self._fixed
+        swept = self.swept
+        if not swept:
+            self._fixed = self._make(self.options, index)
+            return self._fixed
+        values = {k: (row[swept[k]] if k in swept else v) for k, v in self.options.items()}
+        return self._make(values, index)
+
+    def _make(self, values: dict[str, Any], index: int) -> Options:
+        key = next(iter(self.swept), "cpus")
+        try:
+            return Options().merged(f"group {self.name!r}", **values)
+        except DefinitionError as err:
+            where = self.src.where(self.keys.get(key, self.loc))
+            raise DefinitionError(f"{where}: task {index} of group {self.name!r}: {err}") from None
+
+    def fields(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        return {**row, INDEX: index}
+
+    def command_line(self, row: dict[str, Any], index: int) -> str:
+        """What task ``index`` runs, as a person would type it."""
+        values = self.fields(row, index)
+        if self.template is not None:
+            argv, shell = render_command(self.template, values)
+            return argv[0] if shell else " ".join(_shown(a) for a in argv)
+        call = {**self.args, **row}
+        inner = ", ".join(f"{k}={v!r}" for k, v in call.items())
+        return f"{self.function}({inner})"
+
+    def request(self, row: dict[str, Any], index: int) -> str:
+        return self.task_options(row, index).request.describe()
+
+    def core_hours(self) -> float | None:
+        """Core-hours of the whole group if every task takes ``duration`` (None: unknown)."""
+        if self.duration is None:
+            return None
+        if not self.swept:
+            req = self.task_options({}, 0).request
+            return self.size * self.duration * req.cpus * req.ranks / 3600
+        total = 0.0
+        for i, row in enumerate(self.rows()):
+            req = self.task_options(row, i).request
+            total += self.duration * req.cpus * req.ranks / 3600
+        return total
+
+    def make(self, i: int, row: dict[str, Any], kwargs: dict[str, Any] | None = None) -> Task:
+        """Task ``i`` of the group (not yet in any workflow)."""
+        opts = self.task_options(row, i)
+        values = self.fields(row, i)
+        workdir = self.workdir.format_map(values) if self.workdir else None
+        env = {k: v.format_map(values) for k, v in self.env.items()} if self.env else None
+        if self.template is not None:
+            kw = {k: values[k] for k in self._placeholders}
+            if kwargs:
+                kw.update(kwargs)
+            return Task("command", opts, template=self.template, kwargs=kw, workdir=workdir, env=env)
+        assert self.fn is not None
+        call = {**self.args, **row, **(kwargs or {})}
+        return Task("python", opts, fn=self.fn, kwargs=call)
+
+    @property
+    def _placeholders(self) -> tuple[str, ...]:
+        return tuple(sorted(placeholders(self.template))) if self.template else ()
+
+
+def _is_ref(value: str) -> bool:
+    return value.startswith("{") and value.endswith("}") and value[1:-1].isidentifier()
+
+
+def _shown(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def load_function(path: str, src: Source, loc: Loc) -> Callable[..., Any]:
+    """Import ``package.module:callable`` (the config file's folder is on the path)."""
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise src.error(loc, f"write the function as 'package.module:callable', got {path!r}")
+    folder = str(src.base.resolve())
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as err:
+        raise src.error(
+            loc, f"cannot import module {module!r}: {err}. Is it installed, or next to the file?"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(folder)
+    target: Any = mod
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            names = [n for n in dir(mod) if not n.startswith("_")]
+            from shoal.config.source import suggest
+
+            raise src.error(loc, f"module {module!r} has no {attr!r}{suggest(part, names)}")
+        target = getattr(target, part)
+    fn = getattr(target, "fn", target)  # a @shoal.task factory: its function
+    if not callable(fn):
+        raise src.error(loc, f"{path!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+@dataclass
+class Ensemble:
+    """What a config file describes, checked and ready to build."""
+
+    name: str
+    src: Source
+    format: str  # "shoal", "ensemble-launcher" or "ensemble-python"
+    groups: dict[str, Group]
+    resources: dict[str, Any] = field(default_factory=dict)  # cpus, gpus, memory
+    options: dict[str, Any] = field(default_factory=dict)  # run options
+    rules: list[Any] = field(default_factory=list)  # shoal.config.rules.Action
+    notes: list[str] = field(default_factory=list)  # warnings for the user
+    nodes: int = 1
+
+    @property
+    def size(self) -> int:
+        return sum(g.size for g in self.groups.values() if g.start)
+
+    def pool(self) -> Pool:
+        """The node(s) the run would get (the local machine unless resources say otherwise)."""
+        import os
+
+        from shoal.backends.local import detect_gpus
+
+        cpus = self.resources.get("cpus") or len(os.sched_getaffinity(0))
+        gpus = self.resources.get("gpus")
+        if gpus is None:
+            gpus = detect_gpus()
+        mem = self.resources.get("memory")
+        memory = parse_memory(mem) if mem is not None else 0
+        return Pool(tuple(Node.sized(f"node{i}", cpus, gpus, memory) for i in range(self.nodes)))
+
+    def check(self, pool: Pool | None = None) -> None:
+        """Refuse requests that no node can hold, naming the group, the key and the node."""
+        pool = pool or self.pool()
+        used = self.used()
+        for g in self.groups.values():
+            if g.nodes > len(pool.nodes):
+                message = (
+                    f"group {g.name!r} asks for {g.nodes} nodes, but this run has "
+                    f"{len(pool.nodes)}"
+                )
+                if g.name in used:
+                    raise DefinitionError(f"{g.src.where(g.keys.get('nodes', g.loc))}: {message}")
+                self.notes.append(f"{message}; it is never submitted, so that is harmless")
+            shapes = {}
+            if g.swept:
+                for i, row in enumerate(g.rows()):
+                    shapes.setdefault(g.task_options(row, i).request, i)
+            else:
+                shapes[g.task_options({}, 0).request] = 0
+            for req, i in shapes.items():
+                why = pool.refusal(req)
+                if why is None:
+                    continue
+                key = next(iter(g.swept), "cpus" if req.cpus > 1 or not req.gpus else "gpus")
+                where = g.src.where(g.keys.get(key, g.loc))
+                what = f"task {i} of group {g.name!r}" if g.swept else f"group {g.name!r}"
+                message = f"{what} can never run: {why}"
+                if g.name in used:
+                    raise DefinitionError(
+                        f"{where}: {message}. Ask for less, or give the run more "
+                        "(resources: cpus/gpus)"
+                    )
+                self.notes.append(f"{message}; it is never submitted, so that is harmless")
+
+    def used(self) -> set[str]:
+        """The groups that run: those that start, and those a rule submits."""
+        out = {n for n, g in self.groups.items() if g.start}
+        out |= {a.target for a in self.rules if a.kind == "submit" and a.target}
+        return out
+
+    # -- building -----------------------------------------------------------------------------
+    def workflow(self) -> Workflow:
+        """The workflow of the groups that start with the run, with the rules attached."""
+        from shoal.config.rules import attach
+
+        wf = Workflow(self.name)
+        built: dict[str, list[Task]] = {}
+        for g in self._ordered():
+            if not g.start:
+                continue
+            built[g.name] = self._build(g, built)
+            wf.add(*built[g.name])
+        attach(self, wf)
+        return wf
+
+    def _ordered(self) -> list[Group]:
+        """Groups after the groups they need (definitions are checked to have no cycles)."""
+        done: dict[str, Group] = {}
+
+        def visit(g: Group) -> None:
+            if g.name in done:
+                return
+            for up in self.needs(g):
+                visit(self.groups[up])
+            done[g.name] = g
+
+        for g in self.groups.values():
+            visit(g)
+        return list(done.values())
+
+    @staticmethod
+    def needs(g: Group) -> list[str]:
+        return list(dict.fromkeys([*g.after, *([g.each] if g.each else []), *g.inputs.values()]))
+
+    def _build(self, g: Group, built: dict[str, list[Task]]) -> list[Task]:
+        tasks = []
+        outs = {
+            name: [t.out for t in built[up]]
+            for name, up in g.inputs.items()
+            if up != g.each
+        }
+        for i, row in enumerate(g.rows()):
+            kwargs: dict[str, Any] = dict(outs)
+            for name, up in g.inputs.items():
+                if up == g.each:
+                    kwargs[name] = built[up][i].out
+            t = g.make(i, row, kwargs or None)
+            if g.each:
+                t.after(built[g.each][i])
+            tasks.append(t)
+        for up in g.after:
+            ups = built[up]
+            for t in tasks:
+                t.after(*ups)
+        return tasks
+
+    def later(self, g: Group, ids: dict[str, list[int]]) -> list[Task]:
+        """The tasks of ``g`` submitted by a rule: earlier groups are named by task id."""
+        tasks = []
+        for i, row in enumerate(g.rows()):
+            kwargs: dict[str, Any] = {}
+            for name, up in g.inputs.items():
+                kwargs[name] = (
+                    StoredRef(ids[up][i]) if up == g.each else [StoredRef(x) for x in ids[up]]
+                )
+            t = g.make(i, row, kwargs or None)
+            links = [*(x for up in g.after for x in ids[up])]
+            if g.each:
+                links.append(ids[g.each][i])
+            if links:
+                t.links = tuple(dict.fromkeys((*t.links, *links)))
+            tasks.append(t)
+        return tasks
+
+    def run_options(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.options.items() if v is not None}
+        for k in ("cpus", "gpus", "memory"):
+            if self.resources.get(k) is not None:
+                out[k] = self.resources[k]
+        return out
+
+    # -- what would run -----------------------------------------------------------------------
+    def plan(self, first: int = 3) -> dict[str, Any]:
+        """A summary of what would run: per group its size, first commands and resources."""
+        groups = []
+        hours: float | None = 0.0
+        for g in self.groups.values():
+            shown = []
+            for i in range(min(first, g.size)):
+                row = g.row(i)
+                shown.append(g.command_line(row, i))
+            ch = g.core_hours()
+            if g.start:
+                hours = None if ch is None or hours is None else hours + ch
+            entry: dict[str, Any] = {
+                "group": g.name,
+                "tasks": g.size,
+                "starts": "with the run" if g.start else "when a rule submits it",
+                "each": g.request(g.row(0), 0) if not g.swept else "varies: " + ", ".join(
+                    sorted({g.request(g.row(i), i) for i in range(min(g.size, 50))})
+                ),
+                "first": shown,
+            }
+            if g.duration is not None:
+                entry["duration"] = g.duration
+                entry["core_hours"] = round(ch, 3) if ch is not None else None
+            if g.nodes > 1:
+                entry["nodes"] = g.nodes
+            needs = self.needs(g)
+            if needs:
+                entry["after"] = needs
+            groups.append(entry)
+        out: dict[str, Any] = {
+            "name": self.name,
+            "file": str(self.src.path),
+            "format": self.format,
+            "tasks": self.size,
+            "groups": groups,
+            "rules": [a.describe() for a in self.rules],
+            "resources": self.pool().nodes[0].describe()
+            + (f" × {self.nodes}" if self.nodes > 1 else ""),
+        }
+        if hours is not None and any(g.duration is not None for g in self.groups.values()):
+            out["core_hours"] = round(hours, 3)
+        if self.notes:
+            out["notes"] = list(dict.fromkeys(self.notes))
+        return out
+
+
+def check_template(g: Group, params: set[str], where: str) -> None:
+    """Every ``{placeholder}`` of a command must be a swept parameter, an input or ``index``."""
+    if g.template is None:
+        return
+    names = placeholders(g.template)
+    missing = sorted(names - params - {INDEX} - set(g.inputs))
+    if missing:
+        known = sorted(params | {INDEX} | set(g.inputs))
+        raise DefinitionError(
+            f"{where}: the command uses {{{missing[0]}}}, but group {g.name!r} has no parameter "
+            f"{missing[0]!r}; its parameters are {', '.join(known)}. Add it to the sweep"
+        )
+    for text in [g.workdir or "", *g.env.values()]:
+        for _, name, _, _ in string.Formatter().parse(text):
+            if name and name.split(".")[0] not in params | {INDEX}:
+                raise DefinitionError(
+                    f"{where}: {text!r} uses {{{name}}}, which is not a parameter of group "
+                    f"{g.name!r}"
+                )
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -1,0 +1,242 @@
+"""shoal's own config format (see :mod:`shoal.config.model` and docs/config.md) -> Ensemble."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.config import model
+from shoal.config.ensemble import Ensemble, Group, check_template, load_function
+from shoal.config.rules import Action, scale
+from shoal.config.source import Loc, Source, suggest
+from shoal.errors import DefinitionError
+from shoal.spec.sweep import combine, values
+
+OPTION_KEYS = ("memory", "timeout", "retries", "backoff", "retry_on", "priority")
+
+
+def ensemble(src: Source) -> Ensemble:
+    cfg: model.Config = model.check(model.Config, src.data, src)
+    if not cfg.groups:
+        raise src.error(("groups",), "there are no groups: nothing to run")
+    groups = {name: group(src, name, g) for name, g in cfg.groups.items()}
+    ens = Ensemble(
+        name=cfg.name or src.path.stem,
+        src=src,
+        format="shoal",
+        groups=groups,
+        resources=cfg.resources.model_dump(exclude={"nodes"}, exclude_none=True),
+        options=cfg.options.model_dump(exclude_none=True),
+        nodes=cfg.resources.nodes,
+    )
+    links(ens, cfg)
+    ens.rules = [rule(src, i, r, ens) for i, r in enumerate(cfg.rules)]
+    return ens
+
+
+def group(src: Source, name: str, g: model.Group) -> Group:
+    loc: Loc = ("groups", name)
+    if (g.command is None) == (g.function is None):
+        raise src.error(loc, "give a group either command: '...' or function: 'module:callable'")
+    if g.args and g.command is not None:
+        raise src.error((*loc, "args"), "args are for function groups; commands use the sweep")
+    base = src.base
+    columns = {
+        p: values(raw, src.where((*loc, "sweep", p)), base) for p, raw in g.sweep.items()
+    }
+    zipped = [list(g.sweep)] if g.relation == "zip" and g.sweep else g.zip_
+    sweep = combine(columns, zipped, src.where((*loc, "zip" if g.zip_ else "sweep")))
+    tags = [g.tags] if isinstance(g.tags, str) else list(g.tags)
+    opts: dict[str, Any] = {
+        "name": name,
+        "cpus": g.cpus,
+        "gpus": g.gpus,
+        "ranks": g.ranks,
+        "tags": (name, *(t for t in tags if t != name)),
+    }
+    for key in OPTION_KEYS:
+        value = getattr(g, key)
+        if value is not None:
+            opts[key] = value
+    keys: dict[str, Loc] = {k: (*loc, k) for k in (*opts, "nodes")}
+    for key, value in opts.items():
+        if isinstance(value, str) and key in ("cpus", "gpus", "ranks", "priority", "timeout"):
+            param = value[1:-1] if value.startswith("{") and value.endswith("}") else None
+            if param is None or param not in columns:
+                hint = suggest(param or value, columns) if columns else ""
+                raise src.error(
+                    (*loc, key),
+                    f"must be a number, or '{{param}}' naming a swept parameter; got {value!r}"
+                    + hint,
+                )
+    fn = load_function(g.function, src, (*loc, "function")) if g.function else None
+    out = Group(
+        name=name,
+        loc=loc,
+        src=src,
+        template=g.command,
+        fn=fn,
+        function=g.function,
+        args=dict(g.args),
+        sweep=sweep,
+        count=g.count,
+        options=opts,
+        keys=keys,
+        duration=float(g.duration) if g.duration is not None else None,
+        workdir=g.workdir,
+        env={k: str(v) for k, v in g.env.items()},
+        after=(g.after,) if isinstance(g.after, str) else tuple(g.after),
+        each=g.each,
+        inputs=dict(g.inputs),
+        start=g.start,
+    )
+    check_template(out, set(columns), src.where((*loc, "command")))
+    out.task_options(sweep.row(0) if len(sweep) else {}, 0)  # bad option values fail here
+    return out
+
+
+def links(ens: Ensemble, cfg: model.Config) -> None:
+    """``after``, ``each`` and ``inputs`` name groups that exist, without a cycle."""
+    src = ens.src
+    for name, g in ens.groups.items():
+        loc: Loc = ("groups", name)
+        named = [("after", a) for a in g.after] + [("inputs", v) for v in g.inputs.values()]
+        if g.each:
+            named.append(("each", g.each))
+        for key, up in named:
+            if up not in ens.groups:
+                raise src.error(
+                    (*loc, key),
+                    f"no group named {up!r}{suggest(up, ens.groups)} "
+                    f"Groups: {', '.join(ens.groups)}",
+                )
+            if up == name:
+                raise src.error((*loc, key), f"group {name!r} cannot wait for itself")
+            if g.start and not ens.groups[up].start:
+                raise src.error(
+                    (*loc, key),
+                    f"group {name!r} starts with the run, but {up!r} only starts when a rule "
+                    f"submits it; give {name!r} start: false and submit it from a rule too",
+                )
+        if g.each and ens.groups[g.each].size != g.size:
+            raise src.error(
+                (*loc, "each"),
+                f"each: {g.each} pairs task i with task i of {g.each!r}, but {name!r} has "
+                f"{g.size} tasks and {g.each!r} has {ens.groups[g.each].size}; make the counts "
+                "equal, or use after: to wait for the whole group",
+            )
+        if g.template and g.inputs:
+            raise src.error(
+                (*loc, "inputs"),
+                "inputs pass results to a function; a command group uses after: or each:",
+            )
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name) :] + [name]
+            raise src.error(
+                ("groups", name), f"the groups wait for each other in a cycle: {' -> '.join(cycle)}"
+            )
+        state[name] = 1
+        for up in Ensemble.needs(ens.groups[name]):
+            visit(up, [*path, name])
+        state[name] = 2
+
+    for name in ens.groups:
+        visit(name, [])
+
+
+def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
+    loc: Loc = ("rules", i)
+    where = src.where(loc)
+    chosen = [k for k in model.ACTIONS if getattr(r, k) not in (None, False)]
+    if len(chosen) != 1:
+        raise src.error(
+            loc,
+            f"a rule does one thing: give exactly one of {', '.join(model.ACTIONS)}"
+            + (f" (it has {', '.join(chosen)})" if chosen else ""),
+        )
+    kind = chosen[0]
+    groups = ens.groups
+    for key in ("group", "submit", "cancel"):
+        value = getattr(r, key)
+        if value is not None and value not in groups:
+            raise src.error(
+                (*loc, key), f"no group named {value!r}{suggest(value, groups)} Groups: "
+                f"{', '.join(groups)}"
+            )
+    trigger = r.on
+    when: str | None = r.when
+    if trigger == "group-finished":
+        if r.group is None:
+            raise src.error(loc, "on: group-finished needs group: NAME")
+        trigger, when = "metric", "total > 0 and finished == total"
+    elif trigger == "metric" and not r.when:
+        raise src.error(loc, "on: metric needs when: '...', e.g. when: 'failed > 10'")
+    elif r.when is not None and trigger != "metric":
+        raise src.error((*loc, "when"), "when: is for on: metric rules")
+    if trigger == "interval" and r.seconds is None:
+        raise src.error(loc, "on: interval needs seconds: N")
+    if r.seconds is not None and trigger != "interval":
+        raise src.error((*loc, "seconds"), "seconds: is for on: interval rules")
+    if r.group and trigger in ("start", "end", "idle", "interval"):
+        raise src.error((*loc, "group"), f"on: {trigger} is not about the tasks of a group")
+    if kind == "retry" and not trigger.startswith("task-"):
+        raise src.error((*loc, "retry"), "retry acts on the task of a task-failed rule")
+    retry: dict[str, Any] = {}
+    attempts = 3
+    if isinstance(r.retry, model.Retry):
+        attempts = r.retry.attempts
+        for key in ("timeout", "memory", "cpus"):
+            spec = getattr(r.retry, key)
+            if spec is not None:
+                retry[key] = scale(src.where((*loc, "retry", key)), key, spec)
+    stop = r.stop
+    if kind in ("grow", "shrink"):
+        ens.notes.append(f"{where}: {kind}: the local backend cannot resize; it will be ignored")
+    label = r.label or f"rule {i + 1} ({r.on}: {kind})"
+    try:
+        from shoal.spec.expr import compile_condition
+
+        if trigger == "metric" and when:
+            compile_condition(when, where)
+    except DefinitionError as err:
+        raise DefinitionError(str(err)) from None
+    return Action(
+        label=label,
+        trigger=trigger,
+        kind=kind,
+        where=where,
+        tags=(r.group,) if r.group else (),
+        seconds=float(r.seconds) if r.seconds is not None else None,
+        when=when,
+        target=r.submit or r.cancel,
+        drain=stop != "now",
+        retry=retry,
+        attempts=attempts,
+        message=r.log or "",
+        times=r.times,
+        skip=r.every - 1,
+    )
+
+
+TOP = ("name", "resources", "options", "groups", "rules")
+
+
+def override(src: Source, parts: list[str], value: Any, text: str) -> None:
+    """``--set relax.cpus=4`` (a group's key) or ``--set resources.cpus=8`` (a top-level key)."""
+    from shoal.config.source import assign
+
+    groups = src.data.get("groups")
+    names = list(groups) if isinstance(groups, dict) else []
+    if parts[0] in names:
+        assign(src, ["groups", *parts], value, text)
+    elif parts[0] in TOP:
+        assign(src, parts, value, text)
+    else:
+        raise DefinitionError(
+            f"--set {text}: {parts[0]!r} is neither a group nor a top-level key"
+            f"{suggest(parts[0], [*names, *TOP])} Groups: {', '.join(names) or 'none'}"
+        )
