@@ -9,6 +9,7 @@ rules, statistics and ``shoal status`` see the group.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import string
@@ -53,13 +54,19 @@ class Group:
     inputs: dict[str, str] = field(default_factory=dict)
     start: bool = True
     nodes: int = 1
+    derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # options from a row
+    tag: str = ""  # what rules call the group (its name unless entries share one)
     _fixed: Options | None = None
+    _cache: dict[tuple[Any, ...], Options] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.tag = self.tag or self.name
 
     @property
     def size(self) -> int:
         return len(self.sweep) * self.count
 
-    @property
+    @functools.cached_property
     def swept(self) -> dict[str, str]:
         """Options whose value is a swept parameter: option -> parameter."""
         return {
@@ -80,15 +87,26 @@ class Group:
     def row(self, i: int) -> dict[str, Any]:
         return self.sweep.row(i // self.count)
 
+    @functools.cached_property
+    def varies(self) -> bool:
+        """Whether tasks of the group differ in their options."""
+        return bool(self.swept) or self.derive is not None
+
     def task_options(self, row: dict[str, Any], index: int) -> Options:
         if self._fixed is not None:
             return self._fixed
         swept = self.swept
-        if not swept:
+        if not self.varies:
             self._fixed = self._make(self.options, index)
             return self._fixed
         values = {k: (row[swept[k]] if k in swept else v) for k, v in self.options.items()}
-        return self._make(values, index)
+        if self.derive is not None:
+            values.update(self.derive(row))
+        key = tuple(values[k] for k in (*swept, "cpus", "gpus", "ranks") if k in values)
+        opts = self._cache.get(key)
+        if opts is None:
+            opts = self._cache[key] = self._make(values, index)
+        return opts
 
     def _make(self, values: dict[str, Any], index: int) -> Options:
         key = next(iter(self.swept), "cpus")
@@ -99,6 +117,9 @@ class Group:
             raise DefinitionError(f"{where}: task {index} of group {self.name!r}: {err}") from None
 
     def fields(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+        """What a command's placeholders may use: fixed args, the row, and ``index``."""
+        if self.template is not None and self.args:
+            return {**self.args, **row, INDEX: index}
         return {**row, INDEX: index}
 
     def command_line(self, row: dict[str, Any], index: int) -> str:
@@ -118,7 +139,7 @@ class Group:
         """Core-hours of the whole group if every task takes ``duration`` (None: unknown)."""
         if self.duration is None:
             return None
-        if not self.swept:
+        if not self.varies:
             req = self.task_options({}, 0).request
             return self.size * self.duration * req.cpus * req.ranks / 3600
         total = 0.0
@@ -235,7 +256,7 @@ class Ensemble:
                     raise DefinitionError(f"{g.src.where(g.keys.get('nodes', g.loc))}: {message}")
                 self.notes.append(f"{message}; it is never submitted, so that is harmless")
             shapes = {}
-            if g.swept:
+            if g.varies:
                 for i, row in enumerate(g.rows()):
                     shapes.setdefault(g.task_options(row, i).request, i)
             else:
@@ -246,7 +267,7 @@ class Ensemble:
                     continue
                 key = next(iter(g.swept), "cpus" if req.cpus > 1 or not req.gpus else "gpus")
                 where = g.src.where(g.keys.get(key, g.loc))
-                what = f"task {i} of group {g.name!r}" if g.swept else f"group {g.name!r}"
+                what = f"task {i} of group {g.name!r}" if g.varies else f"group {g.name!r}"
                 message = f"{what} can never run: {why}"
                 if g.name in used:
                     raise DefinitionError(
@@ -258,8 +279,13 @@ class Ensemble:
     def used(self) -> set[str]:
         """The groups that run: those that start, and those a rule submits."""
         out = {n for n, g in self.groups.items() if g.start}
-        out |= {a.target for a in self.rules if a.kind == "submit" and a.target}
+        tags = {a.target for a in self.rules if a.kind == "submit" and a.target}
+        out |= {n for n, g in self.groups.items() if g.tag in tags}
         return out
+
+    def tagged(self, tag: str) -> list[Group]:
+        """The groups a rule means by ``tag``."""
+        return [g for g in self.groups.values() if g.tag == tag]
 
     # -- building -----------------------------------------------------------------------------
     def workflow(self) -> Workflow:
@@ -359,7 +385,7 @@ class Ensemble:
                 "group": g.name,
                 "tasks": g.size,
                 "starts": "with the run" if g.start else "when a rule submits it",
-                "each": g.request(g.row(0), 0) if not g.swept else "varies: " + ", ".join(
+                "each": g.request(g.row(0), 0) if not g.varies else "varies: " + ", ".join(
                     sorted({g.request(g.row(i), i) for i in range(min(g.size, 50))})
                 ),
                 "first": shown,

@@ -159,9 +159,11 @@ class Fire:
 
     def _submit(self, event: Any, ctl: Any) -> None:
         ens = self.ensemble
-        g = ens.groups[self.action.target or ""]
-        ids = {up: [t.id for t in ctl.tasks(up)] for up in ens.needs(g)}
-        ctl.submit(*ens.later(g, ids))
+        tasks = []
+        for g in ens.tagged(self.action.target or ""):
+            ids = {up: [t.id for t in ctl.tasks(up)] for up in ens.needs(g)}
+            tasks.extend(ens.later(g, ids))
+        ctl.submit(*tasks)
 
     def _retry(self, event: Any, ctl: Any) -> None:
         task = event.task

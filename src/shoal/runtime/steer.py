@@ -111,6 +111,7 @@ class Steering:
             self.owners.append(owner)
             self.strategies.append(owner)
         self.task_rules = any(t in self.rules for t in TASK_TRIGGERS)
+        self.eager = any(r.repeat for r, _ in self.rules.get("metric", ()))
         # The group of all tasks costs a little per task: kept when something reads it.
         self.all = bool(self.strategies or self.tracked) or any(
             not r.tags for r, _ in self.rules.get("metric", ())
@@ -182,6 +183,8 @@ class Steering:
             tags = r.options.tags
             if tags or self.all:
                 self._count(c, tags, outcomes.get(c.task) if new in TERMINAL else None)
+                if self.eager:  # level rules see every step, not only the batch's end
+                    self._metrics()
             if new in TERMINAL:
                 self.ended_since_idle += 1
             if rules is not None:
