@@ -16,6 +16,9 @@ All of them pickle (they carry only plain strings and numbers), so they cross pr
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ShoalError(Exception):
     """Base class of every error shoal raises on purpose."""
@@ -103,3 +106,11 @@ def _rebuild(cls: type[TaskFailed], message: str, state: dict[str, object]) -> T
     Exception.__init__(err, message)
     err.__dict__.update(state)
     return err
+
+
+def hint(word: object, known: Iterable[object]) -> str:
+    """``"; did you mean 'cpus'?"`` for the closest of ``known`` (case aside), else ``""``."""
+    choices = [str(k) for k in known]
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""

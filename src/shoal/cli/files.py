@@ -43,7 +43,9 @@ def _plan_text(p: dict[str, Any]) -> str:
         if g["tasks"] > len(g["first"]):
             lines.append(f"      ... ({g['tasks'] - len(g['first']):,} more)")
     if p.get("core_hours") is not None:
-        lines.append(f"  total: {p['core_hours']:,} core-hours")
+        left = p.get("core_hours_without")
+        but = f" (not counting {', '.join(left)}: no duration given)" if left else ""
+        lines.append(f"  total: {p['core_hours']:,} core-hours{but}")
     if p["rules"]:
         lines.append("  rules:")
         lines.extend(f"    {r}" for r in p["rules"])

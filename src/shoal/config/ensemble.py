@@ -372,15 +372,18 @@ class Ensemble:
     def plan(self, first: int = 3) -> dict[str, Any]:
         """A summary of what would run: per group its size, first commands and resources."""
         groups = []
-        hours: float | None = 0.0
+        hours = 0.0
+        unknown: list[str] = []
         for g in self.groups.values():
             shown = []
             for i in range(min(first, g.size)):
                 row = g.row(i)
                 shown.append(g.command_line(row, i))
             ch = g.core_hours()
-            if g.start:
-                hours = None if ch is None or hours is None else hours + ch
+            if g.start and ch is not None:
+                hours += ch
+            elif g.start:
+                unknown.append(g.name)
             entry: dict[str, Any] = {
                 "group": g.name,
                 "tasks": g.size,
@@ -409,8 +412,10 @@ class Ensemble:
             "resources": self.pool().nodes[0].describe()
             + (f" × {self.nodes}" if self.nodes > 1 else ""),
         }
-        if hours is not None and any(g.duration is not None for g in self.groups.values()):
+        if any(g.duration is not None for g in self.groups.values()):
             out["core_hours"] = round(hours, 3)
+            if unknown:
+                out["core_hours_without"] = unknown  # groups with no duration to count
         if self.notes:
             out["notes"] = list(dict.fromkeys(self.notes))
         return out

@@ -25,6 +25,8 @@ file, the line and the key, with the closest valid key for a misspelt one.
 
 from __future__ import annotations
 
+import re
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -186,6 +188,10 @@ def _explain(err: dict[str, Any], model: type[BaseModel], src: Source, prefix: L
     got = err.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
     message = _MESSAGES.get(kind, err["msg"][:1].lower() + err["msg"][1:])
+    if kind == "literal_error" and isinstance(got, str):
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        message = f"must be one of {', '.join(choices)}"
+        shown = f" (got {got!r}{suggest(got, choices)})"
     return src.where(full) + f": {message}{shown}"
 
 
@@ -197,33 +203,43 @@ def _is_union_tag(part: Any) -> bool:
     )
 
 
-def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    """The keys valid at ``loc`` inside ``model`` (following nested models, dicts, lists)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                for f in current.model_fields.values():
-                    if f.alias == part:
-                        info = f
-            current = info.annotation if info is not None else None
-        current = _inner_model(current, part)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
-
-
-def _inner_model(annotation: Any, part: Any) -> Any:
-    args = getattr(annotation, "__args__", ())
-    for a in (annotation, *args):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
-    for a in args:  # dict[str, Group] / list[Rule]
-        inner = _inner_model(a, part)
+def _step(ann: Any, part: Any) -> Any:
+    """The type found one step (a field, a dict key or a list index) inside ``ann``."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        for name, info in ann.model_fields.items():
+            if part in (name, info.alias):
+                return info.annotation
+        return None
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin is list and args:
+        return args[0]
+    for a in args:  # a union: the first member that has something at this step
+        inner = _step(a, part)
         if inner is not None:
             return inner
     return None
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in typing.get_args(ann):
+        m = _model_in(a)
+        if m is not None:
+            return m
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys valid at ``loc`` inside ``model``."""
+    ann: Any = model
+    for part in loc:
+        ann = _step(ann, part)
+    m = _model_in(ann)
+    return [f.alias or n for n, f in m.model_fields.items()] if m is not None else []
 
 
 def check(model: type[Model], data: Any, src: Source, prefix: Loc = ()) -> Any:
@@ -231,10 +247,24 @@ def check(model: type[Model], data: Any, src: Source, prefix: Loc = ()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        problems = []
+        by_loc: dict[Loc, list[dict[str, Any]]] = {}
         for e in err.errors():
-            line = _explain(dict(e), model, src, prefix)
-            if line not in problems:
-                problems.append(line)
+            loc: Loc = tuple(x for x in e["loc"] if not _is_union_tag(x))
+            by_loc.setdefault(loc, []).append(dict(e))
+        problems: list[tuple[int, str]] = []
+        for loc, errs in by_loc.items():
+            if any(other[: len(loc)] == loc and other != loc for other in by_loc):
+                continue  # a union whose model member has errors deeper in: report those
+            if len(errs) > 1 and all(e["type"] in _MESSAGES for e in errs):
+                wanted = " or ".join(
+                    dict.fromkeys(_MESSAGES[e["type"]].removeprefix("must be ") for e in errs)
+                )
+                got = errs[0].get("input")
+                shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+                text = src.where((*prefix, *loc)) + f": must be {wanted}{shown}"
+            else:
+                text = _explain(errs[0], model, src, prefix)
+            problems.append((src.line((*prefix, *loc)) or 0, text))
+        problems.sort(key=lambda p: p[0])
         more = f"\n(and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        raise DefinitionError("\n".join(problems[:10]) + more) from None
+        raise DefinitionError("\n".join(t for _, t in problems[:10]) + more) from None

@@ -98,6 +98,10 @@ def links(ens: Ensemble, cfg: model.Config) -> None:
     """``after``, ``each`` and ``inputs`` name groups that exist, without a cycle."""
     src = ens.src
     for name, g in ens.groups.items():
+        up = ens.groups.get(g.each or "")
+        if up is not None and not g.sweep.names and g.count == 1:
+            g.count = up.size  # each: with no sweep of its own: one task per upstream task
+    for name, g in ens.groups.items():
         loc: Loc = ("groups", name)
         named = [("after", a) for a in g.after] + [("inputs", v) for v in g.inputs.values()]
         if g.each:

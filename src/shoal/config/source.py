@@ -9,7 +9,6 @@ the table headers and ``key =`` lines.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import tomllib
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from shoal.errors import DefinitionError
+from shoal.errors import DefinitionError, hint
 
 Loc = tuple[str | int, ...]
 KINDS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
@@ -194,8 +193,7 @@ def read(path: str | Path) -> Source:
 
 def suggest(word: str, known: Iterable[str]) -> str:
     """``"; did you mean 'cpus'?"`` for a close valid key, else ``""``."""
-    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return hint(word, known)
 
 
 def parse_set(text: str) -> tuple[list[str], Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import difflib
 import glob as globmod
 import itertools
 import math
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import DefinitionError
+from shoal.errors import DefinitionError, hint
 
 Value = Any
 _CALL = re.compile(r"^\s*[A-Za-z_]\w*\s*\(.*\)\s*$", re.DOTALL)
@@ -152,10 +151,9 @@ def _csv(where: str, base: Path, name: Value, column: Value = 0) -> list[Value]:
     header = [c.strip() for c in rows[0]]
     if isinstance(column, str):
         if column not in header:
-            close = difflib.get_close_matches(column, header, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DefinitionError(
-                f"{where}: {path} has no column {column!r}{hint} Columns: {', '.join(header)}"
+                f"{where}: {path} has no column {column!r}{hint(column, header)} Columns: "
+                f"{', '.join(header)}"
             )
         index, body = header.index(column), rows[1:]
     elif isinstance(column, int) and not isinstance(column, bool):
@@ -236,10 +234,9 @@ def expression(text: str, where: str, base: Path = Path(".")) -> list[Value]:
         )
     name = call.func.id
     if name not in FUNCTIONS:
-        close = difflib.get_close_matches(name, FUNCTIONS, n=1)
-        hint = f"; did you mean {close[0]}(...)?" if close else ""
         raise DefinitionError(
-            f"{where}: unknown function {name!r} in {text!r}{hint} Known: {', '.join(FUNCTIONS)}"
+            f"{where}: unknown function {name!r} in {text!r}{hint(name, FUNCTIONS)} Known: "
+            f"{', '.join(FUNCTIONS)}"
         )
     args = [_literal(a, where, text) for a in call.args]
     kwargs = {}
@@ -320,10 +317,9 @@ def combine(
     for k, group in enumerate(zipped):
         for name in group:
             if name not in columns:
-                close = difflib.get_close_matches(name, list(columns), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise DefinitionError(
-                    f"{where}: zip names {name!r}, which is not a swept parameter{hint} "
+                    f"{where}: zip names {name!r}, which is not a swept parameter"
+                    f"{hint(name, columns)} "
                     f"Parameters: {', '.join(columns) or 'none'}"
                 )
             if name in seen:
