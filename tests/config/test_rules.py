@@ -157,7 +157,7 @@ rules:
     )
     run = run_file(path)
     text = (run.dir / "shoal.log").read_text()
-    assert "rule 1 (task-failed: log): task a ended failed: command" in text
+    assert "rule 'rule 1 (task-failed: log)': task a ended failed: command" in text
     assert text.count("tick") == 1
 
 
