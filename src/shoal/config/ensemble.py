@@ -362,6 +362,13 @@ class Ensemble:
         return tasks
 
     def run_options(self) -> dict[str, Any]:
+        """Options for ``shoal.run``: the node's size and the file's run options."""
+        if self.nodes > 1:
+            raise DefinitionError(
+                f"{self.src.where(('resources', 'nodes'))}: {self.nodes} nodes: the local "
+                "backend runs on this one machine. Use nodes > 1 with shoal plan, or run on a "
+                "cluster backend"
+            )
         out = {k: v for k, v in self.options.items() if v is not None}
         for k in ("cpus", "gpus", "memory"):
             if self.resources.get(k) is not None:
