@@ -114,7 +114,7 @@ def test_set_overrides_a_group_key_and_a_top_level_key(tmp_path: Path) -> None:
     assert [r["P"] for r in ens.groups["md"].rows()] == [5, 6, 7]
     with pytest.raises(DefinitionError, match=r"'relx' is neither.*did you mean 'relax'"):
         load(path, ["relx.cpus=1"])
-    with pytest.raises(DefinitionError, match="from --set relax.cpus=many"):
+    with pytest.raises(DefinitionError, match=r"from --set relax\.cpus=many"):
         load(path, ["relax.cpus=many"])
     with pytest.raises(DefinitionError, match="KEY=VALUE"):
         load(path, ["relax.cpus"])
@@ -222,8 +222,11 @@ def test_bad_toml_and_json_name_the_line(tmp_path: Path) -> None:
     t = write(tmp_path, "x.toml", '[groups.a]\ncommand = "echo"\ncpu = 2\n')
     with pytest.raises(DefinitionError, match=r"x.toml:3: groups.a.cpu: unknown key 'cpu'"):
         load(t)
-    j = write(tmp_path, "x.json", '{\n "groups": {\n  "a": {\n   "command": "echo",\n'
-              '   "timeout": "soon"\n  }\n }\n}\n')
+    j = write(
+        tmp_path,
+        "x.json",
+        '{\n "groups": {\n  "a": {\n   "command": "echo",\n   "timeout": "soon"\n  }\n }\n}\n',
+    )
     with pytest.raises(DefinitionError, match=r"x.json:5: groups.a.timeout"):
         load(j)
     broken = write(tmp_path, "y.json", '{\n "groups": {\n')
@@ -232,8 +235,11 @@ def test_bad_toml_and_json_name_the_line(tmp_path: Path) -> None:
 
 
 def test_several_problems_are_all_listed_in_line_order(tmp_path: Path) -> None:
-    path = write(tmp_path, "x.yaml", "groups:\n  a:\n    command: echo\n    cpu: 2\n"
-                 "    count: x\n    tagz: [a]\n")
+    path = write(
+        tmp_path,
+        "x.yaml",
+        "groups:\n  a:\n    command: echo\n    cpu: 2\n    count: x\n    tagz: [a]\n",
+    )
     with pytest.raises(DefinitionError) as err:
         load(path)
     lines = str(err.value).splitlines()

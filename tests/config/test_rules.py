@@ -185,7 +185,9 @@ rules:
     rules = load(path).plan()["rules"]
     assert rules[0].endswith("on metric [a] when total > 0 and finished == total: submit b")
     assert "retry with timeout x2, memory 4096" in rules[1]
-    assert rules[2] == "too slow: on metric [a] when mean(runtime) > 30: stop (cancel running tasks)"
+    assert (
+        rules[2] == "too slow: on metric [a] when mean(runtime) > 30: stop (cancel running tasks)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,9 @@ def run(ens: object, folder: Path) -> shoal.Run:
 
 
 # -- Ensemble Launcher ------------------------------------------------------------------------
-def test_el_tests_ensembles_runs_with_a_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_el_tests_ensembles_runs_with_a_stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = seed(EL, "tests_ensembles.json", tmp_path)
     (tmp_path / "py_echo.py").write_text("import sys\nprint('echo', sys.argv[1])\n")
     monkeypatch.chdir(tmp_path)
@@ -75,8 +77,10 @@ def test_el_linspace_one_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     stand_in(tmp_path, "exe", 'echo "$@"')
     monkeypatch.chdir(tmp_path)
     ens = load(path)
-    expected = [f"./exe -a {a} -b {b}" for a, b in
-                zip([0.0, 2.5, 5.0, 7.5, 10.0], [0.0, 0.25, 0.5, 0.75, 1.0], strict=True)]
+    expected = [
+        f"./exe -a {a} -b {b}"
+        for a, b in zip([0.0, 2.5, 5.0, 7.5, 10.0], [0.0, 0.25, 0.5, 0.75, 1.0], strict=True)
+    ]
     assert commands(ens, "example_ensemble") == expected
     wf = ens.workflow()
     r = shoal.run(wf, base=tmp_path, **ens.run_options())
@@ -98,8 +102,11 @@ def test_el_file_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_el_pinned_ensemble_keeps_the_counts(tmp_path: Path) -> None:
     path = seed(EL, "readme_pinned_ensemble.json", tmp_path)
-    with pytest.raises(DefinitionError, match=r"readme_pinned_ensemble.json:\d+: "
-                       r"ensembles.pinned_ensemble.ngpus_per_process: .*4 ranks × \(1 core \+ 1 GPU\)"):
+    with pytest.raises(
+        DefinitionError,
+        match=r"readme_pinned_ensemble.json:\d+: "
+        r"ensembles.pinned_ensemble.ngpus_per_process: .*4 ranks × \(1 core \+ 1 GPU\)",
+    ):
         load(path, ["resources.gpus=0"])
     ens = load(path, ["resources.cpus=4", "resources.gpus=4"])
     assert ens.size == 1
@@ -108,12 +115,17 @@ def test_el_pinned_ensemble_keeps_the_counts(tmp_path: Path) -> None:
     assert any("cpu_affinity" in n and "chooses core and GPU ids" in n for n in ens.notes)
 
 
-def test_el_serial_cpu_and_gpu_ensembles_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_el_serial_cpu_and_gpu_ensembles_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = seed(EL, "workflow_pattern1_serial_cpu_gpu.json", tmp_path)
     stand_in(tmp_path, "serial_example", "exit 0")
     monkeypatch.chdir(tmp_path)
     ens = load(path, ["resources.gpus=2"])
-    assert {n: g.size for n, g in ens.groups.items()} == {"cpu_ensemble": 1024, "gpu_ensemble": 1024}
+    assert {n: g.size for n, g in ens.groups.items()} == {
+        "cpu_ensemble": 1024,
+        "gpu_ensemble": 1024,
+    }
     assert ens.groups["cpu_ensemble"].request({}, 0) == "1 core"
     assert ens.groups["gpu_ensemble"].request({}, 0) == "1 core + 1 GPU"
     assert set(commands(ens, "gpu_ensemble")) == {"./serial_example 1 true"}
@@ -143,11 +155,12 @@ def test_el_ppn_sweep_varies_the_ranks(tmp_path: Path) -> None:
     assert {o.gpus for o in shapes} == {1}
 
 
-@pytest.mark.parametrize("name", ["readme_system.json", "readme_launcher.json",
-                                  "readme_launcher_cluster.json"])
+@pytest.mark.parametrize(
+    "name", ["readme_system.json", "readme_launcher.json", "readme_launcher_cluster.json"]
+)
 def test_el_system_and_launcher_files_are_recognised(tmp_path: Path, name: str) -> None:
     path = seed(EL, name, tmp_path)
-    with pytest.raises(DefinitionError, match="Ensemble Launcher .* not an ensemble"):
+    with pytest.raises(DefinitionError, match=r"Ensemble Launcher .* not an ensemble"):
         load(path)
 
 
@@ -174,7 +187,8 @@ def test_ep_hello_world(quick_sleep: Path) -> None:
     ens = load(path)
     assert ens.format == "ensemble-python"
     assert {n: (g.size, g.start) for n, g in ens.groups.items()} == {
-        "echo": (5, False), "sleep": (5, False)
+        "echo": (5, False),
+        "sleep": (5, False),
     }
     assert commands(ens, "sleep") == ["sleep 10"] * 5
     kinds = [(a.trigger, a.kind, a.target) for a in ens.rules]

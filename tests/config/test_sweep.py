@@ -116,8 +116,11 @@ def test_product_and_zip_rows() -> None:
     assert list(s) == [{"a": a, "b": b} for a, b in itertools.product([1, 2], "xyz")]
     z = combine({"a": [1, 2], "b": ["x", "y"], "c": [0, 1, 2]}, [["a", "b"]], "w")
     assert len(z) == 6
-    assert list(z)[:3] == [{"a": 1, "b": "x", "c": 0}, {"a": 1, "b": "x", "c": 1},
-                           {"a": 1, "b": "x", "c": 2}]
+    assert list(z)[:3] == [
+        {"a": 1, "b": "x", "c": 0},
+        {"a": 1, "b": "x", "c": 1},
+        {"a": 1, "b": "x", "c": 2},
+    ]
     assert {(r["a"], r["b"]) for r in z} == {(1, "x"), (2, "y")}
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from shoal.config.source import Loc, Source
 from shoal.core.resources import Node, Pool
 from shoal.errors import DefinitionError
-from shoal.spec.options import Options, parse_memory
+from shoal.spec.options import Options, Request, parse_memory
 from shoal.spec.refs import StoredRef
 from shoal.spec.sweep import Sweep
 from shoal.spec.task import Task, placeholders, render_command
@@ -158,7 +158,9 @@ class Group:
             kw = {k: values[k] for k in self._placeholders}
             if kwargs:
                 kw.update(kwargs)
-            return Task("command", opts, template=self.template, kwargs=kw, workdir=workdir, env=env)
+            return Task(
+                "command", opts, template=self.template, kwargs=kw, workdir=workdir, env=env
+            )
         assert self.fn is not None
         call = {**self.args, **row, **(kwargs or {})}
         return Task("python", opts, fn=self.fn, kwargs=call)
@@ -249,13 +251,12 @@ class Ensemble:
         for g in self.groups.values():
             if g.nodes > len(pool.nodes):
                 message = (
-                    f"group {g.name!r} asks for {g.nodes} nodes, but this run has "
-                    f"{len(pool.nodes)}"
+                    f"group {g.name!r} asks for {g.nodes} nodes, but this run has {len(pool.nodes)}"
                 )
                 if g.name in used:
                     raise DefinitionError(f"{g.src.where(g.keys.get('nodes', g.loc))}: {message}")
                 self.notes.append(f"{message}; it is never submitted, so that is harmless")
-            shapes = {}
+            shapes: dict[Request, int] = {}
             if g.varies:
                 for i, row in enumerate(g.rows()):
                     shapes.setdefault(g.task_options(row, i).request, i)
@@ -323,11 +324,7 @@ class Ensemble:
 
     def _build(self, g: Group, built: dict[str, list[Task]]) -> list[Task]:
         tasks = []
-        outs = {
-            name: [t.out for t in built[up]]
-            for name, up in g.inputs.items()
-            if up != g.each
-        }
+        outs = {name: [t.out for t in built[up]] for name, up in g.inputs.items() if up != g.each}
         for i, row in enumerate(g.rows()):
             kwargs: dict[str, Any] = dict(outs)
             for name, up in g.inputs.items():
@@ -395,9 +392,10 @@ class Ensemble:
                 "group": g.name,
                 "tasks": g.size,
                 "starts": "with the run" if g.start else "when a rule submits it",
-                "each": g.request(g.row(0), 0) if not g.varies else "varies: " + ", ".join(
-                    sorted({g.request(g.row(i), i) for i in range(min(g.size, 50))})
-                ),
+                "each": g.request(g.row(0), 0)
+                if not g.varies
+                else "varies: "
+                + ", ".join(sorted({g.request(g.row(i), i) for i in range(min(g.size, 50))})),
                 "first": shown,
             }
             if g.duration is not None:

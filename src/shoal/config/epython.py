@@ -83,7 +83,7 @@ class Rule(model.Model):
 class File(model.Model):
     logging: Logging = Logging()
     jobs: list[Job]
-    rules: list[Rule] = []
+    rules: list[Rule] = Field(default_factory=list)
     custom: str | None = None
     resources: model.Resources = model.Resources()
 
@@ -107,9 +107,10 @@ def _metric(src: Source, loc: Loc, name: str | None, when: Any, jobs: set[str]) 
     if stat not in STATS:
         extra = " (shoal does not keep iqr or mad)" if stat in ("iqr", "mad") else ""
         raise src.error(
-            where, f"unknown statistic {stat!r}{suggest(stat, STATS)}{extra} Known: "
-            f"{', '.join(STATS)}"
+            where,
+            f"unknown statistic {stat!r}{suggest(stat, STATS)}{extra} Known: {', '.join(STATS)}",
         )
+    fields: tuple[str, ...]
     if stat == "count":
         group, _, field = rest.rpartition(".")
         fields = ("success", "failed", "finished")
@@ -121,7 +122,8 @@ def _metric(src: Source, loc: Loc, name: str | None, when: Any, jobs: set[str]) 
         raise src.error(where, f"cannot read metric {name!r}: write {form} (or GROUP-pending)")
     if group not in jobs:
         raise src.error(
-            where, f"metric {name!r} names group {group!r}, which is not a job{suggest(group, jobs)}"
+            where,
+            f"metric {name!r} names group {group!r}, which is not a job{suggest(group, jobs)}",
         )
     if when is None:
         raise src.error(loc, "a metric rule needs when: (a number, or a comparison like '> 5')")
@@ -213,7 +215,8 @@ def _rule(
         if a.label not in names:
             raise src.error(
                 (*loc, "action", "label"),
-                f"no job named {a.label!r}{suggest(a.label, names)} Jobs: {', '.join(sorted(names))}",
+                f"no job named {a.label!r}{suggest(a.label, names)} Jobs: "
+                + ", ".join(sorted(names)),
             )
     check = _metric(src, loc, r.name, r.when, names) if trigger == "metric" else None
     if a.name in ("grow", "shrink"):
@@ -248,7 +251,7 @@ def override(src: Source, parts: list[str], value: Any, text: str) -> None:
     elif parts[0] in ("resources", "logging"):
         assign(src, parts, value, text)
     else:
-        names = [j.get("name") for j in jobs if isinstance(j, dict)]
+        names = [str(j.get("name")) for j in jobs if isinstance(j, dict)]
         raise DefinitionError(
             f"--set {text}: no job named {parts[0]!r}{suggest(parts[0], names)} Jobs: "
             f"{', '.join(map(str, names))}"

@@ -50,7 +50,7 @@ class Shape:
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         got = dict(self.fixed)
-        get = {k: row.get(k, got.get(k)) for k in SHAPE}
+        get: dict[str, int] = {k: row.get(k, got.get(k, 0)) for k in SHAPE}
         return {"ranks": get["nnodes"] * get["ppn"], "gpus": get["ngpus_per_process"]}
 
 
@@ -59,8 +59,7 @@ def _whole(src: Source, loc: Loc, key: str, value: Any, low: int) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         why = (
-            "; shoal gives each rank whole GPUs (for GPU sharing run several processes in one "
-            "task)"
+            "; shoal gives each rank whole GPUs (for GPU sharing run several processes in one task)"
             if key == "ngpus_per_process"
             else ""
         )
@@ -83,7 +82,8 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
     if relation not in RELATIONS:
         raise src.error(
             (*loc, "relation"),
-            f"must be 'one-to-one' or 'many-to-many', got {relation!r}{suggest(relation, RELATIONS)}",
+            f"must be 'one-to-one' or 'many-to-many', got {relation!r}"
+            + suggest(relation, RELATIONS),
         )
     used = placeholders(template)
     columns: dict[str, list[Any]] = {}
@@ -102,9 +102,13 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
             fixed[key] = raw
     for key, low in (("nnodes", 1), ("ppn", 1), ("ngpus_per_process", 0)):
         if key in columns:
-            columns[key] = [_whole(src, (*loc, key, i), key, v, low) for i, v in enumerate(columns[key])]
+            columns[key] = [
+                _whole(src, (*loc, key, i), key, v, low) for i, v in enumerate(columns[key])
+            ]
         else:
-            fixed[key] = _whole(src, loc, key, fixed.get(key, 1 if key != "ngpus_per_process" else 0), low)
+            fixed[key] = _whole(
+                src, loc, key, fixed.get(key, 1 if key != "ngpus_per_process" else 0), low
+            )
     zipped = [list(columns)] if RELATIONS[relation] == "zip" and columns else []
     sweep = combine(columns, zipped, src.where((*loc, "relation")))
     env = info.get("env") or {}
@@ -134,9 +138,9 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
     }
     nodes = max(columns["nnodes"]) if "nnodes" in columns else fixed["nnodes"]
     options: dict[str, Any] = {"name": name, "cpus": 1, "tags": (name,)}
-    derive = Shape(tuple(shape.items()))
+    derive: Shape | None = Shape(tuple(shape.items()))
     if not set(SHAPE) & set(columns):  # the same shape for every task
-        options.update(derive({}))
+        options.update(Shape(tuple(shape.items()))({}))
         derive = None
     run_dir = info.get("run_dir")
     g = Group(

@@ -40,9 +40,7 @@ def group(src: Source, name: str, g: model.Group) -> Group:
     if g.args and g.command is not None:
         raise src.error((*loc, "args"), "args are for function groups; commands use the sweep")
     base = src.base
-    columns = {
-        p: values(raw, src.where((*loc, "sweep", p)), base) for p, raw in g.sweep.items()
-    }
+    columns = {p: values(raw, src.where((*loc, "sweep", p)), base) for p, raw in g.sweep.items()}
     zipped = [list(g.sweep)] if g.relation == "zip" and g.sweep else g.zip_
     sweep = combine(columns, zipped, src.where((*loc, "zip" if g.zip_ else "sweep")))
     tags = [g.tags] if isinstance(g.tags, str) else list(g.tags)
@@ -97,10 +95,10 @@ def group(src: Source, name: str, g: model.Group) -> Group:
 def links(ens: Ensemble, cfg: model.Config) -> None:
     """``after``, ``each`` and ``inputs`` name groups that exist, without a cycle."""
     src = ens.src
-    for name, g in ens.groups.items():
-        up = ens.groups.get(g.each or "")
-        if up is not None and not g.sweep.names and g.count == 1:
-            g.count = up.size  # each: with no sweep of its own: one task per upstream task
+    for g in ens.groups.values():
+        pair = ens.groups.get(g.each or "")
+        if pair is not None and not g.sweep.names and g.count == 1:
+            g.count = pair.size  # each: with no sweep of its own: one task per upstream task
     for name, g in ens.groups.items():
         loc: Loc = ("groups", name)
         named = [("after", a) for a in g.after] + [("inputs", v) for v in g.inputs.values()]
@@ -139,7 +137,7 @@ def links(ens: Ensemble, cfg: model.Config) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name) :] + [name]
+            cycle = [*path[path.index(name) :], name]
             raise src.error(
                 ("groups", name), f"the groups wait for each other in a cycle: {' -> '.join(cycle)}"
             )
@@ -168,8 +166,8 @@ def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
         value = getattr(r, key)
         if value is not None and value not in groups:
             raise src.error(
-                (*loc, key), f"no group named {value!r}{suggest(value, groups)} Groups: "
-                f"{', '.join(groups)}"
+                (*loc, key),
+                f"no group named {value!r}{suggest(value, groups)} Groups: {', '.join(groups)}",
             )
     trigger = r.on
     when: str | None = r.when

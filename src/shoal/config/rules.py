@@ -98,7 +98,8 @@ class Action:
         what = self.kind + (f" {self.target}" if self.target else "")
         if self.kind == "retry" and self.retry:
             what += " with " + ", ".join(
-                f"{k} x{x:g}" if how == "scale" else f"{k} {x:g}" for k, (how, x) in self.retry.items()
+                f"{k} x{x:g}" if how == "scale" else f"{k} {x:g}"
+                for k, (how, x) in self.retry.items()
             )
         if self.kind == "stop":
             what += " (let running tasks finish)" if self.drain else " (cancel running tasks)"
@@ -116,7 +117,10 @@ def scale(where: str, key: str, spec: Any) -> tuple[str, float]:
         return ("set", float(spec))
     if isinstance(spec, str):
         text = spec.strip().lower().replace(" ", "")
-        for body in (text[1:] if text[:1] in "x*" else None, text[:-1] if text[-1:] == "x" else None):
+        for body in (
+            text[1:] if text[:1] in "x*" else None,
+            text[:-1] if text[-1:] == "x" else None,
+        ):
             if body:
                 try:
                     return ("scale", float(body))
@@ -205,7 +209,9 @@ class Fire:
         ctl.log(text)
 
     def _grow(self, event: Any, ctl: Any) -> None:
-        ctl.log("%s: this backend cannot resize the allocation; ignored", self.action.kind, warning=True)
+        ctl.log(
+            "%s: this backend cannot resize the allocation; ignored", self.action.kind, warning=True
+        )
 
     _shrink = _grow
 

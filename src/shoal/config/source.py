@@ -90,7 +90,7 @@ class _Loader(yaml.SafeLoader):
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -99,7 +99,8 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+    out: dict[Any, Any] = loader.construct_mapping(node, deep=deep)
+    return out
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
@@ -178,7 +179,7 @@ def read(path: str | Path) -> Source:
     else:
         try:
             node = yaml.compose(text, Loader=_Loader)
-            data = yaml.load(text, Loader=_Loader) if node is not None else None  # noqa: S506
+            data = yaml.load(text, Loader=_Loader) if node is not None else None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""

@@ -44,7 +44,9 @@ def _number(x: float) -> float | int:
 
 def _count(where: str, n: Value) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DefinitionError(f"{where}: the number of values must be a positive integer, got {n!r}")
+        raise DefinitionError(
+            f"{where}: the number of values must be a positive integer, got {n!r}"
+        )
     return n
 
 
@@ -82,7 +84,11 @@ def _range(where: str, *args: Value) -> list[Value]:
 
 
 def _arange(where: str, a: Value, b: Value, step: Value = 1) -> list[Value]:
-    lo, hi, d = _real(where, a, "the start"), _real(where, b, "the stop"), _real(where, step, "step")
+    lo, hi, d = (
+        _real(where, a, "the start"),
+        _real(where, b, "the stop"),
+        _real(where, step, "step"),
+    )
     if d == 0:
         raise DefinitionError(f"{where}: arange step must not be 0")
     n = math.ceil((hi - lo) / d - 1e-9)  # the stop is excluded, as in numpy
@@ -99,12 +105,22 @@ def _rng(where: str, seed: Value) -> random.Random:
 
 
 def _uniform(where: str, a: Value, b: Value, n: Value, seed: Value = 0) -> list[Value]:
-    lo, hi, k, r = _real(where, a, "low"), _real(where, b, "high"), _count(where, n), _rng(where, seed)
+    lo, hi, k, r = (
+        _real(where, a, "low"),
+        _real(where, b, "high"),
+        _count(where, n),
+        _rng(where, seed),
+    )
     return [r.uniform(lo, hi) for _ in range(k)]
 
 
 def _normal(where: str, mu: Value, sigma: Value, n: Value, seed: Value = 0) -> list[Value]:
-    m, s, k, r = _real(where, mu, "mean"), _real(where, sigma, "std"), _count(where, n), _rng(where, seed)
+    m, s, k, r = (
+        _real(where, mu, "mean"),
+        _real(where, sigma, "std"),
+        _count(where, n),
+        _rng(where, seed),
+    )
     if s < 0:
         raise DefinitionError(f"{where}: the standard deviation must be >= 0, got {sigma}")
     return [r.gauss(m, s) for _ in range(k)]
@@ -335,11 +351,11 @@ def combine(
     blocks: list[Block] = []
     placed: set[int] = set()
     for name in columns:  # blocks in the order their first parameter was written
-        k = seen.get(name)
-        if k is None:
+        at = seen.get(name)
+        if at is None:
             blocks.append(Block((name,), (columns[name],)))
-        elif k not in placed:
-            placed.add(k)
-            group = tuple(zipped[k])
+        elif at not in placed:
+            placed.add(at)
+            group = tuple(zipped[at])
             blocks.append(Block(group, tuple(columns[n] for n in group)))
     return Sweep(blocks)
