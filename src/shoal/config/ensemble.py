@@ -165,7 +165,26 @@ class Group:
         call = {**self.args, **row, **(kwargs or {})}
         return Task("python", opts, fn=self.fn, kwargs=call)
 
-    @property
+    def direct(self) -> list[Task] | None:
+        """All tasks at once, for the common big case: a command whose placeholders are the
+        swept parameters, with the same options for all and nothing else per task (the row
+        itself becomes the task's values). None when the general path is needed."""
+        if (
+            self.template is None
+            or self.varies
+            or self.workdir
+            or self.env
+            or self.inputs
+            or self.each
+            or self.args
+            or set(self._placeholders) != set(self.sweep.names)
+        ):
+            return None
+        opts = self.task_options({}, 0)
+        template = self.template
+        return [Task("command", opts, template=template, kwargs=row) for row in self.rows()]
+
+    @functools.cached_property
     def _placeholders(self) -> tuple[str, ...]:
         return tuple(sorted(placeholders(self.template))) if self.template else ()
 
@@ -323,6 +342,9 @@ class Ensemble:
         return list(dict.fromkeys([*g.after, *([g.each] if g.each else []), *g.inputs.values()]))
 
     def _build(self, g: Group, built: dict[str, list[Task]]) -> list[Task]:
+        fast = g.direct()
+        if fast is not None:
+            return fast
         tasks = []
         outs = {name: [t.out for t in built[up]] for name, up in g.inputs.items() if up != g.each}
         for i, row in enumerate(g.rows()):
