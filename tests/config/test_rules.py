@@ -91,6 +91,7 @@ def test_metric_rule_stops_the_run(tmp_path: Path) -> None:
         "f.yaml",
         """\
 resources: {cpus: 1}
+options: {prefetch: 0}  # nothing queued behind a running task: the stop is exact
 groups:
   screen:
     command: "false"

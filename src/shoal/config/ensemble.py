@@ -342,12 +342,9 @@ class Ensemble:
         return list(dict.fromkeys([*g.after, *([g.each] if g.each else []), *g.inputs.values()]))
 
     def _build(self, g: Group, built: dict[str, list[Task]]) -> list[Task]:
-        fast = g.direct()
-        if fast is not None:
-            return fast
-        tasks = []
+        tasks = g.direct() or []
         outs = {name: [t.out for t in built[up]] for name, up in g.inputs.items() if up != g.each}
-        for i, row in enumerate(g.rows()):
+        for i, row in enumerate(() if tasks else g.rows()):
             kwargs: dict[str, Any] = dict(outs)
             for name, up in g.inputs.items():
                 if up == g.each:
