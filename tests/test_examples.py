@@ -163,3 +163,23 @@ def test_melting_brackets_the_transition_within_the_resolution(base: Path) -> No
     status = json.loads((run.dir / "status.json").read_text())
     lind = status["groups"]["md"]["fields"]["lindemann"]
     assert lind["count"] == len(strategy.results) and lind["max"] > 0.1 > lind["min"]
+
+
+# -- ising.yaml (a config-file ensemble) -------------------------------------------------------
+def test_ising_config_finds_the_specific_heat_peak_near_onsager(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("numpy")
+    import shoal
+    from shoal.config import load
+
+    monkeypatch.chdir(EXAMPLES.parent)  # its commands name examples/scripts/anneal.py
+    ens = load(EXAMPLES / "ising.yaml", ["anneal.sweep.steps=[200]"])
+    assert ens.size == 11 * 3 + 1
+    wf = ens.workflow()
+    run = shoal.run(wf, base=base, **ens.run_options())
+    assert run.ok, run.failures()
+    (peak,) = [t for t in wf.tasks if t.options.tags[0] == "peak"]
+    result = run.result(peak)
+    assert result["runs"] == 33
+    assert 2.0 <= result["Tc"] <= 2.6  # Onsager's 2.269, on a 16 x 16 lattice

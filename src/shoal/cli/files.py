@@ -21,7 +21,25 @@ def run_file(file: str, sets: tuple[str, ...]) -> list[Any]:
     for note in dict.fromkeys(ens.notes):
         click.secho(f"shoal: note: {note}", fg="yellow", err=True)
     wf = ens.workflow()
-    return [run(wf, **ens.run_options())]
+    r = run(wf, **ens.run_options())
+    _leaves(ens, wf, r)
+    return [r]
+
+
+def _leaves(ens: Any, wf: Any, r: Any, most: int = 5) -> None:
+    """Print the results of the last function groups (those nothing waits for), when small."""
+    needed = {up for g in ens.groups.values() for up in ens.needs(g)}
+    for name, g in ens.groups.items():
+        if name in needed or g.fn is None or not g.start or g.size > most:
+            continue
+        for t in wf.tasks:
+            if t.options.tags[:1] != (name,):
+                continue
+            try:
+                value = repr(r.result(t))
+            except Exception as err:  # failed or never ran: say so, briefly
+                value = f"no result ({type(err).__name__})"
+            click.echo(f"{name}: {value[:500]}{' ...' if len(value) > 500 else ''}")
 
 
 def _plan_text(p: dict[str, Any]) -> str:

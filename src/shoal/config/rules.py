@@ -101,6 +101,8 @@ class Action:
                 f"{k} x{x:g}" if how == "scale" else f"{k} {x:g}"
                 for k, (how, x) in self.retry.items()
             )
+        if self.kind == "retry":
+            what += f", up to {self.attempts} attempts"
         if self.kind == "stop":
             what += " (let running tasks finish)" if self.drain else " (cancel running tasks)"
         limits = []
