@@ -42,3 +42,19 @@ def test_readme_steering_example_runs(tmp_path: Path) -> None:
         if line.strip().startswith("print(") and "# " in line
     ]
     assert printed.splitlines() == expected
+
+
+def test_readme_config_example_is_what_shoal_plan_says(tmp_path: Path) -> None:
+    from shoal.config import load
+
+    block = re.search(r"```yaml\n(resources:.*?)```", README.read_text(), re.S)
+    assert block, "the README has no YAML example starting with resources:"
+    (tmp_path / "sweep.yaml").write_text(block.group(1))
+    (tmp_path / "analysis.py").write_text("def melting_point(runs):\n    return len(runs)\n")
+    plan = load(tmp_path / "sweep.yaml").plan()
+    md, analyse = plan["groups"]
+    assert md["tasks"] == 52  # as its comment says
+    assert md["first"][0] == "lmp -in in.melt -var T 300.0 -var seed 0"
+    assert md["each"] == "4 cores" and md["core_hours"] == 52 * 900 * 4 / 3600
+    assert analyse["after"] == ["md"]
+    assert "retry with timeout x2, up to 2 attempts" in plan["rules"][0]

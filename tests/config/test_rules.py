@@ -206,3 +206,39 @@ def test_bad_rules(tmp_path: Path, rule: str, message: str) -> None:
     path = write(tmp_path, "f.yaml", "groups:\n  a: {command: 'true'}\nrules:\n" + rule)
     with pytest.raises(Exception, match=message):
         load(path)
+
+
+def test_a_stopped_config_run_resumes_with_its_rules_and_their_counters(tmp_path: Path) -> None:
+    import time
+
+    import shoal
+
+    path = write(
+        tmp_path,
+        "f.yaml",
+        """\
+resources: {cpus: 1}
+options: {prefetch: 0}
+groups:
+  a:
+    command: "sleep 0.2"
+    count: 6
+  b:
+    command: "true"
+    start: false
+rules:
+  - on: task-succeeded
+    group: a
+    submit: b
+    times: 1
+""",
+    )
+    first = run_file(path, stop_at=time.time() + 0.7)
+    assert first.state == "interrupted"
+    before = [t["group"] for t in ran(first)]
+    assert before.count("b") == 1 and before.count("a") == 6
+    again = shoal.resume(first.dir)
+    assert again.ok
+    after = ran(again)
+    assert [t["group"] for t in after].count("b") == 1  # the rule had used its one time
+    assert all(t["state"] == "succeeded" for t in after)
