@@ -242,3 +242,19 @@ rules:
     after = ran(again)
     assert [t["group"] for t in after].count("b") == 1  # the rule had used its one time
     assert all(t["state"] == "succeeded" for t in after)
+
+
+def test_grow_warns_in_the_log_and_the_run_goes_on(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "f.yaml",
+        "groups:\n  a: {command: 'true'}\nrules:\n  - on: start\n    grow: 2\n",
+    )
+    ens = load(path)
+    assert any("grow: the local backend cannot resize" in n for n in ens.notes)
+    run = run_file(path)
+    assert run.ok
+    assert (
+        "WARNING rule 'rule 1 (start: grow)': grow: this backend cannot resize"
+        in (run.dir / "shoal.log").read_text()
+    )

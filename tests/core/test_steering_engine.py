@@ -203,6 +203,49 @@ def test_metric_rule_fires_each_time_its_condition_becomes_true() -> None:
     assert len(fired) == 2 and fired[1] > 3
 
 
+def test_repeat_metric_rule_sees_every_step_of_a_batch_and_fires_while_true() -> None:
+    seen: list[int] = []
+    r = rule(
+        "metric",
+        lambda ev, ctl: seen.append(ev.stats.count("succeeded")),
+        tags="md",
+        when=lambda g: g.count("succeeded") >= 2,
+        repeat=True,
+    )
+    rig = Rig([r], cores=8)
+    ids = rig.add(*[work.options(tags="md")(i) for i in range(4)])
+    s = rig.host.scheduler
+    rig.now += 1
+    outs = [
+        Outcome(t, s.tasks[t].attempt, True, 0.0, rig.now, result=pickle.dumps(None))
+        for t in ids[:3]
+    ]
+    # Three successes in one batch: the level rule is checked after each of them.
+    rig.feed(*[Succeeded(rig.now, t, s.tasks[t].attempt) for t in ids[:3]], outcomes=outs)
+    assert seen == [2, 3]
+    rig.finish(ids[3])
+    assert seen == [2, 3, 4]
+
+
+def test_metric_rule_with_seconds_is_checked_again_on_the_clock() -> None:
+    calls: list[float] = []
+    r = rule(
+        "metric",
+        lambda ev, ctl: calls.append(ev.time),
+        tags="md",
+        when="succeeded >= 1",
+        seconds=10,
+        repeat=True,
+    )
+    rig = Rig([r], cores=2)
+    (a,) = rig.add(work.options(tags="md")(1))
+    rig.finish(a)
+    assert len(calls) == 1
+    for now in (5.0, 11.0, 15.0, 22.0):
+        rig.st.tick(now)
+    assert calls[1:] == [11.0, 22.0]
+
+
 def test_metric_rule_with_a_callable_and_a_tracked_field() -> None:
     hits: list[Any] = []
     r = rule("metric", lambda ev, ctl: hits.append(ev.group), when=lambda g: g["x"].max > 2)

@@ -106,7 +106,7 @@ class Retry(Model):
     attempts: int = Field(3, ge=1)
 
 
-TRIGGERS = (
+Trigger = Literal[
     "task-started",
     "task-succeeded",
     "task-failed",
@@ -118,26 +118,15 @@ TRIGGERS = (
     "idle",
     "interval",
     "metric",
-)
+]
+TRIGGERS: tuple[str, ...] = typing.get_args(Trigger)
 ACTIONS = ("submit", "retry", "cancel", "stop", "grow", "shrink", "log")
 
 
 class Rule(Model):
     """``on`` a trigger, do one action (``submit``, ``retry``, ``cancel``, ``stop``, ``log``)."""
 
-    on: Literal[
-        "task-started",
-        "task-succeeded",
-        "task-failed",
-        "task-finished",
-        "task-cancelled",
-        "group-finished",
-        "start",
-        "end",
-        "idle",
-        "interval",
-        "metric",
-    ]
+    on: Trigger
     group: str | None = None
     seconds: Number | None = Field(None, gt=0)
     when: str | None = None

@@ -98,29 +98,22 @@ def _arange(where: str, a: Value, b: Value, step: Value = 1) -> list[Value]:
     return [int(lo) + i * int(d) if ints else _number(lo + i * d) for i in range(n)]
 
 
-def _rng(where: str, seed: Value) -> random.Random:
+def _draws(where: str, n: Value, seed: Value) -> tuple[int, random.Random]:
+    """How many samples, and the generator for them (its own, seeded: reproducible)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DefinitionError(f"{where}: seed must be an integer, got {seed!r}")
-    return random.Random(seed)
+    return _count(where, n), random.Random(seed)
 
 
 def _uniform(where: str, a: Value, b: Value, n: Value, seed: Value = 0) -> list[Value]:
-    lo, hi, k, r = (
-        _real(where, a, "low"),
-        _real(where, b, "high"),
-        _count(where, n),
-        _rng(where, seed),
-    )
+    lo, hi = _real(where, a, "low"), _real(where, b, "high")
+    k, r = _draws(where, n, seed)
     return [r.uniform(lo, hi) for _ in range(k)]
 
 
 def _normal(where: str, mu: Value, sigma: Value, n: Value, seed: Value = 0) -> list[Value]:
-    m, s, k, r = (
-        _real(where, mu, "mean"),
-        _real(where, sigma, "std"),
-        _count(where, n),
-        _rng(where, seed),
-    )
+    m, s = _real(where, mu, "mean"), _real(where, sigma, "std")
+    k, r = _draws(where, n, seed)
     if s < 0:
         raise DefinitionError(f"{where}: the standard deviation must be >= 0, got {sigma}")
     return [r.gauss(m, s) for _ in range(k)]
@@ -129,14 +122,14 @@ def _normal(where: str, mu: Value, sigma: Value, n: Value, seed: Value = 0) -> l
 def _randint(where: str, a: Value, b: Value, n: Value, seed: Value = 0) -> list[Value]:
     if any(isinstance(x, bool) or not isinstance(x, int) for x in (a, b)) or a > b:
         raise DefinitionError(f"{where}: randint(low, high, n) needs integers low <= high")
-    k, r = _count(where, n), _rng(where, seed)
+    k, r = _draws(where, n, seed)
     return [r.randint(a, b) for _ in range(k)]  # both ends included
 
 
 def _choice(where: str, items: Value, n: Value, seed: Value = 0) -> list[Value]:
     if not isinstance(items, list) or not items:
         raise DefinitionError(f"{where}: choice(values, n) needs a non-empty list of values")
-    k, r = _count(where, n), _rng(where, seed)
+    k, r = _draws(where, n, seed)
     return [r.choice(items) for _ in range(k)]
 
 
