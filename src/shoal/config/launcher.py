@@ -73,8 +73,9 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
         raise src.error(loc, "an ensemble is a mapping of keys (cmd_template, nnodes, ...)")
     for key in ("cmd_template", "nnodes"):
         if key not in info:
-            close = suggest(key, info)
-            raise src.error(loc, f"{key} is required{close and ' (' + close[2:-1] + ')'}")
+            near = [k for k in info if suggest(k, [key])]
+            typo = f"; {near[0]!r} looks like a misspelling of it" if near else ""
+            raise src.error(loc, f"{key} is required{typo}")
     template = info["cmd_template"]
     if not isinstance(template, str) or not template.strip():
         raise src.error((*loc, "cmd_template"), "must be a command string")
@@ -110,7 +111,7 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
                 src, loc, key, fixed.get(key, 1 if key != "ngpus_per_process" else 0), low
             )
     zipped = [list(columns)] if RELATIONS[relation] == "zip" and columns else []
-    sweep = combine(columns, zipped, src.where((*loc, "relation")))
+    sweep = combine(columns, zipped, src.where((*loc, "relation") if "relation" in info else loc))
     env = info.get("env") or {}
     if not isinstance(env, dict):
         raise src.error((*loc, "env"), "must be a mapping of variable names to values")
