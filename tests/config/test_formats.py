@@ -156,22 +156,41 @@ def test_ep_tasks_nodes_and_duration(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
-        ("  - trigger: job-finsh\n    action: {name: submit, label: a}\n",
-         r"rules\[0\].trigger: unknown trigger 'job-finsh'; did you mean 'job-finish'\?"),
-        ("  - trigger: job-depend\n    action: {name: submit, label: a}\n",
-         "shoal has no event for 'job-depend'"),
-        ("  - trigger: start\n    action: {name: submit, label: b}\n",
-         r"rules\[0\].action.label: no job named 'b'"),
-        ("  - trigger: start\n    action: {name: custom, label: f}\n",
-         "shoal runs no code from config files"),
-        ("  - trigger: metric\n    name: iqr.a-duration\n    when: '> 1'\n"
-         "    action: {name: terminate}\n", r"unknown statistic 'iqr' \(shoal does not keep"),
-        ("  - trigger: metric\n    name: count.a.success\n    when: '== 2'\n"
-         "    action: {name: terminate}\n", "when must be a number"),
-        ("  - trigger: metric\n    name: count.b.success\n    when: 2\n"
-         "    action: {name: terminate}\n", "names group 'b', which is not a job"),
-        ("  - trigger: start\n    action: {name: sumbit, label: a}\n",
-         r"rules\[0\].action.name: must be one of .*did you mean 'submit'\?"),
+        (
+            "  - trigger: job-finsh\n    action: {name: submit, label: a}\n",
+            r"rules\[0\].trigger: unknown trigger 'job-finsh'; did you mean 'job-finish'\?",
+        ),
+        (
+            "  - trigger: job-depend\n    action: {name: submit, label: a}\n",
+            "shoal has no event for 'job-depend'",
+        ),
+        (
+            "  - trigger: start\n    action: {name: submit, label: b}\n",
+            r"rules\[0\].action.label: no job named 'b'",
+        ),
+        (
+            "  - trigger: start\n    action: {name: custom, label: f}\n",
+            "shoal runs no code from config files",
+        ),
+        (
+            "  - trigger: metric\n    name: iqr.a-duration\n    when: '> 1'\n"
+            "    action: {name: terminate}\n",
+            r"unknown statistic 'iqr' \(shoal does not keep",
+        ),
+        (
+            "  - trigger: metric\n    name: count.a.success\n    when: '== 2'\n"
+            "    action: {name: terminate}\n",
+            "when must be a number",
+        ),
+        (
+            "  - trigger: metric\n    name: count.b.success\n    when: 2\n"
+            "    action: {name: terminate}\n",
+            "names group 'b', which is not a job",
+        ),
+        (
+            "  - trigger: start\n    action: {name: sumbit, label: a}\n",
+            r"rules\[0\].action.name: must be one of .*did you mean 'submit'\?",
+        ),
     ],
 )
 def test_ep_bad_rules(tmp_path: Path, rule: str, message: str) -> None:
