@@ -28,6 +28,11 @@ def allocation_end() -> float | None:
                 return float(value)
             except ValueError:
                 raise click.UsageError(f"{var}={value!r} is not a time in epoch seconds") from None
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:  # Slurm before 23.02 does not export the end time: ask it
+        from shoal.backends.slurm import end_time
+
+        return end_time(job)
     return None
 
 

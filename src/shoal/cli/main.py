@@ -374,8 +374,10 @@ def _register() -> None:
 
     register(main, _rundir)
     from shoal.cli.files import register as register_files
+    from shoal.cli.slurm import register as register_slurm
 
     register_files(main)
+    register_slurm(main)
 
 
 _register()

@@ -58,14 +58,35 @@ def make_backend(
         if cpus is not None or gpus is not None:
             raise DefinitionError("cpus=/gpus= pretend a local node; give them to the backend")
         return backend
+    if backend is None and cpus is None and gpus is None and memory is None:
+        backend = _default_backend()
+    if backend == "slurm":
+        from shoal.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
+    if backend == "dask":
+        from shoal.backends.dask import DaskBackend
+
+        return DaskBackend()
     if backend in (None, "local"):
         from shoal.spec.options import parse_memory
 
         mem = parse_memory(memory) if memory is not None else None
         return LocalBackend(cpus=cpus, gpus=gpus, memory=mem, pin=pin, launcher=launcher)
     raise DefinitionError(
-        f"unknown backend {backend!r}: this version of shoal offers 'local' (the default)"
+        f"unknown backend {backend!r}: shoal offers 'local' (the default outside Slurm), "
+        "'slurm' (the default inside an allocation), 'dask' (with SHOAL_DASK_ADDRESS or a "
+        "DaskBackend(...) object) and 'flux' (a FluxBackend() object)"
     )
+
+
+def _default_backend() -> str:
+    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), else 'local'; SHOAL_BACKEND decides
+    when set."""
+    chosen = os.environ.get("SHOAL_BACKEND")
+    if chosen:
+        return chosen
+    return "slurm" if os.environ.get("SLURM_JOB_ID") else "local"
 
 
 def new_rundir(base: Path, name: str) -> Path:

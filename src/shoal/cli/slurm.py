@@ -1,0 +1,177 @@
+"""``shoal slurm submit``: get a run into a Slurm allocation, and into the next one.
+
+The batch script starts the driver inside the allocation with ``--time-left``, so the driver
+stops starting tasks before the allocation ends and leaves the run resumable; ``--resume
+RUN_DIR`` writes a script that continues that run in a new allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def minutes(limit: str) -> float:
+    """Slurm's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in minutes."""
+    m = _TIME.match(limit.strip())
+    if not m:
+        raise click.UsageError(
+            f"--time {limit!r}: use Slurm's format, e.g. 30 (minutes), 2:00:00 or 1-12:00:00"
+        )
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        h, mi, s = int(a), int(b or 0), int(c or 0)
+        return int(days) * 1440 + h * 60 + mi + s / 60
+    if b is None:  # MM
+        return float(a)
+    if c is None:  # MM:SS
+        return int(a) + int(b) / 60
+    return int(a) * 60 + int(b) + int(c) / 60  # HH:MM:SS
+
+
+def default_time_left(limit_minutes: float) -> float:
+    """Minutes before the end at which the driver stops starting tasks: 5 % of the time limit,
+    at least 30 s, at most 10 minutes."""
+    return min(10.0, max(0.5, 0.05 * limit_minutes))
+
+
+def script(
+    target: str,
+    *,
+    nodes: int,
+    time_limit: str,
+    partition: str | None,
+    account: str | None,
+    resume: bool,
+    time_left: float,
+    extra: tuple[str, ...],
+    workdir: Path,
+    python: str = sys.executable,
+) -> str:
+    """The batch script: #SBATCH lines, then the driver inside the allocation."""
+    name = Path(target).stem if not resume else Path(target).name
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=shoal-{name}",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --time={time_limit}",
+        "#SBATCH --exclusive",
+        f"#SBATCH --output={workdir / 'shoal-slurm-%j.out'}",
+    ]
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    if account:
+        lines.append(f"#SBATCH --account={account}")
+    lines.extend(f"#SBATCH {x}" for x in extra)
+    verb = ["resume", target] if resume else ["run", target]
+    cmd = [python, "-m", "shoal.cli.main", *verb, "--time-left", f"{time_left:g}"]
+    lines += [
+        "",
+        "# written by shoal slurm submit: the driver runs here, its tasks run as job steps",
+        f"cd {shlex.quote(str(workdir))}",
+        "export SHOAL_BACKEND=slurm",
+        "exec " + shlex.join(cmd),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def register(main: click.Group) -> None:
+    @main.group()
+    def slurm() -> None:
+        """Run shoal inside Slurm allocations."""
+
+    @slurm.command()
+    @click.argument("target", required=False)
+    @click.option("--nodes", type=int, default=1, show_default=True, help="Nodes to allocate.")
+    @click.option("--time", "time_limit", required=True, help="Time limit, e.g. 2:00:00.")
+    @click.option("--partition", help="Slurm partition.")
+    @click.option("--account", help="Slurm account.")
+    @click.option(
+        "--resume",
+        "resume_dir",
+        type=click.Path(exists=True, file_okay=False),
+        help="Continue this run directory in the new allocation.",
+    )
+    @click.option(
+        "--time-left",
+        type=float,
+        help="Minutes before the end at which no new task starts (default: 5 % of "
+        "--time, between 0.5 and 10).",
+    )
+    @click.option(
+        "--sbatch",
+        "extra",
+        multiple=True,
+        metavar="OPTION",
+        help="More sbatch options, e.g. --sbatch=--qos=debug (repeatable).",
+    )
+    @click.option("--dry-run", is_flag=True, help="Print the batch script; submit nothing.")
+    def submit(
+        target: str | None,
+        nodes: int,
+        time_limit: str,
+        partition: str | None,
+        account: str | None,
+        resume_dir: str | None,
+        time_left: float | None,
+        extra: tuple[str, ...],
+        dry_run: bool,
+    ) -> None:
+        """Submit a batch job that runs TARGET (a script or an ensemble file) inside the
+        allocation, or, with --resume RUN_DIR, continues that run."""
+        if bool(target) == bool(resume_dir):
+            raise click.UsageError("give a FILE to run, or --resume RUN_DIR (not both)")
+        if nodes < 1:
+            raise click.UsageError("--nodes must be at least 1")
+        limit = minutes(time_limit)
+        left = default_time_left(limit) if time_left is None else time_left
+        if left >= limit:
+            raise click.UsageError(
+                f"--time-left {left:g} min leaves no time in a {limit:g} min allocation"
+            )
+        chosen = resume_dir or target
+        assert chosen is not None
+        path = Path(chosen).resolve()
+        if not path.exists():
+            raise click.UsageError(f"{chosen} does not exist")
+        text = script(
+            str(path),
+            nodes=nodes,
+            time_limit=time_limit,
+            partition=partition,
+            account=account,
+            resume=resume_dir is not None,
+            time_left=left,
+            extra=extra,
+            workdir=Path.cwd(),
+        )
+        if dry_run:
+            click.echo(text, nl=False)
+            return
+        folder = Path.cwd() / "shoal-slurm"
+        folder.mkdir(exist_ok=True)
+        batch = folder / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
+        batch.write_text(text)
+        try:
+            out = subprocess.run(
+                ["sbatch", "--parsable", str(batch)], capture_output=True, text=True, timeout=60
+            )
+        except FileNotFoundError:
+            raise click.UsageError("sbatch was not found: is Slurm installed here?") from None
+        if out.returncode != 0:
+            raise click.ClickException(f"sbatch refused {batch}: {out.stderr.strip()}")
+        job = out.stdout.strip().split(";")[0]
+        click.echo(
+            f"submitted job {job} ({batch}); its output: shoal-slurm-{job}.out; the run "
+            "directory appears when the job starts"
+        )
