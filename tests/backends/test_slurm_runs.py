@@ -1,0 +1,200 @@
+"""Whole runs through the Slurm backend, with the driver inside a real allocation.
+
+Each test writes a workflow script and runs it under ``salloc`` (the driver then sees
+``SLURM_JOB_ID`` and picks the Slurm backend by itself), then reads the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.store.queries import Reader
+
+from .slurm_fixtures import slurm  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("slurm")
+
+
+def in_allocation(tmp_path: Path, code: str, *salloc: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "wf.py"
+    script.write_text(textwrap.dedent(code))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["SHOAL_BACKEND"] = ""  # chosen from SLURM_JOB_ID inside the allocation
+    return subprocess.run(
+        ["salloc", "-J", "shoal-test", *salloc, sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def rundir(tmp_path: Path) -> Path:
+    (d,) = [p for p in tmp_path.iterdir() if (p / "shoal.db").exists()]
+    return d
+
+
+def attempts(d: Path) -> list[dict[str, Any]]:
+    out = []
+    with Reader(d) as r:
+        for t in r.tasks():
+            for a in r.attempts(t.id):
+                out.append({"task": t.id, "name": t.name, "state": t.state, "tags": t.tags, **a})
+    return out
+
+
+def test_mixed_tasks_pack_into_one_allocation(tmp_path: Path) -> None:
+    p = in_allocation(
+        tmp_path,
+        """
+        import shoal
+        nap = shoal.command("sleep 1")
+        gpu = shoal.command("sh -c 'echo $CUDA_VISIBLE_DEVICES'", gpus=1, tags="gpu")
+        with shoal.Workflow("pack") as wf:
+            for cpus in [1] * 8 + [2] * 4 + [4] * 2:
+                nap.options(cpus=cpus, tags=f"c{cpus}")()
+            gpus = [gpu() for _ in range(4)]
+            gpu.options(gpus=2, tags="gpu2")()
+        run = wf.run()
+        assert run.ok, run.failures()
+        """,
+        "-N1",
+        "-n16",
+        "--gres=gpu:4",
+    )
+    assert p.returncode == 0, p.stderr
+    d = rundir(tmp_path)
+    rows = attempts(d)
+    assert len(rows) == 19 and all(r["state"] == "succeeded" for r in rows)
+    with Reader(d) as r:
+        meta_nodes = r.nodes()
+    assert len(meta_nodes) == 1 and len(meta_nodes[0]["cores"]) == 16
+    # held cores never exceed the node, and tasks of different widths ran side by side
+    events = sorted(
+        [(a["started"], len(a["placement"][0][1])) for a in rows]
+        + [(a["ended"], -len(a["placement"][0][1])) for a in rows]
+    )
+    held = peak = 0
+    for _, delta in events:
+        held += delta
+        peak = max(peak, held)
+    assert 4 < peak <= 16
+    # each GPU task saw exactly the GPUs of its placement
+    with Reader(d) as r:
+        for a in rows:
+            if "gpu" in a["tags"] or "gpu2" in a["tags"]:
+                seen = (d / "tasks" / str(a["task"]) / "stdout").read_text().strip()
+                placed = ",".join(str(g) for g in a["placement"][0][2])
+                assert seen == placed
+
+
+def test_mpi_task_and_failures(tmp_path: Path) -> None:
+    p = in_allocation(
+        tmp_path,
+        """
+        import shoal
+        ranks = shoal.command("sh -c 'echo rank $SLURM_PROCID of $SLURM_NTASKS'", ranks=4)
+        with shoal.Workflow("steps") as wf:
+            mpi = ranks()
+            bad = shoal.command("sh -c 'exit 3'", name="bad")()
+            slow = shoal.command("sleep 30", name="slow", timeout=1)()
+        run = wf.run()
+        print("RESULT", run.result(mpi)["stdout"].replace("\\n", "|"))
+        """,
+        "-N1",
+        "-n16",
+    )
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT"))
+    assert sorted(line[7:].strip("|").split("|")) == [f"rank {i} of 4" for i in range(4)]
+    d = rundir(tmp_path)
+    by = {a["name"]: a for a in attempts(d)}
+    assert by["bad"]["state"] == "failed" and by["bad"]["exit_code"] == 3
+    assert by["slow"]["state"] == "failed" and by["slow"]["kind"] == "timeout"
+    assert by["slow"]["ended"] - by["slow"]["started"] < 15
+
+
+def test_cancel_stops_the_step(tmp_path: Path) -> None:
+    p = in_allocation(
+        tmp_path,
+        """
+        import os, subprocess, shoal
+        with shoal.Workflow("cancel") as wf:
+            long = shoal.command("sleep 60", name="long", tags="long")()
+
+        @wf.on("task-started", tags="long")
+        def stop_it(event, ctl):
+            ctl.cancel(event.task)
+
+        run = wf.run()
+        steps = subprocess.run(["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"]],
+                               capture_output=True, text=True).stdout
+        print("STEPS", [s for s in steps.splitlines() if "shoal-" in s])
+        """,
+        "-N1",
+        "-n16",
+    )
+    assert p.returncode == 0, p.stderr
+    (a,) = attempts(rundir(tmp_path))
+    assert a["state"] == "cancelled"
+    assert a["ended"] - a["dispatched"] < 20, a
+    assert "STEPS []" in p.stdout
+
+
+def test_allocation_end_stops_the_run_and_the_next_allocation_resumes_it(tmp_path: Path) -> None:
+    (tmp_path / "wf.py").write_text(
+        textwrap.dedent(
+            """
+            import shoal
+            nap = shoal.command("sleep 2")
+            with shoal.Workflow("chained") as wf:
+                for _ in range(120):
+                    nap()
+            wf.run()
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+    def submit(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "shoal.cli.main", "slurm", "submit", *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()[2]
+
+    def wait(job: str) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+            if not q.stdout.strip():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"job {job} did not end")
+
+    # a one-minute allocation; the driver stops starting tasks 45 s before its end
+    first = submit("wf.py", "--time", "1", "--time-left", "0.75", "--sbatch=-n16")
+    wait(first)
+    d = rundir(tmp_path)
+    with Reader(d) as r:
+        meta = r.meta()
+        done = len(r.tasks(state="succeeded"))
+    out1 = (tmp_path / f"shoal-slurm-{first}.out").read_text()
+    assert meta["state"] == "interrupted", out1
+    assert 0 < done < 120, out1
+    second = submit("--resume", str(d), "--time", "5", "--sbatch=-n16")
+    wait(second)
+    with Reader(d) as r:
+        assert r.meta()["state"] == "succeeded", (tmp_path / f"shoal-slurm-{second}.out").read_text()
+        assert len(r.tasks(state="succeeded")) == 120
