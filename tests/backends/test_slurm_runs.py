@@ -6,7 +6,6 @@ Each test writes a workflow script and runs it under ``salloc`` (the driver then
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -169,7 +168,11 @@ def test_allocation_end_stops_the_run_and_the_next_allocation_resumes_it(tmp_pat
     def submit(*args: str) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "shoal.cli.main", "slurm", "submit", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
         return out.stdout.split()[2]
@@ -196,5 +199,7 @@ def test_allocation_end_stops_the_run_and_the_next_allocation_resumes_it(tmp_pat
     second = submit("--resume", str(d), "--time", "5", "--sbatch=-n16")
     wait(second)
     with Reader(d) as r:
-        assert r.meta()["state"] == "succeeded", (tmp_path / f"shoal-slurm-{second}.out").read_text()
+        assert r.meta()["state"] == "succeeded", (
+            tmp_path / f"shoal-slurm-{second}.out"
+        ).read_text()
         assert len(r.tasks(state="succeeded")) == 120

@@ -1,0 +1,373 @@
+"""The Dask backend: ready shoal tasks run on the workers of a Dask distributed cluster.
+
+``DaskBackend(address=...)`` (or ``SHOAL_DASK_ADDRESS``, a ``scheduler_file``, a ``cluster``
+object such as a ``LocalCluster`` or a ``dask_jobqueue`` cluster, or a ``client``). Each worker
+is a node of shoal's scheduler: its cores are the worker's ``cores`` resource (or its thread
+count), its GPUs the ``gpus`` resource. Start workers so that both agree, e.g.::
+
+    dask worker tcp://HOST:8786 --name w1 --nthreads 8 --resources "cores=8,gpus=1"
+
+shoal's core stays the authority on dependencies, retries and state: Dask only ever receives
+ready tasks, each pinned to the worker its placement names (``workers=[name]``) and annotated
+with the resources it holds (``cores``, ``gpus``, when the workers declare them). The backend
+sets the scheduler's ``allowed_failures`` to 0, so that a task whose worker dies is reported at
+once (an attempt ``lost``, which the task's retry policy may run again) rather than rerun by
+Dask behind shoal's back. A task waiting for a worker that left and did not come back within
+``grace`` seconds is reported lost too.
+
+Python tasks run in the worker's threads (their function is sent to each worker once);
+commands run as child processes of the worker. Cancelling a command kills its process;
+a Python task cannot be interrupted inside a thread, so it is reported cancelled at once and
+its result, when it comes, is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.backends.base import Backend, Job
+from shoal.core.events import Outcome
+from shoal.core.resources import Node
+from shoal.errors import BackendError
+
+GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+
+
+def _imports() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise BackendError(
+            "the Dask backend needs dask.distributed: pip install 'shoal[dask]'"
+        ) from None
+    return distributed
+
+
+def worker_nodes(info: dict[str, Any]) -> list[Node]:
+    """shoal nodes from ``client.scheduler_info()``: one per worker, named by its name."""
+    nodes = []
+    for addr, w in sorted(info.get("workers", {}).items(), key=lambda kv: str(kv[1].get("name"))):
+        res = w.get("resources") or {}
+        cores = int(res.get("cores", w.get("nthreads", 1)))
+        gpus = int(res.get("gpus", 0))
+        memory = int(w.get("memory_limit", 0) or 0) // 2**20
+        nodes.append(
+            Node(str(w.get("name", addr)), tuple(range(cores)), tuple(range(gpus)), memory)
+        )
+    return nodes
+
+
+def _set_allowed_failures(dask_scheduler: Any) -> int:
+    old = int(dask_scheduler.allowed_failures)
+    dask_scheduler.allowed_failures = 0
+    return old
+
+
+class DaskBackend(Backend):
+    """Runs attempts on Dask workers; see the module's docstring."""
+
+    name = "dask"
+    capabilities = frozenset({"python", "command", "cancel"})
+    prefetch = 0
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        scheduler_file: str | None = None,
+        cluster: Any = None,
+        client: Any = None,
+        grace: float = 30.0,
+        wait_for: int = 1,
+        timeout: float = 60.0,
+        python: str = sys.executable,
+    ) -> None:
+        distributed = _imports()
+        address = address or os.environ.get("SHOAL_DASK_ADDRESS")
+        if client is None:
+            if cluster is not None:
+                client = distributed.Client(cluster)
+            elif address or scheduler_file:
+                client = distributed.Client(address, scheduler_file=scheduler_file, timeout=timeout)
+            else:
+                raise BackendError(
+                    "the Dask backend needs a scheduler: DaskBackend(address='tcp://host:8786'), "
+                    "scheduler_file=, cluster= (e.g. a LocalCluster) or client=, or "
+                    "SHOAL_DASK_ADDRESS"
+                )
+            self._own_client = True
+        else:
+            self._own_client = False
+        self.client = client
+        if wait_for:
+            client.wait_for_workers(wait_for, timeout=timeout)
+        self._nodes = worker_nodes(client.scheduler_info())
+        if not self._nodes:
+            raise BackendError("the Dask cluster has no workers")
+        self.declared = all(
+            "cores" in (w.get("resources") or {})
+            for w in client.scheduler_info()["workers"].values()
+        )
+        self.grace = grace
+        self.python = python  # the workers' interpreter, for tasks in their own process
+        self.functions: dict[int, bytes] = {}
+        self._scattered: dict[int, Any] = {}
+        self.futures: dict[tuple[int, int], Any] = {}
+        self.jobs: dict[tuple[int, int], Job] = {}
+        self.done: set[tuple[int, int]] = set()  # reported already (cancelled or lost)
+        self.outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.missing: dict[str, float] = {}
+        self._checked = 0.0
+        self.rundir: Path | None = None
+        self._notes: list[str] = []
+        old = client.run_on_scheduler(_set_allowed_failures)
+        if old:
+            self._notes.append(
+                f"the Dask scheduler's allowed_failures was {old}; shoal set it to 0 so that a "
+                "lost worker is reported to shoal, whose retry policy decides"
+            )
+        if not self.declared:
+            self._notes.append(
+                "the Dask workers declare no 'cores' resource: each worker counts as many cores "
+                "as it has threads (start workers with --resources cores=N,gpus=G)"
+            )
+
+    # -- contract ---------------------------------------------------------------------------
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+    def start(self, rundir: Path) -> None:
+        self.rundir = rundir
+
+    def define(self, function: int, payload: bytes) -> None:
+        self.functions[function] = payload
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        from shoal.backends import daskjob
+
+        groups: dict[tuple[Any, ...], list[Job]] = {}
+        for job in jobs:
+            node = self._nodes[job.placement.slots[0].node].name
+            resources = None
+            if self.declared:
+                resources = {"cores": len(job.placement.cores)}
+                if job.placement.gpus:
+                    resources["gpus"] = len(job.placement.gpus)
+            groups.setdefault(
+                (job.kind, node, tuple(sorted((resources or {}).items()))), []
+            ).append(job)
+        for (kind, node, res), batch in groups.items():
+            keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
+            common = {
+                "key": keys,
+                "workers": [node],
+                "allow_other_workers": False,
+                "resources": dict(res) or None,
+                "pure": False,
+                "retries": 0,
+            }
+            if kind == "python" and any(j.env or j.placement.gpus for j in batch):
+                futures = self.client.map(
+                    daskjob.isolated,
+                    keys,
+                    [self._function(j.function) for j in batch],
+                    [j.payload for j in batch],
+                    [self._env(j) for j in batch],
+                    [j.folder for j in batch],
+                    [self.python] * len(batch),
+                    **common,
+                )
+            elif kind == "python":
+                futures = self.client.map(
+                    daskjob.python,
+                    [self._function(j.function) for j in batch],
+                    [j.payload for j in batch],
+                    [j.folder for j in batch],
+                    **common,
+                )
+            else:
+                futures = self.client.map(
+                    daskjob.command,
+                    keys,
+                    [j.argv for j in batch],
+                    [j.shell for j in batch],
+                    [j.workdir for j in batch],
+                    [self._env(j) for j in batch],
+                    [j.folder for j in batch],
+                    **common,
+                )
+            for job, fut in zip(batch, futures, strict=True):
+                ident = (job.task, job.attempt)
+                with self.lock:
+                    self.futures[ident] = fut
+                    self.jobs[ident] = job
+                fut.add_done_callback(lambda f, ident=ident: self._finished(ident, f))
+
+    def cancel(self, task: int, attempt: int) -> None:
+        from shoal.backends import daskjob
+
+        ident = (task, attempt)
+        with self.lock:
+            fut = self.futures.get(ident)
+            job = self.jobs.get(ident)
+            if fut is None or job is None or ident in self.done:
+                return
+            self.done.add(ident)
+        node = self._nodes[job.placement.slots[0].node].name
+        if job.kind == "command" or job.env or job.placement.gpus:
+            self._run_on(node, daskjob.stop, fut.key)
+        elif fut.status == "pending" and not self._others_on(node, ident):
+            # A Python task in a worker thread cannot be interrupted: end the worker process
+            # (its nanny starts a new one) when it runs nothing else of this run.
+            self._run_on(node, daskjob.exit_worker)
+        fut.cancel()
+        self.outbox.put(Outcome(task, attempt, False, None, time.time(), "cancelled", "cancelled"))
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        self._check_workers()
+        out = self._drain()
+        if out or timeout <= 0:
+            return out
+        try:
+            first = self.outbox.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        return [first, *self._drain()]
+
+    def close(self) -> None:
+        with self.lock:
+            futures = list(self.futures.values())
+            self.futures.clear()
+        if futures:
+            try:
+                self.client.cancel(futures, force=True)
+            except Exception:
+                pass
+        if self._own_client:
+            try:
+                self.client.close()
+            except Exception:
+                pass
+            self._own_client = False
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _drain(self) -> list[Outcome]:
+        out = []
+        while True:
+            try:
+                out.append(self.outbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _function(self, fid: int) -> Any:
+        fut = self._scattered.get(fid)
+        if fut is None:
+            fut = self._scattered[fid] = self.client.scatter(
+                self.functions[fid], broadcast=True, hash=False
+            )
+        return fut
+
+    def _env(self, job: Job) -> dict[str, str]:
+        gpus = ",".join(str(g) for g in job.placement.gpus)
+        env = {v: gpus for v in GPU_VARS}
+        env.update(job.env)
+        env["OMP_NUM_THREADS"] = str(job.cpus)
+        env["SHOAL_TASK"] = str(job.task)
+        env["SHOAL_ATTEMPT"] = str(job.attempt)
+        env["SHOAL_TASK_DIR"] = job.folder
+        return env
+
+    def _run_on(self, node: str, fn: Any, *args: Any) -> None:
+        try:
+            self.client.run(fn, *args, workers=[self._address(node)], wait=False)
+        except Exception:  # the worker is gone already: nothing left to stop
+            pass
+
+    def _others_on(self, node: str, ident: tuple[int, int]) -> bool:
+        with self.lock:
+            return any(
+                other != ident
+                and other not in self.done
+                and self._nodes[j.placement.slots[0].node].name == node
+                for other, j in self.jobs.items()
+            )
+
+    def _address(self, name: str) -> str:
+        for addr, w in self.client.scheduler_info()["workers"].items():
+            if str(w.get("name")) == name:
+                return str(addr)
+        return name
+
+    def _finished(self, ident: tuple[int, int], fut: Any) -> None:
+        with self.lock:
+            self.futures.pop(ident, None)
+            job = self.jobs.pop(ident, None)
+            if ident in self.done:
+                self.done.discard(ident)
+                return
+        if job is None:
+            return
+        task, attempt = ident
+        node = self._nodes[job.placement.slots[0].node].name
+        status = fut.status
+        if status == "finished":
+            try:
+                ok, result, kind, error, started, ended, code = fut.result()
+            except Exception as err:  # the result could not be fetched
+                self.outbox.put(self._lost(task, attempt, f"its result was lost: {err}"))
+                return
+            self.outbox.put(
+                Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
+            )
+        elif status == "cancelled":
+            self.outbox.put(self._lost(task, attempt, "Dask cancelled it"))
+        else:
+            err = fut.exception()
+            why = f"{type(err).__name__}: {err}"
+            self.outbox.put(self._lost(task, attempt, f"worker {node} was lost ({why})"))
+
+    @staticmethod
+    def _lost(task: int, attempt: int, why: str) -> Outcome:
+        return Outcome(task, attempt, False, None, time.time(), "lost", why)
+
+    def _check_workers(self) -> None:
+        """Tasks bound to a worker that left, and has not come back in ``grace`` s: lost."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            names = {str(w.get("name")) for w in self.client.scheduler_info()["workers"].values()}
+        except Exception:
+            return
+        for node in self._nodes:
+            if node.name in names:
+                self.missing.pop(node.name, None)
+            else:
+                self.missing.setdefault(node.name, now)
+        gone = {n for n, since in self.missing.items() if now - since > self.grace}
+        if not gone:
+            return
+        with self.lock:
+            stranded = [
+                (ident, fut)
+                for ident, fut in self.futures.items()
+                if self._nodes[self.jobs[ident].placement.slots[0].node].name in gone
+                and ident not in self.done
+            ]
+            for ident, _ in stranded:
+                self.done.add(ident)
+        for (task, attempt), fut in stranded:
+            fut.cancel()
+            self.outbox.put(self._lost(task, attempt, "its Dask worker left and did not return"))
