@@ -57,7 +57,7 @@ def start_cluster(folder: Path, workers: int = 2, cores: int = 2) -> Cluster:
             "--dashboard-address",
             ":0",
         ],
-        stdout=open(logs / "scheduler.log", "wb"),
+        stdout=open(logs / "scheduler.log", "wb"),  # noqa: SIM115 - the process keeps it
         stderr=subprocess.STDOUT,
         env=env,
     )
@@ -89,7 +89,7 @@ def start_cluster(folder: Path, workers: int = 2, cores: int = 2) -> Cluster:
                     "--local-directory",
                     str(folder / f"w{i}"),
                 ],
-                stdout=open(logs / f"w{i}.log", "wb"),
+                stdout=open(logs / f"w{i}.log", "wb"),  # noqa: SIM115
                 stderr=subprocess.STDOUT,
                 env=env,
             )

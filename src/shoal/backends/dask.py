@@ -23,6 +23,7 @@ its result, when it comes, is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
@@ -250,15 +251,11 @@ class DaskBackend(Backend):
             futures = list(self.futures.values())
             self.futures.clear()
         if futures:
-            try:
+            with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
-            except Exception:
-                pass
         if self._own_client:
-            try:
+            with contextlib.suppress(Exception):
                 self.client.close()
-            except Exception:
-                pass
             self._own_client = False
 
     # -- helpers ----------------------------------------------------------------------------
@@ -289,10 +286,8 @@ class DaskBackend(Backend):
         return env
 
     def _run_on(self, node: str, fn: Any, *args: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the worker is gone already: nothing to stop
             self.client.run(fn, *args, workers=[self._address(node)], wait=False)
-        except Exception:  # the worker is gone already: nothing left to stop
-            pass
 
     def _others_on(self, node: str, ident: tuple[int, int]) -> bool:
         with self.lock:

@@ -9,6 +9,7 @@ is registered so that :func:`stop` can kill it when shoal cancels the attempt.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -49,7 +50,7 @@ def isolated(
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "input.pkl", "wb") as fh:
         pickle.dump((fn_payload, payload), fh, protocol=5)
-    ok, _, kind, error, started, ended, code = command(
+    _ok, _, kind, error, started, ended, code = command(
         key, [python, "-m", "shoal.backends.isolated", taskdir], False, None, env, taskdir
     )
     reply = folder / "reply.pkl"
@@ -135,10 +136,8 @@ def stop(key: str) -> bool:
         if proc is None:
             _stopped.add(key)  # it may not have started yet
             return False
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
     return True
 
 
@@ -154,10 +153,8 @@ def _tidy(folder: Path) -> None:
         p = folder / name
         if p.exists() and p.stat().st_size == 0:
             p.unlink()
-    try:
+    with contextlib.suppress(OSError):
         folder.rmdir()  # only if empty
-    except OSError:
-        pass
 
 
 def _tail(path: Path, lines: int = 20) -> str:
