@@ -43,6 +43,11 @@ groups:
 """
 
 
+SWEPT = CONFIG.replace('a: "linspace(0, 1, {n})"', 'a: "range(1, {n} + 1)"').replace(
+    "cpus: 1", 'cpus: "{{a}}"'
+).replace("cpus: 64", "cpus: 128")
+
+
 def child_shoal(path: str) -> None:
     from shoal.config import load
 
@@ -103,16 +108,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-config-") as tmp:
         path = Path(tmp) / "million.yaml"
         path.write_text(CONFIG.format(n=a.size))
+        swept = Path(tmp) / "swept.yaml"
+        swept.write_text(SWEPT.format(n=a.size).replace(f"range(1, {a.size} + 1)",
+                                                        f"range(1, {a.size + 1})"))
         runs = common.alternate(
             {
                 "plain python": lambda: measure(["--child", "reference", str(a.size)]),
                 "shoal": lambda: measure(["--child", "shoal", str(path)]),
+                "shoal, cpus swept": lambda: measure(["--child", "shoal", str(swept)]),
             },
             a.repeats,
             not a.quiet,
         )
     ref = common.medians(runs["plain python"])
     got = common.medians(runs["shoal"])
+    var = common.medians(runs["shoal, cpus swept"])
     tasks = int(got["tasks"])
     time_met = got["seconds"] <= TIME_TARGET
     mem_met = got["peak_mb"] <= MEMORY_TARGET
@@ -121,8 +131,9 @@ def main() -> None:
         f"{got['build']:.2f} s, in all {got['seconds']:.2f} s (target <= {TIME_TARGET:g} s: "
         f"{'met' if time_met else 'NOT met'}), peak {got['peak_mb']:.0f} MB (target <= "
         f"{MEMORY_TARGET:g} MB: {'met' if mem_met else 'NOT met'}); shoal plan "
-        f"{got['plan']:.3f} s more. Plain Python rows + command lines: {ref['seconds']:.2f} s, "
-        f"{ref['peak_mb']:.0f} MB"
+        f"{got['plan']:.3f} s more. With cpus taken from a swept parameter (options checked "
+        f"per distinct value): {var['seconds']:.2f} s, {var['peak_mb']:.0f} MB. Plain Python "
+        f"rows + command lines: {ref['seconds']:.2f} s, {ref['peak_mb']:.0f} MB"
     )
     rows = [
         common.row(
@@ -142,6 +153,15 @@ def main() -> None:
             f"<= {MEMORY_TARGET:g} MB",
             mem_met,
             "MB",
+        ),
+        common.row(
+            f"the same with cpus: '{{a}}' swept (seconds)",
+            var["seconds"],
+            ref["seconds"],
+            var["seconds"],
+            f"<= {TIME_TARGET:g} s",
+            var["seconds"] <= TIME_TARGET and var["peak_mb"] <= MEMORY_TARGET,
+            "s",
         ),
     ]
     common.report("config", summary, rows, {"runs": runs}, a)

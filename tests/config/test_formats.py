@@ -74,6 +74,22 @@ def test_el_many_to_many_is_a_product_with_scalar_placeholders(tmp_path: Path) -
             r"the command uses \{b\}, but group 'bad' has no parameter 'b'",
         ),
         (
+            {"cmd_template": "x", "nnodes": 1, "relation": ["one-to-one"]},
+            r"ensembles.bad.relation: must be 'one-to-one' or 'many-to-many'",
+        ),
+        (
+            {"cmd_template": "x", "nnodes": 1, "env": {"A": None}},
+            r"ensembles.bad.env: must map variable names to text or numbers",
+        ),
+        (
+            {"cmd_template": "x", "nnodes": 1, "ppn": [1, 1.5]},
+            r"ensembles.bad.ppn\[1\]: must be a whole number >= 1, got 1.5",
+        ),
+        (
+            {"cmd_template": "x {a}", "nnodes": 1, "a": None},
+            r"ensembles.bad.a: must be a value, a list or an expression",
+        ),
+        (
             {"cmd_template": "x", "nnodes": 1, "ppn": 64},
             r"ensembles.bad.ppn: group 'bad' can never run: it asks for 64 ranks",
         ),
@@ -126,7 +142,37 @@ def test_ep_job_fail_and_failed_count(tmp_path: Path) -> None:
         counts[str(t["group"])] = counts.get(str(t["group"]), 0) + 1
     # 3 flaky jobs fail; the failed count reaches 2 once; job-fail submits calc twice
     assert counts == {"flaky": 3, "cleanup": 1, "calc": 2}
-    assert "{code}" not in EP.replace("{code}", "0")
+
+
+def test_ep_entries_sharing_a_name_form_one_group_without_clashes(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "e.yaml",
+        "jobs:\n  - {name: a, command: echo one}\n  - {name: a, command: echo two}\n"
+        "  - {name: 'a#2', command: echo three}\nrules:\n  - trigger: start\n"
+        "    action: {name: submit, label: a}\n  - trigger: start\n"
+        "    action: {name: submit, label: 'a#2'}\n",
+    )
+    ens = load(path)
+    assert sorted(g.template for g in ens.groups.values()) == ["echo one", "echo three", "echo two"]
+    assert sorted(g.template for g in ens.tagged("a")) == ["echo one", "echo two"]
+    r = run_file(path)
+    assert r.ok and sorted(r.result(t["id"])["stdout"].strip() for t in ran(r)) == [
+        "one",
+        "three",
+        "two",
+    ]
+
+
+def test_ep_comparisons_take_exponents(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "e.yaml",
+        "jobs:\n  - {name: a, command: 'true'}\nrules:\n  - trigger: metric\n"
+        "    name: mean.a-duration\n    when: '>= 1e3'\n    action: {name: terminate}\n",
+    )
+    m = load(path).rules[0].when
+    assert m is not None and (m.op, m.value) == (">=", 1000.0)  # type: ignore[union-attr]
 
 
 def test_ep_braces_in_commands_are_literal(tmp_path: Path) -> None:

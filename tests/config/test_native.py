@@ -162,7 +162,7 @@ BAD = [
     (
         "request larger than any node",
         "resources: {cpus: 4}\ngroups:\n  a:\n    command: echo\n    cpus: 2\n    ranks: 3\n",
-        r"x.yaml:5: groups.a.cpus: group 'a' can never run: it asks for 3 ranks × \(2 cores\), "
+        r"x.yaml:6: groups.a.ranks: group 'a' can never run: it asks for 3 ranks × \(2 cores\), "
         r"but the only node is node 'node0': 4 cores",
     ),
     (
@@ -179,7 +179,7 @@ BAD = [
     (
         "cycle",
         "groups:\n  a:\n    command: echo\n    after: b\n  b:\n    command: echo\n    after: a\n",
-        r"cycle: a -> b -> a",
+        r"x.yaml:2: groups.a: the groups wait for each other in a cycle: a -> b -> a",
     ),
     (
         "duplicate key",
@@ -202,6 +202,52 @@ BAD = [
         r"x.yaml:5: rules\[0\]: a rule does one thing",
     ),
     (
+        "a parameter called index",
+        "groups:\n  a:\n    command: echo {index}\n    sweep: {index: [1, 2]}\n",
+        r"x.yaml:4: groups.a.sweep: a parameter may not be called 'index'",
+    ),
+    (
+        "a dotted placeholder",
+        "groups:\n  a:\n    command: echo {x.y}\n    sweep: {x: [1]}\n",
+        r"x.yaml:3: groups.a.command: \{x.y\}: a placeholder is a plain parameter name",
+    ),
+    (
+        "a malformed template",
+        "groups:\n  a:\n    command: echo {x\n    sweep: {x: [1]}\n",
+        r"x.yaml:3: groups.a.command: 'echo \{x' is malformed",
+    ),
+    (
+        "memory naming no parameter",
+        "groups:\n  a:\n    command: echo\n    memory: '{mm}'\n",
+        r"x.yaml:4: groups.a.memory: must be a number, or '\{param\}'",
+    ),
+    (
+        "a null value",
+        "groups:\n  a:\n    command: echo {x}\n    sweep:\n      x: null\n",
+        r"x.yaml:5: groups.a.sweep.x: no value \(null\)",
+    ),
+    (
+        "relation zip and zip lists",
+        "groups:\n  a:\n    command: echo {x} {y}\n    sweep: {x: [1], y: [2]}\n"
+        "    relation: zip\n    zip: [[x, y]]\n",
+        r"x.yaml:6: groups.a.zip: give relation: zip .* or zip: \[\[...\]\] lists, not both",
+    ),
+    (
+        "a workdir placeholder without a parameter",
+        "groups:\n  a:\n    command: echo {x}\n    sweep: {x: [1]}\n    workdir: 'runs/{y}'\n",
+        r"x.yaml:5: groups.a.workdir: 'runs/\{y\}' uses \{y\}",
+    ),
+    (
+        "a bad option value names its key",
+        "groups:\n  a:\n    command: echo\n    cpus: 1\n    timeout: -5\n",
+        r"x.yaml:5: groups.a.timeout: group 'a': timeout must be a positive number",
+    ),
+    (
+        "duplicate keys in JSON",
+        None,
+        r"x.json: duplicate key 'a'",
+    ),
+    (
         "function that does not exist",
         "groups:\n  a:\n    function: 'json:dumpz'\n",
         r"x.yaml:3: groups.a.function: module 'json' has no 'dumpz'; did you mean 'dumps?'\?",
@@ -213,7 +259,10 @@ BAD = [
 def test_bad_input_names_file_line_and_key(
     tmp_path: Path, case: str, text: str, message: str
 ) -> None:
-    path = write(tmp_path, "x.yaml", text)
+    if text is None:
+        path = write(tmp_path, "x.json", '{"groups": {"a": {"command": "x"}, "a": {}}}')
+    else:
+        path = write(tmp_path, "x.yaml", text)
     with pytest.raises(DefinitionError, match=message):
         load(path)
 
@@ -244,6 +293,32 @@ def test_several_problems_are_all_listed_in_line_order(tmp_path: Path) -> None:
         load(path)
     lines = str(err.value).splitlines()
     assert [line.split(":")[1] for line in lines] == ["4", "5", "6"]
+
+
+def test_set_reaches_list_items_and_yaml_merge_keys_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "m.yaml",
+        "x-base: &base {command: 'echo {T}', cpus: 1, timeout: 60}\n"
+        "groups:\n  a:\n    <<: *base\n    sweep: {T: [1, 2]}\n    cpus: 2\n"
+        "rules:\n  - on: task-failed\n    retry: {attempts: 2}\n",
+    )
+    ens = load(path, ["rules.0.retry.attempts=5"])
+    opts = ens.groups["a"].task_options({}, 0)
+    assert (opts.cpus, opts.timeout) == (2, 60.0)  # merged, and overridden where written
+    assert ens.rules[0].attempts == 5
+
+
+def test_swept_memory_and_scaled_cpus_on_retry(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "m.yaml",
+        "groups:\n  a:\n    command: 'echo {m}'\n    sweep: {m: [512, 1024]}\n"
+        "    memory: '{m}'\nrules:\n  - on: task-failed\n    retry: {cpus: x2}\n",
+    )
+    ens = load(path)
+    assert [t.options.memory for t in ens.workflow().tasks] == [512, 1024]
+    assert ens.rules[0].retry == {"cpus": ("scale", 2.0)}
 
 
 def test_swept_resources_follow_the_parameter(tmp_path: Path) -> None:

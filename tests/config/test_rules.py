@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from shoal.config import load
+from shoal.errors import DefinitionError
 
 from .helpers import ran, run_file, write
 
@@ -194,9 +195,9 @@ rules:
 @pytest.mark.parametrize(
     ("rule", "message"),
     [
-        ("  - on: metric\n    group: a\n    stop: now\n", r"rules\[0\]: on: metric needs when"),
+        ("  - on: metric\n    group: a\n    stop: now\n", r": on: metric needs when"),
         ("  - on: metric\n    when: 'fialed > 1'\n    stop: now\n", "unknown name 'fialed'"),
-        ("  - on: start\n    retry: true\n", r"rules\[0\].retry: retry acts on the task"),
+        ("  - on: start\n    retry: true\n", r"\.retry: retry acts on the task"),
         ("  - on: interval\n    stop: now\n", "on: interval needs seconds"),
         ("  - on: task-failed\n    retry: {timeout: twice}\n", "write a factor like 'x2'"),
         ("  - on: start\n    group: a\n    stop: now\n", "on: start is not about"),
@@ -204,7 +205,7 @@ rules:
 )
 def test_bad_rules(tmp_path: Path, rule: str, message: str) -> None:
     path = write(tmp_path, "f.yaml", "groups:\n  a: {command: 'true'}\nrules:\n" + rule)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(DefinitionError, match=r"f.yaml:\d+: rules\[0\].*" + message):
         load(path)
 
 

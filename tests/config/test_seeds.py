@@ -150,6 +150,7 @@ def test_el_ppn_sweep_varies_the_ranks(tmp_path: Path) -> None:
     path = seed(EL, "workflow_pattern3_ppn_sweep.json", tmp_path)
     ens = load(path, ["resources.nodes=2", "resources.cpus=24", "resources.gpus=12"])
     g = ens.groups["gpu_ensemble"]
+    assert g.size == 10 and set(commands(ens, "gpu_ensemble")) == {"./mpi_example 1 true"}
     shapes = [g.task_options(row, i) for i, row in enumerate(g.rows())]
     assert [o.ranks for o in shapes] == [2 * p for p in range(1, 11)]
     assert {o.gpus for o in shapes} == {1}

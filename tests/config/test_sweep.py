@@ -65,6 +65,34 @@ def test_values_from_files(tmp_path: Path) -> None:
     assert expression("glob('in/*.xyz')", "x", tmp_path) == ["in/a.xyz", "in/b.xyz"]
 
 
+def test_blank_cells_and_binary_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "gaps.csv").write_text("T,P\n300,1\n,2\n")
+    with pytest.raises(DefinitionError, match="gaps.csv line 3 has no value in column 'T'"):
+        expression("csv('gaps.csv', 'T')", "x", tmp_path)
+    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(DefinitionError, match="is not text"):
+        expression("lines('bin.dat')", "x", tmp_path)
+    with pytest.raises(DefinitionError, match="numbered from 0 to 1"):
+        (tmp_path / "two.csv").write_text("a,b\n")
+        expression("csv('two.csv', -1)", "x", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("logspace(0, 400, 3)", "too large for a number"),
+        ("logspace(0, 1, 3, base=-2)", "base must be a positive number"),
+        ("arange(0, 1e308, 1e-308)", "too many values"),
+        ("arange(0, 1, 1e-300)", "more than one parameter may have"),
+        ("range(0, 100000000000)", "more than one parameter may have"),
+        ("linspace(0, 1, 1000000000)", "more than one parameter may have"),
+    ],
+)
+def test_huge_or_overflowing_grids_are_refused_at_once(text: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        expression(text, "x")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -31,7 +31,7 @@ def detect(src: Source) -> str:
         return "ensemble-launcher"
     if "jobs" in keys:
         return "ensemble-python"
-    if {"ncpus", "ngpus"} & keys or ({"cpus", "gpus"} >= keys and "name" in keys):
+    if {"ncpus", "ngpus"} & keys or (keys <= {"name", "cpus", "gpus"} and {"cpus", "gpus"} & keys):
         raise DefinitionError(
             f"{src.path}: this is an Ensemble Launcher system description (ncpus, ngpus, cpus, "
             "gpus), not an ensemble. Give the ensembles file to shoal run, and the machine's "

@@ -99,22 +99,29 @@ class Group:
         if not self.varies:
             self._fixed = self._make(self.options, index)
             return self._fixed
-        values = {k: (row[swept[k]] if k in swept else v) for k, v in self.options.items()}
-        if self.derive is not None:
-            values.update(self.derive(row))
-        key = tuple(values[k] for k in (*swept, "cpus", "gpus", "ranks") if k in values)
+        derived = self.derive(row) if self.derive is not None else None
+        key = tuple(row[p] for p in swept.values())
+        if derived:
+            key += tuple(derived.values())
         opts = self._cache.get(key)
-        if opts is None:
+        if opts is None:  # a new combination of option values: check it once
+            values = {k: (row[swept[k]] if k in swept else v) for k, v in self.options.items()}
+            if derived:
+                values.update(derived)
             opts = self._cache[key] = self._make(values, index)
         return opts
 
     def _make(self, values: dict[str, Any], index: int) -> Options:
-        key = next(iter(self.swept), "cpus")
+        where_text = f"group {self.name!r}"
         try:
-            return Options().merged(f"group {self.name!r}", **values)
+            return Options().merged(where_text, **values)
         except DefinitionError as err:
-            where = self.src.where(self.keys.get(key, self.loc))
-            raise DefinitionError(f"{where}: task {index} of group {self.name!r}: {err}") from None
+            text = str(err).removeprefix(where_text + ": ")
+            key = next((k for k in values if text.startswith(k + " ")), None)
+            key = key or next((k for k in values if k in text), next(iter(self.swept), "cpus"))
+            where = self.src.where(self.keys.get(key, (*self.loc, key)))
+            what = f"task {index} of group {self.name!r}" if self.varies else f"group {self.name!r}"
+            raise DefinitionError(f"{where}: {what}: {text}") from None
 
     def fields(self, row: dict[str, Any], index: int) -> dict[str, Any]:
         """What a command's placeholders may use: fixed args, the row, and ``index``."""
@@ -171,7 +178,6 @@ class Group:
         itself becomes the task's values). None when the general path is needed."""
         if (
             self.template is None
-            or self.varies
             or self.workdir
             or self.env
             or self.inputs
@@ -180,9 +186,15 @@ class Group:
             or set(self._placeholders) != set(self.sweep.names)
         ):
             return None
-        opts = self.task_options({}, 0)
         template = self.template
-        return [Task("command", opts, template=template, kwargs=row) for row in self.rows()]
+        if not self.varies:
+            opts = self.task_options({}, 0)
+            return [Task("command", opts, template=template, kwargs=row) for row in self.rows()]
+        options = self.task_options
+        return [
+            Task("command", options(row, i), template=template, kwargs=row)
+            for i, row in enumerate(self.rows())
+        ]
 
     @functools.cached_property
     def _placeholders(self) -> tuple[str, ...]:
@@ -285,8 +297,8 @@ class Ensemble:
                 why = pool.refusal(req)
                 if why is None:
                     continue
-                key = next(iter(g.swept), "cpus" if req.cpus > 1 or not req.gpus else "gpus")
-                where = g.src.where(g.keys.get(key, g.loc))
+                key = _blame(req, pool)
+                where = g.src.where(g.keys.get(key, (*g.loc, key)))
                 what = f"task {i} of group {g.name!r}" if g.varies else f"group {g.name!r}"
                 message = f"{what} can never run: {why}"
                 if g.name in used:
@@ -436,7 +448,7 @@ class Ensemble:
             "resources": self.pool().nodes[0].describe()
             + (f" × {self.nodes}" if self.nodes > 1 else ""),
         }
-        if any(g.duration is not None for g in self.groups.values()):
+        if any(g.duration is not None and g.start for g in self.groups.values()):
             out["core_hours"] = round(hours, 3)
             if unknown:
                 out["core_hours_without"] = unknown  # groups with no duration to count
@@ -445,23 +457,63 @@ class Ensemble:
         return out
 
 
-def check_template(g: Group, params: set[str], where: str) -> None:
-    """Every ``{placeholder}`` of a command must be a swept parameter, an input or ``index``."""
-    if g.template is None:
-        return
-    names = placeholders(g.template)
-    missing = sorted(names - params - {INDEX} - set(g.inputs))
-    if missing:
-        known = sorted(params | {INDEX} | set(g.inputs))
+def _blame(req: Request, pool: Pool) -> str:
+    """The key of a group that makes ``req`` too large for every node."""
+    nodes = pool.nodes
+    if req.gpus and req.gpus * req.ranks > max(len(n.gpus) for n in nodes) * len(nodes):
+        return "gpus"
+    if req.memory and any(n.memory for n in nodes) and req.memory > max(n.memory for n in nodes):
+        return "memory"
+    if req.cpus > max(len(n.cores) for n in nodes):
+        return "cpus"
+    return "ranks" if req.ranks > 1 else "cpus"
+
+
+def _fields(text: str, where: str) -> set[str]:
+    """The placeholder names of ``text``; dotted or indexed ones are refused (a config file's
+    values are plain)."""
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as err:
+        raise DefinitionError(f"{where}: {text!r} is malformed: {err}") from None
+    names = set()
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            raise DefinitionError(
+                f"{where}: {{{name}}}: a placeholder is a plain parameter name, like {{T}}"
+                + ("" if name else "; write {{ and }} for literal braces")
+            )
+        names.add(name)
+    return names
+
+
+def check_template(
+    g: Group, params: set[str], where: Callable[[str], str], command_key: str = "command"
+) -> None:
+    """Every ``{placeholder}`` of a command, ``workdir`` and ``env`` must be a swept
+    parameter, an input or ``index``; ``where(key)`` names the file, line and key."""
+    if INDEX in params:
         raise DefinitionError(
-            f"{where}: the command uses {{{missing[0]}}}, but group {g.name!r} has no parameter "
-            f"{missing[0]!r}; its parameters are {', '.join(known)}. Add it to the sweep"
+            f"{where('sweep')}: a parameter may not be called {INDEX!r}: {{{INDEX}}} is the "
+            "task's position in its group; rename the parameter"
         )
-    for text in [g.workdir or "", *g.env.values()]:
-        for _, name, _, _ in string.Formatter().parse(text):
-            if name and name.split(".")[0] not in params | {INDEX}:
+    if g.template is not None:
+        names = _fields(g.template, where(command_key))
+        missing = sorted(names - params - {INDEX} - set(g.inputs))
+        if missing:
+            known = sorted(params | {INDEX} | set(g.inputs))
+            raise DefinitionError(
+                f"{where(command_key)}: the command uses {{{missing[0]}}}, but group {g.name!r} "
+                f"has no parameter {missing[0]!r}; its parameters are {', '.join(known)}. Add it "
+                "to the sweep"
+            )
+    for key, text in [("workdir", g.workdir or ""), *((f"env.{k}", v) for k, v in g.env.items())]:
+        for name in _fields(text, where(key)):
+            if name not in params | {INDEX}:
                 raise DefinitionError(
-                    f"{where}: {text!r} uses {{{name}}}, which is not a parameter of group "
+                    f"{where(key)}: {text!r} uses {{{name}}}, which is not a parameter of group "
                     f"{g.name!r}"
                 )
 

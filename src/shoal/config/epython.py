@@ -91,7 +91,7 @@ class File(model.Model):
 def _when(src: Source, loc: Loc, when: Any) -> tuple[str, float]:
     if isinstance(when, int | float) and not isinstance(when, bool):
         return "==", float(when)
-    m = re.fullmatch(r"\s*([<>]=?)\s*(-?\d+(?:\.\d+)?)\s*", str(when))
+    m = re.fullmatch(r"\s*([<>]=?)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*", str(when))
     if not m:
         raise src.error(
             loc, f"when must be a number (equal to) or a comparison like '> 5', got {when!r}"
@@ -141,11 +141,15 @@ def ensemble(src: Source) -> Ensemble:
         )
     groups: dict[str, Group] = {}
     seen: dict[str, int] = {}
+    names_all = {job.name for job in f.jobs}
     for i, job in enumerate(f.jobs):
         loc: Loc = ("jobs", i)
         k = seen.get(job.name, 0)
         seen[job.name] = k + 1
-        key = job.name if k == 0 else f"{job.name}#{k + 1}"
+        key = job.name
+        while key in groups or (key != job.name and key in names_all):
+            k += 1
+            key = f"{job.name}#{k + 1}"  # another entry of the same job
         groups[key] = Group(
             name=key,
             loc=loc,
@@ -241,7 +245,7 @@ def _rule(
     )
 
 
-def override(src: Source, parts: list[str], value: Any, text: str) -> None:
+def override(src: Source, parts: list[str | int], value: Any, text: str) -> None:
     """``--set sleep.count=3`` (every entry of job ``sleep``) or ``--set resources.cpus=8``."""
     jobs = src.data.get("jobs") or []
     hits = [i for i, j in enumerate(jobs) if isinstance(j, dict) and j.get("name") == parts[0]]

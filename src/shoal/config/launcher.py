@@ -54,7 +54,15 @@ class Shape:
         return {"ranks": get["nnodes"] * get["ppn"], "gpus": get["ngpus_per_process"]}
 
 
-def _whole(src: Source, loc: Loc, key: str, value: Any, low: int) -> int:
+def _used(src: Source, loc: Loc, template: str) -> set[str]:
+    try:
+        return placeholders(template)
+    except DefinitionError as err:
+        raise src.error(loc, str(err)) from None
+
+
+def _whole(src: Source, at: Loc, key: str, value: Any, low: int) -> int:
+    """A whole number >= ``low`` for ``key`` (``at`` is where it was written)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -63,7 +71,7 @@ def _whole(src: Source, loc: Loc, key: str, value: Any, low: int) -> int:
             if key == "ngpus_per_process"
             else ""
         )
-        raise src.error((*loc, key), f"must be a whole number >= {low}, got {value!r}{why}")
+        raise src.error(at, f"must be a whole number >= {low}, got {value!r}{why}")
     return value
 
 
@@ -80,13 +88,13 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
     if not isinstance(template, str) or not template.strip():
         raise src.error((*loc, "cmd_template"), "must be a command string")
     relation = info.get("relation", "one-to-one")  # README examples leave it out
-    if relation not in RELATIONS:
+    if not isinstance(relation, str) or relation not in RELATIONS:
         raise src.error(
             (*loc, "relation"),
             f"must be 'one-to-one' or 'many-to-many', got {relation!r}"
-            + suggest(relation, RELATIONS),
+            + (suggest(relation, RELATIONS) if isinstance(relation, str) else ""),
         )
-    used = placeholders(template)
+    used = _used(src, (*loc, "cmd_template"), template)
     columns: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
     for key, raw in info.items():
@@ -99,6 +107,10 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
                 raise src.error((*loc, key), f"unknown key {key!r}{close}")
         if swept:
             columns[key] = values(raw, src.where((*loc, key)), src.base)
+        elif raw is None or isinstance(raw, dict):
+            raise src.error(
+                (*loc, key), "must be a value, a list or an expression like 'linspace(0, 1, 5)'"
+            )
         else:
             fixed[key] = raw
     for key, low in (("nnodes", 1), ("ppn", 1), ("ngpus_per_process", 0)):
@@ -107,14 +119,14 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
                 _whole(src, (*loc, key, i), key, v, low) for i, v in enumerate(columns[key])
             ]
         else:
-            fixed[key] = _whole(
-                src, loc, key, fixed.get(key, 1 if key != "ngpus_per_process" else 0), low
-            )
+            fixed[key] = _whole(src, (*loc, key), key, fixed.get(key, 1 if low else 0), low)
     zipped = [list(columns)] if RELATIONS[relation] == "zip" and columns else []
     sweep = combine(columns, zipped, src.where((*loc, "relation") if "relation" in info else loc))
     env = info.get("env") or {}
-    if not isinstance(env, dict):
-        raise src.error((*loc, "env"), "must be a mapping of variable names to values")
+    if not isinstance(env, dict) or any(
+        not isinstance(v, str | int | float) or isinstance(v, bool) for v in env.values()
+    ):
+        raise src.error((*loc, "env"), "must map variable names to text or numbers")
     for key in ("cpu_affinity", "gpu_affinity"):
         if key in info:
             if not isinstance(info[key], str):
@@ -162,7 +174,13 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
         derive=derive,
     )
     g.args = scalars  # scalar placeholders are filled like swept ones
-    check_template(g, set(columns) | set(scalars), src.where((*loc, "cmd_template")))
+    where = {"command": "cmd_template", "workdir": "run_dir", "sweep": ""}
+    check_template(
+        g,
+        set(columns) | set(scalars),
+        lambda key: src.where((*loc, *[k for k in [where.get(key, key)] if k])),
+        "command",
+    )
     return g
 
 
@@ -194,7 +212,7 @@ def ensemble(src: Source) -> Ensemble:
     )
 
 
-def override(src: Source, parts: list[str], value: Any, text: str) -> None:
+def override(src: Source, parts: list[str | int], value: Any, text: str) -> None:
     """``--set NAME.ppn=4`` (an ensemble's key) or ``--set resources.cpus=8``."""
     names = list(src.data.get("ensembles") or {})
     if parts[0] in names:

@@ -102,7 +102,7 @@ class Retry(Model):
 
     timeout: Number | str | None = None
     memory: int | str | None = None
-    cpus: int | None = Field(None, ge=1)
+    cpus: int | str | None = None
     attempts: int = Field(3, ge=1)
 
 

@@ -15,7 +15,9 @@ OPTION_KEYS = ("memory", "timeout", "retries", "backoff", "retry_on", "priority"
 
 
 def ensemble(src: Source) -> Ensemble:
-    cfg: model.Config = model.check(model.Config, src.data, src)
+    # Top-level keys starting with "x-" are the file's own (YAML anchors to merge with <<).
+    data = {k: v for k, v in src.data.items() if not str(k).startswith("x-")}
+    cfg: model.Config = model.check(model.Config, data, src)
     if not cfg.groups:
         raise src.error(("groups",), "there are no groups: nothing to run")
     groups = {name: group(src, name, g) for name, g in cfg.groups.items()}
@@ -41,6 +43,11 @@ def group(src: Source, name: str, g: model.Group) -> Group:
         raise src.error((*loc, "args"), "args are for function groups; commands use the sweep")
     base = src.base
     columns = {p: values(raw, src.where((*loc, "sweep", p)), base) for p, raw in g.sweep.items()}
+    if g.relation == "zip" and g.zip_:
+        raise src.error(
+            (*loc, "zip"),
+            "give relation: zip (all parameters one-to-one) or zip: [[...]] lists, not both",
+        )
     zipped = [list(g.sweep)] if g.relation == "zip" and g.sweep else g.zip_
     sweep = combine(columns, zipped, src.where((*loc, "zip" if g.zip_ else "sweep")))
     tags = [g.tags] if isinstance(g.tags, str) else list(g.tags)
@@ -57,8 +64,10 @@ def group(src: Source, name: str, g: model.Group) -> Group:
             opts[key] = value
     keys: dict[str, Loc] = {k: (*loc, k) for k in (*opts, "nodes")}
     for key, value in opts.items():
-        if isinstance(value, str) and key in ("cpus", "gpus", "ranks", "priority", "timeout"):
-            param = value[1:-1] if value.startswith("{") and value.endswith("}") else None
+        swept = key in ("cpus", "gpus", "ranks", "priority", "timeout")
+        ref = isinstance(value, str) and value.startswith("{") and value.endswith("}")
+        if isinstance(value, str) and (swept or (key == "memory" and ref)):
+            param = value[1:-1] if ref else None
             if param is None or param not in columns:
                 hint = suggest(param or value, columns) if columns else ""
                 raise src.error(
@@ -87,7 +96,7 @@ def group(src: Source, name: str, g: model.Group) -> Group:
         inputs=dict(g.inputs),
         start=g.start,
     )
-    check_template(out, set(columns), src.where((*loc, "command")))
+    check_template(out, set(columns), lambda key: src.where((*loc, *key.split(".", 1))))
     out.task_options(sweep.row(0) if len(sweep) else {}, 0)  # bad option values fail here
     return out
 
@@ -227,7 +236,7 @@ def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
 TOP = ("name", "resources", "options", "groups", "rules")
 
 
-def override(src: Source, parts: list[str], value: Any, text: str) -> None:
+def override(src: Source, parts: list[str | int], value: Any, text: str) -> None:
     """``--set relax.cpus=4`` (a group's key) or ``--set resources.cpus=8`` (a top-level key)."""
     from shoal.config.source import assign
 

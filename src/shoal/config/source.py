@@ -50,8 +50,9 @@ class Source:
     def line(self, loc: Loc) -> int | None:
         loc = tuple(loc)
         while loc:
-            if loc in self.lines:
-                return self.lines[loc]
+            for key in (loc, tuple(str(p) for p in loc)):  # YAML keys like 1: are numbers
+                if key in self.lines:
+                    return self.lines[key]
             loc = loc[:-1]
         return None
 
@@ -90,6 +91,8 @@ class _Loader(yaml.SafeLoader):
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # "<<: *base" merges a mapping; its keys may be overridden here
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -99,6 +102,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line + 1
+    loader.flatten_mapping(node)
     out: dict[Any, Any] = loader.construct_mapping(node, deep=deep)
     return out
 
@@ -118,8 +122,12 @@ _TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
 
 
+_TOML_PART = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'[^\']*\'|[^.]+)\s*(?:\.|$)')
+
+
 def _toml_key(text: str) -> list[str]:
-    return [p.strip().strip("\"'") for p in text.split(".")]
+    """``groups."a.b".cpus`` -> ["groups", "a.b", "cpus"] (dots inside quotes are kept)."""
+    return [m.group(1).strip().strip("\"'") for m in _TOML_PART.finditer(text.strip())]
 
 
 def _toml_lines(text: str) -> dict[Loc, int]:
@@ -165,7 +173,9 @@ def read(path: str | Path) -> Source:
         lines = _toml_lines(text)
     elif kind == "json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except DefinitionError as err:
+            raise DefinitionError(f"{p}: {err}") from None
         except json.JSONDecodeError as err:
             raise DefinitionError(
                 f"{p}:{err.lineno}: not valid JSON at column {err.colno}: {err.msg}"
@@ -180,31 +190,43 @@ def read(path: str | Path) -> Source:
         try:
             node = yaml.compose(text, Loader=_Loader)
             data = yaml.load(text, Loader=_Loader) if node is not None else None
+            if node is not None:
+                _walk_yaml(node, (), lines)
+        except RecursionError:
+            raise DefinitionError(f"{p}: an alias refers to itself (a recursive &anchor)") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""
             what = getattr(err, "problem", None) or str(err)
             raise DefinitionError(f"{p}{at}: not valid YAML: {what}") from None
-        if node is not None:
-            _walk_yaml(node, (), lines)
     if not isinstance(data, dict):
         raise DefinitionError(f"{p}: the file must hold a mapping (keys and values) at the top")
     return Source(p, data, kind, lines)
 
 
-def suggest(word: str, known: Iterable[str]) -> str:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DefinitionError(f"duplicate key {key!r}: each key may appear once")
+        out[key] = value
+    return out
+
+
+def suggest(word: object, known: Iterable[str]) -> str:
     """``"; did you mean 'cpus'?"`` for a close valid key, else ``""``."""
     return hint(word, known)
 
 
-def parse_set(text: str) -> tuple[list[str], Any]:
+def parse_set(text: str) -> tuple[list[str | int], Any]:
     """``relax.cpus=4`` -> (["relax", "cpus"], 4); the value is read as YAML (4, 1.5, [1, 2])."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise DefinitionError(f"--set {text!r}: write KEY=VALUE, e.g. --set relax.cpus=4")
-    parts = [k.strip() for k in key.split(".")]
-    if any(not k for k in parts):
+    names = [k.strip() for k in key.split(".")]
+    if any(not k for k in names):
         raise DefinitionError(f"--set {text!r}: the key has an empty part")
+    parts: list[str | int] = [int(k) if k.isdigit() else k for k in names]  # rules.0.times
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
@@ -226,7 +248,11 @@ def assign(src: Source, loc: Sequence[str | int], value: Any, text: str) -> None
                 f"--set {text}: {dotted(tuple(loc[:i]))} is a value, not a mapping with keys"
             )
         node = node.setdefault(part, {})
-    if not isinstance(node, dict):
+    last = loc[-1]
+    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
         raise DefinitionError(f"--set {text}: {dotted(tuple(loc[:-1]))} is not a mapping")
-    node[loc[-1]] = value
     src.overrides[tuple(loc)] = text

@@ -42,7 +42,15 @@ def _number(x: float) -> float | int:
     return float(f"{x:.15g}")
 
 
+MAX_VALUES = 10_000_000  # per parameter: more is a typo (products multiply them anyway)
+
+
 def _count(where: str, n: Value) -> int:
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_VALUES:
+        shown = f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
+        raise DefinitionError(
+            f"{where}: {shown} values is more than one parameter may have ({MAX_VALUES:,})"
+        )
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DefinitionError(
             f"{where}: the number of values must be a positive integer, got {n!r}"
@@ -66,7 +74,15 @@ def _linspace(where: str, a: Value, b: Value, n: Value) -> list[Value]:
 
 def _logspace(where: str, a: Value, b: Value, n: Value, base: Value = 10) -> list[Value]:
     root = _real(where, base, "base")
-    return [_number(root**e) for e in _linspace(where, a, b, n)]
+    if root <= 0:
+        raise DefinitionError(f"{where}: the base must be a positive number, got {base!r}")
+    try:
+        out = [_number(root**e) for e in _linspace(where, a, b, n)]
+    except OverflowError:
+        raise DefinitionError(f"{where}: {base}**{b} is too large for a number") from None
+    if not all(math.isfinite(x) for x in out):
+        raise DefinitionError(f"{where}: {base}**{b} is too large for a number")
+    return out
 
 
 def _range(where: str, *args: Value) -> list[Value]:
@@ -77,7 +93,9 @@ def _range(where: str, *args: Value) -> list[Value]:
         )
     if len(args) == 3 and args[2] == 0:
         raise DefinitionError(f"{where}: range step must not be 0")
-    values = list(range(*args))
+    span = range(*args)
+    _count(where, max(len(span), 1))
+    values = list(span)
     if not values:
         raise DefinitionError(f"{where}: range{tuple(args)} is empty")
     return values
@@ -91,7 +109,11 @@ def _arange(where: str, a: Value, b: Value, step: Value = 1) -> list[Value]:
     )
     if d == 0:
         raise DefinitionError(f"{where}: arange step must not be 0")
-    n = math.ceil((hi - lo) / d - 1e-9)  # the stop is excluded, as in numpy
+    try:
+        n = math.ceil((hi - lo) / d - 1e-9)  # the stop is excluded, as in numpy
+    except (OverflowError, ValueError):
+        raise DefinitionError(f"{where}: arange({a}, {b}, {step}) has too many values") from None
+    _count(where, max(n, 1))
     if n < 1:
         raise DefinitionError(f"{where}: arange({a}, {b}, {step}) is empty")
     ints = all(isinstance(x, int) for x in (a, b, step))
@@ -153,8 +175,11 @@ def _file(where: str, base: Path, name: Value) -> Path:
 
 def _csv(where: str, base: Path, name: Value, column: Value = 0) -> list[Value]:
     path = _file(where, base, name)
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    with path.open(newline="", errors="strict") as fh:
+        try:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DefinitionError(f"{where}: cannot read {path} as CSV text: {err}") from None
     if not rows:
         raise DefinitionError(f"{where}: {path} is empty")
     header = [c.strip() for c in rows[0]]
@@ -168,13 +193,19 @@ def _csv(where: str, base: Path, name: Value, column: Value = 0) -> list[Value]:
     elif isinstance(column, int) and not isinstance(column, bool):
         index, body = column, rows  # by position: every row is data
         if not 0 <= index < len(header):
-            raise DefinitionError(f"{where}: {path} has {len(header)} columns, not {index + 1}")
+            raise DefinitionError(
+                f"{where}: column {column} does not exist: {path} has {len(header)} columns, "
+                f"numbered from 0 to {len(header) - 1}"
+            )
     else:
         raise DefinitionError(f"{where}: the column is a header name or a 0-based index")
     values = []
     for line, r in enumerate(body, start=2 if isinstance(column, str) else 1):
-        if index >= len(r):
-            raise DefinitionError(f"{where}: {path} line {line} has no column {column!r}")
+        if index >= len(r) or not r[index].strip():
+            raise DefinitionError(
+                f"{where}: {path} line {line} has no value in column {column!r}; fill it in, or "
+                "remove the row"
+            )
         values.append(_scalar(r[index].strip()))
     if not values:
         raise DefinitionError(f"{where}: {path} has a header but no rows")
@@ -183,7 +214,11 @@ def _csv(where: str, base: Path, name: Value, column: Value = 0) -> list[Value]:
 
 def _lines(where: str, base: Path, name: Value) -> list[Value]:
     path = _file(where, base, name)
-    values = [_scalar(s.strip()) for s in path.read_text().splitlines() if s.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise DefinitionError(f"{where}: {path} is not text: {err}") from None
+    values = [_scalar(s.strip()) for s in text.splitlines() if s.strip()]
     if not values:
         raise DefinitionError(f"{where}: {path} has no lines")
     return values
@@ -265,9 +300,14 @@ def expression(text: str, where: str, base: Path = Path(".")) -> list[Value]:
 
 def values(raw: Value, where: str, base: Path = Path(".")) -> list[Value]:
     """A parameter's values: a list as it is, an expression's values, or one scalar."""
+    if raw is None:
+        raise DefinitionError(f"{where}: no value (null); give a value, a list or an expression")
     if isinstance(raw, list | tuple):
         if not raw:
             raise DefinitionError(f"{where}: the list of values is empty")
+        if any(v is None for v in raw):
+            i = next(i for i, v in enumerate(raw) if v is None)
+            raise DefinitionError(f"{where}: value {i} of the list is empty (null)")
         return list(raw)
     if is_expression(raw):
         return expression(str(raw), where, base)
