@@ -55,6 +55,7 @@ class Group:
     start: bool = True
     nodes: int = 1
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # options from a row
+    shaped: tuple[str, ...] = ()  # the parameters ``derive`` reads
     tag: str = ""  # what rules call the group (its name unless entries share one)
     _fixed: Options | None = None
     _cache: dict[tuple[Any, ...], Options] = field(default_factory=dict, repr=False)
@@ -120,7 +121,9 @@ class Group:
             key = next((k for k in values if text.startswith(k + " ")), None)
             key = key or next((k for k in values if k in text), next(iter(self.swept), "cpus"))
             where = self.src.where(self.keys.get(key, (*self.loc, key)))
-            what = f"task {index} of group {self.name!r}" if self.varies else f"group {self.name!r}"
+            what = f"group {self.name!r}"
+            if self.varies:
+                what = f"task {index} of {what}" if index >= 0 else f"tasks of {what}"
             raise DefinitionError(f"{where}: {what}: {text}") from None
 
     def fields(self, row: dict[str, Any], index: int) -> dict[str, Any]:
@@ -142,18 +145,26 @@ class Group:
     def request(self, row: dict[str, Any], index: int) -> str:
         return self.task_options(row, index).request.describe()
 
+    def shapes(self) -> dict[Options, int]:
+        """The distinct options of the group's tasks, with how many tasks have each (from
+        the sweep's columns: the rows are not made)."""
+        if not self.varies:
+            return {self.task_options({}, 0): self.size}
+        names = sorted(set(self.swept.values()) | set(self.shaped) & set(self.sweep.names))
+        out: dict[Options, int] = {}
+        for combo, n in self.sweep.tally(names).items():
+            opts = self.task_options(dict(zip(names, combo, strict=True)), -1)
+            out[opts] = out.get(opts, 0) + n * self.count
+        return out
+
     def core_hours(self) -> float | None:
         """Core-hours of the whole group if every task takes ``duration`` (None: unknown)."""
         if self.duration is None:
             return None
-        if not self.varies:
-            req = self.task_options({}, 0).request
-            return self.size * self.duration * req.cpus * req.ranks / 3600
-        total = 0.0
-        for i, row in enumerate(self.rows()):
-            req = self.task_options(row, i).request
-            total += self.duration * req.cpus * req.ranks / 3600
-        return total
+        return sum(
+            n * self.duration * o.request.cpus * o.request.ranks / 3600
+            for o, n in self.shapes().items()
+        )
 
     def make(self, i: int, row: dict[str, Any], kwargs: dict[str, Any] | None = None) -> Task:
         """Task ``i`` of the group (not yet in any workflow)."""
@@ -287,19 +298,13 @@ class Ensemble:
                 if g.name in used:
                     raise DefinitionError(f"{g.src.where(g.keys.get('nodes', g.loc))}: {message}")
                 self.notes.append(f"{message}; it is never submitted, so that is harmless")
-            shapes: dict[Request, int] = {}
-            if g.varies:
-                for i, row in enumerate(g.rows()):
-                    shapes.setdefault(g.task_options(row, i).request, i)
-            else:
-                shapes[g.task_options({}, 0).request] = 0
-            for req, i in shapes.items():
+            for req in dict.fromkeys(o.request for o in g.shapes()):
                 why = pool.refusal(req)
                 if why is None:
                     continue
                 key = _blame(req, pool)
                 where = g.src.where(g.keys.get(key, (*g.loc, key)))
-                what = f"task {i} of group {g.name!r}" if g.varies else f"group {g.name!r}"
+                what = f"some tasks of group {g.name!r}" if g.varies else f"group {g.name!r}"
                 message = f"{what} can never run: {why}"
                 if g.name in used:
                     raise DefinitionError(
@@ -426,7 +431,10 @@ class Ensemble:
                 "each": g.request(g.row(0), 0)
                 if not g.varies
                 else "varies: "
-                + ", ".join(sorted({g.request(g.row(i), i) for i in range(min(g.size, 50))})),
+                + ", ".join(
+                    o.request.describe()
+                    for o in sorted(g.shapes(), key=lambda o: (o.request, o.timeout or 0))
+                ),
                 "first": shown,
             }
             if g.duration is not None:

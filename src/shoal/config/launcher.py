@@ -172,6 +172,7 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
         env={str(k): str(v) for k, v in env.items()},
         nodes=nodes,
         derive=derive,
+        shaped=SHAPE,
     )
     g.args = scalars  # scalar placeholders are filled like swept ones
     where = {"command": "cmd_template", "workdir": "run_dir", "sweep": ""}

@@ -348,6 +348,30 @@ class Sweep:
                 out[name] = col[k]
         return {n: out[n] for n in self.names}
 
+    def tally(self, names: Sequence[str]) -> dict[tuple[Value, ...], int]:
+        """How many rows have each combination of the values of ``names`` (in that order),
+        without making the rows: a million-row sweep with three distinct values is three
+        entries."""
+        wanted = set(names)
+        parts: list[dict[tuple[tuple[str, Value], ...], int]] = []
+        rest = 1
+        for b in self.blocks:
+            keep = [k for k, n in enumerate(b.names) if n in wanted]
+            if not keep:
+                rest *= len(b)
+                continue
+            counts: dict[tuple[tuple[str, Value], ...], int] = {}
+            for i in range(len(b)):
+                key = tuple((b.names[k], b.columns[k][i]) for k in keep)
+                counts[key] = counts.get(key, 0) + 1
+            parts.append(counts)
+        out: dict[tuple[Value, ...], int] = {}
+        for combo in itertools.product(*(p.items() for p in parts)):
+            values = dict(pair for key, _ in combo for pair in key)
+            n = rest * math.prod(c for _, c in combo)
+            out[tuple(values[name] for name in names)] = n
+        return out
+
     def __iter__(self) -> Iterator[dict[str, Value]]:
         names = self.names
         parts = [list(zip(*b.columns, strict=True)) for b in self.blocks]
