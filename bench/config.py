@@ -43,9 +43,11 @@ groups:
 """
 
 
-SWEPT = CONFIG.replace('a: "linspace(0, 1, {n})"', 'a: "range(1, {n} + 1)"').replace(
-    "cpus: 1", 'cpus: "{{a}}"'
-).replace("cpus: 64", "cpus: 128")
+SWEPT = (
+    CONFIG.replace('a: "linspace(0, 1, {n})"', 'a: "range(1, {n} + 1)"')
+    .replace("cpus: 1", 'cpus: "{{a}}"')
+    .replace("cpus: 64", "cpus: 128")
+)
 
 
 def child_shoal(path: str) -> None:
@@ -109,8 +111,9 @@ def main() -> None:
         path = Path(tmp) / "million.yaml"
         path.write_text(CONFIG.format(n=a.size))
         swept = Path(tmp) / "swept.yaml"
-        swept.write_text(SWEPT.format(n=a.size).replace(f"range(1, {a.size} + 1)",
-                                                        f"range(1, {a.size + 1})"))
+        swept.write_text(
+            SWEPT.format(n=a.size).replace(f"range(1, {a.size} + 1)", f"range(1, {a.size + 1})")
+        )
         runs = common.alternate(
             {
                 "plain python": lambda: measure(["--child", "reference", str(a.size)]),

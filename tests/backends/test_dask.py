@@ -45,3 +45,48 @@ class TestDaskConformance(BackendContract):
     def test_each_worker_is_a_node(self, backend: DaskBackend) -> None:
         assert [n.name for n in backend.nodes()] == ["w0", "w1"]
         assert all(len(n.cores) == 2 for n in backend.nodes())
+
+
+def sleepy(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "done"
+
+
+def test_a_killed_worker_is_a_lost_attempt_retried_by_policy(
+    tmp_path: Path,
+    dask_cluster: Cluster,  # noqa: F811
+) -> None:
+    import os
+    import signal
+    import threading
+
+    import shoal
+    from shoal.store.queries import Reader
+
+    backend = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)
+    fn = shoal.task(sleepy)
+    with shoal.Workflow("lost") as wf:
+        t = fn.options(retries=1, retry_on="lost")(3.0)
+
+    def kill_when_running() -> None:
+        # the task starts on w0 (the first node); kill that worker process, not its nanny
+        for _ in range(200):
+            pids = backend.client.run(os.getpid, workers=[backend._address("w0")])
+            busy = backend.client.processing(workers=[backend._address("w0")])
+            if any(busy.values()):
+                os.kill(next(iter(pids.values())), signal.SIGKILL)
+                return
+            threading.Event().wait(0.05)
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
+    run = shoal.run(wf, backend=backend, base=tmp_path)
+    killer.join(10)
+    assert run.ok, run.failures()
+    assert run.result(t) == "done"
+    with Reader(run.dir) as r:
+        first, second = r.attempts(0)
+    assert first["outcome"] != "succeeded" and first["kind"] == "lost"
+    assert second["outcome"] == "succeeded"

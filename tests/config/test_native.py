@@ -331,7 +331,10 @@ def test_swept_resources_follow_the_parameter(tmp_path: Path) -> None:
     ens = load(path)
     assert [t.options.cpus for t in ens.workflow().tasks] == [1, 2, 4]
     too_big = write(tmp_path, "y.yaml", path.read_text().replace("[1, 2, 4]", "[1, 8]"))
-    with pytest.raises(DefinitionError, match=r"y.yaml:6: groups.a.cpus: some tasks of group 'a' can never run: it asks for 8"):
+    with pytest.raises(
+        DefinitionError,
+        match=r"y.yaml:6: groups.a.cpus: some tasks of group 'a' can never run: it asks for 8",
+    ):
         load(too_big)
 
 

@@ -62,6 +62,9 @@ class Backend(abc.ABC):
     # How many tasks may queue behind a running one (jobs with ``after``). A follower is always
     # of the same lane as the task it follows: "pool" (persistent workers) or "process".
     prefetch: int = 0
+    # Seconds of expected work queued per slot (the run option prefetch_window overrides it):
+    # more for backends whose round trip to a worker is long.
+    prefetch_window: float = 0.02
 
     @abc.abstractmethod
     def nodes(self) -> list[Node]:

@@ -75,8 +75,11 @@ class DaskBackend(Backend):
     """Runs attempts on Dask workers; see the module's docstring."""
 
     name = "dask"
-    capabilities = frozenset({"python", "command", "cancel"})
-    prefetch = 0
+    capabilities = frozenset({"python", "command", "cancel", "prefetch"})
+    # Tasks queued behind running ones go to Dask at once: the worker starts each the moment
+    # the resources of the one before are free, without a round trip through the driver.
+    prefetch = 256
+    prefetch_window = 1.0  # a round trip through the Dask scheduler takes milliseconds
 
     def __init__(
         self,
@@ -129,6 +132,15 @@ class DaskBackend(Backend):
         self._checked = 0.0
         self.rundir: Path | None = None
         self._notes: list[str] = []
+        self._procs: list[Any] = []
+        self.open: set[int] = set()  # tasks submitted whose outcome is not reported yet
+        self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
+        self.completed = distributed.as_completed([], with_results=True, raise_errors=False)
+        self.wakeup = threading.Event()
+        self.closing = False
+        self.collector = threading.Thread(target=self._collect, name="shoal-dask", daemon=True)
+        self.collector.start()
+        self.held: dict[int, list[tuple[Job, Outcome]]] = {}  # followers waiting for a leader
         old = client.run_on_scheduler(_set_allowed_failures)
         if old:
             self._notes.append(
@@ -140,6 +152,105 @@ class DaskBackend(Backend):
                 "the Dask workers declare no 'cores' resource: each worker counts as many cores "
                 "as it has threads (start workers with --resources cores=N,gpus=G)"
             )
+
+    @classmethod
+    def in_allocation(
+        cls,
+        job: str | None = None,
+        *,
+        host: str | None = None,
+        python: str = sys.executable,
+        timeout: float = 120.0,
+        **options: Any,
+    ) -> DaskBackend:
+        """Persistent Dask workers inside the Slurm allocation the driver runs in: a scheduler
+        here, and one worker per node started as a job step (``srun``), holding all of the
+        node's cores and GPUs. Python tasks then start in microseconds instead of paying an
+        interpreter per task; commands run as child processes of the workers. Everything is
+        stopped when the backend closes."""
+        import socket
+        import subprocess
+        import tempfile
+
+        from shoal.backends import slurm
+
+        job = job or os.environ.get("SLURM_JOB_ID")
+        if not job:
+            raise BackendError("DaskBackend.in_allocation runs inside a Slurm allocation")
+        nodes = slurm.allocation(job)
+        folder = Path(tempfile.mkdtemp(prefix="shoal-dask-"))
+        sfile = folder / "scheduler.json"
+        host = host or socket.gethostname()
+        procs: list[subprocess.Popen[bytes]] = []
+        log = open(folder / "dask.log", "wb")  # noqa: SIM115 - the processes write to it
+        procs.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    host,
+                    "--port",
+                    "0",
+                    "--scheduler-file",
+                    str(sfile),
+                    "--dashboard-address",
+                    ":0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        for n in nodes:
+            resources = f"cores={len(n.cores)},gpus={len(n.gpus)}"
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "srun",
+                        f"--jobid={job}",
+                        "--exact",
+                        "-N1",
+                        "-n1",
+                        f"--cpus-per-task={len(n.cores)}",
+                        f"--nodelist={n.name}",
+                        f"--job-name=shoal-dask-{n.name}",
+                        python,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        "--scheduler-file",
+                        str(sfile),
+                        "--name",
+                        n.name,
+                        "--nthreads",
+                        str(len(n.cores)),
+                        "--resources",
+                        resources,
+                        "--dashboard-address",
+                        ":0",
+                        "--local-directory",
+                        str(folder / n.name),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        while not sfile.exists():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                for p in procs:
+                    p.terminate()
+                raise BackendError(f"the Dask scheduler did not start; see {folder / 'dask.log'}")
+            time.sleep(0.05)
+        backend = cls(
+            scheduler_file=str(sfile),
+            wait_for=len(nodes),
+            timeout=timeout,
+            python=python,
+            **options,
+        )
+        backend._procs = procs
+        return backend
 
     # -- contract ---------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -213,7 +324,10 @@ class DaskBackend(Backend):
                 with self.lock:
                     self.futures[ident] = fut
                     self.jobs[ident] = job
-                fut.add_done_callback(lambda f, ident=ident: self._finished(ident, f))
+                    self.open.add(job.task)
+                self.idents[fut.key] = ident
+            self.completed.update(futures)  # results come back in batches, in one thread
+            self.wakeup.set()
 
     def cancel(self, task: int, attempt: int) -> None:
         from shoal.backends import daskjob
@@ -233,7 +347,8 @@ class DaskBackend(Backend):
             # (its nanny starts a new one) when it runs nothing else of this run.
             self._run_on(node, daskjob.exit_worker)
         fut.cancel()
-        self.outbox.put(Outcome(task, attempt, False, None, time.time(), "cancelled", "cancelled"))
+        o = Outcome(task, attempt, False, None, time.time(), "cancelled", "cancelled")
+        self._emit(job, o, hold=False)
 
     def poll(self, timeout: float) -> list[Outcome]:
         self._check_workers()
@@ -247,6 +362,8 @@ class DaskBackend(Backend):
         return [first, *self._drain()]
 
     def close(self) -> None:
+        self.closing = True
+        self.wakeup.set()
         with self.lock:
             futures = list(self.futures.values())
             self.futures.clear()
@@ -257,6 +374,14 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 self.client.close()
             self._own_client = False
+        for p in reversed(self._procs):  # what in_allocation started
+            p.terminate()
+        for p in self._procs:
+            try:
+                p.wait(10)
+            except Exception:
+                p.kill()
+        self._procs = []
 
     # -- helpers ----------------------------------------------------------------------------
     def _drain(self) -> list[Outcome]:
@@ -304,7 +429,7 @@ class DaskBackend(Backend):
                 return str(addr)
         return name
 
-    def _finished(self, ident: tuple[int, int], fut: Any) -> None:
+    def _finished(self, ident: tuple[int, int], fut: Any, value: Any) -> None:
         with self.lock:
             self.futures.pop(ident, None)
             job = self.jobs.pop(ident, None)
@@ -316,21 +441,52 @@ class DaskBackend(Backend):
         task, attempt = ident
         node = self._nodes[job.placement.slots[0].node].name
         status = fut.status
-        if status == "finished":
+        if status == "finished" and not isinstance(value, BaseException):
             try:
-                ok, result, kind, error, started, ended, code = fut.result()
-            except Exception as err:  # the result could not be fetched
-                self.outbox.put(self._lost(task, attempt, f"its result was lost: {err}"))
-                return
-            self.outbox.put(
-                Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
-            )
+                ok, result, kind, error, started, ended, code = value
+                o = Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
+            except Exception as err:  # not what daskjob returns
+                o = self._lost(task, attempt, f"its result was lost: {err}")
         elif status == "cancelled":
-            self.outbox.put(self._lost(task, attempt, "Dask cancelled it"))
+            o = self._lost(task, attempt, "Dask cancelled it")
         else:
-            err = fut.exception()
-            why = f"{type(err).__name__}: {err}"
-            self.outbox.put(self._lost(task, attempt, f"worker {node} was lost ({why})"))
+            err = value if isinstance(value, BaseException) else fut.exception()
+            o = self._lost(task, attempt, f"worker {node} was lost ({type(err).__name__}: {err})")
+        self._emit(job, o)
+
+    def _collect(self) -> None:
+        """The thread that receives results: ``as_completed`` gathers them in batches."""
+        while not self.closing:
+            if self.completed.is_empty():
+                self.wakeup.wait(0.2)
+                self.wakeup.clear()
+                continue
+            try:
+                for batch in self.completed.batches():
+                    for fut, value in batch:
+                        ident = self.idents.pop(fut.key, None)
+                        if ident is not None:
+                            self._finished(ident, fut, value)
+                    if self.closing:
+                        return
+            except Exception:  # the client is closing
+                if self.closing:
+                    return
+                time.sleep(0.05)
+
+    def _emit(self, job: Job, o: Outcome, hold: bool = True) -> None:
+        """Report ``o``; a task queued behind another (``after``) is reported only after the
+        one ahead of it, as the contract wants, though Dask may finish them in any order."""
+        with self.lock:
+            if hold and job.after is not None and job.after in self.open:
+                self.held.setdefault(job.after, []).append((job, o))
+                return
+            ready = [(job, o)]
+            while ready:
+                j, out = ready.pop()
+                self.outbox.put(out)
+                self.open.discard(j.task)
+                ready.extend(self.held.pop(j.task, []))
 
     @staticmethod
     def _lost(task: int, attempt: int, why: str) -> Outcome:
@@ -365,4 +521,7 @@ class DaskBackend(Backend):
                 self.done.add(ident)
         for (task, attempt), fut in stranded:
             fut.cancel()
-            self.outbox.put(self._lost(task, attempt, "its Dask worker left and did not return"))
+            job = self.jobs.get((task, attempt))
+            lost = self._lost(task, attempt, "its Dask worker left and did not return")
+            if job is not None:
+                self._emit(job, lost, hold=False)

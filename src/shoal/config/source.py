@@ -249,9 +249,8 @@ def assign(src: Source, loc: Sequence[str | int], value: Any, text: str) -> None
             )
         node = node.setdefault(part, {})
     last = loc[-1]
-    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
-        node[last] = value
-    elif isinstance(node, dict):
+    fits = isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node)
+    if fits or isinstance(node, dict):
         node[last] = value
     else:
         raise DefinitionError(f"--set {text}: {dotted(tuple(loc[:-1]))} is not a mapping")

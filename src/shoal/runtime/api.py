@@ -363,7 +363,7 @@ def prepare(
     launcher: str = "mpiexec -n {ranks}",
     progress: bool | None = None,
     prefetch: int | None = None,
-    prefetch_window: float = 0.02,
+    prefetch_window: float | None = None,
     order: str = "fifo",
     stop_at: float | None = None,
     stop_mode: str = "cancel",
@@ -392,7 +392,7 @@ def prepare(
         reserve_after=reserve_after,
         order=order,
         prefetch=depth,
-        prefetch_window=prefetch_window,
+        prefetch_window=be.prefetch_window if prefetch_window is None else prefetch_window,
     )
     given = {**locals(), "state_dir": os.fspath(state_dir) if state_dir else None}
     stored = {k: given[k] for k in STORED if _jsonable(given[k])}
