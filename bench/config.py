@@ -158,7 +158,7 @@ def main() -> None:
             "MB",
         ),
         common.row(
-            f"the same with cpus: '{{a}}' swept (seconds)",
+            "the same with cpus: '{a}' swept (seconds)",
             var["seconds"],
             ref["seconds"],
             var["seconds"],

@@ -35,7 +35,6 @@ def main() -> None:
     common.add_common_args(p)
     a = p.parse_args()
     from backends.dask_fixtures import start_cluster, stop_cluster  # tests/backends
-
     from shoal.backends.dask import DaskBackend
 
     n = a.tasks

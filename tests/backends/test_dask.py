@@ -71,14 +71,14 @@ def test_a_killed_worker_is_a_lost_attempt_retried_by_policy(
         t = fn.options(retries=1, retry_on="lost")(3.0)
 
     def kill_when_running() -> None:
-        # the task starts on w0 (the first node); kill that worker process, not its nanny
-        for _ in range(200):
-            pids = backend.client.run(os.getpid, workers=[backend._address("w0")])
-            busy = backend.client.processing(workers=[backend._address("w0")])
-            if any(busy.values()):
+        # kill the worker process (not its nanny) that runs the task, once it runs
+        for _ in range(400):
+            busy = [addr for addr, keys in backend.client.processing().items() if keys]
+            if busy:
+                pids = backend.client.run(os.getpid, workers=busy[:1])
                 os.kill(next(iter(pids.values())), signal.SIGKILL)
                 return
-            threading.Event().wait(0.05)
+            threading.Event().wait(0.025)
 
     killer = threading.Thread(target=kill_when_running, daemon=True)
     killer.start()

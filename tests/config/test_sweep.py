@@ -67,7 +67,7 @@ def test_values_from_files(tmp_path: Path) -> None:
 
 def test_blank_cells_and_binary_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "gaps.csv").write_text("T,P\n300,1\n,2\n")
-    with pytest.raises(DefinitionError, match="gaps.csv line 3 has no value in column 'T'"):
+    with pytest.raises(DefinitionError, match=r"gaps\.csv line 3 has no value in column 'T'"):
         expression("csv('gaps.csv', 'T')", "x", tmp_path)
     (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(DefinitionError, match="is not text"):
