@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from .conformance import BackendContract
-from .dask_fixtures import Cluster, dask_cluster  # noqa: F401 - fixture
+from .dask_fixtures import Cluster
 
 pytest.importorskip("distributed", reason="dask.distributed is not installed (pip: shoal[dask])")
 
@@ -34,7 +34,7 @@ def test_worker_nodes_from_scheduler_info() -> None:
 
 class TestDaskConformance(BackendContract):
     @pytest.fixture
-    def backend(self, rundir: Path, dask_cluster: Cluster) -> Iterator[DaskBackend]:  # noqa: F811
+    def backend(self, rundir: Path, dask_cluster: Cluster) -> Iterator[DaskBackend]:
         b = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)
         b.start(rundir)
         try:
@@ -56,7 +56,7 @@ def sleepy(seconds: float) -> str:
 
 def test_a_killed_worker_is_a_lost_attempt_retried_by_policy(
     tmp_path: Path,
-    dask_cluster: Cluster,  # noqa: F811
+    dask_cluster: Cluster,
 ) -> None:
     import os
     import signal

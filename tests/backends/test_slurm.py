@@ -3,6 +3,7 @@ suite against a real Slurm (skipped, with the reason, where Slurm is not running
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from shoal.backends.slurm import (
 from shoal.core.resources import Placement, Slot
 
 from .conformance import BackendContract
-from .slurm_fixtures import allocation, slurm  # noqa: F401 - fixtures
 
 DATA = Path(__file__).parent / "data"
 
@@ -136,7 +136,7 @@ def test_outside_an_allocation_the_backend_says_how_to_get_one(
 
 class TestSlurmConformance(BackendContract):
     @pytest.fixture
-    def backend(self, rundir: Path, allocation: str) -> Iterator[SlurmBackend]:  # noqa: F811
+    def backend(self, rundir: Path, allocation: str) -> Iterator[SlurmBackend]:
         b = SlurmBackend(job=allocation)
         b.start(rundir)
         try:
@@ -147,3 +147,78 @@ class TestSlurmConformance(BackendContract):
     def test_the_allocation_is_read_from_slurm(self, backend: SlurmBackend) -> None:
         (node,) = backend.nodes()
         assert len(node.cores) == 16 and node.gpus == (0, 1, 2, 3)
+
+
+def _steps_job(backend: SlurmBackend, rundir: Path, task: int, argv: list[str]) -> Job:
+    node = backend.nodes()[0]
+    return Job(
+        task,
+        1,
+        "t",
+        "command",
+        Placement((Slot(0, (node.cores[task],), (), 0, 1),)),
+        str(rundir / "tasks" / str(task)),
+        argv=argv,
+    )
+
+
+def test_max_concurrent_steps_caps_the_steps_running_at_once(
+    tmp_path: Path,
+    allocation: str,
+) -> None:
+    import pickle
+    import time
+
+    b = SlurmBackend(job=allocation, max_concurrent_steps=2)
+    b.start(tmp_path)
+    try:
+        stamp = "python3 -c 'import time; print(time.time()); time.sleep(0.6); print(time.time())'"
+        b.submit([_steps_job(b, tmp_path, i, ["/bin/sh", "-c", stamp]) for i in range(6)])
+        out = []
+        deadline = time.monotonic() + 60
+        while len(out) < 6 and time.monotonic() < deadline:
+            out += b.poll(1.0)
+    finally:
+        b.close()
+    assert len(out) == 6 and all(o.ok for o in out), [o.error for o in out]
+    spans = [tuple(map(float, pickle.loads(o.result)["stdout"].split())) for o in out]
+    for t0, _ in spans:  # at any start, at most 2 steps (this one included) are running
+        assert sum(1 for a, b2 in spans if a <= t0 < b2) <= 2
+
+
+def test_a_step_refused_for_a_passing_reason_is_tried_again(
+    tmp_path: Path,
+    allocation: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+    import time
+
+    import shoal.backends.slurm as slurm_module
+
+    real = shutil.which("srun")
+    fake = tmp_path / "bin" / "srun"
+    fake.parent.mkdir()
+    marker = tmp_path / "refused-once"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e {marker} ]; then touch {marker}; "
+        "echo 'srun: Job 9 step creation temporarily disabled, retrying' >&2; exit 1; fi\n"
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_module, "BACKOFF", (0.2,))
+    b = SlurmBackend(job=allocation)
+    b.start(tmp_path)
+    try:
+        b.submit([_steps_job(b, tmp_path, 0, ["echo", "through"])])
+        out = []
+        deadline = time.monotonic() + 30
+        while not out and time.monotonic() < deadline:
+            out = b.poll(1.0)
+    finally:
+        b.close()
+    (o,) = out
+    assert o.ok, o.error
+    assert marker.exists()  # it was refused once, then created

@@ -18,8 +18,6 @@ import pytest
 
 from shoal.store.queries import Reader
 
-from .slurm_fixtures import slurm  # noqa: F401 - fixture
-
 pytestmark = pytest.mark.usefixtures("slurm")
 
 

@@ -68,6 +68,10 @@ def make_backend(
         from shoal.backends.dask import DaskBackend
 
         return DaskBackend()
+    if backend == "flux":
+        from shoal.backends.flux import FluxBackend
+
+        return FluxBackend()
     if backend in (None, "local"):
         from shoal.spec.options import parse_memory
 
@@ -76,17 +80,19 @@ def make_backend(
     raise DefinitionError(
         f"unknown backend {backend!r}: shoal offers 'local' (the default outside Slurm), "
         "'slurm' (the default inside an allocation), 'dask' (with SHOAL_DASK_ADDRESS or a "
-        "DaskBackend(...) object) and 'flux' (a FluxBackend() object)"
+        "DaskBackend(...) object) and 'flux' (the default inside a Flux instance)"
     )
 
 
 def _default_backend() -> str:
-    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), else 'local'; SHOAL_BACKEND decides
-    when set."""
+    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), 'flux' inside a Flux instance
+    (FLUX_URI), else 'local'; SHOAL_BACKEND decides when set."""
     chosen = os.environ.get("SHOAL_BACKEND")
     if chosen:
         return chosen
-    return "slurm" if os.environ.get("SLURM_JOB_ID") else "local"
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm"
+    return "flux" if os.environ.get("FLUX_URI") else "local"
 
 
 def new_rundir(base: Path, name: str) -> Path:

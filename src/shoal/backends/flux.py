@@ -1,0 +1,277 @@
+"""The Flux backend: tasks as Flux jobs of the instance the driver runs in (``FLUX_URI``).
+
+A thin adapter over the Flux Python bindings (``import flux``; they come with flux-core, not
+from PyPI). The pure parts are here and unit-tested: :func:`jobspec` builds a version-1
+jobspec (ranks as slots of ``cpus`` cores and ``gpus`` GPUs, placed on the nodes the
+placement names through a ``hostlist`` constraint) and :func:`outcome` turns a job's event
+log (``start``, ``finish``, ``exception``) into an :class:`~shoal.core.events.Outcome`.
+:class:`FluxBackend` submits through ``flux.job.FluxExecutor`` and follows each job's
+events. Python tasks run as ``python -m shoal.backends.isolated`` jobs.
+
+Flux cannot be installed on this project's test machines, so the backend class is not run by
+the test suite (the tests that need a broker skip, saying so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.backends.base import Backend, Job
+from shoal.core.events import Outcome
+from shoal.core.resources import Node
+from shoal.errors import BackendError
+
+GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+
+
+def jobspec(
+    job: Job, command: list[str], hosts: Sequence[str], env: dict[str, str], timeout: float = 0
+) -> dict[str, Any]:
+    """A Flux jobspec (version 1, as a dict) for ``job`` running ``command``."""
+    p = job.placement
+    ranks = sum(s.ranks for s in p.slots)
+    gpus = len(p.gpus) // ranks if ranks else 0
+    slot: list[dict[str, Any]] = [{"type": "core", "count": job.cpus}]
+    if gpus:
+        slot.append({"type": "gpu", "count": gpus})
+    resources: list[dict[str, Any]] = [
+        {"type": "slot", "count": ranks, "label": "task", "with": slot}
+    ]
+    if len(p.slots) > 1:
+        resources = [{"type": "node", "count": len(p.slots), "with": resources}]
+    names = [hosts[s.node] for s in p.slots]
+    system: dict[str, Any] = {
+        "duration": float(timeout or 0),
+        "cwd": job.workdir or os.getcwd(),
+        "environment": env,
+        "constraints": {"hostlist": names},
+        "shell": {
+            "options": {
+                "output": {
+                    "stdout": {"type": "file", "path": str(Path(job.folder) / "stdout")},
+                    "stderr": {"type": "file", "path": str(Path(job.folder) / "stderr")},
+                }
+            }
+        },
+        "job": {"name": f"shoal-{job.task}"},
+    }
+    return {
+        "version": 1,
+        "resources": resources,
+        "tasks": [{"command": list(command), "slot": "task", "count": {"per_slot": 1}}],
+        "attributes": {"system": system},
+    }
+
+
+def outcome(
+    task: int, attempt: int, events: Sequence[tuple[str, float, dict[str, Any]]]
+) -> Outcome | None:
+    """The outcome of a job from its events ``(name, timestamp, context)``; None while it
+    has not ended. A job that ends has a ``finish`` event (its wait status) or an
+    ``exception`` of severity 0 (cancelled, timed out, its node lost)."""
+    started = None
+    for name, ts, ctx in events:
+        if name == "start":
+            started = ts
+        elif name == "exception" and int(ctx.get("severity", 0)) == 0:
+            kind = {"cancel": "cancelled", "timeout": "timeout"}.get(ctx.get("type", ""), "lost")
+            note = ctx.get("note") or ctx.get("type") or "a Flux job exception"
+            if kind == "timeout" or kind == "cancelled":
+                return Outcome(task, attempt, False, started, ts, kind, str(note))
+            return Outcome(task, attempt, False, started, ts, kind, f"Flux: {note}")
+        elif name == "finish":
+            status = int(ctx.get("status", 0))
+            if status == 0:
+                return Outcome(task, attempt, True, started, ts, "", "", 0, "flux")
+            if status & 0x7F:
+                sig = status & 0x7F
+                return Outcome(
+                    task,
+                    attempt,
+                    False,
+                    started,
+                    ts,
+                    "crash",
+                    f"the job was killed by signal {sig}",
+                    -sig,
+                )
+            code = status >> 8
+            return Outcome(
+                task, attempt, False, started, ts, "exit", f"the job exited with code {code}", code
+            )
+    return None
+
+
+def finish(job: Job, o: Outcome) -> Outcome:
+    """Add what the job left in its folder: a Python task's reply, a command's output."""
+    if job.kind == "python" and o.kind in ("", "exit"):
+        from shoal.backends.processes import _python_reply
+
+        return _python_reply(job, o.exit_code or 0, o.started or 0.0, o.ended or 0.0)
+    if o.ok:
+        stdout = Path(job.folder) / "stdout"
+        text = stdout.read_bytes()[: 1 << 20].decode(errors="replace") if stdout.exists() else ""
+        value = {"returncode": 0, "stdout": text, "dir": job.folder}
+        return Outcome(
+            o.task,
+            o.attempt,
+            True,
+            o.started,
+            o.ended,
+            "",
+            "",
+            0,
+            "flux",
+            pickle.dumps(value, protocol=5),
+        )
+    return o
+
+
+def nodes_of(resources: dict[str, Any]) -> list[Node]:
+    """Nodes from a Flux ``R`` (resource set) document: ``execution.R_lite`` entries name
+    ranks with their ``core`` and ``gpu`` id lists; ``execution.nodelist`` names the ranks."""
+    execution = resources.get("execution", {})
+    hosts = _expand(execution.get("nodelist", []))
+    out = []
+    for entry in execution.get("R_lite", []):
+        children = entry.get("children", {})
+        cores = _ids(children.get("core", ""))
+        gpus = _ids(children.get("gpu", ""))
+        for rank in _ids(entry.get("rank", "")):
+            name = hosts[rank] if rank < len(hosts) else f"rank{rank}"
+            out.append(Node(name, cores, gpus))
+    return out
+
+
+def _ids(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in str(text).split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(out)
+
+
+def _expand(nodelist: Sequence[str]) -> list[str]:
+    """``["node[1-2,4]", "gpu7"]`` -> ["node1", "node2", "node4", "gpu7"]."""
+    out: list[str] = []
+    for item in nodelist:
+        head, sep, rest = item.partition("[")
+        if not sep:
+            out.append(item)
+            continue
+        body, _, tail = rest.partition("]")
+        for part in body.split(","):
+            lo, _, hi = part.partition("-")
+            width = len(lo)
+            for i in range(int(lo), int(hi or lo) + 1):
+                out.append(f"{head}{i:0{width}d}{tail}")
+    return out
+
+
+class FluxBackend(Backend):
+    """Tasks as jobs of the enclosing Flux instance (needs the Flux Python bindings)."""
+
+    name = "flux"
+    capabilities = frozenset({"python", "command", "mpi", "cancel"})
+    prefetch = 0
+
+    def __init__(self, python: str = sys.executable) -> None:
+        try:
+            import flux
+            import flux.job
+            import flux.resource
+        except ImportError as err:
+            raise BackendError(
+                "the Flux backend needs the Flux Python bindings, which come with flux-core "
+                f"({err}); run the driver inside a Flux instance (flux alloc / flux batch)"
+            ) from None
+        self._flux = flux
+        self.handle = flux.Flux()
+        rset = flux.resource.resource_list(self.handle).get()
+        self._nodes = nodes_of(rset.all.encode() if hasattr(rset.all, "encode") else {})
+        if not self._nodes:
+            raise BackendError("the Flux instance reports no resources")
+        self.hosts = [n.name for n in self._nodes]
+        self.python = python
+        self.functions: dict[int, bytes] = {}
+        self.executor = flux.job.FluxExecutor()
+        self.futures: dict[tuple[int, int], Any] = {}
+        self.events: dict[tuple[int, int], list[tuple[str, float, dict[str, Any]]]] = {}
+        self.outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.jobs: dict[tuple[int, int], Job] = {}
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def start(self, rundir: Path) -> None:
+        self.rundir = rundir
+
+    def define(self, function: int, payload: bytes) -> None:
+        self.functions[function] = payload
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            command = self._command(job)
+            gpus = ",".join(str(g) for g in job.placement.gpus)
+            env = {**os.environ, **job.env, **{v: gpus for v in GPU_VARS}}
+            env.update(SHOAL_TASK=str(job.task), SHOAL_ATTEMPT=str(job.attempt))
+            env["SHOAL_TASK_DIR"] = job.folder
+            Path(job.folder).mkdir(parents=True, exist_ok=True)
+            spec = self._flux.job.JobspecV1(**jobspec(job, command, self.hosts, env))
+            ident = (job.task, job.attempt)
+            self.events[ident] = []
+            self.jobs[ident] = job
+            fut = self.executor.submit(spec)
+            self.futures[ident] = fut
+            for name in ("start", "finish", "exception"):
+                fut.add_event_callback(name, lambda f, ev, ident=ident: self._event(ident, ev))
+
+    def cancel(self, task: int, attempt: int) -> None:
+        fut = self.futures.get((task, attempt))
+        if fut is not None:
+            self._flux.job.cancel(self.handle, fut.jobid())
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        out: list[Outcome] = []
+        try:
+            out.append(self.outbox.get(timeout=max(timeout, 0)))
+        except queue.Empty:
+            return out
+        while not self.outbox.empty():
+            out.append(self.outbox.get())
+        return out
+
+    def close(self) -> None:
+        for ident, fut in list(self.futures.items()):
+            with contextlib.suppress(Exception):  # it ended already
+                self._flux.job.cancel(self.handle, fut.jobid())
+            self.futures.pop(ident, None)
+        self.executor.shutdown(wait=False)
+
+    def _event(self, ident: tuple[int, int], ev: Any) -> None:
+        self.events[ident].append((ev.name, float(ev.timestamp), dict(ev.context)))
+        o = outcome(*ident, self.events[ident])
+        if o is None:
+            return
+        self.futures.pop(ident, None)
+        del self.events[ident]
+        job = self.jobs.pop(ident)
+        self.outbox.put(finish(job, o))
+
+    def _command(self, job: Job) -> list[str]:
+        if job.kind == "python":
+            Path(job.folder).mkdir(parents=True, exist_ok=True)
+            with open(Path(job.folder) / "input.pkl", "wb") as fh:
+                pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
+            return [self.python, "-m", "shoal.backends.isolated", job.folder]
+        if job.shell:
+            return ["/bin/sh", "-c", job.argv[0]]
+        return list(job.argv)
