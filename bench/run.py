@@ -20,7 +20,7 @@ from typing import Any
 import common
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("w1", "w2", "w3", "w4", "w5", "steer", "durable", "config")
+SCRIPTS = ("w1", "w2", "w3", "w4", "w5", "steer", "durable", "config", "w1dask", "slurm")
 
 
 def run_one(name: str, extra: list[str], timeout: float) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from shoal.core.resources import Node
 from shoal.errors import BackendError
 
 GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+LOST = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
 
 
 def _imports() -> Any:
@@ -182,6 +183,9 @@ class DaskBackend(Backend):
         sfile = folder / "scheduler.json"
         host = host or socket.gethostname()
         procs: list[subprocess.Popen[bytes]] = []
+        from shoal.backends.local import _python_path
+
+        env = {**os.environ, "PYTHONPATH": _python_path()}  # the driver's modules import there
         log = open(folder / "dask.log", "wb")  # noqa: SIM115 - the processes write to it
         procs.append(
             subprocess.Popen(
@@ -233,6 +237,7 @@ class DaskBackend(Backend):
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env=env,
                 )
             )
         deadline = time.monotonic() + timeout
@@ -451,7 +456,19 @@ class DaskBackend(Backend):
             o = self._lost(task, attempt, "Dask cancelled it")
         else:
             err = value if isinstance(value, BaseException) else fut.exception()
-            o = self._lost(task, attempt, f"worker {node} was lost ({type(err).__name__}: {err})")
+            what = f"{type(err).__name__}: {err}"
+            if type(err).__name__ in LOST:
+                o = self._lost(task, attempt, f"worker {node} was lost ({what})")
+            else:  # the worker could not run it (e.g. cannot import the task's module)
+                o = Outcome(
+                    task,
+                    attempt,
+                    False,
+                    None,
+                    time.time(),
+                    "error",
+                    f"Dask worker {node} could not run the task: {what}",
+                )
         self._emit(job, o)
 
     def _collect(self) -> None:
