@@ -6,9 +6,9 @@ Runs inside an allocation of the pretend 16-CPU node (it starts itself under ``s
 * **W3** (400 tasks of 1, 2 or 4 cores sleeping d s, d lognormal with median 0.1 s; see
   ``bench/w3.py``): efficiency = lower bound / (last end - first start), through
   (a) the local backend with a pretend 16-core node (the reference), (b) the Slurm backend with
-  command tasks ``sleep d`` as job steps, and (c) the Slurm backend's persistent workers
-  (``DaskBackend.in_allocation``: one Dask worker per node started as a step) with Python
-  tasks. Target: >= 0.9.
+  command tasks ``sleep d`` as job steps, and (c) the Slurm backend with Python tasks on its
+  persistent workers (``python="workers"``: one Dask worker per node started as an
+  ``srun --overlap`` step). Target: >= 0.9.
 * **Launch rates** of ``--launch`` no-op tasks: Python tasks as steps (an interpreter each),
   commands (``true``) as steps, and Python tasks on the persistent workers.
 
@@ -50,7 +50,6 @@ def efficiency(run: Any, lower: float) -> float:
 
 
 def w3_run(kind: str, tasks: list[tuple[float, int]], timeout: float | None) -> dict[str, float]:
-    from shoal.backends.dask import DaskBackend
     from shoal.backends.local import LocalBackend
     from shoal.backends.slurm import SlurmBackend
 
@@ -61,7 +60,7 @@ def w3_run(kind: str, tasks: list[tuple[float, int]], timeout: float | None) -> 
             with shoal.Workflow("w3-steps") as wf:
                 for d, c in tasks:
                     nap.options(cpus=c)(d=f"{d:.4f}")
-            backend: Any = SlurmBackend()
+            backend: Any = SlurmBackend(python="steps")
         else:
             fn = shoal.task(w3.nap)
             with shoal.Workflow(f"w3-{kind}") as wf:
@@ -69,8 +68,8 @@ def w3_run(kind: str, tasks: list[tuple[float, int]], timeout: float | None) -> 
                     fn.options(cpus=c)(d)
             if kind == "local":
                 backend = LocalBackend(cpus=w3.CORES, pin="fold")
-            else:
-                backend = DaskBackend.in_allocation(host="127.0.0.1")
+            else:  # the Slurm backend with its Python tasks on persistent workers
+                backend = SlurmBackend(python="workers", host="127.0.0.1")
         run = common.run_shoal(wf, base, timeout, backend=backend)
         return {"efficiency": efficiency(run, lower)}
 
@@ -95,7 +94,7 @@ def launch(kind: str, n: int, timeout: float | None) -> dict[str, float]:
             backend: Any = DaskBackend.in_allocation(host="127.0.0.1")
             ready = time.perf_counter() - t_start
         else:
-            backend, ready = SlurmBackend(), 0.0
+            backend, ready = SlurmBackend(python="steps"), 0.0
         t0 = time.perf_counter()
         common.run_shoal(wf, base, timeout, backend=backend)
         took = time.perf_counter() - t0

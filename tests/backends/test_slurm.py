@@ -135,9 +135,11 @@ def test_outside_an_allocation_the_backend_says_how_to_get_one(
 
 
 class TestSlurmConformance(BackendContract):
+    """Python tasks on the persistent workers (the default with dask.distributed)."""
+
     @pytest.fixture
     def backend(self, rundir: Path, allocation: str) -> Iterator[SlurmBackend]:
-        b = SlurmBackend(job=allocation)
+        b = SlurmBackend(job=allocation, python="workers", host="127.0.0.1")
         b.start(rundir)
         try:
             yield b
@@ -222,3 +224,16 @@ def test_a_step_refused_for_a_passing_reason_is_tried_again(
     (o,) = out
     assert o.ok, o.error
     assert marker.exists()  # it was refused once, then created
+
+
+class TestSlurmStepsConformance(BackendContract):
+    """The same contract with every Python task as its own job step."""
+
+    @pytest.fixture
+    def backend(self, rundir: Path, allocation: str) -> Iterator[SlurmBackend]:
+        b = SlurmBackend(job=allocation, python="steps")
+        b.start(rundir)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -162,12 +162,15 @@ class DaskBackend(Backend):
         host: str | None = None,
         python: str = sys.executable,
         timeout: float = 120.0,
+        overlap: bool = False,
         **options: Any,
     ) -> DaskBackend:
         """Persistent Dask workers inside the Slurm allocation the driver runs in: a scheduler
         here, and one worker per node started as a job step (``srun``), holding all of the
         node's cores and GPUs. Python tasks then start in microseconds instead of paying an
-        interpreter per task; commands run as child processes of the workers. Everything is
+        interpreter per task; commands run as child processes of the workers. ``overlap``
+        starts the worker steps with ``--overlap``, so that job steps can still be created
+        beside them (the Slurm backend does this for its Python tasks). Everything is
         stopped when the backend closes."""
         import socket
         import subprocess
@@ -213,7 +216,7 @@ class DaskBackend(Backend):
                     [
                         "srun",
                         f"--jobid={job}",
-                        "--exact",
+                        "--overlap" if overlap else "--exact",
                         "-N1",
                         "-n1",
                         f"--cpus-per-task={len(n.cores)}",

@@ -22,9 +22,12 @@ exactly as for the local backend, and each task starts as a step::
   backend), and a step that Slurm refuses for a passing reason ("step creation temporarily
   disabled", a step limit, a busy controller) is started again after a back-off rather than
   failed.
-* Python tasks run as steps of ``python -m shoal.backends.isolated`` (one interpreter per task).
-  For high rates of short Python tasks use the Dask backend with workers started by ``srun``
-  inside the allocation (see the README).
+* Python tasks: with ``python="workers"`` (the default when dask.distributed is installed)
+  they run on persistent Dask workers, one per node, started as ``srun --overlap`` steps
+  beside the driver (:meth:`shoal.backends.dask.DaskBackend.in_allocation`): no interpreter
+  start and no ``slurmctld`` round trip per task. With ``python="steps"`` each is a step of
+  ``python -m shoal.backends.isolated``. Tasks with several ranks, isolated ones and
+  commands are always steps.
 
 The functions at the top are pure (they build argv and parse Slurm's output) and are tested on
 recorded output; :class:`Slurm` is the one object that runs ``scontrol``.
@@ -40,6 +43,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shoal.backends.base import Backend, Job
 from shoal.backends.processes import Processes
@@ -241,8 +245,9 @@ class SlurmBackend(Backend):
     """
 
     name = "slurm"
-    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel"})
-    prefetch = 0
+    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel", "prefetch"})
+    prefetch = 64
+    prefetch_window = 0.5  # a step or a Dask round trip takes milliseconds
 
     def __init__(
         self,
@@ -250,7 +255,9 @@ class SlurmBackend(Backend):
         max_concurrent_steps: int | None = None,
         bind: bool | None = None,
         mpi: str | None = None,
-        python: str = sys.executable,
+        python: str = "auto",
+        interpreter: str = sys.executable,
+        host: str | None = None,
     ) -> None:
         job = job or os.environ.get("SLURM_JOB_ID")
         if not job:
@@ -273,7 +280,17 @@ class SlurmBackend(Backend):
                 )
         self.bind = bind
         self.mpi = mpi
-        self.python = python
+        if python not in ("auto", "workers", "steps"):
+            raise BackendError(f"python= must be 'workers', 'steps' or 'auto', got {python!r}")
+        if python == "auto":
+            import importlib.util
+
+            python = "workers" if importlib.util.find_spec("distributed") else "steps"
+        self.mode = python
+        self.python = interpreter
+        self.host = host
+        self.pool: Any = None  # the Dask backend of the persistent workers
+        self.where: dict[tuple[int, int], str] = {}
         self.functions: dict[int, bytes] = {}
         cores = sum(len(n.cores) for n in self._nodes)
         self.limit = max_concurrent_steps or cores
@@ -294,29 +311,70 @@ class SlurmBackend(Backend):
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.steps = _Steps(self._prepare, set(), lambda: None, rundir / "workers", self.limit)
 
+    def _workers(self) -> Any:
+        """The persistent workers, started on the first Python task."""
+        if self.pool is None:
+            from shoal.backends.dask import DaskBackend
+
+            pool = DaskBackend.in_allocation(
+                self.job, host=self.host, python=self.python, overlap=True
+            )
+            by_name = {n.name: n for n in pool.nodes()}
+            pool._nodes = [by_name[h] for h in self.hosts]  # the same node order as here
+            for fid, payload in self.functions.items():
+                pool.define(fid, payload)
+            pool.start(self.rundir)
+            self._notes.extend(pool.notes())
+            self.pool = pool
+        return self.pool
+
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload
+        if self.pool is not None:
+            self.pool.define(function, payload)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         steps = self._started()
+        pooled = [j for j in jobs if j.pooled and self.mode == "workers"]
+        if pooled:
+            self._workers().submit(pooled)
+            for j in pooled:
+                self.where[(j.task, j.attempt)] = "workers"
         for job in jobs:
-            steps.start(job)
+            if not (job.pooled and self.mode == "workers"):
+                steps.start(job)
 
     def cancel(self, task: int, attempt: int) -> None:
-        self._started().cancel(task, attempt)
+        if self.where.get((task, attempt)) == "workers":
+            self.pool.cancel(task, attempt)
+        else:
+            self._started().cancel(task, attempt)
 
     def poll(self, timeout: float) -> list[Outcome]:
         steps = self._started()
-        out = steps.drain()
-        if out or timeout <= 0:
-            return out
-        try:
-            first = steps.outcomes.get(timeout=timeout)
-        except Exception:  # queue.Empty
-            return []
-        return [first, *steps.drain()]
+        deadline = time.monotonic() + max(timeout, 0)
+        got: list[Outcome] = []
+        while True:
+            out = got + steps.drain()
+            got = []
+            if self.pool is not None:
+                out += self.pool.poll(0)
+            if out:
+                for o in out:
+                    self.where.pop((o.task, o.attempt), None)
+                return out
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            try:  # wait on the steps; look at the workers at least every 10 ms
+                got = [steps.outcomes.get(timeout=min(left, 0.01 if self.pool else left))]
+            except Exception:  # queue.Empty
+                continue
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         if self.steps is not None:
             self.steps.close()
             self.steps = None
