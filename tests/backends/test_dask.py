@@ -90,3 +90,29 @@ def test_a_killed_worker_is_a_lost_attempt_retried_by_policy(
         first, second = r.attempts(0)
     assert first["outcome"] != "succeeded" and first["kind"] == "lost"
     assert second["outcome"] == "succeeded"
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_a_local_cluster_object_runs_a_workflow(tmp_path: Path) -> None:
+    import distributed
+
+    import shoal
+
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        resources={"cores": 2},
+    ) as cluster:
+        backend = DaskBackend(cluster=cluster, wait_for=2)
+        fn = shoal.task(square)
+        with shoal.Workflow("local-cluster") as wf:
+            parts = [fn(i) for i in range(20)]
+        run = shoal.run(wf, backend=backend, base=tmp_path)
+        assert run.ok
+        assert [run.result(t) for t in parts] == [i * i for i in range(20)]
+        assert len(backend.nodes()) == 2

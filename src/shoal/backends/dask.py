@@ -113,7 +113,13 @@ class DaskBackend(Backend):
         self.client = client
         if wait_for:
             client.wait_for_workers(wait_for, timeout=timeout)
-        self._nodes = worker_nodes(client.scheduler_info())
+        info = client.scheduler_info()
+        self._nodes = worker_nodes(info)
+        # Worker names may be numbers (a LocalCluster's are 0, 1, ...): restrictions need them
+        # as they are, while shoal's nodes are named by text.
+        self._named: dict[str, Any] = {
+            str(w.get("name", addr)): w.get("name", addr) for addr, w in info["workers"].items()
+        }
         if not self._nodes:
             raise BackendError("the Dask cluster has no workers")
         self.declared = all(
@@ -202,8 +208,7 @@ class DaskBackend(Backend):
                     "0",
                     "--scheduler-file",
                     str(sfile),
-                    "--dashboard-address",
-                    ":0",
+                    "--no-dashboard",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -233,8 +238,7 @@ class DaskBackend(Backend):
                         str(len(n.cores)),
                         "--resources",
                         resources,
-                        "--dashboard-address",
-                        ":0",
+                        "--no-dashboard",
                         "--local-directory",
                         str(folder / n.name),
                     ],
@@ -291,7 +295,7 @@ class DaskBackend(Backend):
             keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
             common = {
                 "key": keys,
-                "workers": [node],
+                "workers": [self._named.get(node, node)],
                 "allow_other_workers": False,
                 "resources": dict(res) or None,
                 "pure": False,
