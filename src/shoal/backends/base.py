@@ -54,6 +54,22 @@ class Job:
         return pooled(self.kind, self.isolate, self.ranks)
 
 
+def job_command(job: Job, functions: dict[int, bytes], python: str) -> list[str]:
+    """The argv of a job run as a process of its own: a command as it is (a shell line through
+    ``/bin/sh -c``), a Python task through ``python -m shoal.backends.isolated TASKDIR`` with
+    its function and arguments written to ``TASKDIR/input.pkl``."""
+    if job.kind == "python":
+        import pickle
+
+        job.taskdir.mkdir(parents=True, exist_ok=True)
+        with open(job.taskdir / "input.pkl", "wb") as fh:
+            pickle.dump((functions[job.function], job.payload), fh, protocol=5)
+        return [python, "-m", "shoal.backends.isolated", str(job.taskdir)]
+    if job.shell:
+        return ["/bin/sh", "-c", job.argv[0]]
+    return list(job.argv)
+
+
 class Backend(abc.ABC):
     """What the runtime needs from an execution engine."""
 

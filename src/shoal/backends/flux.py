@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Backend, Job
+from shoal.backends.base import Backend, Job, job_command
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
@@ -219,7 +219,7 @@ class FluxBackend(Backend):
 
     def submit(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
-            command = self._command(job)
+            command = job_command(job, self.functions, self.python)
             gpus = ",".join(str(g) for g in job.placement.gpus)
             env = {**os.environ, **job.env, **{v: gpus for v in GPU_VARS}}
             env.update(SHOAL_TASK=str(job.task), SHOAL_ATTEMPT=str(job.attempt))
@@ -265,13 +265,3 @@ class FluxBackend(Backend):
         del self.events[ident]
         job = self.jobs.pop(ident)
         self.outbox.put(finish(job, o))
-
-    def _command(self, job: Job) -> list[str]:
-        if job.kind == "python":
-            Path(job.folder).mkdir(parents=True, exist_ok=True)
-            with open(Path(job.folder) / "input.pkl", "wb") as fh:
-                pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
-            return [self.python, "-m", "shoal.backends.isolated", job.folder]
-        if job.shell:
-            return ["/bin/sh", "-c", job.argv[0]]
-        return list(job.argv)

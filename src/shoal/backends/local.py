@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from shoal.backends.base import Backend, Job
+from shoal.backends.base import Backend, Job, job_command
 from shoal.backends.processes import Processes, describe_exit, tail
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
@@ -482,15 +482,7 @@ class LocalBackend(Backend):
     # -- child processes --------------------------------------------------------------------
     def _process_line(self, job: Job) -> tuple[list[str], dict[str, str], list[int] | None]:
         """argv, environment and cores of a job run as a child process (chain threads)."""
-        if job.kind == "python":
-            job.taskdir.mkdir(parents=True, exist_ok=True)
-            with open(job.taskdir / "input.pkl", "wb") as fh:
-                pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
-            argv = [self.python, "-m", "shoal.backends.isolated", str(job.taskdir)]
-        elif job.shell:
-            argv = ["/bin/sh", "-c", job.argv[0]]
-        else:
-            argv = list(job.argv)
+        argv = job_command(job, self.functions, self.python)
         if job.ranks > 1:
             argv = [a.replace("{ranks}", str(job.ranks)) for a in self.launcher] + argv
         env = dict(os.environ)

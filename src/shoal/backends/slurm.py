@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal.backends.base import Backend, Job
+from shoal.backends.base import Backend, Job, job_command
 from shoal.backends.processes import Processes
 from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
@@ -386,17 +386,7 @@ class SlurmBackend(Backend):
         return self.steps
 
     def _prepare(self, job: Job) -> tuple[list[str], dict[str, str], list[int] | None]:
-        if job.kind == "python":
-            import pickle
-
-            job.taskdir.mkdir(parents=True, exist_ok=True)
-            with open(job.taskdir / "input.pkl", "wb") as fh:
-                pickle.dump((self.functions[job.function], job.payload), fh, protocol=5)
-            command = [self.python, "-m", "shoal.backends.isolated", str(job.taskdir)]
-        elif job.shell:
-            command = ["/bin/sh", "-c", job.argv[0]]
-        else:
-            command = list(job.argv)
+        command = job_command(job, self.functions, self.python)
         argv = step_argv(job, self.hosts, command, bind=self.bind, mpi=self.mpi, jobid=self.job)
         env = dict(os.environ)
         if len(job.placement.slots) > 1:
