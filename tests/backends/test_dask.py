@@ -116,3 +116,43 @@ def test_a_local_cluster_object_runs_a_workflow(tmp_path: Path) -> None:
         assert run.ok
         assert [run.result(t) for t in parts] == [i * i for i in range(20)]
         assert len(backend.nodes()) == 2
+
+
+def whoami() -> int:
+    import shoal
+
+    return shoal.current().task
+
+
+def test_tasks_in_worker_threads_know_who_they_are(tmp_path: Path, dask_cluster: Cluster) -> None:
+    import shoal
+
+    backend = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)
+    fn = shoal.task(whoami)
+    with shoal.Workflow("current") as wf:
+        ts = [fn() for _ in range(6)]
+    run = shoal.run(wf, backend=backend, base=tmp_path)
+    assert [run.result(t) for t in ts] == [t.id for t in ts]
+
+
+def test_a_follower_is_reported_after_the_task_ahead_of_it() -> None:
+    """Dask may finish a queued task's future first; the backend holds it back."""
+    import queue
+    import threading
+
+    from shoal.backends.base import Job
+    from shoal.core.events import Outcome
+    from shoal.core.resources import Placement, Slot
+
+    b = DaskBackend.__new__(DaskBackend)  # only the reporting part, no cluster
+    b.lock = threading.Lock()
+    b.outbox = queue.SimpleQueue()
+    b.open = {1, 2}
+    b.held = {}
+    p = Placement((Slot(0, (0,), (), 0, 1),))
+    lead = Job(1, 1, "a", "python", p, "/tmp/a")
+    follower = Job(2, 1, "b", "python", p, "/tmp/b", after=1)
+    b._emit(follower, Outcome(2, 1, True))
+    assert b.outbox.empty()
+    b._emit(lead, Outcome(1, 1, True))
+    assert [b.outbox.get().task, b.outbox.get().task] == [1, 2]

@@ -46,7 +46,7 @@ def test_jobspec_across_nodes_wraps_the_slots_in_nodes() -> None:
     spec = jobspec(job(p), ["hostname"], ["a", "b"], {})
     (node,) = spec["resources"]
     assert node["type"] == "node" and node["count"] == 2
-    assert node["with"][0]["count"] == 2
+    assert node["with"][0]["count"] == 1  # one rank on each of the two nodes, two in all
     assert spec["attributes"]["system"]["constraints"] == {"hostlist": ["a", "b"]}
 
 
@@ -81,6 +81,36 @@ def test_events_become_outcomes(events: list, expected: tuple | None) -> None:  
     assert (o.ok, o.kind, o.exit_code) == expected
     if any(n == "start" for n, _, _ in events):
         assert o.started == 2.0
+
+
+def test_uneven_ranks_across_nodes_are_refused() -> None:
+    from shoal.errors import BackendError
+
+    p = Placement((Slot(0, (0, 1), (), 0, 2), Slot(1, (0,), (), 0, 1)))
+    with pytest.raises(BackendError, match=r"same number of ranks on each node.*\[2, 1\]"):
+        jobspec(job(p), ["x"], ["a", "b"], {})
+
+
+def test_the_resource_set_is_read_from_its_json_text() -> None:
+    import json
+
+    from shoal.backends.flux import resource_set
+
+    class Set:
+        class all:  # the shape of flux.resource's object
+            @staticmethod
+            def encode() -> str:
+                return json.dumps(
+                    {
+                        "execution": {
+                            "R_lite": [{"rank": "0", "children": {"core": "0-3"}}],
+                            "nodelist": ["n0"],
+                        }
+                    }
+                )
+
+    (n,) = nodes_of(resource_set(Set()))
+    assert (n.name, n.cores) == ("n0", (0, 1, 2, 3))
 
 
 def test_nodes_from_a_resource_set() -> None:

@@ -52,6 +52,11 @@ def test_job_layout_of_several_node_lines() -> None:
     ]
 
 
+def test_several_gpu_types_on_one_node() -> None:
+    text = "     Nodes=n1 CPU_IDs=0-7 Mem=0 GRES=gpu:a100:2(IDX:0-1),gpu:v100:2(IDX:2-3)\n"
+    assert job_layout(text) == [("n1", tuple(range(8)), (0, 1, 2, 3))]
+
+
 def test_binding_support_from_the_config() -> None:
     assert not can_bind("TaskPlugin              = task/none\n")
     assert can_bind("TaskPlugin              = task/affinity,task/cgroup\n")
@@ -72,6 +77,7 @@ def test_binding_support_from_the_config() -> None:
             False,
         ),
         ("Traceback (most recent call last):\nValueError: bad input", False),
+        ("my_app: socket timed out talking to the license server", False),  # the task's own
     ],
 )
 def test_transient_step_failures(stderr: str, expected: bool) -> None:
@@ -193,6 +199,7 @@ def test_a_step_refused_for_a_passing_reason_is_tried_again(
     allocation: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import pickle
     import shutil
     import time
 
@@ -223,7 +230,8 @@ def test_a_step_refused_for_a_passing_reason_is_tried_again(
         b.close()
     (o,) = out
     assert o.ok, o.error
-    assert marker.exists()  # it was refused once, then created
+    assert pickle.loads(o.result or b"")["stdout"] == "through\n"
+    assert not (tmp_path / "tasks" / "0" / "stderr").exists()  # the refusal is not kept
 
 
 class TestSlurmStepsConformance(BackendContract):

@@ -100,7 +100,14 @@ class DaskBackend(Backend):
             if cluster is not None:
                 client = distributed.Client(cluster)
             elif address or scheduler_file:
-                client = distributed.Client(address, scheduler_file=scheduler_file, timeout=timeout)
+                try:
+                    client = distributed.Client(
+                        address, scheduler_file=scheduler_file, timeout=timeout
+                    )
+                except (OSError, TimeoutError) as err:
+                    raise BackendError(
+                        f"cannot reach the Dask scheduler at {address or scheduler_file}: {err}"
+                    ) from None
             else:
                 raise BackendError(
                     "the Dask backend needs a scheduler: DaskBackend(address='tcp://host:8786'), "
@@ -112,7 +119,15 @@ class DaskBackend(Backend):
             self._own_client = False
         self.client = client
         if wait_for:
-            client.wait_for_workers(wait_for, timeout=timeout)
+            try:
+                client.wait_for_workers(wait_for, timeout=timeout)
+            except Exception as err:
+                if self._own_client:
+                    client.close()
+                raise BackendError(
+                    f"the Dask cluster has fewer than {wait_for} workers after {timeout:g} s "
+                    f"({type(err).__name__}); start workers (or scale the cluster) first"
+                ) from None
         info = client.scheduler_info()
         self._nodes = worker_nodes(info)
         # Worker names may be numbers (a LocalCluster's are 0, 1, ...): restrictions need them
@@ -254,13 +269,20 @@ class DaskBackend(Backend):
                     p.terminate()
                 raise BackendError(f"the Dask scheduler did not start; see {folder / 'dask.log'}")
             time.sleep(0.05)
-        backend = cls(
-            scheduler_file=str(sfile),
-            wait_for=len(nodes),
-            timeout=timeout,
-            python=python,
-            **options,
-        )
+        try:
+            backend = cls(
+                scheduler_file=str(sfile),
+                wait_for=len(nodes),
+                timeout=timeout,
+                python=python,
+                **options,
+            )
+        except BaseException:
+            for p in procs:
+                p.terminate()
+            raise BackendError(
+                f"the Dask workers did not join the scheduler; see {folder / 'dask.log'}"
+            ) from None
         backend._procs = procs
         return backend
 
@@ -318,6 +340,8 @@ class DaskBackend(Backend):
                     [self._function(j.function) for j in batch],
                     [j.payload for j in batch],
                     [j.folder for j in batch],
+                    [j.task for j in batch],
+                    [j.attempt for j in batch],
                     **common,
                 )
             else:
@@ -374,11 +398,20 @@ class DaskBackend(Backend):
         return [first, *self._drain()]
 
     def close(self) -> None:
+        from shoal.backends import daskjob
+
         self.closing = True
         self.wakeup.set()
         with self.lock:
             futures = list(self.futures.values())
+            running = [
+                (self._nodes[j.placement.slots[0].node].name, self.futures[i].key)
+                for i, j in self.jobs.items()
+                if i in self.futures and (j.kind == "command" or j.env or j.placement.gpus)
+            ]
             self.futures.clear()
+        for node, key in running:  # processes on the workers: stop them too
+            self._run_on(node, daskjob.stop, key)
         if futures:
             with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
@@ -394,6 +427,7 @@ class DaskBackend(Backend):
             except Exception:
                 p.kill()
         self._procs = []
+        self.collector.join(2)
 
     # -- helpers ----------------------------------------------------------------------------
     def _drain(self) -> list[Outcome]:
@@ -415,8 +449,8 @@ class DaskBackend(Backend):
     def _env(self, job: Job) -> dict[str, str]:
         gpus = ",".join(str(g) for g in job.placement.gpus)
         env = {v: gpus for v in GPU_VARS}
-        env.update(job.env)
         env["OMP_NUM_THREADS"] = str(job.cpus)
+        env.update(job.env)  # the task's own environment wins, as locally
         env["SHOAL_TASK"] = str(job.task)
         env["SHOAL_ATTEMPT"] = str(job.attempt)
         env["SHOAL_TASK_DIR"] = job.folder
@@ -489,8 +523,15 @@ class DaskBackend(Backend):
                 for batch in self.completed.batches():
                     for fut, value in batch:
                         ident = self.idents.pop(fut.key, None)
-                        if ident is not None:
+                        if ident is None:
+                            continue
+                        try:
                             self._finished(ident, fut, value)
+                        except Exception as err:  # never lose the outcome of one task
+                            job = self.jobs.pop(ident, None)
+                            if job is not None:
+                                why = f"shoal could not read its outcome: {err}"
+                                self._emit(job, self._lost(*ident, why))
                     if self.closing:
                         return
             except Exception:  # the client is closing
@@ -536,16 +577,13 @@ class DaskBackend(Backend):
             return
         with self.lock:
             stranded = [
-                (ident, fut)
+                (ident, fut, self.jobs[ident])
                 for ident, fut in self.futures.items()
                 if self._nodes[self.jobs[ident].placement.slots[0].node].name in gone
                 and ident not in self.done
             ]
-            for ident, _ in stranded:
+            for ident, _, _ in stranded:
                 self.done.add(ident)
-        for (task, attempt), fut in stranded:
+        for (task, attempt), fut, job in stranded:
             fut.cancel()
-            job = self.jobs.get((task, attempt))
-            lost = self._lost(task, attempt, "its Dask worker left and did not return")
-            if job is not None:
-                self._emit(job, lost, hold=False)
+            self._emit(job, self._lost(task, attempt, "its Dask worker left and did not return"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from shoal.backends.execute import call
+from shoal.backends.execute import call_in_thread
 
 STDOUT_LIMIT = 1 << 20
 _functions: dict[tuple[int, int], Callable[..., Any]] = {}
@@ -32,12 +32,12 @@ _lock = threading.Lock()
 Reply = tuple[bool, bytes | None, str, str, float, float, int | None]
 
 
-def python(fn_payload: bytes, payload: bytes, taskdir: str) -> Reply:
+def python(fn_payload: bytes, payload: bytes, taskdir: str, task: int, attempt: int) -> Reply:
     key = (hash(fn_payload), len(fn_payload))
     fn = _functions.get(key)
     if fn is None:
         fn = _functions[key] = cloudpickle.loads(fn_payload)
-    ok, result, kind, error, started, ended = call(fn, payload, taskdir)
+    ok, result, kind, error, started, ended = call_in_thread(fn, payload, task, attempt, taskdir)
     return ok, result, kind, error, started, ended, None
 
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class Current:
 
 
 CURRENT: Current | None = None  # set by the worker before each task
+_THREAD = threading.local()  # set per task where tasks run in threads (Dask workers)
 
 
 def current() -> Current:
@@ -49,12 +51,26 @@ def current() -> Current:
     In persistent workers shoal sets this before each task; commands and isolated tasks also
     get ``SHOAL_TASK``, ``SHOAL_ATTEMPT`` and ``SHOAL_TASK_DIR`` in their environment.
     """
+    here: Current | None = getattr(_THREAD, "current", None)
+    if here is not None:
+        return here
     if CURRENT is not None:
         return CURRENT
     if "SHOAL_TASK" in os.environ:
         env = os.environ
         return Current(int(env["SHOAL_TASK"]), int(env["SHOAL_ATTEMPT"]), env["SHOAL_TASK_DIR"])
     raise RuntimeError("shoal.current() is only meaningful inside a running shoal task")
+
+
+def call_in_thread(
+    fn: Callable[..., Any], payload: bytes, task: int, attempt: int, taskdir: str
+) -> Reply:
+    """``call`` for a task run in one of several threads: ``shoal.current()`` is this one."""
+    _THREAD.current = Current(task, attempt, taskdir)
+    try:
+        return call(fn, payload, taskdir)
+    finally:
+        _THREAD.current = None
 
 
 def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:

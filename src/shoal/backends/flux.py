@@ -41,8 +41,16 @@ def jobspec(
     slot: list[dict[str, Any]] = [{"type": "core", "count": job.cpus}]
     if gpus:
         slot.append({"type": "gpu", "count": gpus})
+    per_node = ranks
+    if len(p.slots) > 1:
+        per_node = ranks // len(p.slots)
+        if per_node * len(p.slots) != ranks:
+            raise BackendError(
+                f"task {job.task}: Flux places the same number of ranks on each node, but its "
+                f"placement has {[s.ranks for s in p.slots]} ranks per node"
+            )
     resources: list[dict[str, Any]] = [
-        {"type": "slot", "count": ranks, "label": "task", "with": slot}
+        {"type": "slot", "count": per_node, "label": "task", "with": slot}
     ]
     if len(p.slots) > 1:
         resources = [{"type": "node", "count": len(p.slots), "with": resources}]
@@ -107,6 +115,17 @@ def outcome(
                 task, attempt, False, started, ts, "exit", f"the job exited with code {code}", code
             )
     return None
+
+
+def resource_set(rset: Any) -> dict[str, Any]:
+    """The R document of a ``flux.resource`` set (its ``encode()`` is a JSON string)."""
+    import json
+
+    text = rset.all.encode() if hasattr(rset, "all") else rset
+    data = json.loads(text) if isinstance(text, str | bytes) else text
+    if not isinstance(data, dict):
+        raise BackendError(f"cannot read the Flux resource set: {str(text)[:200]}")
+    return data
 
 
 def finish(job: Job, o: Outcome) -> Outcome:
@@ -196,7 +215,7 @@ class FluxBackend(Backend):
         self._flux = flux
         self.handle = flux.Flux()
         rset = flux.resource.resource_list(self.handle).get()
-        self._nodes = nodes_of(rset.all.encode() if hasattr(rset.all, "encode") else {})
+        self._nodes = nodes_of(resource_set(rset))
         if not self._nodes:
             raise BackendError("the Flux instance reports no resources")
         self.hosts = [n.name for n in self._nodes]
@@ -257,6 +276,8 @@ class FluxBackend(Backend):
         self.executor.shutdown(wait=False)
 
     def _event(self, ident: tuple[int, int], ev: Any) -> None:
+        if ident not in self.events:  # it ended already (an exception, then its finish)
+            return
         self.events[ident].append((ev.name, float(ev.timestamp), dict(ev.context)))
         o = outcome(*ident, self.events[ident])
         if o is None:

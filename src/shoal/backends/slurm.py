@@ -78,7 +78,7 @@ def ids(text: str) -> tuple[int, ...]:
 
 
 _NODE_LINE = re.compile(r"^\s*Nodes=(\S+)\s+CPU_IDs=(\S+)(.*)$")
-_GRES_IDX = re.compile(r"gpu(?::[^:(,\s]+)?:(\d+)\(IDX:([^)]*)\)")
+_GRES_IDX = re.compile(r"gpu(?::[^:(,\s]+)?:(\d+)\(IDX:([^)]*)\)")  # gpu[:type]:N(IDX:...)
 
 
 def job_layout(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -89,9 +89,10 @@ def job_layout(text: str) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
         if not m:
             continue
         gpus: tuple[int, ...] = ()
-        g = _GRES_IDX.search(m.group(3))
-        if g and g.group(2) not in ("", "N/A"):
-            gpus = ids(g.group(2))
+        for g in _GRES_IDX.finditer(m.group(3)):  # every GPU type the node has
+            if g.group(2) not in ("", "N/A"):
+                gpus += ids(g.group(2))
+        gpus = tuple(sorted(set(gpus)))
         out.append((m.group(1), ids(m.group(2)), gpus))
     return out
 
@@ -109,9 +110,10 @@ def can_bind(config: str) -> bool:
 
 
 def transient(stderr: str) -> bool:
-    """Whether srun failed to create the step for a reason that passes (retry, not fail)."""
-    low = stderr.lower()
-    return any(t in low for t in TRANSIENT)
+    """Whether srun failed to create the step for a reason that passes (retry, not fail).
+    Only srun's own lines count (``srun: ...``), not what the task itself printed."""
+    own = "\n".join(line for line in stderr.splitlines() if line.startswith("srun:")).lower()
+    return any(t in own for t in TRANSIENT)
 
 
 # -- pure: building the step ------------------------------------------------------------------
@@ -158,6 +160,8 @@ def step_argv(
         argv.append(f"--jobid={jobid}")
     if len(p.slots) > 1:  # ranks where the placement put them: SLURM_HOSTFILE, one per rank
         argv.append("--distribution=arbitrary")
+    if len(p.slots) == 1 and p.slots[0].memory:
+        argv.append(f"--mem={p.slots[0].memory}M")
     if bind and len(p.slots) == 1:
         flag = cpu_bind(p.slots[0].cores, p.slots[0].ranks)
         if flag:
@@ -193,17 +197,26 @@ def run(argv: list[str], timeout: float = 60) -> str:
 
 
 def allocation(job_id: str) -> list[Node]:
-    """The nodes of allocation ``job_id``: names, core ids and GPU indices from Slurm."""
+    """The nodes of allocation ``job_id``: their names from ``SLURM_JOB_NODELIST`` (the job's
+    ``NodeList`` when the driver is not inside that job), expanded by ``scontrol show
+    hostnames``; the core ids and GPU indices of each from ``scontrol show job -d``."""
     detail = run(["scontrol", "show", "job", "-d", job_id])
-    nodes: list[Node] = []
+    inside = os.environ.get("SLURM_JOB_ID") == job_id
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") if inside else None
+    nodelist = nodelist or field(detail, "NodeList")
+    if not nodelist or nodelist == "(null)":
+        raise BackendError(f"allocation {job_id} has no nodes yet: is the job running?")
+    names = run(["scontrol", "show", "hostnames", nodelist]).split()
+    layout: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     for expr, cores, gpus in job_layout(detail):
         for name in run(["scontrol", "show", "hostnames", expr]).split():
-            nodes.append(Node(name, cores, gpus))
-    if not nodes:
+            layout[name] = (cores, gpus)
+    missing = [n for n in names if n not in layout]
+    if missing:
         raise BackendError(
-            f"scontrol show job -d {job_id} lists no nodes with core ids; is the job running?"
+            f"scontrol show job -d {job_id} gives no core ids for {', '.join(missing)}"
         )
-    return nodes
+    return [Node(n, *layout[n]) for n in names]
 
 
 def end_time(job_id: str) -> float | None:
@@ -232,7 +245,11 @@ class _Steps(Processes):
                 return outcome
             err.unlink(missing_ok=True)
             (job.taskdir / "stdout").unlink(missing_ok=True)
-            time.sleep(BACKOFF[tries])
+            pause = time.monotonic() + BACKOFF[tries]
+            while time.monotonic() < pause:  # a cancel or a close ends the wait
+                if self.closing or getattr(chain, "cancelled", False):
+                    return outcome
+                time.sleep(0.05)
             tries += 1
 
 
@@ -394,8 +411,8 @@ class SlurmBackend(Backend):
             hostfile = job.taskdir / "hostfile"
             hostfile.write_text(hostfile_text(job.placement, self.hosts))
             env["SLURM_HOSTFILE"] = str(hostfile)
-        env.update(job.env)
         env["OMP_NUM_THREADS"] = str(job.cpus)
+        env.update(job.env)  # the task's own environment wins, as locally
         env["SHOAL_TASK"] = str(job.task)
         env["SHOAL_ATTEMPT"] = str(job.attempt)
         env["SHOAL_TASK_DIR"] = str(job.taskdir)
