@@ -304,16 +304,30 @@ class DaskBackend(Backend):
 
         groups: dict[tuple[Any, ...], list[Job]] = {}
         for job in jobs:
+            if job.ranks > 1 or len(job.placement.slots) > 1:
+                self.outbox.put(
+                    Outcome(
+                        job.task,
+                        job.attempt,
+                        False,
+                        None,
+                        time.time(),
+                        "error",
+                        "the Dask backend runs single-rank tasks on one worker; run MPI "
+                        "tasks with the Slurm backend (or locally)",
+                    )
+                )
+                continue
             node = self._nodes[job.placement.slots[0].node].name
             resources = None
             if self.declared:
                 resources = {"cores": len(job.placement.cores)}
                 if job.placement.gpus:
                     resources["gpus"] = len(job.placement.gpus)
-            groups.setdefault(
-                (job.kind, node, tuple(sorted((resources or {}).items()))), []
-            ).append(job)
-        for (kind, node, res), batch in groups.items():
+            shape = tuple(sorted((resources or {}).items()))
+            own = job.kind == "python" and bool(job.env or job.placement.gpus or job.isolate)
+            groups.setdefault((job.kind, own, node, shape), []).append(job)
+        for (kind, own, node, res), batch in groups.items():
             keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
             common = {
                 "key": keys,
@@ -323,7 +337,7 @@ class DaskBackend(Backend):
                 "pure": False,
                 "retries": 0,
             }
-            if kind == "python" and any(j.env or j.placement.gpus for j in batch):
+            if own:  # a Python task in a process of its own
                 futures = self.client.map(
                     daskjob.isolated,
                     keys,
@@ -376,7 +390,7 @@ class DaskBackend(Backend):
                 return
             self.done.add(ident)
         node = self._nodes[job.placement.slots[0].node].name
-        if job.kind == "command" or job.env or job.placement.gpus:
+        if job.kind == "command" or job.env or job.placement.gpus or job.isolate:
             self._run_on(node, daskjob.stop, fut.key)
         elif fut.status == "pending" and not self._others_on(node, ident):
             # A Python task in a worker thread cannot be interrupted: end the worker process
@@ -407,7 +421,8 @@ class DaskBackend(Backend):
             running = [
                 (self._nodes[j.placement.slots[0].node].name, self.futures[i].key)
                 for i, j in self.jobs.items()
-                if i in self.futures and (j.kind == "command" or j.env or j.placement.gpus)
+                if i in self.futures
+                and (j.kind == "command" or j.env or j.placement.gpus or j.isolate)
             ]
             self.futures.clear()
         for node, key in running:  # processes on the workers: stop them too
