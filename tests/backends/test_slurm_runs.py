@@ -55,7 +55,8 @@ def test_mixed_tasks_pack_into_one_allocation(tmp_path: Path) -> None:
         tmp_path,
         """
         import shoal
-        nap = shoal.command("sleep 1")
+        # each step prints when it really started and ended, from inside the step
+        nap = shoal.command("sh -c 'date +%s.%N; sleep 1; date +%s.%N'")
         gpu = shoal.command("sh -c 'echo $CUDA_VISIBLE_DEVICES'", gpus=1, tags="gpu")
         with shoal.Workflow("pack") as wf:
             for cpus in [1] * 8 + [2] * 4 + [4] * 2:
@@ -76,16 +77,21 @@ def test_mixed_tasks_pack_into_one_allocation(tmp_path: Path) -> None:
     with Reader(d) as r:
         meta_nodes = r.nodes()
     assert len(meta_nodes) == 1 and len(meta_nodes[0]["cores"]) == 16
-    # held cores never exceed the node, and tasks of different widths ran side by side
-    events = sorted(
-        [(a["started"], len(a["placement"][0][1])) for a in rows]
-        + [(a["ended"], -len(a["placement"][0][1])) for a in rows]
-    )
+    # held cores never exceed the node, and steps of different widths ran side by side, as
+    # the steps themselves saw it (not the driver's clock)
+    naps = [a for a in rows if any(t.startswith("c") for t in a["tags"])]
+    events = []
+    for a in naps:
+        t0, t1 = map(float, (d / "tasks" / str(a["task"]) / "stdout").read_text().split())
+        width = len(a["placement"][0][1])
+        events += [(t0, width), (t1, -width)]
     held = peak = 0
-    for _, delta in events:
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
         held += delta
         peak = max(peak, held)
     assert 4 < peak <= 16
+    widths = {len(a["placement"][0][1]) for a in naps}
+    assert widths == {1, 2, 4}
     # each GPU task saw exactly the GPUs of its placement
     with Reader(d) as r:
         for a in rows:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import string
 import sys
 from collections.abc import Callable, Iterator
@@ -57,7 +56,6 @@ class Group:
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # options from a row
     shaped: tuple[str, ...] = ()  # the parameters ``derive`` reads
     tag: str = ""  # what rules call the group (its name unless entries share one)
-    _fixed: Options | None = None
     _cache: dict[tuple[Any, ...], Options] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,14 +92,11 @@ class Group:
         return bool(self.swept) or self.derive is not None
 
     def task_options(self, row: dict[str, Any], index: int) -> Options:
-        if self._fixed is not None:
-            return self._fixed
+        """The options of one task, checked once per distinct combination of values (one
+        combination, the key ``()``, when nothing varies)."""
         swept = self.swept
-        if not self.varies:
-            self._fixed = self._make(self.options, index)
-            return self._fixed
         derived = self.derive(row) if self.derive is not None else None
-        key = tuple(row[p] for p in swept.values())
+        key = tuple(row[p] for p in swept.values()) if swept else ()
         if derived:
             key += tuple(derived.values())
         opts = self._cache.get(key)
@@ -524,9 +519,3 @@ def check_template(
                     f"{where(key)}: {text!r} uses {{{name}}}, which is not a parameter of group "
                     f"{g.name!r}"
                 )
-
-
-def number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None

@@ -129,7 +129,7 @@ def scale(where: str, key: str, spec: Any) -> tuple[str, float]:
                 except ValueError:
                     pass
         if key == "memory":
-            return ("set", float(spec and _mb(where, spec)))
+            return ("set", float(_mb(where, spec)))
     raise DefinitionError(
         f"{where}: retry {key}: write a factor like 'x2' or a new value, got {spec!r}"
     )
