@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from shoal.backends.base import Backend, Job
+from shoal.backends.execute import with_inputs
 from shoal.core.events import Outcome
 from shoal.core.resources import Placement, Slot
+from shoal.spec.refs import StoredRef
 from shoal.spec.workflow import pickle_function
 
 WAIT = 30.0  # seconds any test waits for outcomes before it declares them lost
@@ -161,6 +163,33 @@ class BackendContract:
         assert "ValueError: no convergence" in o.error
         assert "Traceback" in o.error
         assert "in boom" in o.error  # the frame of the user's function is in the text
+
+    def test_carried_inputs_are_resolved_where_the_job_runs(
+        self, backend: Backend, rundir: Path
+    ) -> None:
+        """A payload may carry the outputs its references name (the driver sends small ones
+        that way): the job gets the selected parts as its arguments."""
+        job = self.python_job(backend, rundir, 11, add)
+        outputs = {4: ("output of 'relax' (#4)", pickle.dumps({"e": [-3, 40]}))}
+        second = StoredRef(4, (("item", "e"), ("item", 1)))
+        first = StoredRef(4, (("item", "e"), ("item", 0)))
+        inner = payload(second, b=first)
+        job.payload = with_inputs(inner, outputs)
+        o = self.run_one(backend, job)
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"") == 37
+
+    def test_a_carried_selection_that_does_not_exist_fails_the_job(
+        self, backend: Backend, rundir: Path
+    ) -> None:
+        job = self.python_job(backend, rundir, 12, add)
+        outputs = {4: ("output of 'relax' (#4)", pickle.dumps({"e": 1}))}
+        job.payload = with_inputs(payload(StoredRef(4, (("item", "energy"),))), outputs)
+        o = self.run_one(backend, job)
+        assert not o.ok
+        assert o.kind == "error"
+        assert "cannot prepare the inputs" in o.error
+        assert "output of 'relax' (#4)" in o.error and "['energy']" in o.error, o.error
 
     def test_command_exit_code(self, backend: Backend, rundir: Path) -> None:
         o = self.run_one(backend, self.command_job(backend, rundir, 1, ["/bin/sh", "-c", "exit 3"]))

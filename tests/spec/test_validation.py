@@ -458,6 +458,27 @@ def test_missing_selection_fails_the_dependent_task(base: Path, select: Any, pat
     assert not run.ok
 
 
+@pytest.mark.parametrize("size", [10, 200_000], ids=["carried", "resolved-by-the-driver"])
+def test_selections_of_small_and_large_outputs(base: Path, size: int) -> None:
+    """Small outputs travel with the dependent's arguments and are resolved where it runs;
+    large ones (over driver.CARRY bytes) are resolved by the driver, so only the selected part
+    travels. Both give the same values and the same error for a missing part."""
+    blob = "x" * size
+    with Workflow("sizes") as wf:
+        t = produce({"blob": blob, "n": [1, 2]})
+        part = echo(t.out["n"][1])
+        whole = echo(t.out["blob"])
+        bad = echo(t.out["nope"])
+    run = wf.run(base=base)
+    assert run.result(part) == 2
+    assert run.result(whole) == blob
+    with pytest.raises(TaskFailed) as info:
+        run.result(bad)
+    text = str(info.value)
+    assert "cannot prepare the inputs" in text and "['nope']" in text, text
+    assert f"output of 'produce' (#{t.id})" in text, text
+
+
 def test_handle_equals_its_out(base: Path) -> None:
     with Workflow("handle") as wf:
         t = produce({"v": 1})

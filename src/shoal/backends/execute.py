@@ -23,6 +23,13 @@ from typing import Any
 import cloudpickle
 
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
+Outputs = dict[int, tuple[str, bytes]]  # task id -> (how to name it in errors, pickled output)
+
+# A payload is pickled ``(args, kwargs)``, or ``(INPUTS, that payload with references as
+# StoredRef, outputs)``: the outputs the references need travel with it, and the references
+# are resolved here, where the task runs, instead of in the driver (which is the busiest
+# process of a run). The driver sends small outputs this way and resolves large ones itself.
+INPUTS = "shoal-inputs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +80,49 @@ def call_in_thread(
         _THREAD.current = None
 
 
+def with_inputs(payload: bytes, outputs: Outputs) -> bytes:
+    """A payload that carries the outputs its references name (see INPUTS)."""
+    return pickle.dumps((INPUTS, payload, outputs), protocol=5)
+
+
+class InputError(Exception):
+    """A reference of the arguments cannot be resolved (a selection that does not exist)."""
+
+
+def arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``(args, kwargs)`` of a payload, references resolved."""
+    obj = pickle.loads(payload)
+    if len(obj) == 2:
+        return obj  # type: ignore[no-any-return]
+    _, inner, outputs = obj
+    from shoal.errors import DefinitionError
+    from shoal.spec.refs import follow, walk
+
+    values: dict[int, Any] = {}
+
+    def visit(ref: Any) -> Any:
+        if ref.task not in values:
+            values[ref.task] = pickle.loads(outputs[ref.task][1])
+        return follow(values[ref.task], ref.path, outputs[ref.task][0])
+
+    args, kwargs = pickle.loads(inner)
+    try:
+        return walk(args, visit), walk(kwargs, visit)
+    except DefinitionError as err:
+        raise InputError(str(err)) from None
+
+
 def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
     started = time.time()
     try:
-        args, kwargs = pickle.loads(payload)
+        args, kwargs = arguments(payload)
+    except InputError as err:
+        return False, None, "error", f"cannot prepare the inputs: {err}", started, time.time()
+    except BaseException as err:
+        text = "".join(traceback.format_exception(err))
+        write(taskdir, "traceback.txt", text)
+        return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
+    try:
         value = fn(*args, **kwargs)
     except BaseException as err:
         text = "".join(traceback.format_exception(err))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import select
@@ -36,7 +37,7 @@ from typing import Any
 import psutil
 
 from shoal.backends.base import Backend, Job, job_command
-from shoal.backends.processes import Processes, describe_exit, tail
+from shoal.backends.processes import Environment, Processes, describe_exit, tail
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError, DefinitionError
@@ -161,6 +162,8 @@ class LocalBackend(Backend):
             threads=len(self.node.cores) + 2,  # a chain per slot at most
         )
         self._env_cache: dict[tuple[Any, ...], tuple[int, dict[str, str]]] = {}
+        self._env_ids = itertools.count()
+        self._process_envs: dict[tuple[Any, ...], dict[bytes, bytes]] = {}
         self._cores_cache: dict[int, tuple[Any, list[int] | None]] = {}
 
     # -- contract -------------------------------------------------------------------------
@@ -217,6 +220,9 @@ class LocalBackend(Backend):
         out, self._outbox = self._outbox, []
         if out:
             timeout = 0
+        due = self.processes.held()  # outcomes of process chains waiting to share a wake-up
+        if due is not None:
+            timeout = min(timeout, due)
         for fd, _ in self._epoll.poll(timeout):
             w = self.by_fd.get(fd)
             if w is not None:
@@ -285,15 +291,10 @@ class LocalBackend(Backend):
                 "SHOAL_CORES": ",".join(str(c) for c in job.placement.cores),
                 **job.env,
             }
-            hit = self._env_cache[key] = (len(self._env_cache), env)
+            # Chain threads call this too: ids come from a counter, never from len(), so two
+            # threads adding at once cannot give two environments the same id.
+            hit = self._env_cache.setdefault(key, (next(self._env_ids), env))
         return hit
-
-    def _env(self, job: Job) -> dict[str, str]:
-        env = dict(self._base_env(job)[1])
-        env["SHOAL_TASK"] = str(job.task)
-        env["SHOAL_ATTEMPT"] = str(job.attempt)
-        env["SHOAL_TASK_DIR"] = str(job.taskdir)
-        return env
 
     # -- persistent workers ---------------------------------------------------------------
     def _new_worker(self, cpus: int) -> _Worker:
@@ -480,15 +481,29 @@ class LocalBackend(Backend):
         )
 
     # -- child processes --------------------------------------------------------------------
-    def _process_line(self, job: Job) -> tuple[list[str], dict[str, str], list[int] | None]:
-        """argv, environment and cores of a job run as a child process (chain threads)."""
+    def _process_line(self, job: Job) -> tuple[list[str], Environment, list[int] | None]:
+        """argv, environment and cores of a job run as a child process (chain threads). The
+        environment is bytes, encoded once per distinct placement and task environment:
+        ``subprocess`` encodes every variable of a str environment at every start, which on a
+        cluster login environment of a hundred variables is most of a short command's cost."""
         argv = job_command(job, self.functions, self.python)
         if job.ranks > 1:
             argv = [a.replace("{ranks}", str(job.ranks)) for a in self.launcher] + argv
-        env = dict(os.environ)
-        env.update(self._env(job))
-        if job.kind == "python":
-            env["PYTHONPATH"] = _python_path()
+        env_id, base = self._base_env(job)
+        key = (env_id, job.kind)
+        full = self._process_envs.get(key)  # this runs in chain threads: a race only recomputes
+        if full is None:
+            text = {**os.environ, **base}
+            if job.kind == "python":
+                text["PYTHONPATH"] = _python_path()
+            full = {os.fsencode(k): os.fsencode(v) for k, v in text.items()}
+            if len(self._process_envs) > 4096:
+                self._process_envs.clear()
+            self._process_envs[key] = full
+        env = dict(full)
+        env[b"SHOAL_TASK"] = str(job.task).encode()
+        env[b"SHOAL_ATTEMPT"] = str(job.attempt).encode()
+        env[b"SHOAL_TASK_DIR"] = os.fsencode(job.folder)
         return argv, env, self._cores(job)
 
     def _wake(self) -> None:

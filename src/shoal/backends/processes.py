@@ -7,6 +7,14 @@ without a round trip through the driver. This is the shape of a plain thread poo
 
 CPU affinity is per thread on Linux: the chain thread pins itself to the task's cores just
 before the fork, so the child is pinned from its first instruction, then unpins itself.
+
+Outcomes of short commands share a wake-up of the driver: when a chain goes on with a job that
+was queued behind the one that ended (a prefetched job, expected to take milliseconds), the
+outcome waits in the queue, for at most HOLD seconds counted at job boundaries. The driver
+polls with a timeout no longer than what is left of HOLD (``held``), and a watch thread wakes
+it when a hold falls due while it is already waiting, so a held outcome is picked up on time
+even when every chain is in a longer job. An outcome is never held when its chain has nothing
+queued, or when it is a failure.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from shoal.core.events import Outcome
 
 GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a process
 STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
+HOLD = 0.004  # seconds an outcome may wait for others to share the driver's wake-up
 
-Prepare = Callable[[Job], tuple[list[str], dict[str, str], list[int] | None]]
+Environment = dict[str, str] | dict[bytes, bytes]  # subprocess takes either
+Prepare = Callable[[Job], tuple[list[str], Environment, list[int] | None]]
 
 
 def signal_name(code: int) -> str:
@@ -72,15 +82,19 @@ class _Spool:
         self.paths = (folder / f"{name}.out", folder / f"{name}.err")
         self.files = [open(p, "w+b") for p in self.paths]  # noqa: SIM115 - closed in close()
 
-    def keep(self, taskdir: Path) -> None:
+    def keep(self, taskdir: Path) -> bool:
         """Move non-empty output into the task folder and start fresh spool files, so the
-        spool is always empty (offset 0) when the next process gets it."""
+        spool is always empty (offset 0) when the next process gets it. True if the process
+        printed anything on stdout."""
+        printed = False
         for i, name in enumerate(("stdout", "stderr")):
             if os.fstat(self.files[i].fileno()).st_size:
+                printed = printed or i == 0
                 taskdir.mkdir(parents=True, exist_ok=True)
                 self.files[i].close()
                 os.replace(self.paths[i], taskdir / name)
                 self.files[i] = open(self.paths[i], "w+b")  # noqa: SIM115
+        return printed
 
     def close(self) -> None:
         for f in self.files:
@@ -124,7 +138,12 @@ class Processes:
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.chains: list[_Chain] = []
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.first_held: float | None = None  # monotonic time of the oldest held outcome
         self.closing = False
+        self._holding = threading.Event()  # a hold began: the watch thread times it
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._watch_holds, name="shoal-hold", daemon=True)
+        self._watch.start()
 
     def start(self, job: Job) -> None:
         with self.lock:
@@ -171,13 +190,42 @@ class Processes:
                     return True
         return False
 
+    def _watch_holds(self) -> None:
+        """Wake the driver when a hold falls due and nobody has drained it yet."""
+        woken_for = None
+        while True:
+            self._holding.wait()
+            if self._stopping.is_set():
+                return
+            with self.lock:
+                self._holding.clear()
+                first = self.first_held
+            if first is None or first == woken_for:
+                continue
+            if self._stopping.wait(max(0.0, first + HOLD - time.monotonic())):
+                return
+            with self.lock:
+                due = self.first_held == first
+            if due:
+                woken_for = first
+                self.wake()
+
+    def held(self) -> float | None:
+        """Seconds until the oldest held outcome is due (None when nothing is held)."""
+        first = self.first_held
+        return None if first is None else max(0.0, first + HOLD - time.monotonic())
+
     def drain(self) -> list[Outcome]:
         out = []
+        with self.lock:
+            self.first_held = None
         while not self.outcomes.empty():
             out.append(self.outcomes.get())
         return out
 
     def close(self) -> None:
+        self._stopping.set()
+        self._holding.set()
         with self.lock:
             self.closing = True
             for chain in self.chains:
@@ -224,8 +272,17 @@ class Processes:
                 chain.proc = None
                 if self.chain_of.get(job.task) is chain:
                     del self.chain_of[job.task]
-            self.outcomes.put(outcome)
-            self.wake()
+                self.outcomes.put(outcome)
+                hold = bool(chain.jobs) and outcome.ok and not self.closing
+                if hold:
+                    now = time.monotonic()
+                    if self.first_held is None:
+                        self.first_held = now
+                        self._holding.set()
+                    elif now - self.first_held >= HOLD:
+                        hold = False
+            if not hold:
+                self.wake()
 
     def _one(self, chain: _Chain, job: Job) -> Outcome:
         started = time.time()
@@ -265,7 +322,7 @@ class Processes:
         code = proc.wait()
         _killpg(proc, signal.SIGKILL)  # leftovers of the process group (MPI ranks, ...)
         ended = time.time()
-        spool.keep(job.taskdir)
+        printed = spool.keep(job.taskdir)
         if job.kind == "python":
             return _python_reply(job, code, started, ended)
         if code != 0:
@@ -273,10 +330,11 @@ class Processes:
             text = tail(job.taskdir / "stderr")
             msg = f"command {shlex.join(job.argv)!r}: {words}" + (f"\n{text}" if text else "")
             return Outcome(job.task, job.attempt, False, started, ended, kind, msg, code)
-        printed = ""
-        with contextlib.suppress(FileNotFoundError), open(job.taskdir / "stdout", "rb") as fh:
-            printed = fh.read(STDOUT_LIMIT).decode(errors="replace")
-        value = {"returncode": 0, "stdout": printed, "dir": str(job.taskdir)}
+        text = ""
+        if printed:
+            with open(job.taskdir / "stdout", "rb") as fh:
+                text = fh.read(STDOUT_LIMIT).decode(errors="replace")
+        value = {"returncode": 0, "stdout": text, "dir": job.folder}
         return Outcome(
             job.task,
             job.attempt,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job, pooled
+from shoal.backends.execute import Outputs, with_inputs
 from shoal.core.events import (
     Command,
     Dispatch,
@@ -52,6 +53,7 @@ from shoal.spec.task import Task, detached, render_command
 from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
 from shoal.store.writer import Batch, Writer
 
+CARRY = 1 << 16  # bytes of other tasks' outputs a task's arguments may carry (_payload)
 POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
 # Enum attribute access costs a Python-level call in 3.11: the per-transition checks use these.
 READY, RETRYING, FAILED = State.READY, State.RETRYING, State.FAILED
@@ -559,6 +561,26 @@ class Driver:
         args, kwargs = pickle.loads(r.payload)
         return walk(args, visit), walk(kwargs, visit)
 
+    def _payload(self, r: Record) -> bytes:
+        """The arguments of a task that uses other tasks' outputs: when those are small, they
+        travel with the arguments and the references are resolved where the task runs (the
+        driver does least); large ones are resolved here, so that only the parts selected
+        travel."""
+        outputs: Outputs = {}
+        size = 0
+        for d in r.deps:
+            data = self.values.get(self._standin(d))
+            if data is None:
+                break
+            size += len(data)
+            if size > CARRY:
+                break
+            source = self.records[d]
+            outputs[d] = (f"output of {source.name!r} (#{source.id})", data)
+        else:
+            return with_inputs(r.payload, outputs)
+        return dumps(self._resolve(r))
+
     def _job(self, d: Dispatch) -> Job | Outcome:
         r = self.records[d.task]
         o = r.options
@@ -580,12 +602,12 @@ class Driver:
         try:
             if r.kind == "python":
                 if r.has_refs:
-                    job.payload = dumps(self._resolve(r))
+                    job.payload = self._payload(r)
                 else:
                     job.payload = r.payload
             else:
                 assert r.template is not None
-                _, values = self._resolve(r)
+                values = self._resolve(r)[1] if r.has_refs else pickle.loads(r.payload)[1]
                 job.argv, job.shell = render_command(r.template, values)
         except (DefinitionError, KeyError, IndexError, ValueError, TypeError) as err:
             msg = f"cannot prepare the inputs: {err}"

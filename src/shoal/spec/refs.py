@@ -97,9 +97,8 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
     Containers walked: list, tuple (named too), dict, set, frozenset and dataclass instances.
     Objects with no reference inside are returned as they are (no copy).
     """
-    from shoal.spec.task import Task
-
-    if isinstance(obj, Ref | StoredRef | Task):
+    task_cls = _TASK or _task_class()
+    if isinstance(obj, (Ref, StoredRef, task_cls)):
         return visit(obj)
     t = type(obj)
     if t in _ATOMS:
@@ -138,6 +137,15 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
 
 
 _ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
+_TASK: Any = None  # shoal.spec.task.Task, which imports this module: looked up once
+
+
+def _task_class() -> Any:
+    global _TASK
+    from shoal.spec.task import Task
+
+    _TASK = Task
+    return Task
 
 
 def plain(values: Iterable[Any]) -> bool:
@@ -156,14 +164,13 @@ def refs_in(obj: Any) -> list[Ref | StoredRef]:
 
 
 def _find(obj: Any, found: list[Ref | StoredRef]) -> None:
-    from shoal.spec.task import Task
-
+    task_cls = _TASK or _task_class()
     t = type(obj)
     if t in _ATOMS:
         return
     if t is Ref or t is StoredRef:
         found.append(obj)
-    elif t is Task:
+    elif t is task_cls:
         found.append(obj.out)
     elif t is tuple or t is list or t is set or t is frozenset:
         for x in obj:
@@ -173,10 +180,10 @@ def _find(obj: Any, found: list[Ref | StoredRef]) -> None:
         for v in obj.values():
             if type(v) not in _ATOMS:
                 _find(v, found)
-    elif isinstance(obj, Ref | Task | tuple):  # subclasses, named tuples
+    elif isinstance(obj, (Ref, task_cls, tuple)):  # subclasses, named tuples
         if isinstance(obj, Ref):
             found.append(obj)
-        elif isinstance(obj, Task):
+        elif isinstance(obj, task_cls):
             found.append(obj.out)
         else:
             for x in obj:

@@ -7,6 +7,7 @@ reference that later calls may take as an argument: that is how the graph is wir
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shlex
@@ -369,14 +370,13 @@ def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bo
     sits (bare, or inside the template's own double or single quotes). Templates with shell
     syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``.
     """
-    fmt = string.Formatter()
-    pieces = list(fmt.parse(template))
-    shell = any(_SHELL_CHARS & set(literal) for literal, _, _, _ in pieces)
+    pieces, shell, fixed = _parsed(template)
+    if fixed is not None:  # no placeholder: the same argv every time
+        return list(fixed), shell
+    fmt = _FORMATTER
     parts: list[str] = []
-    state = ""
-    for literal, field, spec, conv in pieces:
+    for literal, field, spec, conv, state in pieces:
         parts.append(literal)
-        state = _scan(literal, state)
         if field is None:
             continue
         value, _ = fmt.get_field(field, (), values)
@@ -384,3 +384,24 @@ def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bo
         parts.append(_quote(fmt.format_field(value, spec or ""), state, shell))
     line = "".join(parts)
     return ([line], True) if shell else (shlex.split(line), False)
+
+
+_FORMATTER = string.Formatter()
+Piece = tuple[str, str | None, str | None, str | None, str]
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(template: str) -> tuple[tuple[Piece, ...], bool, tuple[str, ...] | None]:
+    """A template's literal parts and fields, each field with the quoting state it sits in;
+    whether it needs a shell; and its argv when it has no field at all."""
+    pieces = []
+    state = ""
+    for literal, field, spec, conv in _FORMATTER.parse(template):
+        state = _scan(literal, state)
+        pieces.append((literal, field, spec, conv, state))
+    shell = any(_SHELL_CHARS & set(p[0]) for p in pieces)
+    fixed = None
+    if all(p[1] is None for p in pieces):
+        line = "".join(p[0] for p in pieces)
+        fixed = (line,) if shell else tuple(shlex.split(line))
+    return tuple(pieces), shell, fixed

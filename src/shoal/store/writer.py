@@ -192,7 +192,7 @@ class Writer:
                 r.template,
                 r.payload,
                 int(r.has_refs),
-                json.dumps(r.deps) if r.deps else "[]",
+                f"[{','.join(map(str, r.deps))}]",  # ids: the JSON of a list of ints
                 self._options(r.options),
                 r.workdir,
                 json.dumps(r.env) if r.env else None,
