@@ -67,6 +67,8 @@ def test_groups_map_to_tasks_with_commands_and_resources(tmp_path: Path) -> None
     assert len(relax) == 12 and len(md) == 3
     assert relax[0].options.tags == ("relax", "dft")
     assert (relax[0].options.cpus, relax[0].options.timeout) == (2, 60.0)
+    assert relax[0].options.estimate == 90.0  # duration: expected seconds, the estimate
+    assert md[0].options.estimate is None
     assert {t.options.ranks for t in md} == {2}
     rendered = [ens.groups["relax"].command_line(ens.groups["relax"].row(i), i) for i in range(4)]
     assert rendered == [

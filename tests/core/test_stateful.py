@@ -309,6 +309,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 data.draw(st.integers(-2, 2)),
                 data.draw(st.none() | st.sampled_from([1.0, 5.0, 20.0])),
                 data.draw(st.sampled_from([None, "pool", "process"]), label="lane"),
+                None,
+                data.draw(st.sampled_from([0.0, 0.01, 3.0, 1e6]), label="estimate"),
             )
             self.infos[tid] = info
             batch.append(info)

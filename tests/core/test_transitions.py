@@ -34,6 +34,7 @@ from shoal.core import (
     Transition,
 )
 from shoal.core.events import Returned
+from shoal.core.queue import urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
 from shoal.errors import DefinitionError, ResourceError
 
@@ -844,6 +845,44 @@ def test_higher_priority_starts_first_then_older() -> None:
         (current,) = dispatched(sched.handle(Succeeded(i, current, 1)))
         order.append(current)
     assert order == [2, 4, 3, 1]
+
+
+def test_equal_priority_starts_the_longest_estimate_first() -> None:
+    """Among equal priority the longer estimate starts first, across shapes too; tasks
+    without an estimate follow in submission order; priority still comes before estimates."""
+    sched = Scheduler([Node.sized("n0", 1, 0, 1000)])
+    other = Request(cpus=1, memory=10)  # another shape: another heap
+    sched.handle(sub(0, task(0)))
+    sched.handle(
+        sub(
+            0,
+            task(1),
+            task(2, estimate=5.0),
+            task(3, estimate=500.0, request=other),
+            task(4, estimate=0.5),
+            task(5),
+            task(6, estimate=0.1, priority=1),
+            task(7, estimate=50.0, request=other),
+        )
+    )
+    order = []
+    running = [0]
+    now = 1.0
+    while running:
+        done = running.pop(0)
+        started = dispatched(sched.handle(Succeeded(now, done, 1)))
+        order += started
+        running += started
+        now += 1
+    assert order == [6, 3, 7, 2, 4, 1, 5]
+
+
+def test_the_estimate_never_outranks_priority() -> None:
+    """The estimate is folded into less than one priority step, however long it is."""
+    for long in (1e-3, 1.0, 3600.0, 1e9):
+        assert urgency(1, 0.0) < urgency(0, long) < urgency(0, 0.0)
+        assert urgency(0, long) < urgency(0, long / 2)
+    assert urgency(-3, 10.0) < urgency(-4, 0.0)
 
 
 def test_priority_applies_across_resource_shapes() -> None:

@@ -352,3 +352,21 @@ def test_time_left_stops_before_the_allocation_ends(base: Path, tmp_path: Path) 
         },
     )
     assert bad.returncode == 2 and "--time-left needs the allocation's end" in bad.stderr
+
+
+def test_estimates_are_stored_and_come_back_on_resume(base: Path) -> None:
+    """The estimate orders ready tasks; a resumed run must order them the same way."""
+    from shoal.store.recover import load
+
+    with Workflow("est") as wf:
+        quick = shoal.task(_noop, estimate=2.5)()
+        plain = shoal.task(_noop)()
+    run = wf.run(base=base, cpus=1)
+    assert run.ok
+    records = {r.id: r for r in load(run.dir).plan.records}
+    assert records[quick.id].options.estimate == 2.5
+    assert records[plain.id].options.estimate is None
+
+
+def _noop() -> None:
+    return None

@@ -222,6 +222,9 @@ BAD_OPTIONS = [
     ({"timeout": -1}, "timeout", "positive"),
     ({"timeout": 0}, "timeout", "positive"),
     ({"priority": "high"}, "priority", "integer"),
+    ({"estimate": 0}, "estimate", "positive number of seconds"),
+    ({"estimate": "long"}, "estimate", "'long'"),
+    ({"estimate": float("inf")}, "estimate", "positive"),
     ({"tags": [1]}, "tags", "string"),
     ({"cpu": 2}, "cpu", "unknown option"),
 ]

@@ -63,6 +63,9 @@ def group(src: Source, name: str, g: model.Group) -> Group:
         if value is not None:
             opts[key] = value
     keys: dict[str, Loc] = {k: (*loc, k) for k in (*opts, "nodes")}
+    if g.duration is not None:  # expected seconds: the scheduler starts longer tasks first
+        opts["estimate"] = float(g.duration)
+        keys["estimate"] = (*loc, "duration")
     for key, value in opts.items():
         swept = key in ("cpus", "gpus", "ranks", "priority", "timeout")
         ref = isinstance(value, str) and value.startswith("{") and value.endswith("}")

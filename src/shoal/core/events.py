@@ -30,6 +30,7 @@ class TaskInfo:
     # lane, e.g. "pool" (workers) or "process" (process chains); None: never queued.
     prefetch: str | None = None
     retry: Backoff | None = None  # what to do when an attempt fails (None: it fails)
+    estimate: float = 0.0  # expected seconds of run time (0: unknown); see queue.urgency
 
 
 # -- events -----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ returns (persisting every :class:`Transition` before any :class:`Dispatch` or :c
 Placement policy (``Policy.mode``):
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
-  starts: higher ``priority`` first, then submission order. ``order="largest"`` puts the
-  largest request first among equal priority (GPUs, then cores), so that small tasks fill the
-  gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than submission order with
+  starts: higher ``priority`` first, then the longer ``estimate`` (expected run time; tasks
+  without one come after those with one), then submission order (``queue.urgency``).
+  ``order="largest"`` puts the largest request first among equal priority (GPUs, then
+  cores), so that small tasks fill the gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than submission order with
   the local backend, whose workers serve one task width each and must be replaced when the
   mix of widths changes, so it is not the default. A task that does not fit yet does not
   block smaller ones behind it, with one guard against starvation: once the most urgent ready
@@ -334,7 +335,7 @@ class Scheduler:
             if born is READY:
                 e.generation += 1
                 e.ready_since = self.now
-                self.queue.push(t.id, t.request, t.priority, e.generation)
+                self.queue.push(t.id, t.request, t.priority, e.generation, t.estimate)
             elif failed_dep is not None:
                 self._end_downstream(failed_dep, [e], cause, out)
 
@@ -524,7 +525,7 @@ class Scheduler:
         self._move(e, READY, cause, out, reason)
         e.generation += 1
         e.ready_since = self.now
-        self.queue.push(e.info.id, e.info.request, e.info.priority, e.generation)
+        self.queue.push(e.info.id, e.info.request, e.info.priority, e.generation, e.info.estimate)
 
     def _end_downstream(
         self,

@@ -12,8 +12,22 @@ from dataclasses import dataclass, field
 
 from shoal.core.resources import Request
 
-# (-priority, task id, generation): the smallest item is the most urgent, oldest first.
-Item = tuple[int, int, int]
+# (urgency, task id, generation): the smallest item is the most urgent, oldest first.
+Item = tuple[float, int, int]
+
+
+def urgency(priority: int, estimate: float) -> float:
+    """The sort key of a ready task: higher priority first; among equal priority, the longer
+    estimate first (longest-first packing: the slowest tasks start early instead of finishing
+    last); then submission order (the task id, second in the item). A task without an
+    estimate (0) comes after those with one at its priority.
+
+    The estimate is folded into (-1, 0] by e / (1 + e), which keeps its order and never
+    crosses into the next priority. It is a plain int when there is no estimate, as most
+    tasks have none, so a million queued tasks cost no float each."""
+    if not estimate:
+        return -priority
+    return -priority - estimate / (1.0 + estimate)
 
 
 @dataclass(slots=True)
@@ -22,11 +36,13 @@ class ReadyQueue:
     live: dict[int, int] = field(default_factory=dict)  # task id -> generation in the heap
     size: int = 0
 
-    def push(self, task: int, request: Request, priority: int, generation: int) -> None:
+    def push(
+        self, task: int, request: Request, priority: int, generation: int, estimate: float = 0.0
+    ) -> None:
         heap = self.heaps.get(request)
         if heap is None:
             heap = self.heaps[request] = []
-        heapq.heappush(heap, (-priority, task, generation))
+        heapq.heappush(heap, (urgency(priority, estimate), task, generation))
         self.live[task] = generation
         self.size += 1
 

@@ -221,7 +221,7 @@ def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
             if state is READY:
                 e.generation += 1
                 e.ready_since = s.now
-                s.queue.push(t.id, t.request, t.priority, e.generation)
+                s.queue.push(t.id, t.request, t.priority, e.generation, t.estimate)
             else:
                 why = "its attempt was lost with the driver" if lost else "resumed"
                 s._ready(e, cause, out, why)

@@ -211,7 +211,8 @@ class Driver:
             lane = self._lane(r) if self.queue else None
             hit = self.shapes[key] = (o, o.request, lane)
         retry = o.retry if o.retry is not None else self.default_retry
-        return TaskInfo(r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry)
+        estimate = o.estimate or 0.0
+        return TaskInfo(r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry, estimate)
 
     def _loop(self, infos: list[TaskInfo]) -> None:
         # Committing in a second thread so that it overlaps the next poll was tried and measured

@@ -73,6 +73,9 @@ class Options:
     tags: tuple[str, ...] = ()
     isolate: bool | None = None
     retry: Backoff | None = None  # built from retries=, backoff=, retry_on=, escalate=
+    # Expected seconds of run time, if known roughly: among ready tasks of equal priority the
+    # longer ones start first, so that the slowest are not the last to finish.
+    estimate: float | None = None
 
     @property
     def request(self) -> Request:
@@ -143,6 +146,20 @@ def _check(where: str, key: str, value: Any) -> Any:
         ):
             raise DefinitionError(
                 f"{where}: timeout must be a positive number of seconds, got {value!r}"
+            )
+        return float(value)
+    if key == "estimate":
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise DefinitionError(
+                f"{where}: estimate must be a positive number of seconds (the expected run "
+                f"time), got {value!r}"
             )
         return float(value)
     if key == "tags":

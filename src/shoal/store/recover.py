@@ -53,6 +53,7 @@ def _options(text: str, name: str, tags: list[str]) -> Options:
         tags=tuple(tags),
         isolate=o["isolate"],
         retry=undescribe(o.get("retry")),
+        estimate=o.get("estimate"),
     )
 
 

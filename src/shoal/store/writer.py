@@ -34,6 +34,7 @@ def options_json(o: Options) -> str:
             "priority": o.priority,
             "isolate": o.isolate,
             "retry": describe(o.retry),
+            "estimate": o.estimate,
         }
     )
 
