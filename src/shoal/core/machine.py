@@ -9,16 +9,16 @@ Placement policy (``Policy.mode``):
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
   starts: higher ``priority`` first, then the longer ``estimate`` (expected run time; tasks
   without one come after those with one), then submission order (``queue.urgency``).
-  ``order="largest"`` puts the largest request first among equal priority (GPUs, then
-  cores), so that small tasks fill the gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than submission order with
-  the local backend, whose workers serve one task width each and must be replaced when the
-  mix of widths changes, so it is not the default. A task that does not fit yet does not
-  block smaller ones behind it, with one guard against starvation: once the most urgent ready
-  task (by priority, then age) has waited ``reserve_after`` seconds, it gets a reservation.
-  The node it is most likely to fit on (the one with the most free cores among those large
-  enough) takes no new work until the task starts there; other nodes keep backfilling. On a
-  single node this means the node drains until the large task fits. The reservation is
-  derived afresh on every pass, so there is no reservation state to persist or to go stale.
+  ``order="largest"`` puts the largest request first among equal priority (GPUs, then cores), so
+  that small tasks fill the gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than
+  submission order with the local backend, whose workers serve one task width each and must be
+  replaced when the mix of widths changes, so it is not the default. A task that does not fit yet
+  does not block smaller ones behind it, with one guard against starvation: once the most urgent
+  ready task (by priority, then age) has waited ``reserve_after`` seconds, it gets a reservation.
+  The node it is most likely to fit on (the one with the most free cores among those large enough)
+  takes no new work until the task starts there; other nodes keep backfilling. On a single node
+  this means the node drains until the large task fits. The reservation is derived afresh on every
+  pass, so there is no reservation state to persist or to go stale.
 * ``waves``: start everything that fits, then start nothing until all of it has finished.
   It exists to compare against; it wastes the cores that wait for the slowest task of a wave.
 
