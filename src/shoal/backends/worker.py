@@ -74,8 +74,6 @@ def main(argv: list[str]) -> None:
             not pending
             or not pending[0][-1]  # the next task was not prefetched: it may be long
             or len(replies) >= BATCH
-            or len(replies) >= len(pending)  # half of what was queued is done: let the
-            # driver see it now, while the rest runs (dependents then become ready in time)
             or time.monotonic() - first > HOLD
         ):
             conn.send_bytes(pickle.dumps(("done", replies), protocol=5))
