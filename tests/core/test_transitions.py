@@ -34,7 +34,7 @@ from shoal.core import (
     Transition,
 )
 from shoal.core.events import Returned
-from shoal.core.queue import urgency
+from shoal.core.queue import band, urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
 from shoal.errors import DefinitionError, ResourceError
 
@@ -784,7 +784,9 @@ def test_backfill_starts_a_small_task_while_a_large_one_waits() -> None:
     assert dispatched(sched.handle(Succeeded(4, 2, 1))) == [1]
 
 
-def stream(reserve_after: float, steps_: int = 40) -> tuple[list[tuple[float, int]], int]:
+def stream(
+    reserve_after: float, steps_: int = 40, big_estimate: float = 0.0, small_estimate: float = 0.0
+) -> tuple[list[tuple[float, int]], int]:
     """A 4-core node, one 4-core task (id 4) and a steady stream of 1-core tasks: every second
     the oldest running small task succeeds and a new one is submitted. Returns the dispatches
     as (time, task) and the id of the large task."""
@@ -800,14 +802,14 @@ def stream(reserve_after: float, steps_: int = 40) -> tuple[list[tuple[float, in
 
     feed(sub(0, *(task(i) for i in range(4))))
     big = 4
-    feed(sub(0, task(big, request=Request(cpus=4))))
+    feed(sub(0, task(big, request=Request(cpus=4), estimate=big_estimate)))
     assert sched.state(big) is RDY
     for i in range(1, steps_):
         now = float(i)
         finished = running.popleft()
         if finished == big:
             break
-        feed(Succeeded(now, finished, 1), sub(now, task(big + i)))
+        feed(Succeeded(now, finished, 1), sub(now, task(big + i, estimate=small_estimate)))
         sched.pool.check(sched.placements())
     return log, big
 
@@ -823,6 +825,18 @@ def test_reservation_starts_a_starving_large_task() -> None:
     assert not [task_ for t, task_ in log if wait <= t < started[0] and task_ != big]
     # it started as soon as the 4 small tasks running at reserve_after had all finished
     assert started[0] == wait + 3
+
+
+@pytest.mark.parametrize(("big_estimate", "small_estimate"), [(0.0, 100.0), (10.0, 100.0)])
+def test_longer_estimates_do_not_switch_the_reservation_off(
+    big_estimate: float, small_estimate: float
+) -> None:
+    """Small tasks with longer estimates sort first, but the reservation goes to the task that
+    has waited longest at the top priority: the large one still starts."""
+    wait = 10.0
+    log, big = stream(wait, big_estimate=big_estimate, small_estimate=small_estimate)
+    started = [t for t, task_ in log if task_ == big]
+    assert started and started[0] <= wait + 3, log
 
 
 def test_without_reservation_the_large_task_starves() -> None:
@@ -879,10 +893,13 @@ def test_equal_priority_starts_the_longest_estimate_first() -> None:
 
 def test_the_estimate_never_outranks_priority() -> None:
     """The estimate is folded into less than one priority step, however long it is."""
-    for long in (1e-3, 1.0, 3600.0, 1e9):
+    for long in (1e-3, 1.0, 3600.0, 1e5):
         assert urgency(1, 0.0) < urgency(0, long) < urgency(0, 0.0)
         assert urgency(0, long) < urgency(0, long / 2)
     assert urgency(-3, 10.0) < urgency(-4, 0.0)
+    assert urgency(0, 1e300) < urgency(0, 0.0) and urgency(1, 0.0) < urgency(0, 1e300)
+    assert band(urgency(7, 3.0)) == band(urgency(7, 0.0)) == -7
+    assert urgency(2**40, 5.0) == -(2**40)  # past what a float can fold: no estimate
 
 
 def test_priority_applies_across_resource_shapes() -> None:
@@ -948,6 +965,19 @@ def test_equal_priority_starts_the_largest_request_first(order: str, first: int)
     started = [d.task for d in out if isinstance(d, Dispatch)]
     assert started[0] == first
     assert started == ([4] if order == "largest" else [0, 1, 2, 3])
+
+
+def test_largest_first_puts_size_before_estimate() -> None:
+    """order="largest": among equal priority the biggest request first, whatever the
+    estimates; the estimate orders requests of the same size."""
+    sched = Scheduler([Node.sized("n0", 4)], Policy(order="largest"))
+    out = sched.handle(
+        Submitted(
+            0.0,
+            (task(0, estimate=1.0), task(1, request=Request(cpus=4), estimate=0.5)),
+        )
+    )
+    assert [d.task for d in out if isinstance(d, Dispatch)] == [1]
 
 
 def test_priority_still_beats_size() -> None:

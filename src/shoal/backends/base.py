@@ -35,7 +35,9 @@ class Job:
     placement: Placement
     folder: str  # the task's folder, tasks/<id> (a str: a Path per task costs 9 µs)
     function: int = -1  # python: id of a function given to define()
-    payload: bytes = b""  # python: pickled (args, kwargs), references already resolved
+    # python: pickled (args, kwargs) with references resolved, or with small outputs carried
+    # along for the worker to resolve them (execute.INPUTS); execute.arguments reads both
+    payload: bytes = b""
     argv: list[str] = field(default_factory=list)  # command: the program and its arguments
     shell: bool = False  # command: argv[0] is a shell line for /bin/sh -c
     workdir: str | None = None

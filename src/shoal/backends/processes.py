@@ -139,6 +139,7 @@ class Processes:
         self.chains: list[_Chain] = []
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.first_held: float | None = None  # monotonic time of the oldest held outcome
+        self.holds = 0  # holds begun so far: the watch thread wakes the driver once for each
         self.closing = False
         self._holding = threading.Event()  # a hold began: the watch thread times it
         self._stopping = threading.Event()
@@ -192,22 +193,22 @@ class Processes:
 
     def _watch_holds(self) -> None:
         """Wake the driver when a hold falls due and nobody has drained it yet."""
-        woken_for = None
+        woken_for = 0
         while True:
             self._holding.wait()
             if self._stopping.is_set():
                 return
             with self.lock:
                 self._holding.clear()
-                first = self.first_held
-            if first is None or first == woken_for:
+                first, hold = self.first_held, self.holds
+            if first is None or hold == woken_for:
                 continue
             if self._stopping.wait(max(0.0, first + HOLD - time.monotonic())):
                 return
             with self.lock:
-                due = self.first_held == first
+                due = self.holds == hold and self.first_held is not None
             if due:
-                woken_for = first
+                woken_for = hold
                 self.wake()
 
     def held(self) -> float | None:
@@ -224,10 +225,12 @@ class Processes:
         return out
 
     def close(self) -> None:
+        with self.lock:
+            self.closing = True  # from now on nothing is held
         self._stopping.set()
         self._holding.set()
+        self._watch.join(timeout=5)
         with self.lock:
-            self.closing = True
             for chain in self.chains:
                 chain.jobs.clear()
                 if chain.proc is not None:
@@ -278,6 +281,7 @@ class Processes:
                     now = time.monotonic()
                     if self.first_held is None:
                         self.first_held = now
+                        self.holds += 1
                         self._holding.set()
                     elif now - self.first_held >= HOLD:
                         hold = False

@@ -4,8 +4,9 @@ Started by the local backend as ``python -m shoal.backends.worker FD``, it talks
 socket (``multiprocessing.connection`` framing) to the driver. Messages in:
 ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir, queued)])``
 queues tasks, run in order (a function and an environment are sent once per worker, then
-named by id); ``("drop", task, attempt)`` removes a queued task that has not started;
-``("stop",)``. Replies: ``("done", [(task, attempt, ok, result, kind, error, started,
+named by id; a payload is what ``execute.arguments`` reads: the arguments, or the arguments
+with the small outputs their references need); ``("drop", task, attempt)`` removes a queued
+task that has not started; ``("stop",)``. Replies: ``("done", [(task, attempt, ok, result, kind, error, started,
 ended), ...])`` (several per message, see HOLD), ``("dropped", task, attempt)``, and
 ``("ready",)`` once at start.
 

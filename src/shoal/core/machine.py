@@ -61,7 +61,7 @@ from shoal.core.events import (
     Tick,
     Transition,
 )
-from shoal.core.queue import ReadyQueue
+from shoal.core.queue import ReadyQueue, band
 from shoal.core.resources import Node, Placement, Pool, Request
 from shoal.core.states import TERMINAL, IllegalTransition, State, check
 from shoal.errors import DefinitionError, ResourceError
@@ -619,17 +619,31 @@ class Scheduler:
         avoid: frozenset[int] = frozenset()
         largest = self.policy.order == "largest"
         while self.queue:
-            heads = self.queue.heads()  # most urgent first: priority, then submission order
+            heads = self.queue.heads()  # most urgent first (queue.urgency), then submission
+            first = None
             if not avoid and not waves:
-                # Starvation guard: the most urgent, oldest ready task that has waited
-                # reserve_after seconds and still does not fit gets a reservation.
-                (_, task, _), request = heads[0]
+                # Starvation guard: among the heads of the top priority, the one that has waited
+                # longest (not the longest estimate: a stream of long small tasks must not
+                # starve a wide one), once it has waited reserve_after seconds, goes first if
+                # it fits, and gets a reservation if it does not.
+                top = band(heads[0][0][0])
+                oldest = min(
+                    (h for h in heads if band(h[0][0]) == top),
+                    key=lambda h: self.tasks[h[0][1]].ready_since,
+                )
+                (_, task, _), request = oldest
                 waited = self.now - self.tasks[task].ready_since
-                if waited >= self.policy.reserve_after and not self.pool.fits(request):
-                    blocked.add(request)
-                    avoid = self._reserve(request)
+                if waited >= self.policy.reserve_after:
+                    if self.pool.fits(request):
+                        first = oldest
+                    else:
+                        blocked.add(request)
+                        avoid = self._reserve(request)
             if largest:  # among equal priority, the biggest first: small ones fill the gaps
-                heads.sort(key=lambda h: (h[0][0], _size(h[1]), h[0][1]))
+                heads.sort(key=lambda h: (band(h[0][0]), _size(h[1]), h[0][0], h[0][1]))
+            if first is not None and heads[0] is not first:
+                heads.remove(first)
+                heads.insert(0, first)
             started = False
             for _, request in heads:
                 if request in blocked:

@@ -8,6 +8,7 @@ removed lazily: a heap item whose generation no longer matches its task is skipp
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 
 from shoal.core.resources import Request
@@ -16,18 +17,30 @@ from shoal.core.resources import Request
 Item = tuple[float, int, int]
 
 
+LONGEST = 1e6  # seconds: longer estimates order as this one (about 12 days)
+FOLDED = 1 << 30  # beyond this |priority| a float cannot hold the folded estimate apart
+
+
 def urgency(priority: int, estimate: float) -> float:
     """The sort key of a ready task: higher priority first; among equal priority, the longer
     estimate first (longest-first packing: the slowest tasks start early instead of finishing
     last); then submission order (the task id, second in the item). A task without an
     estimate (0) comes after those with one at its priority.
 
-    The estimate is folded into (-1, 0] by e / (1 + e), which keeps its order and never
-    crosses into the next priority. It is a plain int when there is no estimate, as most
-    tasks have none, so a million queued tasks cost no float each."""
-    if not estimate:
+    The estimate (at most LONGEST) is folded into (-1, 0) by e / (1 + e), which keeps its
+    order and stays at least 1e-6 away from the next priority: a float has room for that
+    below |priority| = 2**30, and beyond it estimates are not used. The key is a plain int
+    when there is no estimate, as most tasks have none, so a million queued tasks cost no
+    float each."""
+    if not estimate or not -FOLDED < priority < FOLDED:
         return -priority
-    return -priority - estimate / (1.0 + estimate)
+    e = min(estimate, LONGEST)
+    return -priority - e / (1.0 + e)
+
+
+def band(key: float) -> int:
+    """The priority part of an urgency (as ``-priority``), without the folded estimate."""
+    return math.ceil(key)
 
 
 @dataclass(slots=True)
