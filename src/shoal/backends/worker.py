@@ -7,8 +7,8 @@ queues tasks, run in order (a function and an environment are sent once per work
 named by id; a payload is what ``execute.arguments`` reads: the arguments, or the arguments
 with the small outputs their references need); ``("drop", task, attempt)`` removes a queued
 task that has not started; ``("stop",)``. Replies: ``("done", [(task, attempt, ok, result,
-kind, error, started, ended), ...])`` (several per message, see HOLD), ``("dropped", task, attempt)``, and
-``("ready",)`` once at start.
+kind, error, started, ended), ...])`` (several per message, see HOLD), ``("dropped", task,
+attempt)``, and ``("ready",)`` once at start.
 
 Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker
 moves whatever the task printed into ``tasks/<id>/stdout`` and ``stderr``; a silent task costs
