@@ -13,12 +13,12 @@ import os
 import shlex
 import string
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options
-from shoal.spec.refs import Ref, plain, refs_in
+from shoal.spec.refs import Ref, StoredRef, plain, refs_in
 
 if TYPE_CHECKING:
     from shoal.spec.workflow import Workflow
@@ -103,7 +103,12 @@ class Task:
         self.deps: list[Task] | tuple[()] = ()
         # A sweep's tasks hold plain values: skip the search for references.
         plain_call = (not args or plain(args)) and plain(self.kwargs.values())
-        refs = () if plain_call else refs_in((args, self.kwargs))
+        if plain_call:
+            refs: Sequence[Ref | StoredRef] = ()
+        elif not self.kwargs and all(type(a) is Ref for a in args):
+            refs = args  # the other common case: outputs passed straight on, fn(t.out)
+        else:
+            refs = refs_in((args, self.kwargs))
         self.has_refs = bool(refs)  # arguments need resolving before the task runs
         # Ids of tasks already in the run that the arguments refer to as stored references
         # (``shoal.current().out`` inside a task, or a handle pickled into a running task).
