@@ -14,15 +14,19 @@ from shoal.backends.local import LocalBackend
 from .conformance import BackendContract
 
 
+def _started(rundir: Path, cpus: int) -> Iterator[LocalBackend]:
+    b = LocalBackend(cpus=cpus, pin="fold")
+    b.start(rundir)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 class TestLocalConformance(BackendContract):
     @pytest.fixture
     def backend(self, rundir: Path) -> Iterator[LocalBackend]:
-        b = LocalBackend(cpus=4, pin="fold")
-        b.start(rundir)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield from _started(rundir, 4)
 
 
 # -- process chains: outcomes of short commands share the driver's wake-ups -------------------
@@ -50,12 +54,7 @@ def _polls(b: LocalBackend, n: int, limit: float = 20.0) -> list[tuple[float, li
 
 @pytest.fixture
 def local(rundir: Path) -> Iterator[LocalBackend]:
-    b = LocalBackend(cpus=2, pin="fold")
-    b.start(rundir)
-    try:
-        yield b
-    finally:
-        b.close()
+    yield from _started(rundir, 2)
 
 
 @pytest.fixture
@@ -73,21 +72,22 @@ def test_a_finished_command_waits_for_the_one_queued_behind_it(
     assert _polls(local, 2)[0][1] == [1, 2]  # one wake-up for both
 
 
-def test_a_held_outcome_is_returned_when_its_time_is_up(
-    local: LocalBackend, rundir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("hold", "first"),
+    [(0.2, "/bin/true"), (30.0, "/bin/false")],
+    ids=["success-held-until-its-time-is-up", "failure-never-held"],
+)
+def test_an_outcome_does_not_wait_for_a_slow_follower(
+    local: LocalBackend,
+    rundir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hold: float,
+    first: str,
 ) -> None:
-    """The follower takes far longer than expected: the first outcome does not wait for it."""
-    monkeypatch.setattr(processes, "HOLD", 0.2)
-    _chain(local, rundir, ["/bin/true"], ["/bin/sh", "-c", "sleep 3"])
+    """The follower takes far longer than expected (3 s): a success comes back when its hold
+    is up, a failure at once; neither waits for the follower."""
+    monkeypatch.setattr(processes, "HOLD", hold)
+    _chain(local, rundir, [first], ["/bin/sh", "-c", "sleep 3"])
     polls = _polls(local, 2)
     assert polls[0][1] == [1] and polls[0][0] < 2.5, polls
     assert polls[1][1] == [2]
-
-
-def test_a_failure_is_never_held(
-    local: LocalBackend, rundir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(processes, "HOLD", 30.0)
-    _chain(local, rundir, ["/bin/false"], ["/bin/sh", "-c", "sleep 3"])
-    polls = _polls(local, 2)
-    assert polls[0][1] == [1] and polls[0][0] < 2.5, polls

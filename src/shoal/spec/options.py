@@ -121,6 +121,22 @@ def _int(where: str, key: str, value: Any, low: int) -> int:
     return value
 
 
+def _seconds(where: str, key: str, value: Any, what: str) -> float | None:
+    """None, or a positive, finite number of seconds."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise DefinitionError(
+            f"{where}: {key} must be a positive number of seconds{what}, got {value!r}"
+        )
+    return float(value)
+
+
 def _check(where: str, key: str, value: Any) -> Any:
     if key in ("cpus", "ranks"):
         return _int(where, key, value, 1)
@@ -136,32 +152,9 @@ def _check(where: str, key: str, value: Any) -> Any:
         except DefinitionError as err:
             raise DefinitionError(f"{where}: {err}") from None
     if key == "timeout":
-        if value is None:
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise DefinitionError(
-                f"{where}: timeout must be a positive number of seconds, got {value!r}"
-            )
-        return float(value)
+        return _seconds(where, key, value, "")
     if key == "estimate":
-        if value is None:
-            return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise DefinitionError(
-                f"{where}: estimate must be a positive number of seconds (the expected run "
-                f"time), got {value!r}"
-            )
-        return float(value)
+        return _seconds(where, key, value, " (the expected run time)")
     if key == "tags":
         if isinstance(value, str):
             return (value,)
