@@ -482,6 +482,32 @@ def test_selections_of_small_and_large_outputs(base: Path, size: int) -> None:
     assert f"output of 'produce' (#{t.id})" in text, text
 
 
+def test_outputs_beyond_the_drivers_budget_come_back_from_the_store(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver keeps only the newest outputs that dependents use (driver.KEPT bytes); an
+    older one is read back from the store, with the same value."""
+    from shoal.runtime import driver
+    from shoal.store.writer import Writer
+
+    monkeypatch.setattr(driver, "KEPT", 1)  # keep one output at a time
+    read_back: list[int] = []
+    result = Writer.result
+
+    def counted(self: Writer, task: int) -> bytes | None:
+        read_back.append(task)
+        return result(self, task)
+
+    monkeypatch.setattr(Writer, "result", counted)
+    with Workflow("budget") as wf:
+        firsts = [produce({"i": i}) for i in range(6)]
+        later = [echo(t.out["i"]) for t in firsts]
+        total = echo([t.out for t in later])
+    run = wf.run(base=base, cpus=1)
+    assert run.result(total) == list(range(6))
+    assert read_back, "no output was read back from the store: the budget was not exercised"
+
+
 def test_handle_equals_its_out(base: Path) -> None:
     with Workflow("handle") as wf:
         t = produce({"v": 1})

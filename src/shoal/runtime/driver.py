@@ -53,6 +53,7 @@ from shoal.spec.task import Task, detached, render_command
 from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
 from shoal.store.writer import Batch, Writer
 
+KEPT = 256 << 20  # bytes of outputs the driver keeps in memory for dependents (_keep)
 CARRY = 1 << 16  # bytes of other tasks' outputs a task's arguments may carry (_payload)
 POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
 # Enum attribute access costs a Python-level call in 3.11: the per-transition checks use these.
@@ -123,9 +124,11 @@ class Driver:
         self.scheduler = Scheduler(backend.nodes(), policy)
         self.status = StatusFile(rundir / "status.json", plan.name, len(plan.records))
         self.on_progress = on_progress
-        # Results that some task's arguments refer to are kept in memory (pickled).
+        # Results that some task's arguments refer to are kept in memory (pickled), the newest
+        # KEPT bytes of them: older ones are read back from the store when a task needs them.
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.values: dict[int, bytes] = {}
+        self.kept = 0  # bytes in self.values
         self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
         self.gate_of: dict[int, tuple[int, ...]] = {}  # task -> its Response's gate tasks
         self.backend_outbox: list[Outcome] = []  # failures found while building jobs
@@ -366,7 +369,7 @@ class Driver:
             if o.kind == "response":
                 event = self._respond(o, now)
             if o.ok and o.task in self.needed and o.result is not None:
-                self.values[o.task] = o.result
+                self._keep(o.task, o.result)
             return event
         reason = first_line(o.error) or o.kind
         return Failed(now, o.task, o.attempt, reason, o.kind, o.exit_code)
@@ -497,6 +500,18 @@ class Driver:
         while task in self.alias:
             task = self.alias[task]
         return task
+
+    def _keep(self, task: int, data: bytes) -> None:
+        """Keep an output that tasks' arguments use, dropping the oldest kept beyond KEPT
+        bytes (a million-task DAG must not hold every output in the driver's memory)."""
+        old = self.values.pop(task, None)
+        if old is not None:
+            self.kept -= len(old)
+        self.values[task] = data
+        self.kept += len(data)
+        while self.kept > KEPT and len(self.values) > 1:
+            first = next(iter(self.values))
+            self.kept -= len(self.values.pop(first))
 
     def _pickled(self, task: int) -> bytes:
         data = self.values.get(task)
