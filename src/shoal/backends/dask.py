@@ -306,11 +306,9 @@ class DaskBackend(Backend):
         for job in jobs:
             if job.ranks > 1 or len(job.placement.slots) > 1:
                 self.outbox.put(
-                    Outcome(
+                    Outcome.unstarted(
                         job.task,
                         job.attempt,
-                        False,
-                        None,
                         time.time(),
                         "error",
                         "the Dask backend runs single-rank tasks on one worker; run MPI "
@@ -516,15 +514,8 @@ class DaskBackend(Backend):
             if type(err).__name__ in LOST:
                 o = self._lost(task, attempt, f"worker {node} was lost ({what})")
             else:  # the worker could not run it (e.g. cannot import the task's module)
-                o = Outcome(
-                    task,
-                    attempt,
-                    False,
-                    None,
-                    time.time(),
-                    "error",
-                    f"Dask worker {node} could not run the task: {what}",
-                )
+                why = f"Dask worker {node} could not run the task: {what}"
+                o = Outcome.unstarted(task, attempt, time.time(), "error", why)
         self._emit(job, o)
 
     def _collect(self) -> None:

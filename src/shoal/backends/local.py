@@ -220,9 +220,6 @@ class LocalBackend(Backend):
         out, self._outbox = self._outbox, []
         if out:
             timeout = 0
-        due = self.processes.held()  # outcomes of process chains waiting to share a wake-up
-        if due is not None:
-            timeout = min(timeout, due)
         for fd, _ in self._epoll.poll(timeout):
             w = self.by_fd.get(fd)
             if w is not None:
@@ -407,14 +404,8 @@ class LocalBackend(Backend):
                 job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
                 self._forget(w, job)
                 out.append(
-                    Outcome(
-                        task,
-                        attempt,
-                        False,
-                        None,
-                        time.time(),
-                        "cancelled",
-                        "cancelled before it started",
+                    Outcome.unstarted(
+                        task, attempt, time.time(), "cancelled", "cancelled before it started"
                     )
                 )
             else:

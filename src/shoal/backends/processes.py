@@ -10,10 +10,9 @@ before the fork, so the child is pinned from its first instruction, then unpins 
 
 Outcomes of short commands share a wake-up of the driver: when a chain goes on with a job that
 was queued behind the one that ended (a prefetched job, expected to take milliseconds), the
-outcome waits in the queue, for at most HOLD seconds counted at job boundaries. The driver
-polls with a timeout no longer than what is left of HOLD (``held``), and a watch thread wakes
-it when a hold falls due while it is already waiting, so a held outcome is picked up on time
-even when every chain is in a longer job. An outcome is never held when its chain has nothing
+outcome waits in the queue, for at most HOLD seconds counted at job boundaries, and a watch
+thread wakes the driver when a hold falls due undrained, so a held outcome is picked up on
+time even when every chain is in a longer job. An outcome is never held when its chain has nothing
 queued, or when it is a failure.
 """
 
@@ -177,14 +176,8 @@ class Processes:
                     del self.chain_of[task]
                     now = time.time()
                     self.outcomes.put(
-                        Outcome(
-                            task,
-                            attempt,
-                            False,
-                            None,
-                            now,
-                            "cancelled",
-                            "cancelled before it started",
+                        Outcome.unstarted(
+                            task, attempt, now, "cancelled", "cancelled before it started"
                         )
                     )
                     self.wake()
@@ -210,11 +203,6 @@ class Processes:
             if due:
                 woken_for = hold
                 self.wake()
-
-    def held(self) -> float | None:
-        """Seconds until the oldest held outcome is due (None when nothing is held)."""
-        first = self.first_held
-        return None if first is None else max(0.0, first + HOLD - time.monotonic())
 
     def drain(self) -> list[Outcome]:
         out = []
@@ -261,15 +249,8 @@ class Processes:
             try:
                 outcome = self._one(chain, job)
             except Exception as e:  # a bug here must not leave the task running forever
-                outcome = Outcome(
-                    job.task,
-                    job.attempt,
-                    False,
-                    None,
-                    time.time(),
-                    "error",
-                    f"the process runner failed: {type(e).__name__}: {e}",
-                )
+                why = f"the process runner failed: {type(e).__name__}: {e}"
+                outcome = Outcome.unstarted(job.task, job.attempt, time.time(), "error", why)
             with self.lock:
                 chain.current = None
                 chain.proc = None

@@ -185,6 +185,11 @@ class Outcome:
     result: bytes | None = None  # pickled return value (None for failures)
     returned: bool = False  # given back unstarted: neither success nor failure
 
+    @classmethod
+    def unstarted(cls, task: int, attempt: int, ended: float, kind: str, error: str) -> Outcome:
+        """A failure of an attempt that never started (cancelled while queued, refused)."""
+        return cls(task, attempt, False, None, ended, kind, error)
+
 
 # -- commands ---------------------------------------------------------------------------------
 # Commands are slotted but not frozen: the scheduler makes several per task, and a frozen

@@ -55,7 +55,8 @@ class ReadyQueue:
         heap = self.heaps.get(request)
         if heap is None:
             heap = self.heaps[request] = []
-        heapq.heappush(heap, (urgency(priority, estimate), task, generation))
+        key = urgency(priority, estimate) if estimate else -priority  # no call for most tasks
+        heapq.heappush(heap, (key, task, generation))
         self.live[task] = generation
         self.size += 1
 
