@@ -16,7 +16,6 @@ All of them pickle (they carry only plain strings and numbers), so they cross pr
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -112,5 +111,7 @@ def hint(word: object, known: Iterable[object]) -> str:
     """``"; did you mean 'cpus'?"`` for the closest of ``known`` (case aside), else ``""``."""
     choices = [str(k) for k in known]
     lowered = {c.lower(): c for c in choices}
+    import difflib  # only on the error path: workers import this module and start fast
+
     close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     return f"; did you mean {lowered[close[0]]!r}?" if close else ""

@@ -9,6 +9,7 @@ as text tracebacks (exceptions of user code need not be picklable).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import sys
@@ -96,20 +97,37 @@ def arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return obj  # type: ignore[no-any-return]
     _, inner, outputs = obj
     from shoal.errors import DefinitionError
-    from shoal.spec.refs import follow, walk
 
-    values: dict[int, Any] = {}
-
-    def visit(ref: Any) -> Any:
-        if ref.task not in values:
-            values[ref.task] = pickle.loads(outputs[ref.task][1])
-        return follow(values[ref.task], ref.path, outputs[ref.task][0])
-
-    args, kwargs = pickle.loads(inner)
     try:
-        return walk(args, visit), walk(kwargs, visit)
+        return _Resolving(inner, outputs).load()  # type: ignore[no-any-return]
     except DefinitionError as err:
         raise InputError(str(err)) from None
+
+
+class _Resolving(pickle.Unpickler):
+    """Unpickles arguments with each stored reference replaced by the value it selects.
+
+    A ``StoredRef`` pickles as a call of its class (``__reduce__``), so naming another callable
+    for that class here resolves every reference while the arguments are read, wherever it sits
+    (nested containers, dataclasses, any object), with no second walk over the arguments.
+    """
+
+    def __init__(self, data: bytes, outputs: Outputs) -> None:
+        super().__init__(io.BytesIO(data))
+        self.outputs = outputs
+        self.values: dict[int, Any] = {}
+
+    def find_class(self, module: str, name: str, /) -> Any:
+        if name == "StoredRef" and module == "shoal.spec.refs":
+            return self.resolve
+        return super().find_class(module, name)
+
+    def resolve(self, task: int, path: tuple[Any, ...] = ()) -> Any:
+        from shoal.spec.refs import follow
+
+        if task not in self.values:
+            self.values[task] = pickle.loads(self.outputs[task][1])
+        return follow(self.values[task], path, self.outputs[task][0])
 
 
 def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:

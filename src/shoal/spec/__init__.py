@@ -3,12 +3,30 @@
 The spec layer knows nothing about processes or nodes. ``compile_workflow`` validates a workflow
 (references, cycles, serializability) and lowers it to :class:`Record` objects that the store
 persists and the runtime dispatches.
+
+Names are imported on first use (PEP 562): a worker that reads stored references imports
+``shoal.spec.refs`` alone, not the whole layer.
 """
 
-from shoal.spec.options import Options, parse_memory
-from shoal.spec.refs import Ref, StoredRef
-from shoal.spec.task import CommandFactory, Task, TaskFactory, command
-from shoal.spec.workflow import Plan, Record, Workflow, compile_workflow
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "CommandFactory": "shoal.spec.task",
+    "Options": "shoal.spec.options",
+    "Plan": "shoal.spec.workflow",
+    "Record": "shoal.spec.workflow",
+    "Ref": "shoal.spec.refs",
+    "StoredRef": "shoal.spec.refs",
+    "Task": "shoal.spec.task",
+    "TaskFactory": "shoal.spec.task",
+    "Workflow": "shoal.spec.workflow",
+    "command": "shoal.spec.task",
+    "compile_workflow": "shoal.spec.workflow",
+    "parse_memory": "shoal.spec.options",
+}
 
 __all__ = [
     "CommandFactory",
@@ -24,6 +42,27 @@ __all__ = [
     "compile_workflow",
     "parse_memory",
 ]
+assert sorted(__all__) == sorted(_WHERE)
 
-# ``task`` (the decorator) is not re-exported here: it would shadow the module
+# ``task`` (the decorator) is not exported here: it would shadow the module
 # ``shoal.spec.task``. Users write ``shoal.task``.
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'shoal.spec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:
+    from shoal.spec.options import Options, parse_memory
+    from shoal.spec.refs import Ref, StoredRef
+    from shoal.spec.task import CommandFactory, Task, TaskFactory, command
+    from shoal.spec.workflow import Plan, Record, Workflow, compile_workflow
