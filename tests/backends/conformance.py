@@ -48,7 +48,11 @@ def getenv(name: str) -> str | None:
     return os.environ.get(name)
 
 
-FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv)  # index = function id
+def cwd() -> str:
+    return os.getcwd()
+
+
+FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv, cwd)  # index = id
 
 
 def payload(*args: Any, **kwargs: Any) -> bytes:

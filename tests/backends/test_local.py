@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shoal.backends import processes
+from shoal.backends.base import Job
 from shoal.backends.local import LocalBackend
+from shoal.core.events import Outcome
+from shoal.core.resources import Placement, Slot
 
-from .conformance import BackendContract
+from .conformance import BackendContract, cwd
 
 
 def _started(rundir: Path, cpus: int) -> Iterator[LocalBackend]:
@@ -29,16 +36,58 @@ class TestLocalConformance(BackendContract):
         yield from _started(rundir, 4)
 
 
-# -- process chains: outcomes of short commands share the driver's wake-ups -------------------
-def _chain(b: LocalBackend, rundir: Path, first: list[str], second: list[str]) -> None:
+# -- outcomes of short commands share the driver's wake-ups -----------------------------------
+# Commands run from the workers, whose replies wait for company (LocalBackend.command_hold);
+# isolated and multi-rank tasks run in the driver's process chains (processes.HOLD). Both
+# must hold a success only while it is worth it, and never a failure.
+class _Chains:
+    """Process chains on their own, polled the way the local backend polls them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.woken = threading.Event()
+        env = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+        self.runner = processes.Processes(
+            lambda job: (job.argv, env, None), set(), self.woken.set, folder, 2
+        )
+
+    def submit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.runner.start(job)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        self.woken.wait(timeout)
+        self.woken.clear()
+        return self.runner.drain()
+
+
+@pytest.fixture(params=["workers", "chains"])
+def runner(request: pytest.FixtureRequest, rundir: Path) -> Iterator[Any]:
+    if request.param == "workers":
+        yield from _started(rundir, 2)
+    else:
+        chains = _Chains(rundir)
+        try:
+            yield chains
+        finally:
+            chains.runner.close()
+
+
+def _hold(runner: Any, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    if isinstance(runner, LocalBackend):
+        runner.command_hold = seconds  # read when its workers start: none has yet
+    else:
+        monkeypatch.setattr(processes, "HOLD", seconds)
+
+
+def _chain(b: Any, rundir: Path, first: list[str], second: list[str]) -> None:
     """Submit two commands on one slot, the second queued behind the first (prefetched)."""
-    a = BackendContract.command_job(b, rundir, 1, first)
-    c = BackendContract.command_job(b, rundir, 2, second)
-    c.after = 1
+    slot = Placement((Slot(0, (0,), (), 0, 1),))
+    a = Job(1, 1, "first", "command", slot, str(rundir / "tasks" / "1"), argv=first)
+    c = Job(2, 1, "second", "command", slot, str(rundir / "tasks" / "2"), argv=second, after=1)
     b.submit([a, c])
 
 
-def _polls(b: LocalBackend, n: int, limit: float = 20.0) -> list[tuple[float, list[int]]]:
+def _polls(b: Any, n: int, limit: float = 20.0) -> list[tuple[float, list[int]]]:
     """(seconds since the start, task ids) of each poll that returned outcomes, until n came.
     Each poll may wait 5 s: only a wake-up (or a held outcome falling due) ends it sooner, and
     a poll that ends takes every outcome there is, held or not."""
@@ -50,6 +99,9 @@ def _polls(b: LocalBackend, n: int, limit: float = 20.0) -> list[tuple[float, li
         if out:
             got.append((time.monotonic() - t0, [o.task for o in out]))
     return got
+
+
+CONTRACT = BackendContract()  # its helpers: run one job, collect outcomes
 
 
 @pytest.fixture
@@ -65,11 +117,11 @@ def rundir(tmp_path: Path) -> Path:
 
 
 def test_a_finished_command_waits_for_the_one_queued_behind_it(
-    local: LocalBackend, rundir: Path, monkeypatch: pytest.MonkeyPatch
+    runner: Any, rundir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processes, "HOLD", 30.0)
-    _chain(local, rundir, ["/bin/true"], ["/bin/sh", "-c", "sleep 0.3"])
-    assert _polls(local, 2)[0][1] == [1, 2]  # one wake-up for both
+    _hold(runner, 30.0, monkeypatch)
+    _chain(runner, rundir, ["/bin/true"], ["/bin/sh", "-c", "sleep 0.3"])
+    assert _polls(runner, 2)[0][1] == [1, 2]  # one wake-up for both
 
 
 @pytest.mark.parametrize(
@@ -78,7 +130,7 @@ def test_a_finished_command_waits_for_the_one_queued_behind_it(
     ids=["success-held-until-its-time-is-up", "failure-never-held"],
 )
 def test_an_outcome_does_not_wait_for_a_slow_follower(
-    local: LocalBackend,
+    runner: Any,
     rundir: Path,
     monkeypatch: pytest.MonkeyPatch,
     hold: float,
@@ -86,8 +138,124 @@ def test_an_outcome_does_not_wait_for_a_slow_follower(
 ) -> None:
     """The follower takes far longer than expected (3 s): a success comes back when its hold
     is up, a failure at once; neither waits for the follower."""
-    monkeypatch.setattr(processes, "HOLD", hold)
-    _chain(local, rundir, [first], ["/bin/sh", "-c", "sleep 3"])
-    polls = _polls(local, 2)
+    _hold(runner, hold, monkeypatch)
+    _chain(runner, rundir, [first], ["/bin/sh", "-c", "sleep 3"])
+    polls = _polls(runner, 2)
     assert polls[0][1] == [1] and polls[0][0] < 2.5, polls
     assert polls[1][1] == [2]
+
+
+# -- commands started from the workers ---------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _pid(path: Path, within: float = 10.0) -> int:
+    deadline = time.monotonic() + within
+    while not (path.exists() and path.read_text().strip()):
+        assert time.monotonic() < deadline, f"{path} never written"
+        time.sleep(0.02)
+    return int(path.read_text())
+
+
+def _command(b: LocalBackend, rundir: Path, task: int, line: str, **fields: Any) -> Job:
+    job = BackendContract.command_job(b, rundir, task, ["/bin/sh", "-c", line])
+    for k, v in fields.items():
+        setattr(job, k, v)
+    return job
+
+
+def test_what_a_command_leaves_running_is_stopped_when_it_ends(
+    local: LocalBackend, rundir: Path
+) -> None:
+    bg = rundir / "bg.pid"
+    o = CONTRACT.run_one(local, _command(local, rundir, 1, f"sleep 30 & echo $! > {bg}"))
+    assert o.ok, o.error
+    assert _gone(_pid(bg)), "the command's background process outlived it"
+
+
+def test_close_stops_a_running_command_and_its_children(local: LocalBackend, rundir: Path) -> None:
+    me, bg = rundir / "me.pid", rundir / "bg.pid"
+    local.submit([_command(local, rundir, 1, f"echo $$ > {me}; sleep 30 & echo $! > {bg}; wait")])
+    pids = _pid(me), _pid(bg)
+    local.close()
+    assert all(_gone(p) for p in pids), "close() left the command or its child running"
+
+
+def test_a_cancelled_command_gets_sigterm_first(local: LocalBackend, rundir: Path) -> None:
+    """Stopping a command sends SIGTERM to its process group, so it can clean up."""
+    mark, me = rundir / "term", rundir / "me.pid"
+    line = f"trap 'echo cleaned > {mark}; exit 7' TERM; echo $$ > {me}; sleep 30 & wait"
+    local.submit([_command(local, rundir, 1, line)])
+    _pid(me)
+    local.cancel(1, 1)
+    (o,) = BackendContract.collect(local, 1, timeout=10)
+    assert not o.ok
+    assert o.exit_code == 7, o.error
+    assert mark.read_text() == "cleaned\n"
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace_period(
+    local: LocalBackend, rundir: Path
+) -> None:
+    me = rundir / "me.pid"
+    local.submit([_command(local, rundir, 1, f"trap '' TERM; echo $$ > {me}; sleep 30")])
+    _pid(me)
+    t0 = time.monotonic()
+    local.cancel(1, 1)
+    (o,) = BackendContract.collect(local, 1, timeout=15)
+    took = time.monotonic() - t0
+    assert not o.ok and o.kind == "crash", o
+    assert "SIGKILL" in o.error
+    assert 2.0 < took < 12.0, f"killed after {took:.1f} s (grace: 3 s)"
+
+
+def test_a_command_is_found_on_its_own_path(
+    local: LocalBackend, rundir: Path, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    probe = bin_dir / "shoal-probe"
+    probe.write_text("#!/bin/sh\necho found $SHOAL_TASK\n")
+    probe.chmod(0o755)
+    job = BackendContract.command_job(local, rundir, 3, ["shoal-probe"])
+    job.env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    o = CONTRACT.run_one(local, job)
+    assert o.ok, o.error
+    assert pickle.loads(o.result or b"")["stdout"] == "found 3\n"
+    o = CONTRACT.run_one(local, BackendContract.command_job(local, rundir, 4, ["shoal-probe"]))
+    assert not o.ok and o.exit_code == 127
+    assert "cannot start 'shoal-probe'" in o.error
+
+
+def test_a_command_runs_in_its_workdir_and_the_worker_does_not_stay_there(
+    rundir: Path, tmp_path: Path
+) -> None:
+    where = tmp_path / "here"
+    where.mkdir()
+    for b in _started(rundir, 1):  # one core: one worker runs all three
+        o = CONTRACT.run_one(b, _command(b, rundir, 1, "pwd", workdir=str(where)))
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"")["stdout"] == f"{where}\n"
+        o = CONTRACT.run_one(b, BackendContract.python_job(b, rundir, 2, cwd))
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"") != str(where)
+        missing = str(tmp_path / "nowhere")
+        o = CONTRACT.run_one(b, _command(b, rundir, 3, "pwd", workdir=missing))
+        assert not o.ok and o.exit_code == 127
+        assert "its workdir" in o.error and "does not exist" in o.error

@@ -17,11 +17,14 @@ from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
 
 
-def pooled(kind: str, isolate: bool, ranks: int) -> bool:
-    """Whether a task runs in a persistent worker (a single-rank Python task not isolated).
-    The runtime picks a task's prefetch lane with it and the backend routes jobs with it, so
-    the two always agree."""
-    return kind == "python" and not isolate and ranks == 1
+def pooled(kind: str, isolate: bool, ranks: int, commands: bool = False) -> bool:
+    """Whether a task runs in a persistent worker: a single-rank Python task not isolated, and
+    with ``commands`` (``Backend.pooled_commands``) a single-rank command too. The runtime
+    picks a task's prefetch lane with it and the backend routes jobs with it, so the two
+    always agree."""
+    if ranks != 1:
+        return False
+    return (kind == "python" and not isolate) or (commands and kind == "command")
 
 
 @dataclass(slots=True)
@@ -83,6 +86,8 @@ class Backend(abc.ABC):
     # Seconds of expected work queued per slot (the run option prefetch_window overrides it):
     # more for backends whose round trip to a worker is long.
     prefetch_window: float = 0.02
+    # Whether single-rank commands run in the persistent workers too (see ``pooled``).
+    pooled_commands: bool = False
 
     @abc.abstractmethod
     def nodes(self) -> list[Node]:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
+STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
 Outputs = dict[int, tuple[str, bytes]]  # task id -> (how to name it in errors, pickled output)
 
 # A payload is pickled ``(args, kwargs)``, or ``(INPUTS, that payload with references as
@@ -153,6 +152,8 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
         data = pickle.dumps(value, protocol=5)
     except Exception:
         try:
+            import cloudpickle  # imported when needed: a worker starts faster without it
+
             data = cloudpickle.dumps(value, protocol=5)
         except Exception as err:
             why = f"a {type(value).__name__} that cannot be pickled"
@@ -187,6 +188,66 @@ def write(taskdir: str, name: str, text: str) -> None:
         Path(taskdir, name).write_text(text)
     except OSError as err:  # the failure itself is still reported through the pipe
         print(f"shoal: cannot write {name} in {taskdir}: {err}", file=sys.stderr)
+
+
+# -- commands: the words of their outcomes, the same wherever they run ----------------------
+def signal_name(code: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def describe_exit(code: int) -> tuple[str, str]:
+    """(kind, words) for a process exit code."""
+    if code < 0:
+        name = signal_name(code)
+        extra = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return "crash", f"the process was killed by {name}{extra}"
+    return "exit", f"the process exited with code {code}"
+
+
+def tail(path: Path | str, lines: int = 20) -> str:
+    """The last lines of a text file (empty if it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def start_error(err: OSError, argv: list[str], workdir: str | None) -> str:
+    """Why a command could not start (its exit code is 127, as in a shell)."""
+    if err.filename is not None and workdir and str(err.filename) == str(workdir):
+        return f"cannot start the command: its workdir {workdir!r} does not exist"
+    what = err.filename or (argv[0] if argv else "the process")
+    return f"cannot start {what!r}: {err.strerror or err}"
+
+
+def command_reply(
+    argv: list[str], code: int, folder: str, printed: bool, started: float, ended: float
+) -> tuple[bool, bytes | None, str, str, float, float, int]:
+    """The outcome of a command that ran: its value is ``{"returncode", "stdout", "dir"}``
+    (stdout as text, up to STDOUT_LIMIT); a non-zero exit is a failure that says why, with the
+    last lines of its stderr."""
+    import shlex
+
+    if code != 0:
+        kind, words = describe_exit(code)
+        text = tail(os.path.join(folder, "stderr"))
+        msg = f"command {shlex.join(argv)!r}: {words}" + (f"\n{text}" if text else "")
+        return False, None, kind, msg, started, ended, code
+    text = ""
+    if printed:
+        with open(os.path.join(folder, "stdout"), "rb") as fh:
+            text = fh.read(STDOUT_LIMIT).decode(errors="replace")
+    value = {"returncode": 0, "stdout": text, "dir": folder}
+    return True, pickle.dumps(value, protocol=5), "", "", started, ended, 0
 
 
 def pin(cores: list[int] | None, env: dict[str, str]) -> None:

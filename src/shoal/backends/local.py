@@ -36,8 +36,10 @@ from typing import Any
 
 import psutil
 
-from shoal.backends.base import Backend, Job, job_command
-from shoal.backends.processes import Environment, Processes, describe_exit, tail
+from shoal.backends import worker
+from shoal.backends.base import Backend, Job, job_command, pooled
+from shoal.backends.execute import describe_exit, tail
+from shoal.backends.processes import Environment, Processes
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError, DefinitionError
@@ -63,6 +65,7 @@ class _Worker:
     ready: bool = False  # it said hello: it started and imported what it needs
     fns: set[int] = field(default_factory=set)
     envs: set[int] = field(default_factory=set)
+    command_envs: set[int] = field(default_factory=set)
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
 
 
@@ -101,6 +104,11 @@ class LocalBackend(Backend):
     name = "local"
     capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel", "prefetch"})
     prefetch = 64
+    pooled_commands = True  # single-rank commands start from the workers, not the driver
+    # Seconds a worker may hold a finished task's reply to share a message (worker.HOLD), and
+    # a finished command's (worker.COMMAND_HOLD). Read when a worker starts.
+    hold = worker.HOLD
+    command_hold = worker.COMMAND_HOLD
 
     def __init__(
         self,
@@ -192,7 +200,7 @@ class LocalBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         batches: dict[int, tuple[_Worker, list[tuple[Any, ...]]]] = {}
         for job in jobs:
-            if job.pooled:
+            if pooled(job.kind, job.isolate, job.ranks, True):
                 w = self._worker_for(job)
                 if w is None:  # its slot is gone: give it back unstarted
                     self._outbox.append(Outcome(job.task, job.attempt, False, returned=True))
@@ -209,7 +217,11 @@ class LocalBackend(Backend):
         where = self.where.get((task, attempt))
         if isinstance(where, _Worker):
             if where.jobs and where.jobs[0].task == task:
-                _kill_group(where)  # running: the worker's death is reported by poll()
+                if where.jobs[0].kind == "command":  # the worker stops it and replies
+                    with contextlib.suppress(OSError):
+                        where.conn.send_bytes(pickle.dumps(("kill", task, attempt)))
+                else:
+                    _kill_group(where)  # running: the worker's death is reported by poll()
             else:
                 with contextlib.suppress(OSError):
                     where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
@@ -234,9 +246,9 @@ class LocalBackend(Backend):
         """Stop idle workers politely, busy ones and child processes at once."""
         self.processes.close()
         for w in self.workers:
-            if w.jobs:
+            if w.jobs and w.jobs[0].kind != "command":
                 _kill_group(w)
-            else:
+            else:  # a worker running a command kills it (its own session) on "stop"
                 with contextlib.suppress(OSError):
                     w.conn.send_bytes(pickle.dumps(("stop",)))
         deadline = time.monotonic() + 2
@@ -308,7 +320,14 @@ class LocalBackend(Backend):
             env[var] = str(cpus)
         with open(spool / f"{n}.out", "w+b") as out, open(spool / f"{n}.err", "w+b") as err:
             proc = subprocess.Popen(
-                [self.python, "-m", "shoal.backends.worker", str(theirs.fileno())],
+                [
+                    self.python,
+                    "-m",
+                    "shoal.backends.worker",
+                    str(theirs.fileno()),
+                    repr(self.hold),
+                    repr(self.command_hold),
+                ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -355,14 +374,22 @@ class LocalBackend(Backend):
         self._retired.append(w)  # reaped at close()
 
     def _message(self, w: _Worker, job: Job) -> tuple[Any, ...]:
-        fn = None if job.function in w.fns else self.functions[job.function]
-        w.fns.add(job.function)
-        env_id, env = self._base_env(job)
-        send_env = None if env_id in w.envs else env
-        w.envs.add(env_id)
         w.jobs.append(job)
         self.where[(job.task, job.attempt)] = w
         self.holder[job.task] = w
+        if job.kind == "command":  # the whole environment, as bytes, once per worker
+            env_id, full = self._process_env(job)
+            send: Any = None if env_id in w.command_envs else full
+            w.command_envs.add(env_id)
+            command: tuple[list[str], bool, str | None] | None = (job.argv, job.shell, job.workdir)
+            fn = None
+        else:
+            fn = None if job.function in w.fns else self.functions[job.function]
+            w.fns.add(job.function)
+            env_id, env = self._base_env(job)
+            send = None if env_id in w.envs else env
+            w.envs.add(env_id)
+            command = None
         return (
             job.task,
             job.attempt,
@@ -371,9 +398,10 @@ class LocalBackend(Backend):
             job.payload,
             self._cores(job),
             env_id,
-            send_env,
+            send,
             job.folder,
             job.after is not None,
+            command,
         )
 
     def _forget(self, w: _Worker, job: Job) -> None:
@@ -409,7 +437,7 @@ class LocalBackend(Backend):
                     )
                 )
             else:
-                for task, attempt, ok, result, kind, error, started, ended in reply[1]:
+                for task, attempt, ok, result, kind, error, started, ended, code in reply[1]:
                     job = w.jobs[0]
                     self._forget(w, job)
                     out.append(
@@ -421,7 +449,7 @@ class LocalBackend(Backend):
                             ended,
                             kind,
                             error,
-                            None,
+                            code,
                             f"worker-{w.index}",
                             result,
                         )
@@ -480,9 +508,19 @@ class LocalBackend(Backend):
         argv = job_command(job, self.functions, self.python)
         if job.ranks > 1:
             argv = [a.replace("{ranks}", str(job.ranks)) for a in self.launcher] + argv
+        env = dict(self._process_env(job)[1])
+        env[b"SHOAL_TASK"] = str(job.task).encode()
+        env[b"SHOAL_ATTEMPT"] = str(job.attempt).encode()
+        env[b"SHOAL_TASK_DIR"] = os.fsencode(job.folder)
+        return argv, env, self._cores(job)
+
+    def _process_env(self, job: Job) -> tuple[int, dict[bytes, bytes]]:
+        """The whole environment of a job run as a process (without the per-attempt
+        variables), encoded once per placement environment and kind, with that environment's
+        id. Chain threads call this too: a race only computes it twice."""
         env_id, base = self._base_env(job)
         key = (env_id, job.kind)
-        full = self._process_envs.get(key)  # this runs in chain threads: a race only recomputes
+        full = self._process_envs.get(key)
         if full is None:
             text = {**os.environ, **base}
             if job.kind == "python":
@@ -491,11 +529,7 @@ class LocalBackend(Backend):
             if len(self._process_envs) > 4096:
                 self._process_envs.clear()
             self._process_envs[key] = full
-        env = dict(full)
-        env[b"SHOAL_TASK"] = str(job.task).encode()
-        env[b"SHOAL_ATTEMPT"] = str(job.attempt).encode()
-        env[b"SHOAL_TASK_DIR"] = os.fsencode(job.folder)
-        return argv, env, self._cores(job)
+        return env_id, full
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):

@@ -23,7 +23,6 @@ import itertools
 import os
 import pickle
 import queue
-import shlex
 import signal
 import subprocess
 import threading
@@ -34,42 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shoal.backends.base import Job
+from shoal.backends.execute import command_reply, describe_exit, start_error, tail
 from shoal.core.events import Outcome
 
 GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a process
-STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
 HOLD = 0.004  # seconds an outcome may wait for others to share the driver's wake-up
 
 Environment = dict[str, str] | dict[bytes, bytes]  # subprocess takes either
 Prepare = Callable[[Job], tuple[list[str], Environment, list[int] | None]]
-
-
-def signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def describe_exit(code: int) -> tuple[str, str]:
-    """(kind, words) for a process exit code."""
-    if code < 0:
-        name = signal_name(code)
-        extra = " (killed: out of memory?)" if name == "SIGKILL" else ""
-        return "crash", f"the process was killed by {name}{extra}"
-    return "exit", f"the process exited with code {code}"
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a text file (empty if it cannot be read)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 class _Spool:
@@ -291,11 +262,7 @@ class Processes:
                 if cores:
                     os.sched_setaffinity(0, self.home)
         except OSError as e:
-            if e.filename is not None and job.workdir and str(e.filename) == str(job.workdir):
-                msg = f"cannot start the command: its workdir {job.workdir!r} does not exist"
-            else:
-                what = e.filename or (job.argv[0] if job.argv else "the process")
-                msg = f"cannot start {what!r}: {e.strerror or e}"
+            msg = start_error(e, job.argv, job.workdir)
             return Outcome(job.task, job.attempt, False, started, time.time(), "exit", msg, 127)
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
@@ -310,28 +277,10 @@ class Processes:
         printed = spool.keep(job.taskdir)
         if job.kind == "python":
             return _python_reply(job, code, started, ended)
-        if code != 0:
-            kind, words = describe_exit(code)
-            text = tail(job.taskdir / "stderr")
-            msg = f"command {shlex.join(job.argv)!r}: {words}" + (f"\n{text}" if text else "")
-            return Outcome(job.task, job.attempt, False, started, ended, kind, msg, code)
-        text = ""
-        if printed:
-            with open(job.taskdir / "stdout", "rb") as fh:
-                text = fh.read(STDOUT_LIMIT).decode(errors="replace")
-        value = {"returncode": 0, "stdout": text, "dir": job.folder}
-        return Outcome(
-            job.task,
-            job.attempt,
-            True,
-            started,
-            ended,
-            "",
-            "",
-            0,
-            "process",
-            pickle.dumps(value, protocol=5),
+        ok, value, kind, msg, _, _, code = command_reply(
+            job.argv, code, job.folder, printed, started, ended
         )
+        return Outcome(job.task, job.attempt, ok, started, ended, kind, msg, code, "process", value)
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM the process group now, SIGKILL it after GRACE seconds if still there."""

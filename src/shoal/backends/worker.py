@@ -1,22 +1,35 @@
-"""A persistent worker process: runs Python tasks one after another, no interpreter start each.
+"""A persistent worker process: runs tasks one after another, no interpreter start each.
 
-Started by the local backend as ``python -m shoal.backends.worker FD``, it talks over one
+Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD]``,
+it talks over one
 socket (``multiprocessing.connection`` framing) to the driver. Messages in:
-``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir, queued)])``
-queues tasks, run in order (a function and an environment are sent once per worker, then
-named by id; a payload is what ``execute.arguments`` reads: the arguments, or the arguments
-with the small outputs their references need); ``("drop", task, attempt)`` removes a queued
-task that has not started; ``("stop",)``. Replies: ``("done", [(task, attempt, ok, result,
-kind, error, started, ended), ...])`` (several per message, see HOLD), ``("dropped", task,
-attempt)``, and ``("ready",)`` once at start.
+``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir, queued,
+command)])`` queues tasks, run in order (a function and an environment are sent once per
+worker, then named by id; a payload is what ``execute.arguments`` reads: the arguments, or the
+arguments with the small outputs their references need); ``command`` is ``None`` for a Python
+task and ``(argv, shell, workdir)`` for a command, whose ``env`` is then its whole environment, as
+bytes. ``("drop", task, attempt)`` removes a queued task that has not started; ``("kill",
+task, attempt)`` stops a running command (SIGTERM to its process group, SIGKILL after GRACE
+seconds; a running Python task is stopped by killing the worker); ``("stop",)``. Replies:
+``("done", [(task, attempt, ok, result, kind, error, started, ended, exit_code), ...])``
+(several per message, see HOLD), ``("dropped", task, attempt)``, and ``("ready",)`` once at
+start.
 
-Output: file descriptors 1 and 2 point at per-worker spool files. After each task the worker
-moves whatever the task printed into ``tasks/<id>/stdout`` and ``stderr``; a silent task costs
-no file at all, which keeps tiny tasks cheap.
+Commands run here, not in the driver, so that starting them does not compete with the driver
+for its interpreter lock: a fork and exec of a short command is mostly Python work in the
+parent. A command gets its own session (its process group is killed when it ends, with
+whatever it left in the background); the worker waits for it on a pidfd together with the
+connection, so that a kill, or more work, arrives while it runs.
+
+Output: file descriptors 1 and 2 point at per-worker spool files, which commands inherit. After
+each task the worker moves whatever was printed into ``tasks/<id>/stdout`` and ``stderr``; a
+silent task costs no file at all, which keeps tiny tasks cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import select
@@ -28,24 +41,28 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cloudpickle
-
 from shoal.backends import execute
-from shoal.backends.execute import call, pin
+from shoal.backends.execute import call, command_reply, pin, start_error
 
 # Replies of tiny tasks share messages: a finished task's reply is held while the next queued
 # task is a prefetched one (the scheduler queues only tasks it expects to take milliseconds),
-# for at most HOLD seconds counted at task boundaries, or until BATCH replies are held. A
-# reply is never held when nothing is queued behind, so a dependent never waits on a quiet
-# worker; the worst case is one unexpectedly long queued task.
+# for at most HOLD seconds, or until BATCH replies are held. A reply is never held when nothing
+# is queued behind, so a dependent never waits on a quiet worker, nor when it is a failure.
+# While a command runs, held replies go out when due; a Python task cannot be interrupted, so
+# there the worst case is one unexpectedly long queued task. A command's reply may wait
+# longer (COMMAND_HOLD): starting one costs about half a millisecond, so a 1 ms hold would
+# wake the driver every other command. The driver passes both (LocalBackend.hold).
 HOLD = 0.001
+COMMAND_HOLD = 0.008
 BATCH = 64
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a running command is killed
 
 
-def _drain(fd: int, taskdir: str, name: str) -> None:
+def _drain(fd: int, taskdir: str, name: str) -> bool:
+    """Move what was written to spool ``fd`` into ``taskdir/name``; True if anything was."""
     size = os.lseek(fd, 0, os.SEEK_CUR)
     if size <= 0:
-        return
+        return False
     os.makedirs(taskdir, exist_ok=True)
     with open(os.path.join(taskdir, name), "ab") as out:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -58,77 +75,251 @@ def _drain(fd: int, taskdir: str, name: str) -> None:
             left -= len(chunk)
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
+    return True
+
+
+class _Stop(Exception):
+    """The driver said stop, or went away: end the worker."""
+
+
+class Worker:
+    def __init__(
+        self, conn: Connection, hold: float = HOLD, command_hold: float = COMMAND_HOLD
+    ) -> None:
+        self.conn = conn
+        self.holds = (hold, command_hold)
+        # Whether a message waits, asked after every task: a poll object made once costs about
+        # a microsecond, Connection.poll (a new selector each call) ten. The connection reads
+        # exactly one message at a time, so nothing waits in a buffer the descriptor hides.
+        self.waiting = select.poll()
+        self.waiting.register(conn.fileno(), select.POLLIN)
+        self.functions: dict[int, Callable[..., Any]] = {}
+        self.envs: dict[int, dict[str, str]] = {}
+        self.command_envs: dict[int, dict[bytes, bytes]] = {}
+        self.pending: deque[tuple[Any, ...]] = deque()
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.kill: tuple[int, int] | None = None  # a "kill" for the running command
+        self.found: dict[tuple[str, bytes], str] = {}  # executables found on a PATH
+        self.home = os.getcwd()
+        self.replies: list[tuple[Any, ...]] = []  # held, to share one message
+        self.due = 0.0  # monotonic time by which the held replies go out
+
+    def receive(self) -> None:
+        """Handle one message (blocking until there is one)."""
+        try:
+            msg = pickle.loads(self.conn.recv_bytes())
+        except EOFError:
+            raise _Stop from None
+        if msg[0] == "stop":
+            raise _Stop
+        if msg[0] == "run":
+            self.pending.extend(msg[1])
+        elif msg[0] == "kill":
+            self.kill = (msg[1], msg[2])
+        elif msg[0] == "drop":
+            for item in self.pending:
+                if item[0] == msg[1] and item[1] == msg[2]:
+                    self.pending.remove(item)
+                    self.conn.send_bytes(pickle.dumps(("dropped", msg[1], msg[2])))
+                    break
+
+    def flush(self) -> None:
+        """Send the held replies."""
+        self.conn.send_bytes(pickle.dumps(("done", self.replies), protocol=5))
+        self.replies = []
+
+    def run(self) -> None:
+        env_now: dict[str, str] = {}
+        cores_now: list[int] | None = None
+        pending = self.pending
+        while True:
+            if self.replies and (
+                not pending
+                or not pending[0][-2]  # the next task was not prefetched: it may be long
+                or not self.replies[-1][2]  # a failure
+                or len(self.replies) >= BATCH
+                or time.monotonic() >= self.due
+            ):
+                self.flush()
+            # Take every message that is already here (blocking only when there is no work),
+            # so a "drop" reaches a queued task before it starts.
+            while not pending or self.waiting.poll(0):
+                self.receive()
+            item = pending.popleft()
+            task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir, _, command = item
+            if cores != cores_now:
+                cores_now = cores
+                pin(cores, {})
+            if command is not None:
+                if env is not None:
+                    self.command_envs[env_id] = env
+                reply: tuple[Any, ...] = self.command(
+                    task, attempt, command, self.command_envs[env_id], taskdir
+                )
+            else:
+                if fn_payload is not None:
+                    import cloudpickle
+
+                    self.functions[fid] = cloudpickle.loads(fn_payload)
+                if env is not None:
+                    self.envs[env_id] = env
+                env = self.envs[env_id]
+                if env is not env_now:  # change only what differs from the previous task
+                    for key, value in env.items():
+                        if env_now.get(key) != value:
+                            os.environ[key] = value
+                    for key in env_now.keys() - env.keys():
+                        os.environ.pop(key, None)
+                    env_now = env
+                # Not in os.environ: glibc's setenv keeps every distinct value it was ever
+                # given, so per-task values there leak about 100 bytes a task. Tasks call
+                # shoal.current().
+                execute.CURRENT = execute.Current(task, attempt, taskdir)
+                reply = (*call(self.functions[fid], payload, taskdir), None)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                _drain(1, taskdir, "stdout")
+                _drain(2, taskdir, "stderr")
+            if not self.replies:
+                self.due = time.monotonic() + self.holds[command is not None]
+            self.replies.append((task, attempt, *reply))
+
+    def command(
+        self,
+        task: int,
+        attempt: int,
+        command: tuple[list[str], bool, str | None],
+        base: dict[bytes, bytes],
+        taskdir: str,
+    ) -> tuple[Any, ...]:
+        argv, shell, workdir = command
+        line = ["/bin/sh", "-c", argv[0]] if shell else argv
+        env = dict(base)
+        env[b"SHOAL_TASK"] = str(task).encode()
+        env[b"SHOAL_ATTEMPT"] = str(attempt).encode()
+        env[b"SHOAL_TASK_DIR"] = os.fsencode(taskdir)
+        started = time.time()
+        self.kill = None
+        try:
+            pid = self.spawn(line, env, workdir)
+        except OSError as e:
+            return False, None, "exit", start_error(e, argv, workdir), started, time.time(), 127
+        except Exception as e:  # anything else must still come back as this task's failure
+            msg = f"cannot start the process: {type(e).__name__}: {e}"
+            return False, None, "error", msg, started, time.time(), None
+        try:
+            code = self.wait(pid, (task, attempt))
+        finally:
+            _killpg(pid, signal.SIGKILL)  # what it left in its process group
+        ended = time.time()
+        printed = _drain(1, taskdir, "stdout")
+        _drain(2, taskdir, "stderr")
+        return command_reply(argv, code, taskdir, printed, started, ended)
+
+    def spawn(self, line: list[str], env: dict[bytes, bytes], workdir: str | None) -> int:
+        """Start a command in a session of its own, stdin from /dev/null, stdout and stderr
+        the spool files, pinned as this worker is. posix_spawn costs about half the CPU of
+        subprocess.Popen here (no Python between the fork and the exec); it cannot change
+        directory, so the worker (one thread) steps into ``workdir`` around it."""
+        path = self.executable(line[0], env)
+        if workdir:
+            os.chdir(workdir)
+        try:
+            return os.posix_spawn(
+                path, line, env, setsid=True, file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0)]
+            )
+        except OSError as e:
+            if e.filename == path:
+                e.filename = line[0]
+            raise
+        finally:
+            if workdir:
+                os.chdir(self.home)
+
+    def executable(self, name: str, env: dict[bytes, bytes]) -> str:
+        """``name`` found on the command's own PATH, as subprocess does (remembered)."""
+        if "/" in name:
+            return name
+        search = env.get(b"PATH", os.defpath.encode())
+        key = (name, search)
+        hit = self.found.get(key)
+        if hit is None:
+            for folder in os.fsdecode(search).split(os.pathsep):
+                candidate = os.path.join(folder or ".", name)
+                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                    hit = self.found[key] = candidate
+                    break
+            else:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+        return hit
+
+    def wait(self, pid: int, me: tuple[int, int]) -> int:
+        """Wait for a command while reading messages (more work, a kill, a stop) and sending
+        held replies when they fall due, so that a long command delays no earlier outcome.
+        Returns its exit code (negative: the signal that ended it)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd (Linux < 5.3): look every 10 ms
+            pidfd = -1
+        watch = select.poll()
+        watch.register(self.conn.fileno(), select.POLLIN)
+        if pidfd >= 0:
+            watch.register(pidfd, select.POLLIN)
+        deadline: float | None = None  # SIGKILL then, after a SIGTERM
+        signalled = False
+        try:
+            while True:
+                if pidfd < 0:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        return os.waitstatus_to_exitcode(status)
+                timeout = 10.0 if pidfd < 0 else None
+                for when in (deadline, self.due if self.replies else None):
+                    if when is not None:
+                        left = max(0.0, (when - time.monotonic()) * 1000)
+                        timeout = left if timeout is None else min(timeout, left)
+                ready = watch.poll(timeout)
+                if self.replies and time.monotonic() >= self.due:
+                    self.flush()
+                if any(fd == pidfd for fd, _ in ready):
+                    break
+                if ready:
+                    try:
+                        self.receive()
+                    except _Stop:
+                        _killpg(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        raise
+                    if self.kill == me and not signalled:
+                        signalled = True
+                        _killpg(pid, signal.SIGTERM)
+                        deadline = time.monotonic() + GRACE
+                if deadline is not None and time.monotonic() >= deadline:
+                    _killpg(pid, signal.SIGKILL)
+                    deadline = None
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
     conn = Connection(int(argv[0]))
-    # Whether a message waits, asked after every task: a poll object made once costs about a
-    # microsecond, Connection.poll (a new selector each call) ten. The connection reads exactly
-    # one message at a time, so nothing waits in a buffer that the descriptor would not show.
-    waiting = select.poll()
-    waiting.register(conn.fileno(), select.POLLIN)
+    holds = [float(a) for a in argv[1:3]]
     conn.send_bytes(pickle.dumps(("ready",)))
-    functions: dict[int, Callable[..., Any]] = {}
-    envs: dict[int, dict[str, str]] = {}
-    env_now: dict[str, str] = {}
-    cores_now: list[int] | None = None
-    pending: deque[tuple[Any, ...]] = deque()
-    replies: list[tuple[Any, ...]] = []
-    first = 0.0  # when the oldest held reply was made
-    while True:
-        if replies and (
-            not pending
-            or not pending[0][-1]  # the next task was not prefetched: it may be long
-            or len(replies) >= BATCH
-            or time.monotonic() - first > HOLD
-        ):
-            conn.send_bytes(pickle.dumps(("done", replies), protocol=5))
-            replies = []
-        # Take every message that is already here (blocking only when there is no work), so a
-        # "drop" reaches a queued task before it starts.
-        while not pending or waiting.poll(0):
-            try:
-                msg = pickle.loads(conn.recv_bytes())
-            except EOFError:
-                return
-            if msg[0] == "stop":
-                return
-            if msg[0] == "run":
-                pending.extend(msg[1])
-            elif msg[0] == "drop":
-                for item in pending:
-                    if item[0] == msg[1] and item[1] == msg[2]:
-                        pending.remove(item)
-                        conn.send_bytes(pickle.dumps(("dropped", msg[1], msg[2])))
-                        break
-        task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir, _ = pending.popleft()
-        if fn_payload is not None:
-            functions[fid] = cloudpickle.loads(fn_payload)
-        if env is not None:
-            envs[env_id] = env
-        env = envs[env_id]
-        if env is not env_now:  # change only what differs from the previous task
-            for key, value in env.items():
-                if env_now.get(key) != value:
-                    os.environ[key] = value
-            for key in env_now.keys() - env.keys():
-                os.environ.pop(key, None)
-            env_now = env
-        # Not in os.environ: glibc's setenv keeps every distinct value it was ever given, so
-        # per-task values there leak about 100 bytes a task. Tasks call shoal.current().
-        execute.CURRENT = execute.Current(task, attempt, taskdir)
-        if cores != cores_now:
-            cores_now = cores
-            pin(cores, {})
-        reply = call(functions[fid], payload, taskdir)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _drain(1, taskdir, "stdout")
-        _drain(2, taskdir, "stderr")
-        if not replies:
-            first = time.monotonic()
-        replies.append((task, attempt, *reply))
+    with contextlib.suppress(_Stop):
+        Worker(conn, *holds).run()
+    # Nothing is left to flush or finalize (output goes straight to the spool files): skip the
+    # interpreter's teardown, so that the run's end does not wait for it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -331,7 +331,8 @@ class Driver:
     @classmethod
     def workers_wanted(cls, plan: Plan, backend: Backend) -> tuple[int, int]:
         """Workers worth starting now, and the most common task width among their tasks."""
-        widths = Counter(r.options.cpus for r in plan.records if cls._pooled(r))
+        many = backend.pooled_commands
+        widths = Counter(r.options.cpus for r in plan.records if cls._pooled(r, many))
         if not widths:
             return 0, 1
         cpus = widths.most_common(1)[0][0]
@@ -344,13 +345,13 @@ class Driver:
         return bool(o.isolate) if o.isolate is not None else o.gpus > 0
 
     @staticmethod
-    def _pooled(r: Record) -> bool:
+    def _pooled(r: Record, commands: bool) -> bool:
         """Runs in a persistent worker (and so may be queued behind another task there)."""
-        return pooled(r.kind, Driver._isolate(r), r.options.ranks)
+        return pooled(r.kind, Driver._isolate(r), r.options.ranks, commands)
 
     def _lane(self, r: Record) -> str:
         """Which backend queue runs the task: persistent workers, or child processes."""
-        return "pool" if self._pooled(r) else "process"
+        return "pool" if self._pooled(r, self.backend.pooled_commands) else "process"
 
     def _any_failed(self) -> bool:
         c = self.scheduler.counts
