@@ -52,7 +52,12 @@ def cwd() -> str:
     return os.getcwd()
 
 
-FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv, cwd)  # index = id
+def whoami() -> tuple[int, int, int, str | None]:
+    """pid, parent pid, session id and OMP_NUM_THREADS of the process running the task."""
+    return os.getpid(), os.getppid(), os.getsid(0), os.environ.get("OMP_NUM_THREADS")
+
+
+FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv, cwd, whoami)  # by id
 
 
 def payload(*args: Any, **kwargs: Any) -> bytes:

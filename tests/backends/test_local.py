@@ -18,7 +18,7 @@ from shoal.backends.local import LocalBackend
 from shoal.core.events import Outcome
 from shoal.core.resources import Placement, Slot
 
-from .conformance import BackendContract, cwd
+from .conformance import BackendContract, cwd, snooze, whoami
 
 
 def _started(rundir: Path, cpus: int) -> Iterator[LocalBackend]:
@@ -259,3 +259,48 @@ def test_a_command_runs_in_its_workdir_and_the_worker_does_not_stay_there(
         o = CONTRACT.run_one(b, _command(b, rundir, 3, "pwd", workdir=missing))
         assert not o.ok and o.exit_code == 127
         assert "its workdir" in o.error and "does not exist" in o.error
+
+
+# -- workers come from a fork server -------------------------------------------------------------
+class TestLocalDirectConformance(BackendContract):
+    """The same contract with workers started as interpreters of their own (no fork server:
+    what the backend falls back to when the zygote cannot start or dies)."""
+
+    @pytest.fixture
+    def backend(self, rundir: Path) -> Iterator[LocalBackend]:
+        b = LocalBackend(cpus=4, pin="fold")
+        b.fork_server = False
+        b.start(rundir)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_workers_are_forked_session_leaders(local: LocalBackend, rundir: Path) -> None:
+    o = CONTRACT.run_one(local, BackendContract.python_job(local, rundir, 1, whoami))
+    assert o.ok, o.error
+    pid, ppid, sid, threads = pickle.loads(o.result or b"")
+    assert local._zygote is not None
+    assert ppid == local._zygote.proc.pid, "the worker was not forked by the zygote"
+    assert sid == pid, "a worker must lead its own session (its group is killed with it)"
+    assert threads == "1"
+
+
+def test_when_the_fork_server_dies_workers_start_directly(
+    local: LocalBackend, rundir: Path
+) -> None:
+    o = CONTRACT.run_one(local, BackendContract.python_job(local, rundir, 1, whoami))
+    assert o.ok, o.error
+    first = pickle.loads(o.result or b"")[0]
+    assert local._zygote is not None
+    local._zygote.proc.kill()
+    local._zygote.proc.wait()
+    # The first worker goes on; a second one (both cores busy) must start without the zygote.
+    local.submit([BackendContract.python_job(local, rundir, 2, snooze, 1.0)])
+    o = CONTRACT.run_one(local, BackendContract.python_job(local, rundir, 3, whoami, first=1))
+    assert o.ok, o.error
+    pid, ppid, _, _ = pickle.loads(o.result or b"")
+    assert pid != first and ppid == os.getpid(), "the new worker was not started directly"
+    (o,) = CONTRACT.collect(local, 1)
+    assert o.ok, o.error

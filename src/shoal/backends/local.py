@@ -40,6 +40,7 @@ from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
 from shoal.backends.execute import describe_exit, tail
 from shoal.backends.processes import Environment, Processes
+from shoal.backends.zygote import Forked, Zygote
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError, DefinitionError
@@ -59,7 +60,7 @@ def detect_gpus() -> int:
 @dataclass(slots=True)
 class _Worker:
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Forked
     conn: Connection
     cpus: int  # cores per task it runs: thread variables are set once, when it starts
     ready: bool = False  # it said hello: it started and imported what it needs
@@ -93,9 +94,16 @@ def _python_path() -> str:
 
 
 def _kill_group(w: _Worker) -> None:
-    """Kill a worker and every process its tasks started (its own process group)."""
+    """Kill a worker and every process its tasks started (its own process group). The worker
+    itself too: one just forked may not lead its group yet."""
+    pid = w.proc.pid
+    if pid <= 0:  # it never started
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(w.proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+    if w.proc.returncode is None:  # not known to have ended: its pid is still its own
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class LocalBackend(Backend):
@@ -109,6 +117,7 @@ class LocalBackend(Backend):
     # a finished command's (worker.COMMAND_HOLD). Read when a worker starts.
     hold = worker.HOLD
     command_hold = worker.COMMAND_HOLD
+    fork_server = True  # workers are forked by one zygote process (zygote.py), not started
 
     def __init__(
         self,
@@ -173,6 +182,7 @@ class LocalBackend(Backend):
         self._env_ids = itertools.count()
         self._process_envs: dict[tuple[Any, ...], dict[bytes, bytes]] = {}
         self._cores_cache: dict[int, tuple[Any, list[int] | None]] = {}
+        self._zygote: Zygote | None = None
 
     # -- contract -------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -236,6 +246,11 @@ class LocalBackend(Backend):
             w = self.by_fd.get(fd)
             if w is not None:
                 self._from_worker(w, out)
+            elif self._zygote is not None and fd == self._zygote.fileno():
+                self._zygote.collect(0)  # how workers ended: read as it comes, so it never piles up
+                if not self._zygote.alive:
+                    self._epoll.unregister(fd)
+                    self._say("the worker fork server died: new workers start directly")
             elif fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
@@ -264,6 +279,9 @@ class LocalBackend(Backend):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(1)
             _kill_group(w)
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
         self._epoll.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
@@ -313,34 +331,54 @@ class LocalBackend(Backend):
         if self.rundir is None:
             raise BackendError("the local backend was not started: call start(rundir) first")
         spool = self.rundir / "workers"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _python_path()
         # Numerical libraries read these once, at import: a worker serves one task width.
-        for var in THREAD_VARS:
-            env[var] = str(cpus)
-        with open(spool / f"{n}.out", "w+b") as out, open(spool / f"{n}.err", "w+b") as err:
-            proc = subprocess.Popen(
-                [
-                    self.python,
-                    "-m",
-                    "shoal.backends.worker",
-                    str(theirs.fileno()),
-                    repr(self.hold),
-                    repr(self.command_hold),
-                ],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,
-            )
+        threads = {var: str(cpus) for var in THREAD_VARS}
+        args = [repr(self.hold), repr(self.command_hold)]
+        out, err = str(spool / f"{n}.out"), str(spool / f"{n}.err")
+        zygote = self._fork_server()
+        proc: subprocess.Popen[bytes] | Forked | None = None
+        if zygote is not None:
+            proc = zygote.fork(n, theirs.fileno(), out, err, threads, args)
+        if proc is None:
+            env = {**os.environ, "PYTHONPATH": _python_path(), **threads}
+            with open(out, "w+b") as fout, open(err, "w+b") as ferr:
+                proc = subprocess.Popen(
+                    [self.python, "-m", "shoal.backends.worker", str(theirs.fileno()), *args],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fout,
+                    stderr=ferr,
+                    env=env,
+                    start_new_session=True,
+                )
         theirs.close()
         w = _Worker(n, proc, Connection(ours.detach()), cpus)
         self.workers.append(w)
         self.by_fd[w.conn.fileno()] = w
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
         return w
+
+    def _fork_server(self) -> Zygote | None:
+        """The zygote that forks workers (started with the first one), or None: turned off,
+        or it died (then workers start as interpreters of their own, as before)."""
+        z = self._zygote
+        if z is None and self.fork_server:
+            assert self.rundir is not None
+            env = {**os.environ, "PYTHONPATH": _python_path()}
+            log = str(self.rundir / "workers" / "zygote.log")
+            try:
+                z = self._zygote = Zygote(self.python, env, log)
+            except OSError as err:
+                self.fork_server = False
+                self._say(f"cannot start the worker fork server ({err}): workers start directly")
+                return None
+            self._epoll.register(z.fileno(), select.EPOLLIN)
+        if z is not None and not z.alive:
+            return None
+        return z
+
+    def _say(self, note: str) -> None:
+        print(f"shoal: {note}", file=sys.stderr)
 
     def _worker_for(self, job: Job) -> _Worker | None:
         if job.after is not None:

@@ -10,7 +10,8 @@ arguments with the small outputs their references need); ``command`` is ``None``
 task and ``(argv, shell, workdir)`` for a command, whose ``env`` is then its whole environment, as
 bytes. ``("drop", task, attempt)`` removes a queued task that has not started; ``("kill",
 task, attempt)`` stops a running command (SIGTERM to its process group, SIGKILL after GRACE
-seconds; a running Python task is stopped by killing the worker); ``("stop",)``. Replies:
+seconds), or drops it if it has not started (a running Python task is stopped by killing
+the worker); ``("stop",)``. Replies:
 ``("done", [(task, attempt, ok, result, kind, error, started, ended, exit_code), ...])``
 (several per message, see HOLD), ``("dropped", task, attempt)``, and ``("ready",)`` once at
 start.
@@ -114,14 +115,19 @@ class Worker:
             raise _Stop
         if msg[0] == "run":
             self.pending.extend(msg[1])
-        elif msg[0] == "kill":
+        elif msg[0] == "kill" and not self.drop(msg[1], msg[2]):  # not queued: running
             self.kill = (msg[1], msg[2])
         elif msg[0] == "drop":
-            for item in self.pending:
-                if item[0] == msg[1] and item[1] == msg[2]:
-                    self.pending.remove(item)
-                    self.conn.send_bytes(pickle.dumps(("dropped", msg[1], msg[2])))
-                    break
+            self.drop(msg[1], msg[2])
+
+    def drop(self, task: int, attempt: int) -> bool:
+        """Remove a queued task that has not started (True), saying so to the driver."""
+        for item in self.pending:
+            if item[0] == task and item[1] == attempt:
+                self.pending.remove(item)
+                self.conn.send_bytes(pickle.dumps(("dropped", task, attempt)))
+                return True
+        return False
 
     def flush(self) -> None:
         """Send the held replies."""

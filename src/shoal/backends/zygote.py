@@ -1,0 +1,249 @@
+"""A fork server for the local backend's workers: one interpreter start per run, not per worker.
+
+Starting a Python interpreter and importing what a worker needs takes about 100 ms of CPU on a
+small machine, and a node of 128 cores wants 128 workers at once. So the local backend starts
+this process once, as ``python -m shoal.backends.zygote FD``; it imports the worker's code and
+then forks a worker whenever the driver asks, in about a millisecond. It is single-threaded,
+so forking it is safe (the driver, with its threads, never forks).
+
+Protocol over the socket FD (SOCK_SEQPACKET: one pickled message per packet; a fork request
+carries the worker's end of its own connection to the driver as an SCM_RIGHTS descriptor):
+
+* in: ``("fork", n, out, err, env, argv)``: fork worker ``n`` with stdout and stderr the
+  (new, emptied) spool files ``out`` and ``err``, ``env`` added to its environment, and
+  ``argv`` (the worker's arguments after FD); ``("stop",)``.
+* out: ``("ready",)`` once at start; ``("forked", n, pid)``; ``("exit", pid, code)`` when a
+  worker ends (``code`` negative: the signal that killed it), so the driver, which is not the
+  workers' parent, still learns how each one ended.
+
+A forked worker is a session leader, as a worker started directly would be, so killing its
+process group kills whatever its tasks started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from shoal.backends import worker
+
+PACKET = 1 << 16  # the largest message either side sends
+
+
+def send(sock: socket.socket, msg: Any) -> None:
+    sock.send(pickle.dumps(msg, protocol=5))
+
+
+def _child(
+    sock: socket.socket, fd: int, out: str, err: str, env: dict[str, str], argv: list[str]
+) -> None:
+    """In the forked process: become the worker."""
+    try:
+        sock.close()
+        os.setsid()
+        for target, path in ((1, out), (2, err)):
+            f = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(f, target)
+            os.close(f)
+        os.environ.update(env)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        worker.main([str(fd), *argv])
+    except BaseException as e:  # report, never return into the zygote's loop
+        with contextlib.suppress(Exception):
+            print(f"shoal: the worker could not start: {type(e).__name__}: {e}", file=sys.stderr)
+    finally:
+        os._exit(70)
+
+
+def _reap(sock: socket.socket) -> None:
+    """Report every worker that ended."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
+    sock = socket.socket(fileno=int(argv[0]))
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the wake-up fd fires
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    send(sock, ("ready",))
+    preloaded = False
+    while True:
+        events = poller.poll(None if preloaded else 50)
+        if not events and not preloaded:
+            # Idle: import what Python tasks need (cloudpickle, for functions sent by value)
+            # once here, so that workers forked from now on have it. Not before the first
+            # forks: a run of commands would wait for it.
+            import cloudpickle  # noqa: F401
+
+            preloaded = True
+        for fd, _ in events:
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+                _reap(sock)
+                continue
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, PACKET, 1)
+            except OSError:
+                return
+            if not data:  # the driver went away
+                return
+            msg = pickle.loads(data)
+            if msg[0] != "fork" or not fds:
+                return  # "stop"
+            _, n, out, err, env, args = msg
+            pid = os.fork()
+            if pid == 0:
+                _child(sock, fds[0], out, err, env, args)
+            os.close(fds[0])
+            send(sock, ("forked", n, pid))
+            _reap(sock)
+
+
+# -- the driver's side ----------------------------------------------------------------------
+class Forked:
+    """A worker the zygote forked: the part of ``subprocess.Popen`` the local backend uses."""
+
+    def __init__(self, zygote: Zygote, n: int) -> None:
+        self.zygote = zygote
+        self.n = n
+        self._pid: int | None = None
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        while self._pid is None and self.returncode is None:
+            self.zygote.collect(None)
+        return self._pid if self._pid is not None else -1
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.zygote.collect(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"worker {self.n}", timeout or 0.0)
+            self.zygote.collect(left)
+        return self.returncode
+
+
+class Zygote:
+    """Starts the fork server and asks it for workers (see the module's docstring)."""
+
+    LOST = 70  # the exit code of a worker whose end nobody saw (the zygote itself died)
+
+    def __init__(self, python: str, env: dict[str, str], log: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [python, "-m", "shoal.backends.zygote", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=env,
+                start_new_session=True,
+            )
+        theirs.close()
+        self.sock = ours
+        self.alive = True
+        self.ready = False
+        self.by_n: dict[int, Forked] = {}
+        self.by_pid: dict[int, Forked] = {}
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def fork(
+        self, n: int, fd: int, out: str, err: str, env: dict[str, str], argv: list[str]
+    ) -> Forked | None:
+        """Ask for worker ``n`` on connection ``fd``; it starts when the zygote is ready, as a
+        directly started worker would after its imports. None if the zygote is gone (``fd``
+        is then still the caller's)."""
+        msg = pickle.dumps(("fork", n, out, err, env, argv), protocol=5)
+        self.collect(0)  # has it died?
+        if not self.alive:
+            return None
+        try:
+            socket.send_fds(self.sock, [msg], [fd])
+        except OSError:
+            self._gone()
+            return None
+        f = self.by_n[n] = Forked(self, n)
+        return f
+
+    def collect(self, timeout: float | None) -> None:
+        """Read what the zygote said, waiting up to ``timeout`` seconds for the first word."""
+        if not self.alive:
+            return
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        while ready:
+            try:
+                data = self.sock.recv(PACKET, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._gone()
+                return
+            msg = pickle.loads(data)
+            if msg[0] == "ready":
+                self.ready = True
+            elif msg[0] == "forked":
+                f = self.by_n.pop(msg[1])
+                f._pid = msg[2]
+                self.by_pid[msg[2]] = f
+            elif msg[0] == "exit":
+                f = self.by_pid.pop(msg[1], None)
+                if f is not None:
+                    f.returncode = msg[2]
+
+    def _gone(self) -> None:
+        """The zygote died: its workers' ends are unknown; no more forks."""
+        self.alive = False
+        for f in [*self.by_n.values(), *self.by_pid.values()]:
+            if f.returncode is None:
+                f.returncode = self.LOST
+        self.by_n.clear()
+        self.by_pid.clear()
+
+    def close(self) -> None:
+        if self.alive:
+            with contextlib.suppress(OSError):
+                send(self.sock, ("stop",))
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    os._exit(0)  # nothing to finalize: the run's end need not wait for a teardown
