@@ -21,9 +21,8 @@ from typing import Any
 
 import cloudpickle
 
-from shoal.backends.execute import call_in_thread
+from shoal.backends.execute import call_in_thread, command_reply, start_error
 
-STDOUT_LIMIT = 1 << 20
 _functions: dict[tuple[int, int], Callable[..., Any]] = {}
 _procs: dict[str, subprocess.Popen[bytes]] = {}
 _stopped: set[str] = set()
@@ -100,33 +99,14 @@ def command(
                     proc.kill()
             code = proc.wait()
     except OSError as e:
-        what = e.filename or argv[0]
-        return (
-            False,
-            None,
-            "exit",
-            f"cannot start {what!r}: {e.strerror or e}",
-            started,
-            time.time(),
-            127,
-        )
+        return False, None, "exit", start_error(e, argv, workdir), started, time.time(), 127
     finally:
         with _lock:
             _procs.pop(key, None)
             _stopped.discard(key)
     ended = time.time()
     _tidy(folder)
-    if code != 0:
-        text = _tail(folder / "stderr")
-        words = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        msg = f"command {argv[0]!r}: the process {words}" + (f"\n{text}" if text else "")
-        return False, None, "crash" if code < 0 else "exit", msg, started, ended, code
-    printed = ""
-    if (folder / "stdout").exists():
-        with open(folder / "stdout", "rb") as fh:
-            printed = fh.read(STDOUT_LIMIT).decode(errors="replace")
-    value = {"returncode": 0, "stdout": printed, "dir": taskdir}
-    return True, pickle.dumps(value, protocol=5), "", "", started, ended, 0
+    return command_reply(argv, code, taskdir, (folder / "stdout").exists(), started, ended)
 
 
 def stop(key: str) -> bool:
@@ -155,11 +135,3 @@ def _tidy(folder: Path) -> None:
             p.unlink()
     with contextlib.suppress(OSError):
         folder.rmdir()  # only if empty
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_bytes()[-8192:].decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
