@@ -40,7 +40,7 @@ from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
 from shoal.backends.execute import describe_exit, tail
 from shoal.backends.processes import Environment, Processes
-from shoal.backends.zygote import Forked, Zygote
+from shoal.backends.zygote import Forked, Zygote, launch
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError, DefinitionError
@@ -342,14 +342,9 @@ class LocalBackend(Backend):
         if proc is None:
             env = {**os.environ, "PYTHONPATH": _python_path(), **threads}
             with open(out, "w+b") as fout, open(err, "w+b") as ferr:
-                proc = subprocess.Popen(
-                    [self.python, "-m", "shoal.backends.worker", str(theirs.fileno()), *args],
-                    pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    stdout=fout,
-                    stderr=ferr,
-                    env=env,
-                    start_new_session=True,
+                module = "shoal.backends.worker"
+                proc = launch(
+                    self.python, module, theirs.fileno(), args, env, fout.fileno(), ferr.fileno()
                 )
         theirs.close()
         w = _Worker(n, proc, Connection(ours.detach()), cpus)

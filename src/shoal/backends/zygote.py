@@ -151,6 +151,21 @@ class Forked:
         return self.returncode
 
 
+def launch(
+    python: str, module: str, fd: int, args: list[str], env: dict[str, str], out: int, err: int
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m module FD ARGS...`` in a session of its own, on connection ``fd``."""
+    return subprocess.Popen(
+        [python, "-m", module, str(fd), *args],
+        pass_fds=[fd],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        env=env,
+        start_new_session=True,
+    )
+
+
 class Zygote:
     """Starts the fork server and asks it for workers (see the module's docstring)."""
 
@@ -159,15 +174,8 @@ class Zygote:
     def __init__(self, python: str, env: dict[str, str], log: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [python, "-m", "shoal.backends.zygote", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=env,
-                start_new_session=True,
-            )
+            fd = out.fileno()
+            self.proc = launch(python, "shoal.backends.zygote", theirs.fileno(), [], env, fd, fd)
         theirs.close()
         self.sock = ours
         self.alive = True

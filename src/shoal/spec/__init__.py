@@ -10,8 +10,9 @@ Names are imported on first use (PEP 562): a worker that reads stored references
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shoal.lazy import exports
 
 _WHERE = {
     "CommandFactory": "shoal.spec.task",
@@ -48,17 +49,7 @@ assert sorted(__all__) == sorted(_WHERE)
 # ``shoal.spec.task``. Users write ``shoal.task``.
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'shoal.spec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = exports("shoal.spec", _WHERE, globals())
 
 
 if TYPE_CHECKING:
