@@ -2,8 +2,12 @@
 
 * Python tasks run in persistent worker processes (``worker.py``), one task per worker at a
   time, started on demand and reused; ``isolate=True`` runs a task in a fresh process.
-* Command tasks, and Python tasks with several ranks, run as child processes; several ranks
-  start through the MPI launcher (``mpiexec -n {ranks}`` by default).
+  Workers are forked by one fork server per run (``zygote.py``), or started directly if it
+  cannot start or died.
+* Single-rank commands are started by the workers too (``posix_spawn``), so that starting
+  them does not compete with the driver for its interpreter lock. Multi-rank tasks and
+  isolated Python tasks run as child processes of the driver (``processes.py``); several
+  ranks start through the MPI launcher (``mpiexec -n {ranks}`` by default).
 * Every task is pinned: CPU affinity to its cores (set on the launching thread just before the
   child is spawned, so it holds from the first instruction), ``OMP_NUM_THREADS`` to its cores,
   ``CUDA_VISIBLE_DEVICES``/``ROCR_VISIBLE_DEVICES``/``ZE_AFFINITY_MASK`` to its GPUs.

@@ -1,9 +1,11 @@
-"""Child processes for the local backend: commands, isolated Python tasks, MPI launches.
+"""Child processes of the driver: isolated Python tasks and MPI launches (the local backend),
+and the steps of the Slurm backend. Single-rank local commands are started by the workers
+instead (``worker.py``): there, their starts do not wait for the driver's interpreter lock.
 
 Each slot's processes run in a *chain*: one thread starts a process, waits for it, reports the
 outcome, and starts the next job queued behind it on the same slot (jobs with ``after``),
 without a round trip through the driver. This is the shape of a plain thread pool running
-``subprocess.run``, which is what short commands need to keep every core busy.
+``subprocess.run``.
 
 CPU affinity is per thread on Linux: the chain thread pins itself to the task's cores just
 before the fork, so the child is pinned from its first instruction, then unpins itself.
