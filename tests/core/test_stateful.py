@@ -64,6 +64,7 @@ policies = st.builds(
     reserve_after=st.sampled_from([0.0, 5.0, 30.0, math.inf]),
     prefetch=st.sampled_from([0, 1, 3]),
     prefetch_window=st.sampled_from([0.01, 100.0, 100.0]),
+    follow=st.booleans(),
 )
 
 
@@ -108,6 +109,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.seen: list[Command] = []  # every command returned, to check none is reused
         self.seen_ids: set[int] = set()
         self.gates: dict[int, set[int]] = {}  # extra deps a Response's gate gave a task
+        self.follows: dict[int, int] = {}  # queued follower -> the task ahead that it waits for
         self.stopped = False
 
     @property
@@ -164,7 +166,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         else:
             assert self.states.get(c.task) is c.old, (c, self.states.get(c.task))
             assert c.new in TRANSITIONS[c.old], f"illegal transition {c}"
-        if c.new in (READY, QUEUED, RUNNING, SUCCEEDED):
+        if (c.old, c.new) == (PENDING, QUEUED):  # a follower: it waits for one task, in flight
+            waits = [d for d in self.deps_of(c.task) if self.states[d] is not SUCCEEDED]
+            assert len(waits) == 1 and waits[0] in self.live, (c, waits)
+            assert not self.stopped, f"{c}: the run was stopped, nothing new may start"
+            awaiting[c.task] = c.new
+        elif c.new in (READY, QUEUED, RUNNING, SUCCEEDED):
             assert all(d is SUCCEEDED for d in deps), f"{c} although its deps are {deps}"
         if c.old is READY and c.new in LIVE:
             assert not self.stopped, f"{c}: the run was stopped, nothing new may start"
@@ -173,7 +180,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             a = self.live[c.task]
             assert c.task in a.chain.tasks[:2], f"task {c.task} jumps the queue {a.chain.tasks}"
             a.start = self.s.now
+            self.follows.pop(c.task, None)
         elif c.old in LIVE:  # the attempt ends
+            if (c.old, c.new) == (QUEUED, PENDING):  # a follower taken back
+                assert c.task in self.follows, f"{c}: only a follower goes back to pending"
+            self.follows.pop(c.task, None)
             a = self.live.pop(c.task)
             a.chain.tasks.remove(c.task)
             if not a.chain.tasks:
@@ -185,8 +196,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def on_dispatch(self, c: Dispatch) -> None:
         info = self.infos[c.task]
         assert c.task not in self.live, f"task {c.task} dispatched while it is in flight"
-        for d in info.deps:
-            assert self.states[d] is SUCCEEDED, f"task {c.task} dispatched before dep {d}"
+        if c.follows:  # behind the one task it still waits for
+            assert self.s.policy.follow and info.follow and c.after in self.deps_of(c.task), c
+            self.follows[c.task] = c.after
+        for d in self.deps_of(c.task):
+            if not (c.follows and d == c.after):
+                assert self.states[d] is SUCCEEDED, f"task {c.task} dispatched before dep {d}"
         assert c.attempt == self.attempts.get(c.task, 0) + 1, c
         self.attempts[c.task] = c.attempt
         if c.after is not None:  # prefetch: queued behind the last task of a running slot
@@ -258,6 +273,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             head, *queue = chain.tasks
             assert self.states[head] is RUNNING, (chain.tasks, self.states[head])
             assert all(self.states[t] is QUEUED for t in queue), chain.tasks
+            for ahead, t in zip(chain.tasks, queue, strict=False):
+                if t in self.follows:  # right behind the task it waits for
+                    assert self.follows[t] == ahead, (t, self.follows[t], chain.tasks)
             assert all(self.live[t].chain is chain for t in chain.tasks)
             assert not held & chain.held
             held |= chain.held
@@ -302,15 +320,20 @@ class SchedulerMachine(RuleBasedStateMachine):
             tid = self.next_id
             self.next_id += 1
             deps = data.draw(st.lists(st.integers(0, tid - 1), max_size=3)) if tid else []
+            request = self.draw_request(data)
+            lane = data.draw(st.sampled_from([None, "pool", "process"]), label="lane")
+            if deps and data.draw(st.booleans(), label="a chain: the shape of its first dep"):
+                request, lane = self.infos[deps[0]].request, self.infos[deps[0]].prefetch
             info = TaskInfo(
                 tid,
                 tuple(deps),
-                self.draw_request(data),
+                request,
                 data.draw(st.integers(-2, 2)),
                 data.draw(st.none() | st.sampled_from([1.0, 5.0, 20.0])),
-                data.draw(st.sampled_from([None, "pool", "process"]), label="lane"),
+                lane,
                 None,
                 data.draw(st.sampled_from([0.0, 0.01, 3.0, 1e6]), label="estimate"),
+                data.draw(st.booleans(), label="follow"),
             )
             self.infos[tid] = info
             batch.append(info)
@@ -328,6 +351,22 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert [(t.task, t.old, t.new) for t in out if isinstance(t, Transition)][:n] == [
             (t.id, None, READY) for t in batch
         ]
+
+    @rule(n=st.integers(2, 6), width=st.integers(1, 3), follow=st.booleans())
+    def chains(self, n: int, width: int, follow: bool) -> None:
+        """Chains of small dependent tasks of one shape (each waits for the one before): the
+        case followers are for."""
+        batch: list[TaskInfo] = []
+        for j in range(width):
+            prev: tuple[int, ...] = ()
+            for _ in range(n):
+                t = TaskInfo(self.next_id, prev, prefetch="pool", follow=follow)
+                self.next_id += 1
+                batch.append(t)
+                prev = (t.id,)
+            del j
+        self.infos.update((t.id, t) for t in batch)
+        self.feed(Submitted(self.now, tuple(batch)))
 
     @rule(data=st.data(), kind=st.sampled_from(["cores", "gpus", "ranks", "dep", "cancel"]))
     def reject(self, data: st.DataObject, kind: str) -> None:
@@ -360,9 +399,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.snapshot() == before
 
     def handover(self, out: list[Command], chain: list[int], task: int) -> None:
-        """When the running task of a slot ends, the first task queued behind it runs."""
+        """When the running task of a slot ends, the first task queued behind it runs; only
+        followers it did not make succeed are taken back first."""
         if len(chain) > 1 and chain[0] == task:
-            assert (QUEUED, RUNNING) in [(t.old, t.new) for t in transitions(out, chain[1])]
+            for t in chain[1:]:
+                moves = [(x.old, x.new) for x in transitions(out, t)]
+                if (QUEUED, RUNNING) in moves:
+                    return
+                assert moves[:1] == [(QUEUED, PENDING)], (t, moves, chain)
 
     @precondition(lambda self: bool(self.tasks_in(RUNNING)))
     @rule(data=st.data(), dt=st.sampled_from([0.0, 0.5, 2.0]))
@@ -415,8 +459,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         queued = [t for t in self.tasks_in(QUEUED) if self.live[t].kill in ("cancel", "stop")]
         task = data.draw(st.sampled_from(queued))
         a = self.live[task]
+        waits = task in self.follows  # a stopped follower still waits for the task ahead
         out = self.feed(Failed(self.now, task, a.number, "dropped", "cancelled"))
-        new = READY if a.kill == "stop" else CANCELLED
+        new = (PENDING if waits else READY) if a.kill == "stop" else CANCELLED
         assert [(t.old, t.new) for t in transitions(out, task)] == [(QUEUED, new)]
 
     @precondition(lambda self: bool(self.live))
@@ -426,9 +471,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         task = data.draw(st.sampled_from(sorted(self.live)))
         a = self.live[task]
         old = self.states[task]
+        waits = task in self.follows
         out = self.feed(Returned(self.now, task, a.number))
         first = transitions(out, task)[0]
-        expected = CANCELLED if a.kill == "cancel" else READY  # stopped: ready again too
+        # stopped: ready again too; a follower waits for the task ahead again
+        expected = CANCELLED if a.kill == "cancel" else PENDING if waits else READY
         assert (first.old, first.new) == (old, expected)
 
     @precondition(lambda self: bool(self.states))
@@ -474,9 +521,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         gate = () if how in ("add", "skip") else tuple(b.id for b in batch)
         if how == "replace":
             gate = gate[-1:]
-        pending = [c for c in children if self.states[c] is PENDING]
+        # (its followers are taken back first, and then are pending children like the rest)
+        pending = [c for c in children if self.states[c] in (PENDING, QUEUED)]
         out = self.feed(
-            Succeeded(self.now, task, a.number, add=tuple(batch), gate=gate, skip=how == "skip")
+            Succeeded(
+                self.now,
+                task,
+                a.number,
+                add=tuple(batch),
+                gate=gate,
+                skip=how == "skip",
+                response=True,
+            )
         )
         assert (RUNNING, SUCCEEDED) in [(t.old, t.new) for t in transitions(out, task)]
         for c in pending:
@@ -614,7 +670,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             deps = [states[d] for d in self.deps_of(t)]
             # (a succeeded task may sit below one that runs again: a rerun without its
             # downstream; that it succeeded only after its deps is checked at the transition)
-            if v in (READY, QUEUED, RUNNING):
+            if v is QUEUED and t in self.follows:
+                waits = [d for d in self.deps_of(t) if states[d] is not SUCCEEDED]
+                assert waits == [self.follows[t]], (t, waits, self.follows[t])
+            elif v in (READY, QUEUED, RUNNING):
                 assert all(d is SUCCEEDED for d in deps), (t, v, deps)
             if v is PENDING:
                 assert any(d is not SUCCEEDED for d in deps), (t, deps)
@@ -671,6 +730,6 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 
 SchedulerMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=40, deadline=None
+    max_examples=150, stateful_step_count=40, deadline=None
 )
 TestScheduler: Any = SchedulerMachine.TestCase

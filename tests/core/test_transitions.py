@@ -33,7 +33,7 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import Returned
+from shoal.core.events import Rerun, Returned
 from shoal.core.queue import band, urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
 from shoal.errors import DefinitionError, ResourceError
@@ -87,6 +87,7 @@ def test_terminal_states_leave_only_by_reopening() -> None:
 
 # -- (b) scenarios ---------------------------------------------------------------------------
 PREFETCH = Policy(prefetch=2, prefetch_window=10.0)
+FOLLOW = Policy(prefetch=2, prefetch_window=10.0, follow=True)
 WARM = (sub(0, task(0)), Succeeded(1, 0, 1))  # one 1 s run: prefetch now knows the shape is short
 WARMED = ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC))
 
@@ -451,6 +452,128 @@ SCENARIOS = [
         policy=PREFETCH,
         queued_after=((2, 1), (3, 2)),
     ),
+    Scenario(
+        "a dep_failed task rerun once its upstream was rerun and succeeded is ready at once",
+        (
+            sub(0, task(0), task(1, 0)),
+            Failed(1, 0, 1, "boom"),
+            Rerun(2, 0),
+            Succeeded(3, 0, 2),
+            Rerun(4, 1),
+        ),
+        (
+            (0, None, RDY),
+            (1, None, PEN),
+            (0, RDY, RUN),
+            (0, RUN, FAI),
+            (1, PEN, DEP),
+            (0, FAI, RDY),
+            (0, RDY, RUN),
+            (0, RUN, SUC),
+            (1, DEP, RDY),
+            (1, RDY, RUN),
+        ),
+    ),
+    # -- followers: a dependent queued behind the one task it still waits for -----------------
+    Scenario(
+        "a dependent follows the task it waits for and starts when that one succeeds",
+        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Succeeded(2, 1, 1), Succeeded(3, 2, 1)),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, PEN),
+            (1, RDY, RUN),
+            (2, PEN, QUE),
+            (1, RUN, SUC),
+            (2, QUE, RUN),  # no pending -> ready: it was in place already
+            (2, RUN, SUC),
+        ),
+        policy=FOLLOW,
+        queued_after=((2, 1),),
+        reasons=((2, ""),),
+        done=True,
+    ),
+    Scenario(
+        "without the policy a dependent waits to be ready",
+        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Succeeded(2, 1, 1)),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, PEN),
+            (1, RDY, RUN),
+            (1, RUN, SUC),
+            (2, PEN, RDY),
+            (2, RDY, RUN),
+        ),
+        policy=PREFETCH,
+    ),
+    Scenario(
+        "a follower's own dependent does not follow it; a failure takes the follower back",
+        (
+            *WARM,
+            sub(1, task(1), *(task(i, i - 1, follow=True) for i in (2, 3, 4))),
+            Failed(2, 1, 1, "boom"),
+        ),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, PEN),
+            (3, None, PEN),
+            (4, None, PEN),
+            (1, RDY, RUN),
+            (2, PEN, QUE),
+            (2, QUE, PEN),  # taken back first: it must not start behind a failure
+            (1, RUN, FAI),
+            (2, PEN, DEP),
+            (3, PEN, DEP),
+            (4, PEN, DEP),
+        ),
+        policy=FOLLOW,
+        queued_after=((2, 1),),
+        reasons=((2, "upstream task 1 failed"), (4, "upstream task 1 failed")),
+        done=True,
+    ),
+    Scenario(
+        "a follower of a task that returns a Response is taken back, then runs as usual",
+        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Succeeded(2, 1, 1, response=True)),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, PEN),
+            (1, RDY, RUN),
+            (2, PEN, QUE),
+            (2, QUE, PEN),
+            (1, RUN, SUC),
+            (2, PEN, RDY),
+            (2, RDY, RUN),
+        ),
+        policy=FOLLOW,
+        queued_after=((2, 1),),
+    ),
+    Scenario(
+        "a ready task more urgent than a follower takes the place behind the running one",
+        (*WARM, sub(1, task(1)), sub(2, task(2, 1, follow=True), task(3, priority=5))),
+        (*WARMED, (1, None, RDY), (1, RDY, RUN), (2, None, PEN), (3, None, RDY), (3, RDY, QUE)),
+        policy=FOLLOW,
+        queued_after=((3, 1),),
+    ),
+    Scenario(
+        "a follower whose slot is lost waits again for the task it followed",
+        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Returned(2, 2, 1), Succeeded(3, 1, 1)),
+        (
+            *WARMED,
+            (1, None, RDY),
+            (2, None, PEN),
+            (1, RDY, RUN),
+            (2, PEN, QUE),
+            (2, QUE, PEN),
+            (1, RUN, SUC),
+            (2, PEN, RDY),
+            (2, RDY, RUN),
+        ),
+        policy=FOLLOW,
+        queued_after=((2, 1),),
+    ),
 ]
 
 
@@ -479,11 +602,14 @@ def test_scenario(s: Scenario) -> None:
     # attempt of that task: a fresh one for running, one behind another task for queued
     attempts: Counter[int] = Counter()
     for i, c in enumerate(out):
-        if isinstance(c, Transition) and c.old is RDY and c.new in (RUN, QUE):
+        if not isinstance(c, Transition):
+            continue
+        if (c.old is RDY and c.new in (RUN, QUE)) or (c.old is PEN and c.new is QUE):
             d = out[i + 1]
             attempts[c.task] += 1
             assert isinstance(d, Dispatch) and (d.task, d.attempt) == (c.task, attempts[c.task])
             assert (d.after is None) == (c.new is RUN)
+            assert d.follows == (c.old is PEN)  # a follower is dispatched as one
     assert len(dispatched(out)) == attempts.total()
     queued = [(d.task, d.after) for d in out if isinstance(d, Dispatch) and d.after is not None]
     assert queued == list(s.queued_after)

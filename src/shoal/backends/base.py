@@ -49,6 +49,7 @@ class Job:
     ranks: int = 1
     cpus: int = 1  # cores per rank
     after: int | None = None  # queue behind this running task on its slot (prefetch)
+    follows: bool = False  # python: start only if ``after`` succeeded there, with its output
 
     @property
     def taskdir(self) -> Path:

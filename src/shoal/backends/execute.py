@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
 STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
-Outputs = dict[int, tuple[str, bytes]]  # task id -> (how to name it in errors, pickled output)
+# task id -> (how to name it in errors, pickled output); None: the output of the task this one
+# follows, made just before in the same worker (``local`` below)
+Outputs = dict[int, tuple[str, bytes | None]]
 
 # A payload is pickled ``(args, kwargs)``, or ``(INPUTS, that payload with references as
 # StoredRef, outputs)``: the outputs the references need travel with it, and the references
@@ -87,8 +89,9 @@ class InputError(Exception):
     """A reference of the arguments cannot be resolved (a selection that does not exist)."""
 
 
-def arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The ``(args, kwargs)`` of a payload, references resolved."""
+def arguments(payload: bytes, local: bytes | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``(args, kwargs)`` of a payload, references resolved; ``local`` is the pickled
+    output of the task a follower follows."""
     obj = pickle.loads(payload)
     if len(obj) == 2:
         return obj  # type: ignore[no-any-return]
@@ -96,7 +99,7 @@ def arguments(payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     from shoal.errors import DefinitionError
 
     try:
-        return _Resolving(inner, outputs).load()  # type: ignore[no-any-return]
+        return _Resolving(inner, outputs, local).load()  # type: ignore[no-any-return]
     except DefinitionError as err:
         raise InputError(str(err)) from None
 
@@ -109,9 +112,10 @@ class _Resolving(pickle.Unpickler):
     (nested containers, dataclasses, any object), with no second walk over the arguments.
     """
 
-    def __init__(self, data: bytes, outputs: Outputs) -> None:
+    def __init__(self, data: bytes, outputs: Outputs, local: bytes | None) -> None:
         super().__init__(io.BytesIO(data))
         self.outputs = outputs
+        self.local = local
         self.values: dict[int, Any] = {}
 
     def find_class(self, module: str, name: str, /) -> Any:
@@ -123,14 +127,19 @@ class _Resolving(pickle.Unpickler):
         from shoal.spec.refs import follow
 
         if task not in self.values:
-            self.values[task] = pickle.loads(self.outputs[task][1])
+            data = self.outputs[task][1]
+            if data is None:
+                data = self.local
+            if data is None:  # the worker lost it: a bug, said plainly rather than guessed
+                raise InputError(f"{self.outputs[task][0]}: not at hand where this task runs")
+            self.values[task] = pickle.loads(data)
         return follow(self.values[task], path, self.outputs[task][0])
 
 
-def call(fn: Callable[..., Any], payload: bytes, taskdir: str) -> Reply:
+def call(fn: Callable[..., Any], payload: bytes, taskdir: str, local: bytes | None = None) -> Reply:
     started = time.time()
     try:
-        args, kwargs = arguments(payload)
+        args, kwargs = arguments(payload, local)
     except InputError as err:
         return False, None, "error", f"cannot prepare the inputs: {err}", started, time.time()
     except BaseException as err:

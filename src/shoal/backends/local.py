@@ -114,7 +114,9 @@ class LocalBackend(Backend):
     """Runs everything on this machine. ``cpus``/``gpus``/``memory`` pretend another size."""
 
     name = "local"
-    capabilities = frozenset({"python", "command", "mpi", "pinning", "cancel", "prefetch"})
+    capabilities = frozenset(
+        {"python", "command", "mpi", "pinning", "cancel", "prefetch", "follow"}
+    )
     prefetch = 64
     pooled_commands = True  # single-rank commands start from the workers, not the driver
     # Seconds a worker may hold a finished task's reply to share a message (worker.HOLD), and
@@ -439,6 +441,7 @@ class LocalBackend(Backend):
             job.folder,
             job.after is not None,
             command,
+            job.after if job.follows else None,
         )
 
     def _forget(self, w: _Worker, job: Job) -> None:

@@ -1,20 +1,27 @@
 """A persistent worker process: runs tasks one after another, no interpreter start each.
 
-Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD]``,
-it talks over one
-socket (``multiprocessing.connection`` framing) to the driver. Messages in:
-``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir, queued,
-command)])`` queues tasks, run in order (a function and an environment are sent once per
-worker, then named by id; a payload is what ``execute.arguments`` reads: the arguments, or the
-arguments with the small outputs their references need); ``command`` is ``None`` for a Python
-task and ``(argv, shell, workdir)`` for a command, whose ``env`` is then its whole environment, as
-bytes. ``("drop", task, attempt)`` removes a queued task that has not started; ``("kill",
-task, attempt)`` stops a running command (SIGTERM to its process group, SIGKILL after GRACE
-seconds), or drops it if it has not started (a running Python task is stopped by killing
-the worker); ``("stop",)``. Replies:
-``("done", [(task, attempt, ok, result, kind, error, started, ended, exit_code), ...])``
-(several per message, see HOLD), ``("dropped", task, attempt)``, and ``("ready",)`` once at
-start.
+Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD]``
+(or forked by the zygote), it talks over one socket (``multiprocessing.connection`` framing)
+to the driver. Messages in:
+
+* ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir,
+  queued, command, follows)])`` queues tasks, run in order. A function and an environment are
+  sent once per worker, then named by id. A payload is what ``execute.arguments`` reads: the
+  arguments, or the arguments with the small outputs their references need. ``command`` is
+  ``None`` for a Python task and ``(argv, shell, workdir)`` for a command, whose ``env`` is
+  then its whole environment, as bytes. ``follows`` names the task a follower waits for: it
+  runs only if that task ran just before it here and succeeded without a Response, and reads
+  that task's output from there; otherwise it is dropped (replied ``dropped``, after every
+  reply held before it).
+* ``("drop", task, attempt)`` removes a queued task that has not started.
+* ``("kill", task, attempt)`` stops a running command (SIGTERM to its process group, SIGKILL
+  after GRACE seconds), or drops it if it has not started (a running Python task is stopped
+  by killing the worker).
+* ``("stop",)``.
+
+Replies: ``("done", [(task, attempt, ok, result, kind, error, started, ended, exit_code),
+...])`` (several per message, see HOLD), ``("dropped", task, attempt)``, and ``("ready",)``
+once at start.
 
 Commands run here, not in the driver, so that starting them does not compete with the driver
 for its interpreter lock: a fork and exec of a short command is mostly Python work in the
@@ -103,6 +110,8 @@ class Worker:
         self.found: dict[tuple[str, bytes], str] = {}  # executables found on a PATH
         self.home = os.getcwd()
         self.replies: list[tuple[Any, ...]] = []  # held, to share one message
+        # The task run last: (id, succeeded without a Response, its pickled output).
+        self.last: tuple[int, bool, bytes | None] | None = None
         self.due = 0.0  # monotonic time by which the held replies go out
 
     def receive(self) -> None:
@@ -141,7 +150,7 @@ class Worker:
         while True:
             if self.replies and (
                 not pending
-                or not pending[0][-2]  # the next task was not prefetched: it may be long
+                or not pending[0][9]  # the next task was not prefetched: it may be long
                 or not self.replies[-1][2]  # a failure
                 or len(self.replies) >= BATCH
                 or time.monotonic() >= self.due
@@ -152,7 +161,17 @@ class Worker:
             while not pending or self.waiting.poll(0):
                 self.receive()
             item = pending.popleft()
-            task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir, _, command = item
+            task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir = item[:9]
+            command, follows = item[10], item[11]
+            last = self.last
+            if follows is not None and (last is None or last[0] != follows or not last[1]):
+                # What it follows did not succeed here: the driver takes it back. Say so after
+                # that task's own reply, so that the driver sees them in that order.
+                self.last = (task, False, None)
+                if self.replies:
+                    self.flush()
+                self.conn.send_bytes(pickle.dumps(("dropped", task, attempt)))
+                continue
             if cores != cores_now:
                 cores_now = cores
                 pin(cores, {})
@@ -181,7 +200,8 @@ class Worker:
                 # given, so per-task values there leak about 100 bytes a task. Tasks call
                 # shoal.current().
                 execute.CURRENT = execute.Current(task, attempt, taskdir)
-                reply = (*call(self.functions[fid], payload, taskdir), None)
+                local = last[2] if follows is not None and last is not None else None
+                reply = (*call(self.functions[fid], payload, taskdir, local), None)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 _drain(1, taskdir, "stdout")
@@ -189,6 +209,7 @@ class Worker:
             if not self.replies:
                 self.due = time.monotonic() + self.holds[command is not None]
             self.replies.append((task, attempt, *reply))
+            self.last = (task, bool(reply[0]) and reply[2] != "response", reply[1])
 
     def command(
         self,

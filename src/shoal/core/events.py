@@ -31,6 +31,9 @@ class TaskInfo:
     prefetch: str | None = None
     retry: Backoff | None = None  # what to do when an attempt fails (None: it fails)
     estimate: float = 0.0  # expected seconds of run time (0: unknown); see queue.urgency
+    # It may follow: be queued behind the one task it still waits for, on that task's slot,
+    # before that task ends (Policy.follow; the backend starts it only after that success).
+    follow: bool = False
 
 
 # -- events -----------------------------------------------------------------------------------
@@ -67,6 +70,7 @@ class Succeeded(Stimulus):
     add: tuple[TaskInfo, ...] = ()
     gate: tuple[int, ...] = ()
     skip: bool = False
+    response: bool = False  # it returned a Response (the backend runs no follower after it)
 
     def label(self) -> str:
         return f"succeeded(task {self.task}, attempt {self.attempt})"
@@ -217,13 +221,17 @@ class Dispatch(Command):
     """Start attempt ``attempt`` of ``task`` on ``placement``.
 
     With ``after`` set, the task is queued behind that running task on the same slot and
-    starts there when it ends (prefetch); otherwise it starts now.
+    starts there when it ends (prefetch); otherwise it starts now. With ``follows`` too, the
+    task waits for ``after`` itself (a follower): the backend starts it only if ``after``
+    succeeded without a Response, resolving ``after``'s output where it runs, and otherwise
+    drops it (the core has then taken it back).
     """
 
     task: int
     attempt: int
     placement: Placement
     after: int | None = None
+    follows: bool = False
 
 
 @dataclass(slots=True)

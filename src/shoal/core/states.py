@@ -34,7 +34,8 @@ DOCS: dict[State, str] = {
     State.READY: "all dependencies succeeded; queued until resources are free",
     State.QUEUED: (
         "handed to a backend slot behind a running task of the same shape; it starts there "
-        "when that task ends and holds no resources until then"
+        "when that task ends and holds no resources until then (a follower waits there for "
+        "the one task ahead of it that it depends on, and starts only if that one succeeds)"
     ),
     State.RUNNING: "resources are held and the task was handed to a backend",
     State.RETRYING: (
@@ -61,17 +62,22 @@ TERMINAL: frozenset[State] = frozenset(
 # may be retried (``Retry``), and the tasks downstream that ended because of it go back to
 # pending with it; a finished task may be run again (``Rerun``).
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.READY, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}),
+    # pending -> queued: it follows the one task it still waits for (Policy.follow)
+    State.PENDING: frozenset(
+        {State.READY, State.QUEUED, State.DEP_FAILED, State.CANCELLED, State.SKIPPED}
+    ),
     # ready -> pending: a task upstream of it runs again (Rerun) before it started
     State.READY: frozenset({State.RUNNING, State.QUEUED, State.CANCELLED, State.PENDING}),
-    State.QUEUED: frozenset({State.RUNNING, State.READY, State.CANCELLED}),
+    # queued -> pending: a follower taken back (the task it followed did not succeed there)
+    State.QUEUED: frozenset({State.RUNNING, State.READY, State.PENDING, State.CANCELLED}),
     State.RUNNING: frozenset(
         {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.READY, State.RETRYING}
     ),
     State.RETRYING: frozenset({State.READY, State.CANCELLED}),
     State.SUCCEEDED: frozenset({State.READY, State.PENDING}),
     State.FAILED: frozenset({State.READY, State.PENDING}),
-    State.DEP_FAILED: frozenset({State.PENDING}),
+    # dep_failed -> ready: rerun after the task upstream of it was rerun alone and succeeded
+    State.DEP_FAILED: frozenset({State.READY, State.PENDING}),
     State.CANCELLED: frozenset({State.READY, State.PENDING}),
     State.SKIPPED: frozenset({State.READY, State.PENDING}),
 }

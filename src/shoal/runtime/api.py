@@ -399,6 +399,7 @@ def prepare(
         order=order,
         prefetch=depth,
         prefetch_window=be.prefetch_window if prefetch_window is None else prefetch_window,
+        follow="follow" in be.capabilities,
     )
     given = {**locals(), "state_dir": os.fspath(state_dir) if state_dir else None}
     stored = {k: given[k] for k in STORED if _jsonable(given[k])}

@@ -215,7 +215,12 @@ class Driver:
             hit = self.shapes[key] = (o, o.request, lane)
         retry = o.retry if o.retry is not None else self.default_retry
         estimate = o.estimate or 0.0
-        return TaskInfo(r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry, estimate)
+        # A Python task in the workers may follow the task it waits for (its output is then
+        # resolved in the worker that ran that task); a command's line is rendered here.
+        follow = hit[2] == "pool" and r.kind == "python" and bool(r.deps)
+        return TaskInfo(
+            r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry, estimate, follow
+        )
 
     def _loop(self, infos: list[TaskInfo]) -> None:
         # Committing in a second thread so that it overlaps the next poll was tried and measured
@@ -424,6 +429,7 @@ class Driver:
             add=tuple(infos),
             gate=gate,
             skip=resp.stop_children,
+            response=True,
         )
 
     def add_work(self, tasks: list[Task], origin: str) -> list[TaskInfo]:
@@ -572,18 +578,25 @@ class Driver:
             task = self._standin(ref.task)
             if task not in cache:
                 cache[task] = pickle.loads(self._pickled(task))
-            source = self.records[ref.task]
-            return follow(cache[task], ref.path, f"output of {source.name!r} (#{source.id})")
+            return follow(cache[task], ref.path, self._label(ref.task))
 
         args, kwargs = pickle.loads(r.payload)
         return walk(args, visit), walk(kwargs, visit)
 
-    def _payload(self, r: Record) -> bytes:
+    def _payload(self, r: Record, local: int | None = None) -> bytes:
         """The arguments of a task that uses other tasks' outputs: when those are small, they
         travel with the arguments and the references are resolved where the task runs (the
         driver does least); large ones are resolved here, so that only the parts selected
-        travel."""
-        outputs: Outputs = {}
+        travel. A follower (``local``: the task it follows, whose output does not exist yet)
+        gets every other output, whatever its size, and the worker resolves ``local``'s from
+        the result it has just made."""
+        if local is not None:
+            outputs: Outputs = {local: (self._label(local), None)}
+            for d in r.deps:
+                if d != local:
+                    outputs[d] = (self._label(d), self._pickled(self._standin(d)))
+            return with_inputs(r.payload, outputs)
+        outputs = {}
         size = 0
         for d in r.deps:
             data = self.values.get(self._standin(d))
@@ -592,11 +605,15 @@ class Driver:
             size += len(data)
             if size > CARRY:
                 break
-            source = self.records[d]
-            outputs[d] = (f"output of {source.name!r} (#{source.id})", data)
+            outputs[d] = (self._label(d), data)
         else:
             return with_inputs(r.payload, outputs)
         return dumps(self._resolve(r))
+
+    def _label(self, task: int) -> str:
+        """How errors name a task's output."""
+        source = self.records[task]
+        return f"output of {source.name!r} (#{source.id})"
 
     def _job(self, d: Dispatch) -> Job | Outcome:
         r = self.records[d.task]
@@ -618,7 +635,10 @@ class Driver:
         )
         try:
             if r.kind == "python":
-                if r.has_refs:
+                if d.follows:
+                    job.payload = self._payload(r, local=d.after)
+                    job.follows = True
+                elif r.has_refs:
                     job.payload = self._payload(r)
                 else:
                     job.payload = r.payload

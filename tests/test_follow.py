@@ -1,0 +1,97 @@
+"""Followers end to end: a dependent queued on a worker behind the one task it waits for.
+
+The core's side (when a task follows, when it is taken back) is in tests/core; here the local
+workers must run a follower only after that task succeeded, with its output, and drop it
+otherwise, so that every run ends as it would without followers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import shoal
+
+
+@shoal.task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@shoal.task
+def sometimes(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"no good: {x}")
+    return x + 1
+
+
+@shoal.task
+def steer(x: int) -> shoal.Response:
+    return shoal.Response(output=x * 10)
+
+
+# Seconds of work queued per worker: long enough that followers are used from the second task
+# on, whatever this machine's speed (the default, 20 ms, waits for tasks known to be short).
+WINDOW = 30.0
+
+
+def moves(run: shoal.Run) -> list[tuple[int, str | None, str]]:
+    with sqlite3.connect(run.dir / "shoal.db") as db:
+        return db.execute("SELECT task, old, new FROM transitions ORDER BY seq").fetchall()
+
+
+def chain(fn: shoal.spec.TaskFactory, n: int, first: int = 0) -> list[shoal.Task]:
+    tasks = [fn(first)]
+    for _ in range(n - 1):
+        tasks.append(fn(tasks[-1].out))
+    return tasks
+
+
+def test_a_chain_runs_with_followers_and_each_gets_the_output_before_it(base: Path) -> None:
+    with shoal.Workflow("chain") as wf:
+        tasks = chain(inc, 40)
+    run = wf.run(base=base, cpus=1, prefetch_window=WINDOW)
+    assert run.ok, run.failures()
+    assert [run.result(t) for t in tasks] == list(range(1, 41))
+    followed = [t for t, old, new in moves(run) if (old, new) == ("pending", "queued")]
+    assert len(followed) > 10, "the chain's tasks did not follow one another"
+
+
+def test_a_follower_behind_a_failure_never_runs(base: Path) -> None:
+    with shoal.Workflow("broken-chain") as wf:
+        tasks = chain(sometimes, 8)  # the fourth task (input 3) fails
+    run = wf.run(base=base, cpus=1, prefetch_window=WINDOW)
+    assert [run.result(t) for t in tasks[:3]] == [1, 2, 3]
+    with pytest.raises(shoal.TaskFailed, match="no good: 3"):
+        run.result(tasks[3])
+    for t in tasks[4:]:
+        with pytest.raises(shoal.DependencyFailed):
+            run.result(t)
+    with sqlite3.connect(run.dir / "shoal.db") as db:
+        started = {t for (t,) in db.execute("SELECT task FROM attempts WHERE started IS NOT NULL")}
+    assert started.isdisjoint(t.id for t in tasks[4:]), "a task ran behind a failed one"
+    back = [t for t, old, new in moves(run) if (old, new) == ("queued", "pending")]
+    assert back == [tasks[4].id], "the follower of the failed task was not taken back"
+
+
+def test_a_follower_of_a_response_gets_the_output_the_response_gives(base: Path) -> None:
+    with shoal.Workflow("steered") as wf:
+        first = inc(0)
+        middle = steer(first.out)
+        last = inc(middle.out)
+        tail = inc(last.out)
+    run = wf.run(base=base, cpus=1, prefetch_window=WINDOW)
+    assert run.ok, run.failures()
+    assert run.result(middle) == 10
+    assert run.result(last) == 11 and run.result(tail) == 12
+    steps = [(old, new) for t, old, new in moves(run) if t == last.id]
+    assert steps == [
+        (None, "pending"),
+        ("pending", "queued"),  # it followed the task that then returned a Response
+        ("queued", "pending"),
+        ("pending", "ready"),
+        ("ready", "running"),
+        ("running", "succeeded"),
+    ]
