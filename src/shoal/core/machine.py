@@ -678,7 +678,7 @@ class Scheduler:
         if one was). Each task's children are looked at once: a task with thousands of them
         costs that once, not at every pass."""
         tail = self.tasks[slot.tasks[-1]]
-        if slot.looked == tail.info.id or tail.follows >= 0:
+        if not tail.children or slot.looked == tail.info.id or tail.follows >= 0:
             return False
         slot.looked = tail.info.id
         head = self.queue.peek(slot.request)
