@@ -41,10 +41,10 @@ same depth, if no ready task of that shape is more urgent. The backend starts it
 task succeeds there without a Response, with its output at hand. One step only: a follower
 gets no follower of its own until it runs, so that many chains advance side by side rather
 than one chain far ahead. (Whole chains queued ahead were measured slower: the tasks in flight
-then lie far apart in the store, and each commit writes several times the pages.) When the task ahead does not
-succeed (or returns a Response, which may change what its dependents wait for), the core takes
-its followers back (``queued -> pending``) and the backend drops them; they then wait as any
-pending task does.
+then lie far apart in the store, and each commit writes several times the pages.) When the
+task ahead does not succeed (or returns a Response, which may change what its dependents wait
+for), the core takes its followers back (``queued -> pending``) and the backend drops them;
+they then wait as any pending task does.
 """
 
 from __future__ import annotations
