@@ -90,6 +90,19 @@ PREFETCH = Policy(prefetch=2, prefetch_window=10.0)
 FOLLOW = Policy(prefetch=2, prefetch_window=10.0, follow=True)
 WARM = (sub(0, task(0)), Succeeded(1, 0, 1))  # one 1 s run: prefetch now knows the shape is short
 WARMED = ((0, None, RDY), (0, RDY, RUN), (0, RUN, SUC))
+FOLLOWING = (*WARM, sub(1, task(1), task(2, 1, follow=True)))  # 2 follows 1 (FOLLOW)
+# 2 is taken back while 1 runs, and is ready and runs once 1 succeeded
+TAKEN_BACK = (
+    *WARMED,
+    (1, None, RDY),
+    (2, None, PEN),
+    (1, RDY, RUN),
+    (2, PEN, QUE),
+    (2, QUE, PEN),
+    (1, RUN, SUC),
+    (2, PEN, RDY),
+    (2, RDY, RUN),
+)
 
 
 @dataclass(frozen=True)
@@ -495,7 +508,7 @@ SCENARIOS = [
     ),
     Scenario(
         "without the policy a dependent waits to be ready",
-        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Succeeded(2, 1, 1)),
+        (*FOLLOWING, Succeeded(2, 1, 1)),
         (
             *WARMED,
             (1, None, RDY),
@@ -535,18 +548,8 @@ SCENARIOS = [
     ),
     Scenario(
         "a follower of a task that returns a Response is taken back, then runs as usual",
-        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Succeeded(2, 1, 1, response=True)),
-        (
-            *WARMED,
-            (1, None, RDY),
-            (2, None, PEN),
-            (1, RDY, RUN),
-            (2, PEN, QUE),
-            (2, QUE, PEN),
-            (1, RUN, SUC),
-            (2, PEN, RDY),
-            (2, RDY, RUN),
-        ),
+        (*FOLLOWING, Succeeded(2, 1, 1, response=True)),
+        TAKEN_BACK,
         policy=FOLLOW,
         queued_after=((2, 1),),
     ),
@@ -559,18 +562,8 @@ SCENARIOS = [
     ),
     Scenario(
         "a follower whose slot is lost waits again for the task it followed",
-        (*WARM, sub(1, task(1), task(2, 1, follow=True)), Returned(2, 2, 1), Succeeded(3, 1, 1)),
-        (
-            *WARMED,
-            (1, None, RDY),
-            (2, None, PEN),
-            (1, RDY, RUN),
-            (2, PEN, QUE),
-            (2, QUE, PEN),
-            (1, RUN, SUC),
-            (2, PEN, RDY),
-            (2, RDY, RUN),
-        ),
+        (*FOLLOWING, Returned(2, 2, 1), Succeeded(3, 1, 1)),
+        TAKEN_BACK,
         policy=FOLLOW,
         queued_after=((2, 1),),
     ),
