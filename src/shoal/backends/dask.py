@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job
+from shoal.backends.execute import attempt_vars
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
@@ -464,9 +465,7 @@ class DaskBackend(Backend):
         env = {v: gpus for v in GPU_VARS}
         env["OMP_NUM_THREADS"] = str(job.cpus)
         env.update(job.env)  # the task's own environment wins, as locally
-        env["SHOAL_TASK"] = str(job.task)
-        env["SHOAL_ATTEMPT"] = str(job.attempt)
-        env["SHOAL_TASK_DIR"] = job.folder
+        env.update(attempt_vars(job.task, job.attempt, job.folder))
         return env
 
     def _run_on(self, node: str, fn: Any, *args: Any) -> None:

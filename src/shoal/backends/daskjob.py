@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from shoal.backends.execute import call_in_thread, command_reply, start_error
+from shoal.backends.execute import call_in_thread, command_reply, killpg, start_error
 
 _functions: dict[tuple[int, int], Callable[..., Any]] = {}
 _procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -116,8 +117,7 @@ def stop(key: str) -> bool:
         if proc is None:
             _stopped.add(key)  # it may not have started yet
             return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, 9)
+    killpg(proc.pid, signal.SIGKILL)
     return True
 
 

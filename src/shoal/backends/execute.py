@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
 STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
+GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a command (process group) is stopped
 # task id -> (how to name it in errors, pickled output); None: the output of the task this one
 # follows, made just before in the same worker (``local`` below)
 Outputs = dict[int, tuple[str, bytes | None]]
@@ -67,6 +68,27 @@ def current() -> Current:
         env = os.environ
         return Current(int(env["SHOAL_TASK"]), int(env["SHOAL_ATTEMPT"]), env["SHOAL_TASK_DIR"])
     raise RuntimeError("shoal.current() is only meaningful inside a running shoal task")
+
+
+def attempt_vars(task: int, attempt: int, folder: str) -> dict[str, str]:
+    """The variables a process of its own learns its attempt from (``current`` reads them)."""
+    return {"SHOAL_TASK": str(task), "SHOAL_ATTEMPT": str(attempt), "SHOAL_TASK_DIR": folder}
+
+
+def attempt_vars_bytes(task: int, attempt: int, folder: str) -> dict[bytes, bytes]:
+    """``attempt_vars`` for an environment of bytes, built directly: it runs at every start
+    of a command."""
+    return {
+        b"SHOAL_TASK": b"%d" % task,
+        b"SHOAL_ATTEMPT": b"%d" % attempt,
+        b"SHOAL_TASK_DIR": os.fsencode(folder),
+    }
+
+
+def killpg(pid: int, sig: int) -> None:
+    """Signal a process group; one that is gone already is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def call_in_thread(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job, job_command
+from shoal.backends.execute import attempt_vars
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
@@ -241,8 +242,7 @@ class FluxBackend(Backend):
             command = job_command(job, self.functions, self.python)
             gpus = ",".join(str(g) for g in job.placement.gpus)
             env = {**os.environ, **job.env, **{v: gpus for v in GPU_VARS}}
-            env.update(SHOAL_TASK=str(job.task), SHOAL_ATTEMPT=str(job.attempt))
-            env["SHOAL_TASK_DIR"] = job.folder
+            env.update(attempt_vars(job.task, job.attempt, job.folder))
             Path(job.folder).mkdir(parents=True, exist_ok=True)
             spec = self._flux.job.JobspecV1(**jobspec(job, command, self.hosts, env))
             ident = (job.task, job.attempt)

@@ -42,7 +42,7 @@ import psutil
 
 from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
-from shoal.backends.execute import describe_exit, tail
+from shoal.backends.execute import attempt_vars_bytes, describe_exit, killpg, tail
 from shoal.backends.processes import Environment, Processes
 from shoal.backends.zygote import Forked, Zygote, launch
 from shoal.core.events import Outcome
@@ -103,8 +103,7 @@ def _kill_group(w: _Worker) -> None:
     pid = w.proc.pid
     if pid <= 0:  # it never started
         return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    killpg(pid, signal.SIGKILL)
     if w.proc.returncode is None:  # not known to have ended: its pid is still its own
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -548,10 +547,7 @@ class LocalBackend(Backend):
         argv = job_command(job, self.functions, self.python)
         if job.ranks > 1:
             argv = [a.replace("{ranks}", str(job.ranks)) for a in self.launcher] + argv
-        env = dict(self._process_env(job)[1])
-        env[b"SHOAL_TASK"] = str(job.task).encode()
-        env[b"SHOAL_ATTEMPT"] = str(job.attempt).encode()
-        env[b"SHOAL_TASK_DIR"] = os.fsencode(job.folder)
+        env = {**self._process_env(job)[1], **attempt_vars_bytes(job.task, job.attempt, job.folder)}
         return argv, env, self._cores(job)
 
     def _process_env(self, job: Job) -> tuple[int, dict[bytes, bytes]]:

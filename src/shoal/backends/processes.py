@@ -35,10 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shoal.backends.base import Job
-from shoal.backends.execute import command_reply, describe_exit, start_error, tail
+from shoal.backends.execute import GRACE, command_reply, describe_exit, killpg, start_error, tail
 from shoal.core.events import Outcome
 
-GRACE = 3.0  # seconds between SIGTERM and SIGKILL when stopping a process
 HOLD = 0.004  # seconds an outcome may wait for others to share the driver's wake-up
 
 Environment = dict[str, str] | dict[bytes, bytes]  # subprocess takes either
@@ -195,7 +194,7 @@ class Processes:
             for chain in self.chains:
                 chain.jobs.clear()
                 if chain.proc is not None:
-                    _killpg(chain.proc, signal.SIGKILL)
+                    killpg(chain.proc.pid, signal.SIGKILL)
         self.pool.shutdown(wait=True)
         for spool in self.spools:
             spool.close()
@@ -274,7 +273,7 @@ class Processes:
             if chain.cancelled or self.closing:
                 self._stop(proc)
         code = proc.wait()
-        _killpg(proc, signal.SIGKILL)  # leftovers of the process group (MPI ranks, ...)
+        killpg(proc.pid, signal.SIGKILL)  # leftovers of the process group (MPI ranks, ...)
         ended = time.time()
         printed = spool.keep(job.taskdir)
         if job.kind == "python":
@@ -286,15 +285,10 @@ class Processes:
 
     def _stop(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM the process group now, SIGKILL it after GRACE seconds if still there."""
-        _killpg(proc, signal.SIGTERM)
-        timer = threading.Timer(GRACE, _killpg, (proc, signal.SIGKILL))
+        killpg(proc.pid, signal.SIGTERM)
+        timer = threading.Timer(GRACE, killpg, (proc.pid, signal.SIGKILL))
         timer.daemon = True
         timer.start()
-
-
-def _killpg(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 def _python_reply(job: Job, code: int, started: float, ended: float) -> Outcome:

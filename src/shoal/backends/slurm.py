@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job, job_command
+from shoal.backends.execute import attempt_vars
 from shoal.backends.processes import Processes
 from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
@@ -413,9 +414,7 @@ class SlurmBackend(Backend):
             env["SLURM_HOSTFILE"] = str(hostfile)
         env["OMP_NUM_THREADS"] = str(job.cpus)
         env.update(job.env)  # the task's own environment wins, as locally
-        env["SHOAL_TASK"] = str(job.task)
-        env["SHOAL_ATTEMPT"] = str(job.attempt)
-        env["SHOAL_TASK_DIR"] = str(job.taskdir)
+        env.update(attempt_vars(job.task, job.attempt, job.folder))
         if job.kind == "python":
             from shoal.backends.local import _python_path
 

@@ -50,7 +50,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from shoal.backends import execute
-from shoal.backends.execute import call, command_reply, pin, start_error
+from shoal.backends.execute import (
+    GRACE,
+    attempt_vars_bytes,
+    call,
+    command_reply,
+    killpg,
+    pin,
+    start_error,
+)
 
 # Replies of tiny tasks share messages: a finished task's reply is held while the next queued
 # task is a prefetched one (the scheduler queues only tasks it expects to take milliseconds),
@@ -65,7 +73,6 @@ from shoal.backends.execute import call, command_reply, pin, start_error
 HOLD = 0.001
 COMMAND_HOLD = 0.02
 BATCH = 64
-GRACE = 3.0  # seconds between SIGTERM and SIGKILL when a running command is killed
 
 
 def _drain(fd: int, taskdir: str, name: str) -> bool:
@@ -223,10 +230,7 @@ class Worker:
     ) -> tuple[Any, ...]:
         argv, shell, workdir = command
         line = ["/bin/sh", "-c", argv[0]] if shell else argv
-        env = dict(base)
-        env[b"SHOAL_TASK"] = str(task).encode()
-        env[b"SHOAL_ATTEMPT"] = str(attempt).encode()
-        env[b"SHOAL_TASK_DIR"] = os.fsencode(taskdir)
+        env = {**base, **attempt_vars_bytes(task, attempt, taskdir)}
         started = time.time()
         self.kill = None
         try:
@@ -239,7 +243,7 @@ class Worker:
         try:
             code = self.wait(pid, (task, attempt))
         finally:
-            _killpg(pid, signal.SIGKILL)  # what it left in its process group
+            killpg(pid, signal.SIGKILL)  # what it left in its process group
         ended = time.time()
         printed = _drain(1, taskdir, "stdout")
         _drain(2, taskdir, "stderr")
@@ -316,25 +320,20 @@ class Worker:
                     try:
                         self.receive()
                     except _Stop:
-                        _killpg(pid, signal.SIGKILL)
+                        killpg(pid, signal.SIGKILL)
                         os.waitpid(pid, 0)
                         raise
                     if self.kill == me and not signalled:
                         signalled = True
-                        _killpg(pid, signal.SIGTERM)
+                        killpg(pid, signal.SIGTERM)
                         deadline = time.monotonic() + GRACE
                 if deadline is not None and time.monotonic() >= deadline:
-                    _killpg(pid, signal.SIGKILL)
+                    killpg(pid, signal.SIGKILL)
                     deadline = None
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
-def _killpg(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def main(argv: list[str]) -> None:

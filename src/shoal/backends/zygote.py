@@ -136,11 +136,6 @@ class Forked:
             self.zygote.collect(None)
         return self._pid if self._pid is not None else -1
 
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            self.zygote.collect(0)
-        return self.returncode
-
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
@@ -179,7 +174,6 @@ class Zygote:
         theirs.close()
         self.sock = ours
         self.alive = True
-        self.ready = False
         self.by_n: dict[int, Forked] = {}
         self.by_pid: dict[int, Forked] = {}
 
@@ -220,9 +214,7 @@ class Zygote:
                 self._gone()
                 return
             msg = pickle.loads(data)
-            if msg[0] == "ready":
-                self.ready = True
-            elif msg[0] == "forked":
+            if msg[0] == "forked":  # ("ready",) says nothing a fork request needs
                 f = self.by_n.pop(msg[1])
                 f._pid = msg[2]
                 self.by_pid[msg[2]] = f

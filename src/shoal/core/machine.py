@@ -683,7 +683,7 @@ class Scheduler:
         slot.looked = tail.info.id
         head = self.queue.peek(slot.request)
         floor = self.tasks[head].info.priority if head is not None else None
-        for c in tail.children or ():
+        for c in tail.children:
             f = self.tasks[c]
             if (
                 f.state is PENDING
