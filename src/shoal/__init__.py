@@ -17,8 +17,6 @@ code that runs tasks, start fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from shoal.lazy import exports
 
 __version__ = "0.1.0"
@@ -80,6 +78,7 @@ assert sorted(__all__) == sorted(_WHERE)
 __getattr__, __dir__ = exports("shoal", _WHERE, globals())
 
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from shoal.backends.execute import current
     from shoal.errors import (

@@ -57,7 +57,14 @@ def whoami() -> tuple[int, int, int, str | None]:
     return os.getpid(), os.getppid(), os.getsid(0), os.environ.get("OMP_NUM_THREADS")
 
 
-FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv, cwd, whoami)  # by id
+def customized() -> str | None:
+    """What a ``sitecustomize`` module left in builtins (``shoal_sitecustomize``), if one ran."""
+    import builtins
+
+    return getattr(builtins, "shoal_sitecustomize", None)
+
+
+FUNCTIONS: tuple[Callable[..., Any], ...] = (add, boom, snooze, getenv, cwd, whoami, customized)
 
 
 def payload(*args: Any, **kwargs: Any) -> bytes:

@@ -10,15 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+import shoal
 from shoal.backends import processes
 from shoal.backends.base import Job
 from shoal.backends.local import LocalBackend
 from shoal.core.events import Outcome
 from shoal.core.resources import Placement, Slot
 
-from .conformance import BackendContract, cwd, snooze, whoami
+from .conformance import BackendContract, customized, cwd, snooze, whoami
 
 
 def _started(rundir: Path, cpus: int) -> Iterator[LocalBackend]:
@@ -307,3 +309,72 @@ def test_when_the_fork_server_dies_workers_start_directly(
     assert pid != first and ppid == os.getpid(), "the new worker was not started directly"
     (o,) = CONTRACT.collect(local, 1)
     assert o.ok, o.error
+
+
+# -- the fork server starts without site, and early ---------------------------------------------
+@pytest.mark.parametrize("python", [True, False], ids=["forked-for-python", "forked-for-commands"])
+def test_python_tasks_get_what_site_would_have_loaded(
+    tmp_path: Path, rundir: Path, monkeypatch: pytest.MonkeyPatch, python: bool
+) -> None:
+    """The zygote runs with -S (site is a third of an interpreter's start). A worker forked
+    for Python tasks gets site-packages from the zygote; one forked for commands reads them
+    before its first Python task. Either way the task sees what a sitecustomize did."""
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text(
+        "import builtins\nbuiltins.shoal_sitecustomize = 'ran'\n"
+    )
+    monkeypatch.syspath_prepend(str(custom))  # workers get the driver's path (PYTHONPATH)
+    b = LocalBackend(cpus=1, pin="fold")
+    b.start(rundir)
+    try:
+        b.warm(1, 1, python)
+        assert b._zygote is not None
+        cmdline = psutil.Process(b._zygote.proc.pid).cmdline()
+        assert "-S" in cmdline[: cmdline.index("-m")], cmdline
+        o = CONTRACT.run_one(b, BackendContract.command_job(b, rundir, 1, ["/bin/true"]))
+        assert o.ok, o.error
+        o = CONTRACT.run_one(b, BackendContract.python_job(b, rundir, 2, customized))
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"") == "ran"
+        assert o.worker == "worker-1", "the task ran on another worker than the command"
+    finally:
+        b.close()
+
+
+def test_a_booted_fork_server_writes_to_the_run_directory(rundir: Path) -> None:
+    """boot() starts the zygote before the run directory exists; start() points its output
+    there."""
+    b = LocalBackend(cpus=1, pin="fold")
+    b.boot()
+    try:
+        assert b._zygote is not None
+        pid = b._zygote.proc.pid
+        b.start(rundir)
+        o = CONTRACT.run_one(b, BackendContract.command_job(b, rundir, 1, ["/bin/true"]))
+        assert o.ok, o.error  # the zygote read "log" before this worker's fork
+        log = rundir / "workers" / "zygote.log"
+        assert os.readlink(f"/proc/{pid}/fd/1") == os.readlink(f"/proc/{pid}/fd/2") == str(log)
+    finally:
+        b.close()
+
+
+def _zygotes() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [p for p in me.children() if "shoal.backends.zygote" in " ".join(p.cmdline())]
+
+
+def test_a_refused_workflow_leaves_no_fork_server(tmp_path: Path) -> None:
+    """The fork server starts before the workflow is checked: a refusal must stop it."""
+    assert not _zygotes()
+
+    @shoal.task
+    def wide() -> None:
+        pass
+
+    with shoal.Workflow("wide") as wf:
+        wide.options(cpus=64)()
+    with pytest.raises(shoal.ResourceError, match="64"):
+        wf.run(cpus=2, base=tmp_path)
+    assert not _zygotes(), "the fork server outlived a refused run"
+    assert not list(tmp_path.iterdir()), "a refused run left a directory behind"

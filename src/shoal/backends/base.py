@@ -118,8 +118,15 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Stop everything this backend started. Safe to call twice."""
 
-    def warm(self, workers: int, cpus: int = 1) -> None:  # noqa: B027 - optional, no-op here
-        """A hint: about this many Python tasks of ``cpus`` cores will run at once."""
+    def boot(self) -> None:  # noqa: B027 - optional, no-op here
+        """Start what is slow to start, before the run is checked and its directory made;
+        ``start`` or ``close`` follows."""
+
+    def warm(  # noqa: B027 - optional, no-op here
+        self, workers: int, cpus: int = 1, python: bool = True
+    ) -> None:
+        """A hint: about this many tasks of ``cpus`` cores will run at once in persistent
+        workers (``python``: some of them are Python tasks, not only commands)."""
 
     def notes(self) -> list[str]:
         """Things the run should tell the user once (e.g. that CPU pinning was folded)."""

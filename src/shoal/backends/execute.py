@@ -8,17 +8,22 @@ as text tracebacks (exceptions of user code need not be picklable).
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import io
 import os
 import pickle
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+# A worker imports this module before its first command, so it imports little more than an
+# interpreter started with -S has already (see zygote.py): typing, pathlib, contextlib,
+# threading and traceback at the top cost 10-15 ms of each run's start.
 
 Reply = tuple[bool, bytes | None, str, str, float, float]  # ok, result, kind, error, start, end
 STDOUT_LIMIT = 1 << 20  # a command's output value carries at most this much of its stdout
@@ -34,12 +39,18 @@ Outputs = dict[int, tuple[str, bytes | None]]
 INPUTS = "shoal-inputs"
 
 
-class Current(NamedTuple):  # not a dataclass: workers start faster without that import
+class Current:  # a plain class: a dataclass or NamedTuple would import more at start
     """The task this process is running: its id, attempt and folder (``tasks/<id>``)."""
 
-    task: int
-    attempt: int
-    dir: str
+    __slots__ = ("attempt", "dir", "task")
+
+    def __init__(self, task: int, attempt: int, dir: str) -> None:
+        self.task = task
+        self.attempt = attempt
+        self.dir = dir
+
+    def __repr__(self) -> str:
+        return f"Current(task={self.task}, attempt={self.attempt}, dir={self.dir!r})"
 
     @property
     def out(self) -> Any:
@@ -50,7 +61,7 @@ class Current(NamedTuple):  # not a dataclass: workers start faster without that
 
 
 CURRENT: Current | None = None  # set by the worker before each task
-_THREAD = threading.local()  # set per task where tasks run in threads (Dask workers)
+_THREAD = _thread._local()  # set per task where tasks run in threads (Dask workers)
 
 
 def current() -> Current:
@@ -87,8 +98,10 @@ def attempt_vars_bytes(task: int, attempt: int, folder: str) -> dict[bytes, byte
 
 def killpg(pid: int, sig: int) -> None:
     """Signal a process group; one that is gone already is no error."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:  # noqa: SIM105 - contextlib is one import more at a worker's start
         os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def call_in_thread(
@@ -165,15 +178,11 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str, local: bytes | No
     except InputError as err:
         return False, None, "error", f"cannot prepare the inputs: {err}", started, time.time()
     except BaseException as err:
-        text = "".join(traceback.format_exception(err))
-        write(taskdir, "traceback.txt", text)
-        return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
+        return _raised(err, taskdir, started)
     try:
         value = fn(*args, **kwargs)
     except BaseException as err:
-        text = "".join(traceback.format_exception(err))
-        write(taskdir, "traceback.txt", text)
-        return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
+        return _raised(err, taskdir, started)
     ended = time.time()
     if type(value).__name__ == "Response" and type(value).__module__ == "shoal.spec.response":
         return _respond(value, taskdir, started, ended)
@@ -188,6 +197,15 @@ def call(fn: Callable[..., Any], payload: bytes, taskdir: str, local: bytes | No
             why = f"a {type(value).__name__} that cannot be pickled"
             return _unsendable(why, err, "return plain data instead", taskdir, started, ended)
     return True, data, "", "", started, ended
+
+
+def _raised(err: BaseException, taskdir: str, started: float) -> Reply:
+    """The reply of a task whose code raised: the traceback, also in its folder."""
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    write(taskdir, "traceback.txt", text)
+    return False, None, "error", f"{type(err).__name__}: {err}\n{text}", started, time.time()
 
 
 def _unsendable(
@@ -214,7 +232,8 @@ def _respond(value: Any, taskdir: str, started: float, ended: float) -> Reply:
 def write(taskdir: str, name: str, text: str) -> None:
     try:
         os.makedirs(taskdir, exist_ok=True)
-        Path(taskdir, name).write_text(text)
+        with open(os.path.join(taskdir, name), "w") as fh:
+            fh.write(text)
     except OSError as err:  # the failure itself is still reported through the pipe
         print(f"shoal: cannot write {name} in {taskdir}: {err}", file=sys.stderr)
 
@@ -282,6 +301,8 @@ def command_reply(
 def pin(cores: list[int] | None, env: dict[str, str]) -> None:
     """Apply a task's CPU affinity and environment to this process."""
     if cores:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - as in killpg
             os.sched_setaffinity(0, cores)
+        except OSError:
+            pass
     os.environ.update(env)

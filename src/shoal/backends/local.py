@@ -34,7 +34,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
 from shoal.backends.execute import attempt_vars_bytes, describe_exit, killpg, tail
 from shoal.backends.processes import Environment, Processes
+from shoal.backends.wire import Wire
 from shoal.backends.zygote import Forked, Zygote, launch
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
@@ -65,7 +65,7 @@ def detect_gpus() -> int:
 class _Worker:
     index: int
     proc: subprocess.Popen[bytes] | Forked
-    conn: Connection
+    conn: Wire
     cpus: int  # cores per task it runs: thread variables are set once, when it starts
     ready: bool = False  # it said hello: it started and imported what it needs
     fns: set[int] = field(default_factory=set)
@@ -196,6 +196,11 @@ class LocalBackend(Backend):
     def notes(self) -> list[str]:
         return list(self._notes)
 
+    def boot(self) -> None:
+        """Start the fork server now, while the run is checked and its directory made."""
+        if self.fork_server and self._zygote is None:
+            self._fork_server()
+
     def start(self, rundir: Path) -> None:
         """Get ready for the run in ``rundir``; calling it again for the same run is a no-op."""
         if self.rundir == rundir:
@@ -203,11 +208,13 @@ class LocalBackend(Backend):
         self.rundir = rundir
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.processes.folder = rundir / "workers"
+        if self._zygote is not None:  # booted before the directory existed
+            self._zygote.log(str(rundir / "workers" / "zygote.log"))
 
-    def warm(self, workers: int, cpus: int = 1) -> None:
+    def warm(self, workers: int, cpus: int = 1, python: bool = True) -> None:
         """Start workers up front (they import in parallel), so early tasks do not wait."""
         for _ in range(min(workers, len(self.node.cores)) - len(self.workers)):
-            self.idle.append(self._new_worker(cpus))
+            self.idle.append(self._new_worker(cpus, python))
 
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload
@@ -329,7 +336,7 @@ class LocalBackend(Backend):
         return hit
 
     # -- persistent workers ---------------------------------------------------------------
-    def _new_worker(self, cpus: int) -> _Worker:
+    def _new_worker(self, cpus: int, python: bool = True) -> _Worker:
         self._worker_seq += 1
         n = self._worker_seq
         ours, theirs = socket.socketpair()
@@ -343,16 +350,16 @@ class LocalBackend(Backend):
         zygote = self._fork_server()
         proc: subprocess.Popen[bytes] | Forked | None = None
         if zygote is not None:
-            proc = zygote.fork(n, theirs.fileno(), out, err, threads, args)
+            proc = zygote.fork(n, theirs.fileno(), out, err, threads, args, python)
         if proc is None:
             env = {**os.environ, "PYTHONPATH": _python_path(), **threads}
             with open(out, "w+b") as fout, open(err, "w+b") as ferr:
                 module = "shoal.backends.worker"
                 proc = launch(
-                    self.python, module, theirs.fileno(), args, env, fout.fileno(), ferr.fileno()
+                    [self.python], module, theirs.fileno(), args, env, fout.fileno(), ferr.fileno()
                 )
         theirs.close()
-        w = _Worker(n, proc, Connection(ours.detach()), cpus)
+        w = _Worker(n, proc, Wire(ours.detach()), cpus)
         self.workers.append(w)
         self.by_fd[w.conn.fileno()] = w
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
@@ -363,9 +370,8 @@ class LocalBackend(Backend):
         or it died (then workers start as interpreters of their own, as before)."""
         z = self._zygote
         if z is None and self.fork_server:
-            assert self.rundir is not None
             env = {**os.environ, "PYTHONPATH": _python_path()}
-            log = str(self.rundir / "workers" / "zygote.log")
+            log = None if self.rundir is None else str(self.rundir / "workers" / "zygote.log")
             try:
                 z = self._zygote = Zygote(self.python, env, log)
             except OSError as err:
@@ -390,9 +396,9 @@ class LocalBackend(Backend):
             if w in self.idle:
                 self.idle.remove(w)
             return w
-        return self._idle_worker(job.cpus)
+        return self._idle_worker(job.cpus, job.kind != "command")
 
-    def _idle_worker(self, cpus: int) -> _Worker:
+    def _idle_worker(self, cpus: int, python: bool) -> _Worker:
         """An idle worker for tasks of this width; a new one if none, retiring an idle worker
         of another width when the pool is at its size (one worker per core)."""
         for i in range(len(self.idle) - 1, -1, -1):
@@ -400,7 +406,7 @@ class LocalBackend(Backend):
                 return self.idle.pop(i)
         if self.idle and len(self.workers) >= len(self.node.cores):
             self._retire(self.idle.pop(0))
-        return self._new_worker(cpus)
+        return self._new_worker(cpus, python)
 
     def _retire(self, w: _Worker) -> None:
         with contextlib.suppress(OSError):

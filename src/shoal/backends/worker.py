@@ -1,8 +1,7 @@
 """A persistent worker process: runs tasks one after another, no interpreter start each.
 
 Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD]``
-(or forked by the zygote), it talks over one socket (``multiprocessing.connection`` framing)
-to the driver. Messages in:
+(or forked by the zygote), it talks over one socket (``wire.Wire``) to the driver. Messages in:
 
 * ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir,
   queued, command, follows)])`` queues tasks, run in order. A function and an environment are
@@ -36,7 +35,6 @@ silent task costs no file at all, which keeps tiny tasks cheap.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pickle
@@ -45,9 +43,6 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from multiprocessing.connection import Connection
-from typing import Any
 
 from shoal.backends import execute
 from shoal.backends.execute import (
@@ -59,6 +54,12 @@ from shoal.backends.execute import (
     pin,
     start_error,
 )
+from shoal.backends.wire import Wire
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # Replies of tiny tasks share messages: a finished task's reply is held while the next queued
 # task is a prefetched one (the scheduler queues only tasks it expects to take milliseconds),
@@ -73,6 +74,21 @@ from shoal.backends.execute import (
 HOLD = 0.001
 COMMAND_HOLD = 0.02
 BATCH = 64
+
+# True in a process started with -S (the zygote, and workers it forked early) until it has
+# read its site-packages (.pth files, sitecustomize): that is a third of an interpreter's
+# start here, and commands never need it, so it happens before the first Python task.
+SITE_PENDING = False
+
+
+def load_site() -> None:
+    """Do what ``python`` without -S does at start, once (see SITE_PENDING)."""
+    global SITE_PENDING
+    if SITE_PENDING:
+        SITE_PENDING = False
+        import site
+
+        site.main()
 
 
 def _drain(fd: int, taskdir: str, name: str) -> bool:
@@ -100,16 +116,9 @@ class _Stop(Exception):
 
 
 class Worker:
-    def __init__(
-        self, conn: Connection, hold: float = HOLD, command_hold: float = COMMAND_HOLD
-    ) -> None:
+    def __init__(self, conn: Wire, hold: float = HOLD, command_hold: float = COMMAND_HOLD) -> None:
         self.conn = conn
         self.holds = (hold, command_hold)
-        # Whether a message waits, asked after every task: a poll object made once costs about
-        # a microsecond, Connection.poll (a new selector each call) ten. The connection reads
-        # exactly one message at a time, so nothing waits in a buffer the descriptor hides.
-        self.waiting = select.poll()
-        self.waiting.register(conn.fileno(), select.POLLIN)
         self.functions: dict[int, Callable[..., Any]] = {}
         self.envs: dict[int, dict[str, str]] = {}
         self.command_envs: dict[int, dict[bytes, bytes]] = {}
@@ -167,7 +176,7 @@ class Worker:
                 self.flush()
             # Take every message that is already here (blocking only when there is no work),
             # so a "drop" reaches a queued task before it starts.
-            while not pending or self.waiting.poll(0):
+            while not pending or self.conn.poll():
                 self.receive()
             item = pending.popleft()
             task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir = item[:9]
@@ -191,6 +200,8 @@ class Worker:
                     task, attempt, command, self.command_envs[env_id], taskdir
                 )
             else:
+                if SITE_PENDING:
+                    load_site()
                 if fn_payload is not None:
                     import cloudpickle
 
@@ -338,11 +349,13 @@ class Worker:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
-    conn = Connection(int(argv[0]))
+    conn = Wire(int(argv[0]))
     holds = [float(a) for a in argv[1:3]]
     conn.send_bytes(pickle.dumps(("ready",)))
-    with contextlib.suppress(_Stop):
+    try:  # noqa: SIM105 - contextlib is one import more at a worker's start
         Worker(conn, *holds).run()
+    except _Stop:
+        pass
     # Nothing is left to flush or finalize (output goes straight to the spool files): skip the
     # interpreter's teardown, so that the run's end does not wait for it.
     sys.stdout.flush()

@@ -2,16 +2,24 @@
 
 Starting a Python interpreter and importing what a worker needs takes about 100 ms of CPU on a
 small machine, and a node of 128 cores wants 128 workers at once. So the local backend starts
-this process once, as ``python -m shoal.backends.zygote FD``; it imports the worker's code and
-then forks a worker whenever the driver asks, in about a millisecond. It is single-threaded,
-so forking it is safe (the driver, with its threads, never forks).
+this process once, as ``python -S -m shoal.backends.zygote FD``; it imports the worker's code
+and then forks a worker whenever the driver asks, in about a millisecond. It is
+single-threaded, so forking it is safe (the driver, with its threads, never forks).
+
+It starts without ``site`` (-S; the driver's import path comes in PYTHONPATH), which is a
+third of an interpreter's start here, so that a run of commands gets its first workers
+sooner. It reads site-packages (.pth files, sitecustomize) before the first fork of a worker
+for Python tasks, or when idle; a worker forked before that reads them before its first
+Python task (``worker.load_site``).
 
 Protocol over the socket FD (SOCK_SEQPACKET: one pickled message per packet; a fork request
 carries the worker's end of its own connection to the driver as an SCM_RIGHTS descriptor):
 
-* in: ``("fork", n, out, err, env, argv)``: fork worker ``n`` with stdout and stderr the
-  (new, emptied) spool files ``out`` and ``err``, ``env`` added to its environment, and
-  ``argv`` (the worker's arguments after FD); ``("stop",)``.
+* in: ``("fork", n, out, err, env, argv, python)``: fork worker ``n`` with stdout and stderr
+  the (new, emptied) spool files ``out`` and ``err``, ``env`` added to its environment, and
+  ``argv`` (the worker's arguments after FD); ``python``: it will run Python tasks, so read
+  site-packages first. ``("log", path)``: from now on write this process's own output to
+  ``path`` (it starts before the run directory exists). ``("stop",)``.
 * out: ``("ready",)`` once at start; ``("forked", n, pid)``; ``("exit", pid, code)`` when a
   worker ends (``code`` negative: the signal that killed it), so the driver, which is not the
   workers' parent, still learns how each one ended.
@@ -28,12 +36,15 @@ import pickle
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
-from typing import Any
 
 from shoal.backends import worker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any
 
 PACKET = 1 << 16  # the largest message either side sends
 
@@ -76,8 +87,22 @@ def _reap(sock: socket.socket) -> None:
         send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
 
 
+def _preload() -> None:
+    """What Python tasks need: site-packages, and cloudpickle (functions sent by value)."""
+    worker.load_site()
+    import cloudpickle  # noqa: F401
+
+
+def _log(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
+    worker.SITE_PENDING = bool(sys.flags.no_site)
     sock = socket.socket(fileno=int(argv[0]))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -90,11 +115,9 @@ def main(argv: list[str]) -> None:
     while True:
         events = poller.poll(None if preloaded else 50)
         if not events and not preloaded:
-            # Idle: import what Python tasks need (cloudpickle, for functions sent by value)
-            # once here, so that workers forked from now on have it. Not before the first
-            # forks: a run of commands would wait for it.
-            import cloudpickle  # noqa: F401
-
+            # Idle: load what Python tasks need once here, so that workers forked from now on
+            # have it. Not before the first forks: a run of commands would wait for it.
+            _preload()
             preloaded = True
         for fd, _ in events:
             if fd == wake_r:
@@ -109,9 +132,15 @@ def main(argv: list[str]) -> None:
             if not data:  # the driver went away
                 return
             msg = pickle.loads(data)
+            if msg[0] == "log":
+                _log(msg[1])
+                continue
             if msg[0] != "fork" or not fds:
                 return  # "stop"
-            _, n, out, err, env, args = msg
+            _, n, out, err, env, args, python = msg
+            if python and not preloaded:
+                _preload()
+                preloaded = True
             pid = os.fork()
             if pid == 0:
                 _child(sock, fds[0], out, err, env, args)
@@ -137,6 +166,8 @@ class Forked:
         return self._pid if self._pid is not None else -1
 
     def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             left = None if deadline is None else deadline - time.monotonic()
@@ -147,11 +178,20 @@ class Forked:
 
 
 def launch(
-    python: str, module: str, fd: int, args: list[str], env: dict[str, str], out: int, err: int
+    python: list[str],
+    module: str,
+    fd: int,
+    args: list[str],
+    env: dict[str, str],
+    out: int,
+    err: int,
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m module FD ARGS...`` in a session of its own, on connection ``fd``."""
+    """Start ``python -m module FD ARGS...`` in a session of its own, on connection ``fd``
+    (``python``: the interpreter and its flags)."""
+    import subprocess
+
     return subprocess.Popen(
-        [python, "-m", module, str(fd), *args],
+        [*python, "-m", module, str(fd), *args],
         pass_fds=[fd],
         stdin=subprocess.DEVNULL,
         stdout=out,
@@ -166,11 +206,14 @@ class Zygote:
 
     LOST = 70  # the exit code of a worker whose end nobody saw (the zygote itself died)
 
-    def __init__(self, python: str, env: dict[str, str], log: str) -> None:
+    def __init__(self, python: str, env: dict[str, str], log: str | None = None) -> None:
+        """Start it; its own output goes to ``log``, or to this process's stderr until
+        ``log`` is called."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with open(log, "ab") as out:
-            fd = out.fileno()
-            self.proc = launch(python, "shoal.backends.zygote", theirs.fileno(), [], env, fd, fd)
+        with open(log or os.devnull, "ab") as out:
+            fd = out.fileno() if log else 2
+            line = [python, "-S"]
+            self.proc = launch(line, "shoal.backends.zygote", theirs.fileno(), [], env, fd, fd)
         theirs.close()
         self.sock = ours
         self.alive = True
@@ -180,13 +223,26 @@ class Zygote:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def log(self, path: str) -> None:
+        """Send its own output to ``path`` from now on."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                send(self.sock, ("log", path))
+
     def fork(
-        self, n: int, fd: int, out: str, err: str, env: dict[str, str], argv: list[str]
+        self,
+        n: int,
+        fd: int,
+        out: str,
+        err: str,
+        env: dict[str, str],
+        argv: list[str],
+        python: bool = True,
     ) -> Forked | None:
         """Ask for worker ``n`` on connection ``fd``; it starts when the zygote is ready, as a
-        directly started worker would after its imports. None if the zygote is gone (``fd``
-        is then still the caller's)."""
-        msg = pickle.dumps(("fork", n, out, err, env, argv), protocol=5)
+        directly started worker would after its imports (``python``: it will run Python
+        tasks). None if the zygote is gone (``fd`` is then still the caller's)."""
+        msg = pickle.dumps(("fork", n, out, err, env, argv, python), protocol=5)
         self.collect(0)  # has it died?
         if not self.alive:
             return None
@@ -233,6 +289,8 @@ class Zygote:
         self.by_pid.clear()
 
     def close(self) -> None:
+        import subprocess
+
         if self.alive:
             with contextlib.suppress(OSError):
                 send(self.sock, ("stop",))

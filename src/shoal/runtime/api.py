@@ -179,6 +179,24 @@ class Prepared:
         extras: Extras,
         stored: dict[str, Any],
     ) -> Prepared:
+        backend.boot()  # the local fork server starts while the workflow is checked
+        try:
+            return cls._new(wf, backend, base, policy, progress, extras, stored)
+        except BaseException:
+            backend.close()
+            raise
+
+    @classmethod
+    def _new(
+        cls,
+        wf: Workflow,
+        backend: Backend,
+        base: Path,
+        policy: Policy,
+        progress: bool,
+        extras: Extras,
+        stored: dict[str, Any],
+    ) -> Prepared:
         functions = Functions()
         plan = compile_workflow(wf, functions=functions)
         check_resources(plan.records, Pool(tuple(backend.nodes())))

@@ -334,15 +334,18 @@ class Driver:
         return self.steering.summary() if self.steering is not None else {}
 
     @classmethod
-    def workers_wanted(cls, plan: Plan, backend: Backend) -> tuple[int, int]:
-        """Workers worth starting now, and the most common task width among their tasks."""
+    def workers_wanted(cls, plan: Plan, backend: Backend) -> tuple[int, int, bool]:
+        """Workers worth starting now, the most common task width among their tasks, and
+        whether any of those tasks are Python tasks (not only commands)."""
         many = backend.pooled_commands
-        widths = Counter(r.options.cpus for r in plan.records if cls._pooled(r, many))
+        pooled = [r for r in plan.records if cls._pooled(r, many)]
+        widths = Counter(r.options.cpus for r in pooled)
         if not widths:
-            return 0, 1
+            return 0, 1, False
         cpus = widths.most_common(1)[0][0]
         cores = sum(len(n.cores) for n in backend.nodes())
-        return min(widths[cpus], cores // cpus), cpus
+        python = any(r.kind != "command" for r in pooled)
+        return min(widths[cpus], cores // cpus), cpus, python
 
     @staticmethod
     def _isolate(r: Record) -> bool:
