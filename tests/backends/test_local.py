@@ -378,3 +378,25 @@ def test_a_refused_workflow_leaves_no_fork_server(tmp_path: Path) -> None:
         wf.run(cpus=2, base=tmp_path)
     assert not _zygotes(), "the fork server outlived a refused run"
     assert not list(tmp_path.iterdir()), "a refused run left a directory behind"
+
+
+@shoal.task
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_one_backend_object_serves_runs_one_after_another(tmp_path: Path) -> None:
+    """A backend passed to several runs (configured once) starts afresh after each close,
+    also after a run that was refused."""
+    b = LocalBackend(cpus=2, pin="fold")
+    with shoal.Workflow("refused") as wf:
+        _plus_one.options(cpus=8)(0)
+    with pytest.raises(shoal.ResourceError):
+        wf.run(backend=b, base=tmp_path)
+    for i in range(2):
+        with shoal.Workflow(f"again{i}") as wf:
+            t = _plus_one(i)
+            c = shoal.command("echo {x}")(x=i)
+        run = wf.run(backend=b, base=tmp_path)
+        assert run.result(t) == i + 1
+        assert run.result(c)["stdout"] == f"{i}\n"

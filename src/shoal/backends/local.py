@@ -160,6 +160,13 @@ class LocalBackend(Backend):
         if not any("{ranks}" in a for a in self.launcher):
             raise DefinitionError(f"launcher {launcher!r} must contain {{ranks}}")
         self.python = python
+        self._home_affinity = set(self.real)
+        self._reset()
+
+    def _reset(self) -> None:
+        """The state of one run: made at the start, and again when a closed backend starts
+        another run (one backend object may serve one run after another)."""
+        self.closed = False
         self.rundir: Path | None = None
         self.functions: dict[int, bytes] = {}
         self.workers: list[_Worker] = []
@@ -170,7 +177,6 @@ class LocalBackend(Backend):
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
         self.ran: dict[int, _Worker] = {}  # recently finished task id -> the worker that ran it
-        self._home_affinity = set(self.real)
         self._worker_seq = 0
         self._outbox: list[Outcome] = []
         self._epoll = select.epoll()
@@ -198,12 +204,16 @@ class LocalBackend(Backend):
 
     def boot(self) -> None:
         """Start the fork server now, while the run is checked and its directory made."""
+        if self.closed:
+            self._reset()
         if self.fork_server and self._zygote is None:
             self._fork_server()
 
     def start(self, rundir: Path) -> None:
         """Get ready for the run in ``rundir``; calling it again for the same run is a no-op."""
-        if self.rundir == rundir:
+        if self.closed:
+            self._reset()
+        elif self.rundir == rundir:
             return
         self.rundir = rundir
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
@@ -301,6 +311,7 @@ class LocalBackend(Backend):
         self.workers.clear()
         self.idle.clear()
         self.by_fd.clear()
+        self.closed = True
 
     # -- pinning --------------------------------------------------------------------------
     def _cores(self, job: Job) -> list[int] | None:
