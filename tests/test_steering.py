@@ -93,6 +93,44 @@ def test_a_loop_built_with_replace_hands_its_final_output_to_the_dependents(base
     assert attempts(run, after.id)[0] >= attempts(run, ids[-1])[1]  # type: ignore[arg-type]
 
 
+@shoal.task
+def hop(x: int, n: int) -> Any:
+    """Count n hops up from x, each hop a replacement that reads the output of the task it
+    replaces."""
+    if n == 0:
+        return x
+    return Response(output=x + 1, replace=hop(shoal.current().out, n - 1))
+
+
+@shoal.task
+def two_step(x: int) -> Any:
+    """Replaced by two tasks, both reading this task's own output; the last stands in."""
+    me = shoal.current().out
+    first = plus(me, 10)
+    return Response(output=x, replace=[first, total.options(name="total")(first, me)])
+
+
+@shoal.task
+def total(a: int, b: int) -> int:
+    return a + b
+
+
+def test_a_replacement_reads_the_output_of_the_task_it_replaces(base: Path) -> None:
+    """The replacement gets the replaced task's own output (Response.output); every other
+    task using that output waits for the replacement and gets its output."""
+    with Workflow("hops") as wf:
+        h = hop(0, 3)
+        after = plus(h, 100)
+        t = two_step(1)
+        then = plus(t, 1000)
+    run = wf.run(base=base, cpus=2)
+    assert run.ok, run.failures()
+    assert run.result(h) == 3  # 0 -> 1 -> 2 -> 3, each hop from the output before it
+    assert run.result(after) == 103
+    assert run.result(t) == (1 + 10) + 1
+    assert run.result(then) == 1012
+
+
 def test_a_detour_finishes_before_the_dependents_start(base: Path) -> None:
     with Workflow("detour") as wf:
         d = with_detour(1)

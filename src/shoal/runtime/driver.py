@@ -506,9 +506,19 @@ class Driver:
             )
         return pickle.loads(self._pickled(task))
 
-    def _standin(self, task: int) -> int:
+    def _standin(self, task: int, asking: Record | None = None) -> int:
+        """The task whose output stands for ``task``'s: its replacement (Response), through
+        chains of them. The tasks of a replacement (``asking``: one whose inputs are being
+        prepared) use the replaced task's own output, as it returned it; every other task,
+        detours of the same Response included, waits for the replacement and gets its."""
         while task in self.alias:
-            task = self.alias[task]
+            standin = self.alias[task]
+            if asking is not None and (
+                standin == asking.id
+                or (asking.id in self.gate_of.get(task, ()) and standin not in asking.deps)
+            ):
+                break
+            task = standin
         return task
 
     def _keep(self, task: int, data: bytes) -> None:
@@ -578,7 +588,7 @@ class Driver:
 
         def visit(ref: Any) -> Any:
             assert isinstance(ref, StoredRef)
-            task = self._standin(ref.task)
+            task = self._standin(ref.task, r)
             if task not in cache:
                 cache[task] = pickle.loads(self._pickled(task))
             return follow(cache[task], ref.path, self._label(ref.task))
@@ -597,12 +607,12 @@ class Driver:
             outputs: Outputs = {local: (self._label(local), None)}
             for d in r.deps:
                 if d != local:
-                    outputs[d] = (self._label(d), self._pickled(self._standin(d)))
+                    outputs[d] = (self._label(d), self._pickled(self._standin(d, r)))
             return with_inputs(r.payload, outputs)
         outputs = {}
         size = 0
         for d in r.deps:
-            data = self.values.get(self._standin(d))
+            data = self.values.get(self._standin(d, r))
             if data is None:
                 break
             size += len(data)
