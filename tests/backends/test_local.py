@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -200,6 +201,24 @@ def test_close_stops_a_running_command_and_its_children(local: LocalBackend, run
     pids = _pid(me), _pid(bg)
     local.close()
     assert all(_gone(p) for p in pids), "close() left the command or its child running"
+
+
+def test_a_command_does_not_outlive_its_worker(local: LocalBackend, rundir: Path) -> None:
+    """A worker killed from outside while its command runs: the command (a session of its
+    own, so not in the worker's group) and its children are stopped, and only that task
+    fails."""
+    me, bg = rundir / "me.pid", rundir / "bg.pid"
+    # Longer than collect() waits: the death must be seen while the command still runs.
+    line = f"echo $$ > {me}; sleep 300 & echo $! > {bg}; wait"
+    local.submit([_command(local, rundir, 1, line)])
+    pids = _pid(me), _pid(bg)
+    (w,) = local.workers
+    os.kill(w.proc.pid, signal.SIGKILL)
+    (o,) = CONTRACT.collect(local, 1)
+    assert not o.ok and "died" in (o.error or ""), o
+    assert all(_gone(p) for p in pids), "the command outlived its worker"
+    o = CONTRACT.run_one(local, _command(local, rundir, 2, "echo after"))
+    assert o.ok, o.error
 
 
 def test_a_cancelled_command_gets_sigterm_first(local: LocalBackend, rundir: Path) -> None:

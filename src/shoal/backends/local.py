@@ -356,7 +356,7 @@ class LocalBackend(Backend):
         spool = self.rundir / "workers"
         # Numerical libraries read these once, at import: a worker serves one task width.
         threads = {var: str(cpus) for var in THREAD_VARS}
-        args = [repr(self.hold), repr(self.command_hold)]
+        args = [repr(self.hold), repr(self.command_hold), str(spool / f"{n}.pid")]
         out, err = str(spool / f"{n}.out"), str(spool / f"{n}.err")
         zygote = self._fork_server()
         proc: subprocess.Popen[bytes] | Forked | None = None
@@ -530,6 +530,10 @@ class LocalBackend(Backend):
             _kill_group(w)
             code = w.proc.wait()
         _kill_group(w)  # the processes its task had started
+        orphan = worker.running_pid(str(Path(str(self.rundir)) / "workers" / f"{w.index}.pid"))
+        with contextlib.suppress(OSError):  # a command of its own session: still a leader?
+            if orphan > 0 and os.getsid(orphan) == orphan:
+                killpg(orphan, signal.SIGKILL)
         jobs = list(w.jobs)
         for job in jobs:
             self._forget(w, job)

@@ -1,6 +1,7 @@
 """A persistent worker process: runs tasks one after another, no interpreter start each.
 
-Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD]``
+Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD
+[PIDFILE]]``
 (or forked by the zygote), it talks over one socket (``wire.Wire``) to the driver. Messages in:
 
 * ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir,
@@ -111,14 +112,44 @@ def _drain(fd: int, taskdir: str, name: str) -> bool:
     return True
 
 
+PIDWIDTH = 12
+
+
+def _note_pid(fd: int, pid: int) -> None:
+    """Say which command runs now (``PIDWIDTH`` bytes at the start of ``fd``; -1: no file)."""
+    if fd >= 0:
+        os.pwrite(fd, b"%*d\n" % (PIDWIDTH - 1, pid), 0)
+
+
+def running_pid(path: str) -> int:
+    """The command a worker was running, from its pid file (0: none, or no file)."""
+    try:
+        with open(path, "rb") as fh:
+            return int(fh.read(PIDWIDTH) or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 class _Stop(Exception):
     """The driver said stop, or went away: end the worker."""
 
 
 class Worker:
-    def __init__(self, conn: Wire, hold: float = HOLD, command_hold: float = COMMAND_HOLD) -> None:
+    def __init__(
+        self,
+        conn: Wire,
+        hold: float = HOLD,
+        command_hold: float = COMMAND_HOLD,
+        pidfile: str | None = None,
+    ) -> None:
         self.conn = conn
         self.holds = (hold, command_hold)
+        # The pid of the command running now (0: none), for the driver to stop it should
+        # this worker die: the command leads a session of its own, so nothing else would.
+        self.pidfile = -1
+        if pidfile:
+            self.pidfile = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            _note_pid(self.pidfile, 0)
         self.functions: dict[int, Callable[..., Any]] = {}
         self.envs: dict[int, dict[str, str]] = {}
         self.command_envs: dict[int, dict[bytes, bytes]] = {}
@@ -251,10 +282,12 @@ class Worker:
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
             return False, None, "error", msg, started, time.time(), None
+        _note_pid(self.pidfile, pid)
         try:
             code = self.wait(pid, (task, attempt))
         finally:
             killpg(pid, signal.SIGKILL)  # what it left in its process group
+            _note_pid(self.pidfile, 0)
         ended = time.time()
         printed = _drain(1, taskdir, "stdout")
         _drain(2, taskdir, "stderr")
@@ -349,11 +382,16 @@ class Worker:
 
 def main(argv: list[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
-    conn = Wire(int(argv[0]))
+    fd = int(argv[0])
+    # Not for the commands it starts: one holding the connection open would hide this
+    # worker's death from the driver for as long as the command runs.
+    os.set_inheritable(fd, False)
+    conn = Wire(fd)
     holds = [float(a) for a in argv[1:3]]
+    pidfile = argv[3] if len(argv) > 3 else None
     conn.send_bytes(pickle.dumps(("ready",)))
     try:  # noqa: SIM105 - contextlib is one import more at a worker's start
-        Worker(conn, *holds).run()
+        Worker(conn, *holds, pidfile=pidfile).run()
     except _Stop:
         pass
     # Nothing is left to flush or finalize (output goes straight to the spool files): skip the
