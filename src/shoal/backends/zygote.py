@@ -9,8 +9,8 @@ single-threaded, so forking it is safe (the driver, with its threads, never fork
 It starts without ``site`` (-S; the driver's import path comes in PYTHONPATH), which is a
 third of an interpreter's start here, so that a run of commands gets its first workers
 sooner. It reads site-packages (.pth files, sitecustomize) before the first fork of a worker
-for Python tasks, or when idle; a worker forked before that reads them before its first
-Python task (``worker.load_site``).
+for Python tasks, or when idle before any fork; a worker forked before that reads them before
+its first Python task (``worker.load_site``).
 
 Protocol over the socket FD (SOCK_SEQPACKET: one pickled message per packet; a fork request
 carries the worker's end of its own connection to the driver as an SCM_RIGHTS descriptor):
@@ -111,12 +111,13 @@ def main(argv: list[str]) -> None:
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     send(sock, ("ready",))
-    preloaded = False
+    # Load what Python tasks need once, before the first fork of a worker for them; or when
+    # idle before any fork (the workflow is still being checked), so that it is at hand.
+    # Never when idle later: in a run of commands its 40 ms of CPU would delay them.
+    preloaded = forked = False
     while True:
-        events = poller.poll(None if preloaded else 50)
-        if not events and not preloaded:
-            # Idle: load what Python tasks need once here, so that workers forked from now on
-            # have it. Not before the first forks: a run of commands would wait for it.
+        events = poller.poll(None if preloaded or forked else 50)
+        if not events:
             _preload()
             preloaded = True
         for fd, _ in events:
@@ -141,6 +142,7 @@ def main(argv: list[str]) -> None:
             if python and not preloaded:
                 _preload()
                 preloaded = True
+            forked = True
             pid = os.fork()
             if pid == 0:
                 _child(sock, fds[0], out, err, env, args)
