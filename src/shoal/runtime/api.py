@@ -180,71 +180,61 @@ class Prepared:
         stored: dict[str, Any],
     ) -> Prepared:
         backend.boot()  # the local fork server starts while the workflow is checked
+        lock: Lock | None = None
         try:
-            return cls._new(wf, backend, base, policy, progress, extras, stored)
-        except BaseException:
+            functions = Functions()
+            plan = compile_workflow(wf, functions=functions)
+            check_resources(plan.records, Pool(tuple(backend.nodes())))
+            rundir = new_rundir(base, wf.name)
+            lock = Lock(rundir).acquire()
+            self = cls(
+                plan=plan,
+                backend=backend,
+                rundir=rundir,
+                policy=policy,
+                progress=progress,
+                extras=extras,
+                lock=lock,
+                rules=wf.rules,
+                strategies=wf.strategies,
+                tracked=wf.tracked,
+                ids={t.key: t.id for t in wf.tasks if t.id is not None},
+                functions=functions,
+            )
+            self._start()  # workers import while the plan is written to the store
+            nodes = backend.nodes()
+            self.writer.init(
+                {
+                    "name": wf.name,
+                    "state": "running",
+                    "created": time.time(),
+                    "backend": backend.name,
+                    "policy": policy.mode,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "tasks": len(plan.records),
+                    "argv": sys.argv,
+                    "options": stored,
+                    "tracked": _blob(wf.tracked) if wf.tracked else None,
+                },
+                nodes,
+            )
+            self.born = time.time()
+            self.writer.add_plan(plan, born=self.born)
+            self.writer.publish()
+            self.log.info(
+                "run %s: %d tasks on %s",
+                wf.name,
+                len(plan.records),
+                "; ".join(n.describe() for n in nodes),
+            )
+            self._notes()
+            return self
+        except BaseException:  # nothing half-started stays behind
             backend.close()
+            if lock is not None:
+                lock.release()
             raise
-
-    @classmethod
-    def _new(
-        cls,
-        wf: Workflow,
-        backend: Backend,
-        base: Path,
-        policy: Policy,
-        progress: bool,
-        extras: Extras,
-        stored: dict[str, Any],
-    ) -> Prepared:
-        functions = Functions()
-        plan = compile_workflow(wf, functions=functions)
-        check_resources(plan.records, Pool(tuple(backend.nodes())))
-        rundir = new_rundir(base, wf.name)
-        lock = Lock(rundir).acquire()
-        self = cls(
-            plan=plan,
-            backend=backend,
-            rundir=rundir,
-            policy=policy,
-            progress=progress,
-            extras=extras,
-            lock=lock,
-            rules=wf.rules,
-            strategies=wf.strategies,
-            tracked=wf.tracked,
-            ids={t.key: t.id for t in wf.tasks if t.id is not None},
-            functions=functions,
-        )
-        self._start()  # workers import while the plan is written to the store
-        nodes = backend.nodes()
-        self.writer.init(
-            {
-                "name": wf.name,
-                "state": "running",
-                "created": time.time(),
-                "backend": backend.name,
-                "policy": policy.mode,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "tasks": len(plan.records),
-                "argv": sys.argv,
-                "options": stored,
-                "tracked": _blob(wf.tracked) if wf.tracked else None,
-            },
-            nodes,
-        )
-        self.born = time.time()
-        self.writer.add_plan(plan, born=self.born)
-        self.writer.publish()
-        self.log.info(
-            "run %s: %d tasks on %s",
-            wf.name,
-            len(plan.records),
-            "; ".join(n.describe() for n in nodes),
-        )
-        self._notes()
-        return self
 
     def _start(self) -> None:
         self.backend.start(self.dir)
