@@ -330,33 +330,42 @@ def test_when_the_fork_server_dies_workers_start_directly(
     assert o.ok, o.error
 
 
-# -- the fork server starts without site, and early ---------------------------------------------
-@pytest.mark.parametrize("python", [True, False], ids=["forked-for-python", "forked-for-commands"])
+# -- the fork server starts without site for commands, and early ---------------------------------
+@pytest.mark.parametrize(
+    "where", ["python-run", "commands-run-same-worker", "commands-run-new-worker"]
+)
 def test_python_tasks_get_what_site_would_have_loaded(
-    tmp_path: Path, rundir: Path, monkeypatch: pytest.MonkeyPatch, python: bool
+    tmp_path: Path, rundir: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """The zygote runs with -S (site is a third of an interpreter's start). A worker forked
-    for Python tasks gets site-packages from the zygote; one forked for commands reads them
-    before its first Python task. Either way the task sees what a sitecustomize did."""
+    """For a run of commands the zygote starts with -S (site is a third of an interpreter's
+    start). A Python task must still see what site does (here: a sitecustomize), whether
+    it runs in a worker forked for commands (which reads site-packages itself), in a worker
+    forked later for Python tasks (the zygote reads them first), or in a run that had
+    Python tasks from the start (no -S at all)."""
     custom = tmp_path / "custom"
     custom.mkdir()
     (custom / "sitecustomize.py").write_text(
         "import builtins\nbuiltins.shoal_sitecustomize = 'ran'\n"
     )
     monkeypatch.syspath_prepend(str(custom))  # workers get the driver's path (PYTHONPATH)
-    b = LocalBackend(cpus=1, pin="fold")
+    b = LocalBackend(cpus=2, pin="fold")
     b.start(rundir)
     try:
-        b.warm(1, 1, python)
+        b.warm(1, 1, python=where == "python-run")
         assert b._zygote is not None
         cmdline = psutil.Process(b._zygote.proc.pid).cmdline()
-        assert "-S" in cmdline[: cmdline.index("-m")], cmdline
-        o = CONTRACT.run_one(b, BackendContract.command_job(b, rundir, 1, ["/bin/true"]))
-        assert o.ok, o.error
+        flags = cmdline[: cmdline.index("-m")]
+        assert ("-S" in flags) == (where != "python-run"), cmdline
+        if where == "commands-run-new-worker":  # worker-1 busy: the task gets a new worker
+            b.submit([_command(b, rundir, 1, "sleep 2")])
+        else:
+            o = CONTRACT.run_one(b, _command(b, rundir, 1, "true"))
+            assert o.ok, o.error
         o = CONTRACT.run_one(b, BackendContract.python_job(b, rundir, 2, customized))
         assert o.ok, o.error
         assert pickle.loads(o.result or b"") == "ran"
-        assert o.worker == "worker-1", "the task ran on another worker than the command"
+        expected = "worker-2" if where == "commands-run-new-worker" else "worker-1"
+        assert o.worker == expected, o.worker
     finally:
         b.close()
 

@@ -118,9 +118,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Stop everything this backend started. Safe to call twice."""
 
-    def boot(self) -> None:  # noqa: B027 - optional, no-op here
+    def boot(self, python: bool = True) -> None:  # noqa: B027 - optional, no-op here
         """Start what is slow to start, before the run is checked and its directory made;
-        ``start`` or ``close`` follows."""
+        ``start`` or ``close`` follows (``python``: the run has Python tasks, not only
+        commands)."""
 
     def warm(  # noqa: B027 - optional, no-op here
         self, workers: int, cpus: int = 1, python: bool = True

@@ -202,12 +202,12 @@ class LocalBackend(Backend):
     def notes(self) -> list[str]:
         return list(self._notes)
 
-    def boot(self) -> None:
+    def boot(self, python: bool = True) -> None:
         """Start the fork server now, while the run is checked and its directory made."""
         if self.closed:
             self._reset()
         if self.fork_server and self._zygote is None:
-            self._fork_server()
+            self._fork_server(python)
 
     def start(self, rundir: Path) -> None:
         """Get ready for the run in ``rundir``; calling it again for the same run is a no-op."""
@@ -358,7 +358,7 @@ class LocalBackend(Backend):
         threads = {var: str(cpus) for var in THREAD_VARS}
         args = [repr(self.hold), repr(self.command_hold), str(spool / f"{n}.pid")]
         out, err = str(spool / f"{n}.out"), str(spool / f"{n}.err")
-        zygote = self._fork_server()
+        zygote = self._fork_server(python)
         proc: subprocess.Popen[bytes] | Forked | None = None
         if zygote is not None:
             proc = zygote.fork(n, theirs.fileno(), out, err, threads, args, python)
@@ -376,15 +376,16 @@ class LocalBackend(Backend):
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
         return w
 
-    def _fork_server(self) -> Zygote | None:
+    def _fork_server(self, python: bool) -> Zygote | None:
         """The zygote that forks workers (started with the first one), or None: turned off,
-        or it died (then workers start as interpreters of their own, as before)."""
+        or it died (then workers start as interpreters of their own, as before). For a run
+        without Python tasks (``python``) it starts without site (zygote.py)."""
         z = self._zygote
         if z is None and self.fork_server:
             env = {**os.environ, "PYTHONPATH": _python_path()}
             log = None if self.rundir is None else str(self.rundir / "workers" / "zygote.log")
             try:
-                z = self._zygote = Zygote(self.python, env, log)
+                z = self._zygote = Zygote(self.python, env, log, site=python)
             except OSError as err:
                 self.fork_server = False
                 self._say(f"cannot start the worker fork server ({err}): workers start directly")

@@ -2,15 +2,17 @@
 
 Starting a Python interpreter and importing what a worker needs takes about 100 ms of CPU on a
 small machine, and a node of 128 cores wants 128 workers at once. So the local backend starts
-this process once, as ``python -S -m shoal.backends.zygote FD``; it imports the worker's code
-and then forks a worker whenever the driver asks, in about a millisecond. It is
-single-threaded, so forking it is safe (the driver, with its threads, never forks).
+this process once, as ``python -m shoal.backends.zygote FD``; it imports the worker's code and
+then forks a worker whenever the driver asks, in about a millisecond. It is single-threaded,
+so forking it is safe (the driver, with its threads, never forks).
 
-It starts without ``site`` (-S; the driver's import path comes in PYTHONPATH), which is a
-third of an interpreter's start here, so that a run of commands gets its first workers
-sooner. It reads site-packages (.pth files, sitecustomize) before the first fork of a worker
-for Python tasks, or when idle before any fork; a worker forked before that reads them before
-its first Python task (``worker.load_site``).
+For a run without Python tasks it starts without ``site`` (``python -S``; the driver's import
+path comes in PYTHONPATH): that is a third of an interpreter's start here, and commands never
+need it. Should Python tasks come after all (added while the run goes on), site-packages (.pth
+files, sitecustomize) are read before they run: by the zygote before it forks a worker for
+them, or by a worker forked before that, before its first Python task (``worker.load_site``).
+Such a process keeps ``sys.flags.no_site`` set, so a ``multiprocessing`` child it spawns starts
+with -S too; runs with Python tasks from the start never use -S.
 
 Protocol over the socket FD (SOCK_SEQPACKET: one pickled message per packet; a fork request
 carries the worker's end of its own connection to the driver as an SCM_RIGHTS descriptor):
@@ -208,13 +210,15 @@ class Zygote:
 
     LOST = 70  # the exit code of a worker whose end nobody saw (the zygote itself died)
 
-    def __init__(self, python: str, env: dict[str, str], log: str | None = None) -> None:
+    def __init__(
+        self, python: str, env: dict[str, str], log: str | None = None, site: bool = True
+    ) -> None:
         """Start it; its own output goes to ``log``, or to this process's stderr until
-        ``log`` is called."""
+        ``log`` is called; without ``site``: with -S (see the module's docstring)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with open(log or os.devnull, "ab") as out:
             fd = out.fileno() if log else 2
-            line = [python, "-S"]
+            line = [python] if site else [python, "-S"]
             self.proc = launch(line, "shoal.backends.zygote", theirs.fileno(), [], env, fd, fd)
         theirs.close()
         self.sock = ours

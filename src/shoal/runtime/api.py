@@ -179,7 +179,8 @@ class Prepared:
         extras: Extras,
         stored: dict[str, Any],
     ) -> Prepared:
-        backend.boot()  # the local fork server starts while the workflow is checked
+        # The local fork server starts while the workflow is checked.
+        backend.boot(wf.has_python())
         lock: Lock | None = None
         try:
             functions = Functions()

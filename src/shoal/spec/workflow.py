@@ -96,6 +96,10 @@ class Workflow:
                 out.append(t)
         return out
 
+    def has_python(self) -> bool:
+        """Whether any task (nested workflows included) is a Python task, not a command."""
+        return any(t.kind != "command" for t in self._walk(set()))
+
     # -- steering ---------------------------------------------------------------------------
     def on(
         self, trigger: str, **options: Any
