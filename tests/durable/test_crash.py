@@ -110,12 +110,26 @@ def test_kill_minus_nine_twenty_times_and_resume(tmp_path: Path) -> None:
         (integrity,) = c.execute("PRAGMA integrity_check").fetchone()
         lost = c.execute("SELECT COUNT(*) FROM attempts WHERE outcome='lost'").fetchone()[0]
         resumes = c.execute("SELECT value FROM meta WHERE key='resumes'").fetchone()[0]
+        # Each attempt number is handed out once (a task queued at a kill must not get the
+        # number of its lost attempt again), and each has its row in attempts.
+        reused = c.execute(
+            "SELECT task, attempt FROM transitions WHERE new IN ('queued', 'running')"
+            " AND old != 'queued' GROUP BY task, attempt HAVING COUNT(*) > 1 LIMIT 5"
+        ).fetchall()
+        numbered = c.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT task, attempt FROM transitions"
+            " WHERE attempt > 0)"
+        ).fetchone()[0]
+        rows = c.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
     assert states == {"succeeded": N}
     assert results == {i: i * i for i in range(N)}
     assert integrity == "ok"
     # a driver killed while it started may not have recorded itself yet
     assert KILLS // 2 <= int(resumes) <= KILLS
     assert lost > 0, "some kills should have caught attempts in flight"
+    assert not reused, f"attempt numbers handed out twice (task, attempt): {reused}"
+    assert numbered == rows, f"{numbered} attempts in the transitions, {rows} rows of them"
+    assert b"Logging error" not in err, err.decode()[-3000:]
 
     # no task recorded as succeeded at a kill ran again afterwards
     final = counts(side)

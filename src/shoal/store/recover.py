@@ -37,7 +37,6 @@ class Snapshot:
     origins: list[str | None] = field(default_factory=list)
     gate_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
     lost: int = 0  # attempts marked lost
-    requests: list[tuple[int, str, bytes]] = field(default_factory=list)
 
 
 def _options(text: str, name: str, tags: list[str]) -> Options:
@@ -75,6 +74,15 @@ def load(rundir: Path) -> Snapshot:
             )
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
+        # Attempts in flight when the driver stopped. A queued task's row still says "pending"
+        # (the writer skips the waiting states), so the attempts table, not the row, has its
+        # last attempt number and says that it was handed out.
+        in_flight = dict(
+            conn.execute(
+                "SELECT task, MAX(attempt) FROM attempts WHERE outcome IS NULL GROUP BY task"
+            )
+        )
+        last_attempt = dict(conn.execute("SELECT task, MAX(attempt) FROM attempts GROUP BY task"))
         lost = conn.execute(
             "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=?"
             " WHERE outcome IS NULL",
@@ -125,8 +133,11 @@ def load(rundir: Path) -> Snapshot:
                     env=json.loads(env) if env else None,
                 )
             )
-            states.append(State(state))
-            attempts.append(n)
+            st = State(state)
+            if tid in in_flight and st in (State.PENDING, State.READY):
+                st = State.QUEUED  # handed out, not yet started, when the driver stopped
+            states.append(st)
+            attempts.append(max(n, last_attempt.get(tid, 0)))
             if alias is not None:
                 aliases[tid] = alias
             if gate:
@@ -141,21 +152,23 @@ def load(rundir: Path) -> Snapshot:
                 "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
             )
         ]
-        requests = [
-            (rid, kind, bytes(payload))
-            for rid, kind, payload in conn.execute(
-                "SELECT id, kind, payload FROM requests WHERE taken IS NULL ORDER BY id"
-            )
-        ]
     finally:
         conn.close()
     name = str(meta.get("name", "run"))
     plan = Plan(name, records, functions, 0)
-    snap = Snapshot(
-        name, meta, plan, states, attempts, gates, aliases, rules, origins, lost, requests
+    return Snapshot(
+        name,
+        meta,
+        plan,
+        states,
+        attempts,
+        gates,
+        aliases,
+        rules,
+        origins=origins,
+        gate_of=gate_of,
+        lost=lost,
     )
-    snap.gate_of = gate_of
-    return snap
 
 
 def _gates(
