@@ -41,7 +41,7 @@ def options_json(o: Options) -> str:
 
 # State.value goes through a Python-level descriptor: a plain dict is several times faster.
 NAMES: dict[State, str] = {s: s.value for s in State}
-QUIET = frozenset({State.READY, State.QUEUED})
+QUIET = frozenset({State.PENDING, State.READY, State.QUEUED})
 QUIET_FROM = frozenset({None, State.PENDING, State.READY, State.QUEUED})
 
 _placements: dict[int, tuple[Placement, str]] = {}
@@ -240,7 +240,8 @@ class Writer:
         # The task's row says where it stands for readers and resume: finished, running,
         # retrying, or waiting ("pending" covers ready and queued, which a resume recomputes
         # anyway; the transitions table has every step). Not writing the moves between the
-        # waiting states saves two row updates per task.
+        # waiting states saves two row updates per task, and the birth of a task that waits
+        # for others one more (its row was inserted as "pending").
         rows = [
             (NAMES[t.new], t.attempt, t.reason, t.time, t.task)
             for t in last.values()
