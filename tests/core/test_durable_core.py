@@ -170,6 +170,20 @@ def test_restore_keeps_finished_tasks_and_readies_the_rest() -> None:
     assert s.done and s.counts[SUC] == 4
 
 
+def test_restore_of_tasks_that_were_queued_when_the_driver_died() -> None:
+    """A queued task lost its attempt like a running one: it becomes ready (or pending, a
+    follower behind a lost parent) and its next attempt has a new number."""
+    s = sched(cores=1)
+    que = State.QUEUED
+    out = s.handle(Restored(9, (t(0), t(1), t(2, 0)), (que, que, que), (3, 1, 1)))
+    moves = [(c.task, c.old, c.new, c.reason) for c in out if isinstance(c, Transition)]
+    assert (0, que, RDY, "its attempt was lost with the driver") in moves
+    assert (2, que, PEN, "resumed") in moves  # it waits for task 0 again
+    assert started(out) == [0] and s.tasks[0].attempt == 4
+    out = s.handle(Succeeded(10, 0, 4))
+    assert [(c.task, c.attempt) for c in out if isinstance(c, Dispatch)] == [(1, 2)]
+
+
 def test_restore_applies_the_gates_of_responses() -> None:
     s = sched(cores=2)
     # task 0 succeeded with a detour (task 2) that its dependent (task 1) must wait for
