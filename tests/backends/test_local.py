@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -428,3 +431,47 @@ def test_one_backend_object_serves_runs_one_after_another(tmp_path: Path) -> Non
         run = wf.run(backend=b, base=tmp_path)
         assert run.result(t) == i + 1
         assert run.result(c)["stdout"] == f"{i}\n"
+
+
+DRIVER = """
+import os, sys, time
+import shoal
+
+@shoal.task
+def long(path):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(300)
+
+base = sys.argv[1]
+with shoal.Workflow("orphans") as wf:
+    long(base + "/python.pid")
+    long.options(isolate=True)(base + "/isolated.pid")
+    shoal.command("sh -c 'echo $$ > {p}; exec sleep 300'")(p=base + "/command.pid")
+wf.run(cpus=3, base=base)
+"""
+
+
+def test_a_killed_driver_leaves_nothing_of_its_run_running(tmp_path: Path) -> None:
+    """SIGKILL the driver while a worker runs a Python task, a worker runs a command and a
+    chain runs an isolated task: the fork server ends all three, so that a resumed run does
+    not find them still running beside its own attempts."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pids = {
+            name: _pid(tmp_path / f"{name}.pid", 60) for name in ("python", "isolated", "command")
+        }
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [name for name, pid in pids.items() if not _gone(pid, 15)]
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"still running after the driver died: {left}"

@@ -188,6 +188,7 @@ class LocalBackend(Backend):
             self._wake,
             Path(tempfile.gettempdir()),
             threads=len(self.node.cores) + 2,  # a chain per slot at most
+            guard=self._guard,
         )
         self._env_cache: dict[tuple[Any, ...], tuple[int, dict[str, str]]] = {}
         self._env_ids = itertools.count()
@@ -394,6 +395,13 @@ class LocalBackend(Backend):
         if z is not None and not z.alive:
             return None
         return z
+
+    def _guard(self, what: str, pid: int) -> None:
+        """The fork server watches the driver's children (see zygote.py): should the driver
+        die, it stops them. Without a fork server (turned off, or dead) nothing does."""
+        z = self._zygote
+        if z is not None:
+            z.tell((what, pid))
 
     def _say(self, note: str) -> None:
         print(f"shoal: {note}", file=sys.stderr)

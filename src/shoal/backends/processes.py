@@ -96,8 +96,12 @@ class Processes:
         wake: Callable[[], None],
         folder: Path,
         threads: int,
+        guard: Callable[[str, int], None] | None = None,
     ) -> None:
         self.prepare = prepare
+        # Told ("watch", pid) when a child starts and ("unwatch", pid) when it is gone, so that
+        # something outside the driver can stop its process group if the driver dies.
+        self.guard = guard
         self.folder = folder  # where the chains' spool files live
         self._names = itertools.count()
         self.home = home
@@ -268,12 +272,16 @@ class Processes:
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
             return Outcome(job.task, job.attempt, False, started, time.time(), "error", msg)
+        if self.guard is not None:
+            self.guard("watch", proc.pid)
         with self.lock:
             chain.proc = proc
             if chain.cancelled or self.closing:
                 self._stop(proc)
         code = proc.wait()
         killpg(proc.pid, signal.SIGKILL)  # leftovers of the process group (MPI ranks, ...)
+        if self.guard is not None:
+            self.guard("unwatch", proc.pid)
         ended = time.time()
         printed = spool.keep(job.taskdir)
         if job.kind == "python":

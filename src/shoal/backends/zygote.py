@@ -21,7 +21,13 @@ carries the worker's end of its own connection to the driver as an SCM_RIGHTS de
   the (new, emptied) spool files ``out`` and ``err``, ``env`` added to its environment, and
   ``argv`` (the worker's arguments after FD); ``python``: it will run Python tasks, so read
   site-packages first. ``("log", path)``: from now on write this process's own output to
-  ``path`` (it starts before the run directory exists). ``("stop",)``.
+  ``path`` (it starts before the run directory exists). ``("watch", pgid)`` and
+  ``("unwatch", pgid)``: a process group the driver started (an isolated or multi-rank task)
+  began or ended. ``("stop",)``.
+* If the driver goes away without saying stop (it was killed), the zygote ends what the run
+  had running: the workers (each gets a second to stop by itself, and its command with it)
+  and the watched groups (SIGTERM, then SIGKILL after the grace period). A resumed run then
+  starts them afresh with nothing of the old run left running beside it.
 * out: ``("ready",)`` once at start; ``("forked", n, pid)``; ``("exit", pid, code)`` when a
   worker ends (``code`` negative: the signal that killed it), so the driver, which is not the
   workers' parent, still learns how each one ended.
@@ -42,6 +48,7 @@ import sys
 import time
 
 from shoal.backends import worker
+from shoal.backends.execute import GRACE, killpg
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -49,6 +56,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 PACKET = 1 << 16  # the largest message either side sends
+WORKER_GRACE = 1.0  # seconds a worker has to end by itself once the driver died
 
 
 def send(sock: socket.socket, msg: Any) -> None:
@@ -77,8 +85,8 @@ def _child(
         os._exit(70)
 
 
-def _reap(sock: socket.socket) -> None:
-    """Report every worker that ended."""
+def _reap(sock: socket.socket | None, workers: set[int]) -> None:
+    """Report every worker that ended (``sock`` None: the driver is gone, tell nobody)."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -86,7 +94,42 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+        workers.discard(pid)
+        if sock is not None:
+            send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+
+
+def _leader(pid: int) -> bool:
+    """Whether ``pid`` still leads its own session (ours do; a reused pid rarely does)."""
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
+
+
+def _orphaned(workers: set[int], watched: set[int]) -> None:
+    """The driver died without saying stop: end what the run had running, so that nothing
+    goes on unsupervised (or twice, once the run is resumed). A worker sees the end too and
+    stops its command itself; one busy in a Python task gets WORKER_GRACE seconds, then is
+    killed with its process group. The driver's own children (isolated and multi-rank tasks,
+    ``watched``) get SIGTERM now and SIGKILL after worker.GRACE, as a cancel would."""
+    for group in watched:
+        if _leader(group):
+            killpg(group, signal.SIGTERM)
+    start = time.monotonic()
+    while workers and time.monotonic() - start < WORKER_GRACE:
+        time.sleep(0.01)
+        _reap(None, workers)
+    for pid in workers:
+        killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    left = [g for g in watched if _leader(g)]
+    while left and time.monotonic() - start < GRACE:
+        time.sleep(0.05)
+        left = [g for g in left if _leader(g)]
+    for group in left:
+        killpg(group, signal.SIGKILL)
 
 
 def _preload() -> None:
@@ -112,7 +155,25 @@ def main(argv: list[str]) -> None:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
-    send(sock, ("ready",))
+    workers: set[int] = set()  # pids of the workers alive
+    watched: set[int] = set()  # process groups of the driver's own children
+    try:
+        send(sock, ("ready",))
+        if _serve(sock, poller, wake_r, workers, watched):
+            return  # told to stop: the driver closes the workers itself
+    except OSError:  # a word to the driver could not be sent: it is gone
+        pass
+    _orphaned(workers, watched)
+
+
+def _serve(
+    sock: socket.socket,
+    poller: select.poll,
+    wake_r: int,
+    workers: set[int],
+    watched: set[int],
+) -> bool:
+    """Answer the driver until it says stop (True) or goes away (False)."""
     # Load what Python tasks need once, before the first fork of a worker for them; or when
     # idle before any fork (the workflow is still being checked), so that it is at hand.
     # Never when idle later: in a run of commands its 40 ms of CPU would delay them.
@@ -126,31 +187,36 @@ def main(argv: list[str]) -> None:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
-                _reap(sock)
+                _reap(sock, workers)
                 continue
             try:
                 data, fds, _, _ = socket.recv_fds(sock, PACKET, 1)
             except OSError:
-                return
-            if not data:  # the driver went away
-                return
+                return False
+            if not data:  # the driver went away without a word
+                return False
             msg = pickle.loads(data)
             if msg[0] == "log":
                 _log(msg[1])
-                continue
-            if msg[0] != "fork" or not fds:
-                return  # "stop"
-            _, n, out, err, env, args, python = msg
-            if python and not preloaded:
-                _preload()
-                preloaded = True
-            forked = True
-            pid = os.fork()
-            if pid == 0:
-                _child(sock, fds[0], out, err, env, args)
-            os.close(fds[0])
-            send(sock, ("forked", n, pid))
-            _reap(sock)
+            elif msg[0] == "watch":
+                watched.add(msg[1])
+            elif msg[0] == "unwatch":
+                watched.discard(msg[1])
+            elif msg[0] != "fork" or not fds:
+                return True  # "stop"
+            else:
+                _, n, out, err, env, args, python = msg
+                if python and not preloaded:
+                    _preload()
+                    preloaded = True
+                forked = True
+                pid = os.fork()
+                if pid == 0:
+                    _child(sock, fds[0], out, err, env, args)
+                os.close(fds[0])
+                workers.add(pid)
+                send(sock, ("forked", n, pid))
+                _reap(sock, workers)
 
 
 # -- the driver's side ----------------------------------------------------------------------
@@ -231,9 +297,13 @@ class Zygote:
 
     def log(self, path: str) -> None:
         """Send its own output to ``path`` from now on."""
+        self.tell(("log", path))
+
+    def tell(self, msg: tuple[Any, ...]) -> None:
+        """Send a message that needs no answer (any thread: one packet is one message)."""
         if self.alive:
             with contextlib.suppress(OSError):
-                send(self.sock, ("log", path))
+                send(self.sock, msg)
 
     def fork(
         self,
