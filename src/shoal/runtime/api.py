@@ -486,6 +486,9 @@ def resumed(
     except BaseException:
         lock.release()
         raise
+    # The fork server also watches the driver's own children (zygote.py): start it even for
+    # a run that has only isolated tasks left.
+    backend.boot(any(r.kind != "command" for r in plan.records))
     p._start()
     resumes = int(snap.meta.get("resumes", 0)) + 1
     p.writer.set_meta(
