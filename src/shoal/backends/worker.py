@@ -1,8 +1,8 @@
 """A persistent worker process: runs tasks one after another, no interpreter start each.
 
 Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD
-[PIDFILE]]``
-(or forked by the zygote), it talks over one socket (``wire.Wire``) to the driver. Messages in:
+[PIDFILE]]``, or forked by the zygote with the same arguments, it talks to the driver over
+one socket (``wire.Wire``). Messages in:
 
 * ``("run", [(task, attempt, function, fn | None, payload, cores, env_id, env, taskdir,
   queued, command, follows)])`` queues tasks, run in order. A function and an environment are
