@@ -104,6 +104,15 @@ def killpg(pid: int, sig: int) -> None:
         pass
 
 
+def leader(pid: int) -> bool:
+    """Whether ``pid`` still leads its own session. The processes shoal starts do; a pid
+    reused by another process rarely does, so this guards a kill by a remembered pid."""
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
+
+
 def call_in_thread(
     fn: Callable[..., Any], payload: bytes, task: int, attempt: int, taskdir: str
 ) -> Reply:

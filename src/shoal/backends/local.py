@@ -41,7 +41,7 @@ import psutil
 
 from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
-from shoal.backends.execute import attempt_vars_bytes, describe_exit, killpg, tail
+from shoal.backends.execute import attempt_vars_bytes, describe_exit, killpg, leader, tail
 from shoal.backends.processes import Environment, Processes
 from shoal.backends.wire import Wire
 from shoal.backends.zygote import Forked, Zygote, launch
@@ -220,7 +220,7 @@ class LocalBackend(Backend):
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.processes.folder = rundir / "workers"
         if self._zygote is not None:  # booted before the directory existed
-            self._zygote.log(str(rundir / "workers" / "zygote.log"))
+            self._zygote.log(str(self._spool("zygote.log")))
 
     def warm(self, workers: int, cpus: int = 1, python: bool = True) -> None:
         """Start workers up front (they import in parallel), so early tasks do not wait."""
@@ -354,11 +354,10 @@ class LocalBackend(Backend):
         ours, theirs = socket.socketpair()
         if self.rundir is None:
             raise BackendError("the local backend was not started: call start(rundir) first")
-        spool = self.rundir / "workers"
         # Numerical libraries read these once, at import: a worker serves one task width.
         threads = {var: str(cpus) for var in THREAD_VARS}
-        args = [repr(self.hold), repr(self.command_hold), str(spool / f"{n}.pid")]
-        out, err = str(spool / f"{n}.out"), str(spool / f"{n}.err")
+        out, err, pids = (str(self._spool(f"{n}.{x}")) for x in ("out", "err", "pid"))
+        args = [repr(self.hold), repr(self.command_hold), pids]
         zygote = self._fork_server(python)
         proc: subprocess.Popen[bytes] | Forked | None = None
         if zygote is not None:
@@ -384,7 +383,7 @@ class LocalBackend(Backend):
         z = self._zygote
         if z is None and self.fork_server:
             env = {**os.environ, "PYTHONPATH": _python_path()}
-            log = None if self.rundir is None else str(self.rundir / "workers" / "zygote.log")
+            log = None if self.rundir is None else str(self._spool("zygote.log"))
             try:
                 z = self._zygote = Zygote(self.python, env, log, site=python)
             except OSError as err:
@@ -395,6 +394,10 @@ class LocalBackend(Backend):
         if z is not None and not z.alive:
             return None
         return z
+
+    def _spool(self, name: str) -> Path:
+        """A file of the workers' folder of the run (``workers/``)."""
+        return Path(str(self.rundir)) / "workers" / name
 
     def _guard(self, what: str, pid: int) -> None:
         """The fork server watches the driver's children (see zygote.py): should the driver
@@ -539,17 +542,16 @@ class LocalBackend(Backend):
             _kill_group(w)
             code = w.proc.wait()
         _kill_group(w)  # the processes its task had started
-        orphan = worker.running_pid(str(Path(str(self.rundir)) / "workers" / f"{w.index}.pid"))
-        with contextlib.suppress(OSError):  # a command of its own session: still a leader?
-            if orphan > 0 and os.getsid(orphan) == orphan:
-                killpg(orphan, signal.SIGKILL)
+        orphan = worker.running_pid(str(self._spool(f"{w.index}.pid")))
+        if orphan > 0 and leader(orphan):  # its command, in a session of its own
+            killpg(orphan, signal.SIGKILL)
         jobs = list(w.jobs)
         for job in jobs:
             self._forget(w, job)
         if not w.ready:  # died while starting: the environment, not a task, is at fault
             self._fresh_deaths += 1
             if self._fresh_deaths >= MAX_FRESH_DEATHS:
-                text = tail(Path(str(self.rundir)) / "workers" / f"{w.index}.err")
+                text = tail(self._spool(f"{w.index}.err"))
                 raise BackendError(
                     f"{self._fresh_deaths} worker processes in a row died while starting (the "
                     f"last exit code was {code}): check that they can import shoal and your "
@@ -561,7 +563,7 @@ class LocalBackend(Backend):
             return
         kind, words = describe_exit(code)
         msg = f"worker-{w.index} running this task died: {words}"
-        text = tail(Path(str(self.rundir)) / "workers" / f"{w.index}.err")
+        text = tail(self._spool(f"{w.index}.err"))
         if text:
             msg += f"\nlast lines of its stderr:\n{text}"
         out.append(

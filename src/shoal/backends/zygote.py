@@ -48,7 +48,7 @@ import sys
 import time
 
 from shoal.backends import worker
-from shoal.backends.execute import GRACE, killpg
+from shoal.backends.execute import GRACE, killpg, leader
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -99,22 +99,14 @@ def _reap(sock: socket.socket | None, workers: set[int]) -> None:
             send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
 
 
-def _leader(pid: int) -> bool:
-    """Whether ``pid`` still leads its own session (ours do; a reused pid rarely does)."""
-    try:
-        return os.getsid(pid) == pid
-    except OSError:
-        return False
-
-
 def _orphaned(workers: set[int], watched: set[int]) -> None:
     """The driver died without saying stop: end what the run had running, so that nothing
     goes on unsupervised (or twice, once the run is resumed). A worker sees the end too and
     stops its command itself; one busy in a Python task gets WORKER_GRACE seconds, then is
     killed with its process group. The driver's own children (isolated and multi-rank tasks,
-    ``watched``) get SIGTERM now and SIGKILL after worker.GRACE, as a cancel would."""
+    ``watched``) get SIGTERM now and SIGKILL after GRACE, as a cancel would."""
     for group in watched:
-        if _leader(group):
+        if leader(group):
             killpg(group, signal.SIGTERM)
     start = time.monotonic()
     while workers and time.monotonic() - start < WORKER_GRACE:
@@ -124,10 +116,10 @@ def _orphaned(workers: set[int], watched: set[int]) -> None:
         killpg(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    left = [g for g in watched if _leader(g)]
+    left = [g for g in watched if leader(g)]
     while left and time.monotonic() - start < GRACE:
         time.sleep(0.05)
-        left = [g for g in left if _leader(g)]
+        left = [g for g in left if leader(g)]
     for group in left:
         killpg(group, signal.SIGKILL)
 
@@ -282,10 +274,13 @@ class Zygote:
         """Start it; its own output goes to ``log``, or to this process's stderr until
         ``log`` is called; without ``site``: with -S (see the module's docstring)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with open(log or os.devnull, "ab") as out:
-            fd = out.fileno() if log else 2
-            line = [python] if site else [python, "-S"]
-            self.proc = launch(line, "shoal.backends.zygote", theirs.fileno(), [], env, fd, fd)
+        line = [python] if site else [python, "-S"]
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log else 2
+        try:
+            self.proc = launch(line, "shoal.backends.zygote", theirs.fileno(), [], env, out, out)
+        finally:
+            if log:
+                os.close(out)
         theirs.close()
         self.sock = ours
         self.alive = True
