@@ -13,8 +13,12 @@
   ``CUDA_VISIBLE_DEVICES``/``ROCR_VISIBLE_DEVICES``/``ZE_AFFINITY_MASK`` to its GPUs.
 * A node pretended larger than the machine folds core ids onto the real cores (``pin="fold"``,
   the default in that case) and says so once; ``pin=False`` turns CPU pinning off.
-* A worker that dies (segfault, out-of-memory kill, ``os._exit``) fails only its task; the
-  worker is replaced on demand.
+* A worker that dies (segfault, out-of-memory kill, ``os._exit``) fails only the task it was
+  executing, which its marker file names (worker.py); every other task handed to it comes
+  back unstarted, costing no attempt. The worker is replaced on demand.
+* A running Python task is stopped (timeout, cancel) by killing its worker, but only once the
+  marker shows that very attempt executing: until then it may still be queued there, or have
+  finished with its outcome on the way, and the kill would hit an innocent task.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class _Worker:
     envs: set[int] = field(default_factory=set)
     command_envs: set[int] = field(default_factory=set)
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
+    marker: str = ""  # its marker file: what it executes now (worker.running)
+    aim: tuple[int, int] | None = None  # the attempt it was killed to stop, if it was
 
 
 MAX_FRESH_DEATHS = 5  # then the workers themselves are broken: stop replacing them
@@ -177,6 +183,8 @@ class LocalBackend(Backend):
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
         self.ran: dict[int, _Worker] = {}  # recently finished task id -> the worker that ran it
+        # Python attempts to stop by killing their worker once they execute (see the doc)
+        self._aims: dict[tuple[int, int], _Worker] = {}
         self._worker_seq = 0
         self._outbox: list[Outcome] = []
         self._epoll = select.epoll()
@@ -247,19 +255,23 @@ class LocalBackend(Backend):
                 w.conn.send_bytes(pickle.dumps(("run", items), protocol=5))
 
     def cancel(self, task: int, attempt: int) -> None:
-        where = self.where.get((task, attempt))
-        if isinstance(where, _Worker):
-            if where.jobs and where.jobs[0].task == task:
-                if where.jobs[0].kind == "command":  # the worker stops it and replies
-                    with contextlib.suppress(OSError):
-                        where.conn.send_bytes(pickle.dumps(("kill", task, attempt)))
-                else:
-                    _kill_group(where)  # running: the worker's death is reported by poll()
-            else:
-                with contextlib.suppress(OSError):
-                    where.conn.send_bytes(pickle.dumps(("drop", task, attempt)))
-        else:
+        key = (task, attempt)
+        w = self.where.get(key)
+        if w is None:
             self.processes.cancel(task, attempt)
+            return
+        if w.conn.poll(0):  # catch up with what it said: the attempt may have ended
+            self._from_worker(w, self._outbox)
+            if key not in self.where:
+                return
+        # Queued there: the worker drops it and replies "dropped". A running command: the
+        # worker stops it and replies. A Python task cannot be stopped from inside.
+        with contextlib.suppress(OSError):
+            w.conn.send_bytes(pickle.dumps(("kill", task, attempt)))
+        job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
+        if job.kind != "command":
+            self._aims[key] = w
+            self._aim()
 
     def poll(self, timeout: float) -> list[Outcome]:
         out, self._outbox = self._outbox, []
@@ -278,6 +290,8 @@ class LocalBackend(Backend):
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
         out += self.processes.drain()
+        if self._aims:
+            self._aim()
         return out
 
     def close(self) -> None:
@@ -313,6 +327,17 @@ class LocalBackend(Backend):
         self.idle.clear()
         self.by_fd.clear()
         self.closed = True
+
+    def _aim(self) -> None:
+        """Kill the workers of the Python attempts to stop that now execute (their markers
+        say so); forget those that ended or were dropped meanwhile."""
+        for key, w in list(self._aims.items()):
+            if self.where.get(key) is not w:
+                del self._aims[key]
+            elif w.aim is None and worker.running(w.marker)[1:] == key:
+                del self._aims[key]
+                w.aim = key
+                _kill_group(w)  # its death is reported by poll(), charged to ``key``
 
     # -- pinning --------------------------------------------------------------------------
     def _cores(self, job: Job) -> list[int] | None:
@@ -370,7 +395,7 @@ class LocalBackend(Backend):
                     [self.python], module, theirs.fileno(), args, env, fout.fileno(), ferr.fileno()
                 )
         theirs.close()
-        w = _Worker(n, proc, Wire(ours.detach()), cpus)
+        w = _Worker(n, proc, Wire(ours.detach()), cpus, marker=pids)
         self.workers.append(w)
         self.by_fd[w.conn.fileno()] = w
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
@@ -529,7 +554,16 @@ class LocalBackend(Backend):
                 return
 
     def _lost(self, w: _Worker, out: list[Outcome]) -> None:
-        """The worker died: return its queued tasks, fail the running one, forget the worker."""
+        """The worker died: fail the task it was executing (its marker says which), give every
+        other task it had back unstarted, forget the worker.
+
+        Every reply it sent was read before this (the end of the connection comes after
+        them). The task executing is then the first one without a reply, unless replies of
+        finished commands were still held (worker.COMMAND_HOLD): those ran, but their
+        outcomes are lost, so they come back to run again, and with them the task executing,
+        which cannot be told apart from them in the driver's view. A worker killed to stop
+        one attempt (``aim``) charges that attempt only, and nobody if it had just ended.
+        """
         del self.by_fd[w.conn.fileno()]
         self._epoll.unregister(w.conn.fileno())
         w.conn.close()
@@ -542,12 +576,17 @@ class LocalBackend(Backend):
             _kill_group(w)
             code = w.proc.wait()
         _kill_group(w)  # the processes its task had started
-        orphan = worker.running_pid(str(self._spool(f"{w.index}.pid")))
+        orphan, *executing = worker.running(w.marker)
         if orphan > 0 and leader(orphan):  # its command, in a session of its own
             killpg(orphan, signal.SIGKILL)
         jobs = list(w.jobs)
         for job in jobs:
             self._forget(w, job)
+        charged = None
+        if jobs and [jobs[0].task, jobs[0].attempt] == executing:
+            head = (jobs[0].task, jobs[0].attempt)
+            if w.aim is None or w.aim == head:
+                charged = jobs.pop(0)
         if not w.ready:  # died while starting: the environment, not a task, is at fault
             self._fresh_deaths += 1
             if self._fresh_deaths >= MAX_FRESH_DEATHS:
@@ -557,18 +596,17 @@ class LocalBackend(Backend):
                     f"last exit code was {code}): check that they can import shoal and your "
                     "modules with the same Python. The last one said:\n" + (text or "(nothing)")
                 )
-        for job in jobs[1:]:
+        if charged is not None:
+            kind, words = describe_exit(code)
+            msg = f"worker-{w.index} running this task died: {words}"
+            text = tail(self._spool(f"{w.index}.err"))
+            if text:
+                msg += f"\nlast lines of its stderr:\n{text}"
+            out.append(
+                Outcome(charged.task, charged.attempt, False, None, time.time(), kind, msg, code)
+            )
+        for job in jobs:
             out.append(Outcome(job.task, job.attempt, False, returned=True))
-        if not jobs:
-            return
-        kind, words = describe_exit(code)
-        msg = f"worker-{w.index} running this task died: {words}"
-        text = tail(self._spool(f"{w.index}.err"))
-        if text:
-            msg += f"\nlast lines of its stderr:\n{text}"
-        out.append(
-            Outcome(jobs[0].task, jobs[0].attempt, False, None, time.time(), kind, msg, code)
-        )
 
     # -- child processes --------------------------------------------------------------------
     def _process_line(self, job: Job) -> tuple[list[str], Environment, list[int] | None]:

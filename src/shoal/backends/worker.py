@@ -23,6 +23,15 @@ Replies: ``("done", [(task, attempt, ok, result, kind, error, started, ended, ex
 ...])`` (several per message, see HOLD), ``("dropped", task, attempt)``, and ``("ready",)``
 once at start.
 
+What runs now: before a task starts the worker notes ``pid task attempt`` in its marker file
+(``workers/<n>.pid``; pid is 0 for a Python task, the command's once it is spawned) and clears
+it when the task ends. The marker is what a death is charged by: should the worker die, the
+driver reads it and fails exactly the task that was executing, and gives every other task it
+had handed over back unstarted. Replies held to share a message are always sent before a
+Python task starts (it cannot be interrupted to send them), so a task's outcome is never held
+past the start of the next Python task, and a dead worker's marker task is the first one the
+driver has no reply for.
+
 Commands run here, not in the driver, so that starting them does not compete with the driver
 for its interpreter lock: a fork and exec of a short command is mostly Python work in the
 parent. A command gets its own session (its process group is killed when it ends, with
@@ -63,16 +72,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 # Replies of tiny tasks share messages: a finished task's reply is held while the next queued
-# task is a prefetched one (the scheduler queues only tasks it expects to take milliseconds),
-# for at most HOLD seconds, or until BATCH replies are held. A reply is never held when nothing
-# is queued behind, so a dependent never waits on a quiet worker, nor when it is a failure.
-# While a command runs, held replies go out when due; a Python task cannot be interrupted, so
-# there the worst case is one unexpectedly long queued task. A command's reply may wait
-# longer (COMMAND_HOLD): starting one costs about half a millisecond, so a 1 ms hold would
-# wake the driver every other command; 20 ms is the default prefetch window, the work queued
-# behind it (measured on W2: 8 ms 0.90x, 16 ms 0.92x, 32 ms 0.95x of the reference). The
-# driver passes both (LocalBackend.hold).
-HOLD = 0.001
+# task is a prefetched command (the scheduler queues only tasks it expects to take
+# milliseconds), for at most COMMAND_HOLD seconds, or until BATCH replies are held. While a
+# command runs, held replies go out when due. A reply is never held when nothing is queued
+# behind (a dependent never waits on a quiet worker), when it is a failure, or when the next
+# task is a Python task: that one cannot be interrupted to send them, and may turn out long,
+# so the replies go first (an outcome is never held past the start of a task that could be
+# long, and a task queued behind it starts its timeout when it starts). HOLD is that bound
+# for Python tasks: 0, they are not held. Starting a command costs about half a millisecond,
+# so without a hold the driver would wake every other command; 20 ms is the default prefetch
+# window, the work queued behind it (measured on W2: 8 ms 0.90x, 16 ms 0.92x, 32 ms 0.95x of
+# the reference). The driver passes both (LocalBackend.hold).
+HOLD = 0.0
 COMMAND_HOLD = 0.02
 BATCH = 64
 
@@ -112,22 +123,25 @@ def _drain(fd: int, taskdir: str, name: str) -> bool:
     return True
 
 
-PIDWIDTH = 12
+MARKER = 36  # bytes of the marker: three numbers of 11 digits, spaces, a newline
 
 
-def _note_pid(fd: int, pid: int) -> None:
-    """Say which command runs now (``PIDWIDTH`` bytes at the start of ``fd``; -1: no file)."""
+def _mark(fd: int, pid: int, task: int, attempt: int) -> None:
+    """Note what runs now: a command's pid (0: none or a Python task), and the task and
+    attempt executing (0 0: none). One write at the start of ``fd`` (-1: no file)."""
     if fd >= 0:
-        os.pwrite(fd, b"%*d\n" % (PIDWIDTH - 1, pid), 0)
+        os.pwrite(fd, b"%11d %11d %11d\n" % (pid, task, attempt), 0)
 
 
-def running_pid(path: str) -> int:
-    """The command a worker was running, from its pid file (0: none, or no file)."""
+def running(path: str) -> tuple[int, int, int]:
+    """``(pid, task, attempt)`` from a worker's marker file: the command it ran (pid 0: none)
+    and the task executing (task 0: none). All 0 if the file is missing or unreadable."""
     try:
         with open(path, "rb") as fh:
-            return int(fh.read(PIDWIDTH) or 0)
+            pid, task, attempt = (int(x) for x in fh.read(MARKER).split())
+            return pid, task, attempt
     except (OSError, ValueError):
-        return 0
+        return 0, 0, 0
 
 
 class _Stop(Exception):
@@ -149,8 +163,9 @@ class Worker:
         self.pidfile = -1
         if pidfile:
             self.pidfile = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            _note_pid(self.pidfile, 0)
+            _mark(self.pidfile, 0, 0, 0)
         self.functions: dict[int, Callable[..., Any]] = {}
+        self.payloads: dict[int, bytes] = {}  # pickled functions not loaded yet
         self.envs: dict[int, dict[str, str]] = {}
         self.command_envs: dict[int, dict[bytes, bytes]] = {}
         self.pending: deque[tuple[Any, ...]] = deque()
@@ -172,6 +187,13 @@ class Worker:
         if msg[0] == "stop":
             raise _Stop
         if msg[0] == "run":
+            # Functions and environments are sent once per worker, with the first task that
+            # needs them: keep them now, since that task may be dropped before it runs.
+            for item in msg[1]:
+                if item[3] is not None:
+                    self.payloads[item[2]] = item[3]
+                if item[7] is not None:
+                    (self.envs if item[10] is None else self.command_envs)[item[6]] = item[7]
             self.pending.extend(msg[1])
         elif msg[0] == "kill" and not self.drop(msg[1], msg[2]):  # not queued: running
             self.kill = (msg[1], msg[2])
@@ -200,6 +222,7 @@ class Worker:
             if self.replies and (
                 not pending
                 or not pending[0][9]  # the next task was not prefetched: it may be long
+                or pending[0][10] is None  # a Python task: it cannot be interrupted
                 or not self.replies[-1][2]  # a failure
                 or len(self.replies) >= BATCH
                 or time.monotonic() >= self.due
@@ -210,8 +233,10 @@ class Worker:
             while not pending or self.conn.poll():
                 self.receive()
             item = pending.popleft()
-            task, attempt, fid, fn_payload, payload, cores, env_id, env, taskdir = item[:9]
+            task, attempt, fid, _, payload, cores, env_id, _, taskdir = item[:9]
             command, follows = item[10], item[11]
+            if command is None and self.replies:  # it came while we waited: as above
+                self.flush()
             last = self.last
             if follows is not None and (last is None or last[0] != follows or not last[1]):
                 # What it follows did not succeed here: the driver takes it back. Say so after
@@ -224,21 +249,19 @@ class Worker:
             if cores != cores_now:
                 cores_now = cores
                 pin(cores, {})
+            _mark(self.pidfile, 0, task, attempt)
             if command is not None:
-                if env is not None:
-                    self.command_envs[env_id] = env
                 reply: tuple[Any, ...] = self.command(
                     task, attempt, command, self.command_envs[env_id], taskdir
                 )
             else:
                 if SITE_PENDING:
                     load_site()
-                if fn_payload is not None:
+                fn = self.functions.get(fid)
+                if fn is None:
                     import cloudpickle
 
-                    self.functions[fid] = cloudpickle.loads(fn_payload)
-                if env is not None:
-                    self.envs[env_id] = env
+                    fn = self.functions[fid] = cloudpickle.loads(self.payloads.pop(fid))
                 env = self.envs[env_id]
                 if env is not env_now:  # change only what differs from the previous task
                     for key, value in env.items():
@@ -252,11 +275,12 @@ class Worker:
                 # shoal.current().
                 execute.CURRENT = execute.Current(task, attempt, taskdir)
                 local = last[2] if follows is not None and last is not None else None
-                reply = (*call(self.functions[fid], payload, taskdir, local), None)
+                reply = (*call(fn, payload, taskdir, local), None)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 _drain(1, taskdir, "stdout")
                 _drain(2, taskdir, "stderr")
+            _mark(self.pidfile, 0, 0, 0)
             if not self.replies:
                 self.due = time.monotonic() + self.holds[command is not None]
             self.replies.append((task, attempt, *reply))
@@ -282,12 +306,12 @@ class Worker:
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
             return False, None, "error", msg, started, time.time(), None
-        _note_pid(self.pidfile, pid)
+        _mark(self.pidfile, pid, task, attempt)
         try:
             code = self.wait(pid, (task, attempt))
         finally:
             killpg(pid, signal.SIGKILL)  # what it left in its process group
-            _note_pid(self.pidfile, 0)
+            _mark(self.pidfile, 0, task, attempt)
         ended = time.time()
         printed = _drain(1, taskdir, "stdout")
         _drain(2, taskdir, "stderr")

@@ -78,9 +78,12 @@ def _child(
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         worker.main([str(fd), *argv])
-    except BaseException as e:  # report, never return into the zygote's loop
+    except BaseException:  # report, never return into the zygote's loop
         with contextlib.suppress(Exception):
-            print(f"shoal: the worker could not start: {type(e).__name__}: {e}", file=sys.stderr)
+            import traceback
+
+            print("shoal: the worker stopped on an internal error:", file=sys.stderr)
+            traceback.print_exc()
     finally:
         os._exit(70)
 

@@ -166,7 +166,9 @@ class _Entry:
         self.children: list[int] | None = None
         self.gates: list[int] | None = None  # tasks a Response made it wait for, besides deps
         self.attempt = 0
-        self.first = 0  # attempts before the last reopen (a retry budget counts from there)
+        # attempts a retry budget does not count: those before the last reopen, and those
+        # given back unstarted
+        self.first = 0
         self.placement: Placement | None = None
         self.generation = 0
         self.ready_since = 0.0
@@ -391,6 +393,7 @@ class Scheduler:
         if kind == "stopped":  # the run stops: it did not fail, it will run again
             if e.state is QUEUED:
                 self._unqueue(e)
+                e.first += 1  # it never started: no retry budget spent
                 self._wait(e, cause, out, reason)
             elif e.state is RUNNING:
                 self._end_run(e, cause, out)
@@ -441,9 +444,11 @@ class Scheduler:
         self.pool.release(slot.placement)
 
     def _give_back(self, e: _Entry, cause: str, out: list[Command]) -> None:
+        """Take back an attempt that never started: it costs no attempt of a retry budget."""
         slot = e.slot
         if slot is None:  # a follower already taken back, with the task it followed
             return
+        e.first += 1  # attempt numbers stay unique: a late report of it is then stale
         if e.kill is not None and e.kill[0] == "cancelled":
             self._unfollow(e, cause, out)  # before what follows it is cancelled with it
         slot.tasks.remove(e.info.id)
@@ -569,6 +574,7 @@ class Scheduler:
             slot.tasks.remove(f.info.id)
             f.slot = None
             f.follows = -1
+            f.first += 1  # it never started: no retry budget spent
             self._move(f, PENDING, cause, out, f"task {e.info.id} ahead of it did not succeed")
 
     def _wait(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:

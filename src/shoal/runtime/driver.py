@@ -58,6 +58,7 @@ CARRY = 1 << 16  # bytes of other tasks' outputs a task's arguments may carry (_
 POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
 # Enum attribute access costs a Python-level call in 3.11: the per-transition checks use these.
 READY, RETRYING, FAILED = State.READY, State.RETRYING, State.FAILED
+QUEUED, RUNNING = State.QUEUED, State.RUNNING
 ROUNDS = 50  # rounds of handler actions handled within one loop iteration
 
 
@@ -132,6 +133,10 @@ class Driver:
         self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
         self.gate_of: dict[int, tuple[int, ...]] = {}  # task -> its Response's gate tasks
         self.backend_outbox: list[Outcome] = []  # failures found while building jobs
+        # Failures found while building a job queued behind another: reported when the core
+        # starts that attempt, as the backend would have (an outcome of a queued attempt
+        # would break the contract), and forgotten if the attempt is taken back first.
+        self.doomed: dict[int, Outcome] = {}
         self.killed: dict[tuple[int, int], Kill] = {}  # attempts this driver asked to stop
         self.tasks_root = str(rundir / "tasks")
         self.ids = ids if ids is not None else {}  # handle key -> id (shared with the Run)
@@ -368,6 +373,8 @@ class Driver:
     def _event(self, o: Outcome) -> Stimulus:
         now = time.time()
         if o.returned:
+            if self.killed:  # it never started: nothing was stopped
+                self.killed.pop((o.task, o.attempt), None)
             return Returned(now, o.task, o.attempt)
         kill = self.killed.pop((o.task, o.attempt), None) if self.killed else None
         if kill is not None and not o.ok:  # record why it really ended: we stopped it
@@ -552,6 +559,10 @@ class Driver:
                 if born and c.old is None and c.task < len(self.plan.records):
                     batch.born.append(c)  # stored with the plan already
                     continue
+                if self.doomed and c.task in self.doomed and c.old is QUEUED:
+                    doomed = self.doomed.pop(c.task)
+                    if c.new is RUNNING and c.attempt == doomed.attempt:
+                        self.backend_outbox.append(doomed)
                 batch.transitions.append(c)
                 if c.old is RETRYING and c.new is READY:
                     self._escalated(c.task)
@@ -571,8 +582,11 @@ class Driver:
         jobs = []
         for d in acts.dispatch:
             job = self._job(d)
-            if isinstance(job, Outcome):  # could not even build it: fail at once
-                self.backend_outbox.append(job)
+            if isinstance(job, Outcome):  # could not even build it: fail when it starts
+                if d.after is None:
+                    self.backend_outbox.append(job)
+                else:
+                    self.doomed[d.task] = job
             else:
                 jobs.append(job)
         if jobs:
@@ -604,10 +618,11 @@ class Driver:
         gets every other output, whatever its size, and the worker resolves ``local``'s from
         the result it has just made."""
         if local is not None:
-            outputs: Outputs = {local: (self._label(local), None)}
-            for d in r.deps:
-                if d != local:
-                    outputs[d] = (self._label(d), self._pickled(self._standin(d, r)))
+            outputs: Outputs = {}
+            for d in r.deps:  # a dependency may stand for ``local`` (a Response replaced it)
+                standin = self._standin(d, r)
+                data = None if standin == local else self._pickled(standin)
+                outputs[d] = (self._label(d), data)
             return with_inputs(r.payload, outputs)
         outputs = {}
         size = 0

@@ -319,7 +319,7 @@ class Writer:
                         (
                             o.started,
                             o.ended,
-                            "succeeded" if o.ok else "failed",
+                            "succeeded" if o.ok else "returned" if o.returned else "failed",
                             o.kind or None,
                             o.exit_code,
                             o.error or None,
