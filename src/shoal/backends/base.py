@@ -4,6 +4,17 @@ A backend is told which nodes exist (``nodes``), given function payloads once (`
 handed ready jobs with concrete placements (``submit``), asked to stop attempts (``cancel``),
 and polled for outcomes (``poll``). It never decides what runs next: the core does. The same
 conformance suite (tests/backends) runs against every implementation.
+
+What the runtime relies on (docs/contract.md has it whole):
+
+* An attempt begins when its task starts executing. A job queued behind another (``after``)
+  that never starts is given back with ``Outcome(returned=True)`` and costs no attempt.
+* A job's outcome comes after the outcome of the job ahead of it on its slot, never while the
+  core has it queued.
+* A worker death, a timeout or a kill is charged to exactly the attempt executing at that
+  moment; every other attempt the dead worker held is given back.
+* Outcomes are reported when they happen; a backend may hold one briefly to share a wake-up
+  of the driver, within a stated bound, and never past the start of a task that could be long.
 """
 
 from __future__ import annotations
