@@ -45,7 +45,14 @@ import psutil
 
 from shoal.backends import worker
 from shoal.backends.base import Backend, Job, job_command, pooled
-from shoal.backends.execute import attempt_vars_bytes, describe_exit, killpg, leader, tail
+from shoal.backends.execute import (
+    GRACE,
+    attempt_vars_bytes,
+    describe_exit,
+    killpg,
+    leader,
+    tail,
+)
 from shoal.backends.processes import Environment, Processes
 from shoal.backends.wire import Wire
 from shoal.backends.zygote import Forked, Zygote, launch
@@ -78,9 +85,13 @@ class _Worker:
     jobs: deque[Job] = field(default_factory=deque)  # jobs[0] runs, the rest wait behind it
     marker: str = ""  # its marker file: what it executes now (worker.running)
     aim: tuple[int, int] | None = None  # the attempt it was killed to stop, if it was
+    born: float = 0.0  # monotonic time it was asked for
 
 
 MAX_FRESH_DEATHS = 5  # then the workers themselves are broken: stop replacing them
+# Seconds past the grace period a worker has to report a command it was told to stop; after
+# that the driver stops the command and the worker itself (the worker may be stopped or hung).
+TRUST = 2.0
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -183,8 +194,10 @@ class LocalBackend(Backend):
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
         self.ran: dict[int, _Worker] = {}  # recently finished task id -> the worker that ran it
-        # Python attempts to stop by killing their worker once they execute (see the doc)
-        self._aims: dict[tuple[int, int], _Worker] = {}
+        # Attempts to stop by killing their worker once they execute (see the doc), and from
+        # when: at once for a Python task, after the grace period for a command that its
+        # worker was told to stop (a stopped or hung worker cannot)
+        self._aims: dict[tuple[int, int], tuple[_Worker, float]] = {}
         self._worker_seq = 0
         self._outbox: list[Outcome] = []
         self._epoll = select.epoll()
@@ -203,6 +216,7 @@ class LocalBackend(Backend):
         self._process_envs: dict[tuple[Any, ...], dict[bytes, bytes]] = {}
         self._cores_cache: dict[int, tuple[Any, list[int] | None]] = {}
         self._zygote: Zygote | None = None
+        self._zygote_checked = 0.0  # when poll() last looked for unanswered fork requests
 
     # -- contract -------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -269,9 +283,9 @@ class LocalBackend(Backend):
         with contextlib.suppress(OSError):
             w.conn.send_bytes(pickle.dumps(("kill", task, attempt)))
         job = next(j for j in w.jobs if j.task == task and j.attempt == attempt)
-        if job.kind != "command":
-            self._aims[key] = w
-            self._aim()
+        late = GRACE + TRUST if job.kind == "command" else 0.0
+        self._aims[key] = (w, time.monotonic() + late)
+        self._aim()
 
     def poll(self, timeout: float) -> list[Outcome]:
         out, self._outbox = self._outbox, []
@@ -292,7 +306,27 @@ class LocalBackend(Backend):
         out += self.processes.drain()
         if self._aims:
             self._aim()
+        if self._zygote is not None and self._zygote.alive:
+            self._check_zygote()
         return out
+
+    def _check_zygote(self) -> None:
+        """A fork request unanswered for ``Zygote.PATIENCE`` seconds: the fork server is
+        stopped or hung. Killing it ends the wait (the workers it never forked are lost, and
+        their tasks come back); new workers then start directly."""
+        now = time.monotonic()
+        if now < self._zygote_checked + 1:
+            return
+        self._zygote_checked = now
+        z = self._zygote
+        assert z is not None
+        late = [
+            w
+            for w in self.workers
+            if isinstance(w.proc, Forked) and w.proc.unknown and now - w.born > z.PATIENCE
+        ]
+        if late:
+            z.stuck(f"worker {late[0].index} was asked for {now - late[0].born:.0f} s ago")
 
     def close(self) -> None:
         """Stop idle workers politely, busy ones and child processes at once."""
@@ -329,14 +363,20 @@ class LocalBackend(Backend):
         self.closed = True
 
     def _aim(self) -> None:
-        """Kill the workers of the Python attempts to stop that now execute (their markers
-        say so); forget those that ended or were dropped meanwhile."""
-        for key, w in list(self._aims.items()):
+        """Kill the workers of the attempts to stop that execute now (their markers say so)
+        and are due; forget those that ended or were dropped meanwhile."""
+        now = time.monotonic()
+        for key, (w, due) in list(self._aims.items()):
             if self.where.get(key) is not w:
                 del self._aims[key]
-            elif w.aim is None and worker.running(w.marker)[1:] == key:
+            elif now >= due and w.aim is None:
+                pid, *executing = worker.running(w.marker)
+                if executing != list(key):
+                    continue
                 del self._aims[key]
                 w.aim = key
+                if pid > 0 and leader(pid):  # a command, in its own session
+                    killpg(pid, signal.SIGKILL)
                 _kill_group(w)  # its death is reported by poll(), charged to ``key``
 
     # -- pinning --------------------------------------------------------------------------
@@ -395,7 +435,7 @@ class LocalBackend(Backend):
                     [self.python], module, theirs.fileno(), args, env, fout.fileno(), ferr.fileno()
                 )
         theirs.close()
-        w = _Worker(n, proc, Wire(ours.detach()), cpus, marker=pids)
+        w = _Worker(n, proc, Wire(ours.detach()), cpus, marker=pids, born=time.monotonic())
         self.workers.append(w)
         self.by_fd[w.conn.fileno()] = w
         self._epoll.register(w.conn.fileno(), select.EPOLLIN)
@@ -587,7 +627,8 @@ class LocalBackend(Backend):
             head = (jobs[0].task, jobs[0].attempt)
             if w.aim is None or w.aim == head:
                 charged = jobs.pop(0)
-        if not w.ready:  # died while starting: the environment, not a task, is at fault
+        lost = isinstance(w.proc, Forked) and not w.proc.zygote.alive
+        if not w.ready and not lost:  # died while starting: the environment is at fault
             self._fresh_deaths += 1
             if self._fresh_deaths >= MAX_FRESH_DEATHS:
                 text = tail(self._spool(f"{w.index}.err"))

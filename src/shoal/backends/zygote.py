@@ -225,19 +225,38 @@ class Forked:
         self.returncode: int | None = None
 
     @property
+    def unknown(self) -> bool:
+        """The zygote has not said yet which process it is (nor that it ended)."""
+        return self._pid is None and self.returncode is None
+
+    @property
     def pid(self) -> int:
+        deadline = time.monotonic() + self.zygote.PATIENCE
         while self._pid is None and self.returncode is None:
-            self.zygote.collect(None)
+            left = deadline - time.monotonic()
+            if left <= 0:  # a fork is answered in milliseconds: the zygote is stuck
+                self.zygote.stuck(f"it did not say which process worker {self.n} is")
+                break
+            self.zygote.collect(left)
         return self._pid if self._pid is not None else -1
 
     def wait(self, timeout: float | None = None) -> int:
+        """Its exit code, as the zygote reports it. Without ``timeout`` the wait is still
+        bounded: a zygote that does not report an ended worker within ``PATIENCE`` seconds
+        is stuck (stopped, say), and is killed; the code is then ``LOST``."""
         import subprocess
 
-        deadline = None if timeout is None else time.monotonic() + timeout
+        bounded = timeout is None
+        if timeout is None:
+            timeout = self.zygote.PATIENCE
+        deadline = time.monotonic() + timeout
         while self.returncode is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(f"worker {self.n}", timeout or 0.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if bounded:
+                    self.zygote.stuck(f"it did not report the end of worker {self.n}")
+                    continue
+                raise subprocess.TimeoutExpired(f"worker {self.n}", timeout)
             self.zygote.collect(left)
         return self.returncode
 
@@ -270,6 +289,7 @@ class Zygote:
     """Starts the fork server and asks it for workers (see the module's docstring)."""
 
     LOST = 70  # the exit code of a worker whose end nobody saw (the zygote itself died)
+    PATIENCE = 10.0  # seconds to answer a question that takes it milliseconds (see stuck)
 
     def __init__(
         self, python: str, env: dict[str, str], log: str | None = None, site: bool = True
@@ -353,6 +373,20 @@ class Zygote:
                 if f is not None:
                     f.returncode = msg[2]
 
+    def stuck(self, why: str) -> None:
+        """It does not answer (stopped, or hung): kill it, so that nothing waits on it for
+        ever; the workers it forked run on, and new ones start directly."""
+        if not self.alive:
+            return
+        print(
+            f"shoal: the worker fork server stopped answering ({why}): it was killed; "
+            "new workers start directly",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self._gone()
+
     def _gone(self) -> None:
         """The zygote died: its workers' ends are unknown; no more forks."""
         self.alive = False
@@ -372,7 +406,7 @@ class Zygote:
             self.proc.wait(2)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(self.PATIENCE)  # SIGKILL ends even a stopped process
         self.sock.close()
 
 
