@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,3 +85,85 @@ def test_tasks_by_state_agrees_with_status_during_a_live_run(base: Path, tmp_pat
         go.write_text("go")
         r.wait()
     assert r.ok
+
+
+# -- 2, 3: Ctrl-C ---------------------------------------------------------------------------------
+HOLD = """
+import sys, time
+from pathlib import Path
+
+import shoal
+
+
+@shoal.task
+def hold(marker):
+    Path(marker).write_text("started")
+    time.sleep(600)
+    return 1
+
+
+with shoal.Workflow("ctrlc") as wf:
+    x = hold(sys.argv[1])
+
+if __name__ == "__main__":
+    run = wf.run(base=sys.argv[2], cpus=1)
+    print(run.result(x))
+"""
+
+
+def start_and_interrupt(argv: list[str], marker: Path, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``argv``, wait until its task runs, and press Ctrl-C once (SIGINT)."""
+    p = subprocess.Popen(
+        argv, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for("the task to start", lambda: marker.exists() or p.poll() is not None)
+        assert p.poll() is None, p.communicate()
+        p.send_signal(signal.SIGINT)
+    except BaseException:
+        p.kill()
+        raise
+    return p
+
+
+def test_a_result_of_an_interrupted_run_exits_3_from_python_and_from_shoal_run(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "hold.py"
+    script.write_text(textwrap.dedent(HOLD))
+    runs = tmp_path / "runs"
+    for argv in ([sys.executable, str(script)], [*CLI, "run", str(script)]):
+        marker = tmp_path / "started"
+        marker.unlink(missing_ok=True)
+        p = start_and_interrupt([*argv, str(marker), str(runs)], marker, tmp_path)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 3, (argv, p.returncode, out, err)
+        assert "Call run.wait() first" not in err and "shoal resume" in err, err
+        assert "Traceback" not in err, err
+
+
+def test_a_second_ctrl_c_under_resume_exits_130_like_run(tmp_path: Path) -> None:
+    script = tmp_path / "hold.py"
+    script.write_text(textwrap.dedent(HOLD))
+    runs, marker = tmp_path / "runs", tmp_path / "started"
+    p = start_and_interrupt([sys.executable, str(script), str(marker), str(runs)], marker, tmp_path)
+    p.communicate(timeout=120)
+    assert p.returncode == 3
+    (rundir,) = runs.iterdir()
+    marker.unlink()
+    log = rundir / "shoal.log"
+    # --stop-mode finish: after the first Ctrl-C the driver waits for the running task, so the
+    # second one finds it still running.
+    p = start_and_interrupt(
+        [*CLI, "resume", str(rundir), "--stop-mode", "finish"], marker, tmp_path
+    )
+    try:
+        wait_for(
+            "the first Ctrl-C to be taken", lambda: log.read_text().count("nothing new starts") == 2
+        )
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, (p.returncode, out, err)
+    assert "Aborted!" not in err and "interrupted" in err, err

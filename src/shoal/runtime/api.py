@@ -295,6 +295,13 @@ class Prepared:
                 self.log.removeHandler(h)
         if self.progress:
             summary(run)
+        if state == "interrupted":  # said on stderr even without a progress bar
+            print(
+                f"shoal: run {run.name} was interrupted ({driver.interrupted or 'stopped'}); "
+                f"tasks that did not finish have no result. Carry it on with: "
+                f"shoal resume {run.dir}",
+                file=sys.stderr,
+            )
         return run
 
 
