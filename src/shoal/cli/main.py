@@ -25,6 +25,7 @@ EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
+NO_LOGS = "none (it printed nothing)"
 
 
 def latest_run(where: Path) -> Path:
@@ -286,8 +287,7 @@ def status(run_dir: str | None, as_json: bool) -> None:
         for f in st["failures"]:
             code = f" (exit {f['exit_code']})" if f["exit_code"] not in (None, 0) else ""
             click.echo(f"  #{f['id']} {f['name']}  {f['kind']}{code}: {f['reason']}")
-            if f["logs"]:
-                click.echo(f"      logs: {f['logs']}")
+            click.echo(f"      logs: {f['logs'] or NO_LOGS}")
 
 
 @main.command()

@@ -69,7 +69,11 @@ def summary(run: Run) -> None:
             table.add_column(col, overflow="fold")
         for f in fails[:10]:
             table.add_row(
-                str(f["id"]), f["name"], str(f["kind"] or ""), f["reason"] or "", f["logs"] or "-"
+                str(f["id"]),
+                f["name"],
+                str(f["kind"] or ""),
+                f["reason"] or "",
+                f["logs"] or "none (it printed nothing)",
             )
         console.print(table)
         if len(fails) > 10:

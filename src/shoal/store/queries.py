@@ -255,7 +255,8 @@ class Reader:
         return out
 
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Failed tasks with their reason and the last attempt's error kind and exit code."""
+        """Failed tasks with their reason, the last attempt's error kind and exit code, and
+        their log folder (None when there is none: the task printed nothing)."""
         sql = (
             "SELECT t.id, t.name, t.reason, a.kind, a.exit_code FROM tasks t"
             " LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempts"
@@ -271,10 +272,16 @@ class Reader:
                     "reason": r,
                     "kind": k,
                     "exit_code": x,
-                    "logs": str(self.dir / "tasks" / str(i)),
+                    "logs": self.logs(i),
                 }
                 for i, n, r, k, x in c.execute(sql)
             ]
+
+    def logs(self, task: int) -> str | None:
+        """The folder with a task's stdout, stderr and traceback, or None: a task gets one
+        only when it prints something (or a Python task fails)."""
+        folder = self.dir / "tasks" / str(task)
+        return str(folder) if folder.is_dir() else None
 
     def result_bytes(self, task: int) -> bytes | None:
         with self._q() as c:
