@@ -167,3 +167,74 @@ def test_a_second_ctrl_c_under_resume_exits_130_like_run(tmp_path: Path) -> None
         p.kill()
     assert p.returncode == 130, (p.returncode, out, err)
     assert "Aborted!" not in err and "interrupted" in err, err
+
+
+# -- 5: tasks the user cancelled do not fail the run ----------------------------------------------
+CANCEL = """
+import sys, time
+from pathlib import Path
+
+import shoal
+
+
+@shoal.task
+def hold(marker):
+    Path(marker).write_text("started")
+    time.sleep(600)
+
+
+@shoal.task
+def one(x):
+    return x
+
+
+with shoal.Workflow("cancel") as wf:
+    first = hold.options(name="hold")(sys.argv[1])
+    one(first)  # cancelled with it
+    one(2)
+
+run = wf.run(base=sys.argv[2], cpus=2)
+print("STATE", run.state, run.ok)
+"""
+
+
+def test_a_run_whose_user_cancelled_a_task_succeeds(tmp_path: Path) -> None:
+    script, runs, marker = tmp_path / "cancel.py", tmp_path / "runs", tmp_path / "started"
+    script.write_text(textwrap.dedent(CANCEL))
+    p = subprocess.Popen(
+        [*CLI, "run", str(script), str(marker), str(runs)],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for("the task to start", lambda: marker.exists() or p.poll() is not None)
+        (rundir,) = runs.iterdir()
+        c = cli("cancel", "hold", "--run", str(rundir), "--wait", "60")
+        assert c.returncode == 0 and "1 task(s) cancelled" in c.stdout, c.stdout + c.stderr
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 0, (out, err)
+    assert "STATE succeeded True" in out, out
+    st = json.loads(cli("status", str(rundir), "--json").stdout)
+    assert st["state"] == "succeeded" and st["counts"] == {"cancelled": 2, "succeeded": 1}
+
+
+def test_tasks_a_rule_cancels_do_not_fail_the_run(base: Path, tmp_path: Path) -> None:
+    marker, go = tmp_path / "started", tmp_path / "never"
+    with Workflow("rule-cancel") as wf:
+        first = hold(str(marker), str(go))
+        one(first)  # cancelled with it
+        other = one(2)
+
+    @wf.on("task-started", name="hold")
+    def stop_it(event: shoal.Event, ctl: shoal.Controller) -> None:
+        ctl.cancel(event.task)
+
+    run = wf.run(base=base, cpus=2)
+    assert run.state == "succeeded" and run.ok, run.status()
+    assert run.result(other) == 2
+    assert run.status()["counts"] == {"cancelled": 2, "succeeded": 1}
