@@ -118,7 +118,7 @@ class Run:
         interrupted (resumable: exit code 3), or ended before it ran."""
         meta = r.meta()
         run_state = meta.get("state") or self.state
-        what = f"task {name!r} (#{tid}) has no result: it is {state}"
+        what = f"task {name!r} (#{tid}) has no result yet: it is {state}"
         if run_state == "interrupted":
             why = meta.get("stop_reason") or "a signal or its deadline"
             return RunInterrupted(
@@ -136,7 +136,7 @@ class Run:
                 f"driver died, carry it on with: shoal resume {self.dir}"
             )
         return StoreError(
-            f"{what}: run {self.name!r} ended {run_state} before it ran"
+            f"{what}; run {self.name!r} ended {run_state} before it ran"
             + (f" ({meta['stop_reason']})" if meta.get("stop_reason") else "")
             + f". Run the rest with: shoal resume {self.dir}"
         )
