@@ -238,3 +238,64 @@ def test_tasks_a_rule_cancels_do_not_fail_the_run(base: Path, tmp_path: Path) ->
     assert run.state == "succeeded" and run.ok, run.status()
     assert run.result(other) == 2
     assert run.status()["counts"] == {"cancelled": 2, "succeeded": 1}
+
+
+# -- 6: retry, rerun and cancel check what they can at once ---------------------------------------
+@shoal.task
+def bad() -> int:
+    raise ValueError("bad on purpose")
+
+
+def requests_in(rundir: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(rundir / "shoal.db") as c:
+        return int(c.execute("SELECT count(*) FROM requests").fetchone()[0])
+
+
+def test_requests_that_cannot_be_carried_out_exit_2_at_once(base: Path) -> None:
+    with Workflow("requests") as wf:
+        ok = one(1)
+        failed = bad()
+        down = one(failed)
+    run = wf.run(base=base, cpus=2)
+    d = str(run.dir)
+    refused = [
+        (["retry", d, "99"], "no task 99"),
+        (["retry", d, str(ok.id)], "it is succeeded; only failed or cancelled"),
+        (["retry", d, str(down.id)], "upstream"),
+        (["retry", d, "--tag", "nope"], "no failed or cancelled tasks tagged 'nope'"),
+        (["rerun", "99", "--run", d], "no task 99"),
+        (["cancel", str(ok.id), "--run", d], "it already ended succeeded"),
+        (["cancel", "nosuchname", "--run", d], "no task 'nosuchname'"),
+        (["cancel", "--tag", "nope", "--run", d], "no unfinished task is tagged 'nope'"),
+    ]
+    for args, why in refused:
+        p = cli(*args)
+        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+        assert why in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    assert requests_in(run.dir) == 0, "a refused request was queued"
+
+    # A stopped run keeps a valid request; resuming carries it out and says so.
+    p = cli("retry", d, str(failed.id))
+    assert p.returncode == 0 and "queued" in p.stdout, p.stdout + p.stderr
+    p = cli("resume", d)
+    assert p.returncode == 1, p.stderr  # it fails again
+    assert "request 1 (retry), queued while no driver ran: 1 task(s) retried" in p.stderr
+    assert "request 1 (retry)" in (run.dir / "shoal.log").read_text()
+
+
+def test_a_request_the_live_driver_refuses_exits_2(base: Path, tmp_path: Path) -> None:
+    marker, go = tmp_path / "started", tmp_path / "go"
+    with Workflow("refused") as wf:
+        first = one(1)
+        hold(str(marker), str(go)).after(first)
+    r = wf.submit(base=base, cpus=2)
+    try:
+        wait_for("the task to start", marker.exists)
+        p = cli("rerun", str(first.id), "--run", str(r.dir), "--wait", "60")
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert "refused" in p.stderr and "depends on it is running" in p.stderr, p.stderr
+    finally:
+        go.write_text("go")
+        r.wait()
