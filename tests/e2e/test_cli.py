@@ -281,3 +281,8 @@ def test_failure_reports_name_only_log_folders_that_exist(tmp_path: Path) -> Non
     for line in re.findall(r"/tasks/\d+", text):
         assert (rundir / line.lstrip("/")).is_dir(), f"{line} is named but does not exist:\n{text}"
     assert "none (it printed nothing)" in shoal_cli(tmp_path, "status").stdout
+
+
+def test_the_progress_bar_names_states_as_everywhere_else(project: Project) -> None:
+    err = project.demo.stderr
+    assert "failed 1 dep_failed 1" in err and "dep-failed" not in err, err

@@ -49,7 +49,7 @@ class Progress:
         bad = counts[State.FAILED] + counts[State.DEP_FAILED]
         detail = f"running {counts[State.RUNNING]}"
         if bad:
-            detail += f"  [red]failed {counts[State.FAILED]} dep-failed {counts[State.DEP_FAILED]}"
+            detail += f"  [red]failed {counts[State.FAILED]} dep_failed {counts[State.DEP_FAILED]}"
         self.bar.update(self.task, completed=done, total=total, detail=detail)
 
 
