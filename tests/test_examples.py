@@ -15,6 +15,7 @@ import pytest
 from shoal.store.queries import Reader
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+README = EXAMPLES.parent / "README.md"
 
 
 def load(name: str) -> ModuleType:
@@ -163,6 +164,32 @@ def test_melting_brackets_the_transition_within_the_resolution(base: Path) -> No
     status = json.loads((run.dir / "status.json").read_text())
     lind = status["groups"]["md"]["fields"]["lindemann"]
     assert lind["count"] == len(strategy.results) and lind["max"] > 0.1 > lind["min"]
+
+
+@pytest.mark.slow
+def test_the_readme_states_the_number_of_md_runs_melting_py_takes(base: Path) -> None:
+    """The README's count is that of the default run on 2 cores (the strategy refines with as
+    many temperatures as there are cores; each temperature has its own seed)."""
+    pytest.importorskip("ase")
+    import re
+
+    stated = re.search(r"MD runs it needed \((\d+) on 2 cores\)", README.read_text())
+    assert stated, "the README no longer states melting.py's number of MD runs on 2 cores"
+    wf, strategy = load("melting").build()
+    run = wf.run(base=base, cpus=2)
+    assert run.ok, run.failures()
+    assert len(strategy.results) == int(stated.group(1))
+
+
+def test_the_readme_and_ising_yaml_state_the_same_duration() -> None:
+    import re
+
+    readme = re.search(
+        r"examples/ising.yaml`: .*?about (\d+) s on 2 cores", README.read_text(), re.S
+    )
+    yaml = re.search(r"run it \(about (\d+) s on 2 cores\)", (EXAMPLES / "ising.yaml").read_text())
+    assert readme and yaml, "the README or ising.yaml no longer states the duration"
+    assert readme.group(1) == yaml.group(1)
 
 
 # -- ising.yaml (a config-file ensemble) -------------------------------------------------------
