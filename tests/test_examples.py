@@ -210,3 +210,31 @@ def test_ising_config_finds_the_specific_heat_peak_near_onsager(
     result = run.result(peak)
     assert result["runs"] == 33
     assert 2.0 <= result["Tc"] <= 2.6  # Onsager's 2.269, on a 16 x 16 lattice
+
+
+# -- .gitignore ------------------------------------------------------------------------------------
+def test_gitignore_ignores_run_directories_of_any_year_and_nothing_else(tmp_path: Path) -> None:
+    import shutil
+
+    from shoal.runtime.api import new_rundir
+
+    root = EXAMPLES.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    name = new_rundir(tmp_path, "eos").name  # as shoal names them now
+    ignored = [
+        f"{name}/shoal.db",
+        f"{name}-1/shoal.db",  # a second run in the same second
+        "my-flow-20310615-120000/shoal.db",
+        "examples/ising-19991231-235959/status.json",
+        "ising-20300101-000000-12/tasks/3/stdout",
+    ]
+    kept = ["examples/ising.yaml", "bench/run-2026.py", "docs/eos-2026-notes.md"]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=root,
+        input="\n".join(ignored + kept) + "\n",
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.split() == ignored, out.stdout + out.stderr
