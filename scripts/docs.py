@@ -34,6 +34,27 @@ them).
 ```mermaid
 {diagram()}
 ```
+
+## The run's state
+
+A run ends in one of these states (`run.state`, `shoal status`; `run.ok` is true for the first
+two):
+
+| run state | when | `shoal run` exits |
+|---|---|---|
+| `succeeded` | every task succeeded, was skipped, or was cancelled on purpose | 0 |
+| `stopped` | a Response (`stop_run`) or a rule (`ctl.stop`) stopped it; nothing failed | 0 |
+| `failed` | a task failed or is `dep_failed`, or a rule raised (`on_error="stop"`) | 1 |
+| `interrupted` | Ctrl-C, SIGTERM or the deadline stopped it early; resumable | 3 |
+| `crashed` | the driver itself failed | non-zero, with the driver's error |
+
+**Cancelled tasks do not fail a run.** `cancelled` means a decision: `shoal cancel`,
+`shoal.attach(...).cancel`, `ctl.cancel` in a rule or strategy, or a config file's `cancel`
+action, and everything downstream of the task cancelled. A run whose only tasks that did not
+succeed were cancelled (or skipped) so ends `succeeded`, and `shoal run` exits 0;
+`run.result` of a cancelled task still raises `TaskFailed` (kind `cancelled`). An attempt that
+something else cancelled while it ran (a batch system, `flux cancel`) is not a decision of the
+run: it is recorded as `lost` and fails the task (or is retried, with `retry_on="lost"`).
 """
 
 

@@ -36,6 +36,7 @@ PUBLIC = [
     "ResourceError",
     "Response",
     "Run",
+    "RunInterrupted",
     "ShoalError",
     "StoreError",
     "Strategy",
@@ -85,6 +86,9 @@ ERRORS: list[BaseException] = [
         root_name="relax",
     ),
     shoal.TaskSkipped("task 'md' (#5) did not run: task 2 stopped its children", task=5, name="md"),
+    shoal.RunInterrupted(
+        "task 'md' (#5) has no result: run 'x' was interrupted", task=5, name="md", rundir="/r"
+    ),
 ]
 
 

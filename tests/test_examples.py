@@ -15,6 +15,7 @@ import pytest
 from shoal.store.queries import Reader
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+README = EXAMPLES.parent / "README.md"
 
 
 def load(name: str) -> ModuleType:
@@ -165,6 +166,32 @@ def test_melting_brackets_the_transition_within_the_resolution(base: Path) -> No
     assert lind["count"] == len(strategy.results) and lind["max"] > 0.1 > lind["min"]
 
 
+@pytest.mark.slow
+def test_the_readme_states_the_number_of_md_runs_melting_py_takes(base: Path) -> None:
+    """The README's count is that of the default run on 2 cores (the strategy refines with as
+    many temperatures as there are cores; each temperature has its own seed)."""
+    pytest.importorskip("ase")
+    import re
+
+    stated = re.search(r"MD runs it needed \((\d+) on 2 cores\)", README.read_text())
+    assert stated, "the README no longer states melting.py's number of MD runs on 2 cores"
+    wf, strategy = load("melting").build()
+    run = wf.run(base=base, cpus=2)
+    assert run.ok, run.failures()
+    assert len(strategy.results) == int(stated.group(1))
+
+
+def test_the_readme_and_ising_yaml_state_the_same_duration() -> None:
+    import re
+
+    readme = re.search(
+        r"examples/ising.yaml`: .*?about (\d+) s on 2 cores", README.read_text(), re.S
+    )
+    yaml = re.search(r"run it \(about (\d+) s on 2 cores\)", (EXAMPLES / "ising.yaml").read_text())
+    assert readme and yaml, "the README or ising.yaml no longer states the duration"
+    assert readme.group(1) == yaml.group(1)
+
+
 # -- ising.yaml (a config-file ensemble) -------------------------------------------------------
 def test_ising_config_finds_the_specific_heat_peak_near_onsager(
     base: Path, monkeypatch: pytest.MonkeyPatch
@@ -183,3 +210,31 @@ def test_ising_config_finds_the_specific_heat_peak_near_onsager(
     result = run.result(peak)
     assert result["runs"] == 33
     assert 2.0 <= result["Tc"] <= 2.6  # Onsager's 2.269, on a 16 x 16 lattice
+
+
+# -- .gitignore ------------------------------------------------------------------------------------
+def test_gitignore_ignores_run_directories_of_any_year_and_nothing_else(tmp_path: Path) -> None:
+    import shutil
+
+    from shoal.runtime.api import new_rundir
+
+    root = EXAMPLES.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    name = new_rundir(tmp_path, "eos").name  # as shoal names them now
+    ignored = [
+        f"{name}/shoal.db",
+        f"{name}-1/shoal.db",  # a second run in the same second
+        "my-flow-20310615-120000/shoal.db",
+        "examples/ising-19991231-235959/status.json",
+        "ising-20300101-000000-12/tasks/3/stdout",
+    ]
+    kept = ["examples/ising.yaml", "bench/run-2026.py", "docs/eos-2026-notes.md"]
+    out = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=root,
+        input="\n".join(ignored + kept) + "\n",
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.split() == ignored, out.stdout + out.stderr

@@ -9,6 +9,7 @@ Every error says what went wrong, why, and what to do next. The tree:
     │   └── DependencyFailed   a task never ran because a task it needs failed
     ├── TaskSkipped            a task never ran because a Response upstream stopped its children
     ├── StoreError             the run directory cannot be read or written
+    ├── RunInterrupted         a result asked of a run stopped early (also SystemExit, code 3)
     └── BackendError           the infrastructure under the run failed
 
 All of them pickle (they carry only plain strings and numbers), so they cross process borders.
@@ -50,6 +51,34 @@ def _rebuild_skipped(message: str, task: int, name: str) -> TaskSkipped:
 
 class StoreError(ShoalError):
     """The run directory or its database is missing, locked or unreadable."""
+
+
+class RunInterrupted(ShoalError, SystemExit):
+    """The run was stopped early (Ctrl-C, SIGTERM, its deadline) before the task asked for
+    finished; ``shoal resume`` carries it on.
+
+    It is also a :class:`SystemExit` with code 3, so that a script in the usual form
+    (``run = wf.run(); print(run.result(t))``) that does not catch it exits with 3, the code of
+    a resumable run, under ``python script.py`` as under ``shoal run script.py``. Being an
+    ``Exception`` too, ``except Exception`` or ``except shoal.ShoalError`` catch it.
+    """
+
+    def __init__(self, message: str, *, task: int = -1, name: str = "", rundir: str = "") -> None:
+        super().__init__(message)
+        self.code = 3
+        self.task = task
+        self.name = name
+        self.rundir = rundir
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_interrupted,
+            (self.args[0] if self.args else "", self.task, self.name, self.rundir),
+        )
+
+
+def _rebuild_interrupted(message: str, task: int, name: str, rundir: str) -> RunInterrupted:
+    return RunInterrupted(message, task=task, name=name, rundir=rundir)
 
 
 class BackendError(ShoalError):

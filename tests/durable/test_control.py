@@ -147,8 +147,11 @@ def test_a_second_driver_is_refused_naming_the_owner(base: Path) -> None:
         nap(1.0)
     r = wf.submit(base=base, cpus=2)
     time.sleep(0.3)
-    with pytest.raises(shoal.StoreError, match=rf"pid {os.getpid()} on .*alive"):
+    with pytest.raises(shoal.StoreError, match=rf"pid {os.getpid()} on .*alive") as info:
         shoal.resume(r.dir)
+    # It says how to stop a driver (shoal cancel stops tasks, not drivers).
+    assert f"kill -TERM {os.getpid()}" in str(info.value) and "Ctrl-C" in str(info.value)
+    assert "shoal cancel" not in str(info.value)
     r.wait()
     assert r.ok
 

@@ -254,3 +254,35 @@ def test_logs_of_an_ambiguous_name_exits_2(project: Project) -> None:
     assert p.returncode == 2, p.stdout + p.stderr
     assert "3 tasks are named 'square'" in p.stderr, p.stderr
     no_traceback(p)
+
+
+# -- failure reports name only log folders that exist ---------------------------------------------
+SILENT = """
+import shoal
+
+with shoal.Workflow("silent") as wf:
+    shoal.command("false", name="quiet")()
+    shoal.command("echo about to fail; false", name="loud")()
+
+wf.run()
+"""
+
+
+def test_failure_reports_name_only_log_folders_that_exist(tmp_path: Path) -> None:
+    (tmp_path / "silent.py").write_text(textwrap.dedent(SILENT))
+    p = shoal_cli(tmp_path, "run", "silent.py")
+    assert p.returncode == 1, p.stdout + p.stderr
+    (rundir,) = run_dirs(tmp_path)
+    st = json.loads(shoal_cli(tmp_path, "status", "--json").stdout)
+    logs = {f["name"]: f["logs"] for f in st["failures"]}
+    assert logs["quiet"] is None, "the silent command has no log folder"
+    assert logs["loud"] is not None and Path(logs["loud"]).is_dir()
+    text = shoal_cli(tmp_path, "status").stdout + p.stderr
+    for line in re.findall(r"/tasks/\d+", text):
+        assert (rundir / line.lstrip("/")).is_dir(), f"{line} is named but does not exist:\n{text}"
+    assert "none (it printed nothing)" in shoal_cli(tmp_path, "status").stdout
+
+
+def test_the_progress_bar_names_states_as_everywhere_else(project: Project) -> None:
+    err = project.demo.stderr
+    assert "failed 1 dep_failed 1" in err and "dep-failed" not in err, err

@@ -73,3 +73,13 @@ def test_a_failed_task_exits_1(tmp_path: Path) -> None:
     (tmp_path / "f.json").write_text('{"groups": {"bad": {"command": "false"}}}')
     p = shoal_cli(tmp_path, "run", "f.json")
     assert p.returncode == 1
+
+
+def test_plan_names_the_node_as_the_run_does(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    p = shoal_cli(tmp_path, "plan", "s.yaml")
+    assert p.returncode == 0, p.stderr
+    assert shoal_cli(tmp_path, "run", "s.yaml").returncode == 0
+    (d,) = run_dirs(tmp_path)
+    (node,) = json.loads(shoal_cli(tmp_path, "status", str(d), "--json").stdout)["nodes"]
+    assert f"on node {node['name']!r}: 2 cores" in p.stdout, (node, p.stdout)

@@ -543,3 +543,21 @@ def test_task_made_outside_a_workflow_can_be_added(base: Path) -> None:
     assert wf.tasks == [t, u]
     run = wf.run(base=base)
     assert run.result(u) == 5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: shoal.task(_f, cpu=2),
+        lambda: shoal.task(cpu=2)(_f),
+        lambda: shoal.task(_f).options(cpu=2),
+        lambda: shoal.command("echo {x}", cpu=2),
+        lambda: shoal.command("echo {x}").options(cpu=2),
+    ],
+    ids=["task(fn)", "@task(...)", ".options", "command", "command.options"],
+)
+def test_misspelt_task_options_get_the_closest_name_like_run_options(make: Any) -> None:
+    with pytest.raises(DefinitionError, match=r"unknown option 'cpu'; did you mean 'cpus'\?"):
+        make()
+    with pytest.raises(DefinitionError, match=r"unknown run option 'cpu'; did you mean 'cpus'\?"):
+        Workflow("w").run(cpu=2)

@@ -11,10 +11,11 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+EXIT_INPUT = 2  # a request refused (no such task, one that cannot be retried, ...)
 EXIT_STOPPED = 3  # the run stopped early (a signal, the deadline) and can be resumed
 
 
@@ -49,8 +50,91 @@ def deadline(time_left: float | None) -> float | None:
     return end - time_left * 60
 
 
+REOPENABLE = ("failed", "cancelled")  # what retry takes (shoal.core.reopen)
+FINISHED = ("succeeded", "failed", "dep_failed", "cancelled", "skipped")
+
+
+def _refuse(rundir: Path, what: str) -> NoReturn:
+    from shoal.errors import DefinitionError
+
+    raise DefinitionError(f"{what} (run {rundir}); nothing was asked of it")
+
+
+def _named(r: Any, tasks: tuple[str, ...]) -> list[Any]:
+    """The rows of the tasks named (ids or unique names); a missing one exits 2."""
+    return [r.find(_task(t)) for t in tasks]
+
+
+def check_retry(rundir: Path, tasks: tuple[str, ...], failed: bool, tag: str | None) -> None:
+    """Refuse at once what the driver would refuse: a task that does not exist, or that is not
+    failed or cancelled (only those can be retried), or a selection that names nothing."""
+    from shoal.store.queries import Reader
+
+    with Reader(rundir) as r:
+        for row in _named(r, tasks):
+            if row.state in REOPENABLE:
+                continue
+            why = f"cannot retry task #{row.id} {row.name}: it is {row.state}; only failed or "
+            why += "cancelled tasks can be retried"
+            if row.state == "dep_failed":
+                why += " (retry the task upstream of it that failed; it reopens with it)"
+            elif row.state in FINISHED:
+                why += f" (to run a finished task again: shoal rerun {row.id} --run {rundir})"
+            else:
+                why += " (it has not finished)"
+            _refuse(rundir, why)
+        if tasks:
+            return
+        found = r.tasks(state="failed") if failed else []
+        if tag:
+            found += [t for t in r.tasks(tag=tag) if t.state in REOPENABLE]
+    if not found:
+        what = " or ".join(
+            x
+            for x in (
+                "failed tasks" if failed else "",
+                f"failed or cancelled tasks tagged {tag!r}" if tag else "",
+            )
+            if x
+        )
+        _refuse(rundir, f"there are no {what} to retry")
+
+
+def check_rerun(rundir: Path, task: str) -> None:
+    """A rerun needs a task that exists and has finished."""
+    from shoal.store.queries import Reader
+
+    with Reader(rundir) as r:
+        row = r.find(_task(task))
+    if row.state not in FINISHED:
+        _refuse(
+            rundir,
+            f"cannot rerun task #{row.id} {row.name}: it is {row.state}; it has not finished "
+            f"(wait for it, or cancel it first: shoal cancel {row.id} --run {rundir})",
+        )
+
+
+def check_cancel(rundir: Path, tasks: tuple[str, ...], tag: str | None) -> None:
+    """A cancel needs tasks that exist and have not finished."""
+    from shoal.store.queries import Reader
+
+    with Reader(rundir) as r:
+        for row in _named(r, tasks):
+            if row.state in FINISHED:
+                _refuse(
+                    rundir,
+                    f"cannot cancel task #{row.id} {row.name}: it already ended {row.state}",
+                )
+        if tag and not tasks and not [t for t in r.tasks(tag=tag) if t.state not in FINISHED]:
+            _refuse(rundir, f"no unfinished task is tagged {tag!r}: nothing to cancel")
+
+
 def _report(request: int, answer: str | None, live: bool, rundir: Path) -> None:
+    """Print the driver's answer, or that the request waits; a refusal exits 2."""
     if answer is not None:
+        if answer.startswith(("refused", "0 task(s)")):
+            click.secho(f"shoal: request {request}: {answer}", fg="red", err=True)
+            sys.exit(EXIT_INPUT)
         click.echo(f"request {request}: {answer}")
     elif live:
         click.echo(f"request {request} is queued; the driver has not answered yet")
@@ -128,6 +212,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
             changes["timeout"] = timeout
         if memory is not None:
             changes["memory"] = memory
+        check_retry(d, tasks, failed, tag)
         a = shoal.attach(d)
         rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
         _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
@@ -142,6 +227,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
         import shoal
 
         d = rundir_of(run_dir)
+        check_rerun(d, task)
         a = shoal.attach(d)
         rid = a.rerun(_task(task), downstream)
         _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
@@ -159,6 +245,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
         if not (tasks or tag):
             raise click.UsageError("name tasks, or give --tag T")
         d = rundir_of(run_dir)
+        check_cancel(d, tasks, tag)
         a = shoal.attach(d)
         rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
         _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)

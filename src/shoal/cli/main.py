@@ -18,13 +18,14 @@ from typing import Any
 
 import click
 
-from shoal.errors import ShoalError, StoreError, TaskFailed
+from shoal.errors import RunInterrupted, ShoalError, StoreError, TaskFailed
 from shoal.store.queries import Reader
 
 EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_STOPPED = 3
 EXIT_INTERRUPTED = 130
+NO_LOGS = "none (it printed nothing)"
 
 
 def latest_run(where: Path) -> Path:
@@ -53,11 +54,19 @@ def _emit(data: Any) -> None:
 
 
 class _Group(click.Group):
-    """Turn shoal's own errors into one clear line and exit code 2, not a traceback."""
+    """Turn shoal's own errors into one clear line and an exit code, not a traceback: 2 for
+    bad input, 1 for a failed task's result, 3 for a result of an interrupted run, and 130
+    for Ctrl-C that reaches here (a second one) in any command, resume included."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first stops gracefully), any command
+            click.secho("shoal: interrupted", fg="yellow", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except RunInterrupted as err:  # a script asked for a result the stop left undone
+            click.secho(f"shoal: {err}", fg="yellow", err=True)
+            sys.exit(EXIT_STOPPED)
         except TaskFailed as err:  # a script asked for the result of a failed task
             click.secho(f"shoal: {err}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
@@ -113,16 +122,12 @@ def run(file: str, args: tuple[str, ...], time_left: float | None, sets: tuple[s
         raise click.UsageError("--set overrides values of ensemble files, not of scripts")
     settings.cli = True
     settings.runs.clear()
-    try:
-        if config:
-            run_file(file, sets)
-        else:
-            sys.argv = [str(path), *args]
-            sys.path.insert(0, str(path.resolve().parent))
-            runpy.run_path(str(path), run_name="__main__")
-    except KeyboardInterrupt:
-        click.secho("shoal: interrupted", fg="yellow", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    if config:
+        run_file(file, sets)
+    else:
+        sys.argv = [str(path), *args]
+        sys.path.insert(0, str(path.resolve().parent))
+        runpy.run_path(str(path), run_name="__main__")
     if not settings.runs:
         click.secho(
             f"shoal: {file} finished without running a workflow (call wf.run())",
@@ -282,8 +287,7 @@ def status(run_dir: str | None, as_json: bool) -> None:
         for f in st["failures"]:
             code = f" (exit {f['exit_code']})" if f["exit_code"] not in (None, 0) else ""
             click.echo(f"  #{f['id']} {f['name']}  {f['kind']}{code}: {f['reason']}")
-            if f["logs"]:
-                click.echo(f"      logs: {f['logs']}")
+            click.echo(f"      logs: {f['logs'] or NO_LOGS}")
 
 
 @main.command()

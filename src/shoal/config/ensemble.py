@@ -270,6 +270,7 @@ class Ensemble:
     def pool(self) -> Pool:
         """The node(s) the run would get (the local machine unless resources say otherwise)."""
         import os
+        import socket
 
         from shoal.backends.local import detect_gpus
 
@@ -279,7 +280,11 @@ class Ensemble:
             gpus = detect_gpus()
         mem = self.resources.get("memory")
         memory = parse_memory(mem) if mem is not None else 0
-        return Pool(tuple(Node.sized(f"node{i}", cpus, gpus, memory) for i in range(self.nodes)))
+        if self.nodes == 1:  # this machine, named as LocalBackend names it in the run
+            names = [socket.gethostname() or "localhost"]
+        else:  # the nodes of an allocation, whose names are known only inside it
+            names = [f"node{i}" for i in range(self.nodes)]
+        return Pool(tuple(Node.sized(n, cpus, gpus, memory) for n in names))
 
     def check(self, pool: Pool | None = None) -> None:
         """Refuse requests that no node can hold, naming the group, the key and the node."""

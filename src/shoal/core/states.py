@@ -45,7 +45,10 @@ DOCS: dict[State, str] = {
     State.SUCCEEDED: "finished without error; its result is stored",
     State.FAILED: "raised, exited non-zero, timed out, crashed or was lost",
     State.DEP_FAILED: "never ran because a task upstream of it failed (the root is recorded)",
-    State.CANCELLED: "cancelled, or downstream of a cancelled task",
+    State.CANCELLED: (
+        "cancelled on purpose (shoal cancel, attach().cancel, a rule or a strategy), or "
+        "downstream of such a task; not a failure: it does not make the run failed"
+    ),
     State.SKIPPED: (
         "never ran because a task upstream of it returned a Response with stop_children "
         "(not a failure)"

@@ -20,7 +20,7 @@ from shoal.backends.local import LocalBackend
 from shoal.core.machine import Policy
 from shoal.core.resources import Pool
 from shoal.core.states import State
-from shoal.errors import DefinitionError, StoreError
+from shoal.errors import DefinitionError, StoreError, hint
 from shoal.runtime.driver import Driver, check_resources
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
@@ -295,6 +295,13 @@ class Prepared:
                 self.log.removeHandler(h)
         if self.progress:
             summary(run)
+        if state == "interrupted":  # said on stderr even without a progress bar
+            print(
+                f"shoal: run {run.name} was interrupted ({driver.interrupted or 'stopped'}); "
+                f"tasks that did not finish have no result. Carry it on with: "
+                f"shoal resume {run.dir}",
+                file=sys.stderr,
+            )
         return run
 
 
@@ -516,16 +523,14 @@ def resumed(
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    import difflib
     import inspect
 
     known = [n for n in inspect.signature(prepare).parameters if n not in ("wf", "_resume")]
     for name in options:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+        if name not in known:  # the same did-you-mean as task options (errors.hint)
             raise DefinitionError(
-                f"unknown run option {name!r}{hint} Run options are: {', '.join(known)}"
+                f"unknown run option {name!r}{hint(name, known)}. Run options are: "
+                f"{', '.join(known)}"
             )
 
 

@@ -367,8 +367,10 @@ class Driver:
         return "pool" if self._pooled(r, self.backend.pooled_commands) else "process"
 
     def _any_failed(self) -> bool:
+        # Cancelled tasks do not count: a task is cancelled only on purpose (shoal cancel,
+        # attach().cancel, a rule or strategy), with what depends on it (see _event).
         c = self.scheduler.counts
-        return bool(c[State.FAILED] or c[State.DEP_FAILED] or c[State.CANCELLED])
+        return bool(c[State.FAILED] or c[State.DEP_FAILED])
 
     def _event(self, o: Outcome) -> Stimulus:
         now = time.time()
@@ -380,6 +382,11 @@ class Driver:
         if kill is not None and not o.ok:  # record why it really ended: we stopped it
             o.kind = kill.kind
             o.error = f"{kill.reason}; it was stopped"
+        elif o.kind == "cancelled" and not o.ok and o.started is not None:
+            # It ran and was cancelled by someone else (flux cancel, a batch system): not a
+            # decision of this run, which `cancelled` stands for, but an attempt lost.
+            o.kind = "lost"
+            o.error = f"cancelled outside shoal while it ran ({first_line(o.error) or 'cancelled'})"
         if o.ok:
             event: Stimulus = Succeeded(now, o.task, o.attempt)
             if o.kind == "response":

@@ -49,7 +49,7 @@ class Progress:
         bad = counts[State.FAILED] + counts[State.DEP_FAILED]
         detail = f"running {counts[State.RUNNING]}"
         if bad:
-            detail += f"  [red]failed {counts[State.FAILED]} dep-failed {counts[State.DEP_FAILED]}"
+            detail += f"  [red]failed {counts[State.FAILED]} dep_failed {counts[State.DEP_FAILED]}"
         self.bar.update(self.task, completed=done, total=total, detail=detail)
 
 
@@ -69,7 +69,11 @@ def summary(run: Run) -> None:
             table.add_column(col, overflow="fold")
         for f in fails[:10]:
             table.add_row(
-                str(f["id"]), f["name"], str(f["kind"] or ""), f["reason"] or "", f["logs"] or "-"
+                str(f["id"]),
+                f["name"],
+                str(f["kind"] or ""),
+                f["reason"] or "",
+                f["logs"] or "none (it printed nothing)",
             )
         console.print(table)
         if len(fails) > 10:

@@ -15,6 +15,7 @@ import os
 import pickle
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,10 @@ class Requests:
         self.commands: list[Command] = []  # what the core made of them, for the next commit
 
     def poll(self, now: float, force: bool = False) -> None:
-        """Carry out new requests; their commands wait in ``commands`` for the next commit."""
+        """Carry out new requests; their commands wait in ``commands`` for the next commit.
+
+        ``force`` is the first look of a resumed run: its answers also go to stderr, since
+        whoever queued those requests was told they would be carried out on resume."""
         if now - self.last < EVERY and not force:
             return
         self.last = now
@@ -65,6 +69,11 @@ class Requests:
                 answer = f"refused: {type(err).__name__}: {err}"
             self.d.log.info("request %s (%s): %s", rid, kind, answer)
             self.d.batch.answers.append((rid, now, answer))
+            if force:  # requests that waited for this resume: whoever resumes sees the answers
+                print(
+                    f"shoal: request {rid} ({kind}), queued while no driver ran: {answer}",
+                    file=sys.stderr,
+                )
 
     def _handle(self, events: Sequence[Stimulus]) -> list[str]:
         """Feed events one at a time; a refused one is reported, the others go on."""

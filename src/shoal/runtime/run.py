@@ -7,8 +7,16 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import DependencyFailed, StoreError, TaskFailed, TaskSkipped
+from shoal.errors import (
+    DependencyFailed,
+    RunInterrupted,
+    ShoalError,
+    StoreError,
+    TaskFailed,
+    TaskSkipped,
+)
 from shoal.spec.task import Task
+from shoal.store.lock import held
 from shoal.store.queries import Reader
 
 
@@ -103,10 +111,35 @@ class Run:
                     name=row.name,
                     kind="cancelled",
                 )
-            raise StoreError(
-                f"task {row.name!r} (#{tid}) has no result yet: it is {row.state}. "
-                "Call run.wait() first."
+            raise self._unfinished(r, tid, row.name, row.state)
+
+    def _unfinished(self, r: Reader, tid: int, name: str, state: str) -> ShoalError:
+        """Why a task that has not finished has no result: the run still goes on, was
+        interrupted (resumable: exit code 3), or ended before it ran."""
+        meta = r.meta()
+        run_state = meta.get("state") or self.state
+        what = f"task {name!r} (#{tid}) has no result yet: it is {state}"
+        if run_state == "interrupted":
+            why = meta.get("stop_reason") or "a signal or its deadline"
+            return RunInterrupted(
+                f"{what}, because run {self.name!r} was interrupted ({why}) before it "
+                f"finished. Carry it on with: shoal resume {self.dir}",
+                task=tid,
+                name=name,
+                rundir=str(self.dir),
             )
+        if run_state == "running" and (not self.done or held(self.dir)):
+            return StoreError(f"{what}; the run goes on: call run.wait() first")
+        if run_state == "running":
+            return StoreError(
+                f"{what}; the run is recorded as running, but no driver here runs it: if its "
+                f"driver died, carry it on with: shoal resume {self.dir}"
+            )
+        return StoreError(
+            f"{what}; run {self.name!r} ended {run_state} before it ran"
+            + (f" ({meta['stop_reason']})" if meta.get("stop_reason") else "")
+            + f". Run the rest with: shoal resume {self.dir}"
+        )
 
     def _failure(self, r: Reader, tid: int) -> TaskFailed:
         row = r.find(tid)

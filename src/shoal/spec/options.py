@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
-from shoal.errors import DefinitionError
+from shoal.errors import DefinitionError, hint
 from shoal.spec.retry import Backoff
 from shoal.spec.retry import make as make_retry
 
@@ -105,8 +105,9 @@ class Options:
         known = ({f.name for f in fields(self)} - {"retry"}) | set(RETRY_KEYS) | {"retry"}
         unknown = sorted(set(changes) - known)
         if unknown:
-            hint = ", ".join(sorted(known))
-            raise DefinitionError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {hint}")
+            # Like run options: the closest valid name for each misspelt one (errors.hint).
+            names = "; ".join(f"unknown option {u!r}{hint(u, known)}" for u in unknown)
+            raise DefinitionError(f"{where}: {names}. Options are: {', '.join(sorted(known))}")
         clean: dict[str, Any] = {}
         for key, value in changes.items():
             clean[key] = _check(where, key, value)

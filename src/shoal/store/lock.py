@@ -32,11 +32,16 @@ class Lock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = owner_of(self.path)
+            pid = _pid_of(self.path)
             os.close(fd)
+            # shoal cancel stops tasks, not the driver: the driver stops on SIGTERM or Ctrl-C
+            # (gracefully, leaving the run resumable).
             raise StoreError(
                 f"{self.path.parent} is in use by another driver ({owner}). Only one driver may "
-                "run a run directory: wait for it to end, or stop it (shoal cancel, or kill "
-                "the pid); a driver that died leaves no lock behind."
+                "run a run directory: wait for it to end, or stop it with Ctrl-C in its "
+                f"terminal or `kill -TERM {pid or '<pid>'}` on its host (a graceful stop: the "
+                f"run can then be resumed with shoal resume {self.path.parent}); a driver that "
+                "died leaves no lock behind."
             ) from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -76,6 +81,14 @@ def owner_of(path: Path) -> str:
         except PermissionError:
             alive = ", alive"
     return f"pid {pid} on {host}, since {since}{alive}"
+
+
+def _pid_of(path: Path) -> int | None:
+    try:
+        pid = json.loads(path.read_text() or "{}").get("pid")
+    except (OSError, ValueError):
+        return None
+    return int(pid) if pid else None
 
 
 def held(rundir: Path) -> bool:

@@ -7,7 +7,7 @@ import pickle
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class TaskRow:
             "alias": self.alias,
         }
 
+
+# States a task's row may hold while it waits; the row may lag behind the waiting state.
+WAITING = ("pending", "ready", "queued")
 
 _TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps, origin, alias"
 
@@ -92,8 +95,33 @@ class Reader:
             return {k: json.loads(v) for k, v in c.execute("SELECT key, value FROM meta")}
 
     def counts(self) -> dict[str, int]:
+        """Tasks per state; waiting tasks by their exact state (see :meth:`_waiting`)."""
         with self._q() as c:
-            return dict(c.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+            counts = dict(c.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+        if any(counts.get(s) for s in WAITING):
+            for s in WAITING:
+                counts.pop(s, None)
+            for s in self._waiting().values():
+                counts[s] = counts.get(s, 0) + 1
+        return counts
+
+    def _waiting(self) -> dict[int, str]:
+        """The exact state of each task whose row says it waits (pending, ready or queued).
+
+        While a run goes on, the writer leaves a task's row alone when it moves between the
+        waiting states (that saves two row updates per task), so such a row may say "pending"
+        for a task that is ready or queued. Its last transition says where it stands.
+        """
+        marks = ",".join("?" * len(WAITING))
+        with self._q() as c:
+            rows = c.execute(
+                "SELECT t.id, t.state, tr.new FROM tasks t"
+                " LEFT JOIN (SELECT task, max(seq) AS seq FROM transitions GROUP BY task) l"
+                " ON l.task = t.id LEFT JOIN transitions tr ON tr.seq = l.seq"
+                f" WHERE t.state IN ({marks})",
+                WAITING,
+            ).fetchall()
+        return {i: (new if new in WAITING else state) for i, state, new in rows}
 
     def nodes(self) -> list[dict[str, Any]]:
         with self._q() as c:
@@ -108,20 +136,41 @@ class Reader:
     ) -> list[TaskRow]:
         sql = f"SELECT {_TASK_COLS} FROM tasks"
         args: list[Any] = []
-        if state:
+        if state in WAITING:  # a waiting row may say another waiting state: filter after
+            sql += f" WHERE state IN ({','.join('?' * len(WAITING))})"
+            args.extend(WAITING)
+        elif state:
             sql += " WHERE state = ?"
             args.append(state)
         sql += " ORDER BY id"
-        if limit:
+        if limit and state not in WAITING and not tag:
             sql += f" LIMIT {int(limit)}"
         with self._q() as c:
             rows = [_task(r) for r in c.execute(sql, args)]
+        if any(r.state in WAITING for r in rows):
+            exact = self._waiting()
+            rows = [
+                replace(r, state=exact.get(r.id, r.state)) if r.state in WAITING else r
+                for r in rows
+            ]
+        if state in WAITING:
+            rows = [r for r in rows if r.state == state]
         if tag:
             rows = [r for r in rows if tag in r.tags]
-        return rows
+        return rows[:limit] if limit else rows
 
     def find(self, ref: str | int) -> TaskRow:
         """A task by id, or by name if the name is unique."""
+        row = self._find(ref)
+        if row.state not in WAITING:
+            return row
+        with self._q() as c:
+            last = c.execute(
+                "SELECT new FROM transitions WHERE task=? ORDER BY seq DESC LIMIT 1", (row.id,)
+            ).fetchone()
+        return replace(row, state=last[0]) if last and last[0] in WAITING else row
+
+    def _find(self, ref: str | int) -> TaskRow:
         with self._q() as c:
             if isinstance(ref, int) or str(ref).isdigit():
                 row = c.execute(
@@ -206,7 +255,8 @@ class Reader:
         return out
 
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Failed tasks with their reason and the last attempt's error kind and exit code."""
+        """Failed tasks with their reason, the last attempt's error kind and exit code, and
+        their log folder (None when there is none: the task printed nothing)."""
         sql = (
             "SELECT t.id, t.name, t.reason, a.kind, a.exit_code FROM tasks t"
             " LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempts"
@@ -222,10 +272,16 @@ class Reader:
                     "reason": r,
                     "kind": k,
                     "exit_code": x,
-                    "logs": str(self.dir / "tasks" / str(i)),
+                    "logs": self.logs(i),
                 }
                 for i, n, r, k, x in c.execute(sql)
             ]
+
+    def logs(self, task: int) -> str | None:
+        """The folder with a task's stdout, stderr and traceback, or None: a task gets one
+        only when it prints something (or a Python task fails)."""
+        folder = self.dir / "tasks" / str(task)
+        return str(folder) if folder.is_dir() else None
 
     def result_bytes(self, task: int) -> bytes | None:
         with self._q() as c:
