@@ -422,6 +422,7 @@ class LocalBackend(Backend):
         # Numerical libraries read these once, at import: a worker serves one task width.
         threads = {var: str(cpus) for var in THREAD_VARS}
         out, err, pids = (str(self._spool(f"{n}.{x}")) for x in ("out", "err", "pid"))
+        self._spool("").mkdir(exist_ok=True)  # someone may have deleted it: workers need it
         args = [repr(self.hold), repr(self.command_hold), pids]
         zygote = self._fork_server(python)
         proc: subprocess.Popen[bytes] | Forked | None = None

@@ -25,6 +25,7 @@ import itertools
 import os
 import pickle
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -51,6 +52,7 @@ class _Spool:
 
     def __init__(self, folder: Path, name: str) -> None:
         self.paths = (folder / f"{name}.out", folder / f"{name}.err")
+        folder.mkdir(parents=True, exist_ok=True)  # someone may have deleted it
         self.files = [open(p, "w+b") for p in self.paths]  # noqa: SIM115 - closed in close()
 
     def keep(self, taskdir: Path) -> bool:
@@ -62,8 +64,14 @@ class _Spool:
             if os.fstat(self.files[i].fileno()).st_size:
                 printed = printed or i == 0
                 taskdir.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(self.paths[i], taskdir / name)
+                except FileNotFoundError:  # the spool folder was deleted: copy from the file
+                    self.paths[i].parent.mkdir(parents=True, exist_ok=True)
+                    self.files[i].seek(0)
+                    with open(taskdir / name, "wb") as out:
+                        shutil.copyfileobj(self.files[i], out)
                 self.files[i].close()
-                os.replace(self.paths[i], taskdir / name)
                 self.files[i] = open(self.paths[i], "w+b")  # noqa: SIM115
         return printed
 

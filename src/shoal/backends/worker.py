@@ -170,6 +170,12 @@ class Worker:
         self.command_envs: dict[int, dict[bytes, bytes]] = {}
         self.pending: deque[tuple[Any, ...]] = deque()
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        # The spool files behind descriptors 1 and 2, kept to restore them should a task
+        # close or redirect them: (a descriptor of our own, the file's identity).
+        self.spools = []
+        for fd in (1, 2):
+            st = os.fstat(fd)
+            self.spools.append((os.dup(fd), (st.st_dev, st.st_ino)))
         self.kill: tuple[int, int] | None = None  # a "kill" for the running command
         self.found: dict[tuple[str, bytes], str] = {}  # executables found on a PATH
         self.home = os.getcwd()
@@ -257,11 +263,6 @@ class Worker:
             else:
                 if SITE_PENDING:
                     load_site()
-                fn = self.functions.get(fid)
-                if fn is None:
-                    import cloudpickle
-
-                    fn = self.functions[fid] = cloudpickle.loads(self.payloads.pop(fid))
                 env = self.envs[env_id]
                 if env is not env_now:  # change only what differs from the previous task
                     for key, value in env.items():
@@ -275,16 +276,62 @@ class Worker:
                 # shoal.current().
                 execute.CURRENT = execute.Current(task, attempt, taskdir)
                 local = last[2] if follows is not None and last is not None else None
-                reply = (*call(fn, payload, taskdir, local), None)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                _drain(1, taskdir, "stdout")
-                _drain(2, taskdir, "stderr")
+                reply = self.python(fid, payload, taskdir, local)
             _mark(self.pidfile, 0, 0, 0)
             if not self.replies:
                 self.due = time.monotonic() + self.holds[command is not None]
             self.replies.append((task, attempt, *reply))
             self.last = (task, bool(reply[0]) and reply[2] != "response", reply[1])
+
+    def python(
+        self, fid: int, payload: bytes, taskdir: str, local: bytes | None
+    ) -> tuple[Any, ...]:
+        """Run a Python task; whatever happens, the reply says it, and the worker lives on."""
+        fn = self.functions.get(fid)
+        if fn is None:
+            started = time.time()
+            try:
+                import cloudpickle
+
+                fn = self.functions[fid] = cloudpickle.loads(self.payloads[fid])
+                del self.payloads[fid]
+            except BaseException as err:  # a module missing here, say: the task's failure
+                why = f"cannot load the task's function in the worker: {type(err).__name__}: {err}"
+                return False, None, "error", why, started, time.time(), None
+        reply = (*call(fn, payload, taskdir, local), None)
+        trouble = self.keep_output(taskdir)
+        if trouble and reply[0]:  # it returned, but what it printed is lost
+            why = f"the task's output could not be saved in {taskdir}: {trouble}"
+            return False, None, "error", why, reply[4], reply[5], None
+        return reply
+
+    def keep_output(self, taskdir: str) -> str:
+        """Move what a task printed into its folder, after mending what it may have broken:
+        closed ``sys.stdout``/``sys.stderr``, closed or redirected descriptors 1 and 2. The
+        reason it could not be saved (a full disk, say), or ""."""
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            stream = getattr(sys, name)
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # closed, or replaced by junk
+                setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115
+        for fd, (saved, ident) in zip((1, 2), self.spools, strict=True):
+            try:
+                st = os.fstat(fd)
+                same = (st.st_dev, st.st_ino) == ident
+            except OSError:
+                same = False
+            if not same:
+                os.dup2(saved, fd)
+        trouble = ""
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            try:
+                _drain(fd, taskdir, name)
+            except OSError as err:
+                trouble = trouble or str(err)
+                os.ftruncate(fd, 0)  # what is kept must not go to the next task
+                os.lseek(fd, 0, os.SEEK_SET)
+        return trouble
 
     def command(
         self,
@@ -313,8 +360,15 @@ class Worker:
             killpg(pid, signal.SIGKILL)  # what it left in its process group
             _mark(self.pidfile, 0, task, attempt)
         ended = time.time()
-        printed = _drain(1, taskdir, "stdout")
-        _drain(2, taskdir, "stderr")
+        try:
+            printed = _drain(1, taskdir, "stdout")
+            _drain(2, taskdir, "stderr")
+        except OSError as err:  # a full disk, say: the command's failure, not the worker's
+            for fd in (1, 2):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            why = f"the command's output could not be saved in {taskdir}: {err}"
+            return False, None, "error", why, started, ended, code
         return command_reply(argv, code, taskdir, printed, started, ended)
 
     def spawn(self, line: list[str], env: dict[bytes, bytes], workdir: str | None) -> int:
