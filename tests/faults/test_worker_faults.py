@@ -84,6 +84,8 @@ def test_output_that_cannot_be_saved_fails_that_task_with_the_reason(base: Path)
     f = {x["id"]: x for x in run.failures()}
     assert list(f) == [bad.id]
     assert "output could not be saved" in f[bad.id]["reason"]
+    with Reader(run.dir) as r:
+        assert [r.find(t.id).state for t in after] == ["dep_failed", "dep_failed"]
     assert [run.result(t) for t in other] == [0, 1, 2]
     assert {worker_of(run, t) for t in (bad, *other)} == {"worker-1"}
 
