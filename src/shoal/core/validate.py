@@ -184,7 +184,10 @@ def _check_slots(s: Scheduler, slots: dict[int, _Slot]) -> None:
             want = RUNNING if i == 0 else QUEUED
             if e.state is not want:
                 _fail(f"task {t} at place {i} of slot {slot.key} is {e.state.value}")
-    s.pool.check([slot.placement for slot in slots.values()])
+    try:
+        s.pool.check([slot.placement for slot in slots.values()])
+    except AssertionError as err:
+        _fail(f"resources: {err}")
     for request, open_ in s.open_slots.items():
         for key, slot in open_.items():
             if slot.key != key or slot.request != request:
