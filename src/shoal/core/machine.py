@@ -4,6 +4,13 @@
 no process: the runtime feeds it events stamped with the time and carries out the commands it
 returns (persisting every :class:`Transition` before any :class:`Dispatch` or :class:`Kill`).
 
+Each event is checked before it changes anything: one the core cannot accept raises
+:class:`~shoal.core.events.Refused` with the scheduler exactly as it was, and carries the
+commands of the events before it in the same call (they keep their effect). With validation on
+(``validate=True`` or ``SHOAL_VALIDATE=1``; the tests set it) every call ends with
+:meth:`Scheduler.validate`, the check of every invariant in :mod:`shoal.core.validate`; off, it
+costs one attribute test per call. docs/contract.md has the whole contract.
+
 Placement policy (``Policy.mode``):
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
