@@ -1,4 +1,8 @@
-"""Shared fixtures. Every test that runs a workflow puts its run directories in a tmp folder."""
+"""Shared fixtures. Every test that runs a workflow puts its run directories in a tmp folder.
+
+Every scheduler in the tests runs in validation mode (shoal/core/validate.py): its invariants
+are checked after every step, in this process and in the drivers that tests start as
+subprocesses (they inherit the environment)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pytest
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 os.environ.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+os.environ["SHOAL_VALIDATE"] = "1"
 
 
 @pytest.fixture

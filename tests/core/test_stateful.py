@@ -3,10 +3,13 @@
 The machine keeps its own model of the run, built only from the commands ``handle`` returns:
 the state of every task, the attempt in flight, the slots (a placement used in turn by a running
 task and the tasks queued behind it) and the kills sent. After every step the model must agree
-with the scheduler, and the scheduler's resources must add up. Steering is part of the mix:
-successes that add work and gate or skip the dependents (Responses), retries of failed or
-cancelled tasks, and stops. A last phase drains the run: every task must end in a terminal state
-(or, once the run was stopped, nothing may be left running).
+with the scheduler, and the scheduler runs in validation mode: ``Scheduler.validate`` checks
+every internal invariant (resources add up, counts, slots, the ready queue, dependencies,
+followers, attempts; see shoal/core/validate.py) after each ``handle()``. Reports the core must
+refuse (an outcome of a task still queued) are in the mix too: they change nothing. Steering
+is part of the mix: successes that add work and gate or skip the dependents (Responses),
+retries of failed or cancelled tasks, and stops. A last phase drains the run: every task must
+end in a terminal state (or, once the run was stopped, nothing may be left running).
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import Returned
+from shoal.core.events import RefusedReport, Returned
 from shoal.core.states import INITIAL, TERMINAL, TRANSITIONS
 from shoal.errors import DefinitionError, ResourceError
+
+from .snapshot import deep
 
 PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
 SUCCEEDED, FAILED, CANCELLED = State.SUCCEEDED, State.FAILED, State.CANCELLED
@@ -120,7 +125,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @initialize(shapes=node_shapes, policy=policies)
     def setup(self, shapes: list[tuple[int, int, int]], policy: Policy) -> None:
         nodes = [Node.sized(f"n{i}", c, g, m) for i, (c, g, m) in enumerate(shapes)]
-        self.sched = Scheduler(nodes, policy)
+        self.sched = Scheduler(nodes, policy, validate=True)  # validate() after every step
 
     def deps_of(self, task: int) -> list[int]:
         return [*self.infos[task].deps, *sorted(self.gates.get(task, ()))]
@@ -131,6 +136,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- feeding events and checking every command ------------------------------------------
     def feed(self, *events: Stimulus) -> list[Command]:
         out = self.s.handle(*events)
+        self.absorb(out)
+        return out
+
+    def absorb(self, out: list[Command]) -> None:
+        """Check the commands of one handle() call and update the model from them."""
         awaiting: dict[int, State] = {}  # READY -> RUNNING/QUEUED moves whose Dispatch is due
         fresh = False
         for c in out:
@@ -153,7 +163,6 @@ class SchedulerMachine(RuleBasedStateMachine):
                 raise AssertionError(f"unexpected command {c}")
         assert not awaiting, f"moves without a Dispatch: {awaiting}"
         self.check_chains()
-        return out
 
     def on_transition(self, c: Transition, awaiting: dict[int, State]) -> None:
         assert c.time == self.s.now
@@ -635,6 +644,30 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert self.feed(ev) == []
         assert self.snapshot() == before
 
+    @precondition(lambda self: bool(self.tasks_in(QUEUED)))
+    @rule(data=st.data(), kind=st.sampled_from(["succeeded", "failed"]), first=st.booleans())
+    def bad_report(self, data: st.DataObject, kind: str, first: bool) -> None:
+        """The backend reports an outcome of a task still queued (it broke its contract): the
+        report is refused and changes nothing; a Tick fed before it in the same call keeps its
+        effect and its commands."""
+        task = data.draw(st.sampled_from(self.tasks_in(QUEUED)))
+        a = self.live[task]
+        if a.kill is not None:
+            return  # a cancelled or stopped queued task may be dropped: not a bad report
+        bad: Stimulus = (
+            Succeeded(self.now, task, a.number)
+            if kind == "succeeded"
+            else Failed(self.now, task, a.number, "ran too early", "error")
+        )
+        ahead = [Tick(self.now)] if first else []
+        before = deep(self.s)
+        with pytest.raises(RefusedReport) as err:
+            self.s.handle(*ahead, bad)
+        assert (err.value.event, err.value.task, err.value.attempt) == (bad, task, a.number)
+        if not ahead:
+            assert err.value.commands == [] and deep(self.s) == before
+        self.absorb(err.value.commands)
+
     # -- invariants -------------------------------------------------------------------------
     @invariant()
     def invariants(self) -> None:
@@ -643,8 +676,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def check(self) -> None:
         s = self.s
+        s.validate()  # every internal invariant (shoal/core/validate.py)
         placements = s.placements()
-        s.pool.check(placements)
         totals = s.pool.totals()
         assert totals["free_cores"] + sum(len(p.cores) for p in placements) == totals["cores"]
         assert totals["free_gpus"] + sum(len(p.gpus) for p in placements) == totals["gpus"]
@@ -654,16 +687,13 @@ class SchedulerMachine(RuleBasedStateMachine):
 
         states = {t: s.state(t) for t in s.tasks}
         assert states == self.states
-        assert s.counts == {st_: sum(1 for v in states.values() if v is st_) for st_ in State}
         running = set(self.tasks_in(RUNNING))
-        assert set(s.running) == running
         for t in states:
             if t in running:
                 assert s.placement(t) == self.live[t].chain.placement
             else:
                 assert s.placement(t) is None
         ready = self.tasks_in(READY)
-        assert len(s.queue) == len(ready)
         assert s.done == all(v in TERMINAL for v in states.values())
 
         for t, v in states.items():

@@ -175,6 +175,7 @@ def _status(d: Path) -> dict[str, Any]:
         "running": running,
         "failures": failures,
         "stop_reason": meta.get("stop_reason"),
+        "crash_reason": meta.get("crash_reason"),
         "groups": live.get("groups", {}),
         "rules": rules,
         "pid": meta.get("pid"),
@@ -272,6 +273,11 @@ def status(run_dir: str | None, as_json: bool) -> None:
         click.secho(f"note: {st['note']}", fg="yellow")
     if st.get("stop_reason"):
         click.echo(f"stopped: {st['stop_reason']}")
+    if st["state"] == "crashed":
+        why = st.get("crash_reason") or "unknown (see shoal.log)"
+        click.secho(f"crashed: {why}", fg="red")
+        d = st["dir"]
+        click.echo(f"  the traceback is in {d}/shoal.log; go on with: shoal resume {d}")
     _print_groups(st["groups"])
     _print_rules(st["rules"])
     if st["running"]:

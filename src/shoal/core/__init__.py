@@ -4,6 +4,18 @@ Nothing in this package performs I/O, reads a clock or draws random numbers. The
 the world into :mod:`events <shoal.core.events>`, calls :meth:`Scheduler.handle`, persists the
 resulting transitions and carries out the commands. Because the core is deterministic, tests
 drive it with a fake clock and random event sequences, and check its invariants after each step.
+
+The contract (docs/contract.md):
+
+* Validation mode (``Scheduler(..., validate=True)`` or ``SHOAL_VALIDATE=1``, on in every
+  test): each ``handle()`` ends with ``Scheduler.validate()``, which checks every invariant
+  (:mod:`shoal.core.validate`); off, it costs one attribute test per call.
+* An event the core cannot accept changes nothing: it raises :class:`Refused`
+  (``RefusedReport`` for a backend's impossible report, ``RefusedRequest``/``RefusedResource``
+  for requests, which are ``DefinitionError``/``ResourceError``) carrying the event, its task
+  and attempt, and the commands of the events before it in the call, which keep their effect.
+* The runtime records an internal error (a refused report included) as a ``crashed`` run with
+  its reason and traceback; ``shoal resume`` carries on from the store.
 """
 
 from shoal.core.events import (
@@ -12,6 +24,10 @@ from shoal.core.events import (
     Dispatch,
     Failed,
     Kill,
+    Refused,
+    RefusedReport,
+    RefusedRequest,
+    RefusedResource,
     Rerun,
     Restored,
     Retry,
@@ -39,6 +55,10 @@ __all__ = [
     "Placement",
     "Policy",
     "Pool",
+    "Refused",
+    "RefusedReport",
+    "RefusedRequest",
+    "RefusedResource",
     "Request",
     "Rerun",
     "Restored",

@@ -4,6 +4,13 @@
 no process: the runtime feeds it events stamped with the time and carries out the commands it
 returns (persisting every :class:`Transition` before any :class:`Dispatch` or :class:`Kill`).
 
+Each event is checked before it changes anything: one the core cannot accept raises
+:class:`~shoal.core.events.Refused` with the scheduler exactly as it was, and carries the
+commands of the events before it in the same call (they keep their effect). With validation on
+(``validate=True`` or ``SHOAL_VALIDATE=1``; the tests set it) every call ends with
+:meth:`Scheduler.validate`, the check of every invariant in :mod:`shoal.core.validate`; off, it
+costs one attribute test per call. docs/contract.md has the whole contract.
+
 Placement policy (``Policy.mode``):
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
@@ -56,12 +63,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from shoal.core import reopen
+from shoal.core import validate as _invariants
 from shoal.core.events import (
     Cancel,
     Command,
     Dispatch,
     Failed,
     Kill,
+    Refused,
+    RefusedReport,
+    RefusedRequest,
+    RefusedResource,
     Rerun,
     Restored,
     Retry,
@@ -73,6 +85,7 @@ from shoal.core.events import (
     TaskInfo,
     Tick,
     Transition,
+    UnknownEvent,
 )
 from shoal.core.queue import ReadyQueue, band
 from shoal.core.resources import Node, Placement, Pool, Request
@@ -213,7 +226,12 @@ def _check_acyclic(tasks: Sequence[TaskInfo], batch: set[int]) -> None:
 class Scheduler:
     """Decides what runs where and when. See the module docstring for the policy."""
 
-    def __init__(self, nodes: Sequence[Node], policy: Policy | None = None) -> None:
+    def __init__(
+        self, nodes: Sequence[Node], policy: Policy | None = None, *, validate: bool | None = None
+    ) -> None:
+        # Validation mode (core/validate.py): every handle() ends with a check of every
+        # invariant; off unless asked for here or by SHOAL_VALIDATE=1 (the tests set it).
+        self.validating = _invariants.enabled() if validate is None else validate
         self.pool = Pool(tuple(nodes))
         self.policy = policy or Policy()
         self.tasks: dict[int, _Entry] = {}
@@ -228,6 +246,7 @@ class Scheduler:
         self.open_slots: dict[Request, dict[int, _Slot]] = {}  # slots accepting prefetch
         self.runtime: dict[Request, float] = {}  # moving average of run time per shape
         self.stopped = ""  # why nothing new starts any more (Stop); "" while the run goes on
+        self._seen: dict[int, tuple[int, State]] = {}  # validation: attempt and state last seen
 
     # -- public questions -----------------------------------------------------------------
     @property
@@ -252,6 +271,11 @@ class Scheduler:
         """True when nothing is running or queued (a stopped run can then end)."""
         return self.counts[RUNNING] == 0 and self.counts[QUEUED] == 0
 
+    def validate(self) -> None:
+        """Check every invariant of the scheduler's state (core/validate.py); raise
+        :class:`~shoal.core.validate.Invalid` naming the first that does not hold."""
+        _invariants.check(self)
+
     @property
     def idle(self) -> bool:
         """Resources are free and no task is ready to use them."""
@@ -259,38 +283,73 @@ class Scheduler:
 
     # -- the one mutator ------------------------------------------------------------------
     def handle(self, *events: Stimulus) -> list[Command]:
+        """Apply ``events`` in order, then one scheduling pass; return the commands.
+
+        An event the core cannot accept raises :class:`~shoal.core.events.Refused` (see there)
+        and changes nothing: each handler checks its event before it mutates anything. The
+        events before it keep their effect, and their commands (scheduling pass included) ride
+        on the exception. With validation on (``validate=`` or ``SHOAL_VALIDATE=1``) every
+        call ends with :meth:`validate`."""
         out: list[Command] = []
         cause = last = "tick"  # a scheduling pass is credited to the last event that is not a tick
         for ev in events:
+            before = self.now
             if ev.now > self.now:
                 self.now = ev.now
             cause = ev.label()
+            try:
+                if isinstance(ev, Succeeded):
+                    self._on_succeeded(ev, cause, out)
+                elif isinstance(ev, Failed):
+                    self._on_failed(ev, cause, out)
+                elif isinstance(ev, Tick):
+                    self._on_tick(cause, out)
+                elif isinstance(ev, Submitted):
+                    self._on_submitted(ev, cause, out)
+                elif isinstance(ev, Cancel):
+                    self._on_cancel(ev, cause, out)
+                elif isinstance(ev, Returned):
+                    self._on_returned(ev, cause, out)
+                elif isinstance(ev, Retry):
+                    reopen.retry(self, ev, cause, out)
+                elif isinstance(ev, Stop):
+                    reopen.stop(self, ev, cause, out)
+                elif isinstance(ev, Rerun):
+                    reopen.rerun(self, ev, cause, out)
+                elif isinstance(ev, Restored):
+                    reopen.restore(self, ev, cause, out)
+                else:
+                    raise UnknownEvent(f"the scheduler does not handle {type(ev).__name__}")
+            except (Refused, DefinitionError) as err:  # checked before anything changed
+                self.now = before
+                raise self._refused(err, ev, last, out) from err
             if cause != "tick":
                 last = cause
-            if isinstance(ev, Succeeded):
-                self._on_succeeded(ev, cause, out)
-            elif isinstance(ev, Failed):
-                self._on_failed(ev, cause, out)
-            elif isinstance(ev, Tick):
-                self._on_tick(cause, out)
-            elif isinstance(ev, Submitted):
-                self._on_submitted(ev, cause, out)
-            elif isinstance(ev, Cancel):
-                self._on_cancel(ev, cause, out)
-            elif isinstance(ev, Returned):
-                self._on_returned(ev, cause, out)
-            elif isinstance(ev, Retry):
-                reopen.retry(self, ev, cause, out)
-            elif isinstance(ev, Stop):
-                reopen.stop(self, ev, cause, out)
-            elif isinstance(ev, Rerun):
-                reopen.rerun(self, ev, cause, out)
-            elif isinstance(ev, Restored):
-                reopen.restore(self, ev, cause, out)
-            else:
-                raise TypeError(f"the scheduler does not handle {type(ev).__name__}")
         self._schedule(last, out)
+        if self.validating:
+            _invariants.check(self)
         return out
+
+    def _refused(
+        self, err: Refused | DefinitionError, ev: Stimulus, last: str, out: list[Command]
+    ) -> Refused:
+        """The refusal of ``ev``, carrying what the events before it did (their scheduling
+        pass too, so that they keep their whole effect)."""
+        if isinstance(err, Refused):
+            refused = err
+        elif isinstance(err, ResourceError):
+            refused = RefusedResource(str(err))
+        else:
+            refused = RefusedRequest(str(err))
+        refused.event = ev
+        refused.task = getattr(ev, "task", None)
+        refused.attempt = getattr(ev, "attempt", None)
+        if out:
+            self._schedule(last, out)
+        refused.commands = out
+        if self.validating:
+            _invariants.check(self)
+        return refused
 
     # -- handlers ---------------------------------------------------------------------------
     def _move(
@@ -305,10 +364,10 @@ class Scheduler:
             self._open -= 1
 
     def _on_submitted(self, ev: Submitted, cause: str, out: list[Command]) -> None:
-        self._validate(ev.tasks)
+        self._check_submission(ev.tasks)
         self._insert(ev.tasks, cause, out)
 
-    def _validate(self, tasks: Sequence[TaskInfo], gate: Sequence[int] = ()) -> None:
+    def _check_submission(self, tasks: Sequence[TaskInfo], gate: Sequence[int] = ()) -> None:
         """Refuse a submission before changing anything: duplicate or unknown ids, requests
         that can never fit, cycles."""
         batch = {t.id for t in tasks}
@@ -367,11 +426,12 @@ class Scheduler:
             return
         # The dependents a Response is about are those it had before adding work (added tasks
         # that use its output are its children too, but neither gated nor skipped).
+        if ev.add or ev.gate:  # refused before anything changes
+            self._check_submission(ev.add, ev.gate)
         before = list(e.children or ()) if ev.gate or ev.skip else []
         if ev.response or ev.add or ev.gate or ev.skip:
             self._unfollow(e, cause, out)
-        if ev.add or ev.gate:
-            self._validate(ev.add, ev.gate)
+        if ev.add:
             self._insert(ev.add, cause, out)
         self._move(e, SUCCEEDED, cause, out)
         self._end_run(e, cause, out)
@@ -388,6 +448,8 @@ class Scheduler:
         if e is None or e.attempt != ev.attempt:
             return
         kind, reason = e.kill if e.kill else (ev.kind, ev.reason)
+        if e.state is QUEUED and kind != "stopped" and kind != "cancelled":
+            self._check_not_queued(ev.task, ev.attempt, "failed")  # refused: nothing changed
         if e.state is QUEUED or e.state is RUNNING:
             self._unfollow(e, cause, out)  # they cannot start behind it now
         if kind == "stopped":  # the run stops: it did not fail, it will run again
@@ -402,8 +464,6 @@ class Scheduler:
         if e.state is QUEUED and kind == "cancelled":  # dropped before it started
             self._unqueue(e)
             self._move(e, CANCELLED, cause, out, reason)
-        elif e.state is QUEUED:
-            self._check_not_queued(ev.task, ev.attempt, "failed")
         elif e.state is RUNNING:
             policy = e.info.retry
             wait = None
@@ -509,11 +569,12 @@ class Scheduler:
         """An outcome for a task still queued behind another breaks the backend contract (it
         ran before the task ahead of it ended). Ignoring it would hang the run: say so."""
         e = self.tasks.get(task)
-        if e is not None and e.state is QUEUED and e.attempt == attempt and e.slot is not None:
-            raise IllegalTransition(
+        if e is not None and e.state is QUEUED and e.attempt == attempt:
+            ahead = e.slot.tasks[0] if e.slot is not None else "?"
+            raise RefusedReport(
                 f"the backend reported task {task} attempt {attempt} {what} while it was queued "
-                f"behind task {e.slot.tasks[0]}: a job with 'after' must not start before the "
-                "task ahead of it ends (a bug in the backend)"
+                f"behind task {ahead}: a job with 'after' must not start before the task ahead "
+                "of it ends (a bug in the backend); the report was refused"
             )
 
     def _current(self, task: int, attempt: int) -> _Entry | None:

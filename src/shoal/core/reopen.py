@@ -3,7 +3,9 @@ the restore of a resumed run.
 
 These are parts of :class:`~shoal.core.machine.Scheduler`'s one mutator, kept in their own
 module to keep each small; they touch the scheduler's state only as its handlers do, and the
-same invariants hold (tests/core checks them after every step).
+same invariants hold (core/validate.py checks them after every step in validation mode).
+Like the handlers, each function here checks its event completely before it changes anything:
+a refused request raises DefinitionError with the scheduler untouched.
 """
 
 from __future__ import annotations
@@ -190,7 +192,15 @@ def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:
 
     if not (len(ev.tasks) == len(ev.states) == len(ev.attempts)):
         raise DefinitionError("a restored run needs one state and attempt count per task")
-    s._validate(ev.tasks)
+    s._check_submission(ev.tasks)
+    ids = {t.id for t in ev.tasks}
+    for task, gate in ev.gates:
+        unknown = [g for g in (task, *gate) if g not in ids and g not in s.tasks]
+        if task not in ids or unknown:
+            raise DefinitionError(
+                f"a restored run's gates of task {task} name tasks that are not part of it: "
+                f"{unknown or [task]}"
+            )
     for t, state, attempts in zip(ev.tasks, ev.states, ev.attempts, strict=True):
         e = s.tasks[t.id] = _Entry(t)
         e.attempt = attempts

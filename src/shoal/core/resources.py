@@ -219,6 +219,8 @@ class Pool:
             assert held_c & f.cores == 0, f"a held core is also free on node {i}"
             assert held_c | f.cores == _bits(node.cores), f"cores do not add up on node {i}"
             assert held_g | f.gpus == _bits(node.gpus), f"GPUs do not add up on node {i}"
-            assert f.ncores == bin(f.cores).count("1") and f.ngpus == bin(f.gpus).count("1")
+            assert f.ncores == bin(f.cores).count("1") and f.ngpus == bin(f.gpus).count("1"), (
+                f"free core or GPU counts do not match the free masks on node {i}"
+            )
             if node.memory:
                 assert mem + f.memory == node.memory, f"memory does not add up on node {i}"

@@ -27,6 +27,7 @@ from shoal.core.events import (
     Failed,
     Kill,
     Outcome,
+    Refused,
     Restored,
     Returned,
     Stimulus,
@@ -167,7 +168,36 @@ class Driver:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> str:
+        """Drive the run to its end and return its state. An internal error (any exception
+        but an interrupt) is written with its traceback to shoal.log, and the run is recorded
+        ``crashed`` with the reason in the store (``crash_reason``) and in status.json before
+        it propagates; ``shoal resume`` carries on from what the store holds."""
+        try:
+            return self._run()
+        except Exception as err:
+            self._crashed(err)
+            raise
+
+    def _crashed(self, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {first_line(str(err))}".rstrip(": ")
+        self.log.error(
+            "internal error of the driver, the run crashed (resume with shoal resume %s)",
+            self.dir,
+            exc_info=err,
+        )
+        try:
+            self.status.write(self.scheduler, "crashed", {"reason": reason})
+        except Exception as e:  # the reason is in the log whatever happens here
+            self.log.error("cannot write %s: %s", self.status.path, e)
+        try:
+            self.writer.set_meta(state="crashed", crash_reason=reason)
+        except Exception as e:
+            self.log.error("cannot record the crash in the store: %s", e)
+
+    def _run(self) -> str:
         b = self.backend
+        if self.restore is not None:
+            self.writer.set_meta(crash_reason=None)  # a crash before is over now
         self.writer.start_checkpoints()
         b.start(self.dir)
         for i, (_, payload) in enumerate(self.plan.functions):
@@ -251,7 +281,10 @@ class Driver:
         s = self.scheduler
         first = snap is not None  # a resumed run takes the requests that waited for it first
         while True:
-            commands = s.handle(*events)
+            try:
+                commands = s.handle(*events)
+            except Refused as err:
+                self._refused(err, events, outcomes)  # raises
             if first:
                 first = False
                 self.requests.poll(now, force=True)
@@ -287,6 +320,21 @@ class Driver:
                 last_progress = mono
                 self.on_progress(s.counts, len(self.records))
             self.status.maybe_write(s, self.log, self._extra_status)
+
+    def _refused(self, err: Refused, events: list[Stimulus], outcomes: list[Outcome]) -> None:
+        """The core refused an event of this iteration (a backend's report it cannot accept,
+        or a request it was not asked one at a time). Commit what the events before it did,
+        then stop as crashed: going on would wait for an outcome already given. Nothing is
+        handed to the backend; a resume runs again what was in flight."""
+        what = err.event.label() if err.event is not None else "an event"
+        self.log.error(
+            "the scheduler refused %s (task %s, attempt %s): %s", what, err.task, err.attempt, err
+        )
+        k = next((i for i, ev in enumerate(events) if ev is err.event), len(events))
+        batch, _ = self._decide(err.commands, outcomes[:k])  # the refused one's is not kept
+        if batch:
+            self.writer.commit(batch)
+        raise err
 
     def _stops(self, now: float) -> list[Stimulus]:
         """A signal or the deadline stops the run gracefully (once): nothing new starts, and
