@@ -104,6 +104,63 @@ def killpg(pid: int, sig: int) -> None:
         pass
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def subreaper() -> bool:
+    """Make this process the one that orphans of its descendants are given to (Linux's
+    child subreaper), so that what a task started with ``setsid`` or a double fork stays
+    within reach: ``end_children`` then ends it. False where it cannot be done."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError, ImportError):
+        return False
+
+
+def children() -> list[int]:
+    """The pids of this process's children (orphans given to it included); [] where
+    /proc does not say."""
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as fh:
+                pids.extend(int(x) for x in fh.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def end_children(spare: frozenset[int] = frozenset(), rounds: int = 20) -> None:
+    """Kill every child of this process but ``spare`` (and the process group of any that
+    leads one), then reap them; again while orphans keep being given to this process (a
+    subreaper). Bounded: ``rounds`` passes."""
+    for _ in range(rounds):
+        kids = [pid for pid in children() if pid not in spare]
+        if not kids:
+            return
+        for pid in kids:
+            if leader(pid):
+                killpg(pid, signal_kill())
+            try:  # noqa: SIM105 - as in killpg
+                os.kill(pid, signal_kill())
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in kids:
+            try:  # noqa: SIM105
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def signal_kill() -> int:
+    import signal
+
+    return int(signal.SIGKILL)
+
+
 def leader(pid: int) -> bool:
     """Whether ``pid`` still leads its own session. The processes shoal starts do; a pid
     reused by another process rarely does, so this guards a kill by a remembered pid."""

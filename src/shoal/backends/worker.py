@@ -87,6 +87,10 @@ HOLD = 0.0
 COMMAND_HOLD = 0.02
 BATCH = 64
 
+# True once this process is a child subreaper (execute.subreaper): the zygote makes each
+# worker it forks one, before it runs this module's main.
+REAPING = False
+
 # True in a process started with -S (the zygote, and workers it forked early) until it has
 # read its site-packages (.pth files, sitecustomize): that is a third of an interpreter's
 # start here, and commands never need it, so it happens before the first Python task.
@@ -467,11 +471,16 @@ def main(argv: list[str]) -> None:
     conn = Wire(fd)
     holds = [float(a) for a in argv[1:3]]
     pidfile = argv[3] if len(argv) > 3 else None
+    if not REAPING:  # started directly, not forked by the zygote (which did it already)
+        execute.subreaper()
     conn.send_bytes(pickle.dumps(("ready",)))
     try:  # noqa: SIM105 - contextlib is one import more at a worker's start
         Worker(conn, *holds, pidfile=pidfile).run()
     except _Stop:
         pass
+    # What its tasks started and left running (a daemon, a double fork: given to this
+    # process, a subreaper) ends with it.
+    execute.end_children()
     # Nothing is left to flush or finalize (output goes straight to the spool files): skip the
     # interpreter's teardown, so that the run's end does not wait for it.
     sys.stdout.flush()

@@ -48,7 +48,14 @@ import sys
 import time
 
 from shoal.backends import worker
-from shoal.backends.execute import GRACE, killpg, leader
+from shoal.backends.execute import (
+    GRACE,
+    PR_SET_CHILD_SUBREAPER,
+    end_children,
+    killpg,
+    leader,
+    subreaper,
+)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -77,6 +84,7 @@ def _child(
         os.environ.update(env)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        worker.REAPING = LIBC is not None and LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
         worker.main([str(fd), *argv])
     except BaseException:  # report, never return into the zygote's loop
         with contextlib.suppress(Exception):
@@ -89,17 +97,24 @@ def _child(
 
 
 def _reap(sock: socket.socket | None, workers: set[int]) -> None:
-    """Report every worker that ended (``sock`` None: the driver is gone, tell nobody)."""
+    """Report every worker that ended (``sock`` None: the driver is gone, tell nobody), and
+    end what a dead worker's tasks left running: this process is a subreaper, so those
+    orphans were given to it (any child that is not a worker)."""
+    died = False
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
-        workers.discard(pid)
-        if sock is not None:
-            send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+            break
+        if pid in workers:
+            died = True
+            workers.discard(pid)
+            if sock is not None:
+                send(sock, ("exit", pid, os.waitstatus_to_exitcode(status)))
+    if died and LIBC is not None:
+        end_children(frozenset(workers))
 
 
 def _orphaned(workers: set[int], watched: set[int]) -> None:
@@ -125,6 +140,7 @@ def _orphaned(workers: set[int], watched: set[int]) -> None:
         left = [g for g in left if leader(g)]
     for group in left:
         killpg(group, signal.SIGKILL)
+    end_children()  # the workers, and the orphans their tasks left to this process
 
 
 def _preload() -> None:
@@ -140,8 +156,16 @@ def _log(path: str) -> None:
     os.close(fd)
 
 
+LIBC: Any = None  # the C library, when this process could be made a subreaper (main)
+
+
 def main(argv: list[str]) -> None:
+    global LIBC
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how a run stops
+    if subreaper():  # orphans of dead workers' tasks come here, to be ended (_reap)
+        import ctypes
+
+        LIBC = ctypes.CDLL(None, use_errno=True)
     worker.SITE_PENDING = bool(sys.flags.no_site)
     sock = socket.socket(fileno=int(argv[0]))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
