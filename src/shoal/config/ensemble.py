@@ -23,7 +23,7 @@ from shoal.errors import DefinitionError
 from shoal.spec.options import Options, Request, parse_memory
 from shoal.spec.refs import StoredRef
 from shoal.spec.sweep import Sweep
-from shoal.spec.task import Task, placeholders, render_command
+from shoal.spec.task import Task, check_command, placeholders, render_command
 from shoal.spec.workflow import Workflow
 
 SWEPT = ("cpus", "gpus", "ranks", "priority", "timeout", "memory")  # may be "{param}"
@@ -504,6 +504,10 @@ def check_template(
         )
     if g.template is not None:
         names = _fields(g.template, where(command_key))
+        try:
+            check_command(g.template)
+        except DefinitionError as err:
+            raise DefinitionError(f"{where(command_key)}: {err}") from None
         missing = sorted(names - params - {INDEX} - set(g.inputs))
         if missing:
             known = sorted(params | {INDEX} | set(g.inputs))
