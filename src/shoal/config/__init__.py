@@ -50,9 +50,13 @@ def detect(src: Source) -> str:
     )
 
 
-def load(path: str | Path, sets: Sequence[str] = ()) -> Ensemble:
-    """Read, override and check a config file."""
+def load(path: str | Path, sets: Sequence[str] = (), max_tasks: int | None = None) -> Ensemble:
+    """Read, override and check a config file; ``max_tasks`` overrides the limit on the number
+    of tasks (default :data:`~shoal.spec.sweep.MAX_TASKS`, or the file's ``max_tasks``)."""
+    if max_tasks is not None and max_tasks < 1:
+        raise DefinitionError(f"--max-tasks {max_tasks}: give a positive number of tasks")
     src = read(path)
+    src.max_tasks = max_tasks
     kind = detect(src)
     if kind == "shoal":
         from shoal.config import native as fmt
@@ -64,5 +68,7 @@ def load(path: str | Path, sets: Sequence[str] = ()) -> Ensemble:
         parts, value = parse_set(text)
         fmt.override(src, parts, value, text)
     ens = fmt.ensemble(src)
+    if max_tasks is not None:
+        ens.max_tasks = max_tasks
     ens.check()
     return ens

@@ -22,7 +22,7 @@ from shoal.core.resources import Node, Pool
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options, Request, parse_memory
 from shoal.spec.refs import StoredRef
-from shoal.spec.sweep import Sweep
+from shoal.spec.sweep import MAX_TASKS, Sweep
 from shoal.spec.task import Task, check_command, placeholders, render_command
 from shoal.spec.workflow import Workflow
 
@@ -207,6 +207,17 @@ class Group:
         return tuple(sorted(placeholders(self.template))) if self.template else ()
 
 
+def check_size(n: int, limit: int, where: str, what: str) -> None:
+    """Refuse a run of more than ``limit`` tasks, before any of them is made."""
+    if n > limit:
+        shown = f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
+        raise DefinitionError(
+            f"{where}: {what} make {shown} tasks, more than the limit of {limit:,} tasks per "
+            "run; nothing was built. Make the sweep smaller, or raise the limit with "
+            "--max-tasks N (in shoal's own format also max_tasks: N at the top of the file)"
+        )
+
+
 def _is_ref(value: str) -> bool:
     return value.startswith("{") and value.endswith("}") and value[1:-1].isidentifier()
 
@@ -262,6 +273,7 @@ class Ensemble:
     rules: list[Any] = field(default_factory=list)  # shoal.config.rules.Action
     notes: list[str] = field(default_factory=list)  # warnings for the user
     nodes: int = 1
+    max_tasks: int = MAX_TASKS  # the most tasks of all groups together
 
     @property
     def size(self) -> int:
@@ -283,8 +295,16 @@ class Ensemble:
 
     def check(self, pool: Pool | None = None) -> None:
         """Refuse requests that no node can hold, naming the group, the key and the node."""
-        pool = pool or self.pool()
         used = self.used()
+        sizes = sorted(((g.size, n) for n, g in self.groups.items() if n in used), reverse=True)
+        shown = ", ".join(f"{n} {size:,}" for size, n in sizes[:3])
+        check_size(
+            sum(size for size, _ in sizes),
+            self.max_tasks,
+            str(self.src.path),
+            f"the groups ({shown}{', ...' if len(sizes) > 3 else ''})",
+        )
+        pool = pool or self.pool()
         for g in self.groups.values():
             if g.nodes > len(pool.nodes):
                 message = (
