@@ -99,7 +99,7 @@ def register(main: click.Group) -> None:
         groups give a duration."""
         if not file.endswith(FILES):
             raise click.UsageError(f"{file}: shoal plan reads .yaml, .json or .toml files")
-        p = load(file, sets, max_tasks).plan(first=first)
+        p = load(file, sets, max_tasks, imports=False).plan(first=first)
         if as_json:
             click.echo(json.dumps(p, indent=2))
         else:

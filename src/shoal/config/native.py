@@ -6,7 +6,14 @@ import math
 from typing import Any
 
 from shoal.config import model
-from shoal.config.ensemble import Ensemble, Group, check_size, check_template, load_function
+from shoal.config.ensemble import (
+    Ensemble,
+    Group,
+    check_size,
+    check_template,
+    find_function,
+    load_function,
+)
 from shoal.config.rules import Action, scale
 from shoal.config.source import Loc, Source, suggest
 from shoal.errors import DefinitionError
@@ -33,6 +40,11 @@ def ensemble(src: Source) -> Ensemble:
         nodes=cfg.resources.nodes,
         max_tasks=limit,
     )
+    if not src.imports and any(g.function for g in groups.values()):
+        ens.notes.append(
+            "functions were found without importing their modules: shoal plan runs none of "
+            "their code, so what a module does when imported is checked only by shoal run"
+        )
     links(ens, cfg)
     ens.rules = [rule(src, i, r, ens) for i, r in enumerate(cfg.rules)]
     return ens
@@ -98,7 +110,11 @@ def group(src: Source, name: str, g: model.Group, limit: int = MAX_TASKS) -> Gro
                     f"must be a number, or '{{param}}' naming a swept parameter; got {value!r}"
                     + hint,
                 )
-    fn = load_function(g.function, src, (*loc, "function")) if g.function else None
+    fn = None
+    if g.function and src.imports:
+        fn = load_function(g.function, src, (*loc, "function"))
+    elif g.function:
+        find_function(g.function, src, (*loc, "function"))
     out = Group(
         name=name,
         loc=loc,

@@ -44,6 +44,7 @@ class Source:
     lines: dict[Loc, int] = field(default_factory=dict)
     overrides: dict[Loc, str] = field(default_factory=dict)  # loc -> the --set text
     max_tasks: int | None = None  # --max-tasks: the limit on the run's size, if given
+    imports: bool = True  # False for shoal plan: functions are found, not imported
 
     @property
     def base(self) -> Path:
