@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import Block, Sweep, combine, expression, values
+from shoal.spec.sweep import Block, Sweep, combine, expression, length, values
 
 
 @pytest.mark.parametrize(
@@ -168,3 +168,12 @@ def test_row_i_is_the_ith_row(sizes: list[int]) -> None:
     rows = list(s)
     assert len(rows) == len(s)
     assert [s.row(i) for i in range(len(s))] == rows
+
+
+def test_a_range_too_large_for_len_is_refused_by_its_size() -> None:
+    # len(range(10**30)) overflows: the count is computed by arithmetic
+    with pytest.raises(DefinitionError, match=r"1e\+30 values is more than one parameter may"):
+        expression("range(1000000000000000000000000000000)", "w")
+    assert length("range(1000000000000000000000000000000)") == 10**30
+    assert length("range(10, 0, -3)") == len(range(10, 0, -3))
+    assert length("linspace(0, 1, 7)") == 7 and length([1, 2]) == 2 and length("lines('x')") is None

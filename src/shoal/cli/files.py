@@ -13,11 +13,17 @@ from shoal.config import load
 FILES = (".yaml", ".yml", ".json", ".toml")
 
 
-def run_file(file: str, sets: tuple[str, ...]) -> list[Any]:
+MAX_TASKS_HELP = (
+    "The most tasks the run may have, all groups together (default 10,000,000, or the file's "
+    "max_tasks); larger ensembles are refused before anything is built."
+)
+
+
+def run_file(file: str, sets: tuple[str, ...], max_tasks: int | None = None) -> list[Any]:
     """Build the ensemble of ``file`` and run it; returns the runs (one)."""
     from shoal.runtime.api import run
 
-    ens = load(file, sets)
+    ens = load(file, sets, max_tasks)
     for note in dict.fromkeys(ens.notes):
         click.secho(f"shoal: note: {note}", fg="yellow", err=True)
     wf = ens.workflow()
@@ -84,13 +90,16 @@ def register(main: click.Group) -> None:
     )
     @click.option("--first", default=3, show_default=True, help="Commands shown per group.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    def plan(file: str, sets: tuple[str, ...], first: int, as_json: bool) -> None:
+    @click.option("--max-tasks", type=int, default=None, help=MAX_TASKS_HELP)
+    def plan(
+        file: str, sets: tuple[str, ...], first: int, as_json: bool, max_tasks: int | None
+    ) -> None:
         """Show what FILE (a .yaml, .json or .toml ensemble) would run, without running it:
         tasks per group, the first commands, resources, rules, and core-hours when the
         groups give a duration."""
         if not file.endswith(FILES):
             raise click.UsageError(f"{file}: shoal plan reads .yaml, .json or .toml files")
-        p = load(file, sets).plan(first=first)
+        p = load(file, sets, max_tasks, imports=False).plan(first=first)
         if as_json:
             click.echo(json.dumps(p, indent=2))
         else:

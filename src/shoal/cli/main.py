@@ -95,9 +95,21 @@ def main() -> None:
     metavar="GROUP.KEY=VALUE",
     help="For config files: override a value, e.g. --set relax.cpus=4 (repeatable).",
 )
+@click.option(
+    "--max-tasks",
+    type=int,
+    default=None,
+    help="For config files: the most tasks the run may have (default 10,000,000).",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(file: str, args: tuple[str, ...], time_left: float | None, sets: tuple[str, ...]) -> None:
+def run(
+    file: str,
+    args: tuple[str, ...],
+    time_left: float | None,
+    sets: tuple[str, ...],
+    max_tasks: int | None,
+) -> None:
     """Run FILE: a Python script that builds a workflow and runs it, or an ensemble file
     (.yaml, .json, .toml: shoal's format, Ensemble Launcher JSON or ensemble-python YAML).
 
@@ -118,12 +130,12 @@ def run(file: str, args: tuple[str, ...], time_left: float | None, sets: tuple[s
         )
     if config and args:
         raise click.UsageError(f"{file}: extra arguments {' '.join(args)!r} are for scripts")
-    if sets and not config:
-        raise click.UsageError("--set overrides values of ensemble files, not of scripts")
+    if (sets or max_tasks is not None) and not config:
+        raise click.UsageError("--set and --max-tasks are for ensemble files, not for scripts")
     settings.cli = True
     settings.runs.clear()
     if config:
-        run_file(file, sets)
+        run_file(file, sets, max_tasks)
     else:
         sys.argv = [str(path), *args]
         sys.path.insert(0, str(path.resolve().parent))

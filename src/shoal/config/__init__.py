@@ -50,9 +50,21 @@ def detect(src: Source) -> str:
     )
 
 
-def load(path: str | Path, sets: Sequence[str] = ()) -> Ensemble:
-    """Read, override and check a config file."""
+def load(
+    path: str | Path,
+    sets: Sequence[str] = (),
+    max_tasks: int | None = None,
+    imports: bool = True,
+) -> Ensemble:
+    """Read, override and check a config file; ``max_tasks`` overrides the limit on the number
+    of tasks (default :data:`~shoal.spec.sweep.MAX_TASKS`, or the file's ``max_tasks``).
+    ``imports=False`` (``shoal plan``) finds each ``module:function`` without importing it, so
+    no code of the user's runs; the ensemble then cannot be built, only planned."""
+    if max_tasks is not None and max_tasks < 1:
+        raise DefinitionError(f"--max-tasks {max_tasks}: give a positive number of tasks")
     src = read(path)
+    src.max_tasks = max_tasks
+    src.imports = imports
     kind = detect(src)
     if kind == "shoal":
         from shoal.config import native as fmt
@@ -64,5 +76,7 @@ def load(path: str | Path, sets: Sequence[str] = ()) -> Ensemble:
         parts, value = parse_set(text)
         fmt.override(src, parts, value, text)
     ens = fmt.ensemble(src)
+    if max_tasks is not None:
+        ens.max_tasks = max_tasks
     ens.check()
     return ens

@@ -9,12 +9,16 @@ rules, statistics and ``shoal status`` see the group.
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
+import importlib.machinery
+import importlib.util
 import string
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shoal.config.source import Loc, Source
@@ -22,8 +26,8 @@ from shoal.core.resources import Node, Pool
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options, Request, parse_memory
 from shoal.spec.refs import StoredRef
-from shoal.spec.sweep import Sweep
-from shoal.spec.task import Task, placeholders, render_command
+from shoal.spec.sweep import MAX_TASKS, Sweep
+from shoal.spec.task import Task, check_command, placeholders, render_command
 from shoal.spec.workflow import Workflow
 
 SWEPT = ("cpus", "gpus", "ranks", "priority", "timeout", "memory")  # may be "{param}"
@@ -207,6 +211,17 @@ class Group:
         return tuple(sorted(placeholders(self.template))) if self.template else ()
 
 
+def check_size(n: int, limit: int, where: str, what: str) -> None:
+    """Refuse a run of more than ``limit`` tasks, before any of them is made."""
+    if n > limit:
+        shown = f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
+        raise DefinitionError(
+            f"{where}: {what} make {shown} tasks, more than the limit of {limit:,} tasks per "
+            "run; nothing was built. Make the sweep smaller, or raise the limit with "
+            "--max-tasks N (in shoal's own format also max_tasks: N at the top of the file)"
+        )
+
+
 def _is_ref(value: str) -> bool:
     return value.startswith("{") and value.endswith("}") and value[1:-1].isidentifier()
 
@@ -215,6 +230,82 @@ def _shown(arg: str) -> str:
     import shlex
 
     return shlex.quote(arg)
+
+
+def _spec(module: str, folder: str) -> importlib.machinery.ModuleSpec | None:
+    """Where ``module`` (dotted) would be imported from, with ``folder`` searched first,
+    without importing it or its parent packages (``importlib.util.find_spec`` would run the
+    parents' ``__init__``)."""
+    path: list[str] | None = [folder, *sys.path]
+    spec = None
+    for i, part in enumerate(module.split(".")):
+        name = ".".join(module.split(".")[: i + 1])
+        if name in sys.modules:  # already imported (shoal itself, the standard library...)
+            spec = getattr(sys.modules[name], "__spec__", None)
+        else:
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None and i == 0:
+                spec = importlib.util.find_spec(part)  # built-in and frozen modules
+        if spec is None:
+            return None
+        path = list(spec.submodule_search_locations or [])
+    return spec
+
+
+def _top_level(tree: ast.Module) -> tuple[set[str], bool]:
+    """Names a module defines at its top level, and whether it may define others we cannot
+    see (``from x import *``, a module ``__getattr__``)."""
+    names: set[str] = set()
+    open_ended = False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "*":
+                    open_ended = True
+                names.add(alias.asname or alias.name.split(".")[0])
+        else:  # if/try/with blocks: names defined inside them count too
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(inner.name)
+                elif isinstance(inner, ast.Name) and isinstance(inner.ctx, ast.Store):
+                    names.add(inner.id)
+                elif isinstance(inner, ast.alias):
+                    names.add(inner.asname or inner.name.split(".")[0])
+    return names, open_ended or "__getattr__" in names
+
+
+def find_function(path: str, src: Source, loc: Loc) -> str:
+    """Check ``package.module:callable`` without importing anything (``shoal plan``): the
+    module's file exists and defines the name at its top level. Returns the file."""
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise src.error(loc, f"write the function as 'package.module:callable', got {path!r}")
+    spec = _spec(module, str(src.base.resolve()))
+    if spec is None:
+        raise src.error(
+            loc, f"cannot find module {module!r}. Is it installed, or next to the file?"
+        )
+    origin = spec.origin or ""
+    if not origin.endswith(".py"):
+        return origin or module  # compiled or built in: its names are known only by importing
+    try:
+        tree = ast.parse(Path(origin).read_bytes(), origin)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise src.error(loc, f"cannot read module {module!r} ({origin}): {err}") from None
+    names, open_ended = _top_level(tree)
+    first = attr.split(".")[0]
+    if first not in names and not open_ended:
+        from shoal.config.source import suggest
+
+        shown = sorted(n for n in names if not n.startswith("_"))
+        raise src.error(loc, f"module {module!r} has no {attr!r}{suggest(first, shown)}")
+    return origin
 
 
 def load_function(path: str, src: Source, loc: Loc) -> Callable[..., Any]:
@@ -262,6 +353,7 @@ class Ensemble:
     rules: list[Any] = field(default_factory=list)  # shoal.config.rules.Action
     notes: list[str] = field(default_factory=list)  # warnings for the user
     nodes: int = 1
+    max_tasks: int = MAX_TASKS  # the most tasks of all groups together
 
     @property
     def size(self) -> int:
@@ -288,8 +380,16 @@ class Ensemble:
 
     def check(self, pool: Pool | None = None) -> None:
         """Refuse requests that no node can hold, naming the group, the key and the node."""
-        pool = pool or self.pool()
         used = self.used()
+        sizes = sorted(((g.size, n) for n, g in self.groups.items() if n in used), reverse=True)
+        shown = ", ".join(f"{n} {size:,}" for size, n in sizes[:3])
+        check_size(
+            sum(size for size, _ in sizes),
+            self.max_tasks,
+            str(self.src.path),
+            f"the groups ({shown}{', ...' if len(sizes) > 3 else ''})",
+        )
+        pool = pool or self.pool()
         for g in self.groups.values():
             if g.nodes > len(pool.nodes):
                 message = (
@@ -509,6 +609,10 @@ def check_template(
         )
     if g.template is not None:
         names = _fields(g.template, where(command_key))
+        try:
+            check_command(g.template)
+        except DefinitionError as err:
+            raise DefinitionError(f"{where(command_key)}: {err}") from None
         missing = sorted(names - params - {INDEX} - set(g.inputs))
         if missing:
             known = sorted(params | {INDEX} | set(g.inputs))

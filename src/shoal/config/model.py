@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal.config.source import Loc, Source, dotted, suggest
 from shoal.errors import DefinitionError
+from shoal.spec.sweep import MAX_TASKS
 
 Number = int | float
 Amount = int | str  # an integer, or "{param}": a swept parameter's value
@@ -150,6 +151,7 @@ class Config(Model):
     options: Options = Options()
     groups: dict[str, Group]
     rules: list[Rule] = []
+    max_tasks: int = Field(MAX_TASKS, ge=1)  # the most tasks a run may have, all groups together
 
 
 _MESSAGES = {

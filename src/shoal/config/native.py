@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from shoal.config import model
-from shoal.config.ensemble import Ensemble, Group, check_template, load_function
+from shoal.config.ensemble import (
+    Ensemble,
+    Group,
+    check_size,
+    check_template,
+    find_function,
+    load_function,
+)
 from shoal.config.rules import Action, scale
 from shoal.config.source import Loc, Source, suggest
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import combine, values
+from shoal.spec.sweep import MAX_TASKS, combine, length, values
 
 OPTION_KEYS = ("memory", "timeout", "retries", "backoff", "retry_on", "priority")
 
@@ -20,7 +28,8 @@ def ensemble(src: Source) -> Ensemble:
     cfg: model.Config = model.check(model.Config, data, src)
     if not cfg.groups:
         raise src.error(("groups",), "there are no groups: nothing to run")
-    groups = {name: group(src, name, g) for name, g in cfg.groups.items()}
+    limit = src.max_tasks or cfg.max_tasks
+    groups = {name: group(src, name, g, limit) for name, g in cfg.groups.items()}
     ens = Ensemble(
         name=cfg.name or src.path.stem,
         src=src,
@@ -29,14 +38,36 @@ def ensemble(src: Source) -> Ensemble:
         resources=cfg.resources.model_dump(exclude={"nodes"}, exclude_none=True),
         options=cfg.options.model_dump(exclude_none=True),
         nodes=cfg.resources.nodes,
+        max_tasks=limit,
     )
+    if not src.imports and any(g.function for g in groups.values()):
+        ens.notes.append(
+            "functions were found without importing their modules: shoal plan runs none of "
+            "their code, so what a module does when imported is checked only by shoal run"
+        )
     links(ens, cfg)
     ens.rules = [rule(src, i, r, ens) for i, r in enumerate(cfg.rules)]
     return ens
 
 
-def group(src: Source, name: str, g: model.Group) -> Group:
+def _estimate(g: model.Group) -> list[int]:
+    """The number of values of each block of the sweep (zipped parameters: one block), from
+    the expressions, before any value is made; unknown counts (files) are taken as 1."""
+    lengths = {p: length(raw) or 1 for p, raw in g.sweep.items()}
+    zipped = [list(g.sweep)] if g.relation == "zip" and g.sweep else g.zip_
+    blocks = [max((lengths.get(p, 1) for p in z), default=1) for z in zipped]
+    inside = {p for z in zipped for p in z}
+    return blocks + [n for p, n in lengths.items() if p not in inside]
+
+
+def group(src: Source, name: str, g: model.Group, limit: int = MAX_TASKS) -> Group:
     loc: Loc = ("groups", name)
+    blocks = _estimate(g)
+    parts = [" × ".join(f"{n:,}" for n in blocks) + " values"] if blocks else []
+    parts += [f"count {g.count:,}"] if g.count > 1 else []
+    key = "sweep" if blocks else "count"
+    what = f"group {name!r}: {' × '.join(parts)} would"
+    check_size(math.prod(blocks) * g.count, limit, src.where((*loc, key)), what)
     if (g.command is None) == (g.function is None):
         raise src.error(loc, "give a group either command: '...' or function: 'module:callable'")
     if g.args and g.command is not None:
@@ -50,6 +81,7 @@ def group(src: Source, name: str, g: model.Group) -> Group:
         )
     zipped = [list(g.sweep)] if g.relation == "zip" and g.sweep else g.zip_
     sweep = combine(columns, zipped, src.where((*loc, "zip" if g.zip_ else "sweep")))
+    check_size(len(sweep) * g.count, limit, src.where((*loc, "sweep")), f"group {name!r} would")
     tags = [g.tags] if isinstance(g.tags, str) else list(g.tags)
     opts: dict[str, Any] = {
         "name": name,
@@ -78,7 +110,11 @@ def group(src: Source, name: str, g: model.Group) -> Group:
                     f"must be a number, or '{{param}}' naming a swept parameter; got {value!r}"
                     + hint,
                 )
-    fn = load_function(g.function, src, (*loc, "function")) if g.function else None
+    fn = None
+    if g.function and src.imports:
+        fn = load_function(g.function, src, (*loc, "function"))
+    elif g.function:
+        find_function(g.function, src, (*loc, "function"))
     out = Group(
         name=name,
         loc=loc,
@@ -236,7 +272,7 @@ def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
     )
 
 
-TOP = ("name", "resources", "options", "groups", "rules")
+TOP = ("name", "resources", "options", "groups", "rules", "max_tasks")
 
 
 def override(src: Source, parts: list[str | int], value: Any, text: str) -> None:

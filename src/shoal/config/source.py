@@ -23,6 +23,8 @@ from shoal.errors import DefinitionError, hint
 
 Loc = tuple[str | int, ...]
 KINDS = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+MAX_DEPTH = 64  # lists and mappings inside each other; real files use fewer than ten
+MAX_ALIAS_VALUES = 100_000  # values that YAML aliases may add (a "billion laughs" adds 10**9)
 
 
 def dotted(loc: Loc) -> str:
@@ -41,6 +43,8 @@ class Source:
     kind: str
     lines: dict[Loc, int] = field(default_factory=dict)
     overrides: dict[Loc, str] = field(default_factory=dict)  # loc -> the --set text
+    max_tasks: int | None = None  # --max-tasks: the limit on the run's size, if given
+    imports: bool = True  # False for shoal plan: functions are found, not imported
 
     @property
     def base(self) -> Path:
@@ -152,6 +156,80 @@ def _toml_lines(text: str) -> dict[Loc, int]:
     return lines
 
 
+def _deep(p: Path, line: int | None) -> DefinitionError:
+    at = f":{line}" if line else ""
+    return DefinitionError(
+        f"{p}{at}: the data nests more than {MAX_DEPTH} levels deep (lists and mappings inside "
+        f"each other); config files may nest at most {MAX_DEPTH} levels"
+    )
+
+
+def _line(ev: yaml.Event) -> int:
+    return ev.start_mark.line + 1 if ev.start_mark is not None else 0
+
+
+def _guard_yaml(text: str, p: Path) -> None:
+    """Refuse, before anything is built, YAML whose aliases would expand it (a "billion
+    laughs": ten aliases of ten aliases of ... are a few lines and a billion values), refer to
+    themselves, or that nests too deep for the recursive composer. PyYAML's parser is a state
+    machine: its events are read one at a time, in memory that does not grow with the
+    expansion. Each anchor's size counts the values its aliases stand for."""
+    sizes: dict[str, int] = {}  # anchor -> how many values it stands for, aliases expanded
+    open_: list[list[Any]] = []  # collections being read: [values so far, anchor]
+    added = 0
+    starts = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    ends = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+    for ev in yaml.parse(text, Loader=_Loader):
+        n = 0
+        if isinstance(ev, starts):
+            open_.append([1, ev.anchor])
+            if len(open_) > MAX_DEPTH:
+                raise _deep(p, _line(ev))
+            continue
+        if isinstance(ev, ends):
+            n, anchor = open_.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+        elif isinstance(ev, yaml.ScalarEvent):
+            n = 1
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+        elif isinstance(ev, yaml.AliasEvent):
+            name = ev.anchor or ""
+            if name not in sizes and any(o[1] == name for o in open_):
+                raise DefinitionError(
+                    f"{p}:{_line(ev)}: the alias *{name} is inside the value of its own anchor "
+                    f"&{name} (a recursive alias); write the value out"
+                )
+            n = sizes.get(name, 1)  # an undefined alias: the composer names it
+            added += n
+            if added > MAX_ALIAS_VALUES:
+                raise DefinitionError(
+                    f"{p}:{_line(ev)}: the aliases (*{name} and the ones "
+                    f'before it) stand for more than {MAX_ALIAS_VALUES:,} values (a "billion '
+                    'laughs"); shoal refuses such files. Write the values out, or refer to '
+                    "each anchor fewer times"
+                )
+        else:
+            continue
+        if open_:
+            open_[-1][0] += n
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest in ``data`` (iteratively: no recursion limit)."""
+    deepest = 0
+    todo = [(data, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            todo.extend((x, level + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read(path: str | Path) -> Source:
     """Read a config file; syntax errors name the line (and column) and what to fix."""
     p = Path(path)
@@ -170,6 +248,10 @@ def read(path: str | Path) -> Source:
             data: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise DefinitionError(f"{p}: not valid TOML: {err}") from None
+        except RecursionError:
+            raise _deep(p, None) from None
+        if _depth(data) > MAX_DEPTH:
+            raise _deep(p, None)
         lines = _toml_lines(text)
     elif kind == "json":
         try:
@@ -180,6 +262,10 @@ def read(path: str | Path) -> Source:
             raise DefinitionError(
                 f"{p}:{err.lineno}: not valid JSON at column {err.colno}: {err.msg}"
             ) from None
+        except RecursionError:
+            raise _deep(p, None) from None
+        if _depth(data) > MAX_DEPTH:
+            raise _deep(p, None)
         try:  # JSON is (nearly always) YAML too: borrow PyYAML's line numbers
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             if node is not None:
@@ -188,12 +274,13 @@ def read(path: str | Path) -> Source:
             pass
     else:
         try:
+            _guard_yaml(text, p)  # before composing: that recurses, and expands aliases
             node = yaml.compose(text, Loader=_Loader)
             data = yaml.load(text, Loader=_Loader) if node is not None else None
             if node is not None:
                 _walk_yaml(node, (), lines)
-        except RecursionError:
-            raise DefinitionError(f"{p}: an alias refers to itself (a recursive &anchor)") from None
+        except RecursionError:  # not expected after the guard; say what it means anyway
+            raise _deep(p, None) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f":{mark.line + 1}" if mark is not None else ""

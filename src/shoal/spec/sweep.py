@@ -43,6 +43,44 @@ def _number(x: float) -> float | int:
 
 
 MAX_VALUES = 10_000_000  # per parameter: more is a typo (products multiply them anyway)
+MAX_TASKS = 10_000_000  # per run, all groups together, unless the file or --max-tasks says more
+
+
+def _span(args: Sequence[Value]) -> int:
+    """``len(range(*args))`` by arithmetic (``len`` overflows for huge bounds)."""
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    if step > 0:
+        return max(0, int(-(-(stop - start) // step)))
+    return max(0, int(-(-(start - stop) // -step)))
+
+
+def length(raw: Value) -> int | None:
+    """How many values ``raw`` has, found without making them (None: unknown until the
+    values are made, e.g. a file's lines, or an expression with bad arguments)."""
+    if isinstance(raw, list | tuple):
+        return len(raw)
+    if not is_expression(raw):
+        return 1
+    try:
+        call = ast.parse(str(raw).strip(), mode="eval").body
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        name = call.func.id
+        if name == "range":
+            n = _span(args)
+        elif name == "arange":
+            lo, hi, step = (*args, kwargs.get("step", 1))[:3]
+            n = math.ceil((hi - lo) / step - 1e-9)
+        elif name in ("linspace", "logspace", "uniform", "normal", "randint"):
+            n = args[2] if len(args) > 2 else kwargs["n"]
+        elif name == "choice":
+            n = args[1] if len(args) > 1 else kwargs["n"]
+        else:
+            return None
+    except Exception:  # the real call says what is wrong
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def _count(where: str, n: Value) -> int:
@@ -93,9 +131,8 @@ def _range(where: str, *args: Value) -> list[Value]:
         )
     if len(args) == 3 and args[2] == 0:
         raise DefinitionError(f"{where}: range step must not be 0")
-    span = range(*args)
-    _count(where, max(len(span), 1))
-    values = list(span)
+    _count(where, max(_span(args), 1))
+    values = list(range(*args))
     if not values:
         raise DefinitionError(f"{where}: range{tuple(args)} is empty")
     return values

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options
 from shoal.spec.refs import Ref, StoredRef, plain, refs_in
+from shoal.spec.shell import DQ, SQ, analyse
 
 if TYPE_CHECKING:
     from shoal.spec.workflow import Workflow
@@ -277,6 +278,7 @@ class CommandFactory:
         self.workdir = _check_workdir(where, workdir)
         self.env = _check_env(where, env)
         self.fields = placeholders(template)
+        check_command(template)
 
     def options(self, **changes: Any) -> CommandFactory:
         workdir = changes.pop("workdir", self.workdir)
@@ -343,29 +345,26 @@ def command(
 _SHELL_CHARS = set("|&;<>()$`\\*?~\n")
 
 
-def _scan(literal: str, state: str) -> str:
-    """The quoting state (``""``, ``"'"`` or ``'"'``) after a literal part of a template."""
-    escaped = False
-    for ch in literal:
-        if escaped:
-            escaped = False
-        elif ch == "\\" and state != "'":
-            escaped = True
-        elif ch == "'" and state != '"':
-            state = "" if state == "'" else "'"
-        elif ch == '"' and state != "'":
-            state = "" if state == '"' else '"'
-    return state
-
-
 def _quote(text: str, state: str, shell: bool) -> str:
     """Quote an inserted value so it stays one word and literal, wherever it sits."""
-    if state == '"':  # inside the user's double quotes: escape what is special there
+    if state == DQ:  # inside the user's double quotes: escape what is special there
         special = '\\"$`' if shell else '\\"'  # sh also expands $ and `; shlex.split does not
         return "".join("\\" + c if c in special else c for c in text)
-    if state == "'":  # inside single quotes: close, insert an escaped quote, reopen
+    if state == SQ:  # inside single quotes: close, insert an escaped quote, reopen
         return text.replace("'", "'\\''")
     return shlex.quote(text)
+
+
+def check_command(template: str) -> None:
+    """Refuse a template with a placeholder where no quoting keeps its value from becoming
+    code (a here-document's body, the string of ``sh -c``, ``eval``...): see
+    :mod:`shoal.spec.shell`. The message says where, why, and how to write it instead."""
+    try:
+        _parsed(template)
+    except DefinitionError:
+        raise
+    except ValueError as err:
+        raise DefinitionError(f"command template {template!r} is malformed: {err}") from None
 
 
 def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bool]:
@@ -373,7 +372,8 @@ def render_command(template: str, values: dict[str, Any]) -> tuple[list[str], bo
 
     Each inserted value stays one argument and is taken literally: it is quoted for where it
     sits (bare, or inside the template's own double or single quotes). Templates with shell
-    syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``.
+    syntax (pipes, redirections, ``;``, ``$VAR``...) run through ``/bin/sh -c``. Templates
+    that put a value where it would be read as code are refused (:func:`check_command`).
     """
     pieces, shell, fixed = _parsed(template)
     if fixed is not None:  # no placeholder: the same argv every time
@@ -397,14 +397,18 @@ Piece = tuple[str, str | None, str | None, str | None, str]
 
 @functools.lru_cache(maxsize=256)
 def _parsed(template: str) -> tuple[tuple[Piece, ...], bool, tuple[str, ...] | None]:
-    """A template's literal parts and fields, each field with the quoting state it sits in;
-    whether it needs a shell; and its argv when it has no field at all."""
+    """A template's literal parts and fields, each field with the quoting context it sits in;
+    whether it needs a shell; and its argv when it has no field at all. Raises
+    :class:`DefinitionError` for a field that cannot be quoted safely."""
+    raw = list(_FORMATTER.parse(template))
+    shell = any(_SHELL_CHARS & set(p[0]) for p in raw)
+    contexts, problems = analyse([(p[0], p[1]) for p in raw], shell)
+    if problems:
+        raise DefinitionError(problems[0].message(template))
     pieces = []
-    state = ""
-    for literal, field, spec, conv in _FORMATTER.parse(template):
-        state = _scan(literal, state)
-        pieces.append((literal, field, spec, conv, state))
-    shell = any(_SHELL_CHARS & set(p[0]) for p in pieces)
+    fields = iter(contexts)
+    for literal, field, spec, conv in raw:
+        pieces.append((literal, field, spec, conv, next(fields) if field is not None else ""))
     fixed = None
     if all(p[1] is None for p in pieces):
         line = "".join(p[0] for p in pieces)
