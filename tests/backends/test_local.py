@@ -447,7 +447,7 @@ base = sys.argv[1]
 with shoal.Workflow("orphans") as wf:
     long(base + "/python.pid")
     long.options(isolate=True)(base + "/isolated.pid")
-    shoal.command("sh -c 'echo $$ > \"$1\"; exec sleep 300' sh {p}")(p=base + "/command.pid")
+    shoal.command("sh -c 'echo $$ > \\"$1\\"; exec sleep 300' sh {p}")(p=base + "/command.pid")
 wf.run(cpus=3, base=base)
 """
 
