@@ -1,19 +1,25 @@
 """W3: packing efficiency of sleep tasks of mixed sizes on a pretend 16-core node.
 
 400 Python tasks that sleep d seconds, d lognormal with median 0.1 s (sigma 0.8), each asking
-for 1, 2 or 4 cores (both drawn from random.Random(42)), run with ``wf.run(cpus=16)``.
+for 1, 2 or 4 cores (both drawn from random.Random(seed)), run with ``wf.run(cpus=16)``.
 Efficiency = max(sum(d * cpus) / 16, max d) / makespan, the lower bound on any schedule's
 makespan over the one measured. Two makespans: end to end (the wall time of ``wf.run``) and
-first start to last end (``attempts.started`` / ``attempts.ended`` in the store). Three runs
-alternate: ``backfill`` without estimates (target >= 0.97, first start to last end),
-``backfill`` with each task's ``estimate`` set to its duration times a lognormal error
-(sigma 0.5, random.Random(7): off by a factor of 0.6-1.6 for two tasks in three), and ``waves``.
-Beside them, the same workload is packed in a simulation with no overheads (``ideal``), in
-submission order and longest first, so the orders' own limits are plain; and submission order
-is simulated on the workloads of seeds 0-299 (``spread``), which shows how typical seed 42 is:
-an order blind to durations is one draw of that spread.
+first start to last end (``attempts.started`` / ``attempts.ended`` in the store).
 
-    python bench/w3.py [--tasks 400] [--order largest|fifo] [--json PATH]
+Targets (issue 14):
+
+* without estimates, on each of several seeds (``--seeds``, default 42,1,6,8): end-to-end
+  efficiency at least 0.98 of what submission-order backfill reaches with no overhead at
+  all on the same workload (``ideal``, a simulation): an order blind to durations can do no
+  better than its own luck, so shoal is measured against that order's limit, not the bound;
+* with rough estimates (each duration times a lognormal error of sigma 0.5,
+  random.Random(7): off by a factor of 0.6-1.6 for two tasks in three), on the first seed:
+  end-to-end efficiency at least 0.97.
+
+``waves`` runs beside them for comparison. Submission order is also simulated on the
+workloads of seeds 0-299 (``spread``), which shows how typical each seed is.
+
+    python bench/w3.py [--tasks 400] [--seeds 42,1,6,8] [--order largest|fifo] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import shoal
 from shoal.store.queries import Reader
 
 CORES = 16
-TARGET = 0.97
+TARGET = 0.97  # end to end, with rough estimates
+RELATIVE = 0.98  # end to end, without estimates, of submission order's no-overhead limit
 POLICIES = ("backfill", "estimates", "waves")
 ERROR = 0.5  # sigma of the lognormal error of the estimates
 
@@ -97,7 +104,6 @@ def spread(n: int, seed: int, seeds: int = 300) -> dict[str, float]:
         "mean": statistics.mean(effs),
         "p10": ranked[seeds // 10],
         "median": ranked[seeds // 2],
-        "share_met": sum(e >= TARGET for e in effs) / seeds,
         "below_this_seed": sum(e < mine for e in effs) / seeds,
     }
 
@@ -136,7 +142,7 @@ def shoal_run(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=400)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", default="42,1,6,8", help="workloads to run without estimates")
     p.add_argument("--order", help="shoal's order= (default: shoal's own)")
     common.add_common_args(p)
     a = p.parse_args()
@@ -144,35 +150,68 @@ def main() -> None:
     opts = common.shoal_options(a)
     if a.order:
         opts["order"] = a.order
-    tasks = workload(a.tasks, a.seed)
+    seeds = [int(x) for x in a.seeds.split(",")]
+    main_seed = seeds[0]
+    work = {seed: workload(a.tasks, seed) for seed in seeds}
+    tasks = work[main_seed]
     lower = bound(tasks)
 
-    runs = common.alternate(
-        {pol: (lambda pol=pol: shoal_run(tasks, pol, a.run_timeout, **opts)) for pol in POLICIES},
-        a.repeats,
-        not a.quiet,
-    )
-    m = {pol: common.medians(runs[pol]) for pol in POLICIES}
-    bf, es, wv = m["backfill"], m["estimates"], m["waves"]
+    measures: dict[str, Any] = {}
+    for seed in seeds:
+        measures[f"backfill-{seed}"] = lambda seed=seed: shoal_run(
+            work[seed], "backfill", a.run_timeout, **opts
+        )
+    measures["estimates"] = lambda: shoal_run(tasks, "estimates", a.run_timeout, **opts)
+    measures["waves"] = lambda: shoal_run(tasks, "waves", a.run_timeout, **opts)
+    runs = common.alternate(measures, a.repeats, not a.quiet)
+    m = {name: common.medians(r) for name, r in runs.items()}
+    es, wv = m["estimates"], m["waves"]
     guesses = estimates(tasks)
     longest = [t for _, t in sorted(zip(guesses, tasks, strict=True), key=lambda p: -p[0])]
-    sim_fifo, sim_long = lower / ideal(tasks), lower / ideal(longest)
-    sp = spread(a.tasks, a.seed)
-    met_plain = bf["eff_span"] >= TARGET
-    met_est = es["eff_span"] >= TARGET
+    sim_long = lower / ideal(longest)
+    sp = spread(a.tasks, main_seed)
     note = f" [order={a.order}]" if a.order else ""
     rows = []
+    plain = {}
+    for seed in seeds:
+        r = m[f"backfill-{seed}"]
+        limit = bound(work[seed]) / ideal(work[seed])
+        rel = r["eff_wall"] / limit
+        plain[seed] = (r, limit, rel)
+        rows.append(
+            common.row(
+                f"W3 seed {seed}{note}, no estimates: end-to-end efficiency against "
+                "submission order with no overhead",
+                r["eff_wall"],
+                limit,
+                rel,
+                f">= {RELATIVE}",
+                rel >= RELATIVE,
+                "",
+            )
+        )
+        rows.append(
+            common.row(
+                f"W3 seed {seed}{note}, no estimates: efficiency, first start to last end",
+                r["span_s"],
+                bound(work[seed]),
+                r["eff_span"],
+                "-",
+                None,
+                "s",
+            )
+        )
+    met_est = es["eff_wall"] >= TARGET
     for label, r, target, met in (
-        (f"backfill{note}, no estimates", bf, f">= {TARGET}", met_plain),
-        (f"backfill{note}, estimates off by sigma {ERROR}", es, f">= {TARGET}", met_est),
-        ("waves", wv, "- (comparison)", None),
+        (f"seed {main_seed}{note}, estimates off by sigma {ERROR}", es, f">= {TARGET}", met_est),
+        (f"seed {main_seed}, waves", wv, "- (comparison)", None),
     ):
         rows.append(
             common.row(
-                f"W3 {label}: efficiency, first start to last end",
-                r["span_s"],
+                f"W3 {label}: efficiency, end to end (wf.run)",
+                r["wall_s"],
                 lower,
-                r["eff_span"],
+                r["eff_wall"],
                 target,
                 met,
                 "s",
@@ -180,10 +219,10 @@ def main() -> None:
         )
         rows.append(
             common.row(
-                f"W3 {label}: efficiency, end to end (wf.run)",
-                r["wall_s"],
+                f"W3 {label}: efficiency, first start to last end",
+                r["span_s"],
                 lower,
-                r["eff_wall"],
+                r["eff_span"],
                 "-",
                 None,
                 "s",
@@ -192,22 +231,22 @@ def main() -> None:
     rows.append(
         common.row(
             f"W3 simulated with no overhead, submission order over seeds 0-{sp['seeds'] - 1}: "
-            f"median / p10 (seed {a.seed} is above {sp['below_this_seed']:.0%} of them)",
+            f"median / p10 (seed {main_seed} is above {sp['below_this_seed']:.0%} of them)",
             sp["median"],
             sp["p10"],
             sp["median"],
-            f"- ({sp['share_met']:.0%} of seeds reach {TARGET})",
+            "-",
             None,
             "",
         )
     )
     rows.append(
         common.row(
-            "W3 simulated with no overhead: submission order / longest estimate first",
-            sim_fifo,
+            f"W3 seed {main_seed} simulated with no overhead: longest estimate first",
             sim_long,
-            sim_fifo,
-            "- (the orders' limits)",
+            None,
+            sim_long,
+            "- (that order's limit)",
             None,
             "",
         )
@@ -215,25 +254,37 @@ def main() -> None:
 
     def said(r: dict[str, float]) -> str:
         return (
-            f"{r['span_s']:.2f} s first start to last end (eff {r['eff_span']:.3f}), "
             f"{r['wall_s']:.2f} s end to end (eff {r['eff_wall']:.3f}; {r['lead_s']:.2f} s to "
-            f"the first start, {r['tail_s']:.2f} s after the last end)"
+            f"the first start, {r['tail_s']:.2f} s after the last end), "
+            f"{r['span_s']:.2f} s first start to last end (eff {r['eff_span']:.3f})"
         )
 
-    summary = (
-        f"W3 {a.tasks} sleep tasks on {CORES} pretend cores{note}, bound {lower:.2f} s "
-        f"(target >= {TARGET}, first start to last end):\n"
-        f"  backfill, no estimates: {said(bf)}: {'met' if met_plain else 'NOT met'}\n"
-        f"  backfill, estimates off by sigma {ERROR}: {said(es)}: "
-        f"{'met' if met_est else 'NOT met'}\n"
-        f"  waves: {said(wv)}\n"
-        f"  with no overhead at all: submission order {sim_fifo:.3f}, longest estimate first "
-        f"{sim_long:.3f}; submission order over seeds 0-{sp['seeds'] - 1}: mean "
-        f"{sp['mean']:.3f}, median {sp['median']:.3f}, p10 {sp['p10']:.3f}, "
-        f"{sp['share_met']:.0%} reach {TARGET}, seed {a.seed} above {sp['below_this_seed']:.0%}"
+    lines = [
+        f"W3 {a.tasks} sleep tasks on {CORES} pretend cores{note}; without estimates, target "
+        f"end to end >= {RELATIVE} of submission order with no overhead:"
+    ]
+    for seed, (r, limit, rel) in plain.items():
+        verdict = "met" if rel >= RELATIVE else "NOT met"
+        lines.append(
+            f"  seed {seed}: {said(r)}; no-overhead limit {limit:.3f}: {rel:.3f} of it: {verdict}"
+        )
+    lines.append(
+        f"  seed {main_seed}, estimates off by sigma {ERROR} (target end to end >= {TARGET}): "
+        f"{said(es)}: {'met' if met_est else 'NOT met'}"
     )
-    data = {"tasks": a.tasks, "seed": a.seed, "bound_s": lower, "runs": runs}
-    data["ideal"] = {"fifo": sim_fifo, "longest": sim_long, "seeds": sp}
+    lines.append(f"  seed {main_seed}, waves: {said(wv)}")
+    lines.append(
+        f"  with no overhead: longest estimate first {sim_long:.3f}; submission order over "
+        f"seeds 0-{sp['seeds'] - 1}: mean {sp['mean']:.3f}, median {sp['median']:.3f}, "
+        f"p10 {sp['p10']:.3f}"
+    )
+    summary = "\n".join(lines)
+    data = {"tasks": a.tasks, "seeds": seeds, "bound_s": lower, "runs": runs}
+    data["ideal"] = {
+        "fifo": {s: plain[s][1] for s in seeds},
+        "longest": sim_long,
+        "seeds": sp,
+    }
     common.report("w3", summary, rows, data, a)
 
 
