@@ -109,17 +109,37 @@ def test_step_of_a_cpu_task() -> None:
     assert argv[-3:] == ["./md", "-in", "x"]
 
 
-def test_step_of_a_gpu_task_names_the_placement_gpus() -> None:
+def test_step_of_a_gpu_task_asks_slurm_for_its_gpus() -> None:
+    """A step without --gres takes every GPU of an allocation that has GPUs (steps then ran
+    one after another): each asks for as many as its placement holds."""
     p = Placement((Slot(0, (0,), (2, 3), 0, 1),))
     argv = step_argv(job(p), ["n1"], ["train"], bind=False)
-    assert "--gres=none" not in argv and not any(a.startswith("--cpu-bind") for a in argv)
-    i = argv.index("env")
-    assert argv[i + 1 : i + 4] == [
-        "CUDA_VISIBLE_DEVICES=2,3",
-        "ROCR_VISIBLE_DEVICES=2,3",
-        "ZE_AFFINITY_MASK=2,3",
-    ]
+    assert "--gres=gpu:2" in argv and "--gres=none" not in argv
+    assert not any(a.startswith("--cpu-bind") for a in argv)
+    assert "env" not in argv  # Slurm sets CUDA_VISIBLE_DEVICES to the GPUs it gave
     assert argv[-1] == "train"
+
+
+@pytest.mark.parametrize(
+    ("code", "stderr", "kind", "exit_code"),
+    [
+        (139, "srun: error: localhost: task 0: Segmentation fault\n", "crash", -11),
+        (137, "srun: error: localhost: task 0: Killed\n", "crash", -9),
+        (137, "srun: error: localhost: task 0: Exited with exit code 137\n", "exit", 137),
+        (3, "srun: error: localhost: task 0: Exited with exit code 3\n", "exit", 3),
+    ],
+)
+def test_a_signal_is_a_crash_as_locally(code: int, stderr: str, kind: str, exit_code: int) -> None:
+    """Recorded srun 22.05 output: a task killed by a signal is a crash, not exit 128+N."""
+    from shoal.backends.slurm import signalled
+    from shoal.core.events import Outcome
+
+    o = Outcome(1, 1, False, 0.0, 1.0, "exit", f"command 'x': the process exited with code {code}")
+    o.exit_code = code
+    got = signalled(o, stderr)
+    assert (got.kind, got.exit_code) == (kind, exit_code)
+    if kind == "crash":
+        assert "killed by SIG" in got.error and "exited with code" not in got.error
 
 
 def test_step_across_nodes_places_ranks_by_hostfile() -> None:
