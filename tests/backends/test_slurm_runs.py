@@ -252,3 +252,34 @@ def test_gpu_steps_run_side_by_side_and_signals_are_crashes(tmp_path: Path) -> N
         a = by[name]
         assert a["state"] == "failed" and a["kind"] == "crash", a
         assert signal in a["error"], a
+
+
+def test_submit_refuses_what_the_cluster_cannot_run(tmp_path: Path) -> None:
+    """Refused at once, before sbatch, with the numbers: more nodes than the partition has
+    (it used to pend forever), a request no node can satisfy (it used to fail only once the
+    job started), and --resume of a folder with no run."""
+    (tmp_path / "wf.py").write_text("import shoal\n")
+    (tmp_path / "empty").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+
+    def submit(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shoal.cli.main", "slurm", "submit", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%D"], capture_output=True, text=True)
+    total = sum(int(x) for x in nodes.stdout.split())
+    out = submit("wf.py", "--time", "1", "--nodes", str(total + 2))
+    assert out.returncode != 0 and f"has {total} node(s)" in out.stderr, out.stderr
+    out = submit("wf.py", "--time", "1", "--sbatch=--gres=gpu:64")
+    assert out.returncode != 0 and "sbatch --test-only" in out.stderr, out.stderr
+    out = submit("--resume", "empty", "--time", "1")
+    assert out.returncode != 0 and "no shoal.db" in out.stderr, out.stderr
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    assert set(after.split()) <= set(before.split()), "a job was submitted"
