@@ -425,7 +425,7 @@ class DaskBackend(Backend):
             common = {
                 "key": keys,
                 "workers": [where] if where else None,
-                "allow_other_workers": not where,
+                "allow_other_workers": False,
                 "resources": dict(res) or None,
                 "pure": False,
                 "retries": 0,
@@ -595,11 +595,20 @@ class DaskBackend(Backend):
         return job.after is not None and job.after in self.open
 
     def _function(self, fid: int) -> Any:
+        """The function's payload for a task: scattered to the workers once, or, while a
+        worker is away (scatter would wait for it) or when the workers that held it have all
+        gone (Dask would cancel the tasks that use it), the bytes themselves."""
         fut = self._scattered.get(fid)
-        if fut is None:
+        if fut is not None and fut.status == "finished":
+            return fut
+        if self.missing:
+            return self.functions[fid]
+        try:
             fut = self._scattered[fid] = self.client.scatter(
-                self.functions[fid], broadcast=True, hash=False
+                self.functions[fid], broadcast=True, hash=False, timeout=5
             )
+        except Exception:
+            return self.functions[fid]
         return fut
 
     def _env(self, job: Job) -> dict[str, str]:
@@ -728,7 +737,11 @@ class DaskBackend(Backend):
                 return
             o = Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
         elif fut.status == "cancelled":
-            o = self._lost(task, attempt, "Dask cancelled it")
+            # shoal did not cancel it: Dask refuses a task pinned to a worker address that
+            # has left. It never began: it comes back, and waits for the worker's successor.
+            if where:
+                self._forget(where)
+            o = self._returned(task, attempt)
         else:
             err = value if isinstance(value, BaseException) else fut.exception()
             what = f"{type(err).__name__}: {err}"
