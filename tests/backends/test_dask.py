@@ -240,3 +240,25 @@ def test_a_timed_out_python_task_is_stopped_and_its_worker_restarted(
     pid = int(marker.read_text())
     assert _gone(pid), f"the worker process {pid} that ran the timed-out task still runs"
     assert [run.result(t) for t in after] == [i * i for i in range(8)]
+
+
+def test_tasks_of_a_worker_that_left_for_good_run_on_the_others(tmp_path: Path) -> None:
+    """A worker that left and did not come back within ``grace`` kept receiving tasks, and
+    each failed at once ('lost'); they now run on the other workers."""
+    import shoal
+
+    from .dask_fixtures import start_cluster, stop_cluster
+
+    c = start_cluster(tmp_path / "cluster", workers=2)
+    try:
+        backend = DaskBackend(scheduler_file=str(c.scheduler_file), wait_for=2, grace=1.0)
+        c.procs[2].terminate()  # worker w1 (with its nanny) leaves for good
+        c.procs[2].wait(30)
+        fn = shoal.task(square)
+        with shoal.Workflow("left") as wf:
+            parts = [fn(i) for i in range(40)]
+        run = shoal.run(wf, backend=backend, base=tmp_path)
+        assert run.ok, run.failures()
+        assert [run.result(t) for t in parts] == [i * i for i in range(40)]
+    finally:
+        stop_cluster(c)
