@@ -259,7 +259,8 @@ class BackendContract:
             job = self.command_job(backend, rundir, 5, ["/bin/sh", "-c", "sleep 30"])
         backend.submit([job])
         # Give it time to really start (a worker up, the program exec'd), then stop it.
-        assert backend.poll(0.5) == []
+        got = backend.poll(0.5)
+        assert got == [], got
         t0 = time.monotonic()
         backend.cancel(job.task, job.attempt)
         (o,) = self.collect(backend, 1, timeout=10)

@@ -6,6 +6,7 @@ need its libraries), so the backend itself is tested only where a broker exists.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from pathlib import Path
 
@@ -152,3 +153,12 @@ def test_a_successful_command_job_carries_its_output(tmp_path: Path) -> None:
     )
     o = finish(j, Outcome(3, 1, True, 1.0, 2.0))
     assert pickle.loads(o.result or b"")["stdout"] == "done\n"
+
+
+def test_the_backend_warns_that_it_is_experimental() -> None:
+    """It has never run against a broker here: whoever makes one is told so, every time
+    (without the bindings it still warns, then says what is missing)."""
+    from shoal.backends.flux import FluxBackend, FluxExperimental
+
+    with pytest.warns(FluxExperimental, match="experimental"), contextlib.suppress(Exception):
+        FluxBackend().close()

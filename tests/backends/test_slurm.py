@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from shoal.backends.slurm import (
 )
 from shoal.core.resources import Placement, Slot
 
-from .conformance import BackendContract
+from .conformance import BackendContract, add
 
 DATA = Path(__file__).parent / "data"
 
@@ -109,17 +110,37 @@ def test_step_of_a_cpu_task() -> None:
     assert argv[-3:] == ["./md", "-in", "x"]
 
 
-def test_step_of_a_gpu_task_names_the_placement_gpus() -> None:
+def test_step_of_a_gpu_task_asks_slurm_for_its_gpus() -> None:
+    """A step without --gres takes every GPU of an allocation that has GPUs (steps then ran
+    one after another): each asks for as many as its placement holds."""
     p = Placement((Slot(0, (0,), (2, 3), 0, 1),))
     argv = step_argv(job(p), ["n1"], ["train"], bind=False)
-    assert "--gres=none" not in argv and not any(a.startswith("--cpu-bind") for a in argv)
-    i = argv.index("env")
-    assert argv[i + 1 : i + 4] == [
-        "CUDA_VISIBLE_DEVICES=2,3",
-        "ROCR_VISIBLE_DEVICES=2,3",
-        "ZE_AFFINITY_MASK=2,3",
-    ]
+    assert "--gres=gpu:2" in argv and "--gres=none" not in argv
+    assert not any(a.startswith("--cpu-bind") for a in argv)
+    assert "env" not in argv  # Slurm sets CUDA_VISIBLE_DEVICES to the GPUs it gave
     assert argv[-1] == "train"
+
+
+@pytest.mark.parametrize(
+    ("code", "stderr", "kind", "exit_code"),
+    [
+        (139, "srun: error: localhost: task 0: Segmentation fault\n", "crash", -11),
+        (137, "srun: error: localhost: task 0: Killed\n", "crash", -9),
+        (137, "srun: error: localhost: task 0: Exited with exit code 137\n", "exit", 137),
+        (3, "srun: error: localhost: task 0: Exited with exit code 3\n", "exit", 3),
+    ],
+)
+def test_a_signal_is_a_crash_as_locally(code: int, stderr: str, kind: str, exit_code: int) -> None:
+    """Recorded srun 22.05 output: a task killed by a signal is a crash, not exit 128+N."""
+    from shoal.backends.slurm import signalled
+    from shoal.core.events import Outcome
+
+    o = Outcome(1, 1, False, 0.0, 1.0, "exit", f"command 'x': the process exited with code {code}")
+    o.exit_code = code
+    got = signalled(o, stderr)
+    assert (got.kind, got.exit_code) == (kind, exit_code)
+    if kind == "crash":
+        assert "killed by SIG" in got.error and "exited with code" not in got.error
 
 
 def test_step_across_nodes_places_ranks_by_hostfile() -> None:
@@ -245,3 +266,74 @@ class TestSlurmStepsConformance(BackendContract):
             yield b
         finally:
             b.close()
+
+
+def test_the_worker_pool_is_private_and_survives_losing_its_step(
+    tmp_path: Path, allocation: str
+) -> None:
+    """The pool's scheduler and workers listen on loopback (a one-node allocation) and speak
+    TLS with a key made for this run: a client without it cannot connect (they used to listen
+    on every interface, without authentication: anyone could run code as the user). When the
+    worker step is lost (scancel of the step), the backend starts it again and Python tasks
+    run on (every later task used to fail at once, 'lost: Dask cancelled it'). The log is in
+    the given folder, not in /tmp."""
+    import glob
+    import subprocess
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    from shoal.backends.dask import DaskBackend
+
+    before = set(glob.glob("/tmp/shoal-dask-*"))
+    b = DaskBackend.in_allocation(allocation, overlap=True, folder=tmp_path / "dask")
+    try:
+        b.start(tmp_path)
+        address = b.client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:"), address
+        assert all(a.startswith("tls://127.0.0.1:") for a in b.client.scheduler_info()["workers"])
+        from distributed.security import Security
+
+        strangers = [  # no TLS; TLS without a key; TLS with a key of one's own making
+            (address.replace("tls://", "tcp://"), None),
+            (address, None),
+            (address, Security.temporary()),
+        ]
+        for where, security in strangers:
+            with pytest.raises((OSError, TimeoutError, TypeError)):
+                distributed.Client(where, security=security, timeout=3).close()
+        o = BackendContract().run_one(b, BackendContract.python_job(b, tmp_path, 1, add, 1, 2))
+        assert o.ok, o.error
+        steps = subprocess.run(
+            ["squeue", "-h", "-s", "-j", allocation, "-o", "%i %j"],
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+        (step,) = [s.split()[0] for s in steps if "shoal-dask-" in s]
+        (old,) = b.client.scheduler_info()["workers"]
+        subprocess.run(["scancel", step], check=True, timeout=30)
+        for _ in range(600):  # the scheduler has seen the worker go
+            if old not in b.client.scheduler_info()["workers"]:
+                break
+            time.sleep(0.05)
+        returned = 0
+        for t in range(2, 5):
+            job = BackendContract.python_job(b, tmp_path, t, add, t)
+            for _ in range(20):  # as the core does: a job given back unstarted goes again
+                b.submit([job])
+                got: list[Any] = []
+                deadline = time.monotonic() + 60
+                while not got and time.monotonic() < deadline:
+                    got = b.poll(0.2)
+                assert got, (b.addr, b.missing, b.waiting, b.notes())
+                (o,) = got
+                if not o.returned:
+                    break
+                returned += 1
+                job.attempt += 1
+            assert o.ok, o.error
+        assert returned <= 3, returned  # only those sent before the loss was seen
+        assert any("started it again" in n for n in b.notes()), b.notes()
+    finally:
+        b.close()
+    assert (tmp_path / "dask" / "dask.log").exists()
+    assert set(glob.glob("/tmp/shoal-dask-*")) <= before

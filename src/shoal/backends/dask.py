@@ -8,17 +8,30 @@ count), its GPUs the ``gpus`` resource. Start workers so that both agree, e.g.::
     dask worker tcp://HOST:8786 --name w1 --nthreads 8 --resources "cores=8,gpus=1"
 
 shoal's core stays the authority on dependencies, retries and state: Dask only ever receives
-ready tasks, each pinned to the worker its placement names (``workers=[name]``) and annotated
-with the resources it holds (``cores``, ``gpus``, when the workers declare them). The backend
-sets the scheduler's ``allowed_failures`` to 0, so that a task whose worker dies is reported at
-once (an attempt ``lost``, which the task's retry policy may run again) rather than rerun by
-Dask behind shoal's back. A task waiting for a worker that left and did not come back within
-``grace`` seconds is reported lost too.
+ready tasks, each pinned to the address of the worker its placement names and annotated with
+the resources it holds (``cores``, ``gpus``, when the workers declare them). The backend sets
+the scheduler's ``allowed_failures`` to 0 while it runs (and puts the old value back when it
+closes), so that a task whose worker dies is reported at once (an attempt ``lost``, which the
+task's retry policy may run again) rather than rerun by Dask behind shoal's back.
 
-Python tasks run in the worker's threads (their function is sent to each worker once);
-commands run as child processes of the worker. Cancelling a command kills its process;
-a Python task cannot be interrupted inside a thread, so it is reported cancelled at once and
-its result, when it comes, is dropped.
+Workers that go away: Dask pins a task to a worker's *address*, and a restarted worker has a
+new one. So a job for a worker that is away waits in the backend until a worker of that name
+is back, and is then sent to its new address; a job sent to an address that disappeared
+before it began comes back unstarted (``returned``, costing no attempt). A worker away for
+longer than ``grace`` seconds has left for good: its CPU jobs run on the other workers (Dask's
+resource accounting keeps them within their cores), its GPU jobs fail saying so.
+
+Python tasks run in the worker's threads (their function is sent to each worker once), or in
+a process of their own when they need an environment of their own (``env=``, GPUs, several
+cores: ``OMP_NUM_THREADS`` is per process); commands run as child processes of the worker.
+
+Stopping an attempt (cancel, timeout) asks its worker what it executes (``daskjob.claim``):
+a process is stopped by its process group (SIGTERM, SIGKILL 3 s later) and reports its own
+end; an attempt that has not begun never does (a job the core has queued is reported
+cancelled, one the core counts as started comes back unstarted, so that its clock, which ran
+while Dask kept it waiting, costs nothing); a Python task executing in a worker thread cannot
+be interrupted, so that worker process is ended and its nanny starts a fresh one: the task is
+reported stopped, every other attempt of the run on that worker comes back unstarted.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -41,6 +55,8 @@ from shoal.errors import BackendError
 
 GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
 LOST = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
+ASK = 10.0  # seconds a worker has to answer ``claim`` before it is taken for gone
+REVIVALS = 5  # times a worker step of in_allocation is started again after it ended
 
 
 def _imports() -> Any:
@@ -67,10 +83,35 @@ def worker_nodes(info: dict[str, Any]) -> list[Node]:
     return nodes
 
 
-def _set_allowed_failures(dask_scheduler: Any) -> int:
+def _set_allowed_failures(dask_scheduler: Any, value: int = 0) -> int:
     old = int(dask_scheduler.allowed_failures)
-    dask_scheduler.allowed_failures = 0
+    dask_scheduler.allowed_failures = value
     return old
+
+
+def security(folder: Path) -> tuple[Any, list[str]]:
+    """A fresh TLS identity for one run's own scheduler and workers (Dask's
+    ``Security.temporary()``, written to ``folder`` readable by this user only): the client's
+    ``Security`` and the command-line options of ``dask scheduler`` and ``dask worker``. Only
+    holders of the key can connect, so nobody else can run code on the workers."""
+    from distributed import security as dsec
+
+    Security: Any = dsec.Security
+    temp = Security.temporary()
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    cert, key = folder / "tls-cert.pem", folder / "tls-key.pem"
+    for path, text in ((cert, temp.tls_scheduler_cert), (key, temp.tls_scheduler_key)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    sec = Security(
+        require_encryption=True,
+        tls_ca_file=str(cert),
+        tls_client_cert=str(cert),
+        tls_client_key=str(key),
+    )
+    return sec, ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]
 
 
 class DaskBackend(Backend):
@@ -94,6 +135,7 @@ class DaskBackend(Backend):
         wait_for: int = 1,
         timeout: float = 60.0,
         python: str = sys.executable,
+        security: Any = None,
     ) -> None:
         distributed = _imports()
         address = address or os.environ.get("SHOAL_DASK_ADDRESS")
@@ -103,7 +145,10 @@ class DaskBackend(Backend):
             elif address or scheduler_file:
                 try:
                     client = distributed.Client(
-                        address, scheduler_file=scheduler_file, timeout=timeout
+                        address,
+                        scheduler_file=scheduler_file,
+                        timeout=timeout,
+                        security=security,
                     )
                 except (OSError, TimeoutError) as err:
                     raise BackendError(
@@ -131,31 +176,34 @@ class DaskBackend(Backend):
                 ) from None
         info = client.scheduler_info()
         self._nodes = worker_nodes(info)
-        # Worker names may be numbers (a LocalCluster's are 0, 1, ...): restrictions need them
-        # as they are, while shoal's nodes are named by text.
-        self._named: dict[str, Any] = {
-            str(w.get("name", addr)): w.get("name", addr) for addr, w in info["workers"].items()
-        }
         if not self._nodes:
             raise BackendError("the Dask cluster has no workers")
-        self.declared = all(
-            "cores" in (w.get("resources") or {})
-            for w in client.scheduler_info()["workers"].values()
-        )
+        self.declared = all("cores" in (w.get("resources") or {}) for w in info["workers"].values())
         self.grace = grace
         self.python = python  # the workers' interpreter, for tasks in their own process
         self.functions: dict[int, bytes] = {}
         self._scattered: dict[int, Any] = {}
         self.futures: dict[tuple[int, int], Any] = {}
         self.jobs: dict[tuple[int, int], Job] = {}
-        self.done: set[tuple[int, int]] = set()  # reported already (cancelled or lost)
+        self.bound: dict[tuple[int, int], str] = {}  # the worker address each was sent to
+        self.done: set[tuple[int, int]] = set()  # reported already (stopped, returned, lost)
+        self.claimed: dict[tuple[int, int], bool] = {}  # stopped before it began: queued?
         self.outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self.lock = threading.Lock()
-        self.missing: dict[str, float] = {}
-        self._checked = 0.0
+        self.lock = threading.RLock()
+        self.addr: dict[str, str] = {}  # worker name -> its address now (absent: away)
+        self.dead: set[str] = set()  # addresses of workers that ended: never send there
+        self.missing: dict[str, float] = {}  # worker name -> since when it is away
+        self.waiting: dict[str, list[Job]] = {}  # jobs for a worker that is away
+        self._refresh(info)
+        self._checked = time.monotonic()
         self.rundir: Path | None = None
         self._notes: list[str] = []
+        self._said: set[str] = set()
         self._procs: list[Any] = []
+        self._spawn: dict[str, tuple[list[str], Any, dict[str, str]]] = {}  # in_allocation
+        self._revived: dict[str, int] = {}
+        self._folder: Path | None = None  # in_allocation: what to remove on close
+        self._log: Path | str = "dask.log"  # in_allocation: the scheduler's and workers' log
         self.open: set[int] = set()  # tasks submitted whose outcome is not reported yet
         self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
         self.completed = distributed.as_completed([], with_results=True, raise_errors=False)
@@ -164,11 +212,12 @@ class DaskBackend(Backend):
         self.collector = threading.Thread(target=self._collect, name="shoal-dask", daemon=True)
         self.collector.start()
         self.held: dict[int, list[tuple[Job, Outcome]]] = {}  # followers waiting for a leader
-        old = client.run_on_scheduler(_set_allowed_failures)
-        if old:
+        self._allowed = client.run_on_scheduler(_set_allowed_failures)
+        if self._allowed:
             self._notes.append(
-                f"the Dask scheduler's allowed_failures was {old}; shoal set it to 0 so that a "
-                "lost worker is reported to shoal, whose retry policy decides"
+                f"the Dask scheduler's allowed_failures was {self._allowed}; shoal sets it to 0 "
+                "while it runs (a lost worker is reported to shoal, whose retry policy decides) "
+                "and puts it back when it closes"
             )
         if not self.declared:
             self._notes.append(
@@ -185,6 +234,7 @@ class DaskBackend(Backend):
         python: str = sys.executable,
         timeout: float = 120.0,
         overlap: bool = False,
+        folder: Path | None = None,
         **options: Any,
     ) -> DaskBackend:
         """Persistent Dask workers inside the Slurm allocation the driver runs in: a scheduler
@@ -192,8 +242,14 @@ class DaskBackend(Backend):
         node's cores and GPUs. Python tasks then start in microseconds instead of paying an
         interpreter per task; commands run as child processes of the workers. ``overlap``
         starts the worker steps with ``--overlap``, so that job steps can still be created
-        beside them (the Slurm backend does this for its Python tasks). Everything is
-        stopped when the backend closes."""
+        beside them (the Slurm backend does this for its Python tasks).
+
+        The scheduler and the workers listen on loopback when the allocation is this one node,
+        else on this node's address (``host``), never on every interface, and speak TLS with
+        a key made for this run: nobody without it can connect. Their log, the scheduler file
+        and the key are in ``folder`` (the run directory's ``dask/``; a temporary folder,
+        removed on close, when none is given). A worker step that ends is started again, up to
+        REVIVALS times per node. Everything is stopped when the backend closes."""
         import socket
         import subprocess
         import tempfile
@@ -204,14 +260,20 @@ class DaskBackend(Backend):
         if not job:
             raise BackendError("DaskBackend.in_allocation runs inside a Slurm allocation")
         nodes = slurm.allocation(job)
-        folder = Path(tempfile.mkdtemp(prefix="shoal-dask-"))
+        temporary = folder is None
+        folder = Path(tempfile.mkdtemp(prefix="shoal-dask-")) if folder is None else folder
+        folder.mkdir(parents=True, exist_ok=True)
         sfile = folder / "scheduler.json"
-        host = host or socket.gethostname()
+        sfile.unlink(missing_ok=True)
+        single = len(nodes) == 1 and nodes[0].name in (socket.gethostname(), "localhost")
+        if host is None:
+            host = "127.0.0.1" if single else socket.gethostbyname(socket.gethostname())
+        sec, tls = security(folder / "tls")
         procs: list[subprocess.Popen[bytes]] = []
         from shoal.backends.local import _python_path
 
         env = {**os.environ, "PYTHONPATH": _python_path()}  # the driver's modules import there
-        log = open(folder / "dask.log", "wb")  # noqa: SIM115 - the processes write to it
+        log = open(folder / "dask.log", "ab")  # noqa: SIM115 - the processes write to it
         procs.append(
             subprocess.Popen(
                 [
@@ -222,52 +284,64 @@ class DaskBackend(Backend):
                     host,
                     "--port",
                     "0",
+                    "--protocol",
+                    "tls",
+                    *tls,
                     "--scheduler-file",
                     str(sfile),
                     "--no-dashboard",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         )
+        spawn: dict[str, tuple[list[str], Any, dict[str, str]]] = {}
         for n in nodes:
             resources = f"cores={len(n.cores)},gpus={len(n.gpus)}"
-            procs.append(
-                subprocess.Popen(
-                    [
-                        "srun",
-                        f"--jobid={job}",
-                        "--overlap" if overlap else "--exact",
-                        "-N1",
-                        "-n1",
-                        f"--cpus-per-task={len(n.cores)}",
-                        f"--nodelist={n.name}",
-                        f"--job-name=shoal-dask-{n.name}",
-                        python,
-                        "-m",
-                        "distributed.cli.dask_worker",
-                        "--scheduler-file",
-                        str(sfile),
-                        "--name",
-                        n.name,
-                        "--nthreads",
-                        str(len(n.cores)),
-                        "--resources",
-                        resources,
-                        "--no-dashboard",
-                        "--local-directory",
-                        str(folder / n.name),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            )
+            # the worker binds to this address on its node: loopback on a single node, else
+            # the node's own name (resolved there), never every interface
+            where = "127.0.0.1" if single else n.name
+            argv = [
+                "srun",
+                f"--jobid={job}",
+                "--overlap" if overlap else "--exact",
+                "-N1",
+                "-n1",
+                f"--cpus-per-task={len(n.cores)}",
+                f"--nodelist={n.name}",
+                f"--job-name=shoal-dask-{n.name}",
+                python,
+                "-m",
+                "distributed.cli.dask_worker",
+                "--scheduler-file",
+                str(sfile),
+                "--host",
+                where,
+                "--protocol",
+                "tls",
+                *tls,
+                "--name",
+                n.name,
+                "--nthreads",
+                str(len(n.cores)),
+                "--resources",
+                resources,
+                "--no-dashboard",
+            ]
+            spawn[n.name] = (argv, log, env)
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
+
+        def stop() -> None:
+            for p in procs:
+                p.terminate()
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
+
         deadline = time.monotonic() + timeout
         while not sfile.exists():
             if time.monotonic() > deadline or procs[0].poll() is not None:
-                for p in procs:
-                    p.terminate()
+                stop()
                 raise BackendError(f"the Dask scheduler did not start; see {folder / 'dask.log'}")
             time.sleep(0.05)
         try:
@@ -276,15 +350,18 @@ class DaskBackend(Backend):
                 wait_for=len(nodes),
                 timeout=timeout,
                 python=python,
+                security=sec,
                 **options,
             )
         except BaseException:
-            for p in procs:
-                p.terminate()
+            stop()
             raise BackendError(
                 f"the Dask workers did not join the scheduler; see {folder / 'dask.log'}"
             ) from None
         backend._procs = procs
+        backend._spawn = spawn
+        backend._folder = folder if temporary else None
+        backend._log = folder / "dask.log"
         return backend
 
     # -- contract ---------------------------------------------------------------------------
@@ -317,20 +394,37 @@ class DaskBackend(Backend):
                     )
                 )
                 continue
-            node = self._nodes[job.placement.slots[0].node].name
+            node = self._node(job)
+            where: str | None = self.addr.get(node)
+            if where is None:
+                if not self._gone(node):  # away for now: wait for it to come back
+                    with self.lock:
+                        self.waiting.setdefault(node, []).append(job)
+                        self.open.add(job.task)
+                    continue
+                if job.placement.gpus:
+                    why = (
+                        f"its Dask worker {node} left and did not come back within "
+                        f"{self.grace:g} s, and its GPUs are nowhere else"
+                    )
+                    self._emit(job, self._lost(job.task, job.attempt, why), hold=False)
+                    continue
+                where = ""  # any worker: Dask's resource accounting keeps them within cores
             resources = None
             if self.declared:
                 resources = {"cores": len(job.placement.cores)}
                 if job.placement.gpus:
                     resources["gpus"] = len(job.placement.gpus)
             shape = tuple(sorted((resources or {}).items()))
-            own = job.kind == "python" and bool(job.env or job.placement.gpus or job.isolate)
-            groups.setdefault((job.kind, own, node, shape), []).append(job)
-        for (kind, own, node, res), batch in groups.items():
+            own = job.kind == "python" and bool(
+                job.env or job.placement.gpus or job.isolate or job.cpus > 1
+            )
+            groups.setdefault((job.kind, own, where, shape), []).append(job)
+        for (kind, own, where, res), batch in groups.items():
             keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
             common = {
                 "key": keys,
-                "workers": [self._named.get(node, node)],
+                "workers": [where] if where else None,
                 "allow_other_workers": False,
                 "resources": dict(res) or None,
                 "pure": False,
@@ -350,6 +444,7 @@ class DaskBackend(Backend):
             elif kind == "python":
                 futures = self.client.map(
                     daskjob.python,
+                    keys,
                     [self._function(j.function) for j in batch],
                     [j.payload for j in batch],
                     [j.folder for j in batch],
@@ -373,37 +468,52 @@ class DaskBackend(Backend):
                 with self.lock:
                     self.futures[ident] = fut
                     self.jobs[ident] = job
+                    self.bound[ident] = where
                     self.open.add(job.task)
                 self.idents[fut.key] = ident
             self.completed.update(futures)  # results come back in batches, in one thread
             self.wakeup.set()
 
     def cancel(self, task: int, attempt: int) -> None:
-        from shoal.backends import daskjob
-
         ident = (task, attempt)
         with self.lock:
-            fut = self.futures.get(ident)
             job = self.jobs.get(ident)
-            if fut is None or job is None or ident in self.done:
+            if job is None:  # waiting for its worker to come back: never sent
+                job = self._unwait(ident)
+                if job is not None:
+                    self._stopped_unstarted(job, self._queued(job))
+                return
+            fut = self.futures.get(ident)
+            if fut is None or ident in self.done:
+                return
+            queued = self._queued(job)
+            where = self.bound.get(ident, "")
+        answer, started = self._claim(where or self._address(self._node(job)), fut.key)
+        if answer == "process":  # being stopped: its own reply (a signal) follows
+            return
+        if answer == "thread":  # that worker process ends now
+            self._restarted(where, ident, started)
+            return
+        if answer == "absent":  # not begun (it never will: it replies "dropped"), or ended
+            with self.lock:
+                if ident in self.futures and ident not in self.done:
+                    self.claimed[ident] = queued
+            return
+        # its worker cannot be asked: gone, so the attempt cannot be running anywhere
+        with self.lock:
+            if ident not in self.futures or ident in self.done:
                 return
             self.done.add(ident)
-        node = self._nodes[job.placement.slots[0].node].name
-        if job.kind == "command" or job.env or job.placement.gpus or job.isolate:
-            self._run_on(node, daskjob.stop, fut.key)
-        elif fut.status == "pending" and not self._others_on(node, ident):
-            # A Python task in a worker thread cannot be interrupted: end the worker process
-            # (its nanny starts a new one) when it runs nothing else of this run.
-            self._run_on(node, daskjob.exit_worker)
         fut.cancel()
-        o = Outcome(task, attempt, False, None, time.time(), "cancelled", "cancelled")
-        self._emit(job, o, hold=False)
+        self._stopped_unstarted(job, queued)
 
     def poll(self, timeout: float) -> list[Outcome]:
         self._check_workers()
         out = self._drain()
         if out or timeout <= 0:
             return out
+        if self.waiting or self.missing:  # look at the workers again soon
+            timeout = min(timeout, 0.25)
         try:
             first = self.outbox.get(timeout=timeout)
         except queue.Empty:
@@ -411,24 +521,38 @@ class DaskBackend(Backend):
         return [first, *self._drain()]
 
     def close(self) -> None:
-        from shoal.backends import daskjob
-
+        if self.closing and not self._own_client and not self._procs:
+            return
         self.closing = True
         self.wakeup.set()
         with self.lock:
             futures = list(self.futures.values())
             running = [
-                (self._nodes[j.placement.slots[0].node].name, self.futures[i].key)
-                for i, j in self.jobs.items()
-                if i in self.futures
-                and (j.kind == "command" or j.env or j.placement.gpus or j.isolate)
+                (self.bound.get(i, ""), f.key)
+                for i, f in self.futures.items()
+                if i not in self.done
+                and (self.jobs[i].kind == "command" or self._own(self.jobs[i]))
             ]
             self.futures.clear()
-        for node, key in running:  # processes on the workers: stop them too
-            self._run_on(node, daskjob.stop, key)
+            self.waiting.clear()
+        for where, key in running:  # processes on the workers: stop them too
+            if where:
+                self._claim(where, key, restart=False)
         if futures:
             with contextlib.suppress(Exception):
                 self.client.cancel(futures, force=True)
+        deadline = time.monotonic() + 5  # workers ended to stop a task: let them leave, so
+        while self.dead and time.monotonic() < deadline:  # that the next run never picks one
+            try:
+                if not self.dead & set(self.client.scheduler_info()["workers"]):
+                    break
+            except Exception:
+                break
+            time.sleep(0.1)
+        if self._allowed:
+            with contextlib.suppress(Exception):
+                self.client.run_on_scheduler(_set_allowed_failures, value=self._allowed)
+            self._allowed = 0
         if self._own_client:
             with contextlib.suppress(Exception):
                 self.client.close()
@@ -441,6 +565,10 @@ class DaskBackend(Backend):
             except Exception:
                 p.kill()
         self._procs = []
+        self._spawn = {}
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
         self.collector.join(2)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -452,70 +580,180 @@ class DaskBackend(Backend):
             except queue.Empty:
                 return out
 
+    def _node(self, job: Job) -> str:
+        return self._nodes[job.placement.slots[0].node].name
+
+    @staticmethod
+    def _own(job: Job) -> bool:
+        """Whether a Python job runs in a process of its own on the worker."""
+        return job.kind == "python" and bool(
+            job.env or job.placement.gpus or job.isolate or job.cpus > 1
+        )
+
+    def _queued(self, job: Job) -> bool:
+        """Whether the core still has ``job`` queued behind the task ahead of it."""
+        return job.after is not None and job.after in self.open
+
     def _function(self, fid: int) -> Any:
+        """The function's payload for a task: scattered to the workers once, or, while a
+        worker is away (scatter would wait for it) or when the workers that held it have all
+        gone (Dask would cancel the tasks that use it), the bytes themselves."""
         fut = self._scattered.get(fid)
-        if fut is None:
+        if fut is not None and fut.status == "finished":
+            return fut
+        if self.missing:
+            return self.functions[fid]
+        try:
             fut = self._scattered[fid] = self.client.scatter(
-                self.functions[fid], broadcast=True, hash=False
+                self.functions[fid], broadcast=True, hash=False, timeout=5
             )
+        except Exception:
+            return self.functions[fid]
         return fut
 
     def _env(self, job: Job) -> dict[str, str]:
         gpus = ",".join(str(g) for g in job.placement.gpus)
         env = {v: gpus for v in GPU_VARS}
-        env["OMP_NUM_THREADS"] = str(job.cpus)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(job.cpus)
         env.update(job.env)  # the task's own environment wins, as locally
         env.update(attempt_vars(job.task, job.attempt, job.folder))
         return env
 
-    def _run_on(self, node: str, fn: Any, *args: Any) -> None:
-        with contextlib.suppress(Exception):  # the worker is gone already: nothing to stop
-            self.client.run(fn, *args, workers=[self._address(node)], wait=False)
+    def _claim(self, where: str, key: str, restart: bool = True) -> tuple[str, float | None]:
+        """Ask the worker at ``where`` to stop attempt ``key`` (daskjob.claim); ("gone", None)
+        when it cannot be asked."""
+        from shoal.backends import daskjob
 
-    def _others_on(self, node: str, ident: tuple[int, int]) -> bool:
-        with self.lock:
-            return any(
-                other != ident
-                and other not in self.done
-                and self._nodes[j.placement.slots[0].node].name == node
-                for other, j in self.jobs.items()
+        if not where or where in self.dead:
+            return "gone", None
+        try:
+            got = self.client.run(
+                daskjob.claim, key, restart, workers=[where], callback_timeout=ASK
             )
+        except Exception:  # the worker is gone (or ended while answering)
+            return "gone", None
+        answer = got.get(where)
+        if not answer:
+            return "gone", None
+        return str(answer[0]), answer[1]
+
+    def _restarted(self, where: str, target: tuple[int, int], started: float | None) -> None:
+        """The worker at ``where`` ends to stop ``target``: report it stopped, and every other
+        attempt of this run sent there as given back unstarted (the contract's rule: a kill is
+        charged to the task executing, and only to it)."""
+        now = time.time()
+        with self.lock:
+            self._forget(where)
+            others = [
+                (i, self.jobs[i])
+                for i, w in self.bound.items()
+                if w == where and i != target and i not in self.done and i in self.jobs
+            ]
+            self.done.add(target)
+            self.done.update(i for i, _ in others)
+            job = self.jobs.get(target)
+        if job is not None:
+            why = "stopped: its Dask worker process was ended (a Python task in a thread)"
+            o = Outcome(target[0], target[1], False, started, now, "cancelled", why)
+            self._emit(job, o, hold=False)
+        for (task, attempt), j in others:
+            self._emit(j, self._returned(task, attempt), hold=False)
+
+    def _forget(self, where: str) -> None:
+        """The worker at ``where`` ended: send nothing more there (its successor, started by
+        its nanny, has another address)."""
+        with self.lock:
+            self.dead.add(where)
+            for name, addr in list(self.addr.items()):
+                if addr == where:
+                    del self.addr[name]
+                    self.missing.setdefault(name, time.monotonic())
+
+    def _stopped_unstarted(self, job: Job, queued: bool) -> None:
+        """Report an attempt stopped before it began: cancelled while the core had it queued;
+        else given back unstarted (the core then decides: cancelled, or ready again after a
+        timeout that ran while Dask kept it waiting)."""
+        if queued:
+            o = Outcome.unstarted(
+                job.task, job.attempt, time.time(), "cancelled", "cancelled before it started"
+            )
+        else:
+            o = self._returned(job.task, job.attempt)
+        self._emit(job, o, hold=False)
+
+    def _unwait(self, ident: tuple[int, int]) -> Job | None:
+        with self.lock:
+            for jobs in self.waiting.values():
+                for j in jobs:
+                    if (j.task, j.attempt) == ident:
+                        jobs.remove(j)
+                        return j
+        return None
 
     def _address(self, name: str) -> str:
-        for addr, w in self.client.scheduler_info()["workers"].items():
-            if str(w.get("name")) == name:
-                return str(addr)
-        return name
+        return self.addr.get(name, "")
+
+    def _refresh(self, info: dict[str, Any]) -> None:
+        """Which worker name is at which address now."""
+        now = time.monotonic()
+        seen: dict[str, str] = {}
+        for addr, w in info.get("workers", {}).items():
+            if addr not in self.dead:
+                seen[str(w.get("name", addr))] = str(addr)
+        with self.lock:
+            self.addr = seen
+            for node in self._nodes:
+                if node.name in seen:
+                    self.missing.pop(node.name, None)
+                else:
+                    self.missing.setdefault(node.name, now)
+
+    def _gone(self, name: str) -> bool:
+        since = self.missing.get(name)
+        return since is not None and time.monotonic() - since > self.grace
 
     def _finished(self, ident: tuple[int, int], fut: Any, value: Any) -> None:
+        from shoal.backends import daskjob
+
         with self.lock:
             self.futures.pop(ident, None)
+            where = self.bound.pop(ident, "")
             job = self.jobs.pop(ident, None)
+            if where and type(value).__name__ == "KilledWorker":  # never send there again
+                self._forget(where)
+            queued = self.claimed.pop(ident, None)
             if ident in self.done:
                 self.done.discard(ident)
                 return
         if job is None:
             return
         task, attempt = ident
-        node = self._nodes[job.placement.slots[0].node].name
-        status = fut.status
-        if status == "finished" and not isinstance(value, BaseException):
-            try:
-                ok, result, kind, error, started, ended, code = value
-                o = Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
-            except Exception as err:  # not what daskjob returns
-                o = self._lost(task, attempt, f"its result was lost: {err}")
-        elif status == "cancelled":
-            o = self._lost(task, attempt, "Dask cancelled it")
+        node = self._node(job)
+        if isinstance(value, tuple) and len(value) == 7:  # what daskjob returns
+            ok, result, kind, error, started, ended, code = value
+            if kind == daskjob.DROPPED:
+                self._stopped_unstarted(job, bool(queued))
+                return
+            o = Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
+        elif fut.status == "cancelled":
+            # shoal did not cancel it: Dask refuses a task pinned to a worker address that
+            # has left. It never began: it comes back, and waits for the worker's successor.
+            if where:
+                self._forget(where)
+            o = self._returned(task, attempt)
         else:
             err = value if isinstance(value, BaseException) else fut.exception()
             what = f"{type(err).__name__}: {err}"
             if type(err).__name__ in LOST:
-                o = self._lost(task, attempt, f"worker {node} was lost ({what})")
+                if self._queued(job):  # it was queued behind another: it never began
+                    o = self._returned(task, attempt)
+                else:
+                    o = self._lost(task, attempt, f"worker {node} was lost ({what})")
             else:  # the worker could not run it (e.g. cannot import the task's module)
                 why = f"Dask worker {node} could not run the task: {what}"
                 o = Outcome.unstarted(task, attempt, time.time(), "error", why)
-        self._emit(job, o)
+        self._emit(job, o, hold=not o.returned)
 
     def _collect(self) -> None:
         """The thread that receives results: ``as_completed`` gathers them in batches."""
@@ -562,33 +800,77 @@ class DaskBackend(Backend):
     def _lost(task: int, attempt: int, why: str) -> Outcome:
         return Outcome(task, attempt, False, None, time.time(), "lost", why)
 
+    @staticmethod
+    def _returned(task: int, attempt: int) -> Outcome:
+        return Outcome(task, attempt, False, None, time.time(), "", "", returned=True)
+
+    def _say(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            self._notes.append(text)
+
     def _check_workers(self) -> None:
-        """Tasks bound to a worker that left, and has not come back in ``grace`` s: lost."""
+        """Follow the workers: start again a worker step that ended (in_allocation); send the
+        jobs that wait for a worker once it is back; give back the jobs sent to an address
+        that is gone before they began; after ``grace`` s away, send a worker's jobs to the
+        others."""
         now = time.monotonic()
-        if now - self._checked < 1.0:
+        if now - self._checked < (0.2 if self.waiting or self.missing else 1.0):
             return
         self._checked = now
+        self._revive()
         try:
-            names = {str(w.get("name")) for w in self.client.scheduler_info()["workers"].values()}
+            info = self.client.scheduler_info()
         except Exception:
             return
-        for node in self._nodes:
-            if node.name in names:
-                self.missing.pop(node.name, None)
-            else:
-                self.missing.setdefault(node.name, now)
-        gone = {n for n, since in self.missing.items() if now - since > self.grace}
-        if not gone:
-            return
+        self._refresh(info)
         with self.lock:
-            stranded = [
-                (ident, fut, self.jobs[ident])
-                for ident, fut in self.futures.items()
-                if self._nodes[self.jobs[ident].placement.slots[0].node].name in gone
+            stale = [
+                (ident, self.futures[ident], self.jobs[ident])
+                for ident, where in self.bound.items()
+                if where
+                and where not in info.get("workers", {})
                 and ident not in self.done
+                and ident in self.futures
+                and self.futures[ident].status == "pending"
             ]
-            for ident, _, _ in stranded:
+            for ident, _, _ in stale:
                 self.done.add(ident)
-        for (task, attempt), fut, job in stranded:
+            send: list[Job] = []
+            for name in list(self.waiting):
+                if name in self.addr or self._gone(name):
+                    send.extend(self.waiting.pop(name))
+        for (task, attempt), fut, job in stale:  # Dask keeps them for an address never back
             fut.cancel()
-            self._emit(job, self._lost(task, attempt, "its Dask worker left and did not return"))
+            self._emit(job, self._returned(task, attempt), hold=False)
+        for name in [n for n in self.missing if self._gone(n)]:
+            self._say(
+                f"Dask worker {name} left and did not come back within {self.grace:g} s: its "
+                "tasks run on the other workers"
+            )
+        if send:
+            with self.lock:
+                for j in send:
+                    self.open.discard(j.task)
+            self.submit(send)
+
+    def _revive(self) -> None:
+        """Start again a worker step of in_allocation that ended (the step was lost), so that
+        the tasks of its node have a worker again."""
+        import subprocess
+
+        if self.closing or not self._spawn:
+            return
+        for i, (name, (argv, log, env)) in enumerate(list(self._spawn.items()), start=1):
+            p = self._procs[i]
+            if p.poll() is None:
+                continue
+            n = self._revived.get(name, 0)
+            if n >= REVIVALS:
+                continue
+            self._revived[name] = n + 1
+            self._say(
+                f"the Dask worker step on {name} ended (exit {p.returncode}); shoal started it "
+                f"again (see {self._log})"
+            )
+            self._procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)

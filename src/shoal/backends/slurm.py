@@ -9,10 +9,15 @@ exactly as for the local backend, and each task starts as a step::
     srun --exact --nodes=N --ntasks=R --cpus-per-task=C --nodelist=HOSTS [--cpu-bind=...] \\
          --gres=none | env CUDA_VISIBLE_DEVICES=<the placement's GPUs> ... COMMAND
 
-* GPUs: Slurm picks a step's GPUs itself when the step asks for ``--gres``, which would not be
-  the GPUs of the placement. So a GPU task's step asks for none, sees the GPUs of the
-  allocation, and ``CUDA_VISIBLE_DEVICES`` (and the ROCm and oneAPI variables) name exactly the
-  placement's; a CPU task's step gets ``--gres=none`` and sees no GPU.
+* GPUs: a GPU task's step asks for as many as its placement holds (``--gres=gpu:N``, per
+  node), and Slurm gives it that many of the allocation's GPUs and sets
+  ``CUDA_VISIBLE_DEVICES`` to them. (A step that asks for none takes *every* GPU of the
+  allocation when the job was given GPUs, so GPU steps then ran one after another.) Slurm
+  chooses which GPUs; shoal's placement decides how many, and since both count the same GPUs
+  a step never waits for one. A CPU task's step gets ``--gres=none`` and sees no GPU.
+* Failure kinds are those of the local backend: ``srun`` exits 128+N when the task was killed
+  by signal N (it says so: ``task 0: Killed``), and that is a ``crash`` here too, not an
+  ``exit``, so that ``retry_on`` and the out-of-memory hint mean the same everywhere.
 * CPU binding: ``--cpu-bind=map_cpu:`` (one core per rank) or ``mask_cpu:`` (several), from
   the placement, when the cluster's task plugin can bind (``TaskPlugin`` other than
   ``task/none``); otherwise a note says binding is off.
@@ -35,6 +40,7 @@ recorded output; :class:`Slurm` is the one object that runs ``scontrol``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -46,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job, job_command
-from shoal.backends.execute import attempt_vars
+from shoal.backends.execute import attempt_vars, describe_exit
 from shoal.backends.processes import Processes
 from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
@@ -117,6 +123,23 @@ def transient(stderr: str) -> bool:
     return any(t in own for t in TRANSIENT)
 
 
+_KILLED = re.compile(r"^srun: error: \S+: tasks? [\d,-]+: (?!Exited with exit code)(.+)$", re.M)
+
+
+def signalled(o: Outcome, stderr: str) -> Outcome:
+    """The outcome of a step whose task was killed by a signal, as the local backend words it:
+    ``srun`` exits 128+N and says ``task 0: Segmentation fault`` (not ``Exited with exit
+    code``); that is a ``crash``, not an ``exit``."""
+    code = o.exit_code
+    if code is None or not 128 < code < 160 or o.kind != "exit" or not _KILLED.search(stderr):
+        return o
+    kind, words = describe_exit(128 - code)
+    error = o.error.replace(f"the process exited with code {code}", words)
+    if error == o.error:
+        error = f"{words}\n{o.error}"
+    return dataclasses.replace(o, kind=kind, error=error, exit_code=128 - code)
+
+
 # -- pure: building the step ------------------------------------------------------------------
 def _mask(cores: Sequence[int]) -> str:
     return hex(sum(1 << c for c in cores))
@@ -169,11 +192,9 @@ def step_argv(
             argv.append(flag)
     if mpi:
         argv.append(f"--mpi={mpi}")
-    gpus = ",".join(str(g) for g in p.gpus)
-    if not gpus:
-        argv.append("--gres=none")
-        return [*argv, *command]
-    return [*argv, "env", *(f"{v}={gpus}" for v in GPU_VARS), *command]
+    per_node = max(len(s.gpus) for s in p.slots)
+    argv.append(f"--gres=gpu:{per_node}" if per_node else "--gres=none")
+    return [*argv, *command]
 
 
 def hostfile_text(p: Placement, hosts: Sequence[str]) -> str:
@@ -238,11 +259,12 @@ class _Steps(Processes):
         tries = 0
         while True:
             outcome = super()._one(chain, job)  # type: ignore[arg-type]
-            if outcome.ok or tries >= len(BACKOFF) or self.closing:
+            if outcome.ok:
                 return outcome
             err = job.taskdir / "stderr"
             text = err.read_text(errors="replace") if err.exists() else ""
-            if not transient(text):
+            outcome = signalled(outcome, text)
+            if tries >= len(BACKOFF) or self.closing or not transient(text):
                 return outcome
             err.unlink(missing_ok=True)
             (job.taskdir / "stdout").unlink(missing_ok=True)
@@ -334,8 +356,13 @@ class SlurmBackend(Backend):
         if self.pool is None:
             from shoal.backends.dask import DaskBackend
 
+            assert self.rundir is not None
             pool = DaskBackend.in_allocation(
-                self.job, host=self.host, python=self.python, overlap=True
+                self.job,
+                host=self.host,
+                python=self.python,
+                overlap=True,
+                folder=self.rundir / "dask",
             )
             by_name = {n.name: n for n in pool.nodes()}
             pool._nodes = [by_name[h] for h in self.hosts]  # the same node order as here

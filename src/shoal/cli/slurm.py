@@ -85,6 +85,54 @@ def script(
     return "\n".join(lines)
 
 
+def _partition_nodes(partition: str | None) -> tuple[str, int] | None:
+    """The partition a job goes to (the default one when none is named) and its node count,
+    from ``sinfo``; None when sinfo cannot say."""
+    argv = ["sinfo", "-h", "-o", "%P %D"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    counts: dict[str, int] = {}
+    default = None
+    for line in out.stdout.splitlines():
+        name, _, count = line.partition(" ")
+        if name.endswith("*"):
+            name = default = name[:-1]
+        if count.strip().isdigit():
+            counts[name] = counts.get(name, 0) + int(count)
+    chosen = partition or default
+    if chosen is None or chosen not in counts:
+        return None
+    return chosen, counts[chosen]
+
+
+def check_cluster(nodes: int, partition: str | None, batch: Path) -> None:
+    """Refuse, before anything is submitted, a job that no part of the cluster can run: more
+    nodes than the partition has (Slurm would queue it and it would pend forever without a
+    word), or a request no node can satisfy (``sbatch --test-only`` says so)."""
+    have = _partition_nodes(partition)
+    if have is not None and nodes > have[1]:
+        raise click.UsageError(
+            f"--nodes {nodes}: partition {have[0]} has {have[1]} node(s) (sinfo), so the job "
+            f"would wait forever; ask for at most {have[1]}, or name another --partition"
+        )
+    try:
+        out = subprocess.run(
+            ["sbatch", "--test-only", str(batch)], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise click.UsageError("sbatch was not found: is Slurm installed here?") from None
+    except subprocess.TimeoutExpired:
+        return  # the controller is slow: let the real submission tell
+    if out.returncode != 0:
+        raise click.UsageError(
+            f"Slurm cannot run this job anywhere (sbatch --test-only: "
+            f"{out.stderr.strip() or out.stdout.strip()}); compare --nodes, --partition and "
+            f"the --sbatch options with what sinfo shows. Nothing was submitted."
+        )
+
+
 def register(main: click.Group) -> None:
     @main.group()
     def slurm() -> None:
@@ -144,6 +192,11 @@ def register(main: click.Group) -> None:
         path = Path(chosen).resolve()
         if not path.exists():
             raise click.UsageError(f"{chosen} does not exist")
+        if resume_dir is not None and not (path / "shoal.db").exists():
+            raise click.UsageError(
+                f"--resume {resume_dir}: there is no run there (no shoal.db); give the run "
+                "directory that shoal run made (shoal status lists runs)"
+            )
         text = script(
             str(path),
             nodes=nodes,
@@ -162,6 +215,11 @@ def register(main: click.Group) -> None:
         folder.mkdir(exist_ok=True)
         batch = folder / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
         batch.write_text(text)
+        try:
+            check_cluster(nodes, partition, batch)
+        except click.UsageError:
+            batch.unlink(missing_ok=True)
+            raise
         try:
             out = subprocess.run(
                 ["sbatch", "--parsable", str(batch)], capture_output=True, text=True, timeout=60
