@@ -209,7 +209,7 @@ def load_rule(payload: bytes | None) -> Any:
 
     try:
         return cloudpickle.loads(payload)
-    except Exception:
+    except (Exception, SystemExit):  # its module is gone, or its code raised: go on without
         return None
 
 
