@@ -164,6 +164,7 @@ class Prepared:
         self.restore = restore
         self.log = _logger(rundir)
         self.writer = Writer(rundir, extras.state_dir)
+        self.writer.log = self.log
         if extras.state_dir is None:
             warn_filesystem(rundir, self.log)
         else:

@@ -418,6 +418,26 @@ class Writer:
             )
         return delay
 
+    def _final_checkpoint(self) -> None:
+        """Copy the WAL back and truncate it, if no reader holds an old snapshot. A TRUNCATE
+        checkpoint waits for readers (up to the busy timeout, 30 s) and cannot pass one that
+        keeps its transaction: the end of the run does not wait. The WAL then stays, and the
+        next connection to write (a resume) or the last to close copies it back."""
+        c = self.conn
+        try:
+            c.execute("PRAGMA busy_timeout=0")
+            _, frames, done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return
+        if frames > 0 and done < frames:
+            self._say(
+                logging.WARNING if self.blocked >= BLOCKED else logging.INFO,
+                f"the end of the run could not copy the WAL back ({holders(self.path)}): "
+                f"{wal_size(self.path) / 2**20:.1f} MB stay in {self.path}-wal until that "
+                "reader ends its transaction and a connection checkpoints (any later write, "
+                "or the last connection to close, does); nothing is lost",
+            )
+
     def _say(self, level: int, text: str) -> None:
         if self.log is not None:
             self.log.log(level, "%s", text)
@@ -447,8 +467,7 @@ class Writer:
         self._stop.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._final_checkpoint()
         if self.copy is not None:
             try:
                 copy_store(self.conn, self.copy)
