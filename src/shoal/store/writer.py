@@ -125,7 +125,7 @@ class Writer:
         self.log: logging.Logger | None = None  # warnings of the checkpointer go here
         self.checkpoints = 0  # checkpoints tried by the background thread
         self.blocked = 0  # of them, the last ones in a row that could not pass
-        self._warned = 0.0  # the WAL's size at the last warning of a blocked checkpoint
+        self._warned: int | None = None  # the WAL's size when the log last said it blocks
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="shoal-checkpoint", daemon=True
@@ -390,7 +390,7 @@ class Writer:
         run. Trying again four times a second would only cost, so each try that cannot pass
         doubles the wait, up to BACKOFF seconds; the first that passes resets it. The log
         says when it blocks (with the WAL's size and who holds the database), again each
-        time the WAL doubled, and when it passes again."""
+        time the WAL doubled (and grew REWARN bytes), and when it passes again."""
         self.checkpoints += 1
         try:
             _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -400,13 +400,14 @@ class Writer:
             if self.blocked >= BLOCKED:
                 self._say(logging.INFO, "checkpoints pass again; the WAL is copied back")
             self.blocked = 0
-            self._warned = 0.0
+            self._warned = None
             return self._every
         self.blocked += 1
         delay: float = min(self._every * 2**self.blocked, BACKOFF)
         size = wal_size(self.path)
-        if self.blocked >= BLOCKED and size >= 2 * self._warned:
-            self._warned = max(size, 1.0)
+        last = self._warned
+        if self.blocked >= BLOCKED and (last is None or size >= max(2 * last, last + REWARN)):
+            self._warned = size
             who = holders(self.path)
             self._say(
                 logging.WARNING,
@@ -482,6 +483,7 @@ class Writer:
 AUTO = 10_000  # pages of WAL past which the writer checkpoints itself (~40 MB)
 BACKOFF = 8.0  # the longest wait between two checkpoint tries that cannot pass
 BLOCKED = 3  # tries in a row that could not pass before the log says so
+REWARN = 64 << 20  # the log says it again when the WAL grew this much, and doubled, since
 
 
 def _ident(path: Path) -> tuple[int, int] | None:
