@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 import shoal
+from shoal.store import writer
 from shoal.store.queries import Reader
 from shoal.store.schema import connect
-from shoal.store.writer import AUTO, BACKOFF, Writer
+from shoal.store.writer import Writer
 
 DEADLINE = 120.0
 
@@ -59,7 +60,7 @@ def test_checkpoints_back_off_while_a_reader_blocks_them(
         blocked = [m for m in said if "holds a read transaction" in m]
         # Each try that cannot pass doubles the wait, up to BACKOFF: tries within any time
         # are logarithmic, not four a second.
-        assert delays == [min(0.25 * 2**k, BACKOFF) for k in range(1, 9)]
+        assert delays == [min(0.25 * 2**k, writer.BACKOFF) for k in range(1, 9)]
         assert w.checkpoints == 8 and w.blocked == 8
         # The writer's own checkpoint on each commit is off while they cannot pass.
         assert _autocheckpoint(w) == 0 and not w.auto
@@ -71,7 +72,7 @@ def test_checkpoints_back_off_while_a_reader_blocks_them(
         reader.close()
         assert w._checkpoint_step(side) == 0.25  # passes: back to the normal pace
         w.housekeep()
-        assert _autocheckpoint(w) == AUTO and w.auto
+        assert _autocheckpoint(w) == writer.AUTO and w.auto
         assert any("pass again" in r.getMessage() for r in caplog.records)
     side.close()
     w.close()
