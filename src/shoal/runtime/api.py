@@ -31,7 +31,7 @@ from shoal.spec.steer import Rule, Strategy
 from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
 from shoal.store.fs import warn_filesystem
 from shoal.store.lock import Lock
-from shoal.store.recover import Snapshot, load, load_rule
+from shoal.store.recover import Snapshot, load, load_rule, verify
 from shoal.store.writer import Writer, live_path, sync
 
 
@@ -96,8 +96,22 @@ def _default_backend() -> str:
     return "flux" if os.environ.get("FLUX_URI") else "local"
 
 
+NAME_MAX = 255 - len("-YYYYmmdd-HHMMSS-999")  # bytes of a workflow name in a folder name
+
+
 def new_rundir(base: Path, name: str) -> Path:
-    base.mkdir(parents=True, exist_ok=True)
+    size = len(os.fsencode(name))
+    if size > NAME_MAX or "/" in name or "\0" in name:
+        why = f"is {size} bytes long" if size > NAME_MAX else "holds a '/' or a NUL"
+        raise DefinitionError(
+            f"the workflow name {name[:60]!r}{'...' if len(name) > 60 else ''} {why}: the run "
+            f"directory is named after it (<name>-<timestamp>), and a file name has at most 255 "
+            f"bytes. Give the workflow a name of at most {NAME_MAX} bytes, without '/'."
+        )
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise unwritable(base, err, "create the folder for run directories") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
@@ -106,14 +120,38 @@ def new_rundir(base: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise unwritable(base, err, "create a run directory") from None
     raise DefinitionError(f"cannot create a run directory for {name!r} in {base}")
+
+
+def unwritable(where: Path, err: OSError, what: str) -> StoreError:
+    """A StoreError for a folder shoal cannot write, with what to do."""
+    import errno
+
+    why = err.strerror or str(err)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (
+            "Run from a folder you can write, or give another one: wf.run(base=...) "
+            "(for a resume: make the run directory writable, or copy it somewhere writable)"
+        )
+    elif err.errno == errno.ENOSPC:
+        fix = "Free space on that disk, or give another folder: wf.run(base=...)"
+    elif err.errno in (errno.EMFILE, errno.ENFILE):
+        fix = "Raise the limit on open files (ulimit -n 4096) and try again"
+    else:
+        fix = "Check the folder, or give another one: wf.run(base=...)"
+    return StoreError(f"cannot {what} in {where}: {why}. {fix}.")
 
 
 def _logger(rundir: Path) -> logging.Logger:
     log = logging.getLogger(f"shoal.run.{rundir.name}.{id(rundir)}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    handler = logging.FileHandler(rundir / "shoal.log")
+    try:
+        handler = logging.FileHandler(rundir / "shoal.log")
+    except OSError as err:
+        raise unwritable(rundir, err, "write the run's log") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
@@ -603,6 +641,7 @@ def resume(run_dir: str | os.PathLike[str], **options: Any) -> Run:
             f"no shoal database in {rundir}: give a run directory (a folder named "
             "<workflow>-<timestamp> holding shoal.db)"
         )
+    verify(rundir)  # a damaged store is refused before anything reads it
     meta = _stored_meta(rundir)
     stored = meta.get("options") or {}
     with restored(meta) as changed:
