@@ -326,11 +326,11 @@ class Driver:
             wait = 0 if self.backend_outbox or (st is not None and st.stimuli) else POLL
             outcomes = self.backend_outbox + self.backend.poll(wait)
             self.backend_outbox = []
-            events = [self._event(o) for o in outcomes]
+            now = self.clock()  # one reading for the iteration's outcomes and its Tick
+            events = [self._event(o, now) for o in outcomes]
             if self.extra:
                 events.extend(self.extra)
                 self.extra = []
-            now = self.clock()
             events.append(Tick(now))
             events.extend(self._stops(now))
             self.requests.poll(now)  # its commands join the next iteration's
@@ -462,8 +462,7 @@ class Driver:
         c = self.scheduler.counts
         return bool(c[State.FAILED] or c[State.DEP_FAILED])
 
-    def _event(self, o: Outcome) -> Stimulus:
-        now = self.clock()
+    def _event(self, o: Outcome, now: float) -> Stimulus:
         if o.returned:
             if self.killed:  # it never started: nothing was stopped
                 self.killed.pop((o.task, o.attempt), None)
