@@ -267,9 +267,37 @@ def register(main: click.Group, rundir_of: Any) -> None:
         flows = [v for v in found.values() if isinstance(v, shoal.Workflow)]
         if not flows:
             raise click.UsageError(f"{script} defines no shoal.Workflow to submit")
+        check_submit(d, flows)
         a = shoal.attach(d)
         rid = a.submit(*flows)
         _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+
+
+def check_submit(rundir: Path, flows: list[Any]) -> None:
+    """Refuse at once what the driver would refuse anyway: tasks that no node of the run
+    can hold (a stopped run would only answer when it resumes)."""
+    from shoal.core.resources import Node, Pool
+    from shoal.errors import DefinitionError
+    from shoal.runtime.driver import check_resources
+    from shoal.spec.response import tasks_of
+    from shoal.spec.task import detached
+    from shoal.spec.workflow import Functions, lower
+    from shoal.store.queries import Reader
+
+    tasks = list({t.key: t for f in flows for t in tasks_of(f, "submit")}.values())
+    with Reader(rundir) as r:
+        nodes = [
+            Node(n["name"], tuple(n["cores"]), tuple(n["gpus"]), n["memory"]) for n in r.nodes()
+        ]
+    try:
+        with detached():
+            plan = lower(tasks, "submit", 0, {}, Functions())
+    except DefinitionError:  # e.g. references to the run's tasks: the driver checks them
+        return
+    try:
+        check_resources(plan.records, Pool(tuple(nodes)))
+    except DefinitionError as err:
+        _refuse(rundir, f"cannot submit: {err}")
 
 
 def _task(text: str) -> int | str:

@@ -7,10 +7,12 @@ deadline, and can be resumed (``shoal resume RUN_DIR``); 130 stopped at once (a 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import runpy
 import socket
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -73,12 +75,53 @@ class _Group(click.Group):
         except ShoalError as err:
             click.secho(f"shoal: {err}", fg="red", err=True)
             sys.exit(EXIT_INPUT)
+        except OSError as err:
+            if err.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            click.secho(f"shoal: {err.strerror}: {NOFILE_FIX}", fg="red", err=True)
+            sys.exit(EXIT_INPUT)
+        except sqlite3.DatabaseError as err:
+            if ctx.invoked_subcommand == "run":  # the script's own: keep its traceback
+                raise
+            click.secho(
+                f"shoal: a run's store cannot be read ({err}): it is damaged or not a shoal "
+                "store. Keep a copy; run the workflow again for its results.",
+                fg="red",
+                err=True,
+            )
+            sys.exit(EXIT_INPUT)
+
+
+NOFILE_MIN = 64  # open files shoal needs at least (its store, log, and pipes to workers)
+NOFILE_FIX = (
+    "the limit on open files (ulimit -n) is too low for shoal, which holds its store, its log "
+    "and pipes to every worker open. Raise it (ulimit -n 4096) and try again."
+)
+
+
+def _open_files() -> None:
+    """Raise the soft limit on open files towards the hard one (as many tools do); refuse,
+    before anything starts, when even the hard limit is too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = hard if hard != resource.RLIM_INFINITY else 4096
+    if soft != resource.RLIM_INFINITY and soft < min(4096, top):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, top), hard))
+            soft = min(4096, top)
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < NOFILE_MIN:
+        click.secho(f"shoal: ulimit -n is {soft}: {NOFILE_FIX}", fg="red", err=True)
+        sys.exit(EXIT_INPUT)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="shoal")
 def main() -> None:
     """shoal runs ensembles of simulations and keeps the whole story on disk."""
+    _open_files()
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -197,6 +197,16 @@ def register(main: click.Group) -> None:
                 f"--resume {resume_dir}: there is no run there (no shoal.db); give the run "
                 "directory that shoal run made (shoal status lists runs)"
             )
+        for what, p in (
+            ("path", str(path)),
+            ("current directory", os.getcwd()),
+            *(("--sbatch option", x) for x in extra),
+        ):
+            if any(c in p for c in "\n\r\0"):  # would end an #SBATCH line and start another
+                raise click.UsageError(
+                    f"the {what} {p!r} holds a line break, which would split the batch "
+                    "script's #SBATCH lines; rename it (or run from another folder)"
+                )
         text = script(
             str(path),
             nodes=nodes,
@@ -226,8 +236,8 @@ def register(main: click.Group) -> None:
             )
         except FileNotFoundError:
             raise click.UsageError("sbatch was not found: is Slurm installed here?") from None
-        if out.returncode != 0:
-            raise click.ClickException(f"sbatch refused {batch}: {out.stderr.strip()}")
+        if out.returncode != 0:  # refused: exit 2, as every refusal of shoal
+            raise click.UsageError(f"sbatch refused {batch}: {out.stderr.strip()}")
         job = out.stdout.strip().split(";")[0]
         click.echo(
             f"submitted job {job} ({batch}); its output: shoal-slurm-{job}.out; the run "

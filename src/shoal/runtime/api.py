@@ -22,6 +22,7 @@ from shoal.core.resources import Pool
 from shoal.core.states import State
 from shoal.errors import DefinitionError, StoreError, hint
 from shoal.runtime.driver import Driver, check_resources
+from shoal.runtime.imports import check, recorded, restored
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
 from shoal.spec.retry import Backoff
@@ -30,7 +31,7 @@ from shoal.spec.steer import Rule, Strategy
 from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
 from shoal.store.fs import warn_filesystem
 from shoal.store.lock import Lock
-from shoal.store.recover import Snapshot, load, load_rule
+from shoal.store.recover import Snapshot, load, load_rule, verify
 from shoal.store.writer import Writer, live_path, sync
 
 
@@ -95,8 +96,22 @@ def _default_backend() -> str:
     return "flux" if os.environ.get("FLUX_URI") else "local"
 
 
+NAME_MAX = 255 - len("-YYYYmmdd-HHMMSS-999")  # bytes of a workflow name in a folder name
+
+
 def new_rundir(base: Path, name: str) -> Path:
-    base.mkdir(parents=True, exist_ok=True)
+    size = len(os.fsencode(name))
+    if size > NAME_MAX or "/" in name or "\0" in name:
+        why = f"is {size} bytes long" if size > NAME_MAX else "holds a '/' or a NUL"
+        raise DefinitionError(
+            f"the workflow name {name[:60]!r}{'...' if len(name) > 60 else ''} {why}: the run "
+            f"directory is named after it (<name>-<timestamp>), and a file name has at most 255 "
+            f"bytes. Give the workflow a name of at most {NAME_MAX} bytes, without '/'."
+        )
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise unwritable(base, err, "create the folder for run directories") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base / (f"{name}-{stamp}" + (f"-{i}" if i else ""))
@@ -105,14 +120,38 @@ def new_rundir(base: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise unwritable(base, err, "create a run directory") from None
     raise DefinitionError(f"cannot create a run directory for {name!r} in {base}")
+
+
+def unwritable(where: Path, err: OSError, what: str) -> StoreError:
+    """A StoreError for a folder shoal cannot write, with what to do."""
+    import errno
+
+    why = err.strerror or str(err)
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = (
+            "Run from a folder you can write, or give another one: wf.run(base=...) "
+            "(for a resume: make the run directory writable, or copy it somewhere writable)"
+        )
+    elif err.errno == errno.ENOSPC:
+        fix = "Free space on that disk, or give another folder: wf.run(base=...)"
+    elif err.errno in (errno.EMFILE, errno.ENFILE):
+        fix = "Raise the limit on open files (ulimit -n 4096) and try again"
+    else:
+        fix = "Check the folder, or give another one: wf.run(base=...)"
+    return StoreError(f"cannot {what} in {where}: {why}. {fix}.")
 
 
 def _logger(rundir: Path) -> logging.Logger:
     log = logging.getLogger(f"shoal.run.{rundir.name}.{id(rundir)}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    handler = logging.FileHandler(rundir / "shoal.log")
+    try:
+        handler = logging.FileHandler(rundir / "shoal.log")
+    except OSError as err:
+        raise unwritable(rundir, err, "write the run's log") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
@@ -163,6 +202,7 @@ class Prepared:
         self.restore = restore
         self.log = _logger(rundir)
         self.writer = Writer(rundir, extras.state_dir)
+        self.writer.log = self.log
         if extras.state_dir is None:
             warn_filesystem(rundir, self.log)
         else:
@@ -215,6 +255,7 @@ class Prepared:
                     "host": socket.gethostname(),
                     "tasks": len(plan.records),
                     "argv": sys.argv,
+                    **recorded(),  # a resume imports what this run imports
                     "options": stored,
                     "tracked": _blob(wf.tracked) if wf.tracked else None,
                 },
@@ -321,26 +362,48 @@ def _unblob(text: str | None) -> Any:
     return cloudpickle.loads(base64.b64decode(text)) if text else None
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def _signals(driver: Driver) -> Iterator[None]:
-    """SIGTERM and SIGINT stop the run gracefully (the driver finishes or stops the running
-    tasks and records the run as interrupted); a second signal stops it at once."""
+    """SIGTERM, SIGINT and SIGHUP (the terminal closed, the SSH connection dropped) stop the
+    run gracefully (the driver finishes or stops the running tasks and records the run as
+    interrupted); a second signal stops it at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_signal(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            _detach_terminal()
         if driver.signalled:
             raise KeyboardInterrupt(f"stopped by a second {name}")
         driver.signalled = name
 
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A driver started under nohup (SIGHUP ignored) keeps ignoring it.
+    chosen = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {sig: signal.signal(sig, on_signal) for sig in chosen}
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _detach_terminal() -> None:
+    """After a hang-up the terminal is gone and writing to it fails (EIO): what the driver
+    would print from now on (the progress bar, the summary) goes nowhere; shoal.log has it."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                os.dup2(null, fd)
+    os.close(null)
 
 
 class _null:
@@ -462,6 +525,12 @@ def resumed(
         snap = load(rundir)
         plan = snap.plan
         check_resources(plan.records, Pool(tuple(backend.nodes())))
+        unfinished = [
+            (r.name, r.id, r.payload)
+            for r, st in zip(plan.records, snap.states, strict=True)
+            if not st.terminal
+        ]
+        check(rundir, snap.meta, plan.functions, unfinished, snap.meta.get("tracked"))
         functions = Functions()
         functions.count = len(plan.functions)
         rules: list[Rule] = []
@@ -565,26 +634,30 @@ def resume(run_dir: str | os.PathLike[str], **options: Any) -> Run:
     requests is there, and so is the memory of rules and strategies. The run's options (node
     size, policy, retries) are those it was started with, unless given here.
     """
-    rundir = Path(run_dir)
+    rundir = Path(run_dir).absolute()  # the run goes on in its own working directory
     _check_options(options)
     if not (rundir / "shoal.db").exists():
         raise StoreError(
             f"no shoal database in {rundir}: give a run directory (a folder named "
             "<workflow>-<timestamp> holding shoal.db)"
         )
-    stored = _stored_options(rundir)
-    p = prepare(None, **{**stored, **options, "_resume": rundir})
-    r = Run(p.dir, p.plan.name)
-    settings.runs.append(r)
-    return p.execute(r)
+    verify(rundir)  # a damaged store is refused before anything reads it
+    meta = _stored_meta(rundir)
+    stored = meta.get("options") or {}
+    with restored(meta) as changed:
+        p = prepare(None, **{**stored, **options, "_resume": rundir})
+        if changed:
+            p.log.info("as when the run started: %s", changed)
+        r = Run(p.dir, p.plan.name)
+        settings.runs.append(r)
+        return p.execute(r)
 
 
-def _stored_options(rundir: Path) -> dict[str, Any]:
+def _stored_meta(rundir: Path) -> dict[str, Any]:
     from shoal.store.queries import Reader
 
     with Reader(rundir) as r:
-        stored: dict[str, Any] = r.meta().get("options") or {}
-    return stored
+        return r.meta()
 
 
 def submit(wf: Workflow, **options: Any) -> Run:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import sys
 import time
 from collections import Counter
@@ -41,7 +40,7 @@ from shoal.core.events import (
 from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Pool
 from shoal.core.states import State
-from shoal.errors import DefinitionError, ResourceError
+from shoal.errors import DefinitionError, ResourceError, StoreError
 from shoal.runtime.requests import Requests
 from shoal.runtime.status import StatusFile
 from shoal.runtime.steer import Steering
@@ -52,6 +51,7 @@ from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy, Tracker
 from shoal.spec.task import Task, detached, render_command
 from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
+from shoal.store.pickles import loads
 from shoal.store.writer import Batch, Writer
 
 KEPT = 256 << 20  # bytes of outputs the driver keeps in memory for dependents (_keep)
@@ -61,6 +61,24 @@ POLL = 0.05  # seconds the loop waits for outcomes when nothing happens
 READY, RETRYING, FAILED = State.READY, State.RETRYING, State.FAILED
 QUEUED, RUNNING = State.QUEUED, State.RUNNING
 ROUNDS = 50  # rounds of handler actions handled within one loop iteration
+HOUSEKEEP = 1.0  # seconds between checks off the hot path (the store still there, ...)
+
+
+class Clock:
+    """The time the core is given: the wall time when the driver started plus the monotonic
+    time since. Durations (timeouts, retry back-off, reserve_after, interval rules) are
+    measured on it, so a step of the system clock (NTP, a suspended laptop, a person) neither
+    fires every timeout at once nor delays them; records stay close to wall time. What the
+    user gave as wall time (``stop_at``) is compared with the wall clock (Driver._stops)."""
+
+    __slots__ = ("mono", "wall")
+
+    def __init__(self) -> None:
+        self.wall = time.time()
+        self.mono = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.wall + (time.monotonic() - self.mono)
 
 
 @dataclass(slots=True)
@@ -123,6 +141,8 @@ class Driver:
         self.writer = writer
         self.log = log
         self.records: list[Record] = plan.records  # ids are 0..n-1, in order
+        self.clock = Clock()
+        self.gone = ""  # why the store cannot keep the run any more (Driver._housekeep)
         self.scheduler = Scheduler(backend.nodes(), policy)
         self.status = StatusFile(rundir / "status.json", plan.name, len(plan.records))
         self.on_progress = on_progress
@@ -152,7 +172,7 @@ class Driver:
         self.pool = Pool(tuple(backend.nodes()))  # for refusing added work with a clear message
         self.steering: Steering | None = None
         if rules or strategies or tracked or any(r.options.tags for r in plan.records):
-            self.steering = Steering(self, rules or [], strategies or [], tracked, time.time())
+            self.steering = Steering(self, rules or [], strategies or [], tracked, self.clock())
             self.steering.note_tags(plan.records)
         self.default_retry = default_retry  # the run's policy for tasks without their own
         self.restore = restore  # a Snapshot of a resumed run (shoal.store.recover), or None
@@ -175,7 +195,8 @@ class Driver:
         try:
             return self._run()
         except Exception as err:
-            self._crashed(err)
+            if not self.gone:  # not an internal error: said where it was found
+                self._crashed(err)
             raise
 
     def _crashed(self, err: Exception) -> None:
@@ -214,7 +235,7 @@ class Driver:
             sys.setswitchinterval(interval)
         st = self.steering
         if st is not None:
-            st.end(time.time())
+            st.end(self.clock())
             self.writer.commit(Batch(rules=st.rows(every=True)))
         if not self.scheduler.done:  # stopped early: the rows of waiting tasks say exactly how
             waiting = [
@@ -261,7 +282,7 @@ class Driver:
         # Committing in a second thread so that it overlaps the next poll was tried and measured
         # slower (W1 0.55x against 0.80x): executemany binds parameters holding the GIL, and the
         # two threads then hand the GIL back and forth at the 5 ms switch interval.
-        now = time.time()
+        now = self.clock()
         st = self.steering
         snap = self.restore
         events: list[Stimulus]
@@ -278,6 +299,7 @@ class Driver:
         del infos
         outcomes: list[Outcome] = []
         last_progress = 0.0
+        last_check = time.monotonic()
         s = self.scheduler
         first = snap is not None  # a resumed run takes the requests that waited for it first
         while True:
@@ -304,11 +326,11 @@ class Driver:
             wait = 0 if self.backend_outbox or (st is not None and st.stimuli) else POLL
             outcomes = self.backend_outbox + self.backend.poll(wait)
             self.backend_outbox = []
-            events = [self._event(o) for o in outcomes]
+            now = self.clock()  # one reading for the iteration's outcomes and its Tick
+            events = [self._event(o, now) for o in outcomes]
             if self.extra:
                 events.extend(self.extra)
                 self.extra = []
-            now = time.time()
             events.append(Tick(now))
             events.extend(self._stops(now))
             self.requests.poll(now)  # its commands join the next iteration's
@@ -316,10 +338,30 @@ class Driver:
                 st.tick(now)
                 events.extend(st.take())
             mono = time.monotonic()
+            if mono - last_check >= HOUSEKEEP:
+                last_check = mono
+                self._housekeep()
             if self.on_progress is not None and mono - last_progress > 0.1:
                 last_progress = mono
                 self.on_progress(s.counts, len(self.records))
             self.status.maybe_write(s, self.log, self._extra_status)
+
+    def _housekeep(self) -> None:
+        """Checks that need not run every iteration (at most once a second): the store's
+        own (checkpoints, see Writer.housekeep), and that the store is still there. A run
+        whose directory or database was deleted (``rm -rf RUN``) would go on committing into
+        an unlinked file and lose every result: it stops now, and says so."""
+        gone = self.writer.housekeep()
+        if not gone:
+            return
+        self.gone = (
+            f"{gone}: the run cannot record anything any more, so it stopped (its running "
+            "tasks were stopped). What it recorded went with the deleted files; to run the "
+            "workflow, start it again (a new run directory)."
+        )
+        self.log.error("%s", self.gone)
+        print(f"shoal: {self.gone}", file=sys.stderr)
+        raise StoreError(self.gone)
 
     def _refused(self, err: Refused, events: list[Stimulus], outcomes: list[Outcome]) -> None:
         """The core refused an event of this iteration (a backend's report it cannot accept,
@@ -344,7 +386,7 @@ class Driver:
         why = ""
         if self.signalled:
             why = f"stopped by {self.signalled}"
-        elif self.stop_at is not None and now >= self.stop_at:
+        elif self.stop_at is not None and time.time() >= self.stop_at:  # the user's wall time
             when = time.strftime("%H:%M:%S", time.localtime(self.stop_at))
             why = f"the deadline ({when}) was reached"
         if not why:
@@ -365,7 +407,7 @@ class Driver:
         by_task = {o.task: o for o in outcomes} if outcomes else {}
         new = commands
         for _ in range(ROUNDS):
-            now = time.time()
+            now = self.clock()
             if st.active:
                 st.observe(new, by_task, now)
             st.idle(now)
@@ -420,8 +462,7 @@ class Driver:
         c = self.scheduler.counts
         return bool(c[State.FAILED] or c[State.DEP_FAILED])
 
-    def _event(self, o: Outcome) -> Stimulus:
-        now = time.time()
+    def _event(self, o: Outcome, now: float) -> Stimulus:
         if o.returned:
             if self.killed:  # it never started: nothing was stopped
                 self.killed.pop((o.task, o.attempt), None)
@@ -456,7 +497,9 @@ class Driver:
             o.result = output
             new = list({t.key: t for t in (*resp.add, *resp.detour, *resp.replace)}.values())
             infos = self.add_work(new, f"response of {r.name} (#{r.id})") if new else []
-        except Exception as err:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # its classes' code: fail the task
             o.ok = False
             o.result = None
             o.kind = "error"
@@ -566,7 +609,7 @@ class Driver:
             raise DefinitionError(
                 f"task #{task} has no result: it is {self.scheduler.state(task).value}"
             )
-        return pickle.loads(self._pickled(task))
+        return loads(self._pickled(task), self._label(task))
 
     def _standin(self, task: int, asking: Record | None = None) -> int:
         """The task whose output stands for ``task``'s: its replacement (Response), through
@@ -607,7 +650,7 @@ class Driver:
         batch = self.batch
         batch.outcomes = outcomes
         acts = _Acts()
-        now = time.time()
+        now = self.clock()
         born = self.born is not None
         for c in commands:
             if isinstance(c, Transition):
@@ -659,10 +702,10 @@ class Driver:
             assert isinstance(ref, StoredRef)
             task = self._standin(ref.task, r)
             if task not in cache:
-                cache[task] = pickle.loads(self._pickled(task))
+                cache[task] = loads(self._pickled(task), self._label(task))
             return follow(cache[task], ref.path, self._label(ref.task))
 
-        args, kwargs = pickle.loads(r.payload)
+        args, kwargs = loads(r.payload, f"the arguments of {r.name!r} (#{r.id})")
         return walk(args, visit), walk(kwargs, visit)
 
     def _payload(self, r: Record, local: int | None = None) -> bytes:
@@ -727,10 +770,20 @@ class Driver:
                     job.payload = r.payload
             else:
                 assert r.template is not None
-                values = self._resolve(r)[1] if r.has_refs else pickle.loads(r.payload)[1]
+                if r.has_refs:
+                    values = self._resolve(r)[1]
+                else:
+                    values = loads(r.payload, f"the arguments of {r.name!r} (#{r.id})")[1]
                 job.argv, job.shell = render_command(r.template, values)
-        except (DefinitionError, KeyError, IndexError, ValueError, TypeError) as err:
-            msg = f"cannot prepare the inputs: {err}"
-            now = time.time()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # the task's own data: fail the task
+            # Unpickling an argument or an output runs the user's code and imports their
+            # modules: whatever it raises (SystemExit included) fails this task and what
+            # depends on it, never the run (a resume would crash at the same place).
+            text = str(err) if isinstance(err, DefinitionError) else f"{type(err).__name__}: {err}"
+            msg = f"cannot prepare the inputs: {text}"
+            self.log.warning("task %s (%s): %s", r.id, r.name, msg)
+            now = self.clock()
             return Outcome(r.id, d.attempt, False, now, now, "error", msg)
         return job

@@ -27,6 +27,7 @@ from shoal.errors import DefinitionError, ShoalError, StoreError
 from shoal.spec.refs import StoredRef
 from shoal.spec.response import decode_tasks, encode_tasks, tasks_of
 from shoal.store.lock import held
+from shoal.store.pickles import loads
 from shoal.store.schema import connect
 
 if TYPE_CHECKING:
@@ -62,10 +63,10 @@ class Requests:
             return
         for rid, kind, payload in rows:
             try:
-                answer = self._apply(kind, pickle.loads(payload), now)
+                answer = self._apply(kind, loads(payload, "the request"), now)
             except ShoalError as err:
                 answer = f"refused: {err}"
-            except Exception as err:  # a bad request must not end the run
+            except (Exception, SystemExit) as err:  # a bad request must not end the run
                 answer = f"refused: {type(err).__name__}: {err}"
             self.d.log.info("request %s (%s): %s", rid, kind, answer)
             self.d.batch.answers.append((rid, now, answer))

@@ -47,6 +47,7 @@ from shoal.runtime.handlers import SLOW, Controller, Event, Owner, TaskView
 from shoal.spec.response import tasks_of
 from shoal.spec.steer import TASK_TRIGGERS, Rule, Strategy, Tracker
 from shoal.spec.task import Task, detached
+from shoal.store.pickles import loads
 
 if TYPE_CHECKING:
     from shoal.spec.workflow import Record
@@ -303,7 +304,11 @@ class Steering:
         for o in self.owners:
             data = memories.get(o.label)
             if data:
-                o.memory = pickle.loads(data)
+                try:
+                    o.memory = loads(data, f"the memory of {o.kind} {o.label!r}")
+                except DefinitionError as err:  # it starts afresh, and the log says so
+                    self.log.warning("%s; it starts with an empty memory", err)
+                    continue
                 o.stored = (o.calls, o.errors, data)
         by_label = {o.label: o for o in self.strategies}
         for tid, origin in enumerate(snap.origins):
@@ -366,14 +371,14 @@ class Steering:
 
     def _fields(self, task: int, data: bytes) -> dict[str, float]:
         try:
-            value = pickle.loads(data)
-        except Exception:
+            value = loads(data, "a result")
+        except DefinitionError:
             return {}
         out = {}
         for name, get in self.tracked.items():
             try:
                 x = get(value)
-            except Exception:  # a result without the field is not counted for it
+            except (Exception, SystemExit):  # a result without the field is not counted for it
                 continue
             if isinstance(x, bool) or not isinstance(x, int | float):
                 try:
@@ -394,7 +399,7 @@ class Steering:
             try:
                 assert rule.condition is not None
                 hit = bool(rule.condition(g))
-            except Exception as err:
+            except (Exception, SystemExit) as err:
                 self._failed(owner, err)
                 continue
             was = self.metric_on.get(id(rule), False)
@@ -416,7 +421,8 @@ class Steering:
             if o.ok:
                 data = o.result
                 if data is not None:
-                    ev._load = lambda: pickle.loads(data)
+                    what = f"the output of {r.name!r} (#{r.id})"
+                    ev._load = lambda: loads(data, what)
             else:
                 ev.error = o.error or c.reason
         elif c.new is not State.RUNNING:
@@ -445,7 +451,7 @@ class Steering:
         try:
             with detached():
                 fn(*args, ctl)
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             self._failed(owner, err)
         finally:
             took = time.perf_counter() - t0
@@ -475,7 +481,7 @@ class Steering:
         s: Strategy = owner.target
         try:
             return bool(s.done(Controller(self, owner)))
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             self._failed(owner, err)
             return True
 

@@ -27,7 +27,15 @@ class Lock:
         self.fd: int | None = None
 
     def acquire(self) -> Lock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(
+                f"cannot open {self.path}, the lock of the run's driver: {err.strerror or err}. "
+                "The run directory must be writable to run or resume it (a read-only copy "
+                "can be read with shoal status, shoal tasks and shoal logs): make it "
+                "writable, or copy it somewhere writable and resume the copy."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

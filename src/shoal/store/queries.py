@@ -89,6 +89,12 @@ class Reader:
             yield self.conn
         except sqlite3.Error as err:
             raise StoreError(f"cannot read {self.dir / 'shoal.db'}: {err}") from None
+        except (ValueError, KeyError, TypeError, IndexError) as err:  # decoding a row
+            raise StoreError(
+                f"{self.dir / 'shoal.db'} holds what shoal never writes ({type(err).__name__}: "
+                f"{err}): the store is damaged. Keep a copy; run the workflow again for its "
+                "results."
+            ) from None
 
     def meta(self) -> dict[str, Any]:
         with self._q() as c:

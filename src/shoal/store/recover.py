@@ -9,8 +9,10 @@ memory, and the run's settings. Attempts that were in flight when the driver die
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +58,34 @@ def _options(text: str, name: str, tags: list[str]) -> Options:
     )
 
 
+def damaged(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"the store {path} is damaged ({why}); shoal does not resume a damaged store, which "
+        "could run tasks again or lose results. Keep a copy of the run directory; "
+        f"`sqlite3 {path} .recover` may save what it holds; to get the results, run the "
+        "workflow again (a new run directory)."
+    )
+
+
+def verify(rundir: Path) -> None:
+    """Refuse a store that SQLite finds damaged (``PRAGMA quick_check``: the structure of
+    every page and index; a truncated file, a torn page), before a resume reads anything."""
+    path = Path(rundir) / "shoal.db"
+    conn = connect(path, readonly=True)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as err:
+        raise damaged(path, str(err)) from None
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        raise damaged(path, "; ".join(map(str, rows)))
+
+
 def load(rundir: Path) -> Snapshot:
-    """Read the run in ``rundir`` (see the module docstring)."""
+    """Read the run in ``rundir`` (see the module docstring). A damaged store, one SQLite
+    finds damaged or one holding what shoal never writes (a flipped bit in a state), is
+    refused with a StoreError that says so."""
     path = Path(rundir) / "shoal.db"
     if not path.exists():
         raise StoreError(
@@ -66,94 +94,102 @@ def load(rundir: Path) -> Snapshot:
         )
     conn = connect(path)
     try:
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        if int(meta.get("schema", 0)) != VERSION:
-            raise StoreError(
-                f"{path} was written by another version of shoal (schema {meta.get('schema')}, "
-                f"this one reads {VERSION}); resume it with that version"
-            )
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        # Attempts in flight when the driver stopped. A queued task's row still says "pending"
-        # (the writer skips the waiting states), so the attempts table, not the row, has its
-        # last attempt number and says that it was handed out.
-        in_flight = dict(
-            conn.execute(
-                "SELECT task, MAX(attempt) FROM attempts WHERE outcome IS NULL GROUP BY task"
-            )
-        )
-        last_attempt = dict(conn.execute("SELECT task, MAX(attempt) FROM attempts GROUP BY task"))
-        lost = conn.execute(
-            "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=?"
-            " WHERE outcome IS NULL",
-            (now, "the driver stopped while this attempt ran; resumed as a new attempt"),
-        ).rowcount
-        conn.execute("COMMIT")
-        functions = [
-            (name, bytes(payload))
-            for _, name, payload in conn.execute(
-                "SELECT id, name, payload FROM functions ORDER BY id"
-            )
-        ]
-        records: list[Record] = []
-        states: list[State] = []
-        attempts: list[int] = []
-        gates: list[tuple[int, tuple[int, ...]]] = []
-        aliases: dict[int, int] = {}
-        gate_of: dict[int, tuple[int, ...]] = {}
-        first_of: dict[int, int] = {}
-        options: dict[tuple[str, str, str], Options] = {}
-        rows = conn.execute(
-            "SELECT id, name, kind, function, template, payload, has_refs, deps, options,"
-            " workdir, env, tags, state, attempts, alias, gate, origin FROM tasks ORDER BY id"
-        )
-        origins: list[str | None] = []
-        for row in rows:
-            tid, name, kind, fn, template, payload, has_refs, deps, opts, wd, env, tags = row[:12]
-            state, n, alias, gate, origin = row[12:]
-            origins.append(origin)
-            if tid != len(records):
-                raise StoreError(f"{path}: task ids jump to {tid}; the store is damaged")
-            key = (opts, name, tags)
-            o = options.get(key)
-            if o is None:
-                o = options[key] = _options(opts, name, json.loads(tags))
-            records.append(
-                Record(
-                    id=tid,
-                    name=name,
-                    kind=kind,
-                    options=o,
-                    deps=tuple(json.loads(deps)),
-                    payload=bytes(payload),
-                    has_refs=bool(has_refs),
-                    function=fn if fn is not None else -1,
-                    template=template,
-                    workdir=wd,
-                    env=json.loads(env) if env else None,
-                )
-            )
-            st = State(state)
-            if tid in in_flight and st in (State.PENDING, State.READY):
-                st = State.QUEUED  # handed out, not yet started, when the driver stopped
-            states.append(st)
-            attempts.append(max(n, last_attempt.get(tid, 0)))
-            if alias is not None:
-                aliases[tid] = alias
-            if gate:
-                g = json.loads(gate)
-                gate_of[tid] = tuple(g["gate"])
-                first_of[tid] = int(g["first"])
-        if gate_of:
-            gates = _gates(records, gate_of, first_of)
-        rules = [
-            (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
-            for label, trigger, payload, memory in conn.execute(
-                "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
-            )
-        ]
+        return _load(conn, path)
+    except sqlite3.Error as err:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if isinstance(err, sqlite3.DatabaseError) and "malformed" in str(err):
+            raise damaged(path, str(err)) from None
+        raise StoreError(f"cannot read the store {path}: {err}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        why = f"it holds what shoal never writes: {type(err).__name__}: {err}"
+        raise damaged(path, why) from None
     finally:
         conn.close()
+
+
+def _load(conn: sqlite3.Connection, path: Path) -> Snapshot:
+    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    if int(meta.get("schema", 0)) != VERSION:
+        raise StoreError(
+            f"{path} was written by another version of shoal (schema {meta.get('schema')}, "
+            f"this one reads {VERSION}); resume it with that version"
+        )
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    # Attempts in flight when the driver stopped. A queued task's row still says "pending"
+    # (the writer skips the waiting states), so the attempts table, not the row, has its
+    # last attempt number and says that it was handed out.
+    in_flight = dict(
+        conn.execute("SELECT task, MAX(attempt) FROM attempts WHERE outcome IS NULL GROUP BY task")
+    )
+    last_attempt = dict(conn.execute("SELECT task, MAX(attempt) FROM attempts GROUP BY task"))
+    lost = conn.execute(
+        "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=? WHERE outcome IS NULL",
+        (now, "the driver stopped while this attempt ran; resumed as a new attempt"),
+    ).rowcount
+    conn.execute("COMMIT")
+    functions = [
+        (name, bytes(payload))
+        for _, name, payload in conn.execute("SELECT id, name, payload FROM functions ORDER BY id")
+    ]
+    records: list[Record] = []
+    states: list[State] = []
+    attempts: list[int] = []
+    gates: list[tuple[int, tuple[int, ...]]] = []
+    aliases: dict[int, int] = {}
+    gate_of: dict[int, tuple[int, ...]] = {}
+    first_of: dict[int, int] = {}
+    options: dict[tuple[str, str, str], Options] = {}
+    rows = conn.execute(
+        "SELECT id, name, kind, function, template, payload, has_refs, deps, options,"
+        " workdir, env, tags, state, attempts, alias, gate, origin FROM tasks ORDER BY id"
+    )
+    origins: list[str | None] = []
+    for row in rows:
+        tid, name, kind, fn, template, payload, has_refs, deps, opts, wd, env, tags = row[:12]
+        state, n, alias, gate, origin = row[12:]
+        origins.append(origin)
+        if tid != len(records):
+            raise StoreError(f"{path}: task ids jump to {tid}; the store is damaged")
+        key = (opts, name, tags)
+        o = options.get(key)
+        if o is None:
+            o = options[key] = _options(opts, name, json.loads(tags))
+        records.append(
+            Record(
+                id=tid,
+                name=name,
+                kind=kind,
+                options=o,
+                deps=tuple(json.loads(deps)),
+                payload=bytes(payload),
+                has_refs=bool(has_refs),
+                function=fn if fn is not None else -1,
+                template=template,
+                workdir=wd,
+                env=json.loads(env) if env else None,
+            )
+        )
+        st = State(state)
+        if tid in in_flight and st in (State.PENDING, State.READY):
+            st = State.QUEUED  # handed out, not yet started, when the driver stopped
+        states.append(st)
+        attempts.append(max(n, last_attempt.get(tid, 0)))
+        if alias is not None:
+            aliases[tid] = alias
+        if gate:
+            g = json.loads(gate)
+            gate_of[tid] = tuple(g["gate"])
+            first_of[tid] = int(g["first"])
+    if gate_of:
+        gates = _gates(records, gate_of, first_of)
+    rules = [
+        (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
+        for label, trigger, payload, memory in conn.execute(
+            "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
+        )
+    ]
     name = str(meta.get("name", "run"))
     plan = Plan(name, records, functions, 0)
     return Snapshot(
@@ -209,7 +245,7 @@ def load_rule(payload: bytes | None) -> Any:
 
     try:
         return cloudpickle.loads(payload)
-    except Exception:
+    except (Exception, SystemExit):  # its module is gone, or its code raised: go on without
         return None
 
 

@@ -74,7 +74,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                     f"no shoal database at {path}: is this a run directory? "
                     "Runs are folders named <workflow>-<timestamp> holding shoal.db."
                 )
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            # Autocommit: each query is its own short read transaction, so that a reader
+            # kept open (a notebook's Reader, a dashboard) never holds an old snapshot, which
+            # would stop every checkpoint and let the WAL grow with the run (Writer).
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None
+            )
         else:
             # One thread at a time: ``submit`` creates the writer in the caller's thread and the
             # driver thread then owns it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -111,11 +112,20 @@ class Writer:
         if not self.path.exists():
             self._create()
         self.conn = connect(self.path)
+        # The file the connection opened, and the run directory: if either is deleted or
+        # replaced under the run, every later commit would go to an unlinked file (vanished).
+        self._idents = [(p, _ident(p)) for p in (self.path, self.dir)]
         # Checkpoints copy the WAL into the database and fsync: a background thread does them
         # (its own connection; SQLite releases the GIL), so the loop's commits rarely pay. The
-        # writer still checkpoints itself past 10,000 pages (~40 MB), so the WAL stays bounded
-        # even if the background checkpoints cannot catch up.
-        self.conn.execute("PRAGMA wal_autocheckpoint=10000")
+        # writer still checkpoints itself past AUTO pages (~40 MB), so the WAL stays bounded
+        # even if the background checkpoints cannot catch up; not while a reader blocks every
+        # checkpoint (see _checkpoint_step and housekeep), when each commit would try again.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={AUTO}")
+        self.auto = True  # the writer's own checkpoints are on (housekeep turns them off)
+        self.log: logging.Logger | None = None  # warnings of the checkpointer go here
+        self.checkpoints = 0  # checkpoints tried by the background thread
+        self.blocked = 0  # of them, the last ones in a row that could not pass
+        self._warned: int | None = None  # the WAL's size when the log last said it blocks
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="shoal-checkpoint", daemon=True
@@ -362,11 +372,10 @@ class Writer:
     def _checkpoint_loop(self) -> None:
         conn = connect(self.path)
         last = 0.0
+        delay = self._every
         try:
-            while not self._stop.wait(self._every):
-                # Busy or a failing disk: the next try, or close(), catches up.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            while not self._stop.wait(delay):
+                delay = self._checkpoint_step(conn)
                 if self.copy is not None and time.monotonic() - last >= self.COPY_EVERY:
                     last = time.monotonic()
                     with contextlib.suppress(sqlite3.Error, OSError):
@@ -374,12 +383,92 @@ class Writer:
         finally:
             conn.close()
 
+    def _checkpoint_step(self, conn: sqlite3.Connection) -> float:
+        """Try one checkpoint; return the seconds until the next. A checkpoint cannot pass
+        the oldest snapshot a reader holds: while one reader keeps a read transaction open
+        (a notebook, a script between two queries), no try passes and the WAL grows with the
+        run. Trying again four times a second would only cost, so each try that cannot pass
+        doubles the wait, up to BACKOFF seconds; the first that passes resets it. The log
+        says when it blocks (with the WAL's size and who holds the database), again each
+        time the WAL doubled (and grew REWARN bytes), and when it passes again."""
+        self.checkpoints += 1
+        try:
+            _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:  # busy or a failing disk: the next try, or close(), catches up
+            return self._every
+        if frames <= 0 or done >= frames:
+            if self.blocked >= BLOCKED:
+                self._say(logging.INFO, "checkpoints pass again; the WAL is copied back")
+            self.blocked = 0
+            self._warned = None
+            return self._every
+        self.blocked += 1
+        delay: float = min(self._every * 2**self.blocked, BACKOFF)
+        size = wal_size(self.path)
+        last = self._warned
+        if self.blocked >= BLOCKED and (last is None or size >= max(2 * last, last + REWARN)):
+            self._warned = size
+            who = holders(self.path)
+            self._say(
+                logging.WARNING,
+                f"a reader holds a read transaction on {self.path} ({who}), so checkpoints "
+                f"cannot pass and the WAL grows with the run: {size / 2**20:.1f} MB now. "
+                f"shoal tries again every {BACKOFF:g} s at most and the run goes on; end that "
+                "transaction (commit or close the connection, or let the notebook cell finish) "
+                "to bound it again",
+            )
+        return delay
+
+    def _final_checkpoint(self) -> None:
+        """Copy the WAL back and truncate it, if no reader holds an old snapshot. A TRUNCATE
+        checkpoint waits for readers (up to the busy timeout, 30 s) and cannot pass one that
+        keeps its transaction: the end of the run does not wait. The WAL then stays, and the
+        next connection to write (a resume) or the last to close copies it back."""
+        c = self.conn
+        try:
+            c.execute("PRAGMA busy_timeout=0")
+            _, frames, done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return
+        if frames > 0 and done < frames:
+            self._say(
+                logging.WARNING if self.blocked >= BLOCKED else logging.INFO,
+                f"the end of the run could not copy the WAL back ({holders(self.path)}): "
+                f"{wal_size(self.path) / 2**20:.1f} MB stay in {self.path}-wal until that "
+                "reader ends its transaction and a connection checkpoints (any later write, "
+                "or the last connection to close, does); nothing is lost",
+            )
+
+    def _say(self, level: int, text: str) -> None:
+        if self.log is not None:
+            self.log.log(level, "%s", text)
+
+    def housekeep(self) -> str | None:
+        """Called by the driver at most once a second, off the hot path: the writer's own
+        checkpoints follow the background thread's (off while a reader blocks them, so that
+        commits do not each try one in vain); and the reason the store is gone, if it is."""
+        blocked = self.blocked >= BLOCKED
+        if blocked == self.auto:
+            self.auto = not blocked
+            self.conn.execute(f"PRAGMA wal_autocheckpoint={AUTO if self.auto else 0}")
+        return self.vanished()
+
+    def vanished(self) -> str | None:
+        """Why the store cannot keep the run any more (its file or the run directory was
+        deleted or replaced), or None while it can."""
+        for path, ident in self._idents:
+            now = _ident(path)
+            if now != ident:
+                what = "the run directory" if path == self.dir else "the database"
+                how = "was deleted" if now is None else "was replaced by another file"
+                return f"{what} {path} {how} while the run went on"
+        return None
+
     def close(self) -> None:
         self._stop.set()
         if self._checkpointer.is_alive():
             self._checkpointer.join()
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._final_checkpoint()
         if self.copy is not None:
             try:
                 copy_store(self.conn, self.copy)
@@ -389,6 +478,57 @@ class Writer:
                     f"state is intact in {self.path}; copy it by hand."
                 ) from None
         self.conn.close()
+
+
+AUTO = 10_000  # pages of WAL past which the writer checkpoints itself (~40 MB)
+BACKOFF = 8.0  # the longest wait between two checkpoint tries that cannot pass
+BLOCKED = 3  # tries in a row that could not pass before the log says so
+REWARN = 64 << 20  # the log says it again when the WAL grew this much, and doubled, since
+
+
+def _ident(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def wal_size(db: Path) -> int:
+    try:
+        return os.path.getsize(f"{db}-wal")
+    except OSError:
+        return 0
+
+
+def holders(db: Path, locks: str = "/proc/locks") -> str:
+    """Who holds read locks on the database (its -shm file's reader slots): pids and their
+    command lines where the kernel says (Linux), else "holder unknown"."""
+    try:
+        ino = os.stat(f"{db}-shm").st_ino
+        lines = Path(locks).read_text().splitlines()
+    except OSError:
+        return "holder unknown"
+    pids: set[int] = set()
+    for line in lines:
+        parts = line.split()
+        # "1: POSIX  ADVISORY  READ 1234 fd:01:5678 123 123" (reader slots are bytes 123-127)
+        if len(parts) < 8 or parts[3] != "READ" or not parts[5].endswith(f":{ino}"):
+            continue
+        with contextlib.suppress(ValueError):
+            if 123 <= int(parts[6]) <= 127 and int(parts[4]) > 0:
+                pids.add(int(parts[4]))
+    if not pids:
+        return "holder unknown"
+    out = []
+    for pid in sorted(pids):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = ""
+        me = " (this process)" if pid == os.getpid() else ""
+        out.append(f"pid {pid}{me}" + (f": {cmd.strip()[:80]}" if cmd.strip() else ""))
+    return "held by " + "; ".join(out)
 
 
 def live_path(rundir: Path, state_dir: Path) -> Path:
