@@ -256,3 +256,23 @@ def test_the_marker_names_the_task_executing(tmp_path: Path) -> None:
     finally:
         conn.send_bytes(pickle.dumps(("stop",)))
         proc.wait(10)
+
+
+def test_workers_that_die_between_tasks_end_the_run_with_a_reason(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies while no task of its runs (here: a message it cannot read) gives its
+    tasks back unstarted; but when worker after worker does, the workers are broken, and the
+    run ends saying so instead of starting new ones for ever."""
+    from shoal.backends.local import MAX_FRESH_DEATHS, LocalBackend
+
+    real = LocalBackend._message
+
+    def broken(self: LocalBackend, w: Any, job: Any) -> tuple[Any, ...]:
+        return real(self, w, job)[:5]  # a message the worker cannot unpack
+
+    monkeypatch.setattr(LocalBackend, "_message", broken)
+    with shoal.Workflow("broken-workers") as wf:
+        square(1)
+    with pytest.raises(shoal.ShoalError, match=f"{MAX_FRESH_DEATHS} worker processes in a row"):
+        wf.run(base=base, cpus=1, progress=False)

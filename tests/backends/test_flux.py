@@ -162,3 +162,16 @@ def test_the_backend_warns_that_it_is_experimental() -> None:
 
     with pytest.warns(FluxExperimental, match="experimental"), contextlib.suppress(Exception):
         FluxBackend().close()
+
+
+def test_flux_is_never_chosen_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a Flux instance the run still uses the local backend unless Flux is asked for
+    by name: the Flux backend is experimental (issue 15, point 23)."""
+    from shoal.runtime.api import _default_backend
+
+    monkeypatch.setenv("FLUX_URI", "local:///tmp/flux-nowhere")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SHOAL_BACKEND", raising=False)
+    assert _default_backend() == "local"
+    monkeypatch.setenv("SHOAL_BACKEND", "flux")
+    assert _default_backend() == "flux"

@@ -189,7 +189,7 @@ class LocalBackend(Backend):
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
         self._retired: list[_Worker] = []
-        self._fresh_deaths = 0  # workers in a row that died before finishing any task
+        self._fresh_deaths = 0  # workers in a row whose deaths no task explains
         self.by_fd: dict[int, _Worker] = {}  # every live worker, by connection fd
         self.where: dict[tuple[int, int], _Worker] = {}
         self.holder: dict[int, _Worker] = {}  # task id -> the worker that has it
@@ -557,7 +557,6 @@ class LocalBackend(Backend):
                 return
             if reply[0] == "ready":  # it started and imported what it needs
                 w.ready = True
-                self._fresh_deaths = 0
                 if not w.conn.poll(0):
                     return
                 continue
@@ -571,6 +570,7 @@ class LocalBackend(Backend):
                     )
                 )
             else:
+                self._fresh_deaths = 0  # workers can run tasks
                 for task, attempt, ok, result, kind, error, started, ended, code in reply[1]:
                     job = w.jobs[0]
                     self._forget(w, job)
@@ -629,14 +629,17 @@ class LocalBackend(Backend):
             if w.aim is None or w.aim == head:
                 charged = jobs.pop(0)
         lost = isinstance(w.proc, Forked) and not w.proc.zygote.alive
-        if not w.ready and not lost:  # died while starting: the environment is at fault
+        if charged is None and not lost and w.aim is None:
+            # Nothing it ran explains its death (it died starting, or between tasks): the
+            # environment is at fault. Its tasks come back; but not for ever.
             self._fresh_deaths += 1
             if self._fresh_deaths >= MAX_FRESH_DEATHS:
                 text = tail(self._spool(f"{w.index}.err"))
                 raise BackendError(
-                    f"{self._fresh_deaths} worker processes in a row died while starting (the "
-                    f"last exit code was {code}): check that they can import shoal and your "
-                    "modules with the same Python. The last one said:\n" + (text or "(nothing)")
+                    f"{self._fresh_deaths} worker processes in a row died while no task of "
+                    f"theirs ran (the last exit code was {code}): check that they can import "
+                    "shoal and your modules with the same Python. The last one said:\n"
+                    + (text or "(nothing)")
                 )
         if charged is not None:
             kind, words = describe_exit(code)

@@ -130,11 +130,29 @@ def _drain(fd: int, taskdir: str, name: str) -> bool:
 MARKER = 36  # bytes of the marker: three numbers of 11 digits, spaces, a newline
 
 
-def _mark(fd: int, pid: int, task: int, attempt: int) -> None:
-    """Note what runs now: a command's pid (0: none or a Python task), and the task and
-    attempt executing (0 0: none). One write at the start of ``fd`` (-1: no file)."""
-    if fd >= 0:
-        os.pwrite(fd, b"%11d %11d %11d\n" % (pid, task, attempt), 0)
+class _Marker:
+    """The marker file, mapped into memory: a note costs a copy of 36 bytes, not a system
+    call (it is written twice per task). The driver reads the file; a shared mapping is the
+    file's own page cache, so it reads what was written last, also after this process died."""
+
+    def __init__(self, path: str | None) -> None:
+        self.map = None
+        if path:
+            import mmap
+
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.ftruncate(fd, MARKER)
+                self.map = mmap.mmap(fd, MARKER)
+            finally:
+                os.close(fd)
+        self.note(0, 0, 0)
+
+    def note(self, pid: int, task: int, attempt: int) -> None:
+        """What runs now: a command's pid (0: none, or a Python task), and the task and
+        attempt executing (0 0: none)."""
+        if self.map is not None:
+            self.map[:MARKER] = b"%11d %11d %11d\n" % (pid, task, attempt)
 
 
 def running(path: str) -> tuple[int, int, int]:
@@ -164,10 +182,7 @@ class Worker:
         self.holds = (hold, command_hold)
         # The pid of the command running now (0: none), for the driver to stop it should
         # this worker die: the command leads a session of its own, so nothing else would.
-        self.pidfile = -1
-        if pidfile:
-            self.pidfile = os.open(pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            _mark(self.pidfile, 0, 0, 0)
+        self.marker = _Marker(pidfile)
         self.functions: dict[int, Callable[..., Any]] = {}
         self.payloads: dict[int, bytes] = {}  # pickled functions not loaded yet
         self.envs: dict[int, dict[str, str]] = {}
@@ -175,11 +190,9 @@ class Worker:
         self.pending: deque[tuple[Any, ...]] = deque()
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         # The spool files behind descriptors 1 and 2, kept to restore them should a task
-        # close or redirect them: (a descriptor of our own, the file's identity).
-        self.spools = []
-        for fd in (1, 2):
-            st = os.fstat(fd)
-            self.spools.append((os.dup(fd), (st.st_dev, st.st_ino)))
+        # close or redirect them: descriptors of our own, and the files' inode numbers.
+        self.spools = [os.dup(1), os.dup(2)]
+        self.inos = [os.fstat(1).st_ino, os.fstat(2).st_ino]
         self.kill: tuple[int, int] | None = None  # a "kill" for the running command
         self.found: dict[tuple[str, bytes], str] = {}  # executables found on a PATH
         self.home = os.getcwd()
@@ -259,7 +272,7 @@ class Worker:
             if cores != cores_now:
                 cores_now = cores
                 pin(cores, {})
-            _mark(self.pidfile, 0, task, attempt)
+            self.marker.note(0, task, attempt)
             if command is not None:
                 reply: tuple[Any, ...] = self.command(
                     task, attempt, command, self.command_envs[env_id], taskdir
@@ -281,7 +294,8 @@ class Worker:
                 execute.CURRENT = execute.Current(task, attempt, taskdir)
                 local = last[2] if follows is not None and last is not None else None
                 reply = self.python(fid, payload, taskdir, local)
-            _mark(self.pidfile, 0, 0, 0)
+            if not pending:  # else the next task's note replaces it
+                self.marker.note(0, 0, 0)
             if not self.replies:
                 self.due = time.monotonic() + self.holds[command is not None]
             self.replies.append((task, attempt, *reply))
@@ -313,29 +327,39 @@ class Worker:
         """Move what a task printed into its folder, after mending what it may have broken:
         closed ``sys.stdout``/``sys.stderr``, closed or redirected descriptors 1 and 2. The
         reason it could not be saved (a full disk, say), or ""."""
-        for name, fd in (("stdout", 1), ("stderr", 2)):
-            stream = getattr(sys, name)
+        inos = self.inos
+        try:  # the usual case, cheaply: nothing broken (it runs after every task)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            intact = os.fstat(1).st_ino == inos[0] and os.fstat(2).st_ino == inos[1]
+        except Exception:
+            intact = False
+        if not intact:
+            self.mend()
+        try:
+            _drain(1, taskdir, "stdout")
+            _drain(2, taskdir, "stderr")
+        except OSError as err:
+            for fd in (1, 2):  # what is kept must not go to the next task
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            return str(err)
+        return ""
+
+    def mend(self) -> None:
+        """Give back descriptors 1 and 2 their spool files, and Python streams on them."""
+        for fd, saved, ino in zip((1, 2), self.spools, self.inos, strict=True):
             try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):  # closed, or replaced by junk
-                setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115
-        for fd, (saved, ident) in zip((1, 2), self.spools, strict=True):
-            try:
-                st = os.fstat(fd)
-                same = (st.st_dev, st.st_ino) == ident
+                same = os.fstat(fd).st_ino == ino
             except OSError:
                 same = False
             if not same:
                 os.dup2(saved, fd)
-        trouble = ""
-        for fd, name in ((1, "stdout"), (2, "stderr")):
+        for name, fd in (("stdout", 1), ("stderr", 2)):
             try:
-                _drain(fd, taskdir, name)
-            except OSError as err:
-                trouble = trouble or str(err)
-                os.ftruncate(fd, 0)  # what is kept must not go to the next task
-                os.lseek(fd, 0, os.SEEK_SET)
-        return trouble
+                getattr(sys, name).flush()
+            except Exception:  # closed, or replaced by something without flush
+                setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115
 
     def command(
         self,
@@ -357,12 +381,12 @@ class Worker:
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
             return False, None, "error", msg, started, time.time(), None
-        _mark(self.pidfile, pid, task, attempt)
+        self.marker.note(pid, task, attempt)
         try:
             code = self.wait(pid, (task, attempt))
         finally:
             killpg(pid, signal.SIGKILL)  # what it left in its process group
-            _mark(self.pidfile, 0, task, attempt)
+            self.marker.note(0, task, attempt)
         ended = time.time()
         try:
             printed = _drain(1, taskdir, "stdout")

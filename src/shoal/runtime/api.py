@@ -81,19 +81,20 @@ def make_backend(
     raise DefinitionError(
         f"unknown backend {backend!r}: shoal offers 'local' (the default outside Slurm), "
         "'slurm' (the default inside an allocation), 'dask' (with SHOAL_DASK_ADDRESS or a "
-        "DaskBackend(...) object) and 'flux' (the default inside a Flux instance)"
+        "DaskBackend(...) object) and 'flux' (experimental: only when asked for by name)"
     )
 
 
 def _default_backend() -> str:
-    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), 'flux' inside a Flux instance
-    (FLUX_URI), else 'local'; SHOAL_BACKEND decides when set."""
+    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), else 'local'; SHOAL_BACKEND decides
+    when set. Flux is experimental (its backend has never run against a real broker here), so
+    it is never chosen silently, even inside a Flux instance: ask for it by name."""
     chosen = os.environ.get("SHOAL_BACKEND")
     if chosen:
         return chosen
     if os.environ.get("SLURM_JOB_ID"):
         return "slurm"
-    return "flux" if os.environ.get("FLUX_URI") else "local"
+    return "local"
 
 
 NAME_MAX = 255 - len("-YYYYmmdd-HHMMSS-999")  # bytes of a workflow name in a folder name
