@@ -157,7 +157,12 @@ class Gen:
         t.deps, t.after = self.deps(earlier)
         self.behaviour(t)
         self.options(t, cpus)
-        if self.mix.responses and t.kind in ("py", "iso") and depth < 2 and self.rng.random() < 0.12:
+        if (
+            self.mix.responses
+            and t.kind in ("py", "iso")
+            and depth < 2
+            and self.rng.random() < 0.12
+        ):
             t.resp = self.response(t.name, cpus, depth)
         return t
 
@@ -239,7 +244,9 @@ class Gen:
             gate = T(f"cg{i}", acts=["latch"], cpus=2)
             # not a follower of the gate (another shape), so that it cannot start on the
             # worker before the driver has made the cancel
-            target = T(f"cy{i}", rng.choice(["py", "cmd"]), deps=[gate.name], tags=[f"cancel-cy{i}"])
+            target = T(
+                f"cy{i}", rng.choice(["py", "cmd"]), deps=[gate.name], tags=[f"cancel-cy{i}"]
+            )
             self.insert(case, [gate, target], target)
             case.rules.append(Rule("cancel", gate.name, target.name))
             return

@@ -307,9 +307,9 @@ def template(t: T, folder: str, nargs: int) -> str:
 def build(t: T, refs: dict[str, Any], folder: str, given: list[Any] | None = None) -> Any:
     """The shoal task of ``t``; ``refs`` maps names to the tasks made so far; ``given``:
     plain inputs instead of its ``deps`` (tasks a rule or the strategy submits)."""
-    import shoal
-
     from tests.e2e import flowmodel
+
+    import shoal
 
     def ref(d: str) -> Any:
         if d == "^":

@@ -201,7 +201,6 @@ class Interpreter:
             fail = self.fails(a, timeout)
             if fail is None:
                 break
-            kind, exc, code = fail
             if t.retries and n.attempts - first <= t.retries and matches(t.retry_on, *fail):
                 if t.escalate and timeout is not None:
                     timeout *= t.escalate

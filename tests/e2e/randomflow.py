@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.flowgen import Mix, default_mix, generate
+from tests.e2e.flowgen import Mix, generate
 from tests.e2e.flowmodel import (
     Case,
     Req,
@@ -229,7 +229,9 @@ def state_of(rundir: Path, name: str) -> str | None:
 def count_succeeded(rundir: Path) -> int:
     try:
         with _db(rundir) as c:
-            return int(c.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0])
+            return int(
+                c.execute("SELECT COUNT(*) FROM tasks WHERE state='succeeded'").fetchone()[0]
+            )
     except sqlite3.Error:
         return 0
 
@@ -237,8 +239,7 @@ def count_succeeded(rundir: Path) -> int:
 def observe(rundir: Path, folder: Path) -> Observed:
     with _db(rundir) as c:
         rows = {
-            r[0]: r[1:]
-            for r in c.execute("SELECT id, name, state, alias FROM tasks").fetchall()
+            r[0]: r[1:] for r in c.execute("SELECT id, name, state, alias FROM tasks").fetchall()
         }
         values = {r[0]: r[1:] for r in c.execute("SELECT task, value, path FROM results")}
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
@@ -259,11 +260,11 @@ def observe(rundir: Path, folder: Path) -> Observed:
 
 def _effective(tid: int, rows: dict[int, Any], values: dict[int, Any], rundir: Path) -> Any:
     seen = {tid}
-    name, state, alias = rows[tid]
+    _, state, alias = rows[tid]
     while state == "succeeded" and alias is not None and alias not in seen:
         tid = alias
         seen.add(tid)
-        name, state, alias = rows[tid]
+        _, state, alias = rows[tid]
     if state != "succeeded":
         return "!" + state
     blob, path = values.get(tid, (None, None))
@@ -339,7 +340,11 @@ class Driver:
         )
         self.log = open(self.folder / f"driver{len(self.errors)}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -365,7 +370,9 @@ class Driver:
         if self.proc.returncode != 0:
             tail = (self.folder / self.log.name).read_text(errors="replace").strip()
             lines = tail.splitlines()[-6:]
-            self.errors.append(f"the driver exited with {self.proc.returncode}: " + " / ".join(lines))
+            self.errors.append(
+                f"the driver exited with {self.proc.returncode}: " + " / ".join(lines)
+            )
         return True
 
 
@@ -439,7 +446,10 @@ def check(case: Case, folder: Path, setup: Setup | None = None) -> list[str]:
         goal = sum(1 for s in exp.states.values() if s == {"succeeded"})
         for _ in range(rng.choice([1, 2, 3])):
             at = rng.randint(1, max(1, goal * 3 // 4))
-            if not _wait(lambda at=at: count_succeeded(rundir) >= at, drv, until) or not drv.alive():
+            if (
+                not _wait(lambda at=at: count_succeeded(rundir) >= at, drv, until)
+                or not drv.alive()
+            ):
                 break
             drv.kill()
             drv.start("--resume-run", str(rundir))
@@ -449,7 +459,9 @@ def check(case: Case, folder: Path, setup: Setup | None = None) -> list[str]:
         return [*drv.errors, *problems]
     if exp.stopped is not None:
         first = Expected(exp.stopped, {}, {}, frozenset({"stopped"}))
-        problems += [f"before resume: {p}" for p in compare(first, observe(rundir, files), False, False)]
+        problems += [
+            f"before resume: {p}" for p in compare(first, observe(rundir, files), False, False)
+        ]
         drv.start("--resume-run", str(rundir))
         drv.finish(until)
     problems = [*drv.errors, *problems]
@@ -483,7 +495,12 @@ def _valid(case: Case) -> bool:
     return True
 
 
-def shrink(case: Case, fails: Callable[[Case], bool], budget: float = 600.0, say: Callable[[str], None] = print) -> Case:
+def shrink(
+    case: Case,
+    fails: Callable[[Case], bool],
+    budget: float = 600.0,
+    say: Callable[[str], None] = print,
+) -> Case:
     """A smaller case that still fails: ddmin over the tasks, then simpler features."""
     end = time.monotonic() + budget
 
@@ -558,7 +575,9 @@ def regression(case: Case, setup: Setup, problems: list[str]) -> str:
 
 
 # -- the command line ----------------------------------------------------------------------------
-def run_seed(seed: int, mode: str, setup: Setup, keep: Path | None = None, quiet: bool = False) -> list[str]:
+def run_seed(
+    seed: int, mode: str, setup: Setup, keep: Path | None = None, quiet: bool = False
+) -> list[str]:
     case = generate(seed, mode)
     folder = Path(tempfile.mkdtemp(prefix=f"rf-{seed}-", dir=keep))
     t0 = time.monotonic()
@@ -580,7 +599,9 @@ def run_seed(seed: int, mode: str, setup: Setup, keep: Path | None = None, quiet
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.e2e.randomflow", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.e2e.randomflow", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--seed", type=int)
     ap.add_argument("--soak", type=int, help="run this many seeds, from --start")
     ap.add_argument("--start", type=int, default=0)
