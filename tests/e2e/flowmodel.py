@@ -202,7 +202,7 @@ def _perform(a: str, folder: str, name: str) -> None:
     import time
 
     head, _, arg = a.partition(":")
-    if head == "ok":
+    if head in ("ok", "count"):
         return
     if head == "sleep":
         time.sleep(float(arg))
@@ -235,8 +235,9 @@ def act(ctx: str, *inputs: Any) -> Any:
     folder = c["dir"]
     rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("PMI_RANK") or "0"
     n = _count(folder, t.name) if rank == "0" else 1  # multi-rank tasks act "ok" only
-    _perform(t.acts[min(n, len(t.acts)) - 1], folder, t.name)
-    v = value(t.name, list(inputs))
+    a = t.acts[min(n, len(t.acts)) - 1]
+    _perform(a, folder, t.name)
+    v = value(t.name, [*inputs, n] if a == "count" else list(inputs))
     if t.resp is None:
         return v
     import shoal

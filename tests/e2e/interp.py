@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.e2e.flowmodel import Case, T, stdout_of, value
+from .flowmodel import Case, T, stdout_of, value
 
 BAD_OF = {"failed": "dep_failed", "dep_failed": "dep_failed", "cancelled": "cancelled"}
 BAD_OF["skipped"] = "skipped"
