@@ -622,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of shrinking")
     ap.add_argument("--print", action="store_true", help="print the case as code and exit")
     ap.add_argument("--keep", type=Path, help="folder for the cases' files")
+    ap.add_argument("--timeout", type=float, default=RUN_TIMEOUT, help="seconds a case may take")
     ap.add_argument("--drive", help=argparse.SUPPRESS)
     ap.add_argument("--resume-run", help=argparse.SUPPRESS)
     ap.add_argument("--dask", help=argparse.SUPPRESS)
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         drive(args)
         return 0
     cluster = None
-    setup = Setup(prefetch=args.prefetch)
+    setup = Setup(prefetch=args.prefetch, timeout=args.timeout)
     try:
         if args.mode == "dask":
             from tests.backends.dask_fixtures import start_cluster
