@@ -75,6 +75,9 @@ class Interpreter:
         self.retried = {q.target for q in case.requests if q.kind == "retry"}
         self.retried |= {r.on for r in case.rules if r.kind == "retry"}
         self.rerun = {q.target for q in case.requests if q.kind == "rerun"}
+        self.opened = {q.gate for q in case.requests} | {
+            r.on for r in case.rules if r.kind == "cancel"
+        }
         for t in case.tasks:
             self.add(t)
         if case.chain:
@@ -192,6 +195,8 @@ class Interpreter:
                 raise Racy(f"{r.target} is not waiting below {name}")
             target.cancelled = True
         t = n.t
+        if "latch" in t.acts and name not in self.opened:
+            raise Racy(f"nothing opens the latch of {name}")
         first = n.attempts
         timeout = t.timeout
         while True:

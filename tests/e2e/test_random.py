@@ -28,10 +28,13 @@ if str(ROOT) not in sys.path:  # tests.backends, for the Dask and Slurm fixtures
 
 from tests.backends.slurm_fixtures import slurm_ready  # noqa: E402
 
-BASIC = [2, 6, 10, 15, 23, 31]
+# Seeds chosen to cover the features (tests/e2e/flowgen.py): 2 a strategy chain; 6 and 21 a
+# stop (Response, rule) and a resume; 7 cancel, submit and retry rules; 10 a stop_run
+# Response; 15 a cancel rule; 36 a stop rule, not resumed.
+BASIC = [2, 6, 7, 10, 15, 21, 36]
 REQUESTS = [0, 3]
-CRASH = [1, 4]
-DASK = [0, 2]
+CRASH = [0, 1]
+DASK = [1, 4]
 PREFETCH = {"prefetch0": 0, "default": None}
 
 
@@ -76,9 +79,10 @@ def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_cluster(c)
 
 
+@pytest.mark.parametrize("prefetch", list(PREFETCH.values()), ids=list(PREFETCH))
 @pytest.mark.parametrize("seed", DASK)
-def test_dask(seed: int, dask_scheduler: str, tmp_path: Path) -> None:
-    _check(seed, "dask", tmp_path, Setup(dask=dask_scheduler))
+def test_dask(seed: int, prefetch: int | None, dask_scheduler: str, tmp_path: Path) -> None:
+    _check(seed, "dask", tmp_path, Setup(prefetch=prefetch, dask=dask_scheduler))
 
 
 @pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))
