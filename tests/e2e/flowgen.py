@@ -22,7 +22,8 @@ from .flowmodel import Case, Req, Resp, Rule, T
 
 EXCS = ["ValueError", "KeyError", "RuntimeError"]
 RETRY_ON: list[str | int] = ["error", "exit", "crash", "timeout", "ValueError", "KeyError", 3]
-TIMEOUTS = [0.4, 0.6, 0.8, 1.0]
+TIMEOUTS = [0.8, 1.0, 1.2]  # a timeout may strike before a task starts: not too tight
+KILLS = 3  # at most this many SIGKILLs of the driver in a crash case
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,12 @@ class Gen:
                 if rng.random() < 0.5 and not self.mix.crash:
                     t.retry_on = rng.sample(RETRY_ON, rng.choice([1, 2]))
             if self.mix.crash and len(t.acts) > 1:
-                t.retries = max(t.retries, len(t.acts) - 1)
+                # An attempt lost with the driver uses up a retry, even one killed before it
+                # began (and so did not use up an act): room for every kill of the case.
+                t.retries = len(t.acts) - 1 + KILLS
             return
+        if self.mix.crash:
+            return  # a lost attempt is not escalated: "slow, then a longer timeout" is not sure
         if t.kind == "py" and not self.mix.python_kills:
             return  # a timeout of a Python task in a thread ends its worker process
         # slow, then fixed by a longer timeout: 1.5 s against 0.4 s, then 10 s
