@@ -304,8 +304,13 @@ def compare(
         e, o = exp.execs.get(name, 0), obs.execs.get(name, 0)
         # A lost attempt may or may not have run the task's code, and a timeout counts from
         # the start of the attempt, not of the code (a worker may still be starting).
-        loose = crash or name in timed
-        if execs and ((o > 0) != (e > 0) or o > e if loose else o != e):
+        if crash:
+            wrong = (o > 0) != (e > 0)
+        elif name in timed:
+            wrong = (o > 0) != (e > 0) or o > e
+        else:
+            wrong = o != e
+        if execs and wrong:
             out.append(f"{name}: ran {o} times, expected {e}")
     if obs.run not in exp.run:
         out.append(f"run: {obs.run}, expected {'|'.join(sorted(exp.run))}")
