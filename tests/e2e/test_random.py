@@ -149,3 +149,22 @@ def test_interpreter_retries_and_stop() -> None:
     assert exp.states["wrong"] == {"failed"} and exp.execs["wrong"] == 1
     assert exp.states["slow"] == {"succeeded"} and exp.execs["slow"] == 2
     assert exp.states["stop"] == {"dep_failed"}
+
+
+# -- regressions: shrunk cases the random tests found --------------------------------------------
+@pytest.mark.parametrize("prefetch", list(PREFETCH.values()), ids=list(PREFETCH))
+def test_regression_seed_3018(prefetch: int | None, tmp_path: Path) -> None:
+    """A task that kills its own worker (t30) must fail alone; a tiny task queued behind it
+    on that worker (t14, the same shape) was charged with its death (fast path)."""
+    case = Case(
+        seed=3018,
+        tasks=[
+            T(name="t0", cpus=2),
+            T(name="t6", priority=5),
+            T(name="t14", cpus=2),
+            T(name="t15", priority=1, tags=["b", "c"]),
+            T(name="t30", acts=["kill", "kill", "ok"], cpus=2),
+        ],
+        cpus=3,
+    )
+    assert check(case, tmp_path, Setup(prefetch=prefetch)) == []
