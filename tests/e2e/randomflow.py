@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_TIMEOUT = 240.0  # seconds a case may take before it counts as hung
+RUN_TIMEOUT = 150.0  # seconds a case may take before it counts as hung (they take 1-20 s)
 
 
 # -- building and driving the real run (in the driver subprocess) --------------------------------

@@ -168,3 +168,15 @@ def test_regression_seed_3018(prefetch: int | None, tmp_path: Path) -> None:
         cpus=3,
     )
     assert check(case, tmp_path, Setup(prefetch=prefetch)) == []
+
+
+def test_regression_command_stdout_is_that_of_its_last_attempt(tmp_path: Path) -> None:
+    """Found by the crash cases: a command that ran again (retried, or lost with the driver)
+    had the output of its earlier attempts in its ``stdout`` too."""
+    import shoal
+
+    cmd = shoal.command("echo attempt $SHOAL_ATTEMPT; test $SHOAL_ATTEMPT -ge 2", retries=1)
+    with shoal.Workflow("stdout") as wf:
+        t = cmd.options(name="c")()
+    run = wf.run(base=str(tmp_path), cpus=1, progress=False)
+    assert run.result(t)["stdout"] == "attempt 2\n"
