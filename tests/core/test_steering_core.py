@@ -231,3 +231,26 @@ def test_idle_means_free_cores_and_nothing_ready() -> None:
     assert not s.idle  # task 1 took the cores
     s.handle(Succeeded(2, 1, 1))
     assert s.idle and s.done
+
+
+def test_a_retry_does_not_reopen_a_task_whose_other_parent_stopped_its_children() -> None:
+    """``child`` waits for ``flaky`` and ``stopper``. ``flaky`` fails first (child:
+    dep_failed), then ``stopper`` succeeds with stop_children: a retry of ``flaky`` must leave
+    ``child`` skipped, not run it (found by the randomized suite)."""
+    from shoal.core.events import Failed, Retry, Submitted, Succeeded, TaskInfo
+    from shoal.core.machine import Scheduler
+    from shoal.core.resources import Node
+    from shoal.core.states import State
+
+    s = Scheduler([Node.sized("n", 2, 0, 0)])
+    s.handle(
+        Submitted(0, (TaskInfo(0), TaskInfo(1), TaskInfo(2, deps=(0, 1)), TaskInfo(3, deps=(2,))))
+    )
+    s.handle(Failed(1, 0, 1, "boom"))
+    assert s.state(2) is State.DEP_FAILED
+    s.handle(Succeeded(2, 1, 1, skip=True))
+    s.handle(Retry(3, 0))
+    assert s.state(2) is State.SKIPPED
+    assert s.state(3) is State.SKIPPED
+    s.handle(Succeeded(4, 0, 2))
+    assert s.state(2) is State.SKIPPED and s.done

@@ -152,7 +152,8 @@ def command(
         _end(key)
     ended = time.time()
     _tidy(folder)
-    return command_reply(argv, code, taskdir, (folder / "stdout").exists(), started, ended)
+    start = 0 if (folder / "stdout").exists() else -1  # written afresh by this attempt
+    return command_reply(argv, code, taskdir, start, started, ended)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -344,11 +344,12 @@ def start_error(err: OSError, argv: list[str], workdir: str | None) -> str:
 
 
 def command_reply(
-    argv: list[str], code: int, folder: str, printed: bool, started: float, ended: float
+    argv: list[str], code: int, folder: str, start: int, started: float, ended: float
 ) -> tuple[bool, bytes | None, str, str, float, float, int]:
     """The outcome of a command that ran: its value is ``{"returncode", "stdout", "dir"}``
-    (stdout as text, up to STDOUT_LIMIT); a non-zero exit is a failure that says why, with the
-    last lines of its stderr."""
+    (stdout as text, up to STDOUT_LIMIT, of this attempt alone: it begins at byte ``start`` of
+    the task's stdout file, -1 if it printed nothing); a non-zero exit is a failure that says
+    why, with the last lines of its stderr."""
     import shlex
 
     if code != 0:
@@ -357,8 +358,9 @@ def command_reply(
         msg = f"command {shlex.join(argv)!r}: {words}" + (f"\n{text}" if text else "")
         return False, None, kind, msg, started, ended, code
     text = ""
-    if printed:
+    if start >= 0:
         with open(os.path.join(folder, "stdout"), "rb") as fh:
+            fh.seek(start)
             text = fh.read(STDOUT_LIMIT).decode(errors="replace")
     value = {"returncode": 0, "stdout": text, "dir": folder}
     return True, pickle.dumps(value, protocol=5), "", "", started, ended, 0

@@ -295,7 +295,7 @@ class Processes:
         if job.kind == "python":
             return _python_reply(job, code, started, ended)
         ok, value, kind, msg, _, _, code = command_reply(
-            job.argv, code, job.folder, printed, started, ended
+            job.argv, code, job.folder, 0 if printed else -1, started, ended
         )
         return Outcome(job.task, job.attempt, ok, started, ended, kind, msg, code, "process", value)
 

@@ -107,13 +107,15 @@ def load_site() -> None:
         site.main()
 
 
-def _drain(fd: int, taskdir: str, name: str) -> bool:
-    """Move what was written to spool ``fd`` into ``taskdir/name``; True if anything was."""
+def _drain(fd: int, taskdir: str, name: str) -> int:
+    """Append what was written to spool ``fd`` to ``taskdir/name`` (where earlier attempts'
+    output stays); the offset in that file where it begins, or -1 if nothing was written."""
     size = os.lseek(fd, 0, os.SEEK_CUR)
     if size <= 0:
-        return False
+        return -1
     os.makedirs(taskdir, exist_ok=True)
     with open(os.path.join(taskdir, name), "ab") as out:
+        start = out.tell()
         os.lseek(fd, 0, os.SEEK_SET)
         left = size
         while left > 0:
@@ -124,7 +126,7 @@ def _drain(fd: int, taskdir: str, name: str) -> bool:
             left -= len(chunk)
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
-    return True
+    return start
 
 
 MARKER = 36  # bytes of the marker: three numbers of 11 digits, spaces, a newline
@@ -389,7 +391,7 @@ class Worker:
             self.marker.note(0, task, attempt)
         ended = time.time()
         try:
-            printed = _drain(1, taskdir, "stdout")
+            start = _drain(1, taskdir, "stdout")
             _drain(2, taskdir, "stderr")
         except OSError as err:  # a full disk, say: the command's failure, not the worker's
             for fd in (1, 2):
@@ -397,7 +399,7 @@ class Worker:
                 os.lseek(fd, 0, os.SEEK_SET)
             why = f"the command's output could not be saved in {taskdir}: {err}"
             return False, None, "error", why, started, ended, code
-        return command_reply(argv, code, taskdir, printed, started, ended)
+        return command_reply(argv, code, taskdir, start, started, ended)
 
     def spawn(self, line: list[str], env: dict[bytes, bytes], workdir: str | None) -> int:
         """Start a command in a session of its own, stdin from /dev/null, stdout and stderr

@@ -167,6 +167,7 @@ class _Entry:
         "ready_since",
         "root",
         "since",
+        "skips",
         "slot",
         "state",
         "waiting",
@@ -190,6 +191,7 @@ class _Entry:
         self.slot: _Slot | None = None
         self.root = -1  # dep_failed/cancelled downstream: the task where it started
         self.follows = -1  # queued as a follower: the task ahead of it that it waits for
+        self.skips = False  # it succeeded with a Response that stopped its children
 
     def waits_for(self) -> Sequence[int]:
         """Its dependencies and the gates a Response added."""
@@ -434,6 +436,7 @@ class Scheduler:
         if ev.add:
             self._insert(ev.add, cause, out)
         self._move(e, SUCCEEDED, cause, out)
+        e.skips = ev.skip
         self._end_run(e, cause, out)
         if before:
             reopen.redirect(self, e, before, ev, cause, out)

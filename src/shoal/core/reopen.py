@@ -93,10 +93,16 @@ def retry(s: Scheduler, ev: Retry, cause: str, out: list[Command]) -> None:
         if down.root != rid or down.state not in (DEP_FAILED, CANCELLED):
             continue
         other = blocker(s, down)
-        if other is not None:  # it stays ended, now because of that other task
+        if other is not None and other.state is not SKIPPED:
             down.root = other.root if other.root >= 0 else other.info.id
-            continue
+            continue  # it stays ended, now because of that other task
         reopen(s, down, cause, out, f"upstream task {rid} was retried")
+        # Another task upstream stopped its children (a Response) meanwhile: it is one.
+        stop = other or next((s.tasks[d] for d in down.waits_for() if s.tasks[d].skips), None)
+        if stop is not None:
+            sid = stop.root if stop.root >= 0 else stop.info.id
+            why = f"task {sid} stopped its children (Response)"
+            s._end_downstream(stop, [down], cause, out, SKIPPED, why)
         stack.extend(s.tasks[c] for c in down.children or ())
 
 
@@ -267,6 +273,7 @@ def reopen(s: Scheduler, e: _Entry, cause: str, out: list[Command], reason: str)
     e.waiting = sum(1 for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED)
     e.root = -1
     e.kill = None
+    e.skips = False
     e.first = e.attempt  # a retry policy counts its retries from here
     s._open += 1
     if e.waiting == 0:
