@@ -254,23 +254,3 @@ def test_a_retry_does_not_reopen_a_task_whose_other_parent_stopped_its_children(
     assert s.state(3) is State.SKIPPED
     s.handle(Succeeded(4, 0, 2))
     assert s.state(2) is State.SKIPPED and s.done
-
-
-def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
-    """A child of the rerun task that a worker holds queued (not started) is taken back and
-    waits for the new output, instead of the rerun being refused (found by the randomized
-    suite). It costs no attempt; the backend is told to drop it."""
-    from shoal.core.events import Kill, Rerun, Submitted, Succeeded, TaskInfo, Transition
-    from shoal.core.machine import Policy, Scheduler
-    from shoal.core.resources import Node
-    from shoal.core.states import State
-
-    s = Scheduler([Node.sized("n", 1, 0, 0)], Policy(prefetch=4, prefetch_window=10))
-    tiny = [TaskInfo(i, prefetch="pool") for i in range(3)]
-    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), prefetch="pool"))))
-    s.handle(Succeeded(0.001, 0, 1))  # 1 runs; 2 and then 3 are queued behind it
-    assert s.state(3) is State.QUEUED
-    out = s.handle(Rerun(0.002, 0))
-    assert s.state(3) is State.PENDING
-    assert any(isinstance(c, Kill) and c.task == 3 and c.kind == "stopped" for c in out)
-    assert any(isinstance(c, Transition) and c.task == 3 and c.new is State.PENDING for c in out)

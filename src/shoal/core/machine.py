@@ -619,16 +619,6 @@ class Scheduler:
         if self.policy.prefetch and slot.tasks and slot.lane:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
 
-    def _take_back(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
-        """Take back a queued task before it starts (it would run on outputs that are about to
-        change): pending again, costing no attempt; the backend is told to drop it, and a late
-        report of that attempt is stale."""
-        self._unfollow(e, cause, out)
-        self._unqueue(e)
-        e.first += 1
-        out.append(Kill(cause, e.info.id, e.attempt, reason, "stopped"))
-        self._move(e, PENDING, cause, out, reason)
-
     def _unfollow(self, e: _Entry, cause: str, out: list[Command]) -> None:
         """Take back the followers queued behind ``e`` (and theirs): ``e`` will not succeed
         there, or returned a Response; they wait for it as pending tasks again."""

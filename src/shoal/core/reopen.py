@@ -121,7 +121,7 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             "retry or rerun that one"
         )
     for child in e.children or ():
-        if s.tasks[child].state in (RUNNING, RETRYING):  # it started on old output
+        if s.tasks[child].state in (RUNNING, QUEUED, RETRYING):  # it started on old output
             raise DefinitionError(
                 f"cannot rerun task {ev.task}: task {child} that depends on it is "
                 f"{s.tasks[child].state.value}; wait for it to end, or cancel it first"
@@ -135,7 +135,7 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             if c.info.id in seen:
                 continue
             seen.add(c.info.id)
-            if c.state in (RUNNING, RETRYING):
+            if c.state in (RUNNING, QUEUED, RETRYING):
                 raise DefinitionError(
                     f"cannot rerun task {ev.task} with its downstream: task {c.info.id} is "
                     f"{c.state.value}; wait for it to end, or cancel it first"
@@ -174,8 +174,6 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
         elif c.state is READY:  # it would have started on the old output
             s.queue.discard(c.info.id)
             s._move(c, PENDING, cause, out, why)
-        elif c.state is QUEUED:  # handed to a worker, not started: take it back
-            s._take_back(c, cause, out, why)
     # Then everything that waits below the reopened tasks counts again what it waits for:
     # counting while parents were still being reopened would miss some of them.
     again = [e, *(c for c in down if c.info.id not in keep)]
@@ -183,8 +181,6 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
     for r in again:
         for child in r.children or ():
             x = s.tasks[child]
-            if x.state is QUEUED:  # handed to a worker, not started: take it back
-                s._take_back(x, cause, out, why)
             if x.state is PENDING or x.state is READY:
                 affected[child] = x
     for c in affected.values():
