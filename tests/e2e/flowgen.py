@@ -244,9 +244,9 @@ class Gen:
             # A latch gate never waits for another hook: cancelling that one would end the
             # gate too, and what waits for the gate would never be made (seed 20094).
             # (The draw comes first, so that a seed makes the same case as before this rule.)
-            if self.rng.random() < 0.3 and hook.name not in t.deps + t.after:
-                if "latch" not in t.acts:
-                    t.deps.append(hook.name)
+            draw = self.rng.random()
+            if draw < 0.3 and hook.name not in t.deps + t.after and "latch" not in t.acts:
+                t.deps.append(hook.name)
         return at
 
     def rule(self, case: Case) -> None:
