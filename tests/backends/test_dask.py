@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,27 +146,69 @@ def test_tasks_in_worker_threads_know_who_they_are(tmp_path: Path, dask_cluster:
     assert [run.result(t) for t in ts] == [t.id for t in ts]
 
 
-def test_a_follower_is_reported_after_the_task_ahead_of_it() -> None:
-    """Dask may finish a queued task's future first; the backend holds it back."""
+def _reporting() -> DaskBackend:
+    """Only the reporting part of a backend, without a cluster."""
     import queue
     import threading
 
+    b = DaskBackend.__new__(DaskBackend)
+    b.lock = threading.RLock()
+    b.outbox = queue.SimpleQueue()
+    b.open, b.leader, b.held = {}, {}, {}
+    return b
+
+
+def _job(task: int, attempt: int = 1, after: int | None = None) -> Any:
     from shoal.backends.base import Job
-    from shoal.core.events import Outcome
     from shoal.core.resources import Placement, Slot
 
-    b = DaskBackend.__new__(DaskBackend)  # only the reporting part, no cluster
-    b.lock = threading.Lock()
-    b.outbox = queue.SimpleQueue()
-    b.open = {1, 2}
-    b.held = {}
     p = Placement((Slot(0, (0,), (), 0, 1),))
-    lead = Job(1, 1, "a", "python", p, "/tmp/a")
-    follower = Job(2, 1, "b", "python", p, "/tmp/b", after=1)
+    return Job(task, attempt, "t", "python", p, f"/tmp/{task}", after=after)
+
+
+def _reported(b: DaskBackend) -> list[tuple[int, int]]:
+    out = []
+    while not b.outbox.empty():
+        o = b.outbox.get()
+        out.append((o.task, o.attempt))
+    return out
+
+
+def test_a_follower_is_reported_after_the_task_ahead_of_it() -> None:
+    """Dask may finish a queued task's future first; the backend holds it back."""
+    from shoal.core.events import Outcome
+
+    b = _reporting()
+    lead, follower = _job(1), _job(2, after=1)
+    with b.lock:
+        b._open(lead)
+        b._open(follower)
     b._emit(follower, Outcome(2, 1, True))
     assert b.outbox.empty()
     b._emit(lead, Outcome(1, 1, True))
-    assert [b.outbox.get().task, b.outbox.get().task] == [1, 2]
+    assert _reported(b) == [(1, 1), (2, 1)]
+
+
+def test_a_follower_waits_for_the_attempt_it_followed_not_a_retry() -> None:
+    """Task 2 queued behind attempt 1 of task 1, which failed and was sent again behind
+    task 2 as attempt 2: task 2's outcome waits for nothing (before the fix both waited
+    for each other and the run hung; found by the randomized suite, Dask seed 1)."""
+    from shoal.core.events import Outcome
+
+    b = _reporting()
+    first, follower = _job(1), _job(2, after=1)
+    with b.lock:
+        b._open(first)
+        b._open(follower)
+    b._emit(first, Outcome(1, 1, False))
+    retry = _job(1, attempt=2, after=2)
+    with b.lock:
+        b._open(retry)
+    b._emit(retry, Outcome(1, 2, True))  # Dask finished the retry's future first
+    assert _reported(b) == [(1, 1)]
+    b._emit(follower, Outcome(2, 1, True))
+    assert _reported(b) == [(2, 1), (1, 2)]
+    assert b.open == {} and b.leader == {} and b.held == {}
 
 
 def _gone(pid: int) -> bool:

@@ -204,14 +204,19 @@ class DaskBackend(Backend):
         self._revived: dict[str, int] = {}
         self._folder: Path | None = None  # in_allocation: what to remove on close
         self._log: Path | str = "dask.log"  # in_allocation: the scheduler's and workers' log
-        self.open: set[int] = set()  # tasks submitted whose outcome is not reported yet
+        # task -> its attempt submitted whose outcome is not reported yet
+        self.open: dict[int, int] = {}
+        # follower (task, attempt) -> the leader's (task, attempt) it was queued behind: a
+        # task id alone would confuse a leader's retry with the attempt the follower followed
+        self.leader: dict[tuple[int, int], tuple[int, int]] = {}
         self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
         self.completed = distributed.as_completed([], with_results=True, raise_errors=False)
         self.wakeup = threading.Event()
         self.closing = False
         self.collector = threading.Thread(target=self._collect, name="shoal-dask", daemon=True)
         self.collector.start()
-        self.held: dict[int, list[tuple[Job, Outcome]]] = {}  # followers waiting for a leader
+        # leader (task, attempt) -> followers' outcomes waiting for the leader's
+        self.held: dict[tuple[int, int], list[tuple[Job, Outcome]]] = {}
         self._allowed = client.run_on_scheduler(_set_allowed_failures)
         if self._allowed:
             self._notes.append(
@@ -381,9 +386,15 @@ class DaskBackend(Backend):
         from shoal.backends import daskjob
 
         groups: dict[tuple[Any, ...], list[Job]] = {}
+        with self.lock:  # before any is sent: a follower may come before its leader
+            for job in jobs:
+                self.open[job.task] = job.attempt
+            for job in jobs:
+                self._open(job)
         for job in jobs:
             if job.ranks > 1 or len(job.placement.slots) > 1:
-                self.outbox.put(
+                self._emit(
+                    job,
                     Outcome.unstarted(
                         job.task,
                         job.attempt,
@@ -391,7 +402,7 @@ class DaskBackend(Backend):
                         "error",
                         "the Dask backend runs single-rank tasks on one worker; run MPI "
                         "tasks with the Slurm backend (or locally)",
-                    )
+                    ),
                 )
                 continue
             node = self._node(job)
@@ -400,7 +411,7 @@ class DaskBackend(Backend):
                 if not self._gone(node):  # away for now: wait for it to come back
                     with self.lock:
                         self.waiting.setdefault(node, []).append(job)
-                        self.open.add(job.task)
+                        self._open(job)
                     continue
                 if job.placement.gpus:
                     why = (
@@ -469,7 +480,7 @@ class DaskBackend(Backend):
                     self.futures[ident] = fut
                     self.jobs[ident] = job
                     self.bound[ident] = where
-                    self.open.add(job.task)
+                    self._open(job)
                 self.idents[fut.key] = ident
             self.completed.update(futures)  # results come back in batches, in one thread
             self.wakeup.set()
@@ -590,9 +601,33 @@ class DaskBackend(Backend):
             job.env or job.placement.gpus or job.isolate or job.cpus > 1
         )
 
+    def _open(self, job: Job) -> None:
+        """Note ``job`` as submitted and unreported, with the attempt of the task it is
+        queued behind if that one is still unreported (call with the lock held)."""
+        ident = (job.task, job.attempt)
+        self.open[job.task] = job.attempt
+        if job.after is not None and ident not in self.leader:
+            ahead = self.open.get(job.after)
+            if ahead is not None:
+                self.leader[ident] = (job.after, ahead)
+
+    def _ahead(self, job: Job) -> tuple[int, int] | None:
+        """The unreported attempt that ``job`` is queued behind, if any (lock held)."""
+        lead = self.leader.get((job.task, job.attempt))
+        if lead is not None and self.open.get(lead[0]) == lead[1]:
+            return lead
+        return None
+
+    def _close(self, job: Job) -> None:
+        """Forget ``job`` as unreported (lock held)."""
+        if self.open.get(job.task) == job.attempt:
+            del self.open[job.task]
+        self.leader.pop((job.task, job.attempt), None)
+
     def _queued(self, job: Job) -> bool:
         """Whether the core still has ``job`` queued behind the task ahead of it."""
-        return job.after is not None and job.after in self.open
+        with self.lock:
+            return self._ahead(job) is not None
 
     def _function(self, fid: int) -> Any:
         """The function's payload for a task: scattered to the workers once, or, while a
@@ -786,15 +821,16 @@ class DaskBackend(Backend):
         """Report ``o``; a task queued behind another (``after``) is reported only after the
         one ahead of it, as the contract wants, though Dask may finish them in any order."""
         with self.lock:
-            if hold and job.after is not None and job.after in self.open:
-                self.held.setdefault(job.after, []).append((job, o))
+            ahead = self._ahead(job) if hold else None
+            if ahead is not None:
+                self.held.setdefault(ahead, []).append((job, o))
                 return
             ready = [(job, o)]
             while ready:
                 j, out = ready.pop()
                 self.outbox.put(out)
-                self.open.discard(j.task)
-                ready.extend(self.held.pop(j.task, []))
+                self._close(j)
+                ready.extend(self.held.pop((j.task, j.attempt), []))
 
     @staticmethod
     def _lost(task: int, attempt: int, why: str) -> Outcome:
@@ -851,7 +887,8 @@ class DaskBackend(Backend):
         if send:
             with self.lock:
                 for j in send:
-                    self.open.discard(j.task)
+                    if self.open.get(j.task) == j.attempt:
+                        del self.open[j.task]
             self.submit(send)
 
     def _revive(self) -> None:
