@@ -23,8 +23,29 @@ def inc(x: int) -> int:
 @shoal.task
 def sometimes(x: int) -> int:
     if x == 3:
+        _until_followed()
         raise ValueError(f"no good: {x}")
     return x + 1
+
+
+def _until_followed(limit: float = 60.0) -> None:
+    """Inside a task: wait until the run has queued the next task behind this one. Whether a
+    follower is queued before a short task ends is a matter of timing (under load the start and
+    the end may reach the driver together); the tests that need one wait for it."""
+    import time
+
+    me = shoal.current()
+    db = next(p / "shoal.db" for p in Path(me.dir).parents if (p / "shoal.db").exists())
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            rows = con.execute(
+                "SELECT 1 FROM transitions WHERE task = ? AND old = 'pending' AND new = 'queued'",
+                (me.task + 1,),
+            ).fetchall()
+        if rows:
+            return
+        time.sleep(0.02)
 
 
 @shoal.task
