@@ -38,12 +38,7 @@ def _until_followed(limit: float = 60.0) -> None:
     db = next(p / "shoal.db" for p in Path(me.dir).parents if (p / "shoal.db").exists())
     end = time.monotonic() + limit
     while time.monotonic() < end:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            rows = con.execute(
-                "SELECT 1 FROM transitions WHERE task = ? AND old = 'pending' AND new = 'queued'",
-                (me.task + 1,),
-            ).fetchall()
-        if rows:
+        if _queued(db, me.task + 1):
             return
         time.sleep(0.02)
 
@@ -116,3 +111,70 @@ def test_a_follower_of_a_response_gets_the_output_the_response_gives(base: Path)
         ("ready", "running"),
         ("running", "succeeded"),
     ]
+
+
+@shoal.task(isolate=True)
+def counted(path: str) -> int:
+    p = Path(path)
+    n = int(p.read_text()) + 1 if p.exists() else 1
+    p.write_text(str(n))
+    return n
+
+
+@shoal.task
+def hold(latch: str) -> str:
+    import time
+
+    while not Path(latch).exists():
+        time.sleep(0.01)
+    return "held"
+
+
+def _queued(db: Path, task: int) -> bool:
+    """Whether ``task`` was queued on a worker (tasks.state does not show that move)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        q = "SELECT 1 FROM transitions WHERE task = ? AND new = 'queued'"
+        return bool(con.execute(q, (task,)).fetchall())
+
+
+def test_a_rerun_takes_back_a_dependent_queued_on_a_worker(base: Path, tmp_path: Path) -> None:
+    """A task queued on a worker behind another has not started: rerunning the task whose
+    output it uses takes it back (it would have run on the old output) and it runs once,
+    on the new one (found by the randomized suite, seed 20001: the rerun was refused)."""
+    import threading
+    import time
+
+    latch, counter = tmp_path / "latch", tmp_path / "count"
+    with shoal.Workflow("rerun-queued") as wf:
+        first = counted(str(counter))  # a process of its own: the dependent cannot follow it
+        gate = hold(str(latch))
+        user = inc(first.out)
+    answers: list[str | None] = []
+
+    def steer() -> None:
+        try:
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not list(base.glob("*/shoal.db")):
+                time.sleep(0.01)
+            run_dir = next(base.glob("*/shoal.db")).parent
+            while time.monotonic() < end and not _queued(run_dir / "shoal.db", user.id):
+                time.sleep(0.01)
+            a = shoal.attach(run_dir)
+            answers.append(a.answer(a.rerun(first.id), timeout=60))
+        finally:
+            latch.touch()
+
+    helper = threading.Thread(target=steer)
+    helper.start()
+    run = wf.run(base=base, cpus=1, prefetch_window=WINDOW)
+    helper.join()
+    assert run.ok, run.failures()
+    assert answers and answers[0] is not None and not answers[0].startswith("refused"), answers
+    assert run.result(first) == 2 and run.result(user) == 3, "it ran on the old output"
+    with sqlite3.connect(run.dir / "shoal.db") as db:
+        started = db.execute(
+            "SELECT COUNT(*) FROM attempts WHERE task = ? AND started IS NOT NULL", (user.id,)
+        ).fetchone()[0]
+    assert started == 1, f"the dependent started {started} times"
+    back = [t for t, old, new in moves(run) if (old, new) == ("queued", "pending")]
+    assert back == [user.id]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,54 @@ def test_a_retry_does_not_reopen_a_task_whose_other_parent_stopped_its_children(
     assert s.state(3) is State.SKIPPED
     s.handle(Succeeded(4, 0, 2))
     assert s.state(2) is State.SKIPPED and s.done
+
+
+def _queued_child() -> tuple[Any, int]:
+    """Tasks 0..2 of one lane on one core, and task 3 that uses task 0's output: after 0
+    succeeds, 1 runs and 2 and then 3 are queued behind it on the worker."""
+    from shoal.core.events import Submitted, Succeeded, TaskInfo
+    from shoal.core.machine import Policy, Scheduler
+    from shoal.core.resources import Node
+
+    s = Scheduler([Node.sized("n", 1, 0, 0)], Policy(prefetch=4, prefetch_window=10))
+    tiny = [TaskInfo(i, prefetch="pool") for i in range(3)]
+    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), prefetch="pool"))))
+    s.handle(Succeeded(0.001, 0, 1))
+    assert s.state(3) is State.QUEUED
+    return s, 3
+
+
+def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
+    """A child of the rerun task that a worker holds queued (not started) is taken back and
+    waits for the new output, instead of the rerun being refused (found by the randomized
+    suite, seed 20001). It costs no attempt; the backend is told to drop it, and a late
+    report of that attempt changes nothing."""
+    from shoal.core.events import Kill, Rerun, Succeeded, Transition
+
+    s, child = _queued_child()
+    out = s.handle(Rerun(0.002, 0))
+    assert s.state(child) is State.PENDING
+    kills = [c for c in out if isinstance(c, Kill)]
+    assert [(k.task, k.attempt, k.kind) for k in kills] == [(child, 1, "stopped")]
+    moves = [(c.task, c.new) for c in out if isinstance(c, Transition)]
+    assert (child, State.PENDING) in moves
+    s.handle(Succeeded(0.003, 1, 1))  # the task ahead ends; the dropped one never ran
+    assert s.handle(Succeeded(0.004, child, 1)) == []  # or it ran anyway: stale
+    assert s.state(child) is State.PENDING
+    s.handle(Succeeded(0.005, 2, 1))
+    assert s.state(0) is State.RUNNING  # (it was queued behind 2) and the child waits
+    assert s.state(child) is State.PENDING or s.tasks[child].follows == 0
+    s.handle(Succeeded(0.006, 0, 2))  # the rerun's new output: the child runs again
+    assert s.state(child) in (State.RUNNING, State.QUEUED)
+    assert s.tasks[child].attempt == 2 and s.tasks[child].first == 1  # no retry spent
+
+
+def test_a_rerun_is_refused_while_a_queued_child_is_being_cancelled() -> None:
+    from shoal.core.events import Cancel, Rerun
+    from shoal.errors import DefinitionError
+
+    s, child = _queued_child()
+    s.handle(Cancel(0.002, child, "not needed"))
+    with pytest.raises(DefinitionError, match=r"task 3 that depends on it is queued and being"):
+        s.handle(Rerun(0.003, 0))
+    assert s.state(child) is State.QUEUED and s.state(0) is State.SUCCEEDED

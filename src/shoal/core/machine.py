@@ -262,6 +262,12 @@ class Scheduler:
     def placement(self, task: int) -> Placement | None:
         return self.tasks[task].placement
 
+    def in_flight(self, task: int, attempt: int) -> bool:
+        """Whether ``attempt`` is the task's attempt queued or running now: a report of any
+        other (one taken back or given back before it started) is stale."""
+        e = self.tasks.get(task)
+        return e is not None and e.attempt == attempt and (e.state is QUEUED or e.state is RUNNING)
+
     def placements(self) -> list[Placement]:
         return [e.placement for e in self.running.values() if e.placement is not None]
 
@@ -618,6 +624,17 @@ class Scheduler:
         e.follows = -1
         if self.policy.prefetch and slot.tasks and slot.lane:
             self.open_slots.setdefault(slot.request, {})[slot.key] = slot
+
+    def _take_back(self, e: _Entry, cause: str, out: list[Command], reason: str) -> None:
+        """Take back a queued task before it starts (it would run on an output that is about
+        to change): pending again, costing no attempt; the backend is told to drop it, and a
+        late report of that attempt is stale (the next dispatch is a new attempt)."""
+        assert e.state is QUEUED and e.kill is None
+        self._unfollow(e, cause, out)
+        self._unqueue(e)
+        e.first += 1
+        out.append(Kill(cause, e.info.id, e.attempt, reason, "stopped"))
+        self._move(e, PENDING, cause, out, reason)
 
     def _unfollow(self, e: _Entry, cause: str, out: list[Command]) -> None:
         """Take back the followers queued behind ``e`` (and theirs): ``e`` will not succeed

@@ -121,10 +121,11 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             "retry or rerun that one"
         )
     for child in e.children or ():
-        if s.tasks[child].state in (RUNNING, QUEUED, RETRYING):  # it started on old output
+        busy = started(s.tasks[child])
+        if busy:
             raise DefinitionError(
-                f"cannot rerun task {ev.task}: task {child} that depends on it is "
-                f"{s.tasks[child].state.value}; wait for it to end, or cancel it first"
+                f"cannot rerun task {ev.task}: task {child} that depends on it {busy}; wait "
+                "for it to end, or cancel it first"
             )
     down: list[_Entry] = []
     if ev.downstream:  # everything below it
@@ -135,10 +136,11 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             if c.info.id in seen:
                 continue
             seen.add(c.info.id)
-            if c.state in (RUNNING, QUEUED, RETRYING):
+            busy = started(c)
+            if busy:
                 raise DefinitionError(
-                    f"cannot rerun task {ev.task} with its downstream: task {c.info.id} is "
-                    f"{c.state.value}; wait for it to end, or cancel it first"
+                    f"cannot rerun task {ev.task} with its downstream: task {c.info.id} "
+                    f"{busy}; wait for it to end, or cancel it first"
                 )
             down.append(c)
             stack.extend(c.children or ())
@@ -174,6 +176,8 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
         elif c.state is READY:  # it would have started on the old output
             s.queue.discard(c.info.id)
             s._move(c, PENDING, cause, out, why)
+        elif c.state is QUEUED:  # handed to a worker, not started: take it back
+            s._take_back(c, cause, out, why)
     # Then everything that waits below the reopened tasks counts again what it waits for:
     # counting while parents were still being reopened would miss some of them.
     again = [e, *(c for c in down if c.info.id not in keep)]
@@ -181,6 +185,8 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
     for r in again:
         for child in r.children or ():
             x = s.tasks[child]
+            if x.state is QUEUED:  # handed to a worker, not started: take it back
+                s._take_back(x, cause, out, why)
             if x.state is PENDING or x.state is READY:
                 affected[child] = x
     for c in affected.values():
@@ -190,6 +196,17 @@ def rerun(s: Scheduler, ev: Rerun, cause: str, out: list[Command]) -> None:
             s._move(c, PENDING, cause, out, why)
         elif c.state is PENDING and c.waiting == 0:
             s._ready(c, cause, out, why)
+
+
+def started(c: _Entry) -> str:
+    """Why a rerun upstream of ``c`` cannot take it back, or "": it started on the old
+    output (running, or retrying), or it is being stopped already. A task queued behind
+    another on a worker has not started: the rerun takes it back."""
+    if c.state is RUNNING or c.state is RETRYING:
+        return f"is {c.state.value}"
+    if c.state is QUEUED and c.kill is not None:
+        return f"is queued and being stopped ({c.kill[0]})"
+    return ""
 
 
 def restore(s: Scheduler, ev: Restored, cause: str, out: list[Command]) -> None:

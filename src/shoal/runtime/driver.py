@@ -468,6 +468,8 @@ class Driver:
                 self.killed.pop((o.task, o.attempt), None)
             return Returned(now, o.task, o.attempt)
         kill = self.killed.pop((o.task, o.attempt), None) if self.killed else None
+        if not self.scheduler.in_flight(o.task, o.attempt):
+            return self._stale(o, now)
         if kill is not None and not o.ok:  # record why it really ended: we stopped it
             o.kind = kill.kind
             o.error = f"{kill.reason}; it was stopped"
@@ -485,6 +487,23 @@ class Driver:
             return event
         reason = first_line(o.error) or o.kind
         return Failed(now, o.task, o.attempt, reason, o.kind, o.exit_code)
+
+    def _stale(self, o: Outcome, now: float) -> Stimulus:
+        """The report of an attempt no longer in flight: one taken back before it started
+        (a rerun upstream, a run stopping) or given back, that ran anyway before the stop
+        reached it. Its attempt row records what happened; its output is not the task's
+        (it may have used an old input) and a Response in it adds nothing. The core ignores
+        the event."""
+        self.log.info(
+            "task %s attempt %s ended (%s) after it was taken back: its outcome is ignored",
+            o.task,
+            o.attempt,
+            "succeeded" if o.ok else o.kind or "failed",
+        )
+        o.result = None
+        if o.ok:
+            return Succeeded(now, o.task, o.attempt)
+        return Failed(now, o.task, o.attempt, first_line(o.error) or o.kind, o.kind, o.exit_code)
 
     # -- work added while the run goes on ----------------------------------------------------
     def _respond(self, o: Outcome, now: float) -> Stimulus:
