@@ -8,11 +8,16 @@ otherwise, so that every run ends as it would without followers.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import shoal
+from shoal.backends.local import LocalBackend
+from shoal.core.events import Outcome
+from shoal.spec.workflow import dumps
 
 
 @shoal.task
@@ -137,17 +142,18 @@ def _queued(db: Path, task: int) -> bool:
         return bool(con.execute(q, (task,)).fetchall())
 
 
-def test_a_rerun_takes_back_a_dependent_queued_on_a_worker(base: Path, tmp_path: Path) -> None:
-    """A task queued on a worker behind another has not started: rerunning the task whose
-    output it uses takes it back (it would have run on the old output) and it runs once,
-    on the new one (found by the randomized suite, seed 20001: the rerun was refused)."""
+def _rerun_while_queued(
+    base: Path, tmp_path: Path, backend: Any = None
+) -> tuple[shoal.Run, shoal.Task, shoal.Task, list[str | None]]:
+    """A task, and its dependent queued on the worker behind a task that holds until the
+    first one was rerun (by request, from another thread)."""
     import threading
     import time
 
     latch, counter = tmp_path / "latch", tmp_path / "count"
     with shoal.Workflow("rerun-queued") as wf:
         first = counted(str(counter))  # a process of its own: the dependent cannot follow it
-        gate = hold(str(latch))
+        hold(str(latch))
         user = inc(first.out)
     answers: list[str | None] = []
 
@@ -166,8 +172,17 @@ def test_a_rerun_takes_back_a_dependent_queued_on_a_worker(base: Path, tmp_path:
 
     helper = threading.Thread(target=steer)
     helper.start()
-    run = wf.run(base=base, cpus=1, prefetch_window=WINDOW)
+    options: dict[str, Any] = {"backend": backend} if backend is not None else {"cpus": 1}
+    run = shoal.run(wf, base=base, prefetch_window=WINDOW, **options)
     helper.join()
+    return run, first, user, answers
+
+
+def test_a_rerun_takes_back_a_dependent_queued_on_a_worker(base: Path, tmp_path: Path) -> None:
+    """A task queued on a worker behind another has not started: rerunning the task whose
+    output it uses takes it back (it would have run on the old output) and it runs once,
+    on the new one (found by the randomized suite, seed 20001: the rerun was refused)."""
+    run, first, user, answers = _rerun_while_queued(base, tmp_path)
     assert run.ok, run.failures()
     assert answers and answers[0] is not None and not answers[0].startswith("refused"), answers
     assert run.result(first) == 2 and run.result(user) == 3, "it ran on the old output"
@@ -178,3 +193,40 @@ def test_a_rerun_takes_back_a_dependent_queued_on_a_worker(base: Path, tmp_path:
     assert started == 1, f"the dependent started {started} times"
     back = [t for t, old, new in moves(run) if (old, new) == ("queued", "pending")]
     assert back == [user.id]
+
+
+class _TooLate(LocalBackend):
+    """Reports an attempt it was asked to stop as a success with another output, and only
+    after the task's next attempt succeeded: as if the stop had come too late."""
+
+    def __init__(self) -> None:
+        super().__init__(cpus=1)
+        self.stopped: set[tuple[int, int]] = set()
+        self.late: list[Outcome] = []
+
+    def cancel(self, task: int, attempt: int) -> None:
+        self.stopped.add((task, attempt))
+        super().cancel(task, attempt)
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        out = []
+        for o in super().poll(timeout):
+            if (o.task, o.attempt) in self.stopped:
+                now = time.time()
+                self.late.append(Outcome(o.task, o.attempt, True, now, now, result=dumps(-1)))
+                continue
+            out.append(o)
+            if o.ok and any(x.task == o.task for x in self.late):
+                out.extend(x for x in self.late if x.task == o.task)
+        return out
+
+
+def test_a_late_report_of_a_taken_back_attempt_is_ignored(base: Path, tmp_path: Path) -> None:
+    """The stop of a queued dependent may reach the worker after it started; if that old
+    attempt then reports a success (after the new attempt's), its output is not the task's."""
+    backend = _TooLate()
+    run, first, user, answers = _rerun_while_queued(base, tmp_path, backend)
+    assert answers and answers[0] is not None and not answers[0].startswith("refused"), answers
+    assert backend.late, "the test did not stop a queued attempt"
+    assert run.ok, run.failures()
+    assert run.result(first) == 2 and run.result(user) == 3, "a late output replaced the task's"
