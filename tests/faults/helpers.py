@@ -43,3 +43,15 @@ def run_dirs(where: Path) -> list[Path]:
 def pwned(where: Path) -> list[Path]:
     """Marker files that hostile values would create if they ran."""
     return sorted(p for p in where.rglob("*") if p.name.startswith("PWNED"))
+
+
+@shoal.task
+def hold(started: str, flag: str) -> str:
+    """A task that marks that it started, then waits for ``flag`` to exist."""
+    import os
+    import time
+
+    open(started, "w").close()
+    while not os.path.exists(flag):
+        time.sleep(0.02)
+    return "done"

@@ -20,6 +20,8 @@ import pytest
 import shoal
 from shoal.runtime import driver
 
+from .helpers import hold
+
 DEADLINE = 120.0
 
 
@@ -50,17 +52,6 @@ def _wait(cond: Any, what: str) -> None:
     while not cond():
         assert time.monotonic() < end, f"gave up waiting for {what}"
         time.sleep(0.02)
-
-
-@shoal.task
-def hold(started: str, flag: str) -> str:
-    import os
-    import time
-
-    open(started, "w").close()
-    while not os.path.exists(flag):
-        time.sleep(0.02)
-    return "done"
 
 
 @pytest.fixture

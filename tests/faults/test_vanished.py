@@ -17,18 +17,9 @@ import pytest
 
 import shoal
 
+from .helpers import hold
+
 DEADLINE = 120.0
-
-
-@shoal.task
-def hold(started: str, flag: str) -> str:
-    import os
-    import time
-
-    open(started, "w").close()
-    while not os.path.exists(flag):
-        time.sleep(0.02)
-    return "done"
 
 
 @pytest.mark.parametrize("how", ["rundir", "database"])
