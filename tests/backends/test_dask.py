@@ -146,8 +146,8 @@ def test_tasks_in_worker_threads_know_who_they_are(tmp_path: Path, dask_cluster:
     assert [run.result(t) for t in ts] == [t.id for t in ts]
 
 
-def _reporting() -> DaskBackend:
-    """Only the reporting part of a backend, without a cluster."""
+def _reporting(*jobs: Any) -> DaskBackend:
+    """Only the reporting part of a backend, without a cluster, with ``jobs`` sent."""
     import queue
     import threading
 
@@ -155,7 +155,14 @@ def _reporting() -> DaskBackend:
     b.lock = threading.RLock()
     b.outbox = queue.SimpleQueue()
     b.open, b.leader, b.held = {}, {}, {}
+    _send(b, *jobs)
     return b
+
+
+def _send(b: DaskBackend, *jobs: Any) -> None:
+    with b.lock:
+        for job in jobs:
+            b._open(job)
 
 
 def _job(task: int, attempt: int = 1, after: int | None = None) -> Any:
@@ -178,11 +185,8 @@ def test_a_follower_is_reported_after_the_task_ahead_of_it() -> None:
     """Dask may finish a queued task's future first; the backend holds it back."""
     from shoal.core.events import Outcome
 
-    b = _reporting()
     lead, follower = _job(1), _job(2, after=1)
-    with b.lock:
-        b._open(lead)
-        b._open(follower)
+    b = _reporting(lead, follower)
     b._emit(follower, Outcome(2, 1, True))
     assert b.outbox.empty()
     b._emit(lead, Outcome(1, 1, True))
@@ -195,15 +199,11 @@ def test_a_follower_waits_for_the_attempt_it_followed_not_a_retry() -> None:
     for each other and the run hung; found by the randomized suite, Dask seed 1)."""
     from shoal.core.events import Outcome
 
-    b = _reporting()
     first, follower = _job(1), _job(2, after=1)
-    with b.lock:
-        b._open(first)
-        b._open(follower)
+    b = _reporting(first, follower)
     b._emit(first, Outcome(1, 1, False))
     retry = _job(1, attempt=2, after=2)
-    with b.lock:
-        b._open(retry)
+    _send(b, retry)
     b._emit(retry, Outcome(1, 2, True))  # Dask finished the retry's future first
     assert _reported(b) == [(1, 1)]
     b._emit(follower, Outcome(2, 1, True))
