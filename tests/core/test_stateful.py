@@ -541,8 +541,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             gate = gate[-1:]
         # (its followers are taken back first, and then are pending children like the rest)
         pending = [c for c in children if self.states[c] in (PENDING, QUEUED)]
+        # A child that another task ended gets the gates too (a retry may reopen it).
+        ended = [c for c in children if self.states[c] in BAD_END]
         if gate and how != "skip":  # known before the feed: a gated child may follow a gate
-            for c in pending:
+            for c in pending + ended:
                 self.gates.setdefault(c, set()).update(gate)
         out = self.feed(
             Succeeded(

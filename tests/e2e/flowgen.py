@@ -67,6 +67,9 @@ class Gen:
         self.rng = random.Random(seed)
         self.mix = mix
         self.seed = seed
+        # Targets of a retry or rerun request: the request waits for them to fail or succeed,
+        # so they never come to wait for a hook, which may be cancelled (seed 30007).
+        self.targets: set[str] = set()
 
     # -- single tasks --------------------------------------------------------------------------
     def kind(self, python_only: bool = False) -> str:
@@ -242,10 +245,12 @@ class Gen:
         case.tasks[at:at] = new
         for t in case.tasks[at + len(new) : at + len(new) + 12]:
             # A latch gate never waits for another hook: cancelling that one would end the
-            # gate too, and what waits for the gate would never be made (seed 20094).
-            # (The draw comes first, so that a seed makes the same case as before this rule.)
+            # gate too, and what waits for the gate would never be made (seed 20094); nor does
+            # a request's target. (The draw comes first, so that a seed makes the same case as
+            # before these rules.)
             draw = self.rng.random()
-            if draw < 0.3 and hook.name not in t.deps + t.after and "latch" not in t.acts:
+            free = "latch" not in t.acts and t.name not in self.targets
+            if draw < 0.3 and hook.name not in t.deps + t.after and free:
                 t.deps.append(hook.name)
         return at
 
@@ -303,6 +308,8 @@ class Gen:
             for t in case.tasks[at + 2 :]:  # what uses it waits for the gate too
                 if target.name in t.deps + t.after and gate.name not in t.deps + t.after:
                     t.after.append(gate.name)
+        if kind != "cancel":
+            self.targets.add(target.name)
         case.requests.append(Req(kind, gate.name, target.name))
 
     def barrier(self, case: Case) -> None:

@@ -41,12 +41,16 @@ def redirect(
     gate = [s.tasks[g] for g in ev.gate]
     for c in children:
         child = s.tasks[c]
-        if child.state is not PENDING:
+        ended = child.state in TERMINAL and child.state is not SUCCEEDED
+        if child.state is not PENDING and not ended:
             continue
+        # A child that another task upstream ended (failed, cancelled, skipped) gets the gates
+        # too, without waiting for them now: a retry that reopens it counts them (seed 30073).
         for g in gate:
             if g.state is SUCCEEDED:
                 continue
-            child.waiting += 1
+            if not ended:
+                child.waiting += 1
             if child.gates is None:
                 child.gates = [g.info.id]
             else:
@@ -55,7 +59,7 @@ def redirect(
                 g.children = [c]
             else:
                 g.children.append(c)
-            if g.state in TERMINAL:  # the gate could never open (it was born failed)
+            if g.state in TERMINAL and not ended:  # it could never open (born failed)
                 s._end_downstream(g, [child], cause, out)
                 break
 
