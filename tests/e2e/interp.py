@@ -22,7 +22,8 @@ from .flowmodel import Case, T, stdout_of, value
 BAD_OF = {"failed": "dep_failed", "dep_failed": "dep_failed", "cancelled": "cancelled"}
 BAD_OF["skipped"] = "skipped"
 BAD = frozenset(BAD_OF)
-FAILISH = frozenset({"failed", "dep_failed", "cancelled"})
+# What makes a run fail; a task cancelled on purpose (a rule, a request) does not.
+FAILISH = frozenset({"failed", "dep_failed"})
 KINDS = {"raise": "error", "exit": "exit", "kill": "crash", "hang": "timeout", "sleep": "timeout"}
 
 
