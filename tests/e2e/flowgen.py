@@ -67,8 +67,9 @@ class Gen:
         self.rng = random.Random(seed)
         self.mix = mix
         self.seed = seed
-        # Targets of a retry or rerun request: the request waits for them to fail or succeed,
-        # so they never come to wait for a hook, which may be cancelled (seed 30007).
+        # Targets of requests and of cancel rules never come to wait for a hook: a retry or
+        # rerun request waits for its target to fail or succeed, and a hook may be cancelled
+        # (seed 30007); a cancel finds its target ended if a hook failed (seed 30112).
         self.targets: set[str] = set()
 
     # -- single tasks --------------------------------------------------------------------------
@@ -266,6 +267,7 @@ class Gen:
                 f"cy{i}", rng.choice(["py", "cmd"]), deps=[gate.name], tags=[f"cancel-cy{i}"]
             )
             self.insert(case, [gate, target], target)
+            self.targets.add(target.name)
             case.rules.append(Rule("cancel", gate.name, target.name))
             return
         plain = [t for t in case.tasks if t.resp is None and t.kind != "mpi"]
@@ -308,8 +310,7 @@ class Gen:
             for t in case.tasks[at + 2 :]:  # what uses it waits for the gate too
                 if target.name in t.deps + t.after and gate.name not in t.deps + t.after:
                     t.after.append(gate.name)
-        if kind != "cancel":
-            self.targets.add(target.name)
+        self.targets.add(target.name)
         case.requests.append(Req(kind, gate.name, target.name))
 
     def barrier(self, case: Case) -> None:
