@@ -305,3 +305,24 @@ def test_tasks_of_a_worker_that_left_for_good_run_on_the_others(tmp_path: Path) 
         assert [run.result(t) for t in parts] == [i * i for i in range(40)]
     finally:
         stop_cluster(c)
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.allowed_failures)
+
+
+def test_a_shared_schedulers_allowed_failures_is_put_back(dask_cluster: Cluster) -> None:
+    """shoal sets allowed_failures to 0 while it runs (its retry policy decides about lost
+    workers) and puts the scheduler's own value back when it closes (issue 15, point 21)."""
+    from distributed import Client
+
+    with Client(scheduler_file=str(dask_cluster.scheduler_file), timeout=30) as c:
+        before = c.run_on_scheduler(_allowed_failures)
+        assert before != 0, "the fixture's scheduler should have Dask's default (3)"
+        b = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)
+        try:
+            assert c.run_on_scheduler(_allowed_failures) == 0
+            assert any("allowed_failures" in note for note in b._notes)
+        finally:
+            b.close()
+        assert c.run_on_scheduler(_allowed_failures) == before
