@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.errors import DefinitionError
+from shoal.spec.kinds import RETRYABLE
 
 if TYPE_CHECKING:
     from shoal.spec.options import Request
 
-KINDS = frozenset({"error", "exit", "timeout", "crash", "lost"})
+KINDS = RETRYABLE  # the failure kinds a policy may name in ``on``
 
 
 @dataclass(frozen=True, slots=True)
