@@ -31,6 +31,13 @@ them).
 |---|---|---|
 {rows}
 
+Each edge of the diagram is labelled with what may take it: a stimulus of the core (a report
+of a backend, a request, the clock's tick, a resumed run's restore) or the scheduling pass that
+follows each of them. The labels come from `EVENT_EDGES` in `shoal/core/states.py`, which the
+stateful test checks against every transition the scheduler emits. A resumed run may also move
+a task that was queued, running or retrying straight back to `pending` (its attempt was lost
+with the driver); those edges are listed under `restored` there and are not drawn.
+
 ```mermaid
 {diagram()}
 ```

@@ -33,6 +33,7 @@ PUBLIC = [
     "DependencyFailed",
     "Event",
     "Ref",
+    "RequestRefused",
     "ResourceError",
     "Response",
     "Run",
@@ -89,6 +90,7 @@ ERRORS: list[BaseException] = [
     shoal.RunInterrupted(
         "task 'md' (#5) has no result: run 'x' was interrupted", task=5, name="md", rundir="/r"
     ),
+    shoal.RequestRefused("cannot retry task 4: it is running; only failed or cancelled tasks can"),
 ]
 
 

@@ -127,7 +127,7 @@ def test_the_walk_sees_the_modules() -> None:
         "shoal.store.writer",
     ):
         assert expected in MODULES
-    assert any(t == "shoal.core.events" for _, t in imports("shoal.core.machine"))
+    assert any(t == "shoal.core.stimuli" for _, t in imports("shoal.core.machine"))
 
 
 def test_every_package_has_a_layer() -> None:

@@ -4,7 +4,8 @@ Every error says what went wrong, why, and what to do next. The tree:
 
     ShoalError
     ├── DefinitionError        the workflow itself is wrong (cycle, missing reference, bad option)
-    │   └── ResourceError      a request that no node can ever satisfy
+    │   ├── ResourceError      a request that no node can ever satisfy
+    │   └── RequestRefused     a control request (cancel, retry, rerun, added work) refused as asked
     ├── TaskFailed             user code raised, a command exited non-zero, a timeout, a crash
     │   └── DependencyFailed   a task never ran because a task it needs failed
     ├── TaskSkipped            a task never ran because a Response upstream stopped its children
@@ -30,6 +31,12 @@ class DefinitionError(ShoalError, ValueError):
 
 class ResourceError(DefinitionError):
     """A task asks for more than any node has; it could never start."""
+
+
+class RequestRefused(DefinitionError):
+    """A control request (cancel, retry, rerun, restore, work a Response adds) cannot be done as
+    asked: an unknown task, a task in the wrong state, a cycle. Nothing changed; the message
+    says what to ask instead. (A ``DefinitionError``, so code that caught that still does.)"""
 
 
 class TaskSkipped(ShoalError):

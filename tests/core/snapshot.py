@@ -8,8 +8,9 @@ from shoal.core import Scheduler
 
 
 def deep(s: Scheduler) -> Any:
-    """Every field of the scheduler and of each task entry, slot and heap (equal iff the two
-    schedulers would behave alike from here on)."""
+    """Every field of the scheduler, of each task record, flight and chain, and of the heaps
+    (equal iff the two schedulers would behave alike from here on)."""
+    table, chains = s._table, s._chains
     tasks = {
         t: (
             e.info,
@@ -19,31 +20,40 @@ def deep(s: Scheduler) -> Any:
             tuple(e.gates or ()),
             e.attempt,
             e.first,
-            e.placement,
             e.generation,
             e.ready_since,
-            e.since,
-            e.kill,
-            None if e.slot is None else (e.slot.key, tuple(e.slot.tasks), e.slot.looked),
             e.root,
-            e.follows,
+            e.skips,
         )
-        for t, e in s.tasks.items()
+        for t, e in table.records.items()
+    }
+    flights = {
+        t: (
+            f.placement,
+            f.since,
+            f.kill,
+            f.follows,
+            f.chain.key,
+            tuple(f.chain.tasks),
+            f.chain.looked,
+        )
+        for t, f in chains.flights.items()
     }
     return (
         tasks,
-        dict(s.counts),
-        sorted(s.running),
-        s.now,
-        sorted(s._deadlines),
+        flights,
+        dict(table.counts),
+        sorted(chains.running),
+        table.now,
+        sorted(chains.deadlines),
         sorted(s._retries),
-        s._open,
-        repr(s._slot_keys),
-        {r: {k: (sl.key, tuple(sl.tasks)) for k, sl in d.items()} for r, d in s.open_slots.items()},
-        dict(s.runtime),
+        table.open,
+        repr(chains.keys),
+        {r: {k: (c.key, tuple(c.tasks)) for k, c in d.items()} for r, d in chains.open.items()},
+        dict(chains.runtime),
         s.stopped,
-        {r: sorted(h) for r, h in s.queue.heaps.items()},
-        dict(s.queue.live),
-        s.queue.size,
+        {r: sorted(h) for r, h in table.queue.heaps.items()},
+        dict(table.queue.live),
+        table.queue.size,
         [(f.cores, f.gpus, f.memory, f.ncores, f.ngpus) for f in s.pool.free],
     )

@@ -59,7 +59,7 @@ def test_fixed_back_off_waits_then_retries_until_the_budget_is_spent() -> None:
     assert steps(out) == [(0, RUN, RET)] and not s.done
     assert s.handle(Tick(10.9)) == []  # still backing off
     out = s.handle(Tick(11.0))
-    assert steps(out)[:2] == [(0, RET, RDY), (0, RDY, RUN)] and s.tasks[0].attempt == 2
+    assert steps(out)[:2] == [(0, RET, RDY), (0, RDY, RUN)] and s.attempt(0) == 2
     s.handle(Failed(12, 0, 2, "ValueError: no"))
     s.handle(Tick(22))
     out = s.handle(Failed(23, 0, 3, "ValueError: no"))  # the third attempt: no retries left
@@ -107,11 +107,11 @@ def test_escalation_doubles_the_timeout_and_raises_memory_within_the_node() -> N
     s.handle(Submitted(0, (t(0, request=Request(memory=1500), timeout=5.0, retry=policy),)))
     s.handle(Failed(5, 0, 1, "timed out", "timeout"))
     s.handle(Tick(5))
-    assert s.tasks[0].info.timeout == 10.0 and s.tasks[0].info.request.memory == 3000
+    assert s.info(0).timeout == 10.0 and s.info(0).request.memory == 3000
     s.handle(Failed(6, 0, 2, "timed out", "timeout"))
     s.handle(Tick(6))
     # 6000 MB fits no node: the memory stays, the time still doubles
-    assert s.tasks[0].info.timeout == 20.0 and s.tasks[0].info.request.memory == 3000
+    assert s.info(0).timeout == 20.0 and s.info(0).request.memory == 3000
     s.pool.check(s.placements())
 
 
@@ -137,7 +137,7 @@ def test_rerun_a_succeeded_task_alone_or_with_its_downstream() -> None:
     out = s.handle(Rerun(7, 1, downstream=True))
     assert (1, SUC, RDY) in steps(out) and (2, SUC, PEN) in steps(out)
     s.handle(Succeeded(8, 1, 2))
-    assert s.state(2) is RUN and s.tasks[2].attempt == 2
+    assert s.state(2) is RUN and s.attempt(2) == 2
 
 
 def test_rerun_is_refused_while_unfinished_or_blocked() -> None:
@@ -161,9 +161,9 @@ def test_restore_keeps_finished_tasks_and_readies_the_rest() -> None:
     states = (SUC, RUN, PEN, FAI, DEP, SUC, SKI)
     out = s.handle(Restored(9, tasks, states, (1, 1, 0, 2, 0, 1, 0)))
     assert (1, RUN, RDY) in steps(out), "the lost attempt runs again"
-    assert started(out) == [1] and s.tasks[1].attempt == 2
+    assert started(out) == [1] and s.attempt(1) == 2
     assert s.state(0) is SUC and s.state(2) is PEN and s.state(3) is FAI
-    assert s.tasks[4].root == 3 and s.tasks[6].root == 5
+    assert s._table.records[4].root == 3 and s._table.records[6].root == 5
     assert not s.done
     s.handle(Succeeded(10, 1, 2))
     s.handle(Succeeded(11, 2, 1))
@@ -179,7 +179,7 @@ def test_restore_of_tasks_that_were_queued_when_the_driver_died() -> None:
     moves = [(c.task, c.old, c.new, c.reason) for c in out if isinstance(c, Transition)]
     assert (0, que, RDY, "its attempt was lost with the driver") in moves
     assert (2, que, PEN, "resumed") in moves  # it waits for task 0 again
-    assert started(out) == [0] and s.tasks[0].attempt == 4
+    assert started(out) == [0] and s.attempt(0) == 4
     out = s.handle(Succeeded(10, 0, 4))
     assert [(c.task, c.attempt) for c in out if isinstance(c, Dispatch)] == [(1, 2)]
 
@@ -205,7 +205,7 @@ def test_rerun_downstream_of_a_diamond_waits_for_every_parent() -> None:
     s.handle(Succeeded(7, 2, 2))
     assert s.state(3) is PEN, "task 3 must wait for task 1 too"
     s.handle(Succeeded(8, 1, 2))
-    assert s.state(3) is RUN and s.tasks[3].waiting == 0
+    assert s.state(3) is RUN and s._table.records[3].waiting == 0
 
 
 def test_rerun_downstream_refuses_a_task_backing_off() -> None:

@@ -48,7 +48,7 @@ FOLLOW = Policy(prefetch=3, prefetch_window=10.0, follow=True)
 
 
 def task(id: int, *deps: int, **kw: object) -> TaskInfo:
-    kw.setdefault("prefetch", "pool")
+    kw.setdefault("lane", "pool")
     return TaskInfo(id, tuple(deps), **kw)  # type: ignore[arg-type]
 
 
@@ -63,7 +63,7 @@ def queued_with_a_follower() -> Scheduler:
     s.handle(Succeeded(1, 0, 1))  # one 1 s run: the shape is short, prefetch starts
     s.handle(Submitted(2, (task(1), task(2), task(3, 2, follow=True))))
     assert [s.state(t) for t in (1, 2, 3)] == [RUN, QUE, QUE]
-    assert s.tasks[3].follows == 2
+    assert s._chains.flights[3].follows == 2
     return s
 
 
@@ -192,15 +192,16 @@ def test_validation_is_on_in_tests_and_follows_the_environment(
 @pytest.mark.parametrize(
     ("corrupt", "message"),
     [
-        (lambda s: s.counts.__setitem__(QUE, 5), "counts"),
-        (lambda s: setattr(s, "_open", 0), "_open"),
-        (lambda s: s.running.pop(1), "missing from Scheduler.running"),
-        (lambda s: setattr(s.tasks[3], "follows", -1), "follows none"),
-        (lambda s: setattr(s.tasks[2], "attempt", 0), "attempt"),
+        (lambda s: s._table.counts.__setitem__(QUE, 5), "counts"),
+        (lambda s: setattr(s._table, "open", 0), "open"),
+        (lambda s: s._chains.running.pop(1), "missing from Chains.running"),
+        (lambda s: setattr(s._chains.flights[3], "follows", None), "follows none"),
+        (lambda s: s._chains.flights.pop(3), "in no chain"),
+        (lambda s: setattr(s._table.records[2], "attempt", 0), "attempt"),
         (lambda s: s.pool.free[0].__setattr__("ncores", 1), "resources: free core or GPU counts"),
-        (lambda s: s.tasks[2].slot.tasks.rotate(1), "head|place"),  # type: ignore[union-attr]
-        (lambda s: s.queue.push(3, Request(), 0, 1), "ready queue"),
-        (lambda s: setattr(s.tasks[3], "waiting", 0), "waiting"),
+        (lambda s: s._chains.flights[2].chain.tasks.rotate(1), "head|place"),
+        (lambda s: s._table.queue.push(3, Request(), 0, 1), "ready queue"),
+        (lambda s: setattr(s._table.records[3], "waiting", 0), "waiting"),
     ],
 )
 def test_validation_finds_a_broken_state(corrupt: object, message: str) -> None:
@@ -215,8 +216,8 @@ def test_validation_finds_a_broken_state(corrupt: object, message: str) -> None:
 
 def test_attempts_never_go_down() -> None:
     s = queued_with_a_follower()
-    s.tasks[1].attempt = 5
+    s._table.records[1].attempt = 5
     s.validate()
-    s.tasks[1].attempt = 4
+    s._table.records[1].attempt = 4
     with pytest.raises(Invalid, match="went down from 5 to 4"):
         s.validate()

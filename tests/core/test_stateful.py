@@ -48,7 +48,7 @@ from shoal.core import (
     Transition,
 )
 from shoal.core.events import RefusedReport, Returned
-from shoal.core.states import INITIAL, TERMINAL, TRANSITIONS
+from shoal.core.states import EVENT_EDGES, INITIAL, TERMINAL, TRANSITIONS, Cause
 from shoal.errors import DefinitionError, ResourceError
 
 from .snapshot import deep
@@ -140,8 +140,20 @@ class SchedulerMachine(RuleBasedStateMachine):
     # -- feeding events and checking every command ------------------------------------------
     def feed(self, *events: Stimulus) -> list[Command]:
         out = self.s.handle(*events)
+        self.check_causes(events, out)
         self.absorb(out)
         return out
+
+    def check_causes(self, events: tuple[Stimulus, ...], out: list[Command]) -> None:
+        """Every transition is one that its stimuli (or the scheduling pass after them) may
+        cause: EVENT_EDGES is the handlers' behaviour written as data."""
+        allowed = set(EVENT_EDGES[Cause.SCHEDULING])
+        for ev in events:
+            allowed |= EVENT_EDGES[ev.cause]
+        for c in out:
+            if isinstance(c, Transition) and c.old is not None:
+                causes = [type(ev).__name__ for ev in events]
+                assert (c.old, c.new) in allowed, f"{c} is not an edge of {causes} in EVENT_EDGES"
 
     def absorb(self, out: list[Command]) -> None:
         """Check the commands of one handle() call and update the model from them."""
@@ -221,8 +233,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.attempts[c.task] = c.attempt
         if c.after is not None:  # prefetch: queued behind the last task of a running slot
             # Only tasks with a lane are queued, and only behind a task of the same lane.
-            lane = self.infos[c.task].prefetch
-            assert lane is not None and self.infos[c.after].prefetch == lane, c
+            lane = self.infos[c.task].lane
+            assert lane is not None and self.infos[c.after].lane == lane, c
             ahead = self.live.get(c.after)
             assert ahead is not None, f"task {c.task} queued behind {c.after}, not in flight"
             chain = ahead.chain
@@ -307,11 +319,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     def snapshot(self) -> object:
         s = self.s
         return (
-            {t: (e.state, e.attempt) for t, e in s.tasks.items()},
+            {t: (e.state, e.attempt) for t, e in s._table.records.items()},
             dict(s.counts),
             s.pool.totals(),
             [p.slots for p in s.placements()],
-            len(s.queue),
+            len(s._table.queue),
             s.done,
         )
 
@@ -341,7 +353,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             request = self.draw_request(data)
             lane = data.draw(st.sampled_from([None, "pool", "process"]), label="lane")
             if deps and data.draw(st.booleans(), label="a chain: the shape of its first dep"):
-                request, lane = self.infos[deps[0]].request, self.infos[deps[0]].prefetch
+                request, lane = self.infos[deps[0]].request, self.infos[deps[0]].lane
             info = TaskInfo(
                 tid,
                 tuple(deps),
@@ -378,7 +390,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for j in range(width):
             prev: tuple[int, ...] = ()
             for _ in range(n):
-                t = TaskInfo(self.next_id, prev, prefetch="pool", follow=follow)
+                t = TaskInfo(self.next_id, prev, lane="pool", follow=follow)
                 self.next_id += 1
                 batch.append(t)
                 prev = (t.id,)
@@ -713,7 +725,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         held |= {("gpu", sl.node, i) for p in placements for sl in p.slots for i in sl.gpus}
         assert held == self.held
 
-        states = {t: s.state(t) for t in s.tasks}
+        states = {t: s.state(t) for t in s.ids()}
         assert states == self.states
         running = set(self.tasks_in(RUNNING))
         for t in states:
@@ -784,7 +796,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         assert self.s.done, {t: v for t, v in self.states.items() if v not in TERMINAL}
         assert all(v in TERMINAL for v in self.states.values())
-        assert all(self.s.state(t) in TERMINAL for t in self.s.tasks)
+        assert all(self.s.state(t) in TERMINAL for t in self.s.ids())
 
 
 # SHOAL_STATEFUL_EXAMPLES=3000 searches deeper (about 3 minutes); rare paths such as a rerun

@@ -50,7 +50,7 @@ def started(commands: Sequence[Command]) -> list[int]:
 
 
 def attempt(s: Scheduler, task: int) -> int:
-    return s.tasks[task].attempt
+    return s.attempt(task)
 
 
 def check(s: Scheduler) -> None:
@@ -88,7 +88,7 @@ def test_a_failed_detour_fails_the_dependents_and_names_it() -> None:
     s.handle(Succeeded(1, 0, 1, add=(t(2, 0),), gate=(2,)))
     out = s.handle(Failed(2, 2, 1, "boom"))
     assert (1, PEN, DEP) in steps(out)
-    assert s.tasks[1].root == 2
+    assert s._table.records[1].root == 2
     assert s.done
 
 
@@ -111,7 +111,7 @@ def test_stop_children_skips_the_whole_subtree_and_leaves_siblings_alone() -> No
     s.handle(Submitted(0, (t(0), t(1, 0), t(2, 1), t(3))))
     out = s.handle(Succeeded(1, 0, 1, skip=True))
     assert (1, PEN, SKI) in steps(out) and (2, PEN, SKI) in steps(out)
-    assert s.tasks[2].root == 0
+    assert s._table.records[2].root == 0
     assert s.state(3) in (RDY, RUN), "the independent sibling goes on"
     s.handle(Succeeded(2, 3, 1))
     assert s.done
@@ -129,7 +129,7 @@ def test_invalid_added_work_is_refused_before_anything_changes() -> None:
         s.handle(Succeeded(1, 0, 1, add=(t(2, 3), t(3, 2))))
     with pytest.raises(DefinitionError, match="unknown task 9"):
         s.handle(Succeeded(1, 0, 1, gate=(9,)))
-    assert s.state(0) is RUN and 2 not in s.tasks, "a refused response changed nothing"
+    assert s.state(0) is RUN and 2 not in s, "a refused response changed nothing"
 
 
 # -- retry --
@@ -183,7 +183,7 @@ def test_a_task_downstream_of_two_failures_stays_ended_until_both_are_retried() 
     s.handle(Failed(1, 0, 1, "a"), Failed(1, 1, 1, "b"))
     assert s.state(2) is DEP
     s.handle(Retry(2, 0))
-    assert s.state(2) is DEP and s.tasks[2].root == 1, "still blocked by task 1"
+    assert s.state(2) is DEP and s._table.records[2].root == 1, "still blocked by task 1"
     s.handle(Retry(2, 1))
     assert s.state(2) is PEN
 
@@ -265,8 +265,8 @@ def _queued_child() -> tuple[Any, int]:
     from shoal.core.resources import Node
 
     s = Scheduler([Node.sized("n", 1, 0, 0)], Policy(prefetch=4, prefetch_window=10))
-    tiny = [TaskInfo(i, prefetch="pool") for i in range(3)]
-    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), prefetch="pool"))))
+    tiny = [TaskInfo(i, lane="pool") for i in range(3)]
+    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), lane="pool"))))
     s.handle(Succeeded(0.001, 0, 1))
     assert s.state(3) is State.QUEUED
     return s, 3
@@ -291,10 +291,10 @@ def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
     assert s.state(child) is State.PENDING
     s.handle(Succeeded(0.005, 2, 1))
     assert s.state(0) is State.RUNNING  # (it was queued behind 2) and the child waits
-    assert s.state(child) is State.PENDING or s.tasks[child].follows == 0
+    assert s.state(child) is State.PENDING or s._chains.flights[child].follows == 0
     s.handle(Succeeded(0.006, 0, 2))  # the rerun's new output: the child runs again
     assert s.state(child) in (State.RUNNING, State.QUEUED)
-    assert s.tasks[child].attempt == 2 and s.tasks[child].first == 1  # no retry spent
+    assert s.attempt(child) == 2 and s._table.records[child].first == 1  # no retry spent
 
 
 def test_a_rerun_is_refused_while_a_queued_child_is_being_cancelled() -> None:

@@ -96,7 +96,7 @@ class Rig:
 
     def finish(self, task: int, value: Any = None, took: float = 1.0, ok: bool = True) -> None:
         s = self.host.scheduler
-        attempt = s.tasks[task].attempt
+        attempt = s.attempt(task)
         self.now += took
         if ok:
             self.host.values[task] = value
@@ -217,11 +217,10 @@ def test_repeat_metric_rule_sees_every_step_of_a_batch_and_fires_while_true() ->
     s = rig.host.scheduler
     rig.now += 1
     outs = [
-        Outcome(t, s.tasks[t].attempt, True, 0.0, rig.now, result=pickle.dumps(None))
-        for t in ids[:3]
+        Outcome(t, s.attempt(t), True, 0.0, rig.now, result=pickle.dumps(None)) for t in ids[:3]
     ]
     # Three successes in one batch: the level rule is checked after each of them.
-    rig.feed(*[Succeeded(rig.now, t, s.tasks[t].attempt) for t in ids[:3]], outcomes=outs)
+    rig.feed(*[Succeeded(rig.now, t, s.attempt(t)) for t in ids[:3]], outcomes=outs)
     assert seen == [2, 3]
     rig.finish(ids[3])
     assert seen == [2, 3, 4]
@@ -353,7 +352,7 @@ def test_a_rule_submits_work_from_results_until_a_condition_holds() -> None:
     rig = Rig([rule("task-succeeded", more)])
     rig.add(work(0))
     while not rig.host.scheduler.done:
-        running = list(rig.host.scheduler.running)
+        running = rig.host.scheduler.running()
         r = rig.host.records[running[0]]
         x = pickle.loads(r.payload)[0][0]
         rig.finish(running[0], {"x": x})
@@ -372,12 +371,12 @@ def test_retry_with_more_time_from_a_failure_rule() -> None:
     rig = Rig([rule("task-failed", again)], cores=1)
     (t,) = rig.add(work(1))
     rig.finish(t, ok=False)
-    assert rig.state(t) is State.RUNNING and rig.host.scheduler.tasks[t].attempt == 2
+    assert rig.state(t) is State.RUNNING and rig.host.scheduler.attempt(t) == 2
     assert rig.host.records[t].options.timeout == 100.0
-    assert rig.host.scheduler.tasks[t].info.timeout == 100.0
+    assert rig.host.scheduler.info(t).timeout == 100.0
     rig.finish(t, ok=False)
     rig.finish(t, ok=False)
-    assert rig.state(t) is State.FAILED and rig.host.scheduler.tasks[t].attempt == 3
+    assert rig.state(t) is State.FAILED and rig.host.scheduler.attempt(t) == 3
     retries = [c for c in rig.transitions if isinstance(c, Transition) and c.old is State.FAILED]
     assert len(retries) == 2 and all(c.cause == "retry(task 0)" for c in retries)
 
@@ -471,8 +470,8 @@ def test_a_strategy_starts_reacts_to_its_own_results_and_finishes() -> None:
     rig = Rig([rule("task-succeeded", lambda ev, ctl: other.append(ev.task.id))], [s], cores=2)
     rig.add(work.options(name="not-mine")(-1))  # not submitted by the strategy
     rig.start()
-    while rig.host.scheduler.running:
-        t = min(rig.host.scheduler.running)
+    while rig.host.scheduler.running():
+        t = min(rig.host.scheduler.running())
         rig.finish(t, {"x": t})
     assert 0 in other, "the task of the workflow ran"
     assert 0 not in [r["x"] for r in s.results], "a strategy sees only its own tasks"

@@ -45,7 +45,7 @@ Step = tuple[int, State | None, State]
 
 
 def task(id: int, *deps: int, **kw: object) -> TaskInfo:
-    kw.setdefault("prefetch", "pool")  # queueable (in lane "pool") unless a test says otherwise
+    kw.setdefault("lane", "pool")  # queueable (in lane "pool") unless a test says otherwise
     return TaskInfo(id, tuple(deps), **kw)  # type: ignore[arg-type]
 
 
@@ -618,7 +618,7 @@ def test_scenario(s: Scenario) -> None:
 
     # the scheduler's own view agrees with the transitions it reported
     final = {t: new for t, _, new in got}
-    assert {t: sched.state(t) for t in sched.tasks} == final
+    assert {t: sched.state(t) for t in sched.ids()} == final
     assert sched.counts == {st: sum(1 for v in final.values() if v is st) for st in State}
     sched.pool.check(sched.placements())
     if s.done is not None:
@@ -664,7 +664,7 @@ def test_tasks_returned_from_a_lost_slot_get_a_fresh_placement() -> None:
     assert fresh, (
         f"tasks 2 and 3 were queued on the lost slot again and again (states "
         f"{ {t: sched.state(t).value for t in (2, 3)} }, attempts "
-        f"{ {t: sched.tasks[t].attempt for t in (2, 3)} }); its core is never freed"
+        f"{ {t: sched.attempt(t) for t in (2, 3)} }); its core is never freed"
     )
 
 
@@ -703,10 +703,10 @@ def test_dep_failed_at_submission_names_the_root_task() -> None:
 # -- (b) definition errors: raised before anything changes -----------------------------------
 def snapshot(sched: Scheduler) -> object:
     return (
-        {t: e.state for t, e in sched.tasks.items()},
+        {t: sched.state(t) for t in sched.ids()},
         dict(sched.counts),
         sched.pool.totals(),
-        len(sched.queue),
+        len(sched._table.queue),
         sched.done,
     )
 
@@ -731,7 +731,7 @@ def test_bad_submission_raises_definition_error_and_changes_nothing(
         sched.handle(Submitted(1, tasks))
     assert not isinstance(info.value, ResourceError)
     assert snapshot(sched) == before
-    assert set(sched.tasks) == {9}
+    assert set(sched.ids()) == {9}
 
 
 def test_cancel_of_an_unknown_task_raises() -> None:
@@ -786,7 +786,7 @@ def test_impossible_request_raises_resource_error_and_changes_nothing(
     assert "task 7 can never start" in msg
     for text in texts:
         assert text in msg, msg
-    assert sched.tasks == {}
+    assert sched.ids() == []
     assert snapshot(sched) == before
 
 
@@ -1062,9 +1062,7 @@ def test_tasks_queue_only_behind_tasks_of_their_lane() -> None:
     sched = Scheduler([Node.sized("n0", 1)], PREFETCH)
     sched.handle(Submitted(0.0, (task(0),)))
     sched.handle(Succeeded(0.001, 0, 1))  # teaches the shape's run time: 1 ms
-    out = sched.handle(
-        Submitted(1.0, (task(1, prefetch=None), task(2, prefetch="process"), task(3)))
-    )
+    out = sched.handle(Submitted(1.0, (task(1, lane=None), task(2, lane="process"), task(3))))
     assert [d.after for d in out if isinstance(d, Dispatch)] == [None]  # task 1 runs alone
     assert sched.state(2) is RDY and sched.state(3) is RDY  # 2 may not queue; 3 waits its turn
     out = sched.handle(Succeeded(1.001, 1, 1))

@@ -5,6 +5,21 @@ the world into :mod:`events <shoal.core.events>`, calls :meth:`Scheduler.handle`
 resulting transitions and carries out the commands. Because the core is deterministic, tests
 drive it with a fake clock and random event sequences, and check its invariants after each step.
 
+The modules, bottom up (each imports only those above it in this list):
+
+* ``states``: ``State``, the legal ``TRANSITIONS`` and ``EVENT_EDGES`` (which cause may take
+  which edge); ``resources``: nodes, placements and the free pool; ``queue``: ready tasks by
+  urgency; ``policy``: how a run places tasks;
+* ``stimuli`` (in: what happened or was asked), ``commands`` (out: what to do), ``refusals``;
+* ``tasks``: the task table, where ``TaskTable.move`` is the one place a state changes;
+* ``chains``: attempts in flight, prefetch chains and followers;
+* ``placement``: the scheduling pass; ``reopen``: retries, reruns, restores, Responses' gates;
+* ``validate``: the invariant checker (validation mode); ``machine``: ``Scheduler.handle``,
+  which dispatches each stimulus to its handler through one table.
+
+Rules of the package: no I/O, no clock, no random numbers (tests/test_imports.py checks every
+import, inside functions too); an event the core cannot accept changes nothing.
+
 The contract (docs/contract.md):
 
 * Validation mode (``Scheduler(..., validate=True)`` or ``SHOAL_VALIDATE=1``, on in every
@@ -18,40 +33,45 @@ The contract (docs/contract.md):
   its reason and traceback; ``shoal resume`` carries on from the store.
 """
 
-from shoal.core.events import (
+from shoal.core.commands import Command, Dispatch, Kill, Transition
+from shoal.core.machine import Scheduler
+from shoal.core.policy import Mode, Order, Policy
+from shoal.core.refusals import Refused, RefusedReport, RefusedRequest, RefusedResource
+from shoal.core.resources import Node, Placement, Pool, Request, Slot
+from shoal.core.states import EVENT_EDGES, TERMINAL, TRANSITIONS, Cause, State
+from shoal.core.stimuli import (
     Cancel,
-    Command,
-    Dispatch,
+    CancelRequested,
     Failed,
-    Kill,
-    Refused,
-    RefusedReport,
-    RefusedRequest,
-    RefusedResource,
     Rerun,
+    RerunRequested,
     Restored,
     Retry,
+    RetryRequested,
+    Returned,
     Stimulus,
     Stop,
+    StopRequested,
     Submitted,
     Succeeded,
     TaskInfo,
     Tick,
-    Transition,
 )
-from shoal.core.machine import Policy, Scheduler
-from shoal.core.resources import Node, Placement, Pool, Request, Slot
-from shoal.core.states import TERMINAL, TRANSITIONS, State
 
 __all__ = [
+    "EVENT_EDGES",
     "TERMINAL",
     "TRANSITIONS",
     "Cancel",
+    "CancelRequested",
+    "Cause",
     "Command",
     "Dispatch",
     "Failed",
     "Kill",
+    "Mode",
     "Node",
+    "Order",
     "Placement",
     "Policy",
     "Pool",
@@ -61,13 +81,17 @@ __all__ = [
     "RefusedResource",
     "Request",
     "Rerun",
+    "RerunRequested",
     "Restored",
     "Retry",
+    "RetryRequested",
+    "Returned",
     "Scheduler",
     "Slot",
     "State",
     "Stimulus",
     "Stop",
+    "StopRequested",
     "Submitted",
     "Succeeded",
     "TaskInfo",

@@ -1,4 +1,5 @@
-"""Task states and the one table of legal transitions between them."""
+"""Task states, the one table of legal transitions between them, and which cause may take
+each edge."""
 
 from __future__ import annotations
 
@@ -86,6 +87,76 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
+class Cause(enum.Enum):
+    """What may move a task: a stimulus of the core (its class names it in ``cause``), or the
+    scheduling pass that follows every ``handle()`` call."""
+
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETURNED = "returned"
+    TICK = "tick"
+    CANCEL_REQUESTED = "cancel requested"
+    RETRY_REQUESTED = "retry requested"
+    RERUN_REQUESTED = "rerun requested"
+    STOP_REQUESTED = "stop requested"
+    RESTORED = "restored"
+    SCHEDULING = "scheduling pass"
+
+
+def _edges(*pairs: tuple[State, frozenset[State] | State]) -> frozenset[tuple[State, State]]:
+    out = set()
+    for old, new in pairs:
+        for n in new if isinstance(new, frozenset) else (new,):
+            out.add((old, n))
+    return frozenset(out)
+
+
+_P, _R, _Q, _RUN, _RET = State.PENDING, State.READY, State.QUEUED, State.RUNNING, State.RETRYING
+_ENDED_UPSTREAM = frozenset({State.DEP_FAILED, State.CANCELLED, State.SKIPPED})
+_REOPENED = frozenset({_R, _P})
+# A task upstream ended, so the pending tasks below it end too (dep_failed, cancelled, skipped).
+_DOWNSTREAM = _edges((_P, _ENDED_UPSTREAM))
+# A running task ends and the next one queued behind it starts, or its followers go back.
+_CHAIN = _edges((_Q, _RUN), (_Q, _P))
+
+# Which cause may take which edge: the scheduler's handlers as data. The stateful test
+# (tests/core/test_stateful.py) checks every transition the core emits against it, and the
+# state diagram in docs/states.md labels each edge with its causes.
+EVENT_EDGES: dict[Cause, frozenset[tuple[State, State]]] = {
+    Cause.SCHEDULING: _edges((_R, _RUN), (_R, _Q), (_P, _Q)),
+    Cause.SUBMITTED: _DOWNSTREAM,
+    Cause.SUCCEEDED: _DOWNSTREAM | _CHAIN | _edges((_RUN, State.SUCCEEDED), (_P, _R)),
+    Cause.FAILED: _edges((_P, frozenset({State.DEP_FAILED, State.CANCELLED})))
+    | _CHAIN
+    | _edges(
+        (_RUN, frozenset({State.FAILED, State.CANCELLED, _RET, _R})),
+        (_Q, frozenset({_R, State.CANCELLED})),
+    ),
+    Cause.RETURNED: _edges((_P, State.CANCELLED))
+    | _CHAIN
+    | _edges((_Q, frozenset({_R, State.CANCELLED})), (_RUN, frozenset({_R, State.CANCELLED}))),
+    Cause.TICK: _edges((_RET, _R)),
+    Cause.CANCEL_REQUESTED: _edges(
+        (_P, State.CANCELLED), (_R, State.CANCELLED), (_RET, State.CANCELLED)
+    ),
+    Cause.RETRY_REQUESTED: _edges(
+        (_P, State.SKIPPED),
+        (State.FAILED, _REOPENED),
+        (State.CANCELLED, _REOPENED),
+        (State.DEP_FAILED, _REOPENED),
+    ),
+    Cause.RERUN_REQUESTED: _edges(
+        *((t, _REOPENED) for t in TERMINAL), (_R, _P), (_Q, _P), (_P, _R)
+    ),
+    Cause.STOP_REQUESTED: frozenset(),
+    # A resumed run: what was in flight or waiting is made ready or pending afresh (these
+    # edges bypass TRANSITIONS: the attempt in flight was lost with the driver).
+    Cause.RESTORED: _DOWNSTREAM
+    | _edges(*((s, _REOPENED) for s in (_P, _R, _Q, _RUN, _RET))) - {(_P, _P), (_R, _R)},
+}
+
+
 class IllegalTransition(AssertionError):
     """The core tried a transition that the table forbids (a bug in shoal, never user error)."""
 
@@ -101,12 +172,19 @@ def check(task: int, old: State, new: State) -> None:
         )
 
 
+def causes(old: State, new: State) -> list[Cause]:
+    """The causes that may take the edge ``old -> new`` (from ``EVENT_EDGES``)."""
+    return [c for c, edges in EVENT_EDGES.items() if (old, new) in edges]
+
+
 def diagram() -> str:
-    """The state diagram as Mermaid text, generated from the table (used in the docs)."""
+    """The state diagram as Mermaid text, generated from the tables (used in the docs): each
+    edge is labelled with the causes that may take it."""
     lines = ["stateDiagram-v2", "    [*] --> pending", "    [*] --> ready"]
     for old, news in TRANSITIONS.items():
         for new in sorted(news, key=lambda s: s.value):
-            lines.append(f"    {old.value} --> {new.value}")
+            label = ", ".join(c.value for c in causes(old, new))
+            lines.append(f"    {old.value} --> {new.value}" + (f": {label}" if label else ""))
     for s in sorted(TERMINAL, key=lambda s: s.value):
         lines.append(f"    {s.value} --> [*]")
     return "\n".join(lines)

@@ -9,16 +9,16 @@ the tasks and dependencies of the run.
 A broken invariant raises :class:`Invalid` (a bug in shoal, never a user error) naming the
 invariant and the task. What is checked:
 
-* resources: per node, the placements of the slots and the free cores, GPUs and memory add up
+* resources: per node, the placements of the chains and the free cores, GPUs and memory add up
   to the node's capacity, without overlap (``Pool.check``);
-* counts: ``counts[state]`` is the number of tasks in that state; ``_open`` the number of
+* counts: ``counts[state]`` is the number of tasks in that state; ``open`` the number of
   tasks not in a terminal state;
-* running: the ``running`` dict holds exactly the running tasks; each has a placement and a
-  slot whose head it is, and that slot's placement; every other task has neither placement
-  nor (unless queued) slot;
-* queued: each queued task sits in a slot behind a running head, of its shape and lane, with
-  the slot's placement held by that head; every slot's tasks point back at it;
-* open slots (prefetch) are live slots with a lane, filed under their own shape and key;
+* in flight: exactly the queued and running tasks have a flight (core/chains.py);
+  ``Chains.running`` holds exactly the running tasks; each has a placement and heads its
+  chain, with that chain's placement;
+* queued: each queued task sits in a chain behind a running head, of its shape and lane, with
+  the chain's placement held by that head; every chain's tasks point back at it;
+* open chains (prefetch) are live chains with a lane, filed under their own shape and key;
 * ready: the ready queue holds exactly the ready tasks, each with its current generation;
 * dependencies: ``waiting`` is the number of tasks a non-terminal task waits for that have not
   succeeded; a pending task waits for some, a ready, running or retrying task for none, a
@@ -26,7 +26,7 @@ invariant and the task. What is checked:
   finished waits for a task that ended without success; every dependency lists its dependent
   among its children;
 * followers: ``follows`` is set only on queued tasks, names a task they wait for, and that task
-  is right ahead of them in the slot; a follower needs ``Policy.follow``;
+  is right ahead of them in the chain; a follower needs ``Policy.follow``;
 * retries: every retrying task has its due entry in the back-off heap;
 * attempts: never negative, at least ``first``, at least 1 in flight, and never lower than at
   the last check (a task given back unstarted keeps its attempt number, and raises ``first``
@@ -36,15 +36,10 @@ invariant and the task. What is checked:
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
+from shoal.core.chains import Chain, Chains
 from shoal.core.states import TERMINAL, State
-
-if TYPE_CHECKING:
-    from shoal.core.machine import Scheduler, _Slot
-
-PENDING, READY, QUEUED, RUNNING = State.PENDING, State.READY, State.QUEUED, State.RUNNING
-RETRYING, SUCCEEDED = State.RETRYING, State.SUCCEEDED
+from shoal.core.tasks import PENDING, QUEUED, READY, RETRYING, RUNNING, SUCCEEDED, TaskTable
 
 ENV = "SHOAL_VALIDATE"
 
@@ -62,98 +57,111 @@ def _fail(what: str) -> None:
     raise Invalid(f"scheduler invariant broken: {what}")
 
 
-def check(s: Scheduler) -> None:
+def check(
+    table: TaskTable,
+    chains: Chains,
+    retries: list[tuple[float, int, int]],
+    seen: dict[int, tuple[int, State]],
+) -> None:
     """Raise :class:`Invalid` if any invariant (see the module doc) does not hold."""
-    tasks = s.tasks
+    tasks = table.records
     counts = {st: 0 for st in State}
-    slots: dict[int, _Slot] = {}
+    found: dict[int, Chain] = {}
     edges = {(p, c) for p, e in tasks.items() for c in e.children or ()}
     for tid, e in tasks.items():
         if e.info.id != tid:
             _fail(f"task {tid} is filed under another id ({e.info.id})")
-        state = e.state
-        counts[state] += 1
+        counts[e.state] += 1
         if e.attempt < 0 or e.first < 0 or e.first > e.attempt:
             _fail(f"task {tid}: attempt {e.attempt}, first {e.first}")
-        if state is RUNNING:
-            slot = e.slot
-            if e.placement is None or slot is None:
-                _fail(f"running task {tid} has no placement or no slot")
-                return
-            if slot.tasks[0] != tid:
-                _fail(f"running task {tid} is not the head of its slot {list(slot.tasks)}")
-            if e.placement != slot.placement:
-                _fail(f"running task {tid} holds another placement than its slot's")
-            if s.running.get(tid) is not e:
-                _fail(f"running task {tid} is missing from Scheduler.running")
-            if e.attempt < 1:
-                _fail(f"running task {tid} has attempt {e.attempt}")
-            if e.since > s.now:
-                _fail(f"running task {tid} started after now")
-            slots[slot.key] = slot
-        elif state is QUEUED:
-            slot = e.slot
-            if slot is None:
-                _fail(f"queued task {tid} is in no slot")
-                return
-            if e.placement is not None:
-                _fail(f"queued task {tid} holds a placement")
-            if tid not in slot.tasks or slot.tasks[0] == tid:
-                _fail(f"queued task {tid} is not behind the head of its slot {list(slot.tasks)}")
-            if tasks[slot.tasks[0]].state is not RUNNING:
-                _fail(f"queued task {tid} waits in a slot whose head is not running")
-            if e.info.request != slot.request or e.info.prefetch != slot.lane or not slot.lane:
-                _fail(f"queued task {tid} is not of its slot's shape and lane")
-            if e.attempt < 1:
-                _fail(f"queued task {tid} has attempt {e.attempt}")
-        else:
-            if e.slot is not None or e.placement is not None:
-                _fail(f"task {tid} is {state.value} but holds a slot or a placement")
-            if tid in s.running:
-                _fail(f"task {tid} is {state.value} but listed in Scheduler.running")
-        if e.follows >= 0:
-            _check_follower(s, tid)
-        elif state is QUEUED and e.waiting:
-            _fail(f"queued task {tid} waits for {e.waiting} task(s) but follows none")
-        if state not in TERMINAL:
-            _check_waits(s, tid, edges)
+        _check_flight(table, chains, tid, found)
+        if e.state not in TERMINAL:
+            _check_waits(table, tid, edges)
     for st, n in counts.items():
-        if s.counts[st] != n:
-            _fail(f"counts[{st.value}] is {s.counts[st]} but {n} tasks are {st.value}")
+        if table.counts[st] != n:
+            _fail(f"counts[{st.value}] is {table.counts[st]} but {n} tasks are {st.value}")
     open_ = sum(n for st, n in counts.items() if st not in TERMINAL)
-    if s._open != open_:
-        _fail(f"_open is {s._open} but {open_} tasks are not finished")
-    if len(s.running) != counts[RUNNING]:
-        _fail(f"Scheduler.running has {len(s.running)} tasks, {counts[RUNNING]} are running")
-    _check_slots(s, slots)
-    _check_ready(s, counts[READY])
-    _check_retries(s)
-    _check_attempts(s)
+    if table.open != open_:
+        _fail(f"open is {table.open} but {open_} tasks are not finished")
+    if len(chains.running) != counts[RUNNING]:
+        _fail(f"Chains.running has {len(chains.running)} tasks, {counts[RUNNING]} are running")
+    if len(chains.flights) != counts[RUNNING] + counts[QUEUED]:
+        _fail(f"{len(chains.flights)} flights, but {counts[RUNNING] + counts[QUEUED]} in flight")
+    _check_chains(table, chains, found)
+    _check_ready(table, counts[READY])
+    _check_retries(table, retries)
+    _check_attempts(table, seen)
 
 
-def _check_follower(s: Scheduler, tid: int) -> None:
-    e = s.tasks[tid]
-    if e.state is not QUEUED or e.slot is None:
-        _fail(f"task {tid} follows task {e.follows} but is {e.state.value}")
-        return
-    if not s.policy.follow or not e.info.follow:
-        _fail(f"task {tid} follows task {e.follows} though following is off")
-    waits = [d for d in e.waits_for() if s.tasks[d].state is not SUCCEEDED]
-    if waits != [e.follows]:
-        _fail(f"follower {tid} of task {e.follows} waits for {waits}")
-    order = list(e.slot.tasks)
+def _check_flight(table: TaskTable, chains: Chains, tid: int, found: dict[int, Chain]) -> None:
+    e = table.records[tid]
+    state = e.state
+    f = chains.flights.get(tid)
+    if state is RUNNING:
+        if f is None or f.placement is None:
+            _fail(f"running task {tid} has no flight or no placement")
+            return
+        chain = f.chain
+        if chain.tasks[0] != tid:
+            _fail(f"running task {tid} is not the head of its chain {list(chain.tasks)}")
+        if f.placement != chain.placement:
+            _fail(f"running task {tid} holds another placement than its chain's")
+        if chains.running.get(tid) is not e:
+            _fail(f"running task {tid} is missing from Chains.running")
+        if e.attempt < 1:
+            _fail(f"running task {tid} has attempt {e.attempt}")
+        if f.since > table.now:
+            _fail(f"running task {tid} started after now")
+        found[chain.key] = chain
+    elif state is QUEUED:
+        if f is None:
+            _fail(f"queued task {tid} is in no chain")
+            return
+        chain = f.chain
+        if f.placement is not None:
+            _fail(f"queued task {tid} holds a placement")
+        if tid not in chain.tasks or chain.tasks[0] == tid:
+            _fail(f"queued task {tid} is not behind the head of its chain {list(chain.tasks)}")
+        if table.records[chain.tasks[0]].state is not RUNNING:
+            _fail(f"queued task {tid} waits in a chain whose head is not running")
+        if e.info.request != chain.request or e.info.lane != chain.lane or not chain.lane:
+            _fail(f"queued task {tid} is not of its chain's shape and lane")
+        if e.attempt < 1:
+            _fail(f"queued task {tid} has attempt {e.attempt}")
+    else:
+        if f is not None:
+            _fail(f"task {tid} is {state.value} but has a flight")
+        if tid in chains.running:
+            _fail(f"task {tid} is {state.value} but listed in Chains.running")
+    if f is not None and f.follows is not None:
+        _check_follower(table, chains, tid)
+    elif state is QUEUED and e.waiting:
+        _fail(f"queued task {tid} waits for {e.waiting} task(s) but follows none")
+
+
+def _check_follower(table: TaskTable, chains: Chains, tid: int) -> None:
+    e = table.records[tid]
+    f = chains.flights[tid]
+    if e.state is not QUEUED:
+        _fail(f"task {tid} follows task {f.follows} but is {e.state.value}")
+    if not chains.policy.follow or not e.info.follow:
+        _fail(f"task {tid} follows task {f.follows} though following is off")
+    waits = [d for d in e.waits_for() if table.records[d].state is not SUCCEEDED]
+    if waits != [f.follows]:
+        _fail(f"follower {tid} of task {f.follows} waits for {waits}")
+    order = list(f.chain.tasks)
     i = order.index(tid)
-    if order[i - 1] != e.follows:
-        _fail(f"follower {tid} is not right behind task {e.follows} in its slot {order}")
+    if order[i - 1] != f.follows:
+        _fail(f"follower {tid} is not right behind task {f.follows} in its chain {order}")
     if e.waiting != 1:
         _fail(f"follower {tid} has waiting {e.waiting}, not 1")
 
 
-def _check_waits(s: Scheduler, tid: int, edges: set[tuple[int, int]]) -> None:
-    e = s.tasks[tid]
+def _check_waits(table: TaskTable, tid: int, edges: set[tuple[int, int]]) -> None:
+    e = table.records[tid]
     waits = 0
     for d in e.waits_for():
-        dep = s.tasks.get(d)
+        dep = table.records.get(d)
         if dep is None:
             _fail(f"task {tid} waits for unknown task {d}")
             return
@@ -175,56 +183,57 @@ def _check_waits(s: Scheduler, tid: int, edges: set[tuple[int, int]]) -> None:
         _fail(f"task {tid} is {state.value} but waits for {waits} task(s)")
 
 
-def _check_slots(s: Scheduler, slots: dict[int, _Slot]) -> None:
-    for slot in slots.values():
-        for i, t in enumerate(slot.tasks):
-            e = s.tasks[t]
-            if e.slot is not slot:
-                _fail(f"task {t} is listed in slot {slot.key} but points elsewhere")
+def _check_chains(table: TaskTable, chains: Chains, found: dict[int, Chain]) -> None:
+    for chain in found.values():
+        for i, t in enumerate(chain.tasks):
+            f = chains.flights.get(t)
+            if f is None or f.chain is not chain:
+                _fail(f"task {t} is listed in chain {chain.key} but points elsewhere")
             want = RUNNING if i == 0 else QUEUED
-            if e.state is not want:
-                _fail(f"task {t} at place {i} of slot {slot.key} is {e.state.value}")
+            if table.records[t].state is not want:
+                _fail(
+                    f"task {t} at place {i} of chain {chain.key} is {table.records[t].state.value}"
+                )
     try:
-        s.pool.check([slot.placement for slot in slots.values()])
+        chains.pool.check([chain.placement for chain in found.values()])
     except AssertionError as err:
         _fail(f"resources: {err}")
-    for request, open_ in s.open_slots.items():
-        for key, slot in open_.items():
-            if slot.key != key or slot.request != request:
-                _fail(f"open slot {key} is filed under another key or shape")
-            if slots.get(key) is not slot:
-                _fail(f"open slot {key} has no running head")
-            if not slot.lane:
-                _fail(f"open slot {key} has no lane")
+    for request, open_ in chains.open.items():
+        for key, chain in open_.items():
+            if chain.key != key or chain.request != request:
+                _fail(f"open chain {key} is filed under another key or shape")
+            if found.get(key) is not chain:
+                _fail(f"open chain {key} has no running head")
+            if not chain.lane:
+                _fail(f"open chain {key} has no lane")
 
 
-def _check_ready(s: Scheduler, ready: int) -> None:
-    q = s.queue
+def _check_ready(table: TaskTable, ready: int) -> None:
+    q = table.queue
     if len(q) != ready or len(q.live) != ready:
         _fail(f"the ready queue holds {len(q)} ({len(q.live)} live), {ready} tasks are ready")
     items = {(item[1], item[2]) for heap in q.heaps.values() for item in heap}
     for tid, generation in q.live.items():
-        e = s.tasks.get(tid)
+        e = table.records.get(tid)
         if e is None or e.state is not READY:
             _fail(f"task {tid} is in the ready queue but not ready")
             return
         if generation != e.generation or (tid, generation) not in items:
             _fail(f"ready task {tid} is not in its shape's heap with its generation")
-        if e.ready_since > s.now:
+        if e.ready_since > table.now:
             _fail(f"ready task {tid} became ready after now")
 
 
-def _check_retries(s: Scheduler) -> None:
-    due = {(task, attempt) for _, task, attempt in s._retries}
-    for tid, e in s.tasks.items():
+def _check_retries(table: TaskTable, retries: list[tuple[float, int, int]]) -> None:
+    due = {(task, attempt) for _, task, attempt in retries}
+    for tid, e in table.records.items():
         if e.state is RETRYING and (tid, e.attempt) not in due:
             _fail(f"retrying task {tid} attempt {e.attempt} has no due time")
 
 
-def _check_attempts(s: Scheduler) -> None:
+def _check_attempts(table: TaskTable, seen: dict[int, tuple[int, State]]) -> None:
     """Attempt numbers never go down: each is handed out once."""
-    seen = s._seen
-    for tid, e in s.tasks.items():
+    for tid, e in table.records.items():
         old = seen.get(tid)
         if old is not None and e.attempt < old[0]:
             _fail(f"task {tid}'s attempt went down from {old[0]} to {e.attempt}")

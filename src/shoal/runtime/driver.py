@@ -238,11 +238,8 @@ class Driver:
             st.end(self.clock())
             self.writer.commit(Batch(rules=st.rows(every=True)))
         if not self.scheduler.done:  # stopped early: the rows of waiting tasks say exactly how
-            waiting = [
-                (e.state.value, t)
-                for t, e in self.scheduler.tasks.items()
-                if e.state in (State.READY, State.QUEUED)
-            ]
+            s = self.scheduler
+            waiting = [(s.state(t).value, t) for t in s.in_state(State.READY, State.QUEUED)]
             if waiting:
                 self.writer.set_states(waiting)
         if self.interrupted:
@@ -611,7 +608,7 @@ class Driver:
 
     def _escalated(self, task: int) -> None:
         """Store what a retry policy escalated (timeout, memory), so that a resume keeps it."""
-        info = self.scheduler.tasks[task].info
+        info = self.scheduler.info(task)
         r = self.records[task]
         o = r.options
         if info.timeout != o.timeout or info.request.memory != o.memory:

@@ -92,13 +92,13 @@ class Requests:
         s = self.d.scheduler
         ids = [self._id(t) for t in p.get("tasks") or ()]
         if p.get("failed"):
-            ids += [t for t, e in s.tasks.items() if e.state is State.FAILED]
+            ids += s.in_state(State.FAILED)
         tag = p.get("tag")
         if tag:
             ids += [
                 r.id
                 for r in self.d.records
-                if tag in r.options.tags and r.id in s.tasks and s.state(r.id) in states
+                if tag in r.options.tags and r.id in s and s.state(r.id) in states
             ]
         return sorted(set(ids))
 

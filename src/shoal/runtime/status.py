@@ -47,7 +47,7 @@ class StatusFile:
         t0, f0 = self.window[0]
         elapsed = now - self.started
         totals = s.pool.totals()
-        running = sorted(s.running.values(), key=lambda e: e.info.id)[:10]
+        running = sorted(s.running())[:10]
         return {
             "run": self.name,
             "state": state,
@@ -68,11 +68,11 @@ class StatusFile:
             },
             "running": [
                 {
-                    "id": e.info.id,
-                    "attempt": e.attempt,
-                    "cores": list(e.placement.cores) if e.placement else [],
+                    "id": t,
+                    "attempt": s.attempt(t),
+                    "cores": list(p.cores) if (p := s.placement(t)) else [],
                 }
-                for e in running
+                for t in running
             ],
         }
 

@@ -546,11 +546,11 @@ class Steering:
             ids = [
                 r.id
                 for r in self.host.records
-                if target in r.options.tags and r.id in s.tasks and not s.state(r.id).terminal
+                if target in r.options.tags and r.id in s and not s.state(r.id).terminal
             ]
         else:
             tid = self.resolve(target, "ctl.cancel")
-            ids = [tid] if tid in s.tasks and not s.state(tid).terminal else []
+            ids = [tid] if tid in s and not s.state(tid).terminal else []
         reason = f"cancelled by {owner.kind} {owner.label!r}"
         self.stimuli.extend(Cancel(self.now, t, reason) for t in ids)
         return len(ids)
