@@ -34,8 +34,8 @@ _WHERE = {
     "TaskSkipped": "shoal.errors",
     "Response": "shoal.spec.response",
     "Strategy": "shoal.spec.steer",
-    "Event": "shoal.runtime.handlers",
-    "Controller": "shoal.runtime.handlers",
+    "Event": "shoal.runtime.steering.controller",
+    "Controller": "shoal.runtime.steering.controller",
     "Ref": "shoal.spec.refs",
     "Task": "shoal.spec.task",
     "command": "shoal.spec.task",
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
         TaskSkipped,
     )
     from shoal.runtime.api import resume, run, submit
-    from shoal.runtime.handlers import Controller, Event
+    from shoal.runtime.steering.controller import Controller, Event
     from shoal.runtime.requests import attach
     from shoal.runtime.run import Run
     from shoal.spec.refs import Ref

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.core.stats import Group
+from shoal.runtime.steering.groups import Group
 from shoal.errors import DefinitionError
 from shoal.spec.expr import compile_condition
 

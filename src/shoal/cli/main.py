@@ -161,9 +161,9 @@ def run(
     """
     from shoal.cli.control import deadline
     from shoal.cli.files import FILES, run_file
-    from shoal.runtime.api import settings
+    from shoal.runtime.options import defaults
 
-    settings.stop_at = deadline(time_left)
+    stop_at = deadline(time_left)
     path = Path(file)
     config = path.suffix.lower() in FILES
     if not config and path.suffix != ".py":
@@ -175,23 +175,22 @@ def run(
         raise click.UsageError(f"{file}: extra arguments {' '.join(args)!r} are for scripts")
     if (sets or max_tasks is not None) and not config:
         raise click.UsageError("--set and --max-tasks are for ensemble files, not for scripts")
-    settings.cli = True
-    settings.runs.clear()
-    if config:
-        run_file(file, sets, max_tasks)
-    else:
-        sys.argv = [str(path), *args]
-        sys.path.insert(0, str(path.resolve().parent))
-        runpy.run_path(str(path), run_name="__main__")
-    if not settings.runs:
+    with defaults(cli=True, stop_at=stop_at) as ran:
+        if config:
+            run_file(file, sets, max_tasks)
+        else:
+            sys.argv = [str(path), *args]
+            sys.path.insert(0, str(path.resolve().parent))
+            runpy.run_path(str(path), run_name="__main__")
+    if not ran.runs:
         click.secho(
             f"shoal: {file} finished without running a workflow (call wf.run())",
             fg="yellow",
             err=True,
         )
-    if any(r.state == "interrupted" for r in settings.runs):
+    if any(r.state == "interrupted" for r in ran.runs):
         sys.exit(EXIT_STOPPED)
-    if any(not r.ok for r in settings.runs):
+    if any(not r.ok for r in ran.runs):
         sys.exit(EXIT_FAILED)
 
 
@@ -264,7 +263,7 @@ def _print_groups(groups: dict[str, Any]) -> None:
 def _print_rules(rules: list[dict[str, Any]]) -> None:
     if not rules:
         return
-    from shoal.runtime.handlers import SLOW
+    from shoal.runtime.steering.controller import SLOW
 
     click.echo("rules:")
     for r in rules:

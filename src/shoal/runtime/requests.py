@@ -10,56 +10,109 @@ store stays the one truth, written by the one driver.
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 import os
-import pickle
 import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from shoal.core.events import Cancel, Command, Rerun, Retry, Stimulus, Stop, Submitted
+from shoal.core.commands import Command
 from shoal.core.states import State
-from shoal.errors import DefinitionError, ShoalError, StoreError
+from shoal.core.stimuli import (
+    CancelRequested,
+    RerunRequested,
+    RetryRequested,
+    Stimulus,
+    StopRequested,
+    Submitted,
+    TaskInfo,
+)
+from shoal.core.tasks import REOPENABLE
+from shoal.errors import RequestRefused, ShoalError, StoreError
 from shoal.spec.refs import StoredRef
 from shoal.spec.response import decode_tasks, encode_tasks, tasks_of
+from shoal.spec.task import Task
+from shoal.spec.workflow import Record
+from shoal.store import requests as table
 from shoal.store.lock import held
 from shoal.store.pickles import loads
-from shoal.store.schema import connect
-
-if TYPE_CHECKING:
-    from shoal.runtime.driver import Driver
+from shoal.store.queries import Reader
+from shoal.store.writer import Batch, live_path
 
 EVERY = 0.2  # seconds between looks at the requests table
-KINDS = ("retry", "rerun", "cancel", "submit", "stop")
+
+
+class RequestKind(enum.StrEnum):
+    """What another process may ask of a run (the ``kind`` column of the requests table)."""
+
+    RETRY = "retry"
+    RERUN = "rerun"
+    CANCEL = "cancel"
+    SUBMIT = "submit"
+    STOP = "stop"
+
+
+KINDS = tuple(k.value for k in RequestKind)
+
+
+class Core(Protocol):
+    """What requests need of the scheduler: its questions, and its one mutator."""
+
+    def handle(self, *events: Stimulus) -> list[Command]: ...
+    def state(self, task: int) -> State: ...
+    def in_state(self, *states: State) -> list[int]: ...
+    def __contains__(self, task: int) -> bool: ...
+
+
+class Graph(Protocol):
+    """What requests need of the run's records (runtime.work.Work)."""
+
+    records: list[Record]
+
+    def add(self, tasks: list[Task], origin: str) -> list[TaskInfo]: ...
+    def retry_info(self, task: int, changes: dict[str, Any]) -> TaskInfo | None: ...
 
 
 class Requests:
-    """The driver's reader of the requests table."""
+    """The driver's reader of the requests table: each request becomes stimuli for the core,
+    fed one at a time so that a refused one leaves the others standing."""
 
-    def __init__(self, driver: Driver) -> None:
-        self.d = driver
+    def __init__(
+        self, core: Core, work: Graph, conn: sqlite3.Connection, log: logging.Logger
+    ) -> None:
+        self.core = core
+        self.work = work
+        self.conn = conn
+        self.log = log
         self.last = 0.0
         self.commands: list[Command] = []  # what the core made of them, for the next commit
+        self.apply: dict[RequestKind, Callable[[dict[str, Any], float], str]] = {
+            RequestKind.RETRY: self._retry,
+            RequestKind.RERUN: self._rerun,
+            RequestKind.CANCEL: self._cancel,
+            RequestKind.SUBMIT: self._submit,
+            RequestKind.STOP: self._stop,
+        }
 
-    def poll(self, now: float, force: bool = False) -> None:
-        """Carry out new requests; their commands wait in ``commands`` for the next commit.
+    def poll(self, now: float, batch: Batch, force: bool = False) -> None:
+        """Carry out new requests; their commands wait in ``commands`` and their answers in
+        ``batch`` for the next commit.
 
         ``force`` is the first look of a resumed run: its answers also go to stderr, since
         whoever queued those requests was told they would be carried out on resume."""
         if now - self.last < EVERY and not force:
             return
         self.last = now
-        conn = self.d.writer.conn
         try:
-            rows = conn.execute(
-                "SELECT id, kind, payload FROM requests WHERE taken IS NULL ORDER BY id"
-            ).fetchall()
+            rows = table.pending(self.conn)
         except sqlite3.Error as err:
-            self.d.log.warning("cannot read requests: %s", err)
+            self.log.warning("cannot read requests: %s", err)
             return
         for rid, kind, payload in rows:
             try:
@@ -68,28 +121,33 @@ class Requests:
                 answer = f"refused: {err}"
             except (Exception, SystemExit) as err:  # a bad request must not end the run
                 answer = f"refused: {type(err).__name__}: {err}"
-            self.d.log.info("request %s (%s): %s", rid, kind, answer)
-            self.d.batch.answers.append((rid, now, answer))
+            self.log.info("request %s (%s): %s", rid, kind, answer)
+            batch.answers.append((rid, now, answer))
             if force:  # requests that waited for this resume: whoever resumes sees the answers
                 print(
                     f"shoal: request {rid} ({kind}), queued while no driver ran: {answer}",
                     file=sys.stderr,
                 )
 
+    def _apply(self, kind: str, p: dict[str, Any], now: float) -> str:
+        if kind not in KINDS:
+            raise RequestRefused(f"unknown request {kind!r}; requests are {', '.join(KINDS)}")
+        return self.apply[RequestKind(kind)](p, now)
+
     def _handle(self, events: Sequence[Stimulus]) -> list[str]:
-        """Feed events one at a time; a refused one is reported, the others go on."""
+        """Feed stimuli one at a time; a refused one is reported, the others go on."""
         notes = []
         for ev in events:
             try:
-                self.commands.extend(self.d.scheduler.handle(ev))
-            except DefinitionError as err:
+                self.commands.extend(self.core.handle(ev))
+            except RequestRefused as err:
                 notes.append(str(err))
         return notes
 
     def _ids(self, p: dict[str, Any], states: frozenset[State]) -> list[int]:
         """The tasks a request names: by id or name, every failed one, or those of a tag
         (in ``states``)."""
-        s = self.d.scheduler
+        s = self.core
         ids = [self._id(t) for t in p.get("tasks") or ()]
         if p.get("failed"):
             ids += s.in_state(State.FAILED)
@@ -97,58 +155,58 @@ class Requests:
         if tag:
             ids += [
                 r.id
-                for r in self.d.records
+                for r in self.work.records
                 if tag in r.options.tags and r.id in s and s.state(r.id) in states
             ]
         return sorted(set(ids))
 
     def _id(self, ref: int | str) -> int:
+        records = self.work.records
         if isinstance(ref, int) or str(ref).isdigit():
             tid = int(ref)
-            if not 0 <= tid < len(self.d.records):
-                raise DefinitionError(f"there is no task #{tid} in this run")
+            if not 0 <= tid < len(records):
+                raise RequestRefused(f"there is no task #{tid} in this run")
             return tid
-        hits = [r.id for r in self.d.records if r.name == ref]
+        hits = [r.id for r in records if r.name == ref]
         if len(hits) != 1:
-            raise DefinitionError(
+            raise RequestRefused(
                 f"{len(hits)} tasks are named {ref!r}" + ("; give the id" if hits else "")
             )
         return hits[0]
 
-    def _apply(self, kind: str, p: dict[str, Any], now: float) -> str:
-        s = self.d.scheduler
-        if kind == "retry":
-            ids = self._ids(p, frozenset({State.FAILED, State.CANCELLED}))
-            changes = p.get("changes") or {}
-            events = [
-                Retry(now, t, self.d.retry_info(t, changes), "retried by request") for t in ids
-            ]
-            notes = self._handle(events)
-            return f"{len(ids) - len(notes)} task(s) retried" + "".join(f"; {n}" for n in notes)
-        if kind == "rerun":
-            tid = self._id(p["task"])
-            notes = self._handle([Rerun(now, tid, bool(p.get("downstream")), "rerun by request")])
-            if notes:
-                raise DefinitionError(notes[0])
-            return f"task #{tid} runs again" + (
-                " with its downstream" if p.get("downstream") else ""
-            )
-        if kind == "cancel":
-            live = frozenset(x for x in State if not x.terminal)
-            ids = [t for t in self._ids(p, live) if not s.state(t).terminal]
-            self._handle([Cancel(now, t, "cancelled by request") for t in ids])
-            return f"{len(ids)} task(s) cancelled"
-        if kind == "submit":
-            tasks = decode_tasks(p["tasks"])
-            infos = self.d.add_work(tasks, str(p.get("origin") or "shoal submit"))
-            self._handle([Submitted(now, tuple(infos))])
-            return (
-                f"{len(infos)} task(s) added: #{infos[0].id}-#{infos[-1].id}" if infos else "none"
-            )
-        if kind == "stop":
-            self._handle([Stop(now, bool(p.get("drain", True)), "stopped by request")])
-            return "the run stops"
-        raise DefinitionError(f"unknown request {kind!r}; requests are {', '.join(KINDS)}")
+    def _retry(self, p: dict[str, Any], now: float) -> str:
+        ids = self._ids(p, REOPENABLE)
+        changes = p.get("changes") or {}
+        events = [
+            RetryRequested(now, t, self.work.retry_info(t, changes), "retried by request")
+            for t in ids
+        ]
+        notes = self._handle(events)
+        return f"{len(ids) - len(notes)} task(s) retried" + "".join(f"; {n}" for n in notes)
+
+    def _rerun(self, p: dict[str, Any], now: float) -> str:
+        tid = self._id(p["task"])
+        down = bool(p.get("downstream"))
+        notes = self._handle([RerunRequested(now, tid, down, "rerun by request")])
+        if notes:
+            raise RequestRefused(notes[0])
+        return f"task #{tid} runs again" + (" with its downstream" if down else "")
+
+    def _cancel(self, p: dict[str, Any], now: float) -> str:
+        live = frozenset(x for x in State if not x.terminal)
+        ids = [t for t in self._ids(p, live) if not self.core.state(t).terminal]
+        self._handle([CancelRequested(now, t, "cancelled by request") for t in ids])
+        return f"{len(ids)} task(s) cancelled"
+
+    def _submit(self, p: dict[str, Any], now: float) -> str:
+        tasks = decode_tasks(p["tasks"])
+        infos = self.work.add(tasks, str(p.get("origin") or "shoal submit"))
+        self._handle([Submitted(now, tuple(infos))])
+        return f"{len(infos)} task(s) added: #{infos[0].id}-#{infos[-1].id}" if infos else "none"
+
+    def _stop(self, p: dict[str, Any], now: float) -> str:
+        self._handle([StopRequested(now, bool(p.get("drain", True)), "stopped by request")])
+        return "the run stops"
 
 
 # -- the other side: attach ----------------------------------------------------------------------
@@ -160,9 +218,6 @@ class Attached:
         self.path = self.dir / "shoal.db"
         if not self.path.exists():
             raise StoreError(f"no shoal database at {self.path}: give a run directory")
-        from shoal.store.queries import Reader
-        from shoal.store.writer import live_path
-
         with Reader(self.dir) as r:
             state_dir = (r.meta().get("options") or {}).get("state_dir")
         if state_dir and live_path(self.dir, Path(state_dir)).exists():
@@ -173,37 +228,17 @@ class Attached:
         """Whether a driver runs this run directory now (it then takes requests at once)."""
         return held(self.dir)
 
-    def _put(self, kind: str, payload: dict[str, Any]) -> int:
-        conn = connect(self.path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            cur = conn.execute(
-                "INSERT INTO requests(time, kind, payload) VALUES (?, ?, ?)",
-                (time.time(), kind, pickle.dumps(payload, protocol=5)),
-            )
-            conn.execute("COMMIT")
-            rid = cur.lastrowid
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot queue a request in {self.path}: {err}") from None
-        finally:
-            conn.close()
-        assert rid is not None
-        return rid
+    def _put(self, kind: RequestKind, payload: dict[str, Any]) -> int:
+        return table.put(self.path, kind, payload)
 
     def answer(self, request: int, timeout: float = 10.0) -> str | None:
         """The driver's answer to a request, waiting up to ``timeout`` seconds (None: not yet
         taken, e.g. because no driver runs)."""
         deadline = time.monotonic() + timeout
         while True:
-            conn = connect(self.path, readonly=True)
-            try:
-                row = conn.execute("SELECT answer FROM requests WHERE id=?", (request,)).fetchone()
-            finally:
-                conn.close()
-            if row and row[0] is not None:
-                return str(row[0])
-            if time.monotonic() >= deadline:
-                return None
+            got = table.answer(self.path, request)
+            if got is not None or time.monotonic() >= deadline:
+                return got
             time.sleep(0.05)
 
     def submit(self, *items: Any) -> int:
@@ -216,9 +251,9 @@ class Attached:
                     seen.add(t.key)
                     tasks.append(t)
         if not tasks:
-            raise DefinitionError("submit(): nothing to submit")
+            raise RequestRefused("submit(): nothing to submit")
         origin = f"submitted by pid {os.getpid()} on {socket.gethostname()}"
-        return self._put("submit", {"tasks": encode_tasks(tasks), "origin": origin})
+        return self._put(RequestKind.SUBMIT, {"tasks": encode_tasks(tasks), "origin": origin})
 
     def retry(
         self,
@@ -228,22 +263,22 @@ class Attached:
         **changes: Any,
     ) -> int:
         if not (tasks or failed or tag):
-            raise DefinitionError("retry(): name tasks, or pass failed=True or tag=...")
+            raise RequestRefused("retry(): name tasks, or pass failed=True or tag=...")
         json.dumps(changes)  # plain options only
         return self._put(
             "retry", {"tasks": list(tasks), "failed": failed, "tag": tag, "changes": changes}
         )
 
     def rerun(self, task: int | str, downstream: bool = False) -> int:
-        return self._put("rerun", {"task": task, "downstream": downstream})
+        return self._put(RequestKind.RERUN, {"task": task, "downstream": downstream})
 
     def cancel(self, *tasks: int | str, tag: str | None = None) -> int:
         if not (tasks or tag):
-            raise DefinitionError("cancel(): name tasks, or pass tag=...")
-        return self._put("cancel", {"tasks": list(tasks), "tag": tag})
+            raise RequestRefused("cancel(): name tasks, or pass tag=...")
+        return self._put(RequestKind.CANCEL, {"tasks": list(tasks), "tag": tag})
 
     def stop(self, drain: bool = True) -> int:
-        return self._put("stop", {"drain": drain})
+        return self._put(RequestKind.STOP, {"drain": drain})
 
     def ref(self, task: int) -> StoredRef:
         """A reference to the output of task ``task`` of this run, for submitted tasks."""

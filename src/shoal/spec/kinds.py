@@ -21,6 +21,15 @@ class Failure(enum.StrEnum):
     CANCELLED = "cancelled"  # a cancel request stopped it
     STOPPED = "stopped"  # the run stopped (or a rerun took it back): it goes back to waiting
 
+    @classmethod
+    def of(cls, word: str) -> Failure:
+        """The failure a backend's word names (an unknown word is an ``error``: a backend
+        that reports a failure of no known kind still fails the attempt)."""
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.ERROR
+
 
 class KillKind(enum.StrEnum):
     """Why the core asks a backend to stop an attempt (``Kill.kind``); the backend reports the

@@ -3,7 +3,7 @@
 ``@wf.on(trigger, ...)`` registers a :class:`Rule`: a handler ``fn(event, ctl)`` the driver
 calls when the trigger happens. ``wf.add(MyStrategy())`` registers a :class:`Strategy`, the
 class form for whole campaigns. Both run inside the driver (no job per decision); the engine
-that calls them is :mod:`shoal.runtime.steer`.
+that calls them is :mod:`shoal.runtime.steering`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,18 @@
 """What a rule or strategy handler is given: the ``Event`` it reacts to and the ``Controller``
 through which it acts (both are defined here; the engine that calls them is
-:mod:`shoal.runtime.steer`). ``Owner`` is the engine's record of one rule or strategy.
+:mod:`shoal.runtime.steering.engine`, seen here only through the :class:`Engine` protocol).
+``Owner`` is the engine's record of one rule or strategy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from shoal.core.stats import Group
+from shoal.runtime.steering.groups import Group
 from shoal.spec.options import Options
 from shoal.spec.task import Task
-
-if TYPE_CHECKING:
-    from shoal.runtime.steer import Steering
 
 SLOW = 0.1  # seconds: a handler call slower than this is reported
 
@@ -139,6 +138,25 @@ class Owner:
         }
 
 
+class Engine(Protocol):
+    """What a controller asks of the steering engine."""
+
+    now: float
+    log: logging.Logger
+
+    def submit(self, owner: Owner, items: Sequence[Any]) -> list[Task]: ...
+    def cancel(self, owner: Owner, target: Task | TaskView | int | str) -> int: ...
+    def retry(
+        self, owner: Owner, target: Task | TaskView | int, changes: dict[str, Any]
+    ) -> None: ...
+    def stop(self, reason: str, drain: bool) -> None: ...
+    def group(self, tag: str | None) -> Group: ...
+    def of_tag(self, tag: str) -> list[TaskView]: ...
+    def resources(self) -> dict[str, int]: ...
+    def options(self, target: Task | TaskView | int) -> Options: ...
+    def result(self, target: Task | TaskView | int) -> Any: ...
+
+
 class Controller:
     """What a handler may do: ``submit``, ``cancel``, ``retry``, ``stop``, ``log``; ``stats``,
     ``resources``, ``result``, ``tasks``, ``options``; and ``memory``, its own dict, stored with
@@ -146,7 +164,7 @@ class Controller:
 
     __slots__ = ("_engine", "_owner")
 
-    def __init__(self, engine: Steering, owner: Owner) -> None:
+    def __init__(self, engine: Engine, owner: Owner) -> None:
         self._engine = engine
         self._owner = owner
 
@@ -182,7 +200,7 @@ class Controller:
 
     def resources(self) -> dict[str, int]:
         """Cores and GPUs: total and free."""
-        return self._engine.host.scheduler.pool.totals()
+        return self._engine.resources()
 
     def tasks(self, tag: str) -> list[TaskView]:
         """The tasks of a tag in the run, in the order they were added."""
@@ -190,8 +208,7 @@ class Controller:
 
     def options(self, task: Task | TaskView | int) -> Options:
         """The options a task has now (after any retry that changed them)."""
-        engine = self._engine
-        return engine.host.records[engine.resolve(task, "options")].options
+        return self._engine.options(task)
 
     def log(self, message: str, *args: Any, warning: bool = False) -> None:
         """Write a line to the run's shoal.log, naming this rule or strategy."""
@@ -201,5 +218,4 @@ class Controller:
 
     def result(self, task: Task | TaskView | int) -> Any:
         """The return value of a task that succeeded."""
-        engine = self._engine
-        return engine.host.value(engine.resolve(task, "result"))
+        return self._engine.result(task)

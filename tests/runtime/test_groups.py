@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from shoal.core.stats import Group, Quantile, Stream
+from shoal.runtime.steering.groups import Group, Quantile, Stream
 
 
 def test_moments_match_the_exact_ones() -> None:

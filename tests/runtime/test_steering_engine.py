@@ -15,8 +15,8 @@ import shoal
 from shoal.core import Node, Scheduler, State, Stimulus, Submitted, Succeeded, TaskInfo
 from shoal.core.events import Failed, Kill, Outcome, Stop, Transition
 from shoal.errors import DefinitionError
-from shoal.runtime.handlers import SLOW
-from shoal.runtime.steer import Steering
+from shoal.runtime.steering.controller import SLOW
+from shoal.runtime.steering.engine import Steering
 from shoal.spec.steer import Strategy, make_rule, make_tracker
 from shoal.spec.task import Task
 from shoal.spec.workflow import Functions, Record, lower

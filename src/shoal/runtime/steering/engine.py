@@ -41,9 +41,10 @@ from shoal.core.events import (
 )
 from shoal.core.machine import Scheduler
 from shoal.core.states import TERMINAL, State
-from shoal.core.stats import Group
 from shoal.errors import DefinitionError
-from shoal.runtime.handlers import SLOW, Controller, Event, Owner, TaskView
+from shoal.runtime.steering.controller import SLOW, Controller, Event, Owner, TaskView
+from shoal.runtime.steering.groups import Group
+from shoal.spec.options import Options
 from shoal.spec.response import tasks_of
 from shoal.spec.steer import TASK_TRIGGERS, Rule, Strategy, Tracker
 from shoal.spec.task import Task, detached
@@ -565,6 +566,15 @@ class Steering:
             )
         info = self.host.retry_info(tid, changes)
         self.stimuli.append(Retry(self.now, tid, info, f"retried by {owner.kind} {owner.label!r}"))
+
+    def resources(self) -> dict[str, int]:
+        return self.host.scheduler.pool.totals()
+
+    def options(self, target: Task | TaskView | int) -> Options:
+        return self.host.records[self.resolve(target, "options")].options
+
+    def result(self, target: Task | TaskView | int) -> Any:
+        return self.host.value(self.resolve(target, "result"))
 
     def stop(self, reason: str, drain: bool) -> None:
         self.stimuli.append(Stop(self.now, drain, reason))
