@@ -279,9 +279,9 @@ def check_submit(rundir: Path, flows: list[Any]) -> None:
     from shoal.core.resources import Node, Pool
     from shoal.errors import DefinitionError
     from shoal.runtime.driver import check_resources
+    from shoal.spec.lower import Functions, lower
     from shoal.spec.response import tasks_of
     from shoal.spec.task import detached
-    from shoal.spec.workflow import Functions, lower
     from shoal.store.queries import Reader
 
     tasks = list({t.key: t for f in flows for t in tasks_of(f, "submit")}.values())

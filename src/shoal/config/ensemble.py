@@ -24,8 +24,9 @@ from typing import Any
 from shoal.config.source import Loc, Source
 from shoal.core.resources import Node, Pool
 from shoal.errors import DefinitionError
-from shoal.spec.options import Options, Request, parse_memory
+from shoal.spec.options import Options, parse_memory
 from shoal.spec.refs import StoredRef
+from shoal.spec.request import Request
 from shoal.spec.sweep import MAX_TASKS, Sweep
 from shoal.spec.task import Task, check_command, placeholders, render_command
 from shoal.spec.workflow import Workflow

@@ -25,10 +25,11 @@ from shoal.runtime.driver import Driver, check_resources
 from shoal.runtime.imports import check, recorded, restored
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
+from shoal.spec.lower import Functions, Plan
 from shoal.spec.retry import Backoff
 from shoal.spec.retry import make as make_retry
 from shoal.spec.steer import Rule, Strategy
-from shoal.spec.workflow import Functions, Plan, Workflow, compile_workflow
+from shoal.spec.workflow import Workflow, compile_workflow
 from shoal.store.fs import warn_filesystem
 from shoal.store.lock import Lock
 from shoal.store.recover import Snapshot, load, load_rule, verify

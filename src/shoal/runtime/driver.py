@@ -44,13 +44,13 @@ from shoal.errors import DefinitionError, ResourceError, StoreError
 from shoal.runtime.requests import Requests
 from shoal.runtime.status import StatusFile
 from shoal.runtime.steer import Steering
+from shoal.spec.lower import Functions, Plan, Record, dumps, lower
 from shoal.spec.options import Request
 from shoal.spec.refs import StoredRef, follow, walk
 from shoal.spec.response import decode
 from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy, Tracker
 from shoal.spec.task import Task, detached, render_command
-from shoal.spec.workflow import Functions, Plan, Record, dumps, lower
 from shoal.store.pickles import loads
 from shoal.store.writer import Batch, Writer
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.errors import DefinitionError
 from shoal.spec.kinds import RETRYABLE
-
-if TYPE_CHECKING:
-    from shoal.spec.options import Request
+from shoal.spec.request import Request
 
 KINDS = RETRYABLE  # the failure kinds a policy may name in ``on``
 

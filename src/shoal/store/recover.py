@@ -20,9 +20,9 @@ from typing import Any
 
 from shoal.core.states import State
 from shoal.errors import StoreError
+from shoal.spec.lower import Plan, Record
 from shoal.spec.options import Options
 from shoal.spec.retry import undescribe
-from shoal.spec.workflow import Plan, Record
 from shoal.store.schema import VERSION, connect
 
 

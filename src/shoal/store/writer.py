@@ -18,9 +18,9 @@ from shoal.core.events import Outcome, Transition
 from shoal.core.resources import Node, Placement
 from shoal.core.states import State
 from shoal.errors import StoreError
+from shoal.spec.lower import Plan
 from shoal.spec.options import Options
 from shoal.spec.retry import describe
-from shoal.spec.workflow import Plan
 from shoal.store.schema import SCHEMA, VERSION, connect
 
 
