@@ -20,8 +20,8 @@ from typing import Any
 
 from shoal.config.ensemble import Ensemble, Group, check_template
 from shoal.config.source import Loc, Source, assign, suggest
+from shoal.config.sweep import combine, is_expression, values
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import combine, is_expression, values
 from shoal.spec.task import placeholders
 
 KNOWN = (
@@ -201,7 +201,7 @@ def ensemble(src: Source) -> Ensemble:
     res = data.get("resources") or {}
     from shoal.config import model
 
-    resources = model.check(model.Resources, res, src, ("resources",))
+    resources = model.check(model.ResourcesModel, res, src, ("resources",))
     return Ensemble(
         name=src.path.stem,
         src=src,

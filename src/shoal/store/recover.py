@@ -10,6 +10,7 @@ memory, and the run's settings. Attempts that were in flight when the driver die
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import pickle
 import sqlite3
@@ -237,14 +238,24 @@ def _gates(
     return out
 
 
+# Modules of shoal that moved, by the name a rule stored before the move gives them (a config
+# file's rule holds its ensemble, whose groups hold their Sweep).
+MOVED = {"shoal.spec.sweep": "shoal.config.sweep"}
+
+
+class _Unpickler(pickle.Unpickler):
+    """cloudpickle's loads (which is pickle's), with classes of :data:`MOVED` found anew."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED.get(module, module), name)
+
+
 def load_rule(payload: bytes | None) -> Any:
     """A stored rule or strategy, or None when it could not be stored or read back."""
     if not payload:
         return None
-    import cloudpickle  # type: ignore[import-untyped]
-
     try:
-        return cloudpickle.loads(payload)
+        return _Unpickler(io.BytesIO(payload)).load()
     except (Exception, SystemExit):  # its module is gone, or its code raised: go on without
         return None
 
