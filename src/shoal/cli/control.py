@@ -145,8 +145,23 @@ def _report(request: int, answer: str | None, live: bool, rundir: Path) -> None:
         )
 
 
+def _answer(a: Any, request: int, wait: float, rundir: Path) -> None:
+    """Wait up to ``wait`` seconds for a live driver's answer (not at all for a stopped run),
+    and report it."""
+    _report(request, a.answer(request, wait if a.live else 0), a.live, rundir)
+
+
 def register(main: click.Group, rundir_of: Any) -> None:
     """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory)."""
+    _add_resume(main)
+    _add_retry(main, rundir_of)
+    _add_rerun(main, rundir_of)
+    _add_cancel(main, rundir_of)
+    _add_submit(main, rundir_of)
+
+
+def _add_resume(main: click.Group) -> None:
+    """``shoal resume RUN_DIR``."""
 
     @main.command()
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -183,6 +198,10 @@ def register(main: click.Group, rundir_of: Any) -> None:
         if not run.ok:
             sys.exit(1)
 
+
+def _add_retry(main: click.Group, rundir_of: Any) -> None:
+    """``shoal retry TASKS``."""
+
     @main.command()
     @click.argument("run_dir")
     @click.argument("tasks", nargs=-1)
@@ -215,7 +234,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_retry(d, tasks, failed, tag)
         a = shoal.attach(d)
         rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_rerun(main: click.Group, rundir_of: Any) -> None:
+    """``shoal rerun TASK``."""
 
     @main.command()
     @click.argument("task")
@@ -230,7 +253,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_rerun(d, task)
         a = shoal.attach(d)
         rid = a.rerun(_task(task), downstream)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_cancel(main: click.Group, rundir_of: Any) -> None:
+    """``shoal cancel TASKS``."""
 
     @main.command()
     @click.argument("tasks", nargs=-1)
@@ -248,7 +275,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_cancel(d, tasks, tag)
         a = shoal.attach(d)
         rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_submit(main: click.Group, rundir_of: Any) -> None:
+    """``shoal submit RUN_DIR SCRIPT``."""
 
     @main.command()
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -270,7 +301,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_submit(d, flows)
         a = shoal.attach(d)
         rid = a.submit(*flows)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
 
 
 def check_submit(rundir: Path, flows: list[Any]) -> None:
