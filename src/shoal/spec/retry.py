@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import DefinitionError
-from shoal.spec.kinds import RETRYABLE
+from shoal.spec.kinds import RETRYABLE, Failure
 from shoal.spec.request import Request
 
 KINDS = RETRYABLE  # the failure kinds a policy may name in ``on``
@@ -39,7 +39,7 @@ class Backoff:
     memory_factor: float = 1.0
 
     def matches(self, kind: str, reason: str, code: int | None) -> bool:
-        if kind in ("cancelled", "stopped"):
+        if kind in (Failure.CANCELLED, Failure.STOPPED):  # asked for: never retried
             return False
         if not self.on:
             return True
