@@ -199,11 +199,12 @@ def test_ising_config_finds_the_specific_heat_peak_near_onsager(
     pytest.importorskip("numpy")
     import shoal
     from shoal.config import load
+    from shoal.config.build import workflow
 
     monkeypatch.chdir(EXAMPLES.parent)  # its commands name examples/scripts/anneal.py
     ens = load(EXAMPLES / "ising.yaml", ["anneal.sweep.steps=[200]"])
     assert ens.size == 11 * 3 + 1
-    wf = ens.workflow()
+    wf = workflow(ens)
     run = shoal.run(wf, base=base, **ens.run_options())
     assert run.ok, run.failures()
     (peak,) = [t for t in wf.tasks if t.options.tags[0] == "peak"]

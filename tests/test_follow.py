@@ -17,7 +17,7 @@ import pytest
 import shoal
 from shoal.backends.local import LocalBackend
 from shoal.core.events import Outcome
-from shoal.spec.workflow import dumps
+from shoal.spec.lower import dumps
 
 
 @shoal.task

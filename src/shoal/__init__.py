@@ -98,9 +98,9 @@ if TYPE_CHECKING:
         TaskSkipped,
     )
     from shoal.runtime.api import resume, run, submit
-    from shoal.runtime.steering.controller import Controller, Event
     from shoal.runtime.requests import attach
     from shoal.runtime.run import Run
+    from shoal.runtime.steering.controller import Controller, Event
     from shoal.spec.refs import Ref
     from shoal.spec.response import Response
     from shoal.spec.steer import Strategy

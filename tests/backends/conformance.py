@@ -24,8 +24,8 @@ from shoal.backends.base import Backend, Job
 from shoal.backends.execute import with_inputs
 from shoal.core.events import Outcome
 from shoal.core.resources import Placement, Slot
+from shoal.spec.lower import pickle_function
 from shoal.spec.refs import StoredRef
-from shoal.spec.workflow import pickle_function
 
 WAIT = 30.0  # seconds any test waits for outcomes before it declares them lost
 

@@ -167,7 +167,7 @@ def test_the_backend_warns_that_it_is_experimental() -> None:
 def test_flux_is_never_chosen_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inside a Flux instance the run still uses the local backend unless Flux is asked for
     by name: the Flux backend is experimental (issue 15, point 23)."""
-    from shoal.runtime.api import _default_backend
+    from shoal.backends.choose import default_backend as _default_backend
 
     monkeypatch.setenv("FLUX_URI", "local:///tmp/flux-nowhere")
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

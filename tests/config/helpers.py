@@ -7,6 +7,7 @@ from typing import Any
 
 import shoal
 from shoal.config import load
+from shoal.config.build import workflow
 from shoal.store.queries import Reader
 
 
@@ -19,7 +20,7 @@ def write(folder: Path, name: str, text: str) -> Path:
 def run_file(path: Path, sets: tuple[str, ...] = (), **options: Any) -> shoal.Run:
     """Run a config file as ``shoal run`` does, with run directories under its folder."""
     ens = load(path, sets)
-    return shoal.run(ens.workflow(), base=path.parent, **{**ens.run_options(), **options})
+    return shoal.run(workflow(ens), base=path.parent, **{**ens.run_options(), **options})
 
 
 def ran(run: shoal.Run) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import pytest
 
 import shoal
 from shoal.config import load
+from shoal.config.build import workflow
 from shoal.errors import DefinitionError
 
 from .helpers import write
@@ -61,7 +62,7 @@ after = "relax"
 def test_groups_map_to_tasks_with_commands_and_resources(tmp_path: Path) -> None:
     ens = load(write(tmp_path, "s.yaml", SWEEP))
     assert ens.name == "screen" and ens.size == 12 + 3
-    wf = ens.workflow()
+    wf = workflow(ens)
     tasks = wf.tasks
     assert len(tasks) == 15
     relax = [t for t in tasks if "relax" in t.options.tags]
@@ -321,7 +322,7 @@ def test_swept_memory_and_scaled_cpus_on_retry(tmp_path: Path) -> None:
         "    memory: '{m}'\nrules:\n  - on: task-failed\n    retry: {cpus: x2}\n",
     )
     ens = load(path)
-    assert [t.options.memory for t in ens.workflow().tasks] == [512, 1024]
+    assert [t.options.memory for t in workflow(ens).tasks] == [512, 1024]
     assert ens.rules[0].retry == {"cpus": ("scale", 2.0)}
 
 
@@ -333,7 +334,7 @@ def test_swept_resources_follow_the_parameter(tmp_path: Path) -> None:
         "    sweep: {n: [1, 2, 4]}\n    cpus: '{n}'\n",
     )
     ens = load(path)
-    assert [t.options.cpus for t in ens.workflow().tasks] == [1, 2, 4]
+    assert [t.options.cpus for t in workflow(ens).tasks] == [1, 2, 4]
     too_big = write(tmp_path, "y.yaml", path.read_text().replace("[1, 2, 4]", "[1, 8]"))
     with pytest.raises(
         DefinitionError,
@@ -376,7 +377,7 @@ groups:
 """,
     )
     ens = load(path)
-    wf = ens.workflow()
+    wf = workflow(ens)
     run = shoal.run(wf, base=tmp_path, **ens.run_options())
     assert run.ok
     by = {g: [t for t in wf.tasks if t.options.tags[0] == g] for g in ens.groups}

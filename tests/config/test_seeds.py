@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal.config import load
+from shoal.config import Ensemble, load
+from shoal.config.build import workflow
 from shoal.errors import DefinitionError
 
 from .helpers import ran
@@ -51,8 +52,8 @@ def commands(ens: shoal.config.Ensemble, group: str) -> list[str]:  # type: igno
     return [g.command_line(row, i) for i, row in enumerate(g.rows())]
 
 
-def run(ens: object, folder: Path) -> shoal.Run:
-    return shoal.run(ens.workflow(), base=folder, **ens.run_options())  # type: ignore[attr-defined]
+def run(ens: Ensemble, folder: Path) -> shoal.Run:
+    return shoal.run(workflow(ens), base=folder, **ens.run_options())
 
 
 # -- Ensemble Launcher ------------------------------------------------------------------------
@@ -66,7 +67,7 @@ def test_el_tests_ensembles_runs_with_a_stand_in(
     assert ens.format == "ensemble-launcher" and ens.size == 12
     assert commands(ens, "ensemble_1") == [f"python3 py_echo.py {i}" for i in range(12)]
     assert ens.groups["ensemble_1"].task_options({}, 0).request.describe() == "1 core"
-    wf = ens.workflow()
+    wf = workflow(ens)
     r = shoal.run(wf, base=tmp_path, **ens.run_options())
     assert r.ok
     assert [r.result(t)["stdout"].strip() for t in wf.tasks] == [f"echo {i}" for i in range(12)]
@@ -82,7 +83,7 @@ def test_el_linspace_one_to_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         for a, b in zip([0.0, 2.5, 5.0, 7.5, 10.0], [0.0, 0.25, 0.5, 0.75, 1.0], strict=True)
     ]
     assert commands(ens, "example_ensemble") == expected
-    wf = ens.workflow()
+    wf = workflow(ens)
     r = shoal.run(wf, base=tmp_path, **ens.run_options())
     assert r.ok
     assert [r.result(t)["stdout"].strip() for t in wf.tasks] == [e[6:] for e in expected]

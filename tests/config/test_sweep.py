@@ -1,4 +1,4 @@
-"""Sweep values and how parameters combine (shoal.spec.sweep)."""
+"""Sweep values and how parameters combine (shoal.config.sweep)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shoal.config.sweep import Block, Sweep, combine, expression, length, values
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import Block, Sweep, combine, expression, length, values
 
 
 @pytest.mark.parametrize(
@@ -177,3 +177,31 @@ def test_a_range_too_large_for_len_is_refused_by_its_size() -> None:
     assert length("range(1000000000000000000000000000000)") == 10**30
     assert length("range(10, 0, -3)") == len(range(10, 0, -3))
     assert length("linspace(0, 1, 7)") == 7 and length([1, 2]) == 2 and length("lines('x')") is None
+
+
+def test_a_rule_stored_before_sweeps_moved_to_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run written while Sweep lived in shoal.spec.sweep stores it under that name (a config
+    file's rule holds its ensemble, whose groups hold their sweeps): resume still finds it."""
+    import pickle
+    import sys
+    import types
+
+    import cloudpickle
+
+    from shoal.config import sweep as moved
+    from shoal.store.recover import load_rule
+
+    old = types.ModuleType("shoal.spec.sweep")
+    monkeypatch.setitem(sys.modules, "shoal.spec.sweep", old)
+    for cls in (Sweep, Block):
+        monkeypatch.setattr(old, cls.__name__, cls, raising=False)
+        monkeypatch.setattr(cls, "__module__", "shoal.spec.sweep")
+    stored = cloudpickle.dumps({"sweep": combine({"x": [1, 2]}, [], "here")})
+    assert b"shoal.spec.sweep" in stored
+    monkeypatch.undo()
+    assert "shoal.spec.sweep" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(stored)
+    rule = load_rule(stored)
+    assert isinstance(rule["sweep"], moved.Sweep)
+    assert list(rule["sweep"]) == [{"x": 1}, {"x": 2}]

@@ -17,9 +17,9 @@ from shoal.core.events import Failed, Kill, Outcome, Stop, Transition
 from shoal.errors import DefinitionError
 from shoal.runtime.steering.controller import SLOW
 from shoal.runtime.steering.engine import Steering
+from shoal.spec.lower import Functions, Record, lower
 from shoal.spec.steer import Strategy, make_rule, make_tracker
 from shoal.spec.task import Task
-from shoal.spec.workflow import Functions, Record, lower
 
 
 @shoal.task

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.runtime.steering.groups import Group
 from shoal.errors import DefinitionError
+from shoal.runtime.steering.groups import Group
 from shoal.spec.expr import compile_condition
 
 

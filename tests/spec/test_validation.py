@@ -464,7 +464,7 @@ def test_missing_selection_fails_the_dependent_task(base: Path, select: Any, pat
 @pytest.mark.parametrize("size", [10, 200_000], ids=["carried", "resolved-by-the-driver"])
 def test_selections_of_small_and_large_outputs(base: Path, size: int) -> None:
     """Small outputs travel with the dependent's arguments and are resolved where it runs;
-    large ones (over driver.CARRY bytes) are resolved by the driver, so only the selected part
+    large ones (over outputs.CARRY bytes) are resolved by the driver, so only the selected part
     travels. Both give the same values and the same error for a missing part."""
     blob = "x" * size
     with Workflow("sizes") as wf:
@@ -485,12 +485,12 @@ def test_selections_of_small_and_large_outputs(base: Path, size: int) -> None:
 def test_outputs_beyond_the_drivers_budget_come_back_from_the_store(
     base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The driver keeps only the newest outputs that dependents use (driver.KEPT bytes); an
+    """The driver keeps only the newest outputs that dependents use (outputs.KEPT bytes); an
     older one is read back from the store, with the same value."""
-    from shoal.runtime import driver
+    from shoal.runtime import outputs
     from shoal.store.writer import Writer
 
-    monkeypatch.setattr(driver, "KEPT", 1)  # keep one output at a time
+    monkeypatch.setattr(outputs, "KEPT", 1)  # keep one output at a time
     read_back: list[int] = []
     result = Writer.result
 

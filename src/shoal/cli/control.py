@@ -145,8 +145,23 @@ def _report(request: int, answer: str | None, live: bool, rundir: Path) -> None:
         )
 
 
+def _answer(a: Any, request: int, wait: float, rundir: Path) -> None:
+    """Wait up to ``wait`` seconds for a live driver's answer (not at all for a stopped run),
+    and report it."""
+    _report(request, a.answer(request, wait if a.live else 0), a.live, rundir)
+
+
 def register(main: click.Group, rundir_of: Any) -> None:
     """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory)."""
+    _add_resume(main)
+    _add_retry(main, rundir_of)
+    _add_rerun(main, rundir_of)
+    _add_cancel(main, rundir_of)
+    _add_submit(main, rundir_of)
+
+
+def _add_resume(main: click.Group) -> None:
+    """``shoal resume RUN_DIR``."""
 
     @main.command()
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -168,20 +183,23 @@ def register(main: click.Group, rundir_of: Any) -> None:
         """Go on with a run whose driver died or was stopped. Succeeded tasks do not run
         again; tasks that were running get a new attempt. Exits 0 when every task succeeded,
         1 if some failed, 3 if it was stopped again before the end."""
-        import shoal
-        from shoal.runtime.api import settings
+        from shoal.runtime.api import resume
+        from shoal.runtime.options import defaults
 
-        settings.cli = True
-        settings.stop_at = deadline(time_left)
         options: dict[str, Any] = {}
         for key, value in (("stop_mode", stop_mode), ("cpus", cpus), ("gpus", gpus)):
             if value is not None:
                 options[key] = value
-        run = shoal.resume(run_dir, **options)
+        with defaults(cli=True, stop_at=deadline(time_left)):
+            run = resume(run_dir, **options)
         if run.state == "interrupted":
             sys.exit(EXIT_STOPPED)
         if not run.ok:
             sys.exit(1)
+
+
+def _add_retry(main: click.Group, rundir_of: Any) -> None:
+    """``shoal retry TASKS``."""
 
     @main.command()
     @click.argument("run_dir")
@@ -215,7 +233,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_retry(d, tasks, failed, tag)
         a = shoal.attach(d)
         rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_rerun(main: click.Group, rundir_of: Any) -> None:
+    """``shoal rerun TASK``."""
 
     @main.command()
     @click.argument("task")
@@ -230,7 +252,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_rerun(d, task)
         a = shoal.attach(d)
         rid = a.rerun(_task(task), downstream)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_cancel(main: click.Group, rundir_of: Any) -> None:
+    """``shoal cancel TASKS``."""
 
     @main.command()
     @click.argument("tasks", nargs=-1)
@@ -248,7 +274,11 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_cancel(d, tasks, tag)
         a = shoal.attach(d)
         rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
+
+
+def _add_submit(main: click.Group, rundir_of: Any) -> None:
+    """``shoal submit RUN_DIR SCRIPT``."""
 
     @main.command()
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -270,7 +300,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
         check_submit(d, flows)
         a = shoal.attach(d)
         rid = a.submit(*flows)
-        _report(rid, a.answer(rid, wait if a.live else 0), a.live, d)
+        _answer(a, rid, wait, d)
 
 
 def check_submit(rundir: Path, flows: list[Any]) -> None:
@@ -278,10 +308,10 @@ def check_submit(rundir: Path, flows: list[Any]) -> None:
     can hold (a stopped run would only answer when it resumes)."""
     from shoal.core.resources import Node, Pool
     from shoal.errors import DefinitionError
-    from shoal.runtime.driver import check_resources
+    from shoal.runtime.work import check_resources
+    from shoal.spec.lower import Functions, lower
     from shoal.spec.response import tasks_of
     from shoal.spec.task import detached
-    from shoal.spec.workflow import Functions, lower
     from shoal.store.queries import Reader
 
     tasks = list({t.key: t for f in flows for t in tasks_of(f, "submit")}.values())

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from shoal.config import load
+from shoal.config.build import workflow
 
 FILES = (".yaml", ".yml", ".json", ".toml")
 
@@ -26,7 +27,7 @@ def run_file(file: str, sets: tuple[str, ...], max_tasks: int | None = None) -> 
     ens = load(file, sets, max_tasks)
     for note in dict.fromkeys(ens.notes):
         click.secho(f"shoal: note: {note}", fg="yellow", err=True)
-    wf = ens.workflow()
+    wf = workflow(ens)
     r = run(wf, **ens.run_options())
     _leaves(ens, wf, r)
     return [r]

@@ -177,36 +177,8 @@ def register(main: click.Group) -> None:
     ) -> None:
         """Submit a batch job that runs TARGET (a script or an ensemble file) inside the
         allocation, or, with --resume RUN_DIR, continues that run."""
-        if bool(target) == bool(resume_dir):
-            raise click.UsageError("give a FILE to run, or --resume RUN_DIR (not both)")
-        if nodes < 1:
-            raise click.UsageError("--nodes must be at least 1")
-        limit = minutes(time_limit)
-        left = default_time_left(limit) if time_left is None else time_left
-        if left >= limit:
-            raise click.UsageError(
-                f"--time-left {left:g} min leaves no time in a {limit:g} min allocation"
-            )
-        chosen = resume_dir or target
-        assert chosen is not None
-        path = Path(chosen).resolve()
-        if not path.exists():
-            raise click.UsageError(f"{chosen} does not exist")
-        if resume_dir is not None and not (path / "shoal.db").exists():
-            raise click.UsageError(
-                f"--resume {resume_dir}: there is no run there (no shoal.db); give the run "
-                "directory that shoal run made (shoal status lists runs)"
-            )
-        for what, p in (
-            ("path", str(path)),
-            ("current directory", os.getcwd()),
-            *(("--sbatch option", x) for x in extra),
-        ):
-            if any(c in p for c in "\n\r\0"):  # would end an #SBATCH line and start another
-                raise click.UsageError(
-                    f"the {what} {p!r} holds a line break, which would split the batch "
-                    "script's #SBATCH lines; rename it (or run from another folder)"
-                )
+        path, left = _checked(target, nodes, time_limit, resume_dir, time_left)
+        _check_lines(path, extra)
         text = script(
             str(path),
             nodes=nodes,
@@ -221,25 +193,75 @@ def register(main: click.Group) -> None:
         if dry_run:
             click.echo(text, nl=False)
             return
-        folder = Path.cwd() / "shoal-slurm"
-        folder.mkdir(exist_ok=True)
-        batch = folder / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
-        batch.write_text(text)
-        try:
-            check_cluster(nodes, partition, batch)
-        except click.UsageError:
-            batch.unlink(missing_ok=True)
-            raise
-        try:
-            out = subprocess.run(
-                ["sbatch", "--parsable", str(batch)], capture_output=True, text=True, timeout=60
-            )
-        except FileNotFoundError:
-            raise click.UsageError("sbatch was not found: is Slurm installed here?") from None
-        if out.returncode != 0:  # refused: exit 2, as every refusal of shoal
-            raise click.UsageError(f"sbatch refused {batch}: {out.stderr.strip()}")
-        job = out.stdout.strip().split(";")[0]
-        click.echo(
-            f"submitted job {job} ({batch}); its output: shoal-slurm-{job}.out; the run "
-            "directory appears when the job starts"
+        _submit(text, path, nodes, partition)
+
+
+def _checked(
+    target: str | None,
+    nodes: int,
+    time_limit: str,
+    resume_dir: str | None,
+    time_left: float | None,
+) -> tuple[Path, float]:
+    """The file to run (or the run to resume) and the minutes to leave, checked."""
+    if bool(target) == bool(resume_dir):
+        raise click.UsageError("give a FILE to run, or --resume RUN_DIR (not both)")
+    if nodes < 1:
+        raise click.UsageError("--nodes must be at least 1")
+    limit = minutes(time_limit)
+    left = default_time_left(limit) if time_left is None else time_left
+    if left >= limit:
+        raise click.UsageError(
+            f"--time-left {left:g} min leaves no time in a {limit:g} min allocation"
         )
+    chosen = resume_dir or target
+    assert chosen is not None
+    path = Path(chosen).resolve()
+    if not path.exists():
+        raise click.UsageError(f"{chosen} does not exist")
+    if resume_dir is not None and not (path / "shoal.db").exists():
+        raise click.UsageError(
+            f"--resume {resume_dir}: there is no run there (no shoal.db); give the run "
+            "directory that shoal run made (shoal status lists runs)"
+        )
+    return path, left
+
+
+def _check_lines(path: Path, extra: tuple[str, ...]) -> None:
+    """Refuse a line break in what goes on an #SBATCH line (it would start another)."""
+    for what, p in (
+        ("path", str(path)),
+        ("current directory", os.getcwd()),
+        *(("--sbatch option", x) for x in extra),
+    ):
+        if any(c in p for c in "\n\r\0"):  # would end an #SBATCH line and start another
+            raise click.UsageError(
+                f"the {what} {p!r} holds a line break, which would split the batch "
+                "script's #SBATCH lines; rename it (or run from another folder)"
+            )
+
+
+def _submit(text: str, path: Path, nodes: int, partition: str | None) -> None:
+    """Write the batch script under ./shoal-slurm, check the cluster can run it, sbatch it."""
+    folder = Path.cwd() / "shoal-slurm"
+    folder.mkdir(exist_ok=True)
+    batch = folder / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
+    batch.write_text(text)
+    try:
+        check_cluster(nodes, partition, batch)
+    except click.UsageError:
+        batch.unlink(missing_ok=True)
+        raise
+    try:
+        out = subprocess.run(
+            ["sbatch", "--parsable", str(batch)], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise click.UsageError("sbatch was not found: is Slurm installed here?") from None
+    if out.returncode != 0:  # refused: exit 2, as every refusal of shoal
+        raise click.UsageError(f"sbatch refused {batch}: {out.stderr.strip()}")
+    job = out.stdout.strip().split(";")[0]
+    click.echo(
+        f"submitted job {job} ({batch}); its output: shoal-slurm-{job}.out; the run "
+        "directory appears when the job starts"
+    )

@@ -7,7 +7,8 @@ Three formats are read, all into one :class:`~shoal.config.ensemble.Ensemble`:
 * ensemble-python YAML, with ``jobs:`` and ``rules:`` (:mod:`shoal.config.epython`).
 
 :func:`load` reads the file, applies ``--set`` overrides, validates everything (errors name the
-file, the line and the key) and returns the ensemble; ``ensemble.workflow()`` builds what runs.
+file, the line and the key) and returns the ensemble; :func:`shoal.config.build.workflow` builds
+what runs.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def load(
     imports: bool = True,
 ) -> Ensemble:
     """Read, override and check a config file; ``max_tasks`` overrides the limit on the number
-    of tasks (default :data:`~shoal.spec.sweep.MAX_TASKS`, or the file's ``max_tasks``).
+    of tasks (default :data:`~shoal.config.sweep.MAX_TASKS`, or the file's ``max_tasks``).
     ``imports=False`` (``shoal plan``) finds each ``module:function`` without importing it, so
     no code of the user's runs; the ensemble then cannot be built, only planned."""
     if max_tasks is not None and max_tasks < 1:

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.config.source import Loc, Source
+from shoal.config.sweep import MAX_TASKS, Sweep
 from shoal.core.resources import Node, Pool
 from shoal.errors import DefinitionError
-from shoal.spec.options import Options, Request, parse_memory
+from shoal.spec.options import Options, parse_memory
 from shoal.spec.refs import StoredRef
-from shoal.spec.sweep import MAX_TASKS, Sweep
+from shoal.spec.request import Request
 from shoal.spec.task import Task, check_command, placeholders, render_command
-from shoal.spec.workflow import Workflow
 
 SWEPT = ("cpus", "gpus", "ranks", "priority", "timeout", "memory")  # may be "{param}"
 INDEX = "index"  # a placeholder every group has: the task's position in its group
@@ -424,57 +424,10 @@ class Ensemble:
         """The groups a rule means by ``tag``."""
         return [g for g in self.groups.values() if g.tag == tag]
 
-    # -- building -----------------------------------------------------------------------------
-    def workflow(self) -> Workflow:
-        """The workflow of the groups that start with the run, with the rules attached."""
-        from shoal.config.rules import attach
-
-        wf = Workflow(self.name)
-        built: dict[str, list[Task]] = {}
-        for g in self._ordered():
-            if not g.start:
-                continue
-            built[g.name] = self._build(g, built)
-            wf.add(*built[g.name])
-        attach(self, wf)
-        return wf
-
-    def _ordered(self) -> list[Group]:
-        """Groups after the groups they need (definitions are checked to have no cycles)."""
-        done: dict[str, Group] = {}
-
-        def visit(g: Group) -> None:
-            if g.name in done:
-                return
-            for up in self.needs(g):
-                visit(self.groups[up])
-            done[g.name] = g
-
-        for g in self.groups.values():
-            visit(g)
-        return list(done.values())
-
+    # -- building (the workflow itself: shoal.config.build) ---------------------------------
     @staticmethod
     def needs(g: Group) -> list[str]:
         return list(dict.fromkeys([*g.after, *([g.each] if g.each else []), *g.inputs.values()]))
-
-    def _build(self, g: Group, built: dict[str, list[Task]]) -> list[Task]:
-        tasks = g.direct() or []
-        outs = {name: [t.out for t in built[up]] for name, up in g.inputs.items() if up != g.each}
-        for i, row in enumerate(() if tasks else g.rows()):
-            kwargs: dict[str, Any] = dict(outs)
-            for name, up in g.inputs.items():
-                if up == g.each:
-                    kwargs[name] = built[up][i].out
-            t = g.make(i, row, kwargs or None)
-            if g.each:
-                t.after(built[g.each][i])
-            tasks.append(t)
-        for up in g.after:
-            ups = built[up]
-            for t in tasks:
-                t.after(*ups)
-        return tasks
 
     def later(self, g: Group, ids: dict[str, list[int]]) -> list[Task]:
         """The tasks of ``g`` submitted by a rule: earlier groups are named by task id."""

@@ -32,8 +32,8 @@ from shoal.config import model
 from shoal.config.ensemble import Ensemble, Group
 from shoal.config.rules import Action, Metric
 from shoal.config.source import Loc, Source, assign, suggest
+from shoal.config.sweep import Sweep
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import Sweep
 
 TRIGGERS = {
     "start": "start",
@@ -50,12 +50,12 @@ NO_EVENT = ("job-depend", "job-sched", "job-submit", "job-priority", "job-alloc"
 STATS = ("count", "mean", "variance", "min", "max")
 
 
-class Logging(model.Model):
+class EpythonLoggingModel(model.Model):
     debug: bool = False
     heartbeat: int | float = Field(0, ge=0)
 
 
-class Job(model.Model):
+class EpythonJobModel(model.Model):
     name: str
     command: str
     count: int = Field(1, ge=1)
@@ -65,7 +65,7 @@ class Job(model.Model):
     workdir: str | None = None
 
 
-class Act(model.Model):
+class EpythonActModel(model.Model):
     name: Literal["submit", "terminate", "grow", "shrink", "custom"]
     label: str | None = None
     value: int | float | None = None
@@ -73,19 +73,19 @@ class Act(model.Model):
     backoff: int | None = Field(None, ge=0)
 
 
-class Rule(model.Model):
+class EpythonRuleModel(model.Model):
     trigger: str
     name: str | None = None
     when: int | float | str | None = None
-    action: Act
+    action: EpythonActModel
 
 
-class File(model.Model):
-    logging: Logging = Logging()
-    jobs: list[Job]
-    rules: list[Rule] = Field(default_factory=list)
+class EpythonFileModel(model.Model):
+    logging: EpythonLoggingModel = EpythonLoggingModel()
+    jobs: list[EpythonJobModel]
+    rules: list[EpythonRuleModel] = Field(default_factory=list)
     custom: str | None = None
-    resources: model.Resources = model.Resources()
+    resources: model.ResourcesModel = model.ResourcesModel()
 
 
 def _when(src: Source, loc: Loc, when: Any) -> tuple[str, float]:
@@ -132,7 +132,7 @@ def _metric(src: Source, loc: Loc, name: str | None, when: Any, jobs: set[str]) 
 
 
 def ensemble(src: Source) -> Ensemble:
-    f: File = model.check(File, src.data, src)
+    f: EpythonFileModel = model.check(EpythonFileModel, src.data, src)
     if f.custom is not None:
         raise src.error(
             ("custom",),
@@ -190,7 +190,7 @@ def ensemble(src: Source) -> Ensemble:
 
 
 def _rule(
-    src: Source, i: int, r: Rule, names: set[str], beat: float | None, ens: Ensemble
+    src: Source, i: int, r: EpythonRuleModel, names: set[str], beat: float | None, ens: Ensemble
 ) -> Action:
     loc: Loc = ("rules", i)
     if r.trigger in NO_EVENT:

@@ -20,8 +20,8 @@ from typing import Any
 
 from shoal.config.ensemble import Ensemble, Group, check_template
 from shoal.config.source import Loc, Source, assign, suggest
+from shoal.config.sweep import combine, is_expression, values
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import combine, is_expression, values
 from shoal.spec.task import placeholders
 
 KNOWN = (
@@ -76,71 +76,15 @@ def _whole(src: Source, at: Loc, key: str, value: Any, low: int) -> int:
 
 
 def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
+    """One ensemble as a group (``notes`` gets what shoal does differently)."""
     loc: Loc = ("ensembles", name)
-    if not isinstance(info, dict):
-        raise src.error(loc, "an ensemble is a mapping of keys (cmd_template, nnodes, ...)")
-    for key in ("cmd_template", "nnodes"):
-        if key not in info:
-            near = [k for k in info if suggest(k, [key])]
-            typo = f"; {near[0]!r} looks like a misspelling of it" if near else ""
-            raise src.error(loc, f"{key} is required{typo}")
-    template = info["cmd_template"]
-    if not isinstance(template, str) or not template.strip():
-        raise src.error((*loc, "cmd_template"), "must be a command string")
-    relation = info.get("relation", "one-to-one")  # README examples leave it out
-    if not isinstance(relation, str) or relation not in RELATIONS:
-        raise src.error(
-            (*loc, "relation"),
-            f"must be 'one-to-one' or 'many-to-many', got {relation!r}"
-            + (suggest(relation, RELATIONS) if isinstance(relation, str) else ""),
-        )
+    template, relation = _head(src, loc, info)
     used = _used(src, (*loc, "cmd_template"), template)
-    columns: dict[str, list[Any]] = {}
-    fixed: dict[str, Any] = {}
-    for key, raw in info.items():
-        if key in KNOWN and key not in SHAPE:
-            continue
-        swept = isinstance(raw, list) or is_expression(raw)
-        if key not in KNOWN and key not in used:
-            close = suggest(key, KNOWN)
-            if close:
-                raise src.error((*loc, key), f"unknown key {key!r}{close}")
-        if swept:
-            columns[key] = values(raw, src.where((*loc, key)), src.base)
-        elif raw is None or isinstance(raw, dict):
-            raise src.error(
-                (*loc, key), "must be a value, a list or an expression like 'linspace(0, 1, 5)'"
-            )
-        else:
-            fixed[key] = raw
-    for key, low in (("nnodes", 1), ("ppn", 1), ("ngpus_per_process", 0)):
-        if key in columns:
-            columns[key] = [
-                _whole(src, (*loc, key, i), key, v, low) for i, v in enumerate(columns[key])
-            ]
-        else:
-            fixed[key] = _whole(src, (*loc, key), key, fixed.get(key, 1 if low else 0), low)
+    columns, fixed = _parameters(src, loc, info, used)
     zipped = [list(columns)] if RELATIONS[relation] == "zip" and columns else []
     sweep = combine(columns, zipped, src.where((*loc, "relation") if "relation" in info else loc))
-    env = info.get("env") or {}
-    if not isinstance(env, dict) or any(
-        not isinstance(v, str | int | float) or isinstance(v, bool) for v in env.values()
-    ):
-        raise src.error((*loc, "env"), "must map variable names to text or numbers")
-    for key in ("cpu_affinity", "gpu_affinity"):
-        if key in info:
-            if not isinstance(info[key], str):
-                raise src.error((*loc, key), 'must be a list of ids as text, e.g. "0,1,2,3"')
-            notes.append(
-                f"{src.where((*loc, key))}: shoal chooses core and GPU ids itself; it keeps the "
-                "numbers asked for (ppn, ngpus_per_process) and pins to the ids it picks"
-            )
-    for key in ("stdout_file", "stderr_file"):
-        if key in info:
-            notes.append(
-                f"{src.where((*loc, key))}: shoal keeps each task's stdout and stderr in the run "
-                "directory (tasks/<id>/); this key is not used"
-            )
+    env = _env(src, loc, info)
+    _note_unused(src, loc, info, notes)
     scalars = {k: v for k, v in fixed.items() if k not in SHAPE and k in used}
     shape = {k: fixed[k] for k in SHAPE if k in fixed}
     keys: dict[str, Loc] = {
@@ -185,6 +129,88 @@ def group(src: Source, name: str, info: Any, notes: list[str]) -> Group:
     return g
 
 
+def _head(src: Source, loc: Loc, info: Any) -> tuple[str, str]:
+    """The ensemble's command template and relation, checked."""
+    if not isinstance(info, dict):
+        raise src.error(loc, "an ensemble is a mapping of keys (cmd_template, nnodes, ...)")
+    for key in ("cmd_template", "nnodes"):
+        if key not in info:
+            near = [k for k in info if suggest(k, [key])]
+            typo = f"; {near[0]!r} looks like a misspelling of it" if near else ""
+            raise src.error(loc, f"{key} is required{typo}")
+    template = info["cmd_template"]
+    if not isinstance(template, str) or not template.strip():
+        raise src.error((*loc, "cmd_template"), "must be a command string")
+    relation = info.get("relation", "one-to-one")  # README examples leave it out
+    if not isinstance(relation, str) or relation not in RELATIONS:
+        raise src.error(
+            (*loc, "relation"),
+            f"must be 'one-to-one' or 'many-to-many', got {relation!r}"
+            + (suggest(relation, RELATIONS) if isinstance(relation, str) else ""),
+        )
+    return template, relation
+
+
+def _parameters(
+    src: Source, loc: Loc, info: dict[str, Any], used: set[str]
+) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The swept parameters (their values) and the fixed ones; the shape keys checked as whole
+    numbers, with their defaults among the fixed ones."""
+    columns: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    for key, raw in info.items():
+        if key in KNOWN and key not in SHAPE:
+            continue
+        swept = isinstance(raw, list) or is_expression(raw)
+        if key not in KNOWN and key not in used:
+            close = suggest(key, KNOWN)
+            if close:
+                raise src.error((*loc, key), f"unknown key {key!r}{close}")
+        if swept:
+            columns[key] = values(raw, src.where((*loc, key)), src.base)
+        elif raw is None or isinstance(raw, dict):
+            raise src.error(
+                (*loc, key), "must be a value, a list or an expression like 'linspace(0, 1, 5)'"
+            )
+        else:
+            fixed[key] = raw
+    for key, low in (("nnodes", 1), ("ppn", 1), ("ngpus_per_process", 0)):
+        if key in columns:
+            columns[key] = [
+                _whole(src, (*loc, key, i), key, v, low) for i, v in enumerate(columns[key])
+            ]
+        else:
+            fixed[key] = _whole(src, (*loc, key), key, fixed.get(key, 1 if low else 0), low)
+    return columns, fixed
+
+
+def _env(src: Source, loc: Loc, info: dict[str, Any]) -> dict[Any, Any]:
+    env = info.get("env") or {}
+    if not isinstance(env, dict) or any(
+        not isinstance(v, str | int | float) or isinstance(v, bool) for v in env.values()
+    ):
+        raise src.error((*loc, "env"), "must map variable names to text or numbers")
+    return env
+
+
+def _note_unused(src: Source, loc: Loc, info: dict[str, Any], notes: list[str]) -> None:
+    """Notes on the keys shoal reads but does not follow: affinities and output files."""
+    for key in ("cpu_affinity", "gpu_affinity"):
+        if key in info:
+            if not isinstance(info[key], str):
+                raise src.error((*loc, key), 'must be a list of ids as text, e.g. "0,1,2,3"')
+            notes.append(
+                f"{src.where((*loc, key))}: shoal chooses core and GPU ids itself; it keeps the "
+                "numbers asked for (ppn, ngpus_per_process) and pins to the ids it picks"
+            )
+    for key in ("stdout_file", "stderr_file"):
+        if key in info:
+            notes.append(
+                f"{src.where((*loc, key))}: shoal keeps each task's stdout and stderr in the run "
+                "directory (tasks/<id>/); this key is not used"
+            )
+
+
 def ensemble(src: Source) -> Ensemble:
     data = src.data
     ens_info = data.get("ensembles")
@@ -201,7 +227,7 @@ def ensemble(src: Source) -> Ensemble:
     res = data.get("resources") or {}
     from shoal.config import model
 
-    resources = model.check(model.Resources, res, src, ("resources",))
+    resources = model.check(model.ResourcesModel, res, src, ("resources",))
     return Ensemble(
         name=src.path.stem,
         src=src,

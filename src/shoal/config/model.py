@@ -21,6 +21,12 @@
 
 Models forbid unknown keys; :func:`check` turns pydantic's errors into messages that name the
 file, the line and the key, with the closest valid key for a misspelt one.
+
+Each model is named after its section with ``Model`` at the end (``GroupModel``, ``RuleModel``;
+ensemble-python's, in :mod:`shoal.config.epython`, also start with ``Epython``), so that none
+shares a name with what it is checked into (:class:`shoal.config.ensemble.Group`, the steering
+:class:`shoal.spec.steer.Rule`, :class:`shoal.spec.options.Options`). Messages still name the
+section (``instance of Group``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shoal.config.source import Loc, Source, dotted, suggest
+from shoal.config.sweep import MAX_TASKS
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import MAX_TASKS
 
 Number = int | float
 Amount = int | str  # an integer, or "{param}": a swept parameter's value
@@ -43,7 +49,7 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
-class Resources(Model):
+class ResourcesModel(Model):
     """The node this run uses (default: the whole machine)."""
 
     cpus: int | None = Field(None, ge=1)
@@ -52,7 +58,7 @@ class Resources(Model):
     nodes: int = Field(1, ge=1)
 
 
-class Options(Model):
+class OptionsModel(Model):
     """Run options passed to ``shoal.run`` (see the README's list)."""
 
     policy: Literal["backfill", "waves", "adaptive", "non-adaptive"] | None = None
@@ -69,7 +75,7 @@ class Options(Model):
     state_dir: str | None = None
 
 
-class Group(Model):
+class GroupModel(Model):
     """One named group of tasks: a command template or a function, swept over parameters."""
 
     command: str | None = None
@@ -98,7 +104,7 @@ class Group(Model):
     start: bool = True
 
 
-class Retry(Model):
+class RetryModel(Model):
     """What a ``retry`` action changes: ``x2`` scales, a number sets."""
 
     timeout: Number | str | None = None
@@ -124,7 +130,7 @@ TRIGGERS: tuple[str, ...] = typing.get_args(Trigger)
 ACTIONS = ("submit", "retry", "cancel", "stop", "grow", "shrink", "log")
 
 
-class Rule(Model):
+class RuleModel(Model):
     """``on`` a trigger, do one action (``submit``, ``retry``, ``cancel``, ``stop``, ``log``)."""
 
     on: Trigger
@@ -132,7 +138,7 @@ class Rule(Model):
     seconds: Number | None = Field(None, gt=0)
     when: str | None = None
     submit: str | None = None
-    retry: Retry | bool | None = None
+    retry: RetryModel | bool | None = None
     cancel: str | None = None
     stop: Literal["drain", "now"] | bool | None = None
     grow: int | None = None
@@ -143,14 +149,14 @@ class Rule(Model):
     label: str | None = None
 
 
-class Config(Model):
+class ConfigModel(Model):
     """A whole shoal config file."""
 
     name: str | None = None
-    resources: Resources = Resources()
-    options: Options = Options()
-    groups: dict[str, Group]
-    rules: list[Rule] = []
+    resources: ResourcesModel = ResourcesModel()
+    options: OptionsModel = OptionsModel()
+    groups: dict[str, GroupModel]
+    rules: list[RuleModel] = []
     max_tasks: int = Field(MAX_TASKS, ge=1)  # the most tasks a run may have, all groups together
 
 
@@ -179,6 +185,9 @@ def _explain(err: dict[str, Any], model: type[BaseModel], src: Source, prefix: L
     got = err.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
     message = _MESSAGES.get(kind, err["msg"][:1].lower() + err["msg"][1:])
+    if kind == "model_type":  # pydantic names the class: say the section's name ("Group")
+        cls = str((err.get("ctx") or {}).get("class_name", ""))
+        message = message.replace(cls, shown_name(cls)) if cls else message
     if kind == "literal_error" and isinstance(got, str):
         choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
         message = f"must be one of {', '.join(choices)}"
@@ -186,11 +195,19 @@ def _explain(err: dict[str, Any], model: type[BaseModel], src: Source, prefix: L
     return src.where(full) + f": {message}{shown}"
 
 
+def shown_name(cls: str) -> str:
+    """The name a message gives a model: its section, without the naming convention of the
+    classes (``GroupModel`` -> ``Group``, ``EpythonRuleModel`` -> ``Rule``)."""
+    return cls.removeprefix("Epython").removesuffix("Model")
+
+
 def _is_union_tag(part: Any) -> bool:
     """pydantic adds the member type to the location of union errors ('int', 'str' ...)."""
     return isinstance(part, str) and (
         part in ("int", "str", "float", "bool", "list[str]", "dict[str,float]")
-        or part.startswith(("function-", "literal[", "dict[", "list[", "Retry", "Resources"))
+        or part.startswith(
+            ("function-", "literal[", "dict[", "list[", "RetryModel", "ResourcesModel")
+        )
     )
 
 

@@ -16,8 +16,8 @@ from shoal.config.ensemble import (
 )
 from shoal.config.rules import Action, scale
 from shoal.config.source import Loc, Source, suggest
+from shoal.config.sweep import MAX_TASKS, combine, length, values
 from shoal.errors import DefinitionError
-from shoal.spec.sweep import MAX_TASKS, combine, length, values
 
 OPTION_KEYS = ("memory", "timeout", "retries", "backoff", "retry_on", "priority")
 
@@ -25,7 +25,7 @@ OPTION_KEYS = ("memory", "timeout", "retries", "backoff", "retry_on", "priority"
 def ensemble(src: Source) -> Ensemble:
     # Top-level keys starting with "x-" are the file's own (YAML anchors to merge with <<).
     data = {k: v for k, v in src.data.items() if not str(k).startswith("x-")}
-    cfg: model.Config = model.check(model.Config, data, src)
+    cfg: model.ConfigModel = model.check(model.ConfigModel, data, src)
     if not cfg.groups:
         raise src.error(("groups",), "there are no groups: nothing to run")
     limit = src.max_tasks or cfg.max_tasks
@@ -50,7 +50,7 @@ def ensemble(src: Source) -> Ensemble:
     return ens
 
 
-def _estimate(g: model.Group) -> list[int]:
+def _estimate(g: model.GroupModel) -> list[int]:
     """The number of values of each block of the sweep (zipped parameters: one block), from
     the expressions, before any value is made; unknown counts (files) are taken as 1."""
     lengths = {p: length(raw) or 1 for p, raw in g.sweep.items()}
@@ -60,7 +60,7 @@ def _estimate(g: model.Group) -> list[int]:
     return blocks + [n for p, n in lengths.items() if p not in inside]
 
 
-def group(src: Source, name: str, g: model.Group, limit: int = MAX_TASKS) -> Group:
+def group(src: Source, name: str, g: model.GroupModel, limit: int = MAX_TASKS) -> Group:
     loc: Loc = ("groups", name)
     blocks = _estimate(g)
     parts = [" × ".join(f"{n:,}" for n in blocks) + " values"] if blocks else []
@@ -140,7 +140,7 @@ def group(src: Source, name: str, g: model.Group, limit: int = MAX_TASKS) -> Gro
     return out
 
 
-def links(ens: Ensemble, cfg: model.Config) -> None:
+def links(ens: Ensemble, cfg: model.ConfigModel) -> None:
     """``after``, ``each`` and ``inputs`` name groups that exist, without a cycle."""
     src = ens.src
     for g in ens.groups.values():
@@ -198,7 +198,7 @@ def links(ens: Ensemble, cfg: model.Config) -> None:
         visit(name, [])
 
 
-def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
+def rule(src: Source, i: int, r: model.RuleModel, ens: Ensemble) -> Action:
     loc: Loc = ("rules", i)
     where = src.where(loc)
     chosen = [k for k in model.ACTIONS if getattr(r, k) not in (None, False)]
@@ -237,7 +237,7 @@ def rule(src: Source, i: int, r: model.Rule, ens: Ensemble) -> Action:
         raise src.error((*loc, "retry"), "retry acts on the task of a task-failed rule")
     retry: dict[str, Any] = {}
     attempts = 3
-    if isinstance(r.retry, model.Retry):
+    if isinstance(r.retry, model.RetryModel):
         attempts = r.retry.attempts
         for key in ("timeout", "memory", "cpus"):
             spec = getattr(r.retry, key)

@@ -1,8 +1,9 @@
 """Rules from config files: a trigger, an optional condition, and one action.
 
-An :class:`Action` is registered on the workflow as an ordinary steering rule
-(``wf.on(trigger, ...)``) whose handler is a :class:`Fire`. The handler keeps its counters in the
-rule's memory, which is stored with the run, so ``times`` and ``skip`` survive a resume.
+An :class:`Action` is registered on the workflow (:func:`shoal.config.build.attach`) as an
+ordinary steering rule (``wf.on(trigger, ...)``) whose handler is a :class:`Fire`. The handler
+keeps its counters in the rule's memory, which is stored with the run, so ``times`` and
+``skip`` survive a resume.
 
 Counting follows ensemble-python, whose ``repetitions``/``backoff`` map onto ``times``/``skip``:
 a trigger that passes the condition either acts (when no skips are left; then the skips are
@@ -21,7 +22,6 @@ from shoal.errors import DefinitionError
 
 if TYPE_CHECKING:
     from shoal.config.ensemble import Ensemble
-    from shoal.spec.workflow import Workflow
 
 OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
@@ -216,17 +216,3 @@ class Fire:
         )
 
     _shrink = _grow
-
-
-def attach(ens: Ensemble, wf: Workflow) -> None:
-    """Register every action of ``ens`` as a rule of ``wf``."""
-    for a in ens.rules:
-        opts: dict[str, Any] = {"label": a.label}
-        if a.tags:
-            opts["tags"] = a.tags[0] if a.trigger == "metric" else a.tags
-        if a.seconds is not None:
-            opts["seconds"] = a.seconds
-        if a.trigger == "metric":
-            opts["when"] = a.when
-            opts["repeat"] = a.repeat
-        wf.on(a.trigger, **opts)(Fire(a, ens))

@@ -47,10 +47,10 @@ from shoal.runtime.status import StatusFile
 from shoal.runtime.steering import Steering
 from shoal.runtime.work import Work, check_resources, workers_wanted
 from shoal.spec.kinds import Failure
+from shoal.spec.lower import Functions, Plan, Record
 from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy, Tracker
 from shoal.spec.task import Task
-from shoal.spec.workflow import Functions, Plan, Record
 from shoal.store.writer import Batch, Writer
 
 __all__ = ["Clock", "Driver", "check_resources", "workers_wanted"]

@@ -28,55 +28,86 @@ if TYPE_CHECKING:
     from shoal.runtime.run import Run
 
 
-def _opt(default: Any, doc: str, stored: bool = True) -> Any:
-    return field(default=default, metadata={"doc": doc, "stored": stored})
+def _m(doc: str, stored: bool = True) -> dict[str, Any]:
+    """A field's metadata: its doc, and whether a resume takes it up again."""
+    return {"doc": doc, "stored": stored}
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """Every option of a run (see each field's ``doc``)."""
 
-    cpus: int | None = _opt(None, "pretend a node with this many cores (default: this machine)")
-    gpus: int | None = _opt(None, "pretend a node with this many GPUs")
-    memory: int | str | None = _opt(None, "pretend a node with this much memory ('64GB')")
-    backend: Backend | str | None = _opt(
-        None, "'local', 'slurm', 'dask', 'flux' or a backend object (default: by environment)",
-        stored=False,
+    cpus: int | None = field(
+        default=None, metadata=_m("pretend a node with this many cores (default: this machine)")
     )
-    base: str | os.PathLike[str] | None = _opt(
-        None, "where run directories go (default: the current directory)", stored=False
+    gpus: int | None = field(default=None, metadata=_m("pretend a node with this many GPUs"))
+    memory: int | str | None = field(
+        default=None, metadata=_m("pretend a node with this much memory ('64GB')")
     )
-    policy: str = _opt("backfill", "'backfill' or 'waves' ('adaptive'/'non-adaptive' too)")
-    reserve_after: float = _opt(
-        60.0, "seconds before a waiting large task gets a reservation"
+    backend: Backend | str | None = field(
+        default=None,
+        metadata=_m(
+            "'local', 'slurm', 'dask', 'flux' or a backend object (default: by environment)",
+            stored=False,
+        ),
     )
-    pin: bool | str | None = _opt(None, "pin tasks to their cores: True, 'fold' or False")
-    launcher: str = _opt("mpiexec -n {ranks}", "the MPI launcher template, with {ranks}")
-    progress: bool | None = _opt(
-        None, "show a progress bar (default: only under shoal run)", stored=False
+    base: str | os.PathLike[str] | None = field(
+        default=None,
+        metadata=_m("where run directories go (default: the current directory)", stored=False),
     )
-    prefetch: int | None = _opt(
-        None,
-        "at most this many tasks queued behind each running short task (default: the "
-        "backend's, 64 for local; 0 turns it off)",
+    policy: str = field(
+        default="backfill", metadata=_m("'backfill' or 'waves' ('adaptive'/'non-adaptive' too)")
     )
-    prefetch_window: float | None = _opt(
-        None, "seconds of expected work queued behind each running task"
+    reserve_after: float = field(
+        default=60.0, metadata=_m("seconds before a waiting large task gets a reservation")
     )
-    order: str = _opt("fifo", "'fifo', or 'largest' first among equal priority")
-    stop_at: Any = _opt(
-        None, "a deadline: epoch seconds or a datetime (default: shoal run --time-left)",
-        stored=False,
+    pin: bool | str | None = field(
+        default=None, metadata=_m("pin tasks to their cores: True, 'fold' or False")
     )
-    stop_mode: str = _opt(
-        "cancel", "on a stop, 'cancel' the running tasks or let them 'finish'"
+    launcher: str = field(
+        default="mpiexec -n {ranks}", metadata=_m("the MPI launcher template, with {ranks}")
     )
-    retries: int = _opt(0, "a retry policy for tasks without their own: how many retries")
-    backoff: Any = _opt(0.0, "seconds before a retry, or {'delay', 'factor', 'cap', 'jitter'}")
-    retry_on: Any = _opt((), "failure kinds (or exit codes) to retry; default: every kind")
-    escalate: Any = _opt(None, "{'timeout': 2.0, 'memory': 1.5}: multiply them on each retry")
-    state_dir: str | os.PathLike[str] | None = _opt(
-        None, "keep the live store on node-local disk, copied to the run directory"
+    progress: bool | None = field(
+        default=None,
+        metadata=_m("show a progress bar (default: only under shoal run)", stored=False),
+    )
+    prefetch: int | None = field(
+        default=None,
+        metadata=_m(
+            "at most this many tasks queued behind each running short task (default: the "
+            "backend's, 64 for local; 0 turns it off)"
+        ),
+    )
+    prefetch_window: float | None = field(
+        default=None, metadata=_m("seconds of expected work queued behind each running task")
+    )
+    order: str = field(
+        default="fifo", metadata=_m("'fifo', or 'largest' first among equal priority")
+    )
+    stop_at: Any = field(
+        default=None,
+        metadata=_m(
+            "a deadline: epoch seconds or a datetime (default: shoal run --time-left)", stored=False
+        ),
+    )
+    stop_mode: str = field(
+        default="cancel", metadata=_m("on a stop, 'cancel' the running tasks or let them 'finish'")
+    )
+    retries: int = field(
+        default=0, metadata=_m("a retry policy for tasks without their own: how many retries")
+    )
+    backoff: Any = field(
+        default=0.0, metadata=_m("seconds before a retry, or {'delay', 'factor', 'cap', 'jitter'}")
+    )
+    retry_on: Any = field(
+        default=(), metadata=_m("failure kinds (or exit codes) to retry; default: every kind")
+    )
+    escalate: Any = field(
+        default=None, metadata=_m("{'timeout': 2.0, 'memory': 1.5}: multiply them on each retry")
+    )
+    state_dir: str | os.PathLike[str] | None = field(
+        default=None,
+        metadata=_m("keep the live store on node-local disk, copied to the run directory"),
     )
 
     def __post_init__(self) -> None:
@@ -120,7 +151,7 @@ class RunOptions:
         run gives none."""
         stop_at = self.stop_at
         if stop_at is None:
-            return _DEFAULTS.get().stop_at
+            return _current().stop_at
         if isinstance(stop_at, datetime.datetime):
             return stop_at.timestamp()
         if isinstance(stop_at, bool) or not isinstance(stop_at, int | float):
@@ -130,7 +161,7 @@ class RunOptions:
         return float(stop_at)
 
     def shows_progress(self) -> bool:
-        return _DEFAULTS.get().cli if self.progress is None else self.progress
+        return _current().cli if self.progress is None else self.progress
 
 
 def doc() -> str:
@@ -161,9 +192,14 @@ class Defaults:
     runs: list[Run] = field(default_factory=list)
 
 
-_DEFAULTS: contextvars.ContextVar[Defaults] = contextvars.ContextVar(
-    "shoal_defaults", default=Defaults()
+_DEFAULTS: contextvars.ContextVar[Defaults | None] = contextvars.ContextVar(
+    "shoal_defaults", default=None
 )
+_PLAIN = Defaults()  # outside the CLI (never collects runs: started() looks at ``cli``)
+
+
+def _current() -> Defaults:
+    return _DEFAULTS.get() or _PLAIN
 
 
 @contextlib.contextmanager
@@ -172,13 +208,13 @@ def defaults(*, cli: bool = True, stop_at: float | None = None) -> Iterator[Defa
     they say otherwise; the runs started are collected in the yielded ``Defaults.runs``."""
     token = _DEFAULTS.set(Defaults(cli=cli, stop_at=stop_at))
     try:
-        yield _DEFAULTS.get()
+        yield _current()
     finally:
         _DEFAULTS.reset(token)
 
 
 def started(run: Run) -> None:
     """Note a run started (the CLI's exit code looks at them); outside the CLI a no-op."""
-    current = _DEFAULTS.get()
+    current = _current()
     if current.cli:
         current.runs.append(run)

@@ -15,8 +15,8 @@ from shoal.backends.execute import Outputs, with_inputs
 from shoal.core.states import State
 from shoal.errors import DefinitionError
 from shoal.runtime.work import Work
+from shoal.spec.lower import Record, dumps
 from shoal.spec.refs import StoredRef, follow, walk
-from shoal.spec.workflow import Record, dumps
 from shoal.store.pickles import loads
 
 KEPT = 256 << 20  # bytes of outputs the driver keeps in memory for dependents

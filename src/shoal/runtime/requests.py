@@ -35,10 +35,10 @@ from shoal.core.stimuli import (
 )
 from shoal.core.tasks import REOPENABLE
 from shoal.errors import RequestRefused, ShoalError, StoreError
+from shoal.spec.lower import Record
 from shoal.spec.refs import StoredRef
 from shoal.spec.response import decode_tasks, encode_tasks, tasks_of
 from shoal.spec.task import Task
-from shoal.spec.workflow import Record
 from shoal.store import requests as table
 from shoal.store.lock import held
 from shoal.store.pickles import loads

@@ -40,7 +40,6 @@ from shoal.store.lock import Lock
 from shoal.store.recover import Snapshot, load, load_rule
 from shoal.store.writer import Writer, live_path, sync
 
-
 NAME_MAX = 255 - len("-YYYYmmdd-HHMMSS-999")  # bytes of a workflow name in a folder name
 
 
@@ -412,5 +411,3 @@ def resumed(
         )
     p._notes()
     return p
-
-

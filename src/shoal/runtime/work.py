@@ -17,14 +17,14 @@ from typing import Any
 
 from shoal.backends.base import Backend, pooled
 from shoal.core.resources import Pool
-from shoal.core.stimuli import StopRequested, Stimulus, Succeeded, TaskInfo
+from shoal.core.stimuli import Stimulus, StopRequested, Succeeded, TaskInfo
 from shoal.errors import DefinitionError, ResourceError
 from shoal.spec.kinds import Lane
+from shoal.spec.lower import Functions, Plan, Record, lower
 from shoal.spec.options import Request
 from shoal.spec.response import decode
 from shoal.spec.retry import Backoff
 from shoal.spec.task import Task, detached
-from shoal.spec.workflow import Functions, Plan, Record, lower
 from shoal.store.writer import Batch
 
 
@@ -206,7 +206,8 @@ class Work:
             self.gate_of[task] = gate
             self.batch.gates.append((task, gate, first))
         if resp.replace:
-            self._replace(task, by_key[resp.replace[-1].key], {by_key[t.key] for t in resp.replace}, infos)
+            mine = {by_key[t.key] for t in resp.replace}
+            self._replace(task, by_key[resp.replace[-1].key], mine, infos)
         if resp.stop_run:
             why = f"task {r.name} (#{r.id}) stopped the run"
             self.stimuli.append(StopRequested(now, True, why))
@@ -237,4 +238,3 @@ class Work:
         msg = f"the task returned an invalid Response: {why}"
         self.log.warning("task %s (%s): %s", r.id, r.name, msg)
         return msg
-

@@ -1,8 +1,8 @@
 """What to run: tasks, commands, references and workflows, as plain checked data.
 
 The spec layer knows nothing about processes or nodes. ``compile_workflow`` validates a workflow
-(references, cycles, serializability) and lowers it to :class:`Record` objects that the store
-persists and the runtime dispatches.
+(references, cycles, serializability) and lowers it (:mod:`shoal.spec.lower`) to
+:class:`Record` objects that the store persists and the runtime dispatches.
 
 Names are imported on first use (PEP 562): a worker that reads stored references imports
 ``shoal.spec.refs`` alone, not the whole layer.
@@ -17,8 +17,8 @@ from shoal.lazy import exports
 _WHERE = {
     "CommandFactory": "shoal.spec.task",
     "Options": "shoal.spec.options",
-    "Plan": "shoal.spec.workflow",
-    "Record": "shoal.spec.workflow",
+    "Plan": "shoal.spec.lower",
+    "Record": "shoal.spec.lower",
     "Ref": "shoal.spec.refs",
     "StoredRef": "shoal.spec.refs",
     "Task": "shoal.spec.task",
@@ -53,7 +53,8 @@ __getattr__, __dir__ = exports("shoal.spec", _WHERE, globals())
 
 
 if TYPE_CHECKING:
+    from shoal.spec.lower import Plan, Record
     from shoal.spec.options import Options, parse_memory
     from shoal.spec.refs import Ref, StoredRef
     from shoal.spec.task import CommandFactory, Task, TaskFactory, command
-    from shoal.spec.workflow import Plan, Record, Workflow, compile_workflow
+    from shoal.spec.workflow import Workflow, compile_workflow

@@ -6,35 +6,16 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from shoal.errors import DefinitionError, hint
+from shoal.spec.request import Request
 from shoal.spec.retry import Backoff
 from shoal.spec.retry import make as make_retry
 
 RETRY_KEYS = ("retries", "backoff", "retry_on", "escalate")
 
-
-class Request(NamedTuple):
-    """What one task needs: ``ranks`` ranks of ``cpus`` cores, ``gpus`` GPUs and ``memory`` MB each.
-
-    A NamedTuple rather than a dataclass: it keys the scheduler's per-shape queues, and tuple
-    hashing and equality run in C.
-    """
-
-    cpus: int = 1
-    gpus: int = 0
-    ranks: int = 1
-    memory: int = 0
-
-    def describe(self) -> str:
-        parts = [f"{self.cpus} core{'s' * (self.cpus != 1)}"]
-        if self.gpus:
-            parts.append(f"{self.gpus} GPU{'s' * (self.gpus != 1)}")
-        if self.memory:
-            parts.append(f"{self.memory} MB")
-        each = " + ".join(parts)
-        return f"{self.ranks} ranks × ({each})" if self.ranks > 1 else each
+__all__ = ["RETRY_KEYS", "Options", "Request", "parse_memory"]  # Request: from spec.request
 
 
 _UNITS = {"": 1, "k": 1e-3, "m": 1, "g": 1024, "t": 1024 * 1024}

@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.errors import DefinitionError
 
-if TYPE_CHECKING:
-    from shoal.spec.task import Task
-
 Step = tuple[str, Any]  # ("item", key) or ("attr", name)
+
+
+class Handle:
+    """The base of the task handle, :class:`shoal.spec.task.Task`: what a :class:`Ref` points
+    at, and what a walk over arguments takes as the task's output (``task.out``).
+
+    Declared here, with the little a reference needs of it, so that this module needs nothing
+    of :mod:`shoal.spec.task` (which builds on it).
+    """
+
+    __slots__ = ()
+
+    id: int | None  # run-local id, set when a run takes the task
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def out(self) -> Ref:
+        raise NotImplementedError
 
 
 class Ref:
@@ -25,7 +43,7 @@ class Ref:
 
     __slots__ = ("path", "task")
 
-    def __init__(self, task: Task, path: tuple[Step, ...] = ()) -> None:
+    def __init__(self, task: Handle, path: tuple[Step, ...] = ()) -> None:
         self.task = task
         self.path = path
 
@@ -97,8 +115,7 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
     Containers walked: list, tuple (named too), dict, set, frozenset and dataclass instances.
     Objects with no reference inside are returned as they are (no copy).
     """
-    task_cls = _TASK or _task_class()
-    if isinstance(obj, (Ref, StoredRef, task_cls)):
+    if isinstance(obj, (Ref, StoredRef, Handle)):
         return visit(obj)
     t = type(obj)
     if t in _ATOMS:
@@ -137,15 +154,6 @@ def walk(obj: Any, visit: Callable[[Any], Any]) -> Any:
 
 
 _ATOMS = frozenset({int, float, str, bytes, bool, complex, type(None)})
-_TASK: Any = None  # shoal.spec.task.Task, which imports this module: looked up once
-
-
-def _task_class() -> Any:
-    global _TASK
-    from shoal.spec.task import Task
-
-    _TASK = Task
-    return Task
 
 
 def plain(values: Iterable[Any]) -> bool:
@@ -164,14 +172,11 @@ def refs_in(obj: Any) -> list[Ref | StoredRef]:
 
 
 def _find(obj: Any, found: list[Ref | StoredRef]) -> None:
-    task_cls = _TASK or _task_class()
     t = type(obj)
     if t in _ATOMS:
         return
     if t is Ref or t is StoredRef:
         found.append(obj)
-    elif t is task_cls:
-        found.append(obj.out)
     elif t is tuple or t is list or t is set or t is frozenset:
         for x in obj:
             if type(x) not in _ATOMS:
@@ -180,10 +185,10 @@ def _find(obj: Any, found: list[Ref | StoredRef]) -> None:
         for v in obj.values():
             if type(v) not in _ATOMS:
                 _find(v, found)
-    elif isinstance(obj, (Ref, task_cls, tuple)):  # subclasses, named tuples
+    elif isinstance(obj, (Ref, Handle, tuple)):  # subclasses, named tuples
         if isinstance(obj, Ref):
             found.append(obj)
-        elif isinstance(obj, task_cls):
+        elif isinstance(obj, Handle):
             found.append(obj.out)
         else:
             for x in obj:

@@ -18,8 +18,10 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from shoal.errors import DefinitionError
-from shoal.spec.refs import Ref
+from shoal.spec.lower import dumps
+from shoal.spec.refs import Handle, Ref
 from shoal.spec.task import Task, fresh_key
+from shoal.spec.workflow import Workflow
 
 Items = list[Task]
 
@@ -82,8 +84,6 @@ class Response:
 
 def tasks_of(value: Any, where: str) -> Items:
     """Flatten a task, a workflow, or a list of them into tasks (each once)."""
-    from shoal.spec.workflow import Workflow
-
     if value is None:
         return []
     items: Iterable[Any] = value if isinstance(value, list | tuple) else [value]
@@ -120,7 +120,7 @@ def _rebuild_task(state: dict[str, Any]) -> Task:
     return t
 
 
-def _rebuild_ref(task: Task, path: tuple[Any, ...]) -> Ref:
+def _rebuild_ref(task: Handle, path: tuple[Any, ...]) -> Ref:
     return Ref(task, path)
 
 
@@ -138,8 +138,6 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 def encode(resp: Response) -> bytes:
     """The wire form: the output pickled as a result would be, and the changes whole."""
-    from shoal.spec.workflow import dumps
-
     output = dumps(resp.output)
     buf = io.BytesIO()
     changes = (resp.add, resp.detour, resp.replace, resp.stop_children, resp.stop_run)

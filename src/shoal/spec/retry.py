@@ -18,13 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.errors import DefinitionError
-from shoal.spec.kinds import RETRYABLE
-
-if TYPE_CHECKING:
-    from shoal.spec.options import Request
+from shoal.spec.kinds import RETRYABLE, Failure
+from shoal.spec.request import Request
 
 KINDS = RETRYABLE  # the failure kinds a policy may name in ``on``
 
@@ -41,7 +39,7 @@ class Backoff:
     memory_factor: float = 1.0
 
     def matches(self, kind: str, reason: str, code: int | None) -> bool:
-        if kind in ("cancelled", "stopped"):
+        if kind in (Failure.CANCELLED, Failure.STOPPED):  # asked for: never retried
             return False
         if not self.on:
             return True

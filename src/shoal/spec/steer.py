@@ -86,18 +86,47 @@ def make_rule(
     if unknown:
         known = ["tags", "name", "seconds", "when", "on_error", "label", "repeat"]
         bad = sorted(unknown)[0]
-        close = difflib.get_close_matches(bad, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise DefinitionError(
-            f"rule on {trigger!r}: unknown option {bad!r}{hint} Options: {', '.join(known)}"
+            f"rule on {trigger!r}: unknown option {bad!r}{_close(bad, known)} "
+            f"Options: {', '.join(known)}"
         )
     title = str(label or getattr(fn, "__name__", None) or "rule")
     where = f"rule {title!r} ({trigger})"
+    _check_handler(where, trigger, fn, on_error)
+    if name is not None and not isinstance(name, str):
+        raise DefinitionError(f"{where}: name= filters tasks by name (a glob), got {name!r}")
+    tag_tuple = _tags(tags, where)
+    if (tag_tuple or name) and trigger not in TASK_TRIGGERS and trigger != "metric":
+        raise DefinitionError(f"{where}: tags= and name= filter task events; {trigger} has none")
+    _check_seconds(where, trigger, seconds)
+    if not isinstance(repeat, bool) or (repeat and trigger != "metric"):
+        raise DefinitionError(f"{where}: repeat=True is only for metric rules")
+    condition = _condition(where, trigger, tag_tuple, name, when)
+    return Rule(
+        trigger,
+        fn,
+        title,
+        tag_tuple,
+        name,
+        float(seconds) if seconds is not None else None,
+        when,
+        on_error,
+        condition,
+        repeat,
+    )
+
+
+def _close(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_handler(where: str, trigger: str, fn: Any, on_error: str) -> None:
+    """A known trigger, a callable handler and a known ``on_error``."""
     if trigger not in TRIGGERS:
-        close = difflib.get_close_matches(str(trigger), TRIGGERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise DefinitionError(
-            f"unknown trigger {trigger!r}{hint} Triggers are: {', '.join(TRIGGERS)}"
+            f"unknown trigger {trigger!r}{_close(str(trigger), TRIGGERS)} "
+            f"Triggers are: {', '.join(TRIGGERS)}"
         )
     if not callable(fn):
         raise DefinitionError(f"{where}: the handler must be a function fn(event, ctl)")
@@ -106,11 +135,11 @@ def make_rule(
             f"{where}: on_error must be 'stop' (stop the run gracefully, the default) or "
             f"'log' (record the error and go on), got {on_error!r}"
         )
-    if name is not None and not isinstance(name, str):
-        raise DefinitionError(f"{where}: name= filters tasks by name (a glob), got {name!r}")
-    tag_tuple = _tags(tags, where)
-    if (tag_tuple or name) and trigger not in TASK_TRIGGERS and trigger != "metric":
-        raise DefinitionError(f"{where}: tags= and name= filter task events; {trigger} has none")
+
+
+def _check_seconds(where: str, trigger: str, seconds: Any) -> None:
+    """``seconds=`` is a positive number for interval rules (and metric rules that also check
+    every N s), and absent otherwise."""
     if trigger == "interval" or (trigger == "metric" and seconds is not None):
         if (
             isinstance(seconds, bool)
@@ -123,38 +152,33 @@ def make_rule(
         raise DefinitionError(
             f"{where}: seconds= is for interval rules (and metric rules: check every N s too)"
         )
-    if not isinstance(repeat, bool) or (repeat and trigger != "metric"):
-        raise DefinitionError(f"{where}: repeat=True is only for metric rules")
-    condition: Compiled | Callable[..., Any] | None = None
-    if trigger == "metric":
-        if len(tag_tuple) > 1:
-            raise DefinitionError(
-                f"{where}: a metric rule reads one group: give one tag (or none for all tasks)"
-            )
-        if name is not None:
-            raise DefinitionError(f"{where}: a metric rule reads a group by tag, not by name")
-        if isinstance(when, str):
-            condition = compile_condition(when, where)
-        elif callable(when):
-            condition = when
-        else:
-            raise DefinitionError(
-                f"{where}: a metric rule needs when='mean(runtime) > 30' or when=callable "
-                "taking the group's statistics"
-            )
-    elif when is not None:
-        raise DefinitionError(f"{where}: when= is only for metric rules")
-    return Rule(
-        trigger,
-        fn,
-        title,
-        tag_tuple,
-        name,
-        float(seconds) if seconds is not None else None,
-        when,
-        on_error,
-        condition,
-        repeat,
+
+
+def _condition(
+    where: str,
+    trigger: str,
+    tags: tuple[str, ...],
+    name: str | None,
+    when: str | Callable[..., Any] | None,
+) -> Compiled | Callable[..., Any] | None:
+    """A metric rule's condition over its one group (``when``); other rules take none."""
+    if trigger != "metric":
+        if when is not None:
+            raise DefinitionError(f"{where}: when= is only for metric rules")
+        return None
+    if len(tags) > 1:
+        raise DefinitionError(
+            f"{where}: a metric rule reads one group: give one tag (or none for all tasks)"
+        )
+    if name is not None:
+        raise DefinitionError(f"{where}: a metric rule reads a group by tag, not by name")
+    if isinstance(when, str):
+        return compile_condition(when, where)
+    if callable(when):
+        return when
+    raise DefinitionError(
+        f"{where}: a metric rule needs when='mean(runtime) > 30' or when=callable "
+        "taking the group's statistics"
     )
 
 

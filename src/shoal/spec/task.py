@@ -14,15 +14,12 @@ import shlex
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from shoal.errors import DefinitionError
 from shoal.spec.options import Options
-from shoal.spec.refs import Ref, StoredRef, plain, refs_in
+from shoal.spec.refs import Handle, Ref, StoredRef, plain, refs_in
 from shoal.spec.shell import DQ, SQ, analyse
-
-if TYPE_CHECKING:
-    from shoal.spec.workflow import Workflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,8 +34,16 @@ def fresh_key() -> int:
     return next(_keys)
 
 
-def open_workflows() -> list[Workflow]:
-    stack: list[Workflow] | None = getattr(_local, "stack", None)
+class Collector(Protocol):
+    """What takes the tasks made inside a ``with`` block: a :class:`~shoal.spec.workflow.Workflow`
+    (named by its shape, so that this module needs nothing of the workflow module)."""
+
+    def add(self, *items: Any) -> Any: ...
+
+
+def open_workflows() -> list[Collector]:
+    """The workflows whose ``with`` block is open in this thread, innermost last."""
+    stack: list[Collector] | None = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
     return stack
@@ -56,7 +61,7 @@ class detached:
         _local.stack = self.saved
 
 
-class Task:
+class Task(Handle):
     """A handle to one recorded call. ``task.out`` (or the handle itself) is its output."""
 
     __slots__ = (
@@ -116,7 +121,7 @@ class Task:
         self.links: tuple[int, ...] = ()
         for ref in refs:
             if isinstance(ref, Ref):
-                self._depend(ref.task)
+                self._depend(cast(Task, ref.task))
             elif ref.task not in self.links:
                 self.links = (*self.links, ref.task)
         if after:
@@ -133,9 +138,8 @@ class Task:
 
     def after(self, *tasks: Task | Ref) -> Task:
         """Run this task only after ``tasks`` succeeded (ordering only, no data)."""
-        for t in tasks:
-            if isinstance(t, Ref):
-                t = t.task
+        for item in tasks:
+            t = item.task if isinstance(item, Ref) else item
             if not isinstance(t, Task):
                 raise DefinitionError(
                     f"{self.label}: after= takes task handles, got {type(t).__name__}"

@@ -1,30 +1,23 @@
-"""Workflows collect tasks; ``compile`` checks them and lowers them to plain records.
+"""Workflows collect tasks; :func:`compile_workflow` checks them and lowers them to plain records.
 
-Validation happens before anything runs, and refuses with a clear message and nothing
-half-started: references to tasks outside the workflow, cycles (the message lists the cycle),
-functions or arguments that cannot be serialized. Requests that no node can satisfy are
-checked by the run, which knows the nodes.
+Validation happens before anything runs (:mod:`shoal.spec.lower` does the checking and the
+lowering). Requests that no node can satisfy are checked by the run, which knows the nodes.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import pickle
-import sys
-import types
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle  # type: ignore[import-untyped]
-
 from shoal.errors import DefinitionError
-from shoal.spec.options import Options
+from shoal.spec.lower import Functions, Plan, lower
 from shoal.spec.steer import Rule, Strategy, Tracker, make_rule, make_tracker
 from shoal.spec.task import Task, open_workflows
 
 if TYPE_CHECKING:
-    from shoal.runtime.run import Run
+    # named by the one runtime module spec may use (Workflow.run/submit, the allowed late
+    # import: tests/test_imports.py)
+    from shoal.runtime.api import Run
 
 
 class Workflow:
@@ -176,7 +169,8 @@ class Workflow:
         return f"<Workflow {self.name!r}: {len(self.tasks)} tasks>"
 
     # run() and submit() are conveniences the user expects on the workflow. They reach up into
-    # the runtime with a late import; the spec layer itself depends on nothing above it.
+    # the runtime with a late import of shoal.runtime.api, the one import of spec that points
+    # up (allowed by name in tests/test_imports.py and scripts/layout.py).
     def run(self, **options: Any) -> Run:
         """Run to the end and return the :class:`~shoal.runtime.run.Run` (see ``shoal.run``)."""
         from shoal.runtime.api import run
@@ -188,51 +182,6 @@ class Workflow:
         from shoal.runtime.api import submit
 
         return submit(self, **options)
-
-
-# -- lowering ----------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Record:
-    """One task as plain data: what the store keeps and the runtime dispatches."""
-
-    id: int
-    name: str
-    kind: str
-    options: Options
-    deps: tuple[int, ...]
-    payload: bytes  # pickled (args, kwargs) with references as StoredRef
-    has_refs: bool
-    function: int = -1  # index into Plan.functions
-    template: str | None = None
-    workdir: str | None = None
-    env: dict[str, str] | None = None
-
-
-@dataclass(slots=True)
-class Plan:
-    name: str
-    records: list[Record]
-    # (qualified name, cloudpickle payload); functions[i] has the global id first_function + i
-    functions: list[tuple[str, bytes]]
-    first_function: int = 0
-
-
-class Functions:
-    """The functions a run has seen, so that work added later reuses their ids."""
-
-    def __init__(self) -> None:
-        self.index: dict[int, tuple[Callable[..., Any], int]] = {}  # id(fn) -> (fn, global id)
-        self.count = 0
-
-    def lookup(self, fn: Callable[..., Any]) -> int:
-        hit = self.index.get(id(fn))
-        return hit[1] if hit is not None and hit[0] is fn else -1
-
-    def register(self, fn: Callable[..., Any]) -> int:
-        fid = self.count
-        self.index[id(fn)] = (fn, fid)
-        self.count += 1
-        return fid
 
 
 def compile_workflow(
@@ -251,176 +200,3 @@ def compile_workflow(
     if not tasks and not (wf.rules or wf.strategies):
         raise DefinitionError(f"workflow {wf.name!r} has no tasks: nothing to run")
     return lower(tasks, wf.name, first_id, known or {}, functions or Functions())
-
-
-def lower(
-    tasks: list[Task],
-    name: str,
-    first_id: int,
-    known: Mapping[int, int],
-    functions: Functions,
-) -> Plan:
-    """Validate ``tasks`` and turn them into records (see :func:`compile_workflow`)."""
-    members = {t.key for t in tasks}
-    backward = False  # a dependency not older than its dependent (only after() makes one)
-    for t in tasks:
-        for d in t.deps:
-            if d.key >= t.key:
-                backward = True
-            if d.key not in members and d.key not in known:
-                raise DefinitionError(
-                    f"task {t.name!r} uses the output of task {d.name!r}, which is not part of "
-                    f"workflow {name!r}. Create {d.name!r} inside the `with Workflow(...)` "
-                    "block, or add it with wf.add(...)."
-                )
-        for link in t.links:
-            if not 0 <= link < first_id:
-                raise DefinitionError(
-                    f"task {t.name!r} refers to the output of task #{link}, which is not part "
-                    "of this run"
-                )
-    for i, t in enumerate(tasks):
-        t.id = first_id + i
-    if backward:  # else every task depends on older ones only: the keys order them, no cycle
-        _check_cycles(tasks)
-    first_function = functions.count
-    new_functions: list[tuple[str, bytes]] = []
-    records = []
-    for t in tasks:
-        fidx = -1
-        if t.fn is not None:
-            fidx = functions.lookup(t.fn)
-            if fidx < 0:
-                payload = pickle_function(t.fn, t.name)
-                fidx = functions.register(t.fn)
-                new_functions.append((_qualname(t.fn), payload))
-        deps: tuple[int, ...] = tuple(
-            d.id if d.key in members and d.id is not None else known[d.key] for d in t.deps
-        )
-        if t.links:
-            deps = deps + tuple(x for x in t.links if x not in deps)
-        records.append(
-            Record(
-                id=t.id,  # type: ignore[arg-type]
-                name=t.name,
-                kind=t.kind,
-                options=t.options,
-                deps=deps,
-                payload=pickle_args(t),
-                has_refs=t.has_refs,
-                function=fidx,
-                template=t.template,
-                workdir=t.workdir,
-                env=t.env or None,
-            )
-        )
-    return Plan(name, records, new_functions, first_function)
-
-
-def _check_cycles(tasks: list[Task]) -> None:
-    indeg = {t.key: 0 for t in tasks}
-    children: dict[int, list[Task]] = {t.key: [] for t in tasks}
-    for t in tasks:
-        for d in t.deps:
-            if d.key in indeg:
-                indeg[t.key] += 1
-                children[d.key].append(t)
-    todo = [t for t in tasks if indeg[t.key] == 0]
-    seen = 0
-    while todo:
-        t = todo.pop()
-        seen += 1
-        for c in children[t.key]:
-            indeg[c.key] -= 1
-            if indeg[c.key] == 0:
-                todo.append(c)
-    if seen == len(tasks):
-        return
-    # Walk dependencies among the leftovers until a task repeats: that is a cycle.
-    left = {t.key: t for t in tasks if indeg[t.key] > 0}
-    start = next(iter(left.values()))
-    path: list[Task] = []
-    index: dict[int, int] = {}
-    node = start
-    while node.key not in index:
-        index[node.key] = len(path)
-        path.append(node)
-        node = next(d for d in node.deps if d.key in left)
-    cycle = path[index[node.key] :]
-    cycle.reverse()  # show it in execution order: a -> b means b depends on a
-    names = " -> ".join(f"{c.name} (#{c.id})" for c in [*cycle, cycle[0]])
-    raise DefinitionError(
-        f"the workflow has a dependency cycle: {names}. Remove one of these dependencies."
-    )
-
-
-def _qualname(fn: Callable[..., Any]) -> str:
-    mod = getattr(fn, "__module__", None) or "?"
-    return f"{mod}:{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
-
-
-def _importable(module: types.ModuleType) -> bool:
-    name = module.__name__.split(".", 1)[0]
-    if name in sys.builtin_module_names:
-        return True
-    try:
-        return importlib.machinery.PathFinder.find_spec(name, sys.path) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def pickle_function(fn: Callable[..., Any], name: str) -> bytes:
-    """Pickle a task function: by reference when workers can import it, else by value."""
-    mod = sys.modules.get(getattr(fn, "__module__", "") or "")
-    if mod is not None and mod.__name__ != "__main__" and not _importable(mod):
-        # Loaded from a path the workers will not search: send the code itself.
-        cloudpickle.register_pickle_by_value(mod)
-    try:
-        out: bytes = cloudpickle.dumps(fn, protocol=5)
-        return out
-    except Exception as err:
-        raise DefinitionError(
-            f"task {name!r}: its function {_qualname(fn)} cannot be serialized for the workers "
-            f"({type(err).__name__}: {err}). A task function must not hold locks, open files, "
-            "sockets or similar; create such objects inside the function."
-        ) from None
-
-
-def dumps(value: Any) -> bytes:
-    """Pickle plain data fast, and anything else (lambdas, local classes) with cloudpickle.
-
-    Plain pickle stores classes by name; one defined in the user's script (``__main__``) would
-    not be found in a worker, so such data goes through cloudpickle, which sends the class.
-    """
-    try:
-        data = pickle.dumps(value, protocol=5)
-        if b"__main__" not in data:
-            return data
-    except Exception:
-        pass
-    out: bytes = cloudpickle.dumps(value, protocol=5)
-    return out
-
-
-def pickle_args(t: Task) -> bytes:
-    try:
-        return dumps((t.args, t.kwargs))
-    except DefinitionError:
-        raise
-    except Exception as err:
-        where = _bad_argument(t)
-        raise DefinitionError(
-            f"task {t.name!r}: {where} cannot be serialized ({type(err).__name__}: {err}). "
-            "Pass plain data (numbers, strings, lists, dicts, arrays) or picklable objects."
-        ) from None
-
-
-def _bad_argument(t: Task) -> str:
-    items: list[tuple[str, Any]] = [(f"argument {i + 1}", a) for i, a in enumerate(t.args)]
-    items += [(f"argument {k!r}", v) for k, v in t.kwargs.items()]
-    for label, value in items:
-        try:
-            dumps(value)
-        except Exception:
-            return label
-    return "an argument"

@@ -297,7 +297,8 @@ class Reader:
         if row[0] is not None:
             data: bytes = row[0]
             return data
-        return (self.dir / row[1]).read_bytes()
+        rel: str = row[1]  # a result too big to keep inline: its file in the run directory
+        return (self.dir / rel).read_bytes()
 
     def result(self, task: int) -> Any:
         data = self.result_bytes(task)

@@ -10,6 +10,7 @@ memory, and the run's settings. Attempts that were in flight when the driver die
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import pickle
 import sqlite3
@@ -20,9 +21,9 @@ from typing import Any
 
 from shoal.core.states import State
 from shoal.errors import StoreError
+from shoal.spec.lower import Plan, Record
 from shoal.spec.options import Options
 from shoal.spec.retry import undescribe
-from shoal.spec.workflow import Plan, Record
 from shoal.store.schema import VERSION, connect
 
 
@@ -115,48 +116,94 @@ def _load(conn: sqlite3.Connection, path: Path) -> Snapshot:
             f"{path} was written by another version of shoal (schema {meta.get('schema')}, "
             f"this one reads {VERSION}); resume it with that version"
         )
-    now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    # Attempts in flight when the driver stopped. A queued task's row still says "pending"
-    # (the writer skips the waiting states), so the attempts table, not the row, has its
-    # last attempt number and says that it was handed out.
-    in_flight = dict(
-        conn.execute("SELECT task, MAX(attempt) FROM attempts WHERE outcome IS NULL GROUP BY task")
-    )
-    last_attempt = dict(conn.execute("SELECT task, MAX(attempt) FROM attempts GROUP BY task"))
-    lost = conn.execute(
-        "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=? WHERE outcome IS NULL",
-        (now, "the driver stopped while this attempt ran; resumed as a new attempt"),
-    ).rowcount
-    conn.execute("COMMIT")
+    in_flight, last_attempt, lost = _mark_lost(conn)
     functions = [
         (name, bytes(payload))
         for _, name, payload in conn.execute("SELECT id, name, payload FROM functions ORDER BY id")
     ]
-    records: list[Record] = []
-    states: list[State] = []
-    attempts: list[int] = []
-    gates: list[tuple[int, tuple[int, ...]]] = []
-    aliases: dict[int, int] = {}
-    gate_of: dict[int, tuple[int, ...]] = {}
-    first_of: dict[int, int] = {}
+    t = _read_tasks(conn, path, in_flight, last_attempt)
+    gates = _gates(t.records, t.gate_of, t.first_of) if t.gate_of else []
+    rules = [
+        (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
+        for label, trigger, payload, memory in conn.execute(
+            "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
+        )
+    ]
+    name = str(meta.get("name", "run"))
+    plan = Plan(name, t.records, functions, 0)
+    return Snapshot(
+        name,
+        meta,
+        plan,
+        t.states,
+        t.attempts,
+        gates,
+        t.aliases,
+        rules,
+        origins=t.origins,
+        gate_of=t.gate_of,
+        lost=lost,
+    )
+
+
+def _mark_lost(conn: sqlite3.Connection) -> tuple[dict[int, int], dict[int, int], int]:
+    """Mark the attempts in flight when the driver stopped ``lost`` (one transaction).
+
+    Returns the last attempt in flight and the last attempt of each task, and how many were
+    marked. A queued task's row still says "pending" (the writer skips the waiting states), so
+    the attempts table, not the row, has its last attempt number and says that it was handed
+    out.
+    """
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    in_flight = dict(
+        conn.execute("SELECT task, MAX(attempt) FROM attempts WHERE outcome IS NULL GROUP BY task")
+    )
+    last_attempt = dict(conn.execute("SELECT task, MAX(attempt) FROM attempts GROUP BY task"))
+    lost: int = conn.execute(
+        "UPDATE attempts SET outcome='lost', kind='lost', ended=?, error=? WHERE outcome IS NULL",
+        (now, "the driver stopped while this attempt ran; resumed as a new attempt"),
+    ).rowcount
+    conn.execute("COMMIT")
+    return in_flight, last_attempt, lost
+
+
+@dataclass
+class _Tasks:
+    """The tasks table read back, one entry per task in id order (and the extras by id)."""
+
+    records: list[Record] = field(default_factory=list)
+    states: list[State] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+    origins: list[str | None] = field(default_factory=list)
+    aliases: dict[int, int] = field(default_factory=dict)
+    gate_of: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    first_of: dict[int, int] = field(default_factory=dict)
+
+
+def _read_tasks(
+    conn: sqlite3.Connection,
+    path: Path,
+    in_flight: dict[int, int],
+    last_attempt: dict[int, int],
+) -> _Tasks:
+    out = _Tasks()
     options: dict[tuple[str, str, str], Options] = {}
     rows = conn.execute(
         "SELECT id, name, kind, function, template, payload, has_refs, deps, options,"
         " workdir, env, tags, state, attempts, alias, gate, origin FROM tasks ORDER BY id"
     )
-    origins: list[str | None] = []
     for row in rows:
         tid, name, kind, fn, template, payload, has_refs, deps, opts, wd, env, tags = row[:12]
         state, n, alias, gate, origin = row[12:]
-        origins.append(origin)
-        if tid != len(records):
+        out.origins.append(origin)
+        if tid != len(out.records):
             raise StoreError(f"{path}: task ids jump to {tid}; the store is damaged")
         key = (opts, name, tags)
         o = options.get(key)
         if o is None:
             o = options[key] = _options(opts, name, json.loads(tags))
-        records.append(
+        out.records.append(
             Record(
                 id=tid,
                 name=name,
@@ -174,37 +221,15 @@ def _load(conn: sqlite3.Connection, path: Path) -> Snapshot:
         st = State(state)
         if tid in in_flight and st in (State.PENDING, State.READY):
             st = State.QUEUED  # handed out, not yet started, when the driver stopped
-        states.append(st)
-        attempts.append(max(n, last_attempt.get(tid, 0)))
+        out.states.append(st)
+        out.attempts.append(max(n, last_attempt.get(tid, 0)))
         if alias is not None:
-            aliases[tid] = alias
+            out.aliases[tid] = alias
         if gate:
             g = json.loads(gate)
-            gate_of[tid] = tuple(g["gate"])
-            first_of[tid] = int(g["first"])
-    if gate_of:
-        gates = _gates(records, gate_of, first_of)
-    rules = [
-        (label, "strategy" if trigger == "strategy" else "rule", payload, memory)
-        for label, trigger, payload, memory in conn.execute(
-            "SELECT label, trigger, payload, memory FROM rules ORDER BY position"
-        )
-    ]
-    name = str(meta.get("name", "run"))
-    plan = Plan(name, records, functions, 0)
-    return Snapshot(
-        name,
-        meta,
-        plan,
-        states,
-        attempts,
-        gates,
-        aliases,
-        rules,
-        origins=origins,
-        gate_of=gate_of,
-        lost=lost,
-    )
+            out.gate_of[tid] = tuple(g["gate"])
+            out.first_of[tid] = int(g["first"])
+    return out
 
 
 def _gates(
@@ -237,14 +262,24 @@ def _gates(
     return out
 
 
+# Modules of shoal that moved, by the name a rule stored before the move gives them (a config
+# file's rule holds its ensemble, whose groups hold their Sweep).
+MOVED = {"shoal.spec.sweep": "shoal.config.sweep"}
+
+
+class _Unpickler(pickle.Unpickler):
+    """cloudpickle's loads (which is pickle's), with classes of :data:`MOVED` found anew."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED.get(module, module), name)
+
+
 def load_rule(payload: bytes | None) -> Any:
     """A stored rule or strategy, or None when it could not be stored or read back."""
     if not payload:
         return None
-    import cloudpickle  # type: ignore[import-untyped]
-
     try:
-        return cloudpickle.loads(payload)
+        return _Unpickler(io.BytesIO(payload)).load()
     except (Exception, SystemExit):  # its module is gone, or its code raised: go on without
         return None
 

@@ -18,9 +18,9 @@ from shoal.core.events import Outcome, Transition
 from shoal.core.resources import Node, Placement
 from shoal.core.states import State
 from shoal.errors import StoreError
+from shoal.spec.lower import Plan
 from shoal.spec.options import Options
 from shoal.spec.retry import describe
-from shoal.spec.workflow import Plan
 from shoal.store.schema import SCHEMA, VERSION, connect
 
 
@@ -237,111 +237,29 @@ class Writer:
         value, rel = row
         if value is not None:
             return bytes(value)
-        return (self.dir / rel).read_bytes()
+        path: str = rel  # a result too big to keep inline: its file in the run directory
+        return (self.dir / path).read_bytes()
 
     # -- the per-iteration transaction ----------------------------------------------------------
     def commit(self, batch: Batch) -> None:
-        ts = batch.transitions
-        last: dict[int, Transition] = {}
-        for t in batch.born:  # their rows exist; the task's row may still need its state
-            last[t.task] = t
-        for t in ts:
-            last[t.task] = t
-        # The task's row says where it stands for readers and resume: finished, running,
-        # retrying, or waiting ("pending" covers ready and queued, which a resume recomputes
-        # anyway; the transitions table has every step). Not writing the moves between the
-        # waiting states saves two row updates per task, and the birth of a task that waits
-        # for others one more (its row was inserted as "pending").
-        rows = [
-            (NAMES[t.new], t.attempt, t.reason, t.time, t.task)
-            for t in last.values()
-            if t.new not in QUIET or t.old not in QUIET_FROM
+        """Write one loop iteration's changes in one transaction: new tasks first (transitions
+        name them), then one table after the other. Result files are written before it."""
+        rows = _task_rows(batch)
+        results = [
+            self._result_row(o.task, o.result)
+            for o in batch.outcomes
+            if o.ok and o.result is not None
         ]
-        results = []
-        for o in batch.outcomes:
-            if o.ok and o.result is not None:
-                results.append(self._result_row(o.task, o.result))
         with self._tx():
             c = self.conn
             for plan, origin in batch.plans:  # new tasks first: transitions name them
                 self._insert_plan(plan, origin)
-            if batch.aliases:
-                c.executemany(
-                    "UPDATE tasks SET alias=? WHERE id=?", [(b, a) for a, b in batch.aliases]
-                )
-            if batch.options:
-                c.executemany(
-                    "UPDATE tasks SET options=? WHERE id=?",
-                    [(options_json(o), t) for t, o in batch.options],
-                )
-            if batch.gates:
-                c.executemany(
-                    "UPDATE tasks SET gate=? WHERE id=?",
-                    [(json.dumps({"gate": list(g), "first": f}), t) for t, g, f in batch.gates],
-                )
-            if batch.rules:
-                c.executemany(
-                    "INSERT INTO rules(label, trigger, calls, errors, seconds, slowest,"
-                    " last_error, memory, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT(label) DO UPDATE SET calls=excluded.calls,"
-                    " errors=excluded.errors, seconds=excluded.seconds, slowest=excluded.slowest,"
-                    " last_error=excluded.last_error, memory=excluded.memory,"
-                    " payload=COALESCE(excluded.payload, rules.payload)",
-                    batch.rules,
-                )
-            if batch.answers:
-                c.executemany(
-                    "UPDATE requests SET taken=?, answer=? WHERE id=?",
-                    [(now, answer, rid) for rid, now, answer in batch.answers],
-                )
-            if ts:
-                c.executemany(
-                    "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    [
-                        (
-                            t.task,
-                            t.attempt,
-                            NAMES[t.old] if t.old else None,
-                            NAMES[t.new],
-                            t.time,
-                            t.reason,
-                            t.cause,
-                        )
-                        for t in ts
-                    ],
-                )
-                c.executemany(
-                    "UPDATE tasks SET state=?, attempts=?, reason=?, updated=? WHERE id=?",
-                    rows,
-                )
-            if batch.dispatched:
-                c.executemany(
-                    "INSERT OR REPLACE INTO attempts(task, attempt, placement, dispatched)"
-                    " VALUES (?,?,?,?)",
-                    [(t, a, placement_json(p), now) for t, a, p, now in batch.dispatched],
-                )
-            if batch.outcomes:
-                c.executemany(
-                    "UPDATE attempts SET started=?, ended=?, outcome=?, kind=?, exit_code=?,"
-                    " error=?, worker=? WHERE task=? AND attempt=?",
-                    [
-                        (
-                            o.started,
-                            o.ended,
-                            "succeeded" if o.ok else "returned" if o.returned else "failed",
-                            o.kind or None,
-                            o.exit_code,
-                            o.error or None,
-                            o.worker,
-                            o.task,
-                            o.attempt,
-                        )
-                        for o in batch.outcomes
-                    ],
-                )
-            if results:
-                c.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?)", results)
+            _write_tasks(c, batch)
+            _write_rules(c, batch)
+            _write_requests(c, batch)
+            _write_transitions(c, batch, rows)
+            _write_attempts(c, batch)
+            _write_results(c, results)
 
     def _result_row(self, task: int, data: bytes) -> tuple[int, bytes | None, str | None, int]:
         if len(data) <= self.INLINE:
@@ -601,3 +519,128 @@ class _Tx:
                 f"writing to {self.path} failed ({err}); the last change was rolled back, the "
                 f"database is intact.{hint}"
             ) from err
+
+
+# -- the tables of the per-iteration transaction, in the order Writer.commit writes them -------
+def _task_rows(batch: Batch) -> list[tuple[str, int, str | None, float, int]]:
+    """``(state, attempts, reason, updated, id)`` of the tasks whose row changes.
+
+    The task's row says where it stands for readers and resume: finished, running, retrying,
+    or waiting ("pending" covers ready and queued, which a resume recomputes anyway; the
+    transitions table has every step). Not writing the moves between the waiting states saves
+    two row updates per task, and the birth of a task that waits for others one more (its row
+    was inserted as "pending").
+    """
+    last: dict[int, Transition] = {}
+    for t in batch.born:  # their rows exist; the task's row may still need its state
+        last[t.task] = t
+    for t in batch.transitions:
+        last[t.task] = t
+    return [
+        (NAMES[t.new], t.attempt, t.reason, t.time, t.task)
+        for t in last.values()
+        if t.new not in QUIET or t.old not in QUIET_FROM
+    ]
+
+
+def _write_tasks(c: sqlite3.Connection, batch: Batch) -> None:
+    """What Responses and requests changed in the tasks' rows: aliases, options, gates."""
+    if batch.aliases:
+        c.executemany("UPDATE tasks SET alias=? WHERE id=?", [(b, a) for a, b in batch.aliases])
+    if batch.options:
+        c.executemany(
+            "UPDATE tasks SET options=? WHERE id=?",
+            [(options_json(o), t) for t, o in batch.options],
+        )
+    if batch.gates:
+        c.executemany(
+            "UPDATE tasks SET gate=? WHERE id=?",
+            [(json.dumps({"gate": list(g), "first": f}), t) for t, g, f in batch.gates],
+        )
+
+
+def _write_rules(c: sqlite3.Connection, batch: Batch) -> None:
+    if batch.rules:
+        c.executemany(
+            "INSERT INTO rules(label, trigger, calls, errors, seconds, slowest,"
+            " last_error, memory, position, payload) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(label) DO UPDATE SET calls=excluded.calls,"
+            " errors=excluded.errors, seconds=excluded.seconds, slowest=excluded.slowest,"
+            " last_error=excluded.last_error, memory=excluded.memory,"
+            " payload=COALESCE(excluded.payload, rules.payload)",
+            batch.rules,
+        )
+
+
+def _write_requests(c: sqlite3.Connection, batch: Batch) -> None:
+    """The driver's answers to control requests."""
+    if batch.answers:
+        c.executemany(
+            "UPDATE requests SET taken=?, answer=? WHERE id=?",
+            [(now, answer, rid) for rid, now, answer in batch.answers],
+        )
+
+
+def _write_transitions(
+    c: sqlite3.Connection, batch: Batch, rows: list[tuple[str, int, str | None, float, int]]
+) -> None:
+    """Every transition, and the task rows they move (``rows``: :func:`_task_rows`)."""
+    ts = batch.transitions
+    if ts:
+        c.executemany(
+            "INSERT INTO transitions(task, attempt, old, new, time, reason, event)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [
+                (
+                    t.task,
+                    t.attempt,
+                    NAMES[t.old] if t.old else None,
+                    NAMES[t.new],
+                    t.time,
+                    t.reason,
+                    t.cause,
+                )
+                for t in ts
+            ],
+        )
+        c.executemany(
+            "UPDATE tasks SET state=?, attempts=?, reason=?, updated=? WHERE id=?",
+            rows,
+        )
+
+
+def _write_attempts(c: sqlite3.Connection, batch: Batch) -> None:
+    """Attempts handed to a backend, then the outcomes of attempts that ended."""
+    if batch.dispatched:
+        c.executemany(
+            "INSERT OR REPLACE INTO attempts(task, attempt, placement, dispatched)"
+            " VALUES (?,?,?,?)",
+            [(t, a, placement_json(p), now) for t, a, p, now in batch.dispatched],
+        )
+    if batch.outcomes:
+        c.executemany(
+            "UPDATE attempts SET started=?, ended=?, outcome=?, kind=?, exit_code=?,"
+            " error=?, worker=? WHERE task=? AND attempt=?",
+            [
+                (
+                    o.started,
+                    o.ended,
+                    "succeeded" if o.ok else "returned" if o.returned else "failed",
+                    o.kind or None,
+                    o.exit_code,
+                    o.error or None,
+                    o.worker,
+                    o.task,
+                    o.attempt,
+                )
+                for o in batch.outcomes
+            ],
+        )
+
+
+def _write_results(
+    c: sqlite3.Connection, results: list[tuple[int, bytes | None, str | None, int]]
+) -> None:
+    """Results inline, or the path of their file (written before the transaction)."""
+    if results:
+        c.executemany("INSERT OR REPLACE INTO results VALUES (?,?,?,?)", results)

@@ -14,4 +14,14 @@ from shoal.runtime.steering.controller import SLOW, Controller, Event, Owner, Ta
 from shoal.runtime.steering.engine import Host, Steering
 from shoal.runtime.steering.groups import Group, Stream
 
-__all__ = ["SLOW", "Controller", "Event", "Group", "Host", "Owner", "Steering", "Stream", "TaskView"]
+__all__ = [
+    "SLOW",
+    "Controller",
+    "Event",
+    "Group",
+    "Host",
+    "Owner",
+    "Steering",
+    "Stream",
+    "TaskView",
+]

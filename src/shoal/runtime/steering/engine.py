@@ -51,7 +51,7 @@ from shoal.spec.task import Task, detached
 from shoal.store.pickles import loads
 
 if TYPE_CHECKING:
-    from shoal.spec.workflow import Record
+    from shoal.spec.lower import Record
 
 ALL = "*"  # the group of all tasks
 
