@@ -75,8 +75,8 @@ def w3_run(kind: str, tasks: list[tuple[float, int]], timeout: float | None) -> 
 
 
 def launch(kind: str, n: int, timeout: float | None) -> dict[str, float]:
-    from shoal.backends.dask import DaskBackend
     from shoal.backends.slurm import SlurmBackend
+    from shoal.backends.slurm.dask_workers import in_allocation
 
     with common.tempbase() as base:
         if kind == "command steps":
@@ -91,7 +91,7 @@ def launch(kind: str, n: int, timeout: float | None) -> dict[str, float]:
                     fn()
         if kind == "persistent workers":
             t_start = time.perf_counter()
-            backend: Any = DaskBackend.in_allocation(host="127.0.0.1")
+            backend: Any = in_allocation(host="127.0.0.1")
             ready = time.perf_counter() - t_start
         else:
             backend, ready = SlurmBackend(python="steps"), 0.0

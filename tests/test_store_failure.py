@@ -40,4 +40,4 @@ def test_failed_commit_ends_the_run_cleanly(base: Path, monkeypatch: pytest.Monk
     assert db.execute("SELECT value FROM meta WHERE key='state'").fetchone() == ('"crashed"',)
     # Nothing the run started is left running.
     children = psutil.Process(os.getpid()).children(recursive=True)
-    assert not [p for p in children if "shoal.backends.worker" in " ".join(p.cmdline())]
+    assert not [p for p in children if "shoal.backends.local.worker_main" in " ".join(p.cmdline())]

@@ -69,7 +69,7 @@ def test_a_killed_worker_is_a_lost_attempt_retried_by_policy(
     import threading
 
     import shoal
-    from shoal.backends import daskjob
+    from shoal.backends.dask import job as daskjob
     from shoal.store.queries import Reader
 
     backend = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)

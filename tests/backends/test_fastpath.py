@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.backends import worker
-from shoal.backends.wire import Wire
-from shoal.backends.zygote import launch
+from shoal.backends.local import worker_main as worker
+from shoal.backends.local.wire import Wire
+from shoal.backends.local.zygote import launch
 
 AROUND = 300  # tiny tasks before and after the one that matters
 
@@ -183,7 +183,9 @@ def test_a_queued_task_whose_inputs_cannot_be_prepared_fails_when_its_turn_comes
 def _worker() -> tuple[subprocess.Popen[bytes], Wire]:
     ours, theirs = socket.socketpair()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = launch([sys.executable], "shoal.backends.worker", theirs.fileno(), [], env, 1, 2)
+    proc = launch(
+        [sys.executable], "shoal.backends.local.worker_main", theirs.fileno(), [], env, 1, 2
+    )
     theirs.close()
     conn = Wire(ours.detach())
     assert pickle.loads(conn.recv_bytes()) == ("ready",)
@@ -225,7 +227,9 @@ def test_the_marker_names_the_task_executing(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     args = [repr(worker.HOLD), repr(worker.COMMAND_HOLD), str(marker)]
-    proc = launch([sys.executable], "shoal.backends.worker", theirs.fileno(), args, env, 1, 2)
+    proc = launch(
+        [sys.executable], "shoal.backends.local.worker_main", theirs.fileno(), args, env, 1, 2
+    )
     theirs.close()
     conn = Wire(ours.detach())
     import cloudpickle

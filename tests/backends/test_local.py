@@ -392,7 +392,7 @@ def test_a_booted_fork_server_writes_to_the_run_directory(rundir: Path) -> None:
 
 def _zygotes() -> list[psutil.Process]:
     me = psutil.Process()
-    return [p for p in me.children() if "shoal.backends.zygote" in " ".join(p.cmdline())]
+    return [p for p in me.children() if "shoal.backends.local.zygote" in " ".join(p.cmdline())]
 
 
 def test_a_refused_workflow_leaves_no_fork_server(tmp_path: Path) -> None:

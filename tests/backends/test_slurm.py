@@ -224,7 +224,7 @@ def test_a_step_refused_for_a_passing_reason_is_tried_again(
     import shutil
     import time
 
-    import shoal.backends.slurm as slurm_module
+    import shoal.backends.slurm.steps as slurm_module
 
     real = shutil.which("srun")
     fake = tmp_path / "bin" / "srun"
@@ -282,10 +282,10 @@ def test_the_worker_pool_is_private_and_survives_losing_its_step(
     import time
 
     distributed = pytest.importorskip("distributed")
-    from shoal.backends.dask import DaskBackend
+    from shoal.backends.slurm.dask_workers import in_allocation
 
     before = set(glob.glob("/tmp/shoal-dask-*"))
-    b = DaskBackend.in_allocation(allocation, overlap=True, folder=tmp_path / "dask")
+    b = in_allocation(allocation, overlap=True, folder=tmp_path / "dask")
     try:
         b.start(tmp_path)
         address = b.client.scheduler.address

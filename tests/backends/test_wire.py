@@ -10,7 +10,7 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from shoal.backends.wire import Wire
+from shoal.backends.local.wire import Wire
 
 SIZES = [0, 1, 16383, 16384, 5 * (1 << 20)]  # empty, tiny, around one write, many reads
 

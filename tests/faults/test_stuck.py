@@ -21,7 +21,7 @@ import pytest
 
 import shoal
 from shoal.backends.local import LocalBackend
-from shoal.backends.zygote import Zygote
+from shoal.backends.local.zygote import Zygote
 
 SAFETY = 90.0  # seconds after which the helper thread lets the stopped process go on
 

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job, job_command
+from shoal.backends.env import gpu_vars
 from shoal.backends.execute import attempt_vars
+from shoal.backends.processes import python_reply
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
-
-GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
+from shoal.spec.kinds import Failure
 
 
 def jobspec(
@@ -81,6 +82,10 @@ def jobspec(
     }
 
 
+# Flux's exception types that end a job, as failure kinds (any other: the job was lost)
+_EXCEPTIONS = {"cancel": Failure.CANCELLED, "timeout": Failure.TIMEOUT}
+
+
 def outcome(
     task: int, attempt: int, events: Sequence[tuple[str, float, dict[str, Any]]]
 ) -> Outcome | None:
@@ -92,9 +97,9 @@ def outcome(
         if name == "start":
             started = ts
         elif name == "exception" and int(ctx.get("severity", 0)) == 0:
-            kind = {"cancel": "cancelled", "timeout": "timeout"}.get(ctx.get("type", ""), "lost")
+            kind = _EXCEPTIONS.get(ctx.get("type", ""), Failure.LOST)
             note = ctx.get("note") or ctx.get("type") or "a Flux job exception"
-            if kind == "timeout" or kind == "cancelled":
+            if kind == Failure.TIMEOUT or kind == Failure.CANCELLED:
                 return Outcome(task, attempt, False, started, ts, kind, str(note))
             return Outcome(task, attempt, False, started, ts, kind, f"Flux: {note}")
         elif name == "finish":
@@ -109,13 +114,20 @@ def outcome(
                     False,
                     started,
                     ts,
-                    "crash",
+                    Failure.CRASH,
                     f"the job was killed by signal {sig}",
                     -sig,
                 )
             code = status >> 8
             return Outcome(
-                task, attempt, False, started, ts, "exit", f"the job exited with code {code}", code
+                task,
+                attempt,
+                False,
+                started,
+                ts,
+                Failure.EXIT,
+                f"the job exited with code {code}",
+                code,
             )
     return None
 
@@ -133,10 +145,8 @@ def resource_set(rset: Any) -> dict[str, Any]:
 
 def finish(job: Job, o: Outcome) -> Outcome:
     """Add what the job left in its folder: a Python task's reply, a command's output."""
-    if job.kind == "python" and o.kind in ("", "exit"):
-        from shoal.backends.processes import _python_reply
-
-        return _python_reply(job, o.exit_code or 0, o.started or 0.0, o.ended or 0.0)
+    if job.kind == "python" and o.kind in ("", Failure.EXIT):
+        return python_reply(job, o.exit_code or 0, o.started or 0.0, o.ended or 0.0)
     if o.ok:
         stdout = Path(job.folder) / "stdout"
         text = stdout.read_bytes()[: 1 << 20].decode(errors="replace") if stdout.exists() else ""
@@ -257,8 +267,7 @@ class FluxBackend(Backend):
     def submit(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             command = job_command(job, self.functions, self.python)
-            gpus = ",".join(str(g) for g in job.placement.gpus)
-            env = {**os.environ, **job.env, **{v: gpus for v in GPU_VARS}}
+            env = {**os.environ, **job.env, **gpu_vars(job.placement.gpus)}
             env.update(attempt_vars(job.task, job.attempt, job.folder))
             Path(job.folder).mkdir(parents=True, exist_ok=True)
             spec = self._flux.job.JobspecV1(**jobspec(job, command, self.hosts, env))

@@ -1,6 +1,7 @@
 """Child processes of the driver: isolated Python tasks and MPI launches (the local backend),
 and the steps of the Slurm backend. Single-rank local commands are started by the workers
-instead (``worker.py``): there, their starts do not wait for the driver's interpreter lock.
+instead (``local/worker_main.py``): there, their starts do not wait for the driver's
+interpreter lock.
 
 Each slot's processes run in a *chain*: one thread starts a process, waits for it, reports the
 outcome, and starts the next job queued behind it on the same slot (jobs with ``after``),
@@ -38,6 +39,7 @@ from pathlib import Path
 from shoal.backends.base import Job
 from shoal.backends.execute import GRACE, command_reply, describe_exit, killpg, start_error, tail
 from shoal.core.events import Outcome
+from shoal.spec.kinds import Failure
 
 HOLD = 0.004  # seconds an outcome may wait for others to share the driver's wake-up
 
@@ -82,7 +84,9 @@ class _Spool:
             path.unlink(missing_ok=True)
 
 
-class _Chain:
+class Chain:
+    """The jobs of one slot, run one after another by one thread (see the module's doc)."""
+
     __slots__ = ("cancelled", "current", "done", "jobs", "proc", "spool")
 
     def __init__(self, job: Job) -> None:
@@ -115,11 +119,11 @@ class Processes:
         self.home = home
         self.wake = wake
         self.lock = threading.Lock()
-        self.chain_of: dict[int, _Chain] = {}  # task id -> the chain that has it
+        self.chain_of: dict[int, Chain] = {}  # task id -> the chain that has it
         self.spools: list[_Spool] = []  # idle spools, reused by the next chain
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="shoal-chain")
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.chains: list[_Chain] = []
+        self.chains: list[Chain] = []
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.first_held: float | None = None  # monotonic time of the oldest held outcome
         self.holds = 0  # holds begun so far: the watch thread wakes the driver once for each
@@ -137,7 +141,7 @@ class Processes:
                     chain.jobs.append(job)
                     self.chain_of[job.task] = chain
                     return
-            chain = _Chain(job)
+            chain = Chain(job)
             self.chain_of[job.task] = chain
             self.chains.append(chain)
         self.pool.submit(self._run, chain)
@@ -161,7 +165,7 @@ class Processes:
                     now = time.time()
                     self.outcomes.put(
                         Outcome.unstarted(
-                            task, attempt, now, "cancelled", "cancelled before it started"
+                            task, attempt, now, Failure.CANCELLED, "cancelled before it started"
                         )
                     )
                     self.wake()
@@ -215,7 +219,7 @@ class Processes:
             os.close(self.devnull)
 
     # -- the chain thread -------------------------------------------------------------------
-    def _run(self, chain: _Chain) -> None:
+    def _run(self, chain: Chain) -> None:
         with self.lock:
             chain.spool = self.spools.pop() if self.spools else None
         if chain.spool is None:
@@ -231,10 +235,10 @@ class Processes:
                 chain.current = job
                 chain.cancelled = False
             try:
-                outcome = self._one(chain, job)
+                outcome = self.run_one(chain, job)
             except Exception as e:  # a bug here must not leave the task running forever
                 why = f"the process runner failed: {type(e).__name__}: {e}"
-                outcome = Outcome.unstarted(job.task, job.attempt, time.time(), "error", why)
+                outcome = Outcome.unstarted(job.task, job.attempt, time.time(), Failure.ERROR, why)
             with self.lock:
                 chain.current = None
                 chain.proc = None
@@ -253,7 +257,9 @@ class Processes:
             if not hold:
                 self.wake()
 
-    def _one(self, chain: _Chain, job: Job) -> Outcome:
+    def run_one(self, chain: Chain, job: Job) -> Outcome:
+        """Start ``job``'s process, wait for it and read its outcome (a subclass may try
+        again, see slurm/steps.py)."""
         started = time.time()
         spool = chain.spool
         assert spool is not None
@@ -276,10 +282,12 @@ class Processes:
                     os.sched_setaffinity(0, self.home)
         except OSError as e:
             msg = start_error(e, job.argv, job.workdir)
-            return Outcome(job.task, job.attempt, False, started, time.time(), "exit", msg, 127)
+            return Outcome(
+                job.task, job.attempt, False, started, time.time(), Failure.EXIT, msg, 127
+            )
         except Exception as e:  # anything else must still come back as this task's failure
             msg = f"cannot start the process: {type(e).__name__}: {e}"
-            return Outcome(job.task, job.attempt, False, started, time.time(), "error", msg)
+            return Outcome(job.task, job.attempt, False, started, time.time(), Failure.ERROR, msg)
         if self.guard is not None:
             self.guard("watch", proc.pid)
         with self.lock:
@@ -293,7 +301,7 @@ class Processes:
         ended = time.time()
         printed = spool.keep(job.taskdir)
         if job.kind == "python":
-            return _python_reply(job, code, started, ended)
+            return python_reply(job, code, started, ended)
         ok, value, kind, msg, _, _, code = command_reply(
             job.argv, code, job.folder, 0 if printed else -1, started, ended
         )
@@ -307,7 +315,9 @@ class Processes:
         timer.start()
 
 
-def _python_reply(job: Job, code: int, started: float, ended: float) -> Outcome:
+def python_reply(job: Job, code: int, started: float, ended: float) -> Outcome:
+    """The outcome of an isolated Python task's process that ended with ``code``: the reply it
+    wrote (``TASKDIR/reply.pkl``, see isolated.py), or a failure that says how it ended."""
     path = job.taskdir / "reply.pkl"
     if path.exists():
         with open(path, "rb") as fh:

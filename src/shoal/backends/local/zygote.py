@@ -2,7 +2,7 @@
 
 Starting a Python interpreter and importing what a worker needs takes about 100 ms of CPU on a
 small machine, and a node of 128 cores wants 128 workers at once. So the local backend starts
-this process once, as ``python -m shoal.backends.zygote FD``; it imports the worker's code and
+this process once, as ``python -m shoal.backends.local.zygote FD``; it imports the worker's code and
 then forks a worker whenever the driver asks, in about a millisecond. It is single-threaded,
 so forking it is safe (the driver, with its threads, never forks).
 
@@ -10,7 +10,7 @@ For a run without Python tasks it starts without ``site`` (``python -S``; the dr
 path comes in PYTHONPATH): that is a third of an interpreter's start here, and commands never
 need it. Should Python tasks come after all (added while the run goes on), site-packages (.pth
 files, sitecustomize) are read before they run: by the zygote before it forks a worker for
-them, or by a worker forked before that, before its first Python task (``worker.load_site``).
+them, or by a worker forked before that, before its first Python task (``worker_main.load_site``).
 Such a process keeps ``sys.flags.no_site`` set, so a ``multiprocessing`` child it spawns starts
 with -S too; runs with Python tasks from the start never use -S.
 
@@ -47,7 +47,6 @@ import socket
 import sys
 import time
 
-from shoal.backends import worker
 from shoal.backends.execute import (
     GRACE,
     PR_SET_CHILD_SUBREAPER,
@@ -56,6 +55,7 @@ from shoal.backends.execute import (
     leader,
     subreaper,
 )
+from shoal.backends.local import worker_main
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ def _child(
         os.environ.update(env)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        worker.REAPING = LIBC is not None and LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        worker.main([str(fd), *argv])
+        worker_main.REAPING = (
+            LIBC is not None and LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        )
+        worker_main.main([str(fd), *argv])
     except BaseException:  # report, never return into the zygote's loop
         with contextlib.suppress(Exception):
             import traceback
@@ -145,7 +147,7 @@ def _orphaned(workers: set[int], watched: set[int]) -> None:
 
 def _preload() -> None:
     """What Python tasks need: site-packages, and cloudpickle (functions sent by value)."""
-    worker.load_site()
+    worker_main.load_site()
     import cloudpickle  # noqa: F401
 
 
@@ -166,7 +168,7 @@ def main(argv: list[str]) -> None:
         import ctypes
 
         LIBC = ctypes.CDLL(None, use_errno=True)
-    worker.SITE_PENDING = bool(sys.flags.no_site)
+    worker_main.SITE_PENDING = bool(sys.flags.no_site)
     sock = socket.socket(fileno=int(argv[0]))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
@@ -324,7 +326,9 @@ class Zygote:
         line = [python] if site else [python, "-S"]
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log else 2
         try:
-            self.proc = launch(line, "shoal.backends.zygote", theirs.fileno(), [], env, out, out)
+            self.proc = launch(
+                line, "shoal.backends.local.zygote", theirs.fileno(), [], env, out, out
+            )
         finally:
             if log:
                 os.close(out)
@@ -393,9 +397,9 @@ class Zygote:
                 f._pid = msg[2]
                 self.by_pid[msg[2]] = f
             elif msg[0] == "exit":
-                f = self.by_pid.pop(msg[1], None)
-                if f is not None:
-                    f.returncode = msg[2]
+                ended = self.by_pid.pop(msg[1], None)
+                if ended is not None:
+                    ended.returncode = msg[2]
 
     def stuck(self, why: str) -> None:
         """It does not answer (stopped, or hung): kill it, so that nothing waits on it for

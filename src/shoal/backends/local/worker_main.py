@@ -1,6 +1,6 @@
 """A persistent worker process: runs tasks one after another, no interpreter start each.
 
-Started by the local backend as ``python -m shoal.backends.worker FD [HOLD COMMAND_HOLD
+Started by the local backend as ``python -m shoal.backends.local.worker_main FD [HOLD COMMAND_HOLD
 [PIDFILE]]``, or forked by the zygote with the same arguments, it talks to the driver over
 one socket (``wire.Wire``). Messages in:
 
@@ -64,7 +64,7 @@ from shoal.backends.execute import (
     pin,
     start_error,
 )
-from shoal.backends.wire import Wire
+from shoal.backends.local.wire import Wire
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -495,13 +495,14 @@ def main(argv: list[str]) -> None:
     # worker's death from the driver for as long as the command runs.
     os.set_inheritable(fd, False)
     conn = Wire(fd)
-    holds = [float(a) for a in argv[1:3]]
+    hold = float(argv[1]) if len(argv) > 1 else HOLD
+    command_hold = float(argv[2]) if len(argv) > 2 else COMMAND_HOLD
     pidfile = argv[3] if len(argv) > 3 else None
     if not REAPING:  # started directly, not forked by the zygote (which did it already)
         execute.subreaper()
     conn.send_bytes(pickle.dumps(("ready",)))
     try:  # noqa: SIM105 - contextlib is one import more at a worker's start
-        Worker(conn, *holds, pidfile=pidfile).run()
+        Worker(conn, hold, command_hold, pidfile=pidfile).run()
     except _Stop:
         pass
     # What its tasks started and left running (a daemon, a double fork: given to this

@@ -25,7 +25,7 @@ Python tasks run in the worker's threads (their function is sent to each worker 
 a process of their own when they need an environment of their own (``env=``, GPUs, several
 cores: ``OMP_NUM_THREADS`` is per process); commands run as child processes of the worker.
 
-Stopping an attempt (cancel, timeout) asks its worker what it executes (``daskjob.claim``):
+Stopping an attempt (cancel, timeout) asks its worker what it executes (``job.claim``):
 a process is stopped by its process group (SIGTERM, SIGKILL 3 s later) and reports its own
 end; an attempt that has not begun never does (a job the core has queued is reported
 cancelled, one the core counts as started comes back unstarted, so that its clock, which ran
@@ -39,24 +39,23 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shoal.backends.base import Backend, Job
+from shoal.backends.env import gpu_vars, thread_vars
 from shoal.backends.execute import attempt_vars
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
+from shoal.spec.kinds import Failure
 
-GPU_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "ZE_AFFINITY_MASK")
 LOST = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
 ASK = 10.0  # seconds a worker has to answer ``claim`` before it is taken for gone
-REVIVALS = 5  # times a worker step of in_allocation is started again after it ended
 
 
 def _imports() -> Any:
@@ -81,6 +80,49 @@ def worker_nodes(info: dict[str, Any]) -> list[Node]:
             Node(str(w.get("name", addr)), tuple(range(cores)), tuple(range(gpus)), memory)
         )
     return nodes
+
+
+def _connect(
+    distributed: Any,
+    address: str | None,
+    scheduler_file: str | None,
+    cluster: Any,
+    timeout: float,
+    security: Any,
+) -> Any:
+    """A client of the scheduler of ``cluster``, at ``address`` (or ``SHOAL_DASK_ADDRESS``) or
+    named by ``scheduler_file``."""
+    address = address or os.environ.get("SHOAL_DASK_ADDRESS")
+    if cluster is not None:
+        return distributed.Client(cluster)
+    if address or scheduler_file:
+        try:
+            return distributed.Client(
+                address,
+                scheduler_file=scheduler_file,
+                timeout=timeout,
+                security=security,
+            )
+        except (OSError, TimeoutError) as err:
+            raise BackendError(
+                f"cannot reach the Dask scheduler at {address or scheduler_file}: {err}"
+            ) from None
+    raise BackendError(
+        "the Dask backend needs a scheduler: DaskBackend(address='tcp://host:8786'), "
+        "scheduler_file=, cluster= (e.g. a LocalCluster) or client=, or "
+        "SHOAL_DASK_ADDRESS"
+    )
+
+
+class Spawned(Protocol):
+    """The processes of a cluster that shoal started for this backend (its scheduler and
+    workers, e.g. as Slurm steps: slurm/dask_workers.py), looked after while it runs."""
+
+    def revive(self, say: Callable[[str], None]) -> None:
+        """Start again those that ended, saying so with ``say``."""
+
+    def stop(self) -> None:
+        """Stop them all (the backend closes)."""
 
 
 def _set_allowed_failures(dask_scheduler: Any, value: int = 0) -> int:
@@ -138,42 +180,12 @@ class DaskBackend(Backend):
         security: Any = None,
     ) -> None:
         distributed = _imports()
-        address = address or os.environ.get("SHOAL_DASK_ADDRESS")
+        self._own_client = client is None
         if client is None:
-            if cluster is not None:
-                client = distributed.Client(cluster)
-            elif address or scheduler_file:
-                try:
-                    client = distributed.Client(
-                        address,
-                        scheduler_file=scheduler_file,
-                        timeout=timeout,
-                        security=security,
-                    )
-                except (OSError, TimeoutError) as err:
-                    raise BackendError(
-                        f"cannot reach the Dask scheduler at {address or scheduler_file}: {err}"
-                    ) from None
-            else:
-                raise BackendError(
-                    "the Dask backend needs a scheduler: DaskBackend(address='tcp://host:8786'), "
-                    "scheduler_file=, cluster= (e.g. a LocalCluster) or client=, or "
-                    "SHOAL_DASK_ADDRESS"
-                )
-            self._own_client = True
-        else:
-            self._own_client = False
+            client = _connect(distributed, address, scheduler_file, cluster, timeout, security)
         self.client = client
         if wait_for:
-            try:
-                client.wait_for_workers(wait_for, timeout=timeout)
-            except Exception as err:
-                if self._own_client:
-                    client.close()
-                raise BackendError(
-                    f"the Dask cluster has fewer than {wait_for} workers after {timeout:g} s "
-                    f"({type(err).__name__}); start workers (or scale the cluster) first"
-                ) from None
+            self._wait_for(wait_for, timeout)
         info = client.scheduler_info()
         self._nodes = worker_nodes(info)
         if not self._nodes:
@@ -183,40 +195,17 @@ class DaskBackend(Backend):
         self.python = python  # the workers' interpreter, for tasks in their own process
         self.functions: dict[int, bytes] = {}
         self._scattered: dict[int, Any] = {}
-        self.futures: dict[tuple[int, int], Any] = {}
-        self.jobs: dict[tuple[int, int], Job] = {}
-        self.bound: dict[tuple[int, int], str] = {}  # the worker address each was sent to
-        self.done: set[tuple[int, int]] = set()  # reported already (stopped, returned, lost)
-        self.claimed: dict[tuple[int, int], bool] = {}  # stopped before it began: queued?
-        self.outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self.lock = threading.RLock()
-        self.addr: dict[str, str] = {}  # worker name -> its address now (absent: away)
-        self.dead: set[str] = set()  # addresses of workers that ended: never send there
-        self.missing: dict[str, float] = {}  # worker name -> since when it is away
-        self.waiting: dict[str, list[Job]] = {}  # jobs for a worker that is away
-        self._refresh(info)
-        self._checked = time.monotonic()
+        self._attempts()
+        self._follow_workers(info)
         self.rundir: Path | None = None
         self._notes: list[str] = []
         self._said: set[str] = set()
-        self._procs: list[Any] = []
-        self._spawn: dict[str, tuple[list[str], Any, dict[str, str]]] = {}  # in_allocation
-        self._revived: dict[str, int] = {}
-        self._folder: Path | None = None  # in_allocation: what to remove on close
-        self._log: Path | str = "dask.log"  # in_allocation: the scheduler's and workers' log
-        # task -> its attempt submitted whose outcome is not reported yet
-        self.open: dict[int, int] = {}
-        # follower (task, attempt) -> the leader's (task, attempt) it was queued behind: a
-        # task id alone would confuse a leader's retry with the attempt the follower followed
-        self.leader: dict[tuple[int, int], tuple[int, int]] = {}
-        self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
+        self.spawned: Spawned | None = None  # what started the cluster's processes, if shoal did
         self.completed = distributed.as_completed([], with_results=True, raise_errors=False)
         self.wakeup = threading.Event()
         self.closing = False
         self.collector = threading.Thread(target=self._collect, name="shoal-dask", daemon=True)
         self.collector.start()
-        # leader (task, attempt) -> followers' outcomes waiting for the leader's
-        self.held: dict[tuple[int, int], list[tuple[Job, Outcome]]] = {}
         self._allowed = client.run_on_scheduler(_set_allowed_failures)
         if self._allowed:
             self._notes.append(
@@ -230,144 +219,50 @@ class DaskBackend(Backend):
                 "as it has threads (start workers with --resources cores=N,gpus=G)"
             )
 
-    @classmethod
-    def in_allocation(
-        cls,
-        job: str | None = None,
-        *,
-        host: str | None = None,
-        python: str = sys.executable,
-        timeout: float = 120.0,
-        overlap: bool = False,
-        folder: Path | None = None,
-        **options: Any,
-    ) -> DaskBackend:
-        """Persistent Dask workers inside the Slurm allocation the driver runs in: a scheduler
-        here, and one worker per node started as a job step (``srun``), holding all of the
-        node's cores and GPUs. Python tasks then start in microseconds instead of paying an
-        interpreter per task; commands run as child processes of the workers. ``overlap``
-        starts the worker steps with ``--overlap``, so that job steps can still be created
-        beside them (the Slurm backend does this for its Python tasks).
-
-        The scheduler and the workers listen on loopback when the allocation is this one node,
-        else on this node's address (``host``), never on every interface, and speak TLS with
-        a key made for this run: nobody without it can connect. Their log, the scheduler file
-        and the key are in ``folder`` (the run directory's ``dask/``; a temporary folder,
-        removed on close, when none is given). A worker step that ends is started again, up to
-        REVIVALS times per node. Everything is stopped when the backend closes."""
-        import socket
-        import subprocess
-        import tempfile
-
-        from shoal.backends import slurm
-
-        job = job or os.environ.get("SLURM_JOB_ID")
-        if not job:
-            raise BackendError("DaskBackend.in_allocation runs inside a Slurm allocation")
-        nodes = slurm.allocation(job)
-        temporary = folder is None
-        folder = Path(tempfile.mkdtemp(prefix="shoal-dask-")) if folder is None else folder
-        folder.mkdir(parents=True, exist_ok=True)
-        sfile = folder / "scheduler.json"
-        sfile.unlink(missing_ok=True)
-        single = len(nodes) == 1 and nodes[0].name in (socket.gethostname(), "localhost")
-        if host is None:
-            host = "127.0.0.1" if single else socket.gethostbyname(socket.gethostname())
-        sec, tls = security(folder / "tls")
-        procs: list[subprocess.Popen[bytes]] = []
-        from shoal.backends.local import _python_path
-
-        env = {**os.environ, "PYTHONPATH": _python_path()}  # the driver's modules import there
-        log = open(folder / "dask.log", "ab")  # noqa: SIM115 - the processes write to it
-        procs.append(
-            subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "distributed.cli.dask_scheduler",
-                    "--host",
-                    host,
-                    "--port",
-                    "0",
-                    "--protocol",
-                    "tls",
-                    *tls,
-                    "--scheduler-file",
-                    str(sfile),
-                    "--no-dashboard",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        )
-        spawn: dict[str, tuple[list[str], Any, dict[str, str]]] = {}
-        for n in nodes:
-            resources = f"cores={len(n.cores)},gpus={len(n.gpus)}"
-            # the worker binds to this address on its node: loopback on a single node, else
-            # the node's own name (resolved there), never every interface
-            where = "127.0.0.1" if single else n.name
-            argv = [
-                "srun",
-                f"--jobid={job}",
-                "--overlap" if overlap else "--exact",
-                "-N1",
-                "-n1",
-                f"--cpus-per-task={len(n.cores)}",
-                f"--nodelist={n.name}",
-                f"--job-name=shoal-dask-{n.name}",
-                python,
-                "-m",
-                "distributed.cli.dask_worker",
-                "--scheduler-file",
-                str(sfile),
-                "--host",
-                where,
-                "--protocol",
-                "tls",
-                *tls,
-                "--name",
-                n.name,
-                "--nthreads",
-                str(len(n.cores)),
-                "--resources",
-                resources,
-                "--no-dashboard",
-            ]
-            spawn[n.name] = (argv, log, env)
-            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env))
-
-        def stop() -> None:
-            for p in procs:
-                p.terminate()
-            if temporary:
-                shutil.rmtree(folder, ignore_errors=True)
-
-        deadline = time.monotonic() + timeout
-        while not sfile.exists():
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                stop()
-                raise BackendError(f"the Dask scheduler did not start; see {folder / 'dask.log'}")
-            time.sleep(0.05)
+    def _wait_for(self, workers: int, timeout: float) -> None:
+        """Wait until the cluster has ``workers`` workers; closing a client of its own if not."""
         try:
-            backend = cls(
-                scheduler_file=str(sfile),
-                wait_for=len(nodes),
-                timeout=timeout,
-                python=python,
-                security=sec,
-                **options,
-            )
-        except BaseException:
-            stop()
+            self.client.wait_for_workers(workers, timeout=timeout)
+        except Exception as err:
+            if self._own_client:
+                self.client.close()
             raise BackendError(
-                f"the Dask workers did not join the scheduler; see {folder / 'dask.log'}"
+                f"the Dask cluster has fewer than {workers} workers after {timeout:g} s "
+                f"({type(err).__name__}); start workers (or scale the cluster) first"
             ) from None
-        backend._procs = procs
-        backend._spawn = spawn
-        backend._folder = folder if temporary else None
-        backend._log = folder / "dask.log"
-        return backend
+
+    def _attempts(self) -> None:
+        """The bookkeeping of attempts sent to Dask (guarded by ``lock``)."""
+        self.futures: dict[tuple[int, int], Any] = {}
+        self.jobs: dict[tuple[int, int], Job] = {}
+        self.bound: dict[tuple[int, int], str] = {}  # the worker address each was sent to
+        self.done: set[tuple[int, int]] = set()  # reported already (stopped, returned, lost)
+        self.claimed: dict[tuple[int, int], bool] = {}  # stopped before it began: queued?
+        self.outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.lock = threading.RLock()
+        # task -> its attempt submitted whose outcome is not reported yet
+        self.open: dict[int, int] = {}
+        # follower (task, attempt) -> the leader's (task, attempt) it was queued behind: a
+        # task id alone would confuse a leader's retry with the attempt the follower followed
+        self.leader: dict[tuple[int, int], tuple[int, int]] = {}
+        self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
+        # leader (task, attempt) -> followers' outcomes waiting for the leader's
+        self.held: dict[tuple[int, int], list[tuple[Job, Outcome]]] = {}
+
+    def _follow_workers(self, info: dict[str, Any]) -> None:
+        """Which worker is where, from ``client.scheduler_info()`` (see the module's doc)."""
+        self.addr: dict[str, str] = {}  # worker name -> its address now (absent: away)
+        self.dead: set[str] = set()  # addresses of workers that ended: never send there
+        self.missing: dict[str, float] = {}  # worker name -> since when it is away
+        self.waiting: dict[str, list[Job]] = {}  # jobs for a worker that is away
+        self._refresh(info)
+        self._checked = time.monotonic()
+
+    def reorder(self, names: Sequence[str]) -> None:
+        """Put the nodes in the order of ``names`` (every worker's name, once): a backend that
+        hands its jobs to this one places them by its own node order."""
+        by_name = {n.name: n for n in self._nodes}
+        self._nodes = [by_name[name] for name in names]
 
     # -- contract ---------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -383,8 +278,6 @@ class DaskBackend(Backend):
         self.functions[function] = payload
 
     def submit(self, jobs: Sequence[Job]) -> None:
-        from shoal.backends import daskjob
-
         groups: dict[tuple[Any, ...], list[Job]] = {}
         with self.lock:  # before any is sent: a follower may come before its leader
             for job in jobs:
@@ -392,98 +285,120 @@ class DaskBackend(Backend):
             for job in jobs:
                 self._open(job)
         for job in jobs:
-            if job.ranks > 1 or len(job.placement.slots) > 1:
-                self._emit(
-                    job,
-                    Outcome.unstarted(
-                        job.task,
-                        job.attempt,
-                        time.time(),
-                        "error",
-                        "the Dask backend runs single-rank tasks on one worker; run MPI "
-                        "tasks with the Slurm backend (or locally)",
-                    ),
+            where = self._placed(job)
+            if where is not None:
+                groups.setdefault((job.kind, self._own(job), where, self._shape(job)), []).append(
+                    job
                 )
-                continue
-            node = self._node(job)
-            where: str | None = self.addr.get(node)
-            if where is None:
-                if not self._gone(node):  # away for now: wait for it to come back
-                    with self.lock:
-                        self.waiting.setdefault(node, []).append(job)
-                        self._open(job)
-                    continue
-                if job.placement.gpus:
-                    why = (
-                        f"its Dask worker {node} left and did not come back within "
-                        f"{self.grace:g} s, and its GPUs are nowhere else"
-                    )
-                    self._emit(job, self._lost(job.task, job.attempt, why), hold=False)
-                    continue
-                where = ""  # any worker: Dask's resource accounting keeps them within cores
-            resources = None
-            if self.declared:
-                resources = {"cores": len(job.placement.cores)}
-                if job.placement.gpus:
-                    resources["gpus"] = len(job.placement.gpus)
-            shape = tuple(sorted((resources or {}).items()))
-            own = job.kind == "python" and bool(
-                job.env or job.placement.gpus or job.isolate or job.cpus > 1
-            )
-            groups.setdefault((job.kind, own, where, shape), []).append(job)
         for (kind, own, where, res), batch in groups.items():
-            keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
-            common = {
-                "key": keys,
-                "workers": [where] if where else None,
-                "allow_other_workers": False,
-                "resources": dict(res) or None,
-                "pure": False,
-                "retries": 0,
-            }
-            if own:  # a Python task in a process of its own
-                futures = self.client.map(
-                    daskjob.isolated,
-                    keys,
-                    [self._function(j.function) for j in batch],
-                    [j.payload for j in batch],
-                    [self._env(j) for j in batch],
-                    [j.folder for j in batch],
-                    [self.python] * len(batch),
-                    **common,
-                )
-            elif kind == "python":
-                futures = self.client.map(
-                    daskjob.python,
-                    keys,
-                    [self._function(j.function) for j in batch],
-                    [j.payload for j in batch],
-                    [j.folder for j in batch],
-                    [j.task for j in batch],
-                    [j.attempt for j in batch],
-                    **common,
-                )
-            else:
-                futures = self.client.map(
-                    daskjob.command,
-                    keys,
-                    [j.argv for j in batch],
-                    [j.shell for j in batch],
-                    [j.workdir for j in batch],
-                    [self._env(j) for j in batch],
-                    [j.folder for j in batch],
-                    **common,
-                )
-            for job, fut in zip(batch, futures, strict=True):
-                ident = (job.task, job.attempt)
-                with self.lock:
-                    self.futures[ident] = fut
-                    self.jobs[ident] = job
-                    self.bound[ident] = where
-                    self._open(job)
-                self.idents[fut.key] = ident
-            self.completed.update(futures)  # results come back in batches, in one thread
-            self.wakeup.set()
+            self._send(kind, own, where, res, batch)
+
+    def _placed(self, job: Job) -> str | None:
+        """The address of the worker that ``job`` is sent to ("": any worker), or None when it
+        is not sent now: refused (several ranks or nodes), waiting for its worker to come back,
+        or lost with it (each reported or kept here)."""
+        if job.ranks > 1 or len(job.placement.slots) > 1:
+            why = (
+                "the Dask backend runs single-rank tasks on one worker; run MPI "
+                "tasks with the Slurm backend (or locally)"
+            )
+            self._emit(
+                job, Outcome.unstarted(job.task, job.attempt, time.time(), Failure.ERROR, why)
+            )
+            return None
+        node = self._node(job)
+        where = self.addr.get(node)
+        if where is not None:
+            return where
+        if not self._gone(node):  # away for now: wait for it to come back
+            with self.lock:
+                self.waiting.setdefault(node, []).append(job)
+                self._open(job)
+            return None
+        if job.placement.gpus:
+            why = (
+                f"its Dask worker {node} left and did not come back within "
+                f"{self.grace:g} s, and its GPUs are nowhere else"
+            )
+            self._emit(job, self._lost(job.task, job.attempt, why), hold=False)
+            return None
+        return ""  # any worker: Dask's resource accounting keeps them within cores
+
+    def _shape(self, job: Job) -> tuple[tuple[str, int], ...]:
+        """The Dask resources that ``job`` holds, when the workers declare them."""
+        if not self.declared:
+            return ()
+        resources = {"cores": len(job.placement.cores)}
+        if job.placement.gpus:
+            resources["gpus"] = len(job.placement.gpus)
+        return tuple(sorted(resources.items()))
+
+    def _send(
+        self, kind: str, own: bool, where: str, res: tuple[tuple[str, int], ...], batch: list[Job]
+    ) -> None:
+        """Send a batch of jobs of one kind, worker and resources with one ``client.map``."""
+        keys = [f"shoal-{j.task}-{j.attempt}-{id(j):x}" for j in batch]
+        common = {
+            "key": keys,
+            "workers": [where] if where else None,
+            "allow_other_workers": False,
+            "resources": dict(res) or None,
+            "pure": False,
+            "retries": 0,
+        }
+        futures = self._map(kind, own, keys, batch, common)
+        for job, fut in zip(batch, futures, strict=True):
+            ident = (job.task, job.attempt)
+            with self.lock:
+                self.futures[ident] = fut
+                self.jobs[ident] = job
+                self.bound[ident] = where
+                self._open(job)
+            self.idents[fut.key] = ident
+        self.completed.update(futures)  # results come back in batches, in one thread
+        self.wakeup.set()
+
+    def _map(
+        self, kind: str, own: bool, keys: list[str], batch: list[Job], common: dict[str, Any]
+    ) -> list[Any]:
+        """The futures of a batch: what job.py runs on the worker, mapped over the jobs."""
+        from shoal.backends.dask import job as daskjob
+
+        futures: list[Any]
+        if own:  # a Python task in a process of its own
+            futures = self.client.map(
+                daskjob.isolated,
+                keys,
+                [self._function(j.function) for j in batch],
+                [j.payload for j in batch],
+                [self._env(j) for j in batch],
+                [j.folder for j in batch],
+                [self.python] * len(batch),
+                **common,
+            )
+        elif kind == "python":
+            futures = self.client.map(
+                daskjob.python,
+                keys,
+                [self._function(j.function) for j in batch],
+                [j.payload for j in batch],
+                [j.folder for j in batch],
+                [j.task for j in batch],
+                [j.attempt for j in batch],
+                **common,
+            )
+        else:
+            futures = self.client.map(
+                daskjob.command,
+                keys,
+                [j.argv for j in batch],
+                [j.shell for j in batch],
+                [j.workdir for j in batch],
+                [self._env(j) for j in batch],
+                [j.folder for j in batch],
+                **common,
+            )
+        return futures
 
     def cancel(self, task: int, attempt: int) -> None:
         ident = (task, attempt)
@@ -532,7 +447,7 @@ class DaskBackend(Backend):
         return [first, *self._drain()]
 
     def close(self) -> None:
-        if self.closing and not self._own_client and not self._procs:
+        if self.closing and not self._own_client and self.spawned is None:
             return
         self.closing = True
         self.wakeup.set()
@@ -568,18 +483,9 @@ class DaskBackend(Backend):
             with contextlib.suppress(Exception):
                 self.client.close()
             self._own_client = False
-        for p in reversed(self._procs):  # what in_allocation started
-            p.terminate()
-        for p in self._procs:
-            try:
-                p.wait(10)
-            except Exception:
-                p.kill()
-        self._procs = []
-        self._spawn = {}
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        if self.spawned is not None:  # the cluster's processes, if shoal started them
+            self.spawned.stop()
+            self.spawned = None
         self.collector.join(2)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -647,18 +553,15 @@ class DaskBackend(Backend):
         return fut
 
     def _env(self, job: Job) -> dict[str, str]:
-        gpus = ",".join(str(g) for g in job.placement.gpus)
-        env = {v: gpus for v in GPU_VARS}
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(job.cpus)
+        env = {**gpu_vars(job.placement.gpus), **thread_vars(job.cpus)}
         env.update(job.env)  # the task's own environment wins, as locally
         env.update(attempt_vars(job.task, job.attempt, job.folder))
         return env
 
     def _claim(self, where: str, key: str, restart: bool = True) -> tuple[str, float | None]:
-        """Ask the worker at ``where`` to stop attempt ``key`` (daskjob.claim); ("gone", None)
+        """Ask the worker at ``where`` to stop attempt ``key`` (job.claim); ("gone", None)
         when it cannot be asked."""
-        from shoal.backends import daskjob
+        from shoal.backends.dask import job as daskjob
 
         if not where or where in self.dead:
             return "gone", None
@@ -690,7 +593,7 @@ class DaskBackend(Backend):
             job = self.jobs.get(target)
         if job is not None:
             why = "stopped: its Dask worker process was ended (a Python task in a thread)"
-            o = Outcome(target[0], target[1], False, started, now, "cancelled", why)
+            o = Outcome(target[0], target[1], False, started, now, Failure.CANCELLED, why)
             self._emit(job, o, hold=False)
         for (task, attempt), j in others:
             self._emit(j, self._returned(task, attempt), hold=False)
@@ -711,7 +614,7 @@ class DaskBackend(Backend):
         timeout that ran while Dask kept it waiting)."""
         if queued:
             o = Outcome.unstarted(
-                job.task, job.attempt, time.time(), "cancelled", "cancelled before it started"
+                job.task, job.attempt, time.time(), Failure.CANCELLED, "cancelled before it started"
             )
         else:
             o = self._returned(job.task, job.attempt)
@@ -749,7 +652,7 @@ class DaskBackend(Backend):
         return since is not None and time.monotonic() - since > self.grace
 
     def _finished(self, ident: tuple[int, int], fut: Any, value: Any) -> None:
-        from shoal.backends import daskjob
+        from shoal.backends.dask import job as daskjob
 
         with self.lock:
             self.futures.pop(ident, None)
@@ -765,7 +668,7 @@ class DaskBackend(Backend):
             return
         task, attempt = ident
         node = self._node(job)
-        if isinstance(value, tuple) and len(value) == 7:  # what daskjob returns
+        if isinstance(value, tuple) and len(value) == 7:  # what job.py returns
             ok, result, kind, error, started, ended, code = value
             if kind == daskjob.DROPPED:
                 self._stopped_unstarted(job, bool(queued))
@@ -787,7 +690,7 @@ class DaskBackend(Backend):
                     o = self._lost(task, attempt, f"worker {node} was lost ({what})")
             else:  # the worker could not run it (e.g. cannot import the task's module)
                 why = f"Dask worker {node} could not run the task: {what}"
-                o = Outcome.unstarted(task, attempt, time.time(), "error", why)
+                o = Outcome.unstarted(task, attempt, time.time(), Failure.ERROR, why)
         self._emit(job, o, hold=not o.returned)
 
     def _collect(self) -> None:
@@ -834,7 +737,7 @@ class DaskBackend(Backend):
 
     @staticmethod
     def _lost(task: int, attempt: int, why: str) -> Outcome:
-        return Outcome(task, attempt, False, None, time.time(), "lost", why)
+        return Outcome(task, attempt, False, None, time.time(), Failure.LOST, why)
 
     @staticmethod
     def _returned(task: int, attempt: int) -> Outcome:
@@ -846,7 +749,7 @@ class DaskBackend(Backend):
             self._notes.append(text)
 
     def _check_workers(self) -> None:
-        """Follow the workers: start again a worker step that ended (in_allocation); send the
+        """Follow the workers: start again a worker process that ended (``spawned``); send the
         jobs that wait for a worker once it is back; give back the jobs sent to an address
         that is gone before they began; after ``grace`` s away, send a worker's jobs to the
         others."""
@@ -854,7 +757,8 @@ class DaskBackend(Backend):
         if now - self._checked < (0.2 if self.waiting or self.missing else 1.0):
             return
         self._checked = now
-        self._revive()
+        if self.spawned is not None and not self.closing:
+            self.spawned.revive(self._say)
         try:
             info = self.client.scheduler_info()
         except Exception:
@@ -890,24 +794,3 @@ class DaskBackend(Backend):
                     if self.open.get(j.task) == j.attempt:
                         del self.open[j.task]
             self.submit(send)
-
-    def _revive(self) -> None:
-        """Start again a worker step of in_allocation that ended (the step was lost), so that
-        the tasks of its node have a worker again."""
-        import subprocess
-
-        if self.closing or not self._spawn:
-            return
-        for i, (name, (argv, log, env)) in enumerate(list(self._spawn.items()), start=1):
-            p = self._procs[i]
-            if p.poll() is None:
-                continue
-            n = self._revived.get(name, 0)
-            if n >= REVIVALS:
-                continue
-            self._revived[name] = n + 1
-            self._say(
-                f"the Dask worker step on {name} ended (exit {p.returncode}); shoal started it "
-                f"again (see {self._log})"
-            )
-            self._procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
