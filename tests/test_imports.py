@@ -1,17 +1,23 @@
-"""Dependencies point one way: cli -> runtime -> backends/store -> core -> spec.
+"""Dependencies point one way: cli -> runtime/config -> backends/store -> core -> spec.
 
-The test reads every module under ``src/shoal`` with ``ast`` and checks its module-level
-imports (statements at the top of the module, including those under a module-level ``if`` or
-``try``; not imports inside functions, which are deliberate late bindings, and not imports under
-``if TYPE_CHECKING:``, which never run). ``shoal.errors`` and ``shoal.lazy`` may be imported
-by every layer and import nothing of shoal. Nothing imports the cli. The core, the pure state
-machine, imports none of the modules that would let it touch the world or the clock; that check
-covers every import statement in the core, inside functions too.
+The test reads every module under ``src/shoal`` with ``ast`` and checks every import of a shoal
+module: at module level, inside functions, and under ``if TYPE_CHECKING:`` (a type-level
+import couples two modules as much as any). ``shoal.errors`` and ``shoal.lazy`` may be imported
+by every layer and import nothing of shoal. Nothing imports the cli. There is no circle of
+imports anywhere, inside a package either.
+
+One late import is allowed, and only this one (``ALLOWED``): ``Workflow.run()`` and
+``Workflow.submit()`` in ``spec/workflow.py`` import ``shoal.runtime.api``, so that a user can
+write ``wf.run()`` (DESIGN.md: the user's view). Any other upward import or circle fails here.
+
+The core, the pure state machine, imports none of the modules that would let it touch the
+world or the clock.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +42,8 @@ LAYERS = {
 FREE = {"errors", "lazy"}  # importable by everyone (lazy: the packages' PEP 562 helper)
 FACADE = "__init__"  # shoal/__init__.py: the public API, on top of everything
 IMPURE = {"subprocess", "sqlite3", "socket", "asyncio", "time", "random", "threading"}
+# The one allowed import against the layers (see the module doc): (importer, imported).
+ALLOWED = {("shoal.spec.workflow", "shoal.runtime.api")}
 
 
 def module_name(path: Path) -> str:
@@ -142,7 +150,9 @@ def test_dependencies_point_down() -> None:
         mine = part(module)
         if mine not in LAYERS:
             continue
-        for line, target in imports(module):
+        for line, target in imports(module, everywhere=True):
+            if (module, target) in ALLOWED:
+                continue
             if not (target == "shoal" or target.startswith("shoal.")):
                 continue
             theirs = part(target)
@@ -193,3 +203,56 @@ def test_core_is_pure(module: str) -> None:
     assert not bad, "the core must not touch processes, files, sockets or clocks:\n" + "\n".join(
         bad
     )
+
+
+def _layout() -> object:
+    """scripts/layout.py, which measures the layout (its circle finder is used here)."""
+    path = SRC.parent.parent / "scripts" / "layout.py"
+    spec = importlib.util.spec_from_file_location("shoal_layout_script", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _module_of(target: str) -> str | None:
+    while target and target not in MODULES:
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def test_no_import_circles_anywhere() -> None:
+    """Every import counts (module level, inside functions, under TYPE_CHECKING), except the
+    one allowed late import."""
+    graph: dict[str, set[str]] = {}
+    where_: dict[tuple[str, str], int] = {}
+    for module in MODULES:
+        edges = graph.setdefault(module, set())
+        for line, target in imports(module, everywhere=True):
+            t = _module_of(target)
+            if t is None or t == module or t == "shoal" or (module, t) in ALLOWED:
+                continue
+            edges.add(t)
+            where_.setdefault((module, t), line)
+    found = _layout().circles(graph)  # type: ignore[attr-defined]
+    msgs = []
+    for circle in found:
+        inside = set(circle)
+        lines = [
+            f"  {where(a, where_[(a, b)])}: {a} -> {b}"
+            for a in circle
+            for b in sorted(graph[a] & inside)
+        ]
+        msgs.append(f"circle of {len(circle)} modules:\n" + "\n".join(lines))
+    assert not found, "import circles (cut them by owner, see docs/layout):\n" + "\n".join(msgs)
+
+
+def test_the_allowed_late_import_is_inside_a_function() -> None:
+    """The one allowed upward import stays late: inside Workflow.run/submit (or under
+    TYPE_CHECKING), never at module level, where it would load the runtime with the spec."""
+    for module, target in ALLOWED:
+        top = {t for _, t in imports(module)}
+        assert target not in top, f"{module} imports {target} at module level"
+        assert any(t == target for _, t in imports(module, everywhere=True)), (
+            f"ALLOWED names {module} -> {target}, which is not imported any more: remove it"
+        )

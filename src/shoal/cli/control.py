@@ -220,7 +220,7 @@ def _add_retry(main: click.Group, rundir_of: Any) -> None:
     ) -> None:
         """Run failed or cancelled tasks again (TASKS: ids or names); what failed because of
         them runs again too."""
-        import shoal
+        from shoal.runtime.requests import attach
 
         d = rundir_of(run_dir)
         if not (tasks or failed or tag):
@@ -231,7 +231,7 @@ def _add_retry(main: click.Group, rundir_of: Any) -> None:
         if memory is not None:
             changes["memory"] = memory
         check_retry(d, tasks, failed, tag)
-        a = shoal.attach(d)
+        a = attach(d)
         rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
         _answer(a, rid, wait, d)
 
@@ -246,11 +246,11 @@ def _add_rerun(main: click.Group, rundir_of: Any) -> None:
     @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
     def rerun(task: str, run_dir: str | None, downstream: bool, wait: float) -> None:
         """Run a finished task again (TASK: id or name), and with --downstream its dependents."""
-        import shoal
+        from shoal.runtime.requests import attach
 
         d = rundir_of(run_dir)
         check_rerun(d, task)
-        a = shoal.attach(d)
+        a = attach(d)
         rid = a.rerun(_task(task), downstream)
         _answer(a, rid, wait, d)
 
@@ -266,13 +266,13 @@ def _add_cancel(main: click.Group, rundir_of: Any) -> None:
     def cancel(tasks: tuple[str, ...], run_dir: str | None, tag: str | None, wait: float) -> None:
         """Cancel tasks (ids or names) or a tag: running ones are stopped, and what depends on
         them ends as cancelled."""
-        import shoal
+        from shoal.runtime.requests import attach
 
         if not (tasks or tag):
             raise click.UsageError("name tasks, or give --tag T")
         d = rundir_of(run_dir)
         check_cancel(d, tasks, tag)
-        a = shoal.attach(d)
+        a = attach(d)
         rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
         _answer(a, rid, wait, d)
 
@@ -288,17 +288,18 @@ def _add_submit(main: click.Group, rundir_of: Any) -> None:
         """Add the workflows SCRIPT defines to a run (live or stopped). SCRIPT builds
         workflows without running them; shoal.attach(os.environ['SHOAL_RUN_DIR']).ref(id)
         refers to outputs of the run's tasks."""
-        import shoal
+        from shoal.runtime.requests import attach
+        from shoal.spec.workflow import Workflow
 
         d = rundir_of(run_dir)
         os.environ["SHOAL_RUN_DIR"] = str(d)
         sys.path.insert(0, str(Path(script).resolve().parent))
         found = runpy.run_path(script, run_name="__shoal_submit__")
-        flows = [v for v in found.values() if isinstance(v, shoal.Workflow)]
+        flows = [v for v in found.values() if isinstance(v, Workflow)]
         if not flows:
             raise click.UsageError(f"{script} defines no shoal.Workflow to submit")
         check_submit(d, flows)
-        a = shoal.attach(d)
+        a = attach(d)
         rid = a.submit(*flows)
         _answer(a, rid, wait, d)
 

@@ -76,7 +76,7 @@ def check(
     (``(name, id, payload)``) or the tracked fields do not load here."""
     import pickle
 
-    import cloudpickle  # type: ignore[import-untyped]
+    import cloudpickle
 
     problems: list[str] = []
     count = 0

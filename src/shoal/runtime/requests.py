@@ -266,7 +266,8 @@ class Attached:
             raise RequestRefused("retry(): name tasks, or pass failed=True or tag=...")
         json.dumps(changes)  # plain options only
         return self._put(
-            "retry", {"tasks": list(tasks), "failed": failed, "tag": tag, "changes": changes}
+            RequestKind.RETRY,
+            {"tasks": list(tasks), "failed": failed, "tag": tag, "changes": changes},
         )
 
     def rerun(self, task: int | str, downstream: bool = False) -> int:

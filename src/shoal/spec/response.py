@@ -15,7 +15,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-import cloudpickle  # type: ignore[import-untyped]
+import cloudpickle
 
 from shoal.errors import DefinitionError
 from shoal.spec.lower import dumps
