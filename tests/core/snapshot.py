@@ -52,8 +52,8 @@ def deep(s: Scheduler) -> Any:
         {r: {k: (c.key, tuple(c.tasks)) for k, c in d.items()} for r, d in chains.open.items()},
         dict(chains.runtime),
         s.stopped,
-        {r: sorted(h) for r, h in table.queue.heaps.items()},
-        dict(table.queue.live),
-        table.queue.size,
+        {r: sorted(h) for r, h in table.heap.heaps.items()},
+        dict(table.heap.live),
+        table.heap.size,
         [(f.cores, f.gpus, f.memory, f.ncores, f.ngpus) for f in s.pool.free],
     )

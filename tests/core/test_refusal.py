@@ -48,7 +48,7 @@ FOLLOW = Policy(prefetch=3, prefetch_window=10.0, follow=True)
 
 
 def task(id: int, *deps: int, **kw: object) -> TaskInfo:
-    kw.setdefault("lane", "pool")
+    kw.setdefault("lane", "workers")
     return TaskInfo(id, tuple(deps), **kw)  # type: ignore[arg-type]
 
 
@@ -200,7 +200,7 @@ def test_validation_is_on_in_tests_and_follows_the_environment(
         (lambda s: setattr(s._table.records[2], "attempt", 0), "attempt"),
         (lambda s: s.pool.free[0].__setattr__("ncores", 1), "resources: free core or GPU counts"),
         (lambda s: s._chains.flights[2].chain.tasks.rotate(1), "head|place"),
-        (lambda s: s._table.queue.push(3, Request(), 0, 1), "ready queue"),
+        (lambda s: s._table.heap.push(3, Request(), 0, 1), "ready queue"),
         (lambda s: setattr(s._table.records[3], "waiting", 0), "waiting"),
     ],
 )

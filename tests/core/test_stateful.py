@@ -323,7 +323,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             dict(s.counts),
             s.pool.totals(),
             [p.slots for p in s.placements()],
-            len(s._table.queue),
+            len(s._table.heap),
             s.done,
         )
 
@@ -351,7 +351,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.next_id += 1
             deps = data.draw(st.lists(st.integers(0, tid - 1), max_size=3)) if tid else []
             request = self.draw_request(data)
-            lane = data.draw(st.sampled_from([None, "pool", "process"]), label="lane")
+            lane = data.draw(st.sampled_from([None, "workers", "process"]), label="lane")
             if deps and data.draw(st.booleans(), label="a chain: the shape of its first dep"):
                 request, lane = self.infos[deps[0]].request, self.infos[deps[0]].lane
             info = TaskInfo(
@@ -390,7 +390,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for j in range(width):
             prev: tuple[int, ...] = ()
             for _ in range(n):
-                t = TaskInfo(self.next_id, prev, lane="pool", follow=follow)
+                t = TaskInfo(self.next_id, prev, lane="workers", follow=follow)
                 self.next_id += 1
                 batch.append(t)
                 prev = (t.id,)
@@ -544,7 +544,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             tid = self.next_id
             self.next_id += 1
             on = data.draw(st.sampled_from([(), (task,), *[(b.id,) for b in batch]]))
-            info = TaskInfo(tid, on, Request(), 0, None, data.draw(st.sampled_from([None, "pool"])))
+            info = TaskInfo(
+                tid, on, Request(), 0, None, data.draw(st.sampled_from([None, "workers"]))
+            )
             self.infos[tid] = info
             batch.append(info)
             del i

@@ -265,8 +265,8 @@ def _queued_child() -> tuple[Any, int]:
     from shoal.core.resources import Node
 
     s = Scheduler([Node.sized("n", 1, 0, 0)], Policy(prefetch=4, prefetch_window=10))
-    tiny = [TaskInfo(i, lane="pool") for i in range(3)]
-    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), lane="pool"))))
+    tiny = [TaskInfo(i, lane="workers") for i in range(3)]
+    s.handle(Submitted(0, (*tiny, TaskInfo(3, deps=(0,), lane="workers"))))
     s.handle(Succeeded(0.001, 0, 1))
     assert s.state(3) is State.QUEUED
     return s, 3

@@ -34,7 +34,7 @@ from shoal.core import (
     Transition,
 )
 from shoal.core.events import Rerun, Returned
-from shoal.core.queue import band, urgency
+from shoal.core.ready import band, urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
 from shoal.errors import DefinitionError, ResourceError
 
@@ -45,7 +45,7 @@ Step = tuple[int, State | None, State]
 
 
 def task(id: int, *deps: int, **kw: object) -> TaskInfo:
-    kw.setdefault("lane", "pool")  # queueable (in lane "pool") unless a test says otherwise
+    kw.setdefault("lane", "workers")  # queueable (in lane "workers") unless a test says otherwise
     return TaskInfo(id, tuple(deps), **kw)  # type: ignore[arg-type]
 
 
@@ -706,7 +706,7 @@ def snapshot(sched: Scheduler) -> object:
         {t: sched.state(t) for t in sched.ids()},
         dict(sched.counts),
         sched.pool.totals(),
-        len(sched._table.queue),
+        len(sched._table.heap),
         sched.done,
     )
 
@@ -1058,7 +1058,7 @@ def test_bad_policy_raises_definition_error(kw: dict[str, object]) -> None:
 
 def test_tasks_queue_only_behind_tasks_of_their_lane() -> None:
     """Only tasks with a lane are prefetched, and only behind a running task of the same lane:
-    nothing queues behind a task without one, and a "process" task not behind a "pool" one."""
+    nothing queues behind a task without one, and a "process" task not behind a "workers" one."""
     sched = Scheduler([Node.sized("n0", 1)], PREFETCH)
     sched.handle(Submitted(0.0, (task(0),)))
     sched.handle(Succeeded(0.001, 0, 1))  # teaches the shape's run time: 1 ms

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from shoal.errors import DefinitionError
-from shoal.runtime.steering.groups import Group
+from shoal.runtime.steering.stats import TagStats
 from shoal.spec.expr import compile_condition
 
 
-def group() -> Group:
-    g = Group()
+def group() -> TagStats:
+    g = TagStats()
     for _ in range(3):
         g.moved(None, "succeeded")
     g.moved(None, "failed")

@@ -93,7 +93,7 @@ class Backend(abc.ABC):
     name: str = "backend"
     capabilities: frozenset[str] = frozenset()
     # How many tasks may queue behind a running one (jobs with ``after``). A follower is always
-    # of the same lane as the task it follows: "pool" (persistent workers) or "process".
+    # of the same lane as the task it follows: persistent workers, or a process chain.
     prefetch: int = 0
     # Seconds of expected work queued per slot (the run option prefetch_window overrides it):
     # more for backends whose round trip to a worker is long.

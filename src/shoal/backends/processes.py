@@ -121,7 +121,7 @@ class Processes:
         self.lock = threading.Lock()
         self.chain_of: dict[int, Chain] = {}  # task id -> the chain that has it
         self.spools: list[_Spool] = []  # idle spools, reused by the next chain
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="shoal-chain")
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="shoal-chain")
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.chains: list[Chain] = []
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
@@ -144,7 +144,7 @@ class Processes:
             chain = Chain(job)
             self.chain_of[job.task] = chain
             self.chains.append(chain)
-        self.pool.submit(self._run, chain)
+        self.threads.submit(self._run, chain)
 
     def cancel(self, task: int, attempt: int) -> bool:
         """Stop a job; False if this runner does not know it."""
@@ -211,7 +211,7 @@ class Processes:
                 chain.jobs.clear()
                 if chain.proc is not None:
                     killpg(chain.proc.pid, signal.SIGKILL)
-        self.pool.shutdown(wait=True)
+        self.threads.shutdown(wait=True)
         for spool in self.spools:
             spool.close()
         self.spools.clear()

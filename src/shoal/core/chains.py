@@ -292,7 +292,7 @@ class Chains:
         of dependent tasks runs on, then the most urgent ready task, and so on."""
         policy = self.policy
         follow = policy.follow
-        queue = self.table.queue
+        queue = self.table.heap
         records = self.table.records
         for request, chains in self.open.items():
             if not chains or (not follow and request not in queue.heaps):
@@ -331,7 +331,7 @@ class Chains:
         if not tail.children or chain.looked == tid or self.flights[tid].follows is not None:
             return False
         chain.looked = tid
-        head = self.table.queue.peek(chain.request)
+        head = self.table.heap.peek(chain.request)
         floor = records[head].info.priority if head is not None else None
         for c in tail.children:
             f = records[c]

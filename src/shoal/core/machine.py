@@ -167,7 +167,7 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         """Resources are free and no task is ready to use them."""
-        return not self._table.queue and any(f.ncores for f in self._pool.free)
+        return not self._table.heap and any(f.ncores for f in self._pool.free)
 
     def validate(self) -> None:
         """Check every invariant of the scheduler's state (core/validate.py); raise
@@ -341,7 +341,7 @@ class Scheduler:
         if e.state is RUNNING or e.state is QUEUED:
             self._chains.kill(e, KillKind.CANCELLED, ev.reason, cause, out)
             return
-        table.queue.discard(e.info.id)
+        table.heap.discard(e.info.id)
         table.move(e, CANCELLED, cause, out, ev.reason)
         table.end_downstream(e, table.children_of(e), cause, out)
 

@@ -2,7 +2,7 @@
 
 * ``backfill`` (the default): whenever resources free up, the most urgent ready task that fits
   starts: higher ``priority`` first, then the longer ``estimate`` (expected run time; tasks
-  without one come after those with one), then submission order (``queue.urgency``).
+  without one come after those with one), then submission order (``ready.urgency``).
   ``order="largest"`` puts the largest request first among equal priority (GPUs, then cores), so
   that small tasks fill the gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than
   submission order with the local backend, whose workers serve one task width each and must be
@@ -25,7 +25,7 @@ from __future__ import annotations
 from shoal.core.chains import Chains
 from shoal.core.commands import Command
 from shoal.core.policy import Mode, Order
-from shoal.core.queue import band
+from shoal.core.ready import band
 from shoal.core.resources import Pool, Request
 from shoal.core.tasks import TaskTable
 
@@ -33,7 +33,7 @@ from shoal.core.tasks import TaskTable
 def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -> None:
     """One scheduling pass: start what fits, most urgent first, then queue behind."""
     policy = chains.policy
-    queue = table.queue
+    queue = table.heap
     if not (queue or (policy.follow and chains.open)):
         return
     waves = policy.mode is Mode.WAVES
@@ -45,7 +45,7 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
     avoid: frozenset[int] = frozenset()
     largest = policy.order is Order.LARGEST
     while queue:
-        heads = queue.heads()  # most urgent first (queue.urgency), then submission
+        heads = queue.heads()  # most urgent first (ready.urgency), then submission
         first = None
         if not avoid and not waves:
             # Starvation guard: among the heads of the top priority, the one that has waited

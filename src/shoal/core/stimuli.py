@@ -33,7 +33,7 @@ class TaskInfo:
     # (Lane.POOL: workers, Lane.PROCESS: process chains); None: it is never queued.
     lane: Lane | None = None
     retry: Backoff | None = None  # what to do when an attempt fails (None: it fails)
-    estimate: float = 0.0  # expected seconds of run time (0: unknown); see queue.urgency
+    estimate: float = 0.0  # expected seconds of run time (0: unknown); see ready.urgency
     # It may follow: be queued behind the one task it still waits for, on that task's slot,
     # before that task ends (Policy.follow; the backend starts it only after that success).
     follow: bool = False

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from shoal.core.commands import Command, Transition
-from shoal.core.queue import ReadyQueue
+from shoal.core.ready import ReadyHeap
 from shoal.core.resources import Pool
 from shoal.core.states import TERMINAL, IllegalTransition, State, check
 from shoal.core.stimuli import TaskInfo
@@ -83,7 +83,7 @@ class TaskTable:
         self.records: dict[int, TaskRecord] = {}
         self.counts: dict[State, int] = {s: 0 for s in State}
         self.open = 0  # tasks not in a terminal state
-        self.queue = ReadyQueue()
+        self.heap = ReadyHeap()
         self.now = 0.0
 
     # -- the one place a state changes ------------------------------------------------------
@@ -109,7 +109,7 @@ class TaskTable:
         e.generation += 1
         e.ready_since = self.now
         i = e.info
-        self.queue.push(i.id, i.request, i.priority, e.generation, i.estimate)
+        self.heap.push(i.id, i.request, i.priority, e.generation, i.estimate)
 
     def wait(self, e: TaskRecord, cause: str, out: list[Command], reason: str) -> None:
         """Back to ready, or to pending if it still waits for a task (a follower)."""
@@ -120,7 +120,7 @@ class TaskTable:
 
     def unready(self, e: TaskRecord, cause: str, out: list[Command], reason: str) -> None:
         """A ready task goes back to pending (something it waits for runs again)."""
-        self.queue.discard(e.info.id)
+        self.heap.discard(e.info.id)
         self.move(e, PENDING, cause, out, reason)
 
     def end_downstream(
@@ -150,7 +150,7 @@ class TaskTable:
                 continue
             if e.state is RUNNING or e.state is QUEUED:  # it waited for root
                 raise IllegalTransition(f"task {e.info.id} runs although {rid} did not succeed")
-            self.queue.discard(e.info.id)
+            self.heap.discard(e.info.id)
             e.root = rid
             self.move(e, new, cause, out, reason)
             stack.extend(self.records[c] for c in e.children or ())

@@ -209,7 +209,7 @@ def _check_chains(table: TaskTable, chains: Chains, found: dict[int, Chain]) -> 
 
 
 def _check_ready(table: TaskTable, ready: int) -> None:
-    q = table.queue
+    q = table.heap
     if len(q) != ready or len(q.live) != ready:
         _fail(f"the ready queue holds {len(q)} ({len(q.live)} live), {ready} tasks are ready")
     items = {(item[1], item[2]) for heap in q.heaps.values() for item in heap}

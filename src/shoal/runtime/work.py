@@ -52,7 +52,7 @@ def isolated(r: Record) -> bool:
     return bool(o.isolate) if o.isolate is not None else o.gpus > 0
 
 
-def in_pool(r: Record, commands: bool) -> bool:
+def on_workers(r: Record, commands: bool) -> bool:
     """Runs in a persistent worker (and so may be queued behind another task there)."""
     return pooled(r.kind, isolated(r), r.options.ranks, commands)
 
@@ -61,7 +61,7 @@ def workers_wanted(plan: Plan, backend: Backend) -> tuple[int, int, bool]:
     """Workers worth starting now, the most common task width among their tasks, and whether
     any of those tasks are Python tasks (not only commands)."""
     many = backend.pooled_commands
-    pool = [r for r in plan.records if in_pool(r, many)]
+    pool = [r for r in plan.records if on_workers(r, many)]
     widths = Counter(r.options.cpus for r in pool)
     if not widths:
         return 0, 1, False
@@ -118,14 +118,14 @@ class Work:
         estimate = o.estimate or 0.0
         # A Python task in the workers may follow the task it waits for (its output is then
         # resolved in the worker that ran that task); a command's line is rendered here.
-        follow = hit[2] is Lane.POOL and r.kind == "python" and bool(r.deps)
+        follow = hit[2] is Lane.WORKERS and r.kind == "python" and bool(r.deps)
         return TaskInfo(
             r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry, estimate, follow
         )
 
     def lane(self, r: Record) -> Lane:
         """Which backend queue runs the task: persistent workers, or child processes."""
-        return Lane.POOL if in_pool(r, self.backend.pooled_commands) else Lane.PROCESS
+        return Lane.WORKERS if on_workers(r, self.backend.pooled_commands) else Lane.PROCESS
 
     def task_id(self, task: Task) -> int | None:
         return self.ids.get(task.key)

@@ -43,7 +43,7 @@ class KillKind(enum.StrEnum):
 class Lane(enum.StrEnum):
     """A backend queue that can hold a task behind a running task of the same lane."""
 
-    POOL = "pool"  # persistent Python workers
+    WORKERS = "workers"  # persistent Python workers
     PROCESS = "process"  # a chain of processes started one after another on one placement
 
 

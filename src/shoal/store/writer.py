@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.core.events import Outcome, Transition
+from shoal.core.commands import Transition
+from shoal.core.events import Outcome
 from shoal.core.resources import Node, Placement
 from shoal.core.states import State
 from shoal.errors import StoreError

@@ -51,7 +51,7 @@ from shoal.backends.env import gpu_vars, thread_vars
 from shoal.backends.execute import attempt_vars
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
-from shoal.errors import BackendError
+from shoal.errors import BackendError, DefinitionError
 from shoal.spec.kinds import Failure
 
 LOST = ("KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError")
@@ -445,6 +445,15 @@ class DaskBackend(Backend):
         except queue.Empty:
             return []
         return [first, *self._drain()]
+
+    @classmethod
+    def in_allocation(cls, *args: Any, **kwargs: Any) -> DaskBackend:
+        """Moved: Dask workers started as Slurm job steps are Slurm's business."""
+        raise DefinitionError(
+            "DaskBackend.in_allocation(...) moved to the Slurm backend, which starts the "
+            "workers as job steps: from shoal.backends.slurm import in_allocation; "
+            "in_allocation(...) takes the same arguments"
+        )
 
     def close(self) -> None:
         if self.closing and not self._own_client and self.spawned is None:

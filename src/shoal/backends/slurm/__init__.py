@@ -31,6 +31,7 @@ _WHERE = {
     "field": _PARSE,
     "hostfile_text": _PARSE,
     "ids": _PARSE,
+    "in_allocation": "shoal.backends.slurm.dask_workers",
     "job_layout": _PARSE,
     "run": _QUERY,
     "signalled": _PARSE,
@@ -49,6 +50,7 @@ __all__ = [
     "field",
     "hostfile_text",
     "ids",
+    "in_allocation",
     "job_layout",
     "run",
     "signalled",
@@ -60,6 +62,7 @@ __getattr__, __dir__ = exports("shoal.backends.slurm", _WHERE, globals())
 
 if TYPE_CHECKING:
     from shoal.backends.slurm.backend import SlurmBackend
+    from shoal.backends.slurm.dask_workers import in_allocation
     from shoal.backends.slurm.parse import (
         TRANSIENT,
         can_bind,

@@ -114,7 +114,7 @@ class SlurmBackend(Backend):
         self.mode = python
         self.python = interpreter
         self.host = host
-        self.pool: DaskBackend | None = None  # the Dask backend of the persistent workers
+        self.workers: DaskBackend | None = None  # the Dask backend of the persistent workers
         self.where: dict[tuple[int, int], str] = {}
         self.functions: dict[int, bytes] = {}
         cores = sum(len(n.cores) for n in self._nodes)
@@ -138,7 +138,7 @@ class SlurmBackend(Backend):
 
     def _workers(self) -> DaskBackend:
         """The persistent workers, started on the first Python task."""
-        if self.pool is None:
+        if self.workers is None:
             from shoal.backends.slurm.dask_workers import in_allocation
 
             assert self.rundir is not None
@@ -154,13 +154,13 @@ class SlurmBackend(Backend):
                 pool.define(fid, payload)
             pool.start(self.rundir)
             self._notes.extend(pool.notes())
-            self.pool = pool
-        return self.pool
+            self.workers = pool
+        return self.workers
 
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload
-        if self.pool is not None:
-            self.pool.define(function, payload)
+        if self.workers is not None:
+            self.workers.define(function, payload)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         steps = self._started()
@@ -175,8 +175,8 @@ class SlurmBackend(Backend):
 
     def cancel(self, task: int, attempt: int) -> None:
         if self.where.get((task, attempt)) == "workers":
-            assert self.pool is not None  # it sent the attempt there
-            self.pool.cancel(task, attempt)
+            assert self.workers is not None  # it sent the attempt there
+            self.workers.cancel(task, attempt)
         else:
             self._started().cancel(task, attempt)
 
@@ -187,8 +187,8 @@ class SlurmBackend(Backend):
         while True:
             out = got + steps.drain()
             got = []
-            if self.pool is not None:
-                out += self.pool.poll(0)
+            if self.workers is not None:
+                out += self.workers.poll(0)
             if out:
                 for o in out:
                     self.where.pop((o.task, o.attempt), None)
@@ -197,14 +197,14 @@ class SlurmBackend(Backend):
             if left <= 0:
                 return []
             try:  # wait on the steps; look at the workers at least every 10 ms
-                got = [steps.outcomes.get(timeout=min(left, 0.01 if self.pool else left))]
+                got = [steps.outcomes.get(timeout=min(left, 0.01 if self.workers else left))]
             except Exception:  # queue.Empty
                 continue
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
         if self.steps is not None:
             self.steps.close()
             self.steps = None

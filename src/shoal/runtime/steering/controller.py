@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from shoal.runtime.steering.groups import Group
+from shoal.runtime.steering.stats import TagStats
 from shoal.spec.options import Options
 from shoal.spec.task import Task
 
@@ -63,7 +63,7 @@ class Event:
         self.ended: float | None = None
         self.wait: float | None = None
         self.group: str | None = None
-        self.stats: Group | None = None
+        self.stats: TagStats | None = None
         self._load: Callable[[], Any] | None = None
         self._result: Any = _UNREAD
 
@@ -150,7 +150,7 @@ class Engine(Protocol):
         self, owner: Owner, target: Task | TaskView | int, changes: dict[str, Any]
     ) -> None: ...
     def stop(self, reason: str, drain: bool) -> None: ...
-    def group(self, tag: str | None) -> Group: ...
+    def group(self, tag: str | None) -> TagStats: ...
     def of_tag(self, tag: str) -> list[TaskView]: ...
     def resources(self) -> dict[str, int]: ...
     def options(self, target: Task | TaskView | int) -> Options: ...
@@ -194,7 +194,7 @@ class Controller:
         """Start nothing new; with ``drain=False`` stop the running tasks too."""
         self._engine.stop(f"{self._owner.kind} {self._owner.label!r} stopped the run", drain)
 
-    def stats(self, tag: str | None = None) -> Group:
+    def stats(self, tag: str | None = None) -> TagStats:
         """Counts and statistics of a tag's tasks (``None``: all tasks)."""
         return self._engine.group(tag)
 

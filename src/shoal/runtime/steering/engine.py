@@ -29,21 +29,22 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.core.events import (
-    Cancel,
-    Outcome,
-    Retry,
-    Stimulus,
-    Stop,
-    Submitted,
-    TaskInfo,
-    Transition,
-)
+from shoal.core.commands import Transition
+from shoal.core.events import Outcome
 from shoal.core.machine import Scheduler
 from shoal.core.states import TERMINAL, State
-from shoal.errors import DefinitionError
+from shoal.core.stimuli import (
+    CancelRequested,
+    RetryRequested,
+    Stimulus,
+    StopRequested,
+    Submitted,
+    TaskInfo,
+)
+from shoal.core.tasks import REOPENABLE
+from shoal.errors import DefinitionError, RequestRefused
 from shoal.runtime.steering.controller import SLOW, Controller, Event, Owner, TaskView
-from shoal.runtime.steering.groups import Group
+from shoal.runtime.steering.stats import TagStats
 from shoal.spec.options import Options
 from shoal.spec.response import tasks_of
 from shoal.spec.steer import TASK_TRIGGERS, Rule, Strategy, Tracker
@@ -118,9 +119,9 @@ class Steering:
         self.all = bool(self.strategies or self.tracked) or any(
             not r.tags for r, _ in self.rules.get("metric", ())
         )
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[str, TagStats] = {}
         if self.all:
-            self.groups[ALL] = Group()
+            self.groups[ALL] = TagStats()
         self.ready_at: dict[int, float] = {}  # when tagged tasks became ready (for waits)
         self.owned: dict[int, Owner] = {}  # tasks a strategy submitted
         self.stimuli: list[Stimulus] = []
@@ -322,11 +323,11 @@ class Steering:
             for key in (*tags, ALL) if self.all else tags:
                 g = self.groups.get(key)
                 if g is None:
-                    g = self.groups[key] = Group()
+                    g = self.groups[key] = TagStats()
                 g.moved(None, state.value)
 
     # -- statistics ---------------------------------------------------------------------------
-    def group(self, tag: str | None) -> Group:
+    def group(self, tag: str | None) -> TagStats:
         key = ALL if tag is None else tag
         g = self.groups.get(key)
         if g is None:
@@ -336,7 +337,7 @@ class Steering:
                     "metric rule without tags asks for them; ask for a tag, e.g. "
                     "ctl.stats('md')"
                 )
-            g = self.groups[key] = Group()
+            g = self.groups[key] = TagStats()
         return g
 
     def _count(self, c: Transition, tags: tuple[str, ...], o: Outcome | None) -> None:
@@ -347,7 +348,7 @@ class Steering:
         for key in keys:
             g = groups.get(key)
             if g is None:
-                g = groups[key] = Group()
+                g = groups[key] = TagStats()
             g.moved(old, new.value)
             self.changed.add(key)
         if new is State.READY:
@@ -498,7 +499,7 @@ class Steering:
     # -- what controllers do ----------------------------------------------------------------
     def submit(self, owner: Owner, items: Sequence[Any]) -> list[Task]:
         if self.ending:
-            raise DefinitionError(
+            raise RequestRefused(
                 f"{owner.label}: the run is ending, so nothing can be submitted; submit from "
                 "an 'idle' rule or a strategy's on_idle instead"
             )
@@ -509,7 +510,7 @@ class Steering:
             return []
         known = [t for t in tasks if t.id is not None and self.host.task_id(t) is not None]
         if known:
-            raise DefinitionError(
+            raise RequestRefused(
                 f"{owner.label}: task {known[0].name!r} is part of the run already; make a "
                 "new call of the task factory to run it again"
             )
@@ -526,11 +527,11 @@ class Steering:
         if isinstance(target, Task):
             tid = self.host.task_id(target)
             if tid is None:
-                raise DefinitionError(f"{what}: task {target.name!r} is not part of this run")
+                raise RequestRefused(f"{what}: task {target.name!r} is not part of this run")
             return tid
         if isinstance(target, int) and not isinstance(target, bool):
             if not 0 <= target < len(self.host.records):
-                raise DefinitionError(f"{what}: there is no task #{target} in this run")
+                raise RequestRefused(f"{what}: there is no task #{target} in this run")
             return target
         raise DefinitionError(f"{what}: give a task handle, event.task or a task id")
 
@@ -553,19 +554,21 @@ class Steering:
             tid = self.resolve(target, "ctl.cancel")
             ids = [tid] if tid in s and not s.state(tid).terminal else []
         reason = f"cancelled by {owner.kind} {owner.label!r}"
-        self.stimuli.extend(Cancel(self.now, t, reason) for t in ids)
+        self.stimuli.extend(CancelRequested(self.now, t, reason) for t in ids)
         return len(ids)
 
     def retry(self, owner: Owner, target: Task | TaskView | int, changes: dict[str, Any]) -> None:
         tid = self.resolve(target, "ctl.retry")
         state = self.host.scheduler.state(tid)
-        if state not in (State.FAILED, State.CANCELLED):
-            raise DefinitionError(
+        if state not in REOPENABLE:
+            raise RequestRefused(
                 f"ctl.retry: task #{tid} is {state.value}; only failed or cancelled tasks can "
                 "be retried"
             )
         info = self.host.retry_info(tid, changes)
-        self.stimuli.append(Retry(self.now, tid, info, f"retried by {owner.kind} {owner.label!r}"))
+        self.stimuli.append(
+            RetryRequested(self.now, tid, info, f"retried by {owner.kind} {owner.label!r}")
+        )
 
     def resources(self) -> dict[str, int]:
         return self.host.scheduler.pool.totals()
@@ -577,4 +580,4 @@ class Steering:
         return self.host.value(self.resolve(target, "result"))
 
     def stop(self, reason: str, drain: bool) -> None:
-        self.stimuli.append(Stop(self.now, drain, reason))
+        self.stimuli.append(StopRequested(self.now, drain, reason))

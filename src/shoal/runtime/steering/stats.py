@@ -6,7 +6,7 @@ Chlamtac (1985): five markers per quantile, adjusted by piecewise-parabolic inte
 values arrive, so memory stays constant however many tasks a group holds. Below five values the
 quantiles are exact.
 
-A :class:`Group` is what shoal keeps for each tag: counts by state, a stream for run times, one
+A :class:`TagStats` is what shoal keeps for each tag: counts by state, a stream for run times, one
 for queue waits (ready until started), and one per result field the user tracks.
 """
 
@@ -139,7 +139,7 @@ class Stream:
         return out
 
 
-class Group:
+class TagStats:
     """What shoal knows about the tasks of one tag: counts by state and streams of numbers."""
 
     __slots__ = ("counts", "fields", "runtime", "wait")

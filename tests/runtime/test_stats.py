@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from shoal.runtime.steering.groups import Group, Quantile, Stream
+from shoal.runtime.steering.stats import Quantile, Stream, TagStats
 
 
 def test_moments_match_the_exact_ones() -> None:
@@ -69,7 +69,7 @@ def test_memory_stays_constant() -> None:
 
 
 def test_group_counts_and_streams() -> None:
-    g = Group()
+    g = TagStats()
     g.moved(None, "ready")
     g.moved("ready", "running")
     g.moved("running", "succeeded")

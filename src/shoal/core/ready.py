@@ -44,7 +44,7 @@ def band(key: float) -> int:
 
 
 @dataclass(slots=True)
-class ReadyQueue:
+class ReadyHeap:
     heaps: dict[Request, list[Item]] = field(default_factory=dict)
     live: dict[int, int] = field(default_factory=dict)  # task id -> generation in the heap
     size: int = 0
