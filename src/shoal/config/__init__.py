@@ -9,6 +9,10 @@ Three formats are read, all into one :class:`~shoal.config.ensemble.Ensemble`:
 :func:`load` reads the file, applies ``--set`` overrides, validates everything (errors name the
 file, the line and the key) and returns the ensemble; :func:`shoal.config.build.workflow` builds
 what runs.
+
+Rules of this package: a config file becomes the same ``Workflow`` a script would build
+(``build.py``); config imports spec (and the local backend, to detect GPUs), never runtime:
+running is the CLI's call. Every error names the file, the line and the key.
 """
 
 from __future__ import annotations

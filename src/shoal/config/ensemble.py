@@ -364,7 +364,7 @@ class Ensemble:
         import os
         import socket
 
-        from shoal.backends.local import detect_gpus
+        from shoal.backends.env import detect_gpus
 
         cpus = self.resources.get("cpus") or len(os.sched_getaffinity(0))
         gpus = self.resources.get("gpus")

@@ -15,7 +15,7 @@ from shoal.backends.choose import make_backend
 from shoal.core.policy import Policy
 from shoal.errors import DefinitionError, StoreError
 from shoal.runtime.imports import restored
-from shoal.runtime.options import RunOptions, doc, started
+from shoal.runtime.options import RunOptions, doc, signature, started
 from shoal.runtime.run import Run
 from shoal.runtime.session import Extras, Session, new_rundir, resumed
 from shoal.spec.retry import make as make_retry
@@ -116,4 +116,7 @@ def submit(wf: Workflow, **options: Any) -> Run:
     return r
 
 
-run.__doc__ = f"{run.__doc__}\n\n" + doc()
+run.__doc__ = f"{run.__doc__}\n\n" + "\n".join("    " + line for line in doc().splitlines())
+run.__signature__ = signature("wf")  # type: ignore[attr-defined]
+submit.__signature__ = signature("wf")  # type: ignore[attr-defined]
+resume.__signature__ = signature("run_dir")  # type: ignore[attr-defined]

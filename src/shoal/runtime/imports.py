@@ -6,7 +6,7 @@ their arguments and their outputs are pickles that name those modules; the drive
 some of them (arguments of commands, outputs it resolves) and the workers all of them. So a
 run records both (``meta.path``, ``meta.cwd``), and a resume, from any directory, puts them
 back before the driver loads anything and before it starts workers (which take the driver's
-import path and working directory: backends/local.py ``_python_path``).
+import path and working directory: backends/env.py ``python_path``).
 
 Then :func:`check` loads every stored function and the arguments of every unfinished task,
 and refuses the resume up front, with what to do, if one does not load: going on would fail

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import inspect
 import json
 import os
 from collections.abc import Iterator
@@ -171,6 +172,17 @@ def doc() -> str:
         default = "" if f.default is MISSING or f.default is None else f" (default {f.default!r})"
         out.append(f"``{f.name}``: {f.metadata['doc']}{default}")
     return "\n".join(out)
+
+
+def signature(first: str) -> inspect.Signature:
+    """The signature of ``run``/``submit``/``resume``: ``first``, then every option as a
+    keyword (what ``help()`` and editors show)."""
+    params = [inspect.Parameter(first, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+        for f in fields(RunOptions)
+    ]
+    return inspect.Signature(params)
 
 
 def _jsonable(value: Any) -> bool:

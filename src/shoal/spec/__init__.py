@@ -6,6 +6,11 @@ The spec layer knows nothing about processes or nodes. ``compile_workflow`` vali
 
 Names are imported on first use (PEP 562): a worker that reads stored references imports
 ``shoal.spec.refs`` alone, not the whole layer.
+
+Rules of this package: it is the bottom layer and imports nothing of shoal but ``errors`` and
+``lazy``, with one exception, named in tests/test_imports.py: ``Workflow.run()`` and
+``Workflow.submit()`` import ``shoal.runtime.api`` when called, so that ``wf.run()`` works.
+Closed sets of words (failure kinds, lanes) are enums in ``kinds.py``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,14 @@
 One writer (the driver loop) commits each iteration's changes in one transaction before it acts
 on them; any number of readers (the CLI, the dashboard, ``Run``) query it concurrently through
 read-only connections. The store, not the driver's memory, is the truth about a run.
+
+* ``schema.py``: the tables and connection settings; ``writer.py``: the one writer, one
+  ``_write_<table>`` per table inside one transaction; ``queries.py``: readers;
+  ``recover.py``: a run read back for resume; ``requests.py``: the requests table;
+  ``lock.py``: one driver per run directory; ``fs.py`` and ``pickles.py``: helpers.
+
+Rules of this package: it imports spec and core (the data it stores), never backends (a
+sibling layer), runtime, config or cli; every change of a run is one transaction.
 """
 
 from shoal.store.queries import Reader, TaskRow
