@@ -29,9 +29,10 @@ from typing import Any
 
 import common
 
-from shoal.core.events import Dispatch, Submitted, Succeeded, TaskInfo
+from shoal.core.commands import Dispatch
 from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Node
+from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
 
 SIZES = (10_000, 100_000, 1_000_000)
 COMPLETIONS = 20_000

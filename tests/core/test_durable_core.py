@@ -21,7 +21,7 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import Rerun, Restored
+from shoal.core.stimuli import Rerun, Restored
 from shoal.errors import DefinitionError
 from shoal.spec.retry import Backoff
 

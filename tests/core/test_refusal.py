@@ -27,17 +27,16 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import (
+from shoal.core.refusals import (
     Refused,
     RefusedReport,
     RefusedRequest,
     RefusedResource,
-    Restored,
-    Retry,
     UnknownEvent,
 )
 from shoal.core.resources import Request
 from shoal.core.states import IllegalTransition
+from shoal.core.stimuli import Restored, Retry
 from shoal.core.validate import Invalid, enabled
 from shoal.errors import DefinitionError, ResourceError
 

@@ -47,8 +47,9 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import RefusedReport, Returned
+from shoal.core.refusals import RefusedReport
 from shoal.core.states import EVENT_EDGES, INITIAL, TERMINAL, TRANSITIONS, Cause
+from shoal.core.stimuli import Returned
 from shoal.errors import DefinitionError, ResourceError
 
 from .snapshot import deep

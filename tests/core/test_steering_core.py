@@ -238,10 +238,10 @@ def test_a_retry_does_not_reopen_a_task_whose_other_parent_stopped_its_children(
     """``child`` waits for ``flaky`` and ``stopper``. ``flaky`` fails first (child:
     dep_failed), then ``stopper`` succeeds with stop_children: a retry of ``flaky`` must leave
     ``child`` skipped, not run it (found by the randomized suite)."""
-    from shoal.core.events import Failed, Retry, Submitted, Succeeded, TaskInfo
     from shoal.core.machine import Scheduler
     from shoal.core.resources import Node
     from shoal.core.states import State
+    from shoal.core.stimuli import Failed, Retry, Submitted, Succeeded, TaskInfo
 
     s = Scheduler([Node.sized("n", 2, 0, 0)])
     s.handle(
@@ -260,9 +260,9 @@ def test_a_retry_does_not_reopen_a_task_whose_other_parent_stopped_its_children(
 def _queued_child() -> tuple[Any, int]:
     """Tasks 0..2 of one lane on one core, and task 3 that uses task 0's output: after 0
     succeeds, 1 runs and 2 and then 3 are queued behind it on the worker."""
-    from shoal.core.events import Submitted, Succeeded, TaskInfo
     from shoal.core.machine import Policy, Scheduler
     from shoal.core.resources import Node
+    from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
 
     s = Scheduler([Node.sized("n", 1, 0, 0)], Policy(prefetch=4, prefetch_window=10))
     tiny = [TaskInfo(i, lane="workers") for i in range(3)]
@@ -277,7 +277,8 @@ def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
     waits for the new output, instead of the rerun being refused (found by the randomized
     suite, seed 20001). It costs no attempt; the backend is told to drop it, and a late
     report of that attempt changes nothing."""
-    from shoal.core.events import Kill, Rerun, Succeeded, Transition
+    from shoal.core.commands import Kill, Transition
+    from shoal.core.stimuli import Rerun, Succeeded
 
     s, child = _queued_child()
     out = s.handle(Rerun(0.002, 0))
@@ -298,7 +299,7 @@ def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
 
 
 def test_a_rerun_is_refused_while_a_queued_child_is_being_cancelled() -> None:
-    from shoal.core.events import Cancel, Rerun
+    from shoal.core.stimuli import Cancel, Rerun
     from shoal.errors import DefinitionError
 
     s, child = _queued_child()

@@ -33,9 +33,9 @@ from shoal.core import (
     Tick,
     Transition,
 )
-from shoal.core.events import Rerun, Returned
 from shoal.core.ready import band, urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
+from shoal.core.stimuli import Rerun, Returned
 from shoal.errors import DefinitionError, ResourceError
 
 PEN, RDY, QUE, RUN = State.PENDING, State.READY, State.QUEUED, State.RUNNING

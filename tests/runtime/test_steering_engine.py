@@ -13,7 +13,9 @@ import pytest
 
 import shoal
 from shoal.core import Node, Scheduler, State, Stimulus, Submitted, Succeeded, TaskInfo
-from shoal.core.events import Failed, Kill, Outcome, Stop, Transition
+from shoal.core.commands import Kill, Transition
+from shoal.core.events import Outcome
+from shoal.core.stimuli import Failed, Stop
 from shoal.errors import DefinitionError
 from shoal.runtime.steering.controller import SLOW
 from shoal.runtime.steering.engine import Steering

@@ -36,7 +36,13 @@ The contract (docs/contract.md):
 from shoal.core.commands import Command, Dispatch, Kill, Transition
 from shoal.core.machine import Scheduler
 from shoal.core.policy import Mode, Order, Policy
-from shoal.core.refusals import Refused, RefusedReport, RefusedRequest, RefusedResource
+from shoal.core.refusals import (
+    Refused,
+    RefusedReport,
+    RefusedRequest,
+    RefusedResource,
+    UnknownEvent,
+)
 from shoal.core.resources import Node, Placement, Pool, Request, Slot
 from shoal.core.states import EVENT_EDGES, TERMINAL, TRANSITIONS, Cause, State
 from shoal.core.stimuli import (
@@ -97,4 +103,5 @@ __all__ = [
     "TaskInfo",
     "Tick",
     "Transition",
+    "UnknownEvent",
 ]

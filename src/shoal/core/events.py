@@ -1,66 +1,15 @@
-"""The backend's report of an attempt (:class:`Outcome`), and the names of the core's stimuli,
-commands and refusals as they were imported before they had modules of their own
-(:mod:`shoal.core.stimuli`, :mod:`shoal.core.commands`, :mod:`shoal.core.refusals`)."""
+"""The backend's report of an attempt: :class:`Outcome`.
+
+The core never reads it: the runtime turns each outcome into a stimulus (``Succeeded``,
+``Failed``, ``Returned``; :mod:`shoal.core.stimuli`) and stores the outcome itself. It lives
+here, below both the backends that make it and the store that writes it. (The stimuli,
+commands and refusals, once defined in this module too, are in ``stimuli.py``,
+``commands.py`` and ``refusals.py``; ``shoal.core`` exports them all.)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from shoal.core.commands import Command, Dispatch, Kill, Transition
-from shoal.core.refusals import (
-    Refused,
-    RefusedReport,
-    RefusedRequest,
-    RefusedResource,
-    UnknownEvent,
-)
-from shoal.core.stimuli import (
-    Cancel,
-    CancelRequested,
-    Failed,
-    Rerun,
-    RerunRequested,
-    Restored,
-    Retry,
-    RetryRequested,
-    Returned,
-    Stimulus,
-    Stop,
-    StopRequested,
-    Submitted,
-    Succeeded,
-    TaskInfo,
-    Tick,
-)
-
-__all__ = [
-    "Cancel",
-    "CancelRequested",
-    "Command",
-    "Dispatch",
-    "Failed",
-    "Kill",
-    "Outcome",
-    "Refused",
-    "RefusedReport",
-    "RefusedRequest",
-    "RefusedResource",
-    "Rerun",
-    "RerunRequested",
-    "Restored",
-    "Retry",
-    "RetryRequested",
-    "Returned",
-    "Stimulus",
-    "Stop",
-    "StopRequested",
-    "Submitted",
-    "Succeeded",
-    "TaskInfo",
-    "Tick",
-    "Transition",
-    "UnknownEvent",
-]
 
 
 @dataclass(slots=True)

@@ -41,6 +41,7 @@ from shoal.core.stimuli import (
 )
 from shoal.errors import DefinitionError, StoreError
 from shoal.runtime.jobs import Jobs
+from shoal.runtime.options import StopMode
 from shoal.runtime.outputs import OutputCache
 from shoal.runtime.requests import Requests
 from shoal.runtime.status import StatusFile
@@ -126,7 +127,7 @@ class Driver:
         restore: Any = None,
         born: float | None = None,
         stop_at: float | None = None,
-        stop_mode: str = "cancel",
+        stop_mode: StopMode = "cancel",
         default_retry: Backoff | None = None,
     ) -> None:
         self.plan = plan

@@ -20,13 +20,16 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from shoal.errors import DefinitionError, hint
 
 if TYPE_CHECKING:
     from shoal.backends.base import Backend
     from shoal.runtime.run import Run
+
+
+StopMode = Literal["cancel", "finish"]  # on a stop: cancel the running tasks, or let them finish
 
 
 def _m(doc: str, stored: bool = True) -> dict[str, Any]:
@@ -56,7 +59,7 @@ class RunOptions:
         default=None,
         metadata=_m("where run directories go (default: the current directory)", stored=False),
     )
-    policy: str = field(
+    policy: Literal["backfill", "waves", "adaptive", "non-adaptive"] = field(
         default="backfill", metadata=_m("'backfill' or 'waves' ('adaptive'/'non-adaptive' too)")
     )
     reserve_after: float = field(
@@ -82,7 +85,7 @@ class RunOptions:
     prefetch_window: float | None = field(
         default=None, metadata=_m("seconds of expected work queued behind each running task")
     )
-    order: str = field(
+    order: Literal["fifo", "largest"] = field(
         default="fifo", metadata=_m("'fifo', or 'largest' first among equal priority")
     )
     stop_at: Any = field(
@@ -91,7 +94,7 @@ class RunOptions:
             "a deadline: epoch seconds or a datetime (default: shoal run --time-left)", stored=False
         ),
     )
-    stop_mode: str = field(
+    stop_mode: StopMode = field(
         default="cancel", metadata=_m("on a stop, 'cancel' the running tasks or let them 'finish'")
     )
     retries: int = field(

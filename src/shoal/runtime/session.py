@@ -28,6 +28,7 @@ from shoal.core.states import State
 from shoal.errors import DefinitionError, StoreError
 from shoal.runtime.driver import Driver
 from shoal.runtime.imports import check, recorded
+from shoal.runtime.options import StopMode
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
 from shoal.runtime.work import check_resources, workers_wanted
@@ -104,7 +105,7 @@ class Extras:
     """Run options beyond the node and the policy: stops and the default retry policy."""
 
     stop_at: float | None = None
-    stop_mode: str = "cancel"
+    stop_mode: StopMode = "cancel"
     retry: Backoff | None = None
     state_dir: Path | None = None
 
