@@ -32,6 +32,7 @@ import common
 from shoal.core.commands import Dispatch
 from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Node
+from shoal.core.states import State
 from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -62,7 +63,7 @@ def core_cost(n: int, k: int) -> dict[str, float]:
             if type(c) is Dispatch:
                 running.append((c.task, c.attempt))
     took = time.perf_counter() - t0
-    queued = len(sched.queue)
+    queued = sched.counts[State.READY]  # the ready tasks: the backlog
     if queued < n - 16 or len(running) != 16:
         raise SystemExit(f"core run went wrong: {queued} queued, {len(running)} running")
     del sched
