@@ -51,7 +51,6 @@ from shoal.spec.kinds import Failure
 from shoal.spec.lower import Functions, Plan, Record
 from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy, Tracker
-from shoal.spec.task import Task
 from shoal.store.writer import Batch, Writer
 
 __all__ = ["Clock", "Driver", "check_resources", "workers_wanted"]
@@ -169,22 +168,10 @@ class Driver:
         self.interrupted = ""  # why the run stopped early (a signal, the deadline)
         self.requests = Requests(self.scheduler, self.work, writer.conn, log)
 
-    @property
-    def batch(self) -> Batch:
-        """What the next commit writes (Work adds the changes it makes to the graph)."""
-        return self.work.batch
-
     def _added(self, records: list[Record]) -> None:
         self.status.total = len(self.records)
         if self.steering is not None:
             self.steering.note_tags(records)
-
-    # the work a run's handle asks for (runtime/run.py)
-    def value(self, task: int) -> Any:
-        return self.outputs.value(task)
-
-    def task_id(self, task: Task) -> int | None:
-        return self.work.task_id(task)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> str:

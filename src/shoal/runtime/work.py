@@ -155,8 +155,6 @@ class Work:
         self.log.info("%s added %d task(s)", origin, len(plan.records))
         return [self.info(r) for r in plan.records]
 
-    add_work = add  # the name steering and requests know it by
-
     def _through(self, deps: tuple[int, ...]) -> tuple[int, ...]:
         """Dependencies of new work, plus what stands behind them: the replacements of a
         replaced task (its output is theirs) and the detours its dependents wait for."""
