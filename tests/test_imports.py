@@ -244,7 +244,7 @@ def test_no_import_circles_anywhere() -> None:
             for b in sorted(graph[a] & inside)
         ]
         msgs.append(f"circle of {len(circle)} modules:\n" + "\n".join(lines))
-    assert not found, "import circles (cut them by owner, see docs/layout):\n" + "\n".join(msgs)
+    assert not found, "import circles (cut them by owner: README, Layout):\n" + "\n".join(msgs)
 
 
 def test_the_allowed_late_import_is_inside_a_function() -> None:
