@@ -6,6 +6,7 @@ through which it acts (both are defined here; the engine that calls them is
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -88,6 +89,13 @@ class Event:
 _UNREAD = object()
 
 
+class OwnerKind(enum.StrEnum):
+    """What calls a handler: a rule (``Workflow.rule``, a config file's rules) or a strategy."""
+
+    RULE = "rule"
+    STRATEGY = "strategy"
+
+
 class Owner:
     """A rule or a strategy, as the engine keeps it: its memory and its record of calls."""
 
@@ -108,9 +116,11 @@ class Owner:
         "warned",
     )
 
-    def __init__(self, label: str, kind: str, trigger: str, on_error: str, target: Any) -> None:
+    def __init__(
+        self, label: str, kind: OwnerKind, trigger: str, on_error: str, target: Any
+    ) -> None:
         self.label = label
-        self.kind = kind  # "rule" or "strategy"
+        self.kind = kind
         self.trigger = trigger
         self.on_error = on_error
         self.target = target  # the Rule or the Strategy

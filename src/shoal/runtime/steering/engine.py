@@ -43,7 +43,14 @@ from shoal.core.stimuli import (
 )
 from shoal.core.tasks import REOPENABLE
 from shoal.errors import DefinitionError, RequestRefused
-from shoal.runtime.steering.controller import SLOW, Controller, Event, Owner, TaskView
+from shoal.runtime.steering.controller import (
+    SLOW,
+    Controller,
+    Event,
+    Owner,
+    OwnerKind,
+    TaskView,
+)
 from shoal.runtime.steering.stats import TagStats
 from shoal.spec.options import Options
 from shoal.spec.response import tasks_of
@@ -105,12 +112,12 @@ class Steering:
 
         self.rules: dict[str, list[tuple[Rule, Owner]]] = {}
         for r in rules:
-            owner = Owner(label(r.label), "rule", r.trigger, r.on_error, r)
+            owner = Owner(label(r.label), OwnerKind.RULE, r.trigger, r.on_error, r)
             self.owners.append(owner)
             self.rules.setdefault(r.trigger, []).append((r, owner))
         self.strategies: list[Owner] = []
         for s in strategies:
-            owner = Owner(label(s.label), "strategy", "strategy", s.on_error, s)
+            owner = Owner(label(s.label), OwnerKind.STRATEGY, "strategy", s.on_error, s)
             self.owners.append(owner)
             self.strategies.append(owner)
         self.task_rules = any(t in self.rules for t in TASK_TRIGGERS)
@@ -262,7 +269,7 @@ class Steering:
             if not every and now == o.stored:
                 continue
             payload = None
-            if o.kind == "strategy" or o.stored is None:
+            if o.kind is OwnerKind.STRATEGY or o.stored is None:
                 payload = self._payload(o)
             o.stored = now
             out.append(
@@ -516,7 +523,7 @@ class Steering:
             )
         infos = self.host.add_work(tasks, f"{owner.kind} {owner.label}")
         self.stimuli.append(Submitted(self.now, tuple(infos)))
-        if owner.kind == "strategy":
+        if owner.kind is OwnerKind.STRATEGY:
             for info in infos:
                 self.owned[info.id] = owner
         return tasks
