@@ -40,10 +40,11 @@ from shoal.spec.refs import StoredRef
 from shoal.spec.response import decode_tasks, encode_tasks, tasks_of
 from shoal.spec.task import Task
 from shoal.store import requests as table
+from shoal.store.fs import live_path
 from shoal.store.lock import held
 from shoal.store.pickles import loads
 from shoal.store.queries import Reader
-from shoal.store.writer import Batch, live_path
+from shoal.store.writer import Batch
 
 EVERY = 0.2  # seconds between looks at the requests table
 

@@ -36,10 +36,10 @@ from shoal.spec.lower import Functions, Plan
 from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy
 from shoal.spec.workflow import Workflow, compile_workflow
-from shoal.store.fs import warn_filesystem
+from shoal.store.fs import live_path, sync, warn_filesystem
 from shoal.store.lock import Lock
 from shoal.store.recover import Snapshot, load, load_rule
-from shoal.store.writer import Writer, live_path, sync
+from shoal.store.writer import Writer
 
 NAME_MAX = 255 - len("-YYYYmmdd-HHMMSS-999")  # bytes of a workflow name in a folder name
 

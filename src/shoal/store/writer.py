@@ -22,6 +22,7 @@ from shoal.errors import StoreError
 from shoal.spec.lower import Plan
 from shoal.spec.options import Options
 from shoal.spec.retry import describe
+from shoal.store.fs import copy_store, file_ident, holders, live_path, sync, wal_size
 from shoal.store.schema import SCHEMA, VERSION, connect
 
 
@@ -115,7 +116,7 @@ class Writer:
         self.conn = connect(self.path)
         # The file the connection opened, and the run directory: if either is deleted or
         # replaced under the run, every later commit would go to an unlinked file (vanished).
-        self._idents = [(p, _ident(p)) for p in (self.path, self.dir)]
+        self._idents = [(p, file_ident(p)) for p in (self.path, self.dir)]
         # Checkpoints copy the WAL into the database and fsync: a background thread does them
         # (its own connection; SQLite releases the GIL), so the loop's commits rarely pay. The
         # writer still checkpoints itself past AUTO pages (~40 MB), so the WAL stays bounded
@@ -376,7 +377,7 @@ class Writer:
         """Why the store cannot keep the run any more (its file or the run directory was
         deleted or replaced), or None while it can."""
         for path, ident in self._idents:
-            now = _ident(path)
+            now = file_ident(path)
             if now != ident:
                 what = "the run directory" if path == self.dir else "the database"
                 how = "was deleted" if now is None else "was replaced by another file"
@@ -403,92 +404,6 @@ AUTO = 10_000  # pages of WAL past which the writer checkpoints itself (~40 MB)
 BACKOFF = 8.0  # the longest wait between two checkpoint tries that cannot pass
 BLOCKED = 3  # tries in a row that could not pass before the log says so
 REWARN = 64 << 20  # the log says it again when the WAL grew this much, and doubled, since
-
-
-def _ident(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def wal_size(db: Path) -> int:
-    try:
-        return os.path.getsize(f"{db}-wal")
-    except OSError:
-        return 0
-
-
-def holders(db: Path, locks: str = "/proc/locks") -> str:
-    """Who holds read locks on the database (its -shm file's reader slots): pids and their
-    command lines where the kernel says (Linux), else "holder unknown"."""
-    try:
-        ino = os.stat(f"{db}-shm").st_ino
-        lines = Path(locks).read_text().splitlines()
-    except OSError:
-        return "holder unknown"
-    pids: set[int] = set()
-    for line in lines:
-        parts = line.split()
-        # "1: POSIX  ADVISORY  READ 1234 fd:01:5678 123 123" (reader slots are bytes 123-127)
-        if len(parts) < 8 or parts[3] != "READ" or not parts[5].endswith(f":{ino}"):
-            continue
-        with contextlib.suppress(ValueError):
-            if 123 <= int(parts[6]) <= 127 and int(parts[4]) > 0:
-                pids.add(int(parts[4]))
-    if not pids:
-        return "holder unknown"
-    out = []
-    for pid in sorted(pids):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            cmd = ""
-        me = " (this process)" if pid == os.getpid() else ""
-        out.append(f"pid {pid}{me}" + (f": {cmd.strip()[:80]}" if cmd.strip() else ""))
-    return "held by " + "; ".join(out)
-
-
-def live_path(rundir: Path, state_dir: Path) -> Path:
-    """Where the live database of a run with a state directory is."""
-    return Path(state_dir) / rundir.name / "shoal.db"
-
-
-def copy_store(conn: sqlite3.Connection, dest: Path) -> None:
-    """A consistent copy of the database behind ``conn`` at ``dest`` (atomic: a new file is
-    written and renamed over the old one, so a reader always finds a whole store)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".copy")
-    tmp.unlink(missing_ok=True)
-    out = sqlite3.connect(tmp)
-    try:
-        conn.backup(out)
-        out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-    finally:
-        out.close()
-    os.replace(tmp, dest)
-
-
-def sync(a: Path, b: Path) -> None:
-    """Make the older of two copies of a store equal to the newer (by modification time)."""
-    if not a.exists() and not b.exists():
-        return
-    if not b.exists() or (a.exists() and _mtime(a) > _mtime(b)):
-        src, dest = a, b
-    else:
-        src, dest = b, a
-    conn = sqlite3.connect(src)
-    try:
-        copy_store(conn, dest)
-    finally:
-        conn.close()
-
-
-def _mtime(db: Path) -> float:
-    """A store's last change: its file, or its write-ahead log when that is newer."""
-    wal = db.with_name(db.name + "-wal")
-    return max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
 
 
 class _Tx:
