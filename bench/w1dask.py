@@ -1,12 +1,13 @@
 """W1 through the Dask backend against plain Dask ``client.map`` of the same function.
 
 A real cluster on loopback: ``dask scheduler`` on 127.0.0.1 and two ``dask worker`` processes
-(127.0.0.2 and 127.0.0.3, one thread each, ``--resources cores=1``), started by this script.
-``--tasks`` no-op Python tasks go through ``shoal.run(wf, backend=DaskBackend(...))`` (store,
-scheduler and all), alternated with ``client.gather(client.map(noop, range(n)))`` on the same
-cluster. Target: shoal >= 0.8x the rate of plain Dask.
+(127.0.0.2 and 127.0.0.3, ``--threads`` each, default 1, with as many ``cores``), started by
+this script. ``--tasks`` no-op Python tasks go through
+``shoal.run(wf, backend=DaskBackend(...))`` (store, scheduler and all), alternated with
+``client.gather(client.map(noop, range(n)))`` on the same cluster. Target: shoal >= 0.8x
+the rate of plain Dask.
 
-    python bench/w1dask.py [--tasks 5000] [--json PATH]
+    python bench/w1dask.py [--tasks 5000] [--threads 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def noop(i: int) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", type=int, default=5000)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads (and cores) per worker; above 1 a queued task waits in Dask on the one "
+        "ahead of it (a dependency), not in the worker's own queue",
+    )
     common.add_common_args(p)
     a = p.parse_args()
     from backends.dask_fixtures import start_cluster, stop_cluster  # tests/backends
@@ -39,7 +47,7 @@ def main() -> None:
 
     n = a.tasks
     with tempfile.TemporaryDirectory(prefix="shoal-bench-dask-") as tmp:
-        cluster = start_cluster(Path(tmp), workers=2, cores=1)
+        cluster = start_cluster(Path(tmp), workers=2, cores=a.threads)
         try:
             import distributed
 
@@ -84,7 +92,8 @@ def main() -> None:
     )
     rows = [
         common.row(
-            f"W1 {n} no-op tasks through the Dask backend (2 workers, 1 thread each)",
+            f"W1 {n} no-op tasks through the Dask backend (2 workers, {a.threads} "
+            f"thread{'s' if a.threads > 1 else ''} each)",
             got,
             ref,
             ratio,

@@ -283,6 +283,22 @@ class BackendContract:
         assert o.ok, o.error
         assert pickle.loads(o.result or b"") == 3
 
+    def test_queued_job_starts_after_the_one_ahead(self, backend: Backend, rundir: Path) -> None:
+        """A job queued behind a running one (``after``) begins only once that one ended: it
+        was given the same cores (Dask, which knows no slots, started it at once on a free
+        thread)."""
+        if "prefetch" not in backend.capabilities:
+            pytest.skip(f"backend {backend.name!r} does not queue jobs behind running ones")
+        first = self.python_job(backend, rundir, 1, snooze, 0.5)
+        second = self.python_job(backend, rundir, 2, add, 1)
+        second.after = first.task
+        backend.submit([first, second])
+        outcomes = {o.task: o for o in self.collect(backend, 2)}
+        assert outcomes[1].ok and outcomes[2].ok, (outcomes[1].error, outcomes[2].error)
+        ended, started = outcomes[1].ended, outcomes[2].started
+        assert ended is not None and started is not None
+        assert started >= ended, f"the follower began {ended - started:.3f} s before the end"
+
     def test_cancel_queued_job(self, backend: Backend, rundir: Path) -> None:
         """A job queued behind a running one (``after``) can be cancelled before it starts."""
         if "prefetch" not in backend.capabilities or "cancel" not in backend.capabilities:

@@ -154,7 +154,7 @@ def _reporting(*jobs: Any) -> DaskBackend:
     b = DaskBackend.__new__(DaskBackend)
     b.lock = threading.RLock()
     b.outbox = queue.SimpleQueue()
-    b.open, b.leader, b.held = {}, {}, {}
+    b.open, b.leader, b.held, b.behind = {}, {}, {}, {}
     _send(b, *jobs)
     return b
 

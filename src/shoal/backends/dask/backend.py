@@ -21,6 +21,14 @@ before it began comes back unstarted (``returned``, costing no attempt). A worke
 longer than ``grace`` seconds has left for good: its CPU jobs run on the other workers (Dask's
 resource accounting keeps them within their cores), its GPU jobs fail saying so.
 
+A job queued behind another (``after``: the core prefetches it onto a busy slot) is sent with
+the future of the one ahead of it as an argument, so that Dask starts it only once that one
+ended (on the worker, without a round trip through shoal): Dask, which knows nothing of slots,
+would otherwise start it at once on a free thread, beside the task it was meant to follow (and
+a cancel of it would then end that worker, and the innocent task with it). When the one ahead
+failed in Dask itself (its worker died, it was cancelled), the follower never began: it comes
+back unstarted.
+
 Python tasks run in the worker's threads (their function is sent to each worker once), or in
 a process of their own when they need an environment of their own (``env=``, GPUs, several
 cores: ``OMP_NUM_THREADS`` is per process); commands run as child processes of the worker.
@@ -248,12 +256,15 @@ class DaskBackend(Backend):
         self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
         # leader (task, attempt) -> followers' outcomes waiting for the leader's
         self.held: dict[tuple[int, int], list[tuple[Job, Outcome]]] = {}
+        # follower (task, attempt) -> the future of the job it was sent behind (see the doc)
+        self.behind: dict[tuple[int, int], Any] = {}
 
     def _follow_workers(self, info: dict[str, Any]) -> None:
         """Which worker is where, from ``client.scheduler_info()`` (see the module's doc)."""
         self.addr: dict[str, str] = {}  # worker name -> its address now (absent: away)
         self.dead: set[str] = set()  # addresses of workers that ended: never send there
         self.missing: dict[str, float] = {}  # worker name -> since when it is away
+        self.threads: dict[str, int] = {}  # worker address -> its number of threads
         self.waiting: dict[str, list[Job]] = {}  # jobs for a worker that is away
         self._refresh(info)
         self._checked = time.monotonic()
@@ -278,20 +289,40 @@ class DaskBackend(Backend):
         self.functions[function] = payload
 
     def submit(self, jobs: Sequence[Job]) -> None:
-        groups: dict[tuple[Any, ...], list[Job]] = {}
         with self.lock:  # before any is sent: a follower may come before its leader
             for job in jobs:
                 self.open[job.task] = job.attempt
             for job in jobs:
                 self._open(job)
-        for job in jobs:
-            where = self._placed(job)
-            if where is not None:
-                groups.setdefault((job.kind, self._own(job), where, self._shape(job)), []).append(
-                    job
-                )
-        for (kind, own, where, res), batch in groups.items():
-            self._send(kind, own, where, res, batch)
+        placed = [(job, where) for job in jobs if (where := self._placed(job)) is not None]
+        for wave in self._waves(placed):
+            groups: dict[tuple[Any, ...], list[Job]] = {}
+            for job, where in wave:
+                key = (job.kind, self._own(job), where, self._shape(job))
+                groups.setdefault(key, []).append(job)
+            for (kind, own, where, res), batch in groups.items():
+                self._send(kind, own, where, res, batch)
+
+    def _waves(self, placed: list[tuple[Job, str]]) -> list[list[tuple[Job, str]]]:
+        """The jobs in waves: a follower sent with its leader's future (see ``_leader``)
+        goes in a wave after its leader's, so that the future exists by then; all in one
+        wave when none is."""
+        depth: dict[int, int] = {}
+        waves: list[list[tuple[Job, str]]] = [[]]
+        for job, where in placed:
+            d = 0
+            if job.after in depth and self._behind(where):
+                d = depth[job.after] + 1
+                if d == len(waves):
+                    waves.append([])
+            depth[job.task] = d
+            waves[d].append((job, where))
+        return waves
+
+    def _behind(self, where: str) -> bool:
+        """Whether a follower sent to ``where`` waits in Dask for its leader's future: unless
+        that worker has one thread, which its leader holds until it ends."""
+        return not where or self.threads.get(where, 0) != 1
 
     def _placed(self, job: Job) -> str | None:
         """The address of the worker that ``job`` is sent to ("": any worker), or None when it
@@ -346,20 +377,40 @@ class DaskBackend(Backend):
             "pure": False,
             "retries": 0,
         }
-        futures = self._map(kind, own, keys, batch, common)
-        for job, fut in zip(batch, futures, strict=True):
+        with self.lock:
+            ahead = [self._leader(j, where) for j in batch]
+        futures = self._map(kind, own, keys, batch, common, ahead)
+        for job, fut, lead in zip(batch, futures, ahead, strict=True):
             ident = (job.task, job.attempt)
             with self.lock:
                 self.futures[ident] = fut
                 self.jobs[ident] = job
                 self.bound[ident] = where
+                if lead is not None:
+                    self.behind[ident] = lead
                 self._open(job)
             self.idents[fut.key] = ident
         self.completed.update(futures)  # results come back in batches, in one thread
         self.wakeup.set()
 
+    def _leader(self, job: Job, where: str) -> Any:
+        """The future of the unreported job ``job`` is queued behind, if it was sent (lock
+        held): Dask starts ``job`` once that future is done. None also when ``job`` goes to a
+        worker of one thread, which the job ahead of it holds until it ends: there Dask keeps
+        the follower waiting on the worker, as fast as a task can follow another."""
+        lead = self._ahead(job)
+        if lead is None or not self._behind(where):
+            return None
+        return self.futures.get(lead)
+
     def _map(
-        self, kind: str, own: bool, keys: list[str], batch: list[Job], common: dict[str, Any]
+        self,
+        kind: str,
+        own: bool,
+        keys: list[str],
+        batch: list[Job],
+        common: dict[str, Any],
+        ahead: list[Any],
     ) -> list[Any]:
         """The futures of a batch: what job.py runs on the worker, mapped over the jobs."""
         from shoal.backends.dask import job as daskjob
@@ -374,6 +425,7 @@ class DaskBackend(Backend):
                 [self._env(j) for j in batch],
                 [j.folder for j in batch],
                 [self.python] * len(batch),
+                ahead,
                 **common,
             )
         elif kind == "python":
@@ -385,6 +437,7 @@ class DaskBackend(Backend):
                 [j.folder for j in batch],
                 [j.task for j in batch],
                 [j.attempt for j in batch],
+                ahead,
                 **common,
             )
         else:
@@ -396,6 +449,7 @@ class DaskBackend(Backend):
                 [j.workdir for j in batch],
                 [self._env(j) for j in batch],
                 [j.folder for j in batch],
+                ahead,
                 **common,
             )
         return futures
@@ -470,6 +524,7 @@ class DaskBackend(Backend):
             ]
             self.futures.clear()
             self.waiting.clear()
+            self.behind.clear()
         for where, key in running:  # processes on the workers: stop them too
             if where:
                 self._claim(where, key, restart=False)
@@ -645,11 +700,14 @@ class DaskBackend(Backend):
         """Which worker name is at which address now."""
         now = time.monotonic()
         seen: dict[str, str] = {}
+        threads: dict[str, int] = {}
         for addr, w in info.get("workers", {}).items():
             if addr not in self.dead:
                 seen[str(w.get("name", addr))] = str(addr)
+                threads[str(addr)] = int(w.get("nthreads", 0) or 0)
         with self.lock:
             self.addr = seen
+            self.threads = threads
             for node in self._nodes:
                 if node.name in seen:
                     self.missing.pop(node.name, None)
@@ -667,6 +725,7 @@ class DaskBackend(Backend):
             self.futures.pop(ident, None)
             where = self.bound.pop(ident, "")
             job = self.jobs.pop(ident, None)
+            lead = self.behind.pop(ident, None)
             if where and type(value).__name__ == "KilledWorker":  # never send there again
                 self._forget(where)
             queued = self.claimed.pop(ident, None)
@@ -683,6 +742,9 @@ class DaskBackend(Backend):
                 self._stopped_unstarted(job, bool(queued))
                 return
             o = Outcome(task, attempt, ok, started, ended, kind, error, code, node, result)
+        elif lead is not None and lead.status in ("error", "cancelled"):
+            # the job it was sent behind failed in Dask (lost, cancelled): it never began
+            o = self._returned(task, attempt)
         elif fut.status == "cancelled":
             # shoal did not cancel it: Dask refuses a task pinned to a worker address that
             # has left. It never began: it comes back, and waits for the worker's successor.

@@ -12,6 +12,9 @@ or process starts), so that the driver can ask a worker what it is executing:
 SIGKILL after :data:`GRACE` seconds; an attempt that has not begun is marked so that it never
 does (it then returns :data:`DROPPED`). A Python task running in one of the worker's threads
 cannot be interrupted: ``claim`` says so, and the driver restarts the worker.
+
+``after`` (every kind): the reply of the attempt this one was queued behind, or None. It is
+not used: the driver passes that attempt's future only so that Dask starts this one after it.
 """
 
 from __future__ import annotations
@@ -62,7 +65,13 @@ def _dropped() -> Reply:
 
 
 def python(
-    key: str, fn_payload: bytes, payload: bytes, taskdir: str, task: int, attempt: int
+    key: str,
+    fn_payload: bytes,
+    payload: bytes,
+    taskdir: str,
+    task: int,
+    attempt: int,
+    after: Any = None,
 ) -> Reply:
     if _begin(key) is None:
         return _dropped()
@@ -80,7 +89,13 @@ def python(
 
 
 def isolated(
-    key: str, fn_payload: bytes, payload: bytes, env: dict[str, str], taskdir: str, python: str
+    key: str,
+    fn_payload: bytes,
+    payload: bytes,
+    env: dict[str, str],
+    taskdir: str,
+    python: str,
+    after: Any = None,
 ) -> Reply:
     """A Python task that needs its own environment (GPUs, env=, several cores): a fresh
     process, as in ``isolate=True`` locally; threads of one worker share one environment."""
@@ -118,6 +133,7 @@ def command(
     workdir: str | None,
     env: dict[str, str],
     taskdir: str,
+    after: Any = None,
 ) -> Reply:
     with _lock:  # claimed before it began: start nothing
         if key in _stopped:
