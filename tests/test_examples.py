@@ -239,3 +239,36 @@ def test_gitignore_ignores_run_directories_of_any_year_and_nothing_else(tmp_path
         text=True,
     )
     assert out.stdout.split() == ignored, out.stdout + out.stderr
+
+
+# -- jobflow_eos.py ------------------------------------------------------------------------------
+def test_jobflow_eos_through_cli(tmp_path: Path) -> None:
+    """The jobflow example through ``shoal run``: Cu's refined fit is EMT's, the job that was
+    replaced reads as its fine fit, and ``shoal logs UUID`` finds the job's newest index."""
+    pytest.importorskip("ase")
+    pytest.importorskip("jobflow")
+    env = {**os.environ, "SHOAL_BASE": str(tmp_path / "runs")}
+    cli = [sys.executable, "-m", "shoal.cli.main"]
+    proc = subprocess.run(
+        [*cli, "run", str(EXAMPLES / "jobflow_eos.py"), "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert float(rows["Cu"][1]) == pytest.approx(3.59, abs=0.02)
+    assert float(rows["Cu"][2]) == pytest.approx(134, abs=10)
+    assert float(rows["Al"][2]) < float(rows["Cu"][2])
+    assert rows["Cu"][3] == "7"  # the fine scan's fit, not the coarse one
+    (rundir,) = (tmp_path / "runs").iterdir()
+    with Reader(rundir) as r:
+        refine = next(t for t in r.tasks() if t.name.startswith("refine "))
+        uuid = refine.name.split()[1].split("/")[0]
+        assert r.find(uuid).name == f"store_inputs {uuid}/2"
+    logs = subprocess.run(
+        [*cli, "logs", uuid, "--run", str(rundir)], capture_output=True, text=True, timeout=60
+    )
+    assert logs.returncode == 0 and f"{uuid}/2: succeeded" in logs.stdout

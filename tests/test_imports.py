@@ -1,4 +1,5 @@
-"""Dependencies point one way: cli -> runtime/config -> backends/store -> core -> spec.
+"""Dependencies point one way: cli -> entry -> jobflow -> runtime/config -> backends/store -> core
+-> spec.
 
 The test reads every module under ``src/shoal`` with ``ast`` and checks every import of a shoal
 module: at module level, inside functions, and under ``if TYPE_CHECKING:`` (a type-level
@@ -36,8 +37,10 @@ LAYERS = {
     "store": 2,
     "runtime": 3,
     "config": 3,
-    "cli": 4,
-    "dashboard": 4,
+    "jobflow": 4,  # jobflow Flows run through the runtime
+    "entry": 5,  # shoal.run/submit: a Workflow to the runtime, a jobflow Flow to jobflow
+    "cli": 6,
+    "dashboard": 6,
 }
 FREE = {"errors", "lazy"}  # importable by everyone (lazy: the packages' PEP 562 helper)
 FACADE = "__init__"  # shoal/__init__.py: the public API, on top of everything

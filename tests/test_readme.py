@@ -58,3 +58,9 @@ def test_readme_config_example_is_what_shoal_plan_says(tmp_path: Path) -> None:
     assert md["each"] == "4 cores" and md["core_hours"] == 52 * 900 * 4 / 3600
     assert analyse["after"] == ["md"]
     assert "retry with timeout x2, up to 2 attempts" in plan["rules"][0]
+
+
+def test_readme_jobflow_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("jobflow", reason="the jobflow example needs jobflow (shoal[jobflow])")
+    _, printed = run_block("# jobflow example", tmp_path)
+    assert printed.split() == ["3", "0"]

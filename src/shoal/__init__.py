@@ -43,8 +43,8 @@ _WHERE = {
     "Workflow": "shoal.spec.workflow",
     "current": "shoal.backends.execute",
     "Run": "shoal.runtime.run",
-    "run": "shoal.runtime.api",
-    "submit": "shoal.runtime.api",
+    "run": "shoal.entry",
+    "submit": "shoal.entry",
     "resume": "shoal.runtime.api",
     "attach": "shoal.runtime.requests",
 }
@@ -85,6 +85,7 @@ __getattr__, __dir__ = exports("shoal", _WHERE, globals())
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from shoal.backends.execute import current
+    from shoal.entry import run, submit
     from shoal.errors import (
         BackendError,
         DefinitionError,
@@ -97,7 +98,7 @@ if TYPE_CHECKING:
         TaskFailed,
         TaskSkipped,
     )
-    from shoal.runtime.api import resume, run, submit
+    from shoal.runtime.api import resume
     from shoal.runtime.requests import attach
     from shoal.runtime.run import Run
     from shoal.runtime.steering.controller import Controller, Event

@@ -388,7 +388,8 @@ def tasks(
 @click.argument("task")
 @click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
 def logs(task: str, run_dir: str | None) -> None:
-    """Print a task's story, stdout, stderr and traceback. TASK is an id or a unique name."""
+    """Print a task's story, stdout, stderr and traceback. TASK is an id, a unique name, or
+    the uuid of a jobflow job (its newest index)."""
     d = _rundir(run_dir)
     with Reader(d) as r:
         row = r.find(task)

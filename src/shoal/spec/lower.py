@@ -9,7 +9,9 @@ reuses their ids.
 
 from __future__ import annotations
 
+import contextvars
 import importlib.machinery
+import io
 import pickle
 import sys
 import types
@@ -185,6 +187,47 @@ def _importable(module: types.ModuleType) -> bool:
         return False
 
 
+def _module_attribute(module: str, attr: str) -> Any:
+    """What a pickled module-level object stands for, where it is unpickled."""
+    return getattr(importlib.import_module(module), attr)
+
+
+_WHERE: dict[int, tuple[str, str]] = {}  # id of a module-level object -> (module, name)
+
+
+def _find_global(obj: Any) -> tuple[str, str] | None:
+    """The module and name under which ``obj`` is a module attribute, if it is one."""
+    found = _WHERE.get(id(obj))
+    if found is not None:
+        return found
+    for module, mod in list(sys.modules.items()):
+        for name, value in list(getattr(mod, "__dict__", {}).items()):
+            if value is obj and module != "__main__":
+                _WHERE[id(obj)] = (module, name)
+                return module, name
+    return None
+
+
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, and a module-level ``ContextVar`` (which cannot be pickled) as a reference
+    to where it lives: a function sent by value, such as a jobflow ``@job`` defined in a
+    script, drags in its module's globals, and jobflow's include one."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is contextvars.ContextVar:
+            where = _find_global(obj)
+            if where is not None:
+                return (_module_attribute, where)
+        return super().reducer_override(obj)
+
+
+def cdumps(value: Any) -> bytes:
+    """``cloudpickle.dumps`` with :class:`Pickler`."""
+    buf = io.BytesIO()
+    Pickler(buf, protocol=5).dump(value)
+    return buf.getvalue()
+
+
 def pickle_function(fn: Callable[..., Any], name: str) -> bytes:
     """Pickle a task function: by reference when workers can import it, else by value."""
     mod = sys.modules.get(getattr(fn, "__module__", "") or "")
@@ -192,8 +235,7 @@ def pickle_function(fn: Callable[..., Any], name: str) -> bytes:
         # Loaded from a path the workers will not search: send the code itself.
         cloudpickle.register_pickle_by_value(mod)
     try:
-        out: bytes = cloudpickle.dumps(fn, protocol=5)
-        return out
+        return cdumps(fn)
     except Exception as err:
         raise DefinitionError(
             f"task {name!r}: its function {_qualname(fn)} cannot be serialized for the workers "
@@ -214,8 +256,7 @@ def dumps(value: Any) -> bytes:
             return data
     except Exception:
         pass
-    out: bytes = cloudpickle.dumps(value, protocol=5)
-    return out
+    return cdumps(value)
 
 
 def pickle_args(t: Task) -> bytes:

@@ -15,10 +15,8 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-import cloudpickle
-
 from shoal.errors import DefinitionError
-from shoal.spec.lower import dumps
+from shoal.spec.lower import Pickler, dumps
 from shoal.spec.refs import Handle, Ref
 from shoal.spec.task import Task, fresh_key
 from shoal.spec.workflow import Workflow
@@ -124,7 +122,7 @@ def _rebuild_ref(task: Handle, path: tuple[Any, ...]) -> Ref:
     return Ref(task, path)
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _Pickler(Pickler):
     """Pickles task handles and references whole, not as references to stored tasks."""
 
     def reducer_override(self, obj: Any) -> Any:

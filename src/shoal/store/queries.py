@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ class TaskRow:
             "alias": self.alias,
         }
 
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # States a task's row may hold while it waits; the row may lag behind the waiting state.
 WAITING = ("pending", "ready", "queued")
@@ -185,10 +188,20 @@ class Reader:
                 if row:
                     return _task(row)
             rows = c.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE name=?", (str(ref),)).fetchall()
+            if not rows and _UUID.match(str(ref)):  # a jobflow job: "<name> <uuid>/<index>"
+                rows = c.execute(
+                    f"SELECT {_TASK_COLS} FROM tasks WHERE instr(name, ?) > 0 ORDER BY id",
+                    (f" {ref}/",),
+                ).fetchall()
+                if rows:  # its newest index
+                    return _task(rows[-1])
         if len(rows) == 1:
             return _task(rows[0])
         if not rows:
-            raise StoreError(f"no task {ref!r} in {self.dir}: give a task id or a unique name")
+            raise StoreError(
+                f"no task {ref!r} in {self.dir}: give a task id, a unique name, or the uuid "
+                "of a jobflow job"
+            )
         ids = ", ".join(str(r[0]) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
         raise StoreError(f"{len(rows)} tasks are named {ref!r} (ids {ids}): give the id")
 

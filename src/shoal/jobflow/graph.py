@@ -1,0 +1,163 @@
+"""jobflow Jobs and Flows as shoal tasks: the driver turns the flow it is given into tasks, and
+a worker turns the jobs a jobflow Response makes into the tasks of a shoal Response.
+
+Each job becomes one Python task that calls :func:`shoal.jobflow.execute.run_job` with the job
+itself, the run's :class:`Setup` and the outputs of the tasks of the jobs it refers to (its
+inputs). A task's output is the :data:`Bundle` of its job: the document jobflow wrote for it,
+its blobs, and what jobflow's own ``Job.run`` returned. A replaced job's dependents see the
+bundle of its stand-in (shoal's ``replace``), so a reference always reads the newest index, as
+in jobflow.
+
+The task's name is ``"{job name} {uuid}/{index}"``: ``shoal status``, ``shoal tasks`` and
+``shoal logs UUID`` show and find jobs by what jobflow calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.errors import DefinitionError
+from shoal.spec.options import Options
+from shoal.spec.task import Task, TaskFactory
+
+TAG = "jobflow"  # every task of a jobflow job carries it
+KEY = "shoal"  # the key of shoal's options in a job's manager_config
+
+# What a job's task returns (and its dependents receive): see execute.bundle.
+Bundle = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What every job's task needs to know of the run (one constant argument of each task).
+
+    ``stores``: the names of the user's JobStore's additional stores (None: any name, as with
+    jobflow's default store). ``folders``: run each job in a folder of its own (its task's
+    folder, or ``root`` when given: a new ``job_<time>-<n>`` folder there, as jobflow's
+    ``run_locally(create_folders=True)`` names them). ``root``: the folder jobs run in when
+    they get none of their own. ``keep``: keep a failed job's exception in its task folder
+    (``run_locally(raise_immediately=True)`` raises it)."""
+
+    stores: tuple[str, ...] | None
+    folders: bool = True
+    root: str | None = None
+    keep: bool = False
+
+
+def is_jobflow(obj: Any) -> bool:
+    """Whether ``obj`` is a jobflow Job or Flow (a list of them too), without importing
+    jobflow."""
+    if isinstance(obj, list | tuple) and obj:
+        return all(is_jobflow(o) for o in obj)
+    return any(c.__module__.startswith("jobflow.") for c in type(obj).__mro__[:-1])
+
+
+def label(job: Any) -> str:
+    """A job as jobflow's log lines name it: name and uuid."""
+    return f"{job.name} ({job.uuid})"
+
+
+def task_name(job: Any) -> str:
+    return f"{job.name} {job.uuid}/{job.index}"
+
+
+def options_of(job: Any) -> dict[str, Any]:
+    """The shoal options in the job's ``manager_config["shoal"]``, checked."""
+    config = getattr(job.config, "manager_config", None) or {}
+    mine = config.get(KEY) if isinstance(config, Mapping) else None
+    if mine is None:
+        return {}
+    where = f"job {label(job)}: manager_config[{KEY!r}]"
+    if not isinstance(mine, Mapping):
+        raise DefinitionError(
+            f"{where} must be a dict of shoal task options (cpus, gpus, memory, timeout, ...), "
+            f"got {type(mine).__name__}"
+        )
+    if "name" in mine:
+        raise DefinitionError(f"{where}: 'name' is the job's own; rename the job instead")
+    Options().merged(where, **mine)  # refuses unknown or bad options, naming the job
+    return dict(mine)
+
+
+def check_stores(job: Any, setup: Setup) -> None:
+    """Refuse a job that saves into an additional store the user's JobStore does not have
+    (jobflow would fail it after writing its document, leaving a pointer to nothing)."""
+    if setup.stores is None:
+        return
+    missing = sorted(set(getattr(job, "_kwargs", {}) or {}) - set(setup.stores))
+    if missing:
+        have = ", ".join(setup.stores) or "none"
+        raise DefinitionError(
+            f"job {label(job)} saves into the additional store(s) {', '.join(missing)}, which "
+            f"the JobStore does not have (it has: {have}); add them to the JobStore's "
+            "additional_stores, or drop them from the job's @job(...) keywords"
+        )
+
+
+def order(flow: Any) -> list[Any]:
+    """The jobs of ``flow``, each after the jobs it refers to; a cycle is refused, named."""
+    try:
+        return [job for job, _ in flow.iterflow()]
+    except ValueError as err:
+        if "cycle" not in str(err):
+            raise
+        import networkx
+
+        cycle = networkx.find_cycle(flow.graph)
+        names = {j.uuid: label(j) for j in flow.jobs if hasattr(j, "function")}
+        steps = " -> ".join(names.get(a, a) for a, _ in cycle)
+        raise DefinitionError(
+            f"flow {flow.name!r} ({flow.uuid}) has a dependency cycle: {steps} -> back to "
+            f"the first; a job cannot (even indirectly) use its own output"
+        ) from None
+
+
+def tasks_of(
+    flow: Any, setup: Setup, outside: Mapping[str, Any], run: TaskFactory[..., Any]
+) -> dict[str, Task]:
+    """A task for each job of ``flow`` (a jobflow Flow), keyed by uuid, in dependency order.
+
+    ``outside``: for a uuid that is not a job of the flow, what its dependents take as that
+    job's output (a task, a stored reference, or a bundle read from the store; None:
+    nothing, the job's ``on_missing_references`` decides); a reference to any other job is
+    refused, naming both. ``run``: the task factory of ``execute.run_job``."""
+    made: dict[str, Task] = {}
+    for job in order(flow):
+        check_stores(job, setup)
+        inputs = []
+        for uuid in sorted(job.input_uuids):
+            if uuid in made:
+                inputs.append(made[uuid])
+            elif uuid in outside:
+                if outside[uuid] is not None:
+                    inputs.append(outside[uuid])
+            else:
+                raise DefinitionError(
+                    f"job {label(job)} refers to the output of job {uuid}, which is not in "
+                    f"flow {flow.name!r}: add that job to the flow, or (shoal.jobflow.run and "
+                    "run_locally) pass allow_external_references=True to read its output from "
+                    "the JobStore"
+                )
+        opts = options_of(job)
+        tags = (TAG, *opts.pop("tags", ()))
+        made[job.uuid] = run.options(name=task_name(job), tags=tags, **opts)(job, setup, *inputs)
+    return made
+
+
+def external(jobs: list[Any]) -> list[tuple[Any, str]]:
+    """The (job, uuid) pairs where one of ``jobs`` refers to a job not among them."""
+    mine = {j.uuid for j in jobs}
+    return [(j, u) for j in jobs for u in sorted(j.input_uuids) if u not in mine]
+
+
+def stand_in_last(tasks: dict[str, Task], uuid: str) -> tuple[list[Task], bool]:
+    """The tasks of a replacement, its stand-in (the job that takes the replaced ``uuid``)
+    last, as shoal's ``replace`` wants; False when no job takes the uuid (a Flow without an
+    output: nothing stands in, the dependents read the replaced job's own output)."""
+    standin = tasks.get(uuid)
+    rest: Iterable[Task] = (t for u, t in tasks.items() if u != uuid)
+    if standin is None:
+        return list(rest), False
+    return [*rest, standin], True
