@@ -68,3 +68,13 @@ def test_command_line_defaults_reach_only_the_runs_inside_their_context() -> Non
     assert RunOptions().deadline() is None and not RunOptions().shows_progress()
     started("outside")  # type: ignore[arg-type]  # no CLI context: nothing collects it
     assert ran.runs == ["a run"]
+
+
+def test_preload_takes_a_list_of_module_names() -> None:
+    assert RunOptions(preload=["numpy", "ase.calculators.emt"]).preload == [
+        "numpy",
+        "ase.calculators.emt",
+    ]
+    for bad in ("numpy", [""], [3]):
+        with pytest.raises(DefinitionError, match="preload must be a list of module names"):
+            RunOptions(preload=bad)  # type: ignore[arg-type]

@@ -281,3 +281,20 @@ def test_resume_after_kill_fills_the_store_as_an_uninterrupted_run(tmp_path: Pat
     theirs = new_store()
     jf_run_locally(copy.deepcopy(flow), store=theirs, log=False)
     same(theirs, ours, flow)
+
+
+def test_the_jobs_modules_are_imported_once_before_the_workers(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heavy module of the jobs (atomate2's take seconds) is imported by the fork server
+    before it forks the workers, not by each worker (the run option ``preload``)."""
+    imports = tmp_path / "imports"
+    monkeypatch.setenv("HEAVY_IMPORTS", str(imports))
+    from . import heavy
+
+    jobs = [heavy.parent_pid() for _ in range(4)]
+    run = shoal.run(Flow(jobs), store=new_store(), progress=False, base=base, cpus=2)
+    zygotes = {run.result(j) for j in jobs}
+    assert len(zygotes) == 1  # every worker was forked by the one fork server
+    pids = [int(x) for x in imports.read_text().split() if int(x) != os.getpid()]  # not here
+    assert pids == [*zygotes], f"imported by {pids}, the workers' parent is {zygotes}"

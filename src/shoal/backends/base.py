@@ -134,6 +134,10 @@ class Backend(abc.ABC):
         ``start`` or ``close`` follows (``python``: the run has Python tasks, not only
         commands)."""
 
+    def preload(self, modules: tuple[str, ...]) -> None:  # noqa: B027 - optional, no-op here
+        """Import ``modules`` once where workers come from, before the first of them starts
+        (called before ``boot``): heavy imports paid once, not in every worker."""
+
     def warm(  # noqa: B027 - optional, no-op here
         self, workers: int, cpus: int = 1, python: bool = True
     ) -> None:

@@ -152,6 +152,20 @@ def external(jobs: list[Any]) -> list[tuple[Any, str]]:
     return [(j, u) for j in jobs for u in sorted(j.input_uuids) if u not in mine]
 
 
+def modules_of(jobs: list[Any]) -> tuple[str, ...]:
+    """The modules the jobs' functions (or their Makers) live in, jobflow's first: imported
+    once before the workers start (the run option ``preload``), not in every worker. A
+    script's own functions (``__main__``) are sent by value and need none."""
+    out = ["jobflow", "shoal.jobflow.execute"]
+    for job in jobs:
+        fn = job.function
+        owner = getattr(fn, "__self__", None)  # a Maker's make method
+        name = type(owner).__module__ if owner is not None else getattr(fn, "__module__", None)
+        if name and name != "__main__" and not name.startswith("builtins"):
+            out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
 def stand_in_last(tasks: dict[str, Task], uuid: str) -> tuple[list[Task], bool]:
     """The tasks of a replacement, its stand-in (the job that takes the replaced ``uuid``)
     last, as shoal's ``replace`` wants; False when no job takes the uuid (a Flow without an

@@ -29,6 +29,7 @@ from shoal.jobflow.graph import (
     external,
     is_jobflow,
     label,
+    modules_of,
     order,
     tasks_of,
 )
@@ -124,7 +125,9 @@ def stored(store: Any, uuid: str) -> Bundle | None:
     }
 
 
-def workflow(flow: Any, store: Any, setup: Setup, allow_external: bool) -> Workflow:
+def workflow(
+    flow: Any, store: Any, setup: Setup, allow_external: bool, options: dict[str, Any]
+) -> Workflow:
     """The shoal workflow of ``flow`` (a Job, a Flow or a list of them), checked whole before
     anything is stored: a cycle, a reference outside the flow, an unknown additional store,
     a bad ``manager_config``."""
@@ -148,6 +151,7 @@ def workflow(flow: Any, store: Any, setup: Setup, allow_external: bool) -> Workf
     missing = {u for _, u in ext} - set(outside)
     wf = Workflow(flow.name or "Flow")
     tasks = tasks_of(flow, setup, {**outside, **dict.fromkeys(missing)}, factory())
+    options["preload"] = tuple(dict.fromkeys((*modules_of(jobs), *options.get("preload", ()))))
     wf.add(*tasks.values())
     return wf
 
@@ -170,7 +174,7 @@ def run(
     job's output, as jobflow's ``run_locally`` would. ``folders``: each job runs in its task
     folder (``tasks/<id>`` in the run directory)."""
     store = _store(store)
-    wf = workflow(flow, store, _setup(store, folders), allow_external_references)
+    wf = workflow(flow, store, _setup(store, folders), allow_external_references, options)
     r = _adopt(api.run(wf, **options), store)
     r.replay()
     return r
@@ -186,7 +190,7 @@ def submit(
 ) -> FlowRun:
     """Like :func:`run`, but return at once; ``run.wait()`` fills the store when it ends."""
     store = _store(store)
-    wf = workflow(flow, store, _setup(store, folders), allow_external_references)
+    wf = workflow(flow, store, _setup(store, folders), allow_external_references, options)
     return _adopt(api.submit(wf, **options), store)
 
 
@@ -293,7 +297,7 @@ def run_locally(
     root.mkdir(exist_ok=True)
     store = _store(store)
     setup = _setup(store, create_folders, str(root), keep=raise_immediately)
-    wf = workflow(flow, store, setup, allow_external_references)
+    wf = workflow(flow, store, setup, allow_external_references, options)
     if raise_immediately:
         wf.on("task-failed", tags=(TAG,))(_stop_at_failure)
     options.setdefault("progress", False)

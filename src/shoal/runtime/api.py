@@ -35,6 +35,8 @@ def prepare(wf: Workflow | None, opts: RunOptions, resume: Path | None = None) -
     state_dir = Path(opts.state_dir) if opts.state_dir else None
     extras = Extras(stop, opts.stop_mode, default, state_dir)
     be = make_backend(opts.backend, opts.cpus, opts.gpus, opts.memory, opts.pin, opts.launcher)
+    if opts.preload:
+        be.preload(tuple(opts.preload))
     window = opts.prefetch_window
     pol = Policy(
         mode=opts.policy,  # type: ignore[arg-type]  # a word; Policy checks it

@@ -109,12 +109,25 @@ class RunOptions:
     escalate: Any = field(
         default=None, metadata=_m("{'timeout': 2.0, 'memory': 1.5}: multiply them on each retry")
     )
+    preload: tuple[str, ...] | list[str] = field(
+        default=(),
+        metadata=_m(
+            "modules to import once before workers start (the local fork server), e.g. "
+            "['atomate2.vasp.jobs.core']: a heavy import paid once, not in every worker"
+        ),
+    )
     state_dir: str | os.PathLike[str] | None = field(
         default=None,
         metadata=_m("keep the live store on node-local disk, copied to the run directory"),
     )
 
     def __post_init__(self) -> None:
+        bad = [m for m in self.preload if not isinstance(m, str) or not m]
+        if isinstance(self.preload, str) or bad:
+            raise DefinitionError(
+                f"preload must be a list of module names (['numpy', 'ase.calculators.emt']), "
+                f"got {self.preload!r}"
+            )
         if self.stop_mode not in ("cancel", "finish"):
             raise DefinitionError(
                 f"stop_mode must be 'cancel' (stop running tasks when the run is stopped, the "

@@ -130,6 +130,10 @@ class LocalBackend(WorkerPool, Backend):
     def notes(self) -> list[str]:
         return list(self._notes)
 
+    def preload(self, modules: tuple[str, ...]) -> None:
+        """The zygote imports ``modules`` before it forks the first worker (zygote.py)."""
+        self.preloaded = tuple(dict.fromkeys((*self.preloaded, *modules)))
+
     def boot(self, python: bool = True) -> None:
         """Start the fork server now, while the run is checked and its directory made."""
         if self.closed:

@@ -27,6 +27,7 @@ from shoal.backends.base import Job
 from shoal.backends.env import python_path, thread_vars
 from shoal.backends.execute import describe_exit, killpg, leader, tail
 from shoal.backends.local import worker_main
+from shoal.backends.local import zygote as zygote_mod
 from shoal.backends.local.wire import Wire
 from shoal.backends.local.zygote import Forked, Zygote, launch
 from shoal.core.events import Outcome
@@ -77,6 +78,7 @@ class WorkerPool:
     hold = worker_main.HOLD
     command_hold = worker_main.COMMAND_HOLD
     fork_server = True  # workers are forked by one zygote process (zygote.py), not started
+    preloaded: tuple[str, ...] = ()  # modules the zygote imports before it forks (preload)
 
     # The backend's, read here: the run, the node's size, the interpreter, the poller
     rundir: Path | None
@@ -139,6 +141,8 @@ class WorkerPool:
         z = self._zygote
         if z is None and self.fork_server:
             env = {**os.environ, "PYTHONPATH": python_path()}
+            if self.preloaded:
+                env[zygote_mod.PRELOAD] = ",".join(self.preloaded)
             log = None if self.rundir is None else str(self._spool("zygote.log"))
             try:
                 z = self._zygote = Zygote(self.python, env, log, site=python)

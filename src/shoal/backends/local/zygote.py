@@ -39,6 +39,7 @@ process group kills whatever its tasks started.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import select
@@ -145,10 +146,21 @@ def _orphaned(workers: set[int], watched: set[int]) -> None:
     end_children()  # the workers, and the orphans their tasks left to this process
 
 
+PRELOAD = "SHOAL_PRELOAD"  # modules to import before forking, comma-separated (run option)
+
+
 def _preload() -> None:
-    """What Python tasks need: site-packages, and cloudpickle (functions sent by value)."""
+    """What Python tasks need: site-packages, cloudpickle (functions sent by value), and the
+    modules of the run option ``preload`` (a failure is said here, in the zygote's log, and
+    met again by the worker that imports the module itself)."""
     worker_main.load_site()
     import cloudpickle  # noqa: F401
+
+    for name in filter(None, os.environ.get(PRELOAD, "").split(",")):
+        try:
+            importlib.import_module(name)
+        except BaseException as err:  # any failure (even SystemExit): the workers meet it again
+            print(f"shoal zygote: cannot preload {name}: {type(err).__name__}: {err}", flush=True)
 
 
 def _log(path: str) -> None:
