@@ -130,6 +130,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         nodes = [Node.sized(f"n{i}", c, g, m) for i, (c, g, m) in enumerate(shapes)]
         self.sched = Scheduler(nodes, policy, validate=True)  # validate() after every step
 
+    def ok(self, task: int, dep: State) -> bool:
+        """Whether a dependency in state ``dep`` lets ``task`` run (TaskTable.met)."""
+        return dep is SUCCEEDED or (dep is FAILED and self.infos[task].tolerate)
+
     def deps_of(self, task: int) -> list[int]:
         # (a Response's gates are known before its feed, and born during it)
         gates = (g for g in self.gates.get(task, ()) if g in self.states)
@@ -188,17 +192,17 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert c.new in INITIAL, c
             assert c.task not in self.states, f"task {c.task} was created twice"
             # born ready exactly when it waits for nothing
-            assert (c.new is READY) == all(d is SUCCEEDED for d in deps), (c, deps)
+            assert (c.new is READY) == all(self.ok(c.task, d) for d in deps), (c, deps)
         else:
             assert self.states.get(c.task) is c.old, (c, self.states.get(c.task))
             assert c.new in TRANSITIONS[c.old], f"illegal transition {c}"
         if (c.old, c.new) == (PENDING, QUEUED):  # a follower: it waits for one task, in flight
-            waits = [d for d in self.deps_of(c.task) if self.states[d] is not SUCCEEDED]
+            waits = [d for d in self.deps_of(c.task) if not self.ok(c.task, self.states[d])]
             assert len(waits) == 1 and waits[0] in self.live, (c, waits)
             assert not self.stopped, f"{c}: the run was stopped, nothing new may start"
             awaiting[c.task] = c.new
         elif c.new in (READY, QUEUED, RUNNING, SUCCEEDED):
-            assert all(d is SUCCEEDED for d in deps), f"{c} although its deps are {deps}"
+            assert all(self.ok(c.task, d) for d in deps), f"{c} although its deps are {deps}"
         if c.old is READY and c.new in LIVE:
             assert not self.stopped, f"{c}: the run was stopped, nothing new may start"
             awaiting[c.task] = c.new
@@ -229,7 +233,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.follows[c.task] = c.after
         for d in self.deps_of(c.task):
             if not (c.follows and d == c.after):
-                assert self.states[d] is SUCCEEDED, f"task {c.task} dispatched before dep {d}"
+                ok = self.ok(c.task, self.states[d])
+                assert ok, f"task {c.task} dispatched before dep {d}"
         assert c.attempt == self.attempts.get(c.task, 0) + 1, c
         self.attempts[c.task] = c.attempt
         if c.after is not None:  # prefetch: queued behind the last task of a running slot
@@ -365,6 +370,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 None,
                 data.draw(st.sampled_from([0.0, 0.01, 3.0, 1e6]), label="estimate"),
                 data.draw(st.booleans(), label="follow"),
+                data.draw(st.booleans(), label="tolerate"),
             )
             self.infos[tid] = info
             batch.append(info)
@@ -585,14 +591,26 @@ class SchedulerMachine(RuleBasedStateMachine):
     def retry(self, data: st.DataObject) -> None:
         task = data.draw(st.sampled_from(self.tasks_in(FAILED, CANCELLED)))
         deps = [self.states[d] for d in self.deps_of(task)]
-        if any(d in BAD_END for d in deps):
+        # a child that ran despite the failure and has not ended: the retry is refused
+        tolerant = [c for c in self.states if task in self.deps_of(c) and self.ok(c, FAILED)]
+        ran = self.states[task] is FAILED and any(
+            self.states[c] in (RUNNING, State.RETRYING)
+            or (self.states[c] is QUEUED and self.live[c].kill is not None)
+            for c in tolerant
+        )
+        if ran or any(d in BAD_END and not self.ok(task, d) for d in deps):
             before = self.snapshot()
-            with pytest.raises(DefinitionError, match="retry that one"):
+            with pytest.raises(DefinitionError, match=r"retry that one|cancel it first"):
                 self.s.handle(Retry(self.now, task))
             assert self.snapshot() == before
             return
         old = self.states[task]
-        out = self.feed(Retry(self.now, task))
+        if old is FAILED:  # queued children that tolerated the failure are taken back
+            self.taken = {c for c in tolerant if self.states[c] is QUEUED}
+        try:
+            out = self.feed(Retry(self.now, task))
+        finally:
+            self.taken = set()
         first = transitions(out, task)[0]
         assert first.old is old and first.new in (READY, PENDING)
 
@@ -612,7 +630,10 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if x in self.deps_of(t) and t not in below:
                     below.add(t)
                     todo.append(t)
-        blocked = any(self.states[d] in BAD_END for d in self.deps_of(task))
+        blocked = any(
+            self.states[d] in BAD_END and not self.ok(task, self.states[d])
+            for d in self.deps_of(task)
+        )
         children = {t for t in self.states if task in self.deps_of(t)}
         near = below if downstream else children
 
@@ -641,7 +662,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         if downstream:
             for t in below:  # reopened, unless something else upstream of it ended badly
                 ok = self.states[t] not in TERMINAL or any(
-                    self.states[d] in BAD_END for d in self.deps_of(t)
+                    self.states[d] in BAD_END and not self.ok(t, self.states[d])
+                    for d in self.deps_of(t)
                 )
                 assert ok, f"task {t} below {task} did not reopen"
 
@@ -744,14 +766,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             # (a succeeded task may sit below one that runs again: a rerun without its
             # downstream; that it succeeded only after its deps is checked at the transition)
             if v is QUEUED and t in self.follows:
-                waits = [d for d in self.deps_of(t) if states[d] is not SUCCEEDED]
+                waits = [d for d in self.deps_of(t) if not self.ok(t, states[d])]
                 assert waits == [self.follows[t]], (t, waits, self.follows[t])
             elif v in (READY, QUEUED, RUNNING):
-                assert all(d is SUCCEEDED for d in deps), (t, v, deps)
+                assert all(self.ok(t, d) for d in deps), (t, v, deps)
             if v is PENDING:
-                assert any(d is not SUCCEEDED for d in deps), (t, deps)
+                assert any(not self.ok(t, d) for d in deps), (t, deps)
             if v not in TERMINAL:
-                assert not any(d in BAD_END for d in deps), f"{t} is {v} though a dep ended badly"
+                bad = any(d in BAD_END and not self.ok(t, d) for d in deps)
+                assert not bad, f"{t} is {v} though a dep ended badly"
         # an idle pool always fits the most urgent ready task (refusal() said so at submission)
         assert s.stopped == ("stop run" if self.stopped else "")
         if self.stopped:

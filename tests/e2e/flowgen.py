@@ -42,6 +42,7 @@ class Mix:
     stop: bool = True
     requests: bool = False
     crash: bool = False
+    tolerate: bool = True  # tasks that run when a dependency failed (Options.tolerate)
 
 
 def default_mix(mode: str) -> Mix:
@@ -71,6 +72,10 @@ class Gen:
         # rerun request waits for its target to fail or succeed, and a hook may be cancelled
         # (seed 30007); a cancel finds its target ended if a hook failed (seed 30112).
         self.targets: set[str] = set()
+        # A stream of its own for what came later (tolerate), so that a seed keeps naming
+        # the case it named before.
+        self.later = random.Random(seed * 7919 + 1)
+        self.kinds: dict[str, str] = {}
 
     # -- single tasks --------------------------------------------------------------------------
     def kind(self, python_only: bool = False) -> str:
@@ -170,6 +175,16 @@ class Gen:
         t.deps, t.after = self.deps(earlier)
         self.behaviour(t)
         self.options(t, cpus)
+        self.kinds[name] = t.kind
+        python = ("py", "iso")
+        if (
+            self.mix.tolerate
+            and t.kind in python
+            and t.deps
+            and all(self.kinds.get(d) in python for d in t.deps)
+            and self.later.random() < 0.15
+        ):
+            t.tolerate = True
         if (
             self.mix.responses
             and t.kind in ("py", "iso")

@@ -53,6 +53,7 @@ class T:
     priority: int = 0
     tags: list[str] = field(default_factory=list)
     resp: Resp | None = None
+    tolerate: bool = False  # it runs when a dependency failed, reading None for its output
 
     def nested(self) -> list[T]:
         """The tasks its Response may add (and theirs), not itself."""
@@ -324,6 +325,8 @@ def build(t: T, refs: dict[str, Any], folder: str, given: list[Any] | None = Non
         opts["priority"] = t.priority
     if t.tags:
         opts["tags"] = list(t.tags)
+    if t.tolerate:
+        opts["tolerate"] = True
     if t.timeout is not None:
         opts["timeout"] = t.timeout
     if t.retries:

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Any
 
-from jobflow import Flow, Maker, Response, job
+from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
 from monty.json import MSONable
 from pydantic import BaseModel
 
@@ -173,3 +173,13 @@ def slow_and_dynamic() -> Flow:
     after = add(late.output, 1)
     detoured = detour(second.output)
     return Flow([flow, first, second, late, after, detoured], name="slow")
+
+
+@job(config=JobConfig(on_missing_references=OnMissing.NONE))
+def collect_none(*values: Any) -> list[Any]:
+    return list(values)
+
+
+@job(config=JobConfig(on_missing_references=OnMissing.PASS))
+def collect_pass(*values: Any) -> list[str]:
+    return [type(v).__name__ for v in values]

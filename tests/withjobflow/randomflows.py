@@ -3,7 +3,8 @@
 ``generate(seed)`` makes a flow of 15-40 ``mix`` jobs, each referring to the outputs of up to
 three earlier ones (whole, or an attribute chain into a list), each of a random kind: a plain
 value, a failure, a replace chain, a replace by a flow with and without an output, a list of
-jobs (a replace), a detour, an addition, ``stop_children``, an additional-store blob. The
+jobs (a replace), a detour, an addition, ``stop_children``, an additional-store blob, a job
+that tolerates failed inputs (``on_missing_references`` NONE). The
 test runs a deep copy with jobflow and one with shoal (random backend options) and compares
 the two JobStores (compare.same).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from jobflow import Flow, Response, job
+from jobflow import Flow, JobConfig, OnMissing, Response, job
 
 KINDS = (
     "plain",
@@ -30,6 +31,7 @@ KINDS = (
     "addition",
     "stop",
     "blob",
+    "gather",
 )
 
 
@@ -77,21 +79,36 @@ def blob(*values: Any) -> dict[str, Any]:
     return {"blob": list(range(v % 5 + 1)), "v": v}
 
 
+@job(config=JobConfig(on_missing_references=OnMissing.NONE))
+def gather(*values: Any) -> int:
+    """Runs when a job it refers to failed, reading None for it."""
+    return number(values) + sum(v is None for v in values)
+
+
 def generate(seed: int) -> Flow:
     rng = random.Random(seed)
     jobs: list[Any] = []
+    roots: list[Any] = []
     for _ in range(rng.randint(15, 40)):
         kind = rng.choice(KINDS)
         if kind == "fail" and rng.random() < 0.5:
             kind = "plain"
         inputs: list[Any] = []
-        for parent in rng.sample(jobs, min(len(jobs), rng.randint(0, 3))):
+        # gather refers to jobs without inputs only: a failure it meets is its parent's own
+        # (below a job that never ran, jobflow's run_locally runs it, jobflow-remote and
+        # shoal do not)
+        pool = roots if kind == "gather" else jobs
+        for parent in rng.sample(pool, min(len(pool), rng.randint(0, 3))):
             ref = parent.output
             if parent.name == "blob" and rng.random() < 0.5:
                 ref = ref["blob"]  # a reference into an additional store
             inputs.append(ref)
         if kind == "blob":
             jobs.append(blob(*inputs))
+        elif kind == "gather":
+            jobs.append(gather(*inputs))
         else:
             jobs.append(mix(kind, rng.randint(0, 3), *inputs))
+        if not inputs and kind not in ("gather", "blob"):
+            roots.append(jobs[-1])
     return Flow(jobs, name=f"random-{seed}")

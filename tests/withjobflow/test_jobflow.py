@@ -298,3 +298,25 @@ def test_the_jobs_modules_are_imported_once_before_the_workers(
     assert len(zygotes) == 1  # every worker was forked by the one fork server
     pids = [int(x) for x in imports.read_text().split() if int(x) != os.getpid()]  # not here
     assert pids == [*zygotes], f"imported by {pids}, the workers' parent is {zygotes}"
+
+
+def test_on_missing_references_none_and_pass(base: Path) -> None:
+    """A child of a failed job runs when its on_missing_references is NONE (it reads None) or
+    PASS (it gets the reference itself); with ERROR it does not run; one below a job that
+    never ran ends with it (as jobflow-remote leaves it)."""
+    bad = flows.fail("x")
+    ok = flows.add(1, 1)
+    none = flows.collect_none(bad.output, ok.output)
+    passed = flows.collect_pass(bad.output, ok.output)
+    error = flows.add(bad.output, 1)
+    below = flows.collect_none(error.output)
+    flow = Flow([bad, ok, none, passed, error, below])
+    theirs, ours, run = twin(copy.deepcopy(flow), base=base)
+    assert run.result(none) == [None, 2]
+    assert run.result(passed) == ["OutputReference", "int"]
+    assert ours.get_output(none.uuid) == theirs.get_output(none.uuid)
+    assert ours.get_output(passed.uuid) == theirs.get_output(passed.uuid)
+    with Reader(run.dir) as r:
+        assert r.find(error.uuid).state == "dep_failed"
+        assert r.find(below.uuid).state == "dep_failed"  # run_locally would run it
+        assert r.find(none.uuid).state == "succeeded"

@@ -63,7 +63,6 @@ from shoal.core.stimuli import (
 from shoal.core.tasks import (
     CANCELLED,
     FAILED,
-    PENDING,
     QUEUED,
     RETRYING,
     RUNNING,
@@ -261,12 +260,7 @@ class Scheduler:
         self._chains.end_run(e, cause, out)
         if before:
             reopen.redirect(table, e, before, ev, cause, out)
-        records = table.records
-        for c in e.children or ():
-            child = records[c]
-            child.waiting -= 1
-            if child.waiting == 0 and child.state is PENDING:
-                table.ready(child, cause, out)
+        table.release(table.children_of(e), cause, out)
 
     def _on_failed(self, ev: Failed, cause: str, out: list[Command]) -> None:
         e = self._table.records.get(ev.task)
@@ -323,7 +317,11 @@ class Scheduler:
             return
         table.move(e, CANCELLED if kind == Failure.CANCELLED else FAILED, cause, out, reason)
         self._chains.end_run(e, cause, out)
-        table.end_downstream(e, table.children_of(e), cause, out)
+        children = table.children_of(e)
+        if e.state is FAILED:  # those that tolerate a failure run all the same
+            table.release((c for c in children if table.met(c, e)), cause, out)
+            children = [c for c in children if not table.met(c, e)]
+        table.end_downstream(e, children, cause, out)
 
     def _on_returned(self, ev: Returned, cause: str, out: list[Command]) -> None:
         """A task came back unstarted: its chain is lost (see Chains.lose)."""

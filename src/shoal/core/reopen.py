@@ -97,9 +97,26 @@ def retry(
             f"cannot retry task {ev.task}: it depends on task {dep.info.id}, which is "
             f"{dep.state.value}; retry that one"
         )
+    tolerant = [c for c in table.children_of(e) if table.met(c, e)]  # it failed: they ran on
+    for c in tolerant:
+        busy = started(chains, c)
+        if busy:
+            raise RequestRefused(
+                f"cannot retry task {ev.task}: task {c.info.id}, which runs despite its "
+                f"failure, {busy}; wait for it to end, or cancel it first"
+            )
     if ev.info is not None:
         e.info = ev.info
     reopen(table, e, cause, out, ev.reason)
+    # Those that tolerate its failure and have not started wait for it again.
+    why = f"upstream task {e.info.id} was retried"
+    for c in tolerant:
+        if c.state in (PENDING, READY, QUEUED):
+            if c.state is QUEUED:  # handed to a worker, not started: take it back
+                chains.take_back(c, cause, out, why)
+            c.waiting = table.unmet(c)
+            if c.state is READY and c.waiting:
+                table.unready(c, cause, out, why)
     # Reopen what ended because of it, unless something else upstream still blocks it.
     records = table.records
     rid = e.info.id
@@ -219,7 +236,7 @@ def _kept(table: TaskTable, e: TaskRecord, down: list[TaskRecord]) -> set[int]:
                 continue
             for d in c.waits_for():
                 x = table.records[d]
-                bad = x.state in TERMINAL and x.state is not SUCCEEDED and d not in ids
+                bad = x.state in TERMINAL and not table.met(c, x) and d not in ids
                 if bad or d in keep:
                     keep.add(c.info.id)
                     changed = True

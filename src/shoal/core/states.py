@@ -127,7 +127,8 @@ EVENT_EDGES: dict[Cause, frozenset[tuple[State, State]]] = {
     Cause.SCHEDULING: _edges((_R, _RUN), (_R, _Q), (_P, _Q)),
     Cause.SUBMITTED: _DOWNSTREAM,
     Cause.SUCCEEDED: _DOWNSTREAM | _CHAIN | _edges((_RUN, State.SUCCEEDED), (_P, _R)),
-    Cause.FAILED: _edges((_P, frozenset({State.DEP_FAILED, State.CANCELLED})))
+    # (pending -> ready: a task that tolerates the failure, Options.tolerate)
+    Cause.FAILED: _edges((_P, frozenset({State.DEP_FAILED, State.CANCELLED, _R})))
     | _CHAIN
     | _edges(
         (_RUN, frozenset({State.FAILED, State.CANCELLED, _RET, _R})),
@@ -140,8 +141,11 @@ EVENT_EDGES: dict[Cause, frozenset[tuple[State, State]]] = {
     Cause.CANCEL_REQUESTED: _edges(
         (_P, State.CANCELLED), (_R, State.CANCELLED), (_RET, State.CANCELLED)
     ),
+    # (ready or queued -> pending: a task that tolerated the failure waits for the retry)
     Cause.RETRY_REQUESTED: _edges(
         (_P, State.SKIPPED),
+        (_R, _P),
+        (_Q, _P),
         (State.FAILED, _REOPENED),
         (State.CANCELLED, _REOPENED),
         (State.DEP_FAILED, _REOPENED),

@@ -37,6 +37,9 @@ class TaskInfo:
     # It may follow: be queued behind the one task it still waits for, on that task's slot,
     # before that task ends (Policy.follow; the backend starts it only after that success).
     follow: bool = False
+    # It runs even when a task it depends on failed (Options.tolerate): a FAILED dependency
+    # counts as met for it (TaskTable.met). One that never ran still ends it.
+    tolerate: bool = False
 
 
 # -- stimuli -----------------------------------------------------------------------------------

@@ -159,11 +159,17 @@ class TaskTable:
         return [self.records[c] for c in e.children or ()]
 
     # -- questions --------------------------------------------------------------------------
+    @staticmethod
+    def met(e: TaskRecord, dep: TaskRecord) -> bool:
+        """Whether ``dep``, which ``e`` waits for, lets ``e`` run: it succeeded, or it failed
+        and ``e`` tolerates that (TaskInfo.tolerate)."""
+        return dep.state is SUCCEEDED or (dep.state is FAILED and e.info.tolerate)
+
     def blocker(self, e: TaskRecord) -> TaskRecord | None:
-        """The first task ``e`` waits for that ended without success (so ``e`` cannot run)."""
+        """The first task ``e`` waits for that ended and does not let it run."""
         for d in e.waits_for():
             dep = self.records[d]
-            if dep.state in TERMINAL and dep.state is not SUCCEEDED:
+            if dep.state in TERMINAL and not self.met(e, dep):
                 return dep
         return None
 
@@ -177,9 +183,17 @@ class TaskTable:
         return None
 
     def unmet(self, e: TaskRecord) -> int:
-        """How many of the tasks ``e`` waits for have not succeeded."""
+        """How many of the tasks ``e`` waits for do not let it run yet (see :meth:`met`)."""
         records = self.records
-        return sum(1 for d in e.waits_for() if records[d].state is not SUCCEEDED)
+        return sum(1 for d in e.waits_for() if not self.met(e, records[d]))
+
+    def release(self, children: Iterable[TaskRecord], cause: str, out: list[Command]) -> None:
+        """A task they wait for let them run (it succeeded, or failed and they tolerate it):
+        each waits for one task fewer, and is ready when it waits for none."""
+        for child in children:
+            child.waiting -= 1
+            if child.waiting == 0 and child.state is PENDING:
+                self.ready(child, cause, out)
 
     # -- births -------------------------------------------------------------------------------
     def check_submission(self, tasks: Sequence[TaskInfo], gate: Sequence[int] = ()) -> None:
@@ -223,7 +237,7 @@ class TaskTable:
                 state = dep.state
                 if state is RUNNING or state is QUEUED:
                     touched.append(d)
-                if state is not SUCCEEDED:
+                if not self.met(e, dep):
                     e.waiting += 1
                     if state in TERMINAL:
                         failed_dep = dep

@@ -39,7 +39,7 @@ import os
 
 from shoal.core.chains import Chain, Chains
 from shoal.core.states import TERMINAL, State
-from shoal.core.tasks import PENDING, QUEUED, READY, RETRYING, RUNNING, SUCCEEDED, TaskTable
+from shoal.core.tasks import PENDING, QUEUED, READY, RETRYING, RUNNING, TaskTable
 
 ENV = "SHOAL_VALIDATE"
 
@@ -146,7 +146,7 @@ def _check_follower(table: TaskTable, chains: Chains, tid: int) -> None:
         _fail(f"task {tid} follows task {f.follows} but is {e.state.value}")
     if not chains.policy.follow or not e.info.follow:
         _fail(f"task {tid} follows task {f.follows} though following is off")
-    waits = [d for d in e.waits_for() if table.records[d].state is not SUCCEEDED]
+    waits = [d for d in e.waits_for() if not table.met(e, table.records[d])]
     if waits != [f.follows]:
         _fail(f"follower {tid} of task {f.follows} waits for {waits}")
     order = list(f.chain.tasks)
@@ -167,7 +167,7 @@ def _check_waits(table: TaskTable, tid: int, edges: set[tuple[int, int]]) -> Non
             return
         if (d, tid) not in edges:
             _fail(f"task {tid} waits for task {d}, which does not list it as a child")
-        if dep.state is not SUCCEEDED:
+        if not table.met(e, dep):
             waits += 1
             if dep.state in TERMINAL:
                 _fail(

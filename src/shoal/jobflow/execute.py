@@ -47,6 +47,7 @@ def run_job(job: Any, setup: Setup, *inputs: Bundle) -> Any:
     from shoal.backends.execute import current
 
     here = current()
+    inputs = tuple(b for b in inputs if b is not None)  # None: a job that failed (tolerated)
     check_stores(job, setup)
     store = scratch(job, inputs)
     folder = job_folder(setup, here.dir)

@@ -81,6 +81,14 @@ def options_of(job: Any) -> dict[str, Any]:
     return dict(mine)
 
 
+def tolerates(job: Any) -> bool:
+    """Whether the job runs when a job it refers to failed (``on_missing_references`` NONE or
+    PASS: it then resolves that reference to None, or leaves it), as jobflow-remote readies
+    it; one whose parent never ran (it failed upstream) ends with that parent."""
+    on = getattr(job.config, "on_missing_references", "error")
+    return str(getattr(on, "value", on)) != "error"
+
+
 def check_stores(job: Any, setup: Setup) -> None:
     """Refuse a job that saves into an additional store the user's JobStore does not have
     (jobflow would fail it after writing its document, leaving a pointer to nothing)."""
@@ -142,6 +150,8 @@ def tasks_of(
                 )
         opts = options_of(job)
         tags = (TAG, *opts.pop("tags", ()))
+        if tolerates(job):
+            opts.setdefault("tolerate", True)
         made[job.uuid] = run.options(name=task_name(job), tags=tags, **opts)(job, setup, *inputs)
     return made
 

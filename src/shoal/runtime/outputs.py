@@ -19,6 +19,7 @@ from shoal.spec.lower import Record, dumps
 from shoal.spec.refs import StoredRef, follow, walk
 from shoal.store.pickles import loads
 
+NONE = dumps(None)  # the output of a failed task, for a task that tolerates it (Options)
 KEPT = 256 << 20  # bytes of outputs the driver keeps in memory for dependents
 CARRY = 1 << 16  # bytes of other tasks' outputs a task's arguments may carry
 
@@ -78,6 +79,8 @@ class OutputCache:
         if data is None:
             data = self.stored(task)
             if data is None:
+                if self.state(task) is State.FAILED:  # for a task that tolerates it: None
+                    return NONE
                 raise DefinitionError(f"the result of task #{task} is not in the store")
         return data
 

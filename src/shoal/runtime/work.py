@@ -118,9 +118,19 @@ class Work:
         estimate = o.estimate or 0.0
         # A Python task in the workers may follow the task it waits for (its output is then
         # resolved in the worker that ran that task); a command's line is rendered here.
-        follow = hit[2] is Lane.WORKERS and r.kind == "python" and bool(r.deps)
+        # A task that tolerates failures does not follow: it may start after one.
+        follow = hit[2] is Lane.WORKERS and r.kind == "python" and bool(r.deps) and not o.tolerate
         return TaskInfo(
-            r.id, r.deps, hit[1], o.priority, o.timeout, hit[2], retry, estimate, follow
+            r.id,
+            r.deps,
+            hit[1],
+            o.priority,
+            o.timeout,
+            hit[2],
+            retry,
+            estimate,
+            follow,
+            o.tolerate,
         )
 
     def lane(self, r: Record) -> Lane:

@@ -57,6 +57,10 @@ class Options:
     # Expected seconds of run time, if known roughly: among ready tasks of equal priority the
     # longer ones start first, so that the slowest are not the last to finish.
     estimate: float | None = None
+    # It runs even when a task it depends on failed (that task's output then reads as None):
+    # a task that collects what it can (jobflow's on_missing_references NONE or PASS). A task
+    # upstream that never ran (dep_failed, cancelled, skipped) still ends it.
+    tolerate: bool = False
 
     @property
     def request(self) -> Request:
@@ -152,5 +156,9 @@ def _check(where: str, key: str, value: Any) -> Any:
     if key == "isolate":
         if value is not None and not isinstance(value, bool):
             raise DefinitionError(f"{where}: isolate must be True or False, got {value!r}")
+        return value
+    if key == "tolerate":
+        if not isinstance(value, bool):
+            raise DefinitionError(f"{where}: tolerate must be True or False, got {value!r}")
         return value
     raise AssertionError(key)

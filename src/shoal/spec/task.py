@@ -212,7 +212,8 @@ def task(fn: Any = None, **options: Any) -> Any:
 
     Options: ``name``, ``cpus`` (cores per rank), ``gpus`` (per rank), ``ranks``, ``memory``
     (MB per rank, or a string like ``"4GB"``), ``timeout`` (seconds), ``priority`` (higher
-    starts first), ``tags`` and ``isolate`` (run in a fresh process instead of a worker).
+    starts first), ``tags``, ``isolate`` (run in a fresh process instead of a worker) and
+    ``tolerate`` (run even when a task it depends on failed; that output reads as None).
     """
     where = f"task({getattr(fn, '__name__', '')})" if fn is not None else "task(...)"
     opts = Options().merged(where, **options)

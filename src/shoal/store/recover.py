@@ -56,6 +56,7 @@ def _options(text: str, name: str, tags: list[str]) -> Options:
         isolate=o["isolate"],
         retry=undescribe(o.get("retry")),
         estimate=o.get("estimate"),
+        tolerate=bool(o.get("tolerate", False)),  # stored since session 17
     )
 
 

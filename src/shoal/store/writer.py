@@ -38,6 +38,7 @@ def options_json(o: Options) -> str:
             "isolate": o.isolate,
             "retry": describe(o.retry),
             "estimate": o.estimate,
+            "tolerate": o.tolerate,
         }
     )
 
