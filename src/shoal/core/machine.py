@@ -260,7 +260,7 @@ class Scheduler:
         self._chains.end_run(e, cause, out)
         if before:
             reopen.redirect(table, e, before, ev, cause, out)
-        table.release(table.children_of(e), cause, out)
+        table.release(e.children or (), cause, out)
 
     def _on_failed(self, ev: Failed, cause: str, out: list[Command]) -> None:
         e = self._table.records.get(ev.task)
@@ -319,7 +319,7 @@ class Scheduler:
         self._chains.end_run(e, cause, out)
         children = table.children_of(e)
         if e.state is FAILED:  # those that tolerate a failure run all the same
-            table.release((c for c in children if table.met(c, e)), cause, out)
+            table.release([c.info.id for c in children if table.met(c, e)], cause, out)
             children = [c for c in children if not table.met(c, e)]
         table.end_downstream(e, children, cause, out)
 
