@@ -1,4 +1,4 @@
-"""The jobs of bench/jobflow.py, in a module of their own so that workers import them."""
+"""The jobs of bench/jobflow_runs.py, in a module of their own so that workers import them."""
 
 from __future__ import annotations
 

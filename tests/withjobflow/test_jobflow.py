@@ -68,6 +68,10 @@ def test_additional_stores_and_blobs(base: Path) -> None:
     blob = next(iter(ours.additional_stores["data"].query({})))
     assert blob["job_uuid"] == j.uuid and blob["data"] == [0, 1, 2, 3]
     assert run.result(child) == [0, 1, 2, 3]
+    # a replay again (a resume does one) writes nothing twice
+    counts = (ours.docs_store.count(), ours.additional_stores["data"].count())
+    assert shoal.jobflow.replay(run.dir, ours) == counts[0]
+    assert (ours.docs_store.count(), ours.additional_stores["data"].count()) == counts
     # the run directory keeps every output: read back without the store
     kept = outputs(run.dir)
     assert kept.get_output(j.uuid, load=True) == ours.get_output(j.uuid, load=True)

@@ -123,16 +123,21 @@ def order(flow: Any) -> list[Any]:
 
 
 def tasks_of(
-    flow: Any, setup: Setup, outside: Mapping[str, Any], run: TaskFactory[..., Any]
+    flow: Any,
+    setup: Setup,
+    outside: Mapping[str, Any],
+    run: TaskFactory[..., Any],
+    jobs: list[Any] | None = None,
 ) -> dict[str, Task]:
     """A task for each job of ``flow`` (a jobflow Flow), keyed by uuid, in dependency order.
 
     ``outside``: for a uuid that is not a job of the flow, what its dependents take as that
     job's output (a task, a stored reference, or a bundle read from the store; None:
     nothing, the job's ``on_missing_references`` decides); a reference to any other job is
-    refused, naming both. ``run``: the task factory of ``execute.run_job``."""
+    refused, naming both. ``run``: the task factory of ``execute.run_job``; ``jobs``: the
+    flow's jobs in order, when known already."""
     made: dict[str, Task] = {}
-    for job in order(flow):
+    for job in order(flow) if jobs is None else jobs:
         check_stores(job, setup)
         inputs = []
         for uuid in sorted(job.input_uuids):

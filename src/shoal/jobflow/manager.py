@@ -150,7 +150,7 @@ def workflow(
             outside[uuid] = found
     missing = {u for _, u in ext} - set(outside)
     wf = Workflow(flow.name or "Flow")
-    tasks = tasks_of(flow, setup, {**outside, **dict.fromkeys(missing)}, factory())
+    tasks = tasks_of(flow, setup, {**outside, **dict.fromkeys(missing)}, factory(), jobs)
     options["preload"] = tuple(dict.fromkeys((*modules_of(jobs), *options.get("preload", ()))))
     wf.add(*tasks.values())
     return wf
@@ -224,11 +224,30 @@ def _write(store: Any, bundles: list[Bundle]) -> int:
         docs.append(dict(b["doc"]))
         for name, blob in b["blobs"]:
             blobs.setdefault(name, []).append(dict(blob))
-    if docs:
-        store.docs_store.update(docs, key=["uuid", "index"])
+    _upsert(store.docs_store, docs, ("uuid", "index"))
     for name, items in blobs.items():
-        store.additional_stores[name].update(items, key="blob_uuid")
+        _upsert(store.additional_stores[name], items, ("blob_uuid",))
     return len(docs)
+
+
+def _upsert(target: Any, docs: list[dict[str, Any]], key: tuple[str, ...]) -> None:
+    """Write ``docs`` into a maggma store, replacing those with the same ``key``. An
+    in-memory store (mongomock) scans every document for each upsert, which makes a bulk
+    replay quadratic: there the documents not in it yet are inserted at once."""
+    if not docs:
+        return
+    from maggma.stores import MemoryStore
+
+    if not isinstance(target, MemoryStore):
+        target.update(docs, key=list(key))
+        return
+    have = {tuple(d.get(k) for k in key) for d in target.query({}, properties=list(key))}
+    new = [d for d in docs if tuple(d[k] for k in key) not in have]
+    old = [d for d in docs if tuple(d[k] for k in key) in have]
+    if new:
+        target._collection.insert_many(new)
+    if old:
+        target.update(old, key=list(key))
 
 
 def outputs(rundir: str | os.PathLike[str]) -> Any:

@@ -11,7 +11,7 @@ Workloads (each alternated: jobflow, shoal, jobflow, shoal, ...; medians):
 Both sides use ``jobflow.JobStore(MemoryStore())``; shoal's ``run_locally`` (``log=False``,
 ``cpus=2``) also keeps a run directory (in a temporary folder).
 
-    python bench/jobflow.py [--only noop,sleep,chain] [--jobs 1000] [--chain 200] [--json PATH]
+    python bench/jobflow_runs.py [--only noop,sleep,chain] [--jobs 1000] [--chain 200] [--json PATH]
 """
 
 from __future__ import annotations
