@@ -324,3 +324,50 @@ def test_on_missing_references_none_and_pass(base: Path) -> None:
         assert r.find(error.uuid).state == "dep_failed"
         assert r.find(below.uuid).state == "dep_failed"  # run_locally would run it
         assert r.find(none.uuid).state == "succeeded"
+
+
+def test_in_a_slurm_allocation(tmp_path: Path, slurm: None) -> None:
+    """The flow with every Response field, run by a driver inside a real allocation (the
+    Slurm backend: Python jobs on its persistent workers), leaves jobflow's JobStore."""
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "flow.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import copy, sys
+            sys.path[:0] = [{str(root)!r}, {str(root / "tests")!r}]
+            from jobflow import run_locally
+            import shoal
+            from withjobflow import flows
+            from withjobflow.compare import new_store, same
+
+            flow, _ = flows.every_response()
+            ours, theirs = new_store(), new_store()
+            run = shoal.run(copy.deepcopy(flow), store=ours, progress=False)
+            run_locally(copy.deepcopy(flow), store=theirs, log=False)
+            same(theirs, ours, flow)
+            print("ok", run.state)
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["SHOAL_BACKEND"] = ""  # chosen from SLURM_JOB_ID inside the allocation
+    p = subprocess.run(
+        ["salloc", "-J", "shoal-jobflow", "-N1", "-n4", sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ok succeeded" in p.stdout, p.stdout
+    (rundir,) = [d for d in tmp_path.iterdir() if (d / "shoal.db").exists()]
+    with Reader(rundir) as r:
+        assert r.meta()["backend"] == "slurm"
+        workers = {a["worker"] for t in r.tasks() for a in r.attempts(t.id)}
+    assert workers == {"localhost"}, workers  # the allocation's node
