@@ -326,3 +326,26 @@ def test_a_shared_schedulers_allowed_failures_is_put_back(dask_cluster: Cluster)
         finally:
             b.close()
         assert c.run_on_scheduler(_allowed_failures) == before
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_workers_preload_modules_when_the_backend_starts(
+    tmp_path: Path, dask_cluster: Cluster
+) -> None:
+    """The run option ``preload`` reaches the Dask workers: each imports the modules when the
+    backend starts; one that cannot is said once, as a note."""
+    backend = DaskBackend(scheduler_file=str(dask_cluster.scheduler_file), wait_for=2)
+    backend.preload(("tabnanny", "no_such_module_for_shoal"))
+    try:
+        backend.start(tmp_path)
+        got = backend.client.run(_imported, "tabnanny")
+        assert got and all(got.values()), got
+        notes = [n for n in backend.notes() if "preload" in n]
+        assert len(notes) == 1 and "no_such_module_for_shoal" in notes[0], notes
+    finally:
+        backend.close()

@@ -112,8 +112,9 @@ class RunOptions:
     preload: tuple[str, ...] | list[str] = field(
         default=(),
         metadata=_m(
-            "modules to import once before workers start (the local fork server), e.g. "
-            "['atomate2.vasp.jobs.core']: a heavy import paid once, not in every worker"
+            "modules to import before the first task (once in the local fork server, before "
+            "it forks the workers; in each Dask or Slurm worker at start), e.g. "
+            "['atomate2.vasp.jobs.core']"
         ),
     )
     state_dir: str | os.PathLike[str] | None = field(

@@ -256,6 +256,7 @@ class DaskBackend(Backend):
         self.idents: dict[str, tuple[int, int]] = {}  # future key -> (task, attempt)
         # leader (task, attempt) -> followers' outcomes waiting for the leader's
         self.held: dict[tuple[int, int], list[tuple[Job, Outcome]]] = {}
+        self.preloaded: tuple[str, ...] = ()  # modules each worker imports at start (preload)
         # follower (task, attempt) -> the future of the job it was sent behind (see the doc)
         self.behind: dict[tuple[int, int], Any] = {}
 
@@ -282,8 +283,20 @@ class DaskBackend(Backend):
     def notes(self) -> list[str]:
         return list(self._notes)
 
+    def preload(self, modules: tuple[str, ...]) -> None:
+        self.preloaded = tuple(dict.fromkeys((*self.preloaded, *modules)))
+
     def start(self, rundir: Path) -> None:
         self.rundir = rundir
+        if self.preloaded:  # each worker imports them now, not with its first task
+            from shoal.backends.dask import job as daskjob
+
+            try:
+                got = self.client.run(daskjob.preload, self.preloaded, callback_timeout=ASK)
+            except Exception as err:  # workers that cannot: they import with their first task
+                got = {"": [f"{type(err).__name__}: {err}"]}
+            for why in sorted({w for failed in got.values() for w in failed}):
+                self._say(f"a Dask worker could not preload {why}; its tasks will say why")
 
     def define(self, function: int, payload: bytes) -> None:
         self.functions[function] = payload

@@ -60,6 +60,20 @@ def _end(key: str) -> None:
         _running.pop(key, None)
 
 
+def preload(modules: tuple[str, ...]) -> list[str]:
+    """Import ``modules`` in this worker (run by ``client.run``); the ones that failed, each
+    with why (the task that needs one meets the error again)."""
+    import importlib
+
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:
+            failed.append(f"{name}: {type(err).__name__}: {err}")
+    return failed
+
+
 def _dropped() -> Reply:
     return False, None, DROPPED, "stopped before it began", None, time.time(), None
 

@@ -115,6 +115,7 @@ class SlurmBackend(Backend):
         self.python = interpreter
         self.host = host
         self.workers: DaskBackend | None = None  # the Dask backend of the persistent workers
+        self.preloaded: tuple[str, ...] = ()  # modules those workers import at start
         self.where: dict[tuple[int, int], str] = {}
         self.functions: dict[int, bytes] = {}
         cores = sum(len(n.cores) for n in self._nodes)
@@ -136,6 +137,10 @@ class SlurmBackend(Backend):
         (rundir / "workers").mkdir(parents=True, exist_ok=True)
         self.steps = Steps(self._prepare, set(), lambda: None, rundir / "workers", self.limit)
 
+    def preload(self, modules: tuple[str, ...]) -> None:
+        """Its persistent workers import ``modules`` when they start (DaskBackend.preload)."""
+        self.preloaded = tuple(dict.fromkeys((*self.preloaded, *modules)))
+
     def _workers(self) -> DaskBackend:
         """The persistent workers, started on the first Python task."""
         if self.workers is None:
@@ -152,6 +157,7 @@ class SlurmBackend(Backend):
             pool.reorder(self.hosts)  # the same node order as here
             for fid, payload in self.functions.items():
                 pool.define(fid, payload)
+            pool.preload(self.preloaded)
             pool.start(self.rundir)
             self._notes.extend(pool.notes())
             self.workers = pool
