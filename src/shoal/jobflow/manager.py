@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import DefinitionError, ShoalError, StoreError, TaskFailed
+from shoal.errors import DefinitionError, StoreError
 from shoal.jobflow.execute import EXCEPTION, factory
 from shoal.jobflow.graph import (
     TAG,
@@ -322,12 +322,14 @@ def run_locally(
     options.setdefault("progress", False)
     logging.getLogger("jobflow").info("Started executing jobs locally")
     r = _adopt(api.run(wf, **options), store)
-    r.replay()
+    bundles = _bundles(r.dir)  # read once: for the store and for the return value
+    _write(store, bundles)
+    r.replayed = True
     logging.getLogger("jobflow").info("Finished executing jobs locally")
     if raise_immediately:
         _raise_first_failure(r)
     responses: dict[str, dict[int, Any]] = {}
-    for b in _bundles(r.dir):
+    for b in bundles:
         responses.setdefault(b["uuid"], {})[b["index"]] = pickle.loads(b["response"])
     if ensure_success and not _succeeded(r):
         raise RuntimeError("Flow did not finish running successfully")
@@ -357,7 +359,4 @@ def _raise_first_failure(r: Run) -> None:
             err = None
         if isinstance(err, BaseException):
             raise err
-    try:
-        Run.result(r, failed[0].id)
-    except (TaskFailed, ShoalError):
-        raise
+    Run.result(r, failed[0].id)  # raises TaskFailed, with the job's traceback
