@@ -475,3 +475,78 @@ def test_a_killed_driver_leaves_nothing_of_its_run_running(tmp_path: Path) -> No
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after the driver died: {left}"
+
+
+# -- a fork server forked from the driver ---------------------------------------------------------
+@shoal.task
+def _what_the_worker_has(pipe: str) -> tuple[Any, bool, int]:
+    """What a worker holds of the driver's: a value the driver set on a module, and whether
+    one of the driver's descriptors (``pipe``, as /proc names it) is open here; and the
+    worker's parent's parent."""
+    import colorsys
+
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return getattr(colorsys, "_shoal_mark", None), pipe in fds, psutil.Process(os.getppid()).ppid()
+
+
+def _lineage(base: Path, **options: Any) -> tuple[Any, bool, int]:
+    import colorsys
+
+    r, w = os.pipe()
+    try:
+        colorsys._shoal_mark = "set in the driver"  # type: ignore[attr-defined]
+        pipe = os.readlink(f"/proc/self/fd/{w}")
+        with shoal.Workflow("lineage") as wf:
+            t = _what_the_worker_has(pipe)
+        run = wf.run(cpus=1, base=base, progress=False, **options)
+        return run.result(t)
+    finally:
+        del colorsys._shoal_mark  # type: ignore[attr-defined]
+        os.close(r)
+        os.close(w)
+
+
+def test_the_fork_server_is_a_fork_of_the_driver_when_it_has_the_modules(tmp_path: Path) -> None:
+    """Every module to preload is imported in the driver already: the fork server is a fork
+    of it, so the workers have them (and what the driver did to them) at no cost, and none of
+    the driver's descriptors (a peer of the driver's would never see it close)."""
+    mark, holds_pipe, grandparent = _lineage(tmp_path, preload=["colorsys"])
+    assert mark == "set in the driver"
+    assert not holds_pipe
+    assert grandparent == os.getpid()
+
+
+def test_the_fork_server_is_a_new_interpreter_otherwise(tmp_path: Path) -> None:
+    """No preload, or another thread running in the driver (a fork copies only the calling
+    thread: locks the others hold would stay held): a new interpreter, as before."""
+    assert _lineage(tmp_path)[0] is None
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)
+    busy.start()
+    try:
+        assert _lineage(tmp_path, preload=["colorsys"])[0] is None
+    finally:
+        stop.set()
+        busy.join()
+
+
+def test_modules_to_preload_told_after_boot_are_imported_before_the_first_fork(
+    tmp_path: Path,
+) -> None:
+    """A jobflow run boots the fork server while it turns the flow into tasks, and names the
+    jobs' modules after: they are imported before any worker is forked."""
+    b = LocalBackend(cpus=1, pin="fold")
+    b.fork_driver = False  # a new interpreter, which has not imported the module
+    b.boot()
+    b.preload(("wave",))  # a module nothing here imports
+    with shoal.Workflow("told") as wf:
+        t = _preloaded("wave")
+    assert wf.run(backend=b, base=tmp_path, progress=False).result(t) is True
+
+
+@shoal.task
+def _preloaded(name: str) -> bool:
+    return name in sys.modules

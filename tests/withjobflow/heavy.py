@@ -13,6 +13,8 @@ if os.environ.get("HEAVY_IMPORTS"):
 
 
 @job
-def parent_pid() -> int:
-    """The process that made the worker this job runs in."""
-    return os.getppid()
+def parent_pid() -> tuple[int, int]:
+    """The process that made the worker this job runs in (the fork server), and its parent."""
+    import psutil
+
+    return os.getppid(), psutil.Process(os.getppid()).ppid()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -290,17 +291,34 @@ def test_resume_after_kill_fills_the_store_as_an_uninterrupted_run(tmp_path: Pat
 def test_the_jobs_modules_are_imported_once_before_the_workers(
     base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A heavy module of the jobs (atomate2's take seconds) is imported by the fork server
-    before it forks the workers, not by each worker (the run option ``preload``)."""
+    """A heavy module of the jobs (atomate2's take seconds) is imported once, not by each
+    worker: the driver has it already (the flow was made from it), so the fork server is a
+    fork of the driver and the workers its forks; where the driver may not fork (another
+    thread runs), the fork server imports it (the run option ``preload``) before it forks."""
     imports = tmp_path / "imports"
     monkeypatch.setenv("HEAVY_IMPORTS", str(imports))
     from . import heavy
 
-    jobs = [heavy.parent_pid() for _ in range(4)]
-    run = shoal.run(Flow(jobs), store=new_store(), progress=False, base=base, cpus=2)
-    zygotes = {run.result(j) for j in jobs}
-    assert len(zygotes) == 1  # every worker was forked by the one fork server
-    pids = [int(x) for x in imports.read_text().split() if int(x) != os.getpid()]  # not here
+    def once() -> tuple[set[int], set[int], list[int]]:
+        jobs = [heavy.parent_pid() for _ in range(4)]
+        run = shoal.run(Flow(jobs), store=new_store(), progress=False, base=base, cpus=2)
+        zygotes = {run.result(j)[0] for j in jobs}
+        assert len(zygotes) == 1  # every worker was forked by the one fork server
+        pids = [int(x) for x in imports.read_text().split() if int(x) != os.getpid()]
+        return zygotes, {run.result(j)[1] for j in jobs}, pids
+
+    _, parents, pids = once()
+    assert parents == {os.getpid()}  # the fork server is this process's child
+    assert pids == []  # and a fork of it: nobody imported the module again
+
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)  # a thread of the driver's: it may not fork
+    busy.start()
+    try:
+        zygotes, parents, pids = once()
+    finally:
+        stop.set()
+        busy.join()
     assert pids == [*zygotes], f"imported by {pids}, the workers' parent is {zygotes}"
 
 

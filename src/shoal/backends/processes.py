@@ -130,11 +130,14 @@ class Processes:
         self.closing = False
         self._holding = threading.Event()  # a hold began: the watch thread times it
         self._stopping = threading.Event()
+        # Started with the first job, not before: a driver with no thread of ours may fork
+        # (the local backend's zygote, zygote.may_fork_driver)
         self._watch = threading.Thread(target=self._watch_holds, name="shoal-hold", daemon=True)
-        self._watch.start()
 
     def start(self, job: Job) -> None:
         with self.lock:
+            if self._watch.ident is None:
+                self._watch.start()
             if job.after is not None:
                 chain = self.chain_of.get(job.after)
                 if chain is not None and not chain.done:
@@ -205,7 +208,8 @@ class Processes:
             self.closing = True  # from now on nothing is held
         self._stopping.set()
         self._holding.set()
-        self._watch.join(timeout=5)
+        if self._watch.ident is not None:
+            self._watch.join(timeout=5)
         with self.lock:
             for chain in self.chains:
                 chain.jobs.clear()

@@ -79,16 +79,18 @@ def every(inputs: tuple[Bundle, ...] | list[Bundle]) -> list[Bundle]:
 
 
 def scratch(job: Any, inputs: tuple[Bundle, ...]) -> Any:
-    """A JobStore of in-memory stores holding the documents and blobs of ``inputs``."""
+    """A JobStore of in-memory stores holding the documents and blobs of ``inputs``
+    (``scratch.ScratchStore``: what jobflow asks of it is answered without mongomock)."""
     from jobflow.core.store import JobStore
-    from maggma.stores import MemoryStore
+
+    from shoal.jobflow.scratch import ScratchStore
 
     found = every(inputs)
     names = set(getattr(job, "_kwargs", {}) or {})
     for b in found:
         names.update(name for name, _ in b["blobs"])
-    extra: dict[str, Any] = {n: MemoryStore() for n in sorted(names)}
-    store: Any = JobStore(MemoryStore(), additional_stores=extra)
+    extra: dict[str, Any] = {n: ScratchStore() for n in sorted(names)}
+    store: Any = JobStore(ScratchStore(), additional_stores=extra)
     store.connect()
     if found:
         store.docs_store.update([dict(b["doc"]) for b in found], key=["uuid", "index"])

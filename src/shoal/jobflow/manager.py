@@ -12,6 +12,7 @@ them all: :func:`resume` goes on after a crash and replays again (the same docum
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -34,10 +35,12 @@ from shoal.jobflow.graph import (
     tasks_of,
 )
 from shoal.runtime import api
+from shoal.runtime.options import RunOptions
 from shoal.runtime.run import Run
 from shoal.spec.workflow import Workflow
 from shoal.store.queries import Reader
 
+BASE = ("jobflow", "shoal.jobflow.execute")  # what every jobflow job needs: preloaded first
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 log = logging.getLogger("shoal.jobflow")
 
@@ -126,11 +129,11 @@ def stored(store: Any, uuid: str) -> Bundle | None:
 
 
 def workflow(
-    flow: Any, store: Any, setup: Setup, allow_external: bool, options: dict[str, Any]
-) -> Workflow:
+    flow: Any, store: Any, setup: Setup, allow_external: bool
+) -> tuple[Workflow, tuple[str, ...]]:
     """The shoal workflow of ``flow`` (a Job, a Flow or a list of them), checked whole before
-    anything is stored: a cycle, a reference outside the flow, an unknown additional store,
-    a bad ``manager_config``."""
+    anything is stored (a cycle, a reference outside the flow, an unknown additional store,
+    a bad ``manager_config``), and the modules its jobs need (``graph.modules_of``)."""
     from jobflow.core.flow import get_flow
 
     flow = get_flow(flow, allow_external_references=True)  # outside references: below
@@ -151,9 +154,8 @@ def workflow(
     missing = {u for _, u in ext} - set(outside)
     wf = Workflow(flow.name or "Flow")
     tasks = tasks_of(flow, setup, {**outside, **dict.fromkeys(missing)}, factory(), jobs)
-    options["preload"] = tuple(dict.fromkeys((*modules_of(jobs), *options.get("preload", ()))))
     wf.add(*tasks.values())
-    return wf
+    return wf, modules_of(jobs)
 
 
 def _setup(store: Any, folders: bool, root: str | None = None, keep: bool = False) -> Setup:
@@ -161,6 +163,37 @@ def _setup(store: Any, folders: bool, root: str | None = None, keep: bool = Fals
 
 
 # -- running ----------------------------------------------------------------------------------
+def _launch(
+    flow: Any,
+    store: Any,
+    setup: Setup,
+    allow_external: bool,
+    options: dict[str, Any],
+    submit: bool = False,
+    then: Callable[[Workflow], Any] | None = None,
+) -> FlowRun:
+    """Check the options, start the backend (the local fork server imports jobflow while the
+    flow is turned into tasks), make the workflow (``then`` adds to it), and run or submit it;
+    a flow that is refused leaves nothing behind."""
+    opts = RunOptions.of(options)
+    be = api.backend_of(opts)
+    be.preload(BASE)
+    be.boot(True)
+    try:
+        wf, modules = workflow(flow, store, setup, allow_external)
+        if then is not None:
+            then(wf)
+        opts = dataclasses.replace(
+            opts, preload=tuple(dict.fromkeys((*BASE, *modules, *opts.preload)))
+        )
+        be.preload(tuple(opts.preload))
+    except BaseException:
+        be.close()
+        raise
+    r = (api.submit_with if submit else api.run_with)(wf, opts, be)
+    return _adopt(r, store)
+
+
 def run(
     flow: Any,
     store: Any = None,
@@ -174,8 +207,7 @@ def run(
     job's output, as jobflow's ``run_locally`` would. ``folders``: each job runs in its task
     folder (``tasks/<id>`` in the run directory)."""
     store = _store(store)
-    wf = workflow(flow, store, _setup(store, folders), allow_external_references, options)
-    r = _adopt(api.run(wf, **options), store)
+    r = _launch(flow, store, _setup(store, folders), allow_external_references, options)
     r.replay()
     return r
 
@@ -190,8 +222,9 @@ def submit(
 ) -> FlowRun:
     """Like :func:`run`, but return at once; ``run.wait()`` fills the store when it ends."""
     store = _store(store)
-    wf = workflow(flow, store, _setup(store, folders), allow_external_references, options)
-    return _adopt(api.submit(wf, **options), store)
+    options.setdefault("progress", False)
+    setup = _setup(store, folders)
+    return _launch(flow, store, setup, allow_external_references, options, submit=True)
 
 
 def resume(run_dir: str | os.PathLike[str], store: Any = None, **options: Any) -> FlowRun:
@@ -316,12 +349,14 @@ def run_locally(
     root.mkdir(exist_ok=True)
     store = _store(store)
     setup = _setup(store, create_folders, str(root), keep=raise_immediately)
-    wf = workflow(flow, store, setup, allow_external_references, options)
-    if raise_immediately:
-        wf.on("task-failed", tags=(TAG,))(_stop_at_failure)
     options.setdefault("progress", False)
-    logging.getLogger("jobflow").info("Started executing jobs locally")
-    r = _adopt(api.run(wf, **options), store)
+
+    def then(wf: Workflow) -> None:
+        if raise_immediately:
+            wf.on("task-failed", tags=(TAG,))(_stop_at_failure)
+        logging.getLogger("jobflow").info("Started executing jobs locally")
+
+    r = _launch(flow, store, setup, allow_external_references, options, then=then)
     bundles = _bundles(r.dir)  # read once: for the store and for the return value
     _write(store, bundles)
     r.replayed = True

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from shoal.backends.base import Backend
 from shoal.backends.choose import make_backend
 from shoal.core.policy import Policy
 from shoal.errors import DefinitionError, StoreError
@@ -23,20 +24,43 @@ from shoal.spec.workflow import Workflow
 from shoal.store.queries import Reader
 from shoal.store.recover import verify
 
-__all__ = ["Run", "RunOptions", "new_rundir", "prepare", "resume", "run", "submit"]
+__all__ = [
+    "Run",
+    "RunOptions",
+    "backend_of",
+    "new_rundir",
+    "prepare",
+    "resume",
+    "run",
+    "run_with",
+    "submit",
+    "submit_with",
+]
 
 
-def prepare(wf: Workflow | None, opts: RunOptions, resume: Path | None = None) -> Session:
-    """The session of a new run of ``wf``, or (``resume``) of the run in that directory."""
+def backend_of(opts: RunOptions) -> Backend:
+    """The backend the options ask for, told what to preload (not started yet)."""
+    be = make_backend(opts.backend, opts.cpus, opts.gpus, opts.memory, opts.pin, opts.launcher)
+    if opts.preload:
+        be.preload(tuple(opts.preload))
+    return be
+
+
+def prepare(
+    wf: Workflow | None,
+    opts: RunOptions,
+    resume: Path | None = None,
+    backend: Backend | None = None,
+) -> Session:
+    """The session of a new run of ``wf``, or (``resume``) of the run in that directory.
+    ``backend``: one made (and perhaps booted) from ``opts`` already (:func:`backend_of`)."""
     if resume is None and not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
     stop = opts.deadline()
     default = make_retry("run options", opts.retries, opts.backoff, opts.retry_on, opts.escalate)
     state_dir = Path(opts.state_dir) if opts.state_dir else None
     extras = Extras(stop, opts.stop_mode, default, state_dir)
-    be = make_backend(opts.backend, opts.cpus, opts.gpus, opts.memory, opts.pin, opts.launcher)
-    if opts.preload:
-        be.preload(tuple(opts.preload))
+    be = backend_of(opts) if backend is None else backend
     window = opts.prefetch_window
     pol = Policy(
         mode=opts.policy,  # type: ignore[arg-type]  # a word; Policy checks it
@@ -58,7 +82,12 @@ def run(wf: Workflow, **options: Any) -> Run:
     """Run ``wf`` to the end on this machine (by default) and return its :class:`Run`.
 
     The options (:class:`~shoal.runtime.options.RunOptions`) are listed below."""
-    p = prepare(wf, RunOptions.of(options))
+    return run_with(wf, RunOptions.of(options))
+
+
+def run_with(wf: Workflow, opts: RunOptions, backend: Backend | None = None) -> Run:
+    """:func:`run`, with the options checked and (perhaps) the backend made already."""
+    p = prepare(wf, opts, backend=backend)
     r = Run(p.dir, wf.name, ids=p.ids)
     started(r)
     return p.execute(r)
@@ -101,7 +130,12 @@ def _stored_meta(rundir: Path) -> dict[str, Any]:
 def submit(wf: Workflow, **options: Any) -> Run:
     """Like :func:`run`, but return at once; the run goes on in a background thread."""
     options.setdefault("progress", False)
-    p = prepare(wf, RunOptions.of(options))
+    return submit_with(wf, RunOptions.of(options))
+
+
+def submit_with(wf: Workflow, opts: RunOptions, backend: Backend | None = None) -> Run:
+    """:func:`submit`, with the options checked and (perhaps) the backend made already."""
+    p = prepare(wf, opts, backend=backend)
     box: list[Run] = []
 
     def body() -> None:

@@ -131,8 +131,12 @@ class LocalBackend(WorkerPool, Backend):
         return list(self._notes)
 
     def preload(self, modules: tuple[str, ...]) -> None:
-        """The zygote imports ``modules`` before it forks the first worker (zygote.py)."""
-        self.preloaded = tuple(dict.fromkeys((*self.preloaded, *modules)))
+        """The zygote imports ``modules`` before it forks the first worker (zygote.py); told
+        now if it runs already (booted while the workflow was being made)."""
+        new = [m for m in modules if m not in self.preloaded]
+        self.preloaded = (*self.preloaded, *new)
+        if new and self._zygote is not None:
+            self._zygote.tell(("preload", new))
 
     def boot(self, python: bool = True) -> None:
         """Start the fork server now, while the run is checked and its directory made."""

@@ -29,7 +29,7 @@ from shoal.backends.execute import describe_exit, killpg, leader, tail
 from shoal.backends.local import worker_main
 from shoal.backends.local import zygote as zygote_mod
 from shoal.backends.local.wire import Wire
-from shoal.backends.local.zygote import Forked, Zygote, launch
+from shoal.backends.local.zygote import Forked, Zygote, launch, may_fork_driver
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import BackendError
@@ -79,6 +79,9 @@ class WorkerPool:
     command_hold = worker_main.COMMAND_HOLD
     fork_server = True  # workers are forked by one zygote process (zygote.py), not started
     preloaded: tuple[str, ...] = ()  # modules the zygote imports before it forks (preload)
+    # The zygote is a fork of the driver (True), a new interpreter (False), or (None) a fork
+    # when the driver has imported every module to preload and may fork (may_fork_driver).
+    fork_driver: bool | None = None
 
     # The backend's, read here: the run, the node's size, the interpreter, the poller
     rundir: Path | None
@@ -145,7 +148,11 @@ class WorkerPool:
                 env[zygote_mod.PRELOAD] = ",".join(self.preloaded)
             log = None if self.rundir is None else str(self._spool("zygote.log"))
             try:
-                z = self._zygote = Zygote(self.python, env, log, site=python)
+                fork = python and self.fork_driver is not False
+                fork = fork and (
+                    self.fork_driver is True or may_fork_driver(self.python, self.preloaded)
+                )
+                z = self._zygote = Zygote(self.python, env, log, site=python, fork=fork)
             except OSError as err:
                 self.fork_server = False
                 self._say(f"cannot start the worker fork server ({err}): workers start directly")

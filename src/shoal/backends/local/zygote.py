@@ -21,7 +21,9 @@ carries the worker's end of its own connection to the driver as an SCM_RIGHTS de
   the (new, emptied) spool files ``out`` and ``err``, ``env`` added to its environment, and
   ``argv`` (the worker's arguments after FD); ``python``: it will run Python tasks, so read
   site-packages first. ``("log", path)``: from now on write this process's own output to
-  ``path`` (it starts before the run directory exists). ``("watch", pgid)`` and
+  ``path`` (it starts before the run directory exists). ``("preload", names)``: more modules
+  to import before forking a worker for Python tasks (now, if it has loaded them already).
+  ``("watch", pgid)`` and
   ``("unwatch", pgid)``: a process group the driver started (an isolated or multi-rank task)
   began or ended. ``("stop",)``.
 * If the driver goes away without saying stop (it was killed), the zygote ends what the run
@@ -156,7 +158,20 @@ def _preload() -> None:
     worker_main.load_site()
     import cloudpickle  # noqa: F401
 
-    for name in filter(None, os.environ.get(PRELOAD, "").split(",")):
+    _import(list(filter(None, os.environ.get(PRELOAD, "").split(","))))
+
+
+def _more(names: list[str], preloaded: bool) -> None:
+    """More modules to preload: imported now if the others were, else with them."""
+    have = list(filter(None, os.environ.get(PRELOAD, "").split(",")))
+    new = [n for n in names if n not in have]
+    os.environ[PRELOAD] = ",".join([*have, *new])
+    if preloaded:
+        _import(new)
+
+
+def _import(names: list[str]) -> None:
+    for name in names:
         try:
             importlib.import_module(name)
         except BaseException as err:  # any failure (even SystemExit): the workers meet it again
@@ -231,6 +246,8 @@ def _serve(
             msg = pickle.loads(data)
             if msg[0] == "log":
                 _log(msg[1])
+            elif msg[0] == "preload":
+                _more(msg[1], preloaded)
             elif msg[0] == "watch":
                 watched.add(msg[1])
             elif msg[0] == "unwatch":
@@ -323,6 +340,106 @@ def launch(
     )
 
 
+def may_fork_driver(python: str, preload: tuple[str, ...]) -> bool:
+    """Whether the zygote may be a fork of the driver, not a new interpreter: when all the
+    modules to preload are imported here already (a jobflow run: jobflow, atomate2 and the
+    jobs' modules, seconds of imports), so the fork has them at no cost. Only when that is
+    safe: this is the interpreter the workers run (``python``), no other thread runs here
+    (a fork copies only the calling thread, and locks held by the others stay held), and no
+    GPU context is open (a CUDA context does not survive a fork)."""
+    import threading
+
+    alone = threading.active_count() == 1 and threading.current_thread() is threading.main_thread()
+    if python != sys.executable or not preload or not alone:
+        return False
+    if not all(name in sys.modules for name in preload):
+        return False
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    return not (cuda is not None and cuda.is_initialized())
+
+
+def _fork_driver(
+    ours: socket.socket, theirs: socket.socket, env: dict[str, str], out: int
+) -> Child:
+    """Fork this process (the driver) into the zygote on ``theirs``: a session of its own, its
+    output on ``out``, no descriptor of the driver's but that one (a fork keeps them all open:
+    a peer of the driver's would never see it close), every object the driver had frozen out
+    of the garbage collector (never collected there, so none is finalized twice, and the pages
+    stay shared with the driver and the workers)."""
+    import gc
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    keep = theirs.fileno()
+    pid = os.fork()
+    if pid != 0:
+        return Child(pid)
+    try:  # the zygote: never returns into the driver's code
+        gc.freeze()
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        for fd in sorted(set(_open_fds()) - {0, 1, 2, keep}):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for sig in range(1, signal.NSIG):
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                if callable(signal.getsignal(sig)):
+                    signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.environ.update(env)
+        main([str(keep)])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def _open_fds() -> list[int]:
+    """This process's open file descriptors."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+class Child:
+    """The zygote forked from the driver: the part of ``subprocess.Popen`` used here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                done, status = os.waitpid(self.pid, os.WNOHANG)
+                if done:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(0.005)
+        return self.returncode if self.returncode is not None else 0
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
 class Zygote:
     """Starts the fork server and asks it for workers (see the module's docstring)."""
 
@@ -330,17 +447,27 @@ class Zygote:
     PATIENCE = 10.0  # seconds to answer a question that takes it milliseconds (see stuck)
 
     def __init__(
-        self, python: str, env: dict[str, str], log: str | None = None, site: bool = True
+        self,
+        python: str,
+        env: dict[str, str],
+        log: str | None = None,
+        site: bool = True,
+        fork: bool = False,
     ) -> None:
         """Start it; its own output goes to ``log``, or to this process's stderr until
-        ``log`` is called; without ``site``: with -S (see the module's docstring)."""
+        ``log`` is called; without ``site``: with -S (see the module's docstring); ``fork``:
+        as a fork of this process (see :func:`may_fork_driver`), not a new interpreter."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         line = [python] if site else [python, "-S"]
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if log else 2
+        self.proc: subprocess.Popen[bytes] | Child
         try:
-            self.proc = launch(
-                line, "shoal.backends.local.zygote", theirs.fileno(), [], env, out, out
-            )
+            if fork:
+                self.proc = _fork_driver(ours, theirs, env, out)
+            else:
+                self.proc = launch(
+                    line, "shoal.backends.local.zygote", theirs.fileno(), [], env, out, out
+                )
         finally:
             if log:
                 os.close(out)
