@@ -550,3 +550,28 @@ def test_modules_to_preload_told_after_boot_are_imported_before_the_first_fork(
 @shoal.task
 def _preloaded(name: str) -> bool:
     return name in sys.modules
+
+
+@shoal.task
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info()]
+
+
+@pytest.mark.parametrize("fork_driver", [True, False])
+def test_numerical_thread_pools_loaded_before_the_fork_fit_the_task(
+    tmp_path: Path, fork_driver: bool
+) -> None:
+    """numpy preloaded (or imported by the driver the fork server is a fork of) sized its
+    BLAS thread pool before the worker's OMP_NUM_THREADS was set: the worker sizes it again to
+    its task's cores (a pinned one-core task with a machine-wide pool ran LAPACK 70x slower)."""
+    import numpy  # noqa: F401  # loaded here: the fork of the driver has it
+
+    b = LocalBackend(cpus=2, pin="fold")
+    b.fork_driver = fork_driver
+    with shoal.Workflow("blas") as wf:
+        t = _blas_threads()
+    pools = wf.run(backend=b, base=tmp_path, progress=False, preload=["numpy"]).result(t)
+    assert pools, "numpy's BLAS was not loaded in the worker"
+    assert set(pools) == {1}, pools

@@ -92,8 +92,10 @@ def with_blob(n: int) -> dict[str, Any]:
 
 
 @job(big="data")
-def to_unknown_store(n: int) -> dict[str, Any]:
-    return {"data": [n]}
+def to_unknown_store(n: int | None) -> dict[str, Any]:
+    """Saves ``data`` into the store ``big`` (nothing, when it is None: atomate2's jobs all
+    name ``data=``, and save into it only what a Maker asked to keep)."""
+    return {"data": None if n is None else [n]}
 
 
 @job

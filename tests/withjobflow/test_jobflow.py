@@ -186,15 +186,30 @@ def test_bad_input_is_refused_naming_the_job(base: Path) -> None:
         match=rf"{inside.uuid}.*refers to job {outside.uuid}.*allow_external_references",
     ):
         shoal.run(Flow([inside]), store=new_store(), progress=False, base=base)
-    blob = flows.to_unknown_store(1)
-    with pytest.raises(DefinitionError, match=rf"{blob.uuid}.*additional store.*big"):
-        shoal.run(blob, store=new_store("data"), progress=False, base=base)
     a, b = flows.add(1), flows.add(2)
     b.function_args = (a.output,)
     a.function_args = (b.output,)
     with pytest.raises(DefinitionError, match="dependency cycle"):
         shoal.run(Flow([a, b]), store=new_store(), progress=False, base=base)
     assert not list(base.iterdir()), "a refused flow left a run directory"
+
+
+def test_an_additional_store_the_jobstore_lacks(base: Path) -> None:
+    """As in jobflow, a job may name an additional store the JobStore lacks (every atomate2
+    job names ``data``) as long as it saves nothing there; a value for it fails that job
+    (after jobflow's own check), with a message that names the job, the store and the fix."""
+    empty, full = flows.to_unknown_store(None), flows.to_unknown_store(1)
+    theirs = jf_run_locally(Flow([copy.deepcopy(empty)]), store=new_store("data"), log=False)
+    assert theirs[empty.uuid][1].output == {"data": None}
+    run = shoal.run(Flow([empty, full]), store=new_store("data"), progress=False, base=base)
+    assert run.result(empty) == {"data": None}
+    with pytest.raises(shoal.TaskFailed) as err:
+        run.result(full)
+    assert re.search(
+        rf"job to_unknown_store \({full.uuid}\) has output to save into the additional store "
+        r"'big', which the JobStore does not have \(it has: data\).*additional_stores",
+        str(err.value),
+    ), str(err.value)
 
 
 def test_external_references_read_the_store(base: Path) -> None:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shoal.jobflow.graph import Bundle, Setup, check_stores, stand_in_last, tasks_of
+from shoal.jobflow.graph import Bundle, Setup, stand_in_last, tasks_of, unknown_store
 
 EXCEPTION = "exception.pickle"  # a failed job's exception, in its task folder (Setup.keep)
 _CWD = threading.Lock()  # the working directory is the process's: one job in it at a time
@@ -48,8 +48,7 @@ def run_job(job: Any, setup: Setup, *inputs: Bundle) -> Any:
 
     here = current()
     inputs = tuple(b for b in inputs if b is not None)  # None: a job that failed (tolerated)
-    check_stores(job, setup)
-    store = scratch(job, inputs)
+    store = scratch(job, inputs, setup.stores)
     folder = job_folder(setup, here.dir)
     try:
         with inside(folder):
@@ -57,6 +56,9 @@ def run_job(job: Any, setup: Setup, *inputs: Bundle) -> Any:
     except BaseException as err:
         if setup.keep:
             keep(err, here.dir)
+        better = unknown_store(job, setup, err)
+        if better is not None:
+            raise better from None
         raise
     own = bundle(store, job, here.task, inputs, response, folder)
     return respond(job, response, setup, inputs, here.task, own)
@@ -78,9 +80,11 @@ def every(inputs: tuple[Bundle, ...] | list[Bundle]) -> list[Bundle]:
     return out
 
 
-def scratch(job: Any, inputs: tuple[Bundle, ...]) -> Any:
+def scratch(job: Any, inputs: tuple[Bundle, ...], stores: tuple[str, ...] | None = None) -> Any:
     """A JobStore of in-memory stores holding the documents and blobs of ``inputs``
-    (``scratch.ScratchStore``: what jobflow asks of it is answered without mongomock)."""
+    (``scratch.ScratchStore``: what jobflow asks of it is answered without mongomock), with
+    the additional stores the user's JobStore has (``stores``; None: any name), so that
+    jobflow refuses a value for any other, as it would there."""
     from jobflow.core.store import JobStore
 
     from shoal.jobflow.scratch import ScratchStore
@@ -89,6 +93,8 @@ def scratch(job: Any, inputs: tuple[Bundle, ...]) -> Any:
     names = set(getattr(job, "_kwargs", {}) or {})
     for b in found:
         names.update(name for name, _ in b["blobs"])
+    if stores is not None:
+        names &= set(stores)
     extra: dict[str, Any] = {n: ScratchStore() for n in sorted(names)}
     store: Any = JobStore(ScratchStore(), additional_stores=extra)
     store.connect()

@@ -89,19 +89,22 @@ def tolerates(job: Any) -> bool:
     return str(getattr(on, "value", on)) != "error"
 
 
-def check_stores(job: Any, setup: Setup) -> None:
-    """Refuse a job that saves into an additional store the user's JobStore does not have
-    (jobflow would fail it after writing its document, leaving a pointer to nothing)."""
-    if setup.stores is None:
-        return
-    missing = sorted(set(getattr(job, "_kwargs", {}) or {}) - set(setup.stores))
-    if missing:
-        have = ", ".join(setup.stores) or "none"
-        raise DefinitionError(
-            f"job {label(job)} saves into the additional store(s) {', '.join(missing)}, which "
-            f"the JobStore does not have (it has: {have}); add them to the JobStore's "
-            "additional_stores, or drop them from the job's @job(...) keywords"
-        )
+def unknown_store(job: Any, setup: Setup, err: BaseException) -> DefinitionError | None:
+    """The error for a job that had something to save into an additional store the user's
+    JobStore does not have (jobflow's ValueError ``err``); None for any other error. jobflow
+    refuses only a value there, not the keyword: atomate2's jobs all name ``data=``, and save
+    into it only what is not None."""
+    text = str(err)
+    if not isinstance(err, ValueError) or not text.startswith("Unrecognised additional store"):
+        return None
+    name = text.rsplit(":", 1)[-1].strip()
+    have = ", ".join(setup.stores or ()) or "none"
+    return DefinitionError(
+        f"job {label(job)} has output to save into the additional store {name!r}, which the "
+        f"JobStore does not have (it has: {have}); add it to the JobStore's "
+        f"additional_stores (JobStore(docs, additional_stores={{{name!r}: MemoryStore()}})), "
+        "or drop it from the job's @job(...) keywords"
+    )
 
 
 def flat(flow: Any) -> list[Any]:
@@ -176,7 +179,6 @@ def tasks_of(
     flow's jobs in order, when known already."""
     made: dict[str, Task] = {}
     for job in order(flow) if jobs is None else jobs:
-        check_stores(job, setup)
         inputs = []
         for uuid in sorted(job.input_uuids):
             if uuid in made:

@@ -132,8 +132,8 @@ def workflow(
     flow: Any, store: Any, setup: Setup, allow_external: bool
 ) -> tuple[Workflow, tuple[str, ...]]:
     """The shoal workflow of ``flow`` (a Job, a Flow or a list of them), checked whole before
-    anything is stored (a cycle, a reference outside the flow, an unknown additional store,
-    a bad ``manager_config``), and the modules its jobs need (``graph.modules_of``)."""
+    anything is stored (a cycle, a reference outside the flow, a bad ``manager_config``),
+    and the modules its jobs need (``graph.modules_of``)."""
     from jobflow.core.flow import get_flow
 
     flow = get_flow(flow, allow_external_references=True)  # outside references: below

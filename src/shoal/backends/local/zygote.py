@@ -85,6 +85,7 @@ def _child(
             os.dup2(f, target)
             os.close(f)
         os.environ.update(env)
+        _limit_threads(env)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         worker_main.REAPING = (
@@ -99,6 +100,23 @@ def _child(
             traceback.print_exc()
     finally:
         os._exit(70)
+
+
+def _limit_threads(env: dict[str, str]) -> None:
+    """Size the thread pools of numerical libraries loaded before the fork (preload, or a
+    fork of the driver) to the worker's cores: they read OMP_NUM_THREADS and its kin once, at
+    load, so the worker's own come too late. Without this, a worker pinned to one core runs
+    OpenBLAS with a pool sized to the machine, and every small LAPACK call waits on a thread
+    that shares its core (seventy times slower, measured on a cell relaxation)."""
+    cpus = env.get("OMP_NUM_THREADS")
+    if cpus is None or not any(m in sys.modules for m in ("numpy", "scipy", "torch")):
+        return
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        threadpool_limits(limits=int(cpus))
+    except Exception as err:  # said in the worker's log; the task runs on
+        print(f"shoal: could not size the numerical thread pools to {cpus}: {err}", file=sys.stderr)
 
 
 def _reap(sock: socket.socket | None, workers: set[int]) -> None:
