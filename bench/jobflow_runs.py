@@ -7,11 +7,15 @@ Workloads (each alternated: jobflow, shoal, jobflow, shoal, ...; medians):
 * ``chain``: a chain of ``--chain`` (200) jobs, each taking the previous one's output; the time
   from a job's end to its child's start (each job stamps both), median and p90, and the wall
   time. No target: the number jobflow-remote users report in minutes.
+* ``atomate2``: atomate2's EOS flow with EMT Makers (examples/atomate2_eos.py: a relaxation,
+  a strain job whose Response adds 6 fixed cells, the fit, a summary); wall time. Target:
+  within 1 s of ``run_locally``'s. Not in the default ``--only``: it needs atomate2.
 
 Both sides use ``jobflow.JobStore(MemoryStore())``; shoal's ``run_locally`` (``log=False``,
 ``cpus=2``) also keeps a run directory (in a temporary folder).
 
-    python bench/jobflow_runs.py [--only noop,sleep,chain] [--jobs 1000] [--chain 200] [--json PATH]
+    python bench/jobflow_runs.py [--only noop,sleep,chain,atomate2] [--jobs 1000] [--chain 200]
+                                 [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import common
 
 NOOP_TARGET = 3.0
 SLEEP_TARGET = 1.8
+A2_SLACK = 1.0  # seconds: a small atomate2 flow's wall time within this of run_locally's
 
 
 def main() -> None:
@@ -163,6 +168,34 @@ def main() -> None:
             f"{ref['median_ms']:.1f} ms (p90 {ref['p90_ms']:.1f})"
         )
         data["chain"] = runs
+    if "atomate2" in only:
+        sys.path.insert(0, str(common.ROOT / "examples"))
+        import atomate2_eos as a2  # atomate2's EOS flow with EMT Makers (10 jobs)
+
+        def eos() -> tuple[Any, list[Any]]:
+            flow, summary = a2.build("Cu")
+            return flow, [summary]
+
+        def checked(wall: float, s: Any, jobs: list[Any]) -> dict[str, float]:
+            a0 = s.get_output(jobs[0].uuid, load=True)["a0_fit"]
+            assert abs(a0 - 3.59) < 0.01, a0  # the same physics on both sides
+            return {"wall": wall}
+
+        runs = measure(eos, checked)
+        ref, got = (common.medians(runs[k])["wall"] for k in runs)
+        rows.append(
+            common.row(
+                "atomate2: EOS flow of 10 EMT jobs (wall s)",
+                got,
+                ref,
+                ref / got,
+                f"<= run_locally + {A2_SLACK:g} s",
+                got <= ref + A2_SLACK,
+                "s",
+            )
+        )
+        lines.append(f"atomate2 EOS {got:.2f} s vs {ref:.2f} s")
+        data["atomate2"] = runs
     common.report("jobflow", "jobflow on shoal: " + "; ".join(lines), rows, data, a)
 
 

@@ -272,3 +272,37 @@ def test_jobflow_eos_through_cli(tmp_path: Path) -> None:
         [*cli, "logs", uuid, "--run", str(rundir)], capture_output=True, text=True, timeout=60
     )
     assert logs.returncode == 0 and f"{uuid}/2: succeeded" in logs.stdout
+
+
+# -- atomate2_eos.py -----------------------------------------------------------------------------
+def test_atomate2_eos_through_cli(tmp_path: Path) -> None:
+    """atomate2's own EOS flow with EMT Makers, through ``shoal run``: the relaxed and the
+    fitted lattice constants of copper agree and are EMT's (ASE alone: 3.5898 Å relaxed,
+    133.6 GPa over ±5 %), the strain job's Response added the cells, and no job wrote into the
+    directory the run was started from."""
+    pytest.importorskip("atomate2", reason="atomate2 is not installed (pip install atomate2)")
+    env = {**os.environ, "SHOAL_BASE": str(tmp_path / "runs")}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "run", str(EXAMPLES / "atomate2_eos.py")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    numbers = {
+        line.split()[0] + (" " + line.split()[1] if line.startswith("a0") else ""): line
+        for line in lines
+    }
+    assert "Cu: 10 jobs run, 7 cells in the fit" in lines, proc.stdout
+    relaxed = float(numbers["a0 relaxed"].split()[2])
+    fitted = float(numbers["a0 fitted"].split()[2])
+    bulk = float(numbers["B"].split()[1])
+    assert relaxed == pytest.approx(3.5898, abs=0.002)
+    assert fitted == pytest.approx(relaxed, abs=0.002)
+    assert bulk == pytest.approx(133.6, abs=2.0)
+    assert not list(work.iterdir()), "a job wrote into the directory the run started from"
