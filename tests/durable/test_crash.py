@@ -54,6 +54,21 @@ def counts(side: Path) -> Counter[int]:
     return Counter(int(x) for x in side.read_text().split())
 
 
+def wait_for_resumes(rundir: Path, at_least: int, timeout: float = 120) -> None:
+    """Until the run has recorded ``at_least`` resumes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(rundir / "shoal.db", timeout=5) as c:
+                row = c.execute("SELECT value FROM meta WHERE key='resumes'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        if row is not None and int(row[0]) >= at_least:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not record {at_least} resumes within {timeout} s")
+
+
 def succeeded(rundir: Path) -> set[int]:
     with sqlite3.connect(f"file:{rundir / 'shoal.db'}?mode=ro", uri=True) as c:
         return {r[0] for r in c.execute("SELECT id FROM tasks WHERE state='succeeded'")}
@@ -87,6 +102,8 @@ def test_kill_minus_nine_twenty_times_and_resume(tmp_path: Path) -> None:
             rundir = found[0].parent if found else None
             time.sleep(0.01)
         assert rundir is not None, "the first driver never created its run directory"
+        if kills % 2:  # every other kill lands once the resumed driver has recorded itself:
+            wait_for_resumes(rundir, (kills + 1) // 2)  # on a loaded machine a start is slow
         time.sleep(rng.uniform(0.2, 0.7))
         if proc.poll() is not None:  # it ended before this kill: it must have finished
             assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]

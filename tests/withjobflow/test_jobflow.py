@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-import threading
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -303,38 +304,59 @@ def test_resume_after_kill_fills_the_store_as_an_uninterrupted_run(tmp_path: Pat
     same(theirs, ours, flow)
 
 
+HEAVY = """
+import json, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from jobflow import Flow, JobStore
+from maggma.stores import MemoryStore
+import shoal
+import withjobflow.heavy as heavy  # says which process imported it
+
+stop = threading.Event()
+if sys.argv[3] == "thread":  # a thread of the driver's: it may not fork
+    threading.Thread(target=stop.wait).start()
+jobs = [heavy.parent_pid() for _ in range(4)]
+run = shoal.run(Flow(jobs), store=JobStore(MemoryStore()), progress=False, base=sys.argv[2], cpus=2)
+stop.set()
+print(json.dumps({"driver": os.getpid(), "zygotes": sorted({run.result(j)[0] for j in jobs})}))
+"""
+
+
+@pytest.mark.parametrize("thread", [False, True])
 def test_the_jobs_modules_are_imported_once_before_the_workers(
-    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    base: Path, tmp_path: Path, thread: bool
 ) -> None:
     """A heavy module of the jobs (atomate2's take seconds) is imported once, not by each
     worker: the driver has it already (the flow was made from it), so the fork server is a
-    fork of the driver and the workers its forks; where the driver may not fork (another
-    thread runs), the fork server imports it (the run option ``preload``) before it forks."""
+    fork of the driver and nobody imports it again; where the driver may not fork (another
+    thread runs), the fork server, a new interpreter, imports it (the run option ``preload``)
+    before it forks the workers. In an interpreter of its own: this one may have threads of
+    other tests."""
+    import json
+
     imports = tmp_path / "imports"
-    monkeypatch.setenv("HEAVY_IMPORTS", str(imports))
-    from . import heavy
-
-    def once() -> tuple[set[int], set[int], list[int]]:
-        jobs = [heavy.parent_pid() for _ in range(4)]
-        run = shoal.run(Flow(jobs), store=new_store(), progress=False, base=base, cpus=2)
-        zygotes = {run.result(j)[0] for j in jobs}
-        assert len(zygotes) == 1  # every worker was forked by the one fork server
-        pids = [int(x) for x in imports.read_text().split() if int(x) != os.getpid()]
-        return zygotes, {run.result(j)[1] for j in jobs}, pids
-
-    _, parents, pids = once()
-    assert parents == {os.getpid()}  # the fork server is this process's child
-    assert pids == []  # and a fork of it: nobody imported the module again
-
-    stop = threading.Event()
-    busy = threading.Thread(target=stop.wait)  # a thread of the driver's: it may not fork
-    busy.start()
-    try:
-        zygotes, parents, pids = once()
-    finally:
-        stop.set()
-        busy.join()
-    assert pids == [*zygotes], f"imported by {pids}, the workers' parent is {zygotes}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            HEAVY,
+            str(Path(__file__).parent.parent),
+            str(base),
+            "thread" if thread else "",
+        ],
+        env={**os.environ, "HEAVY_IMPORTS": str(imports)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert len(got["zygotes"]) == 1  # every worker was forked by the one fork server
+    pids = [int(x) for x in imports.read_text().split()]
+    if thread:
+        assert pids == [got["driver"], *got["zygotes"]]
+    else:
+        assert pids == [got["driver"]]
 
 
 def test_on_missing_references_none_and_pass(base: Path) -> None:

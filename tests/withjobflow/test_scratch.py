@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("jobflow")
 
+import bson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from maggma.stores import MemoryStore
@@ -69,9 +70,17 @@ def test_answers_as_the_memory_store(steps: list[tuple[str, Any]]) -> None:
     ours.connect()
     theirs.connect()
     for what, arg in steps:
-        if what == "update":
-            ours.update(arg, key=["uuid", "index"])
-            theirs.update(arg, key=["uuid", "index"])
+        if what == "update":  # what mongomock refuses (an int over 8 bytes) is refused here
+            errors = []
+            for store in (ours, theirs):
+                try:
+                    store.update(arg, key=["uuid", "index"])
+                    errors.append(None)
+                except (OverflowError, bson.errors.InvalidDocument) as err:
+                    errors.append(type(err))
+            assert errors[0] == errors[1], (arg, errors)
+            if errors[0] is not None:
+                return  # the job fails: what mongomock kept of the batch does not matter
             continue
         a, b = plain(ours.query(**arg)), plain(theirs.query(**arg))
         if arg["sort"] is None:  # no order asked: compare as sets of documents

@@ -19,6 +19,7 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
+import bson
 from maggma.stores import MemoryStore
 from monty.json import jsanitize
 
@@ -58,8 +59,12 @@ class ScratchStore(MemoryStore):
             return
         key = key or self.key
         names = list(key) if isinstance(key, list | tuple) else [key]
+        kept = []
         for doc in docs if isinstance(docs, list) else [docs]:
             d = jsanitize(doc, allow_bson=True, recursive_msonable=True)
+            bson.encode(d)  # what a database refuses (an int over 8 bytes, a key not a str)
+            kept.append(d)
+        for d in kept:
             self._docs[tuple(d[k] for k in names)] = d
 
     def query(  # type: ignore[override]  # MongoStore's own, which is maggma's too
