@@ -185,3 +185,22 @@ def collect_none(*values: Any) -> list[Any]:
 @job(config=JobConfig(on_missing_references=OnMissing.PASS))
 def collect_pass(*values: Any) -> list[str]:
     return [type(v).__name__ for v in values]
+
+
+@job(config=JobConfig(expose_store=True))
+def look_up(after: Any, uuid: str) -> Any:
+    """The newest output of job ``uuid`` as the store the job is given holds it (``after``:
+    a job to run after, whose output is not used)."""
+    from jobflow import CURRENT_JOB
+
+    return CURRENT_JOB.store.get_output(uuid)
+
+
+@job
+def wait_for(path: str) -> str:
+    """Return once ``path`` exists."""
+    import time
+
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return path

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,40 @@ def test_an_additional_store_the_jobstore_lacks(base: Path) -> None:
         r"'big', which the JobStore does not have \(it has: data\).*additional_stores",
         str(err.value),
     ), str(err.value)
+
+
+def test_expose_store_shows_every_finished_output(base: Path) -> None:
+    """A job with ``expose_store`` sees the store as the manager's store holds it: every job
+    that finished before it, not only those it refers to (here: one two steps up)."""
+    first = flows.add(20, 22)
+    second = flows.add(first.output, 1)
+    third = flows.look_up(second.output, first.uuid)
+    theirs, ours, run = twin(Flow([first, second, third]), base=base)
+    assert run.result(third) == 42 == theirs.get_output(third.uuid)
+    assert ours.get_output(third.uuid) == 42
+
+
+def test_the_store_fills_while_the_run_goes(base: Path, tmp_path: Path) -> None:
+    """The JobStore holds a job's output while the run still goes (copied every second from
+    the run directory), not only when it ends."""
+    gate = tmp_path / "gate"
+    quick = flows.add(1, 2)
+    held = flows.wait_for(str(gate))
+    store = new_store()
+    run = shoal.submit(Flow([quick, held]), store=store, progress=False, base=base, cpus=2)
+    try:
+        deadline = time.monotonic() + 60
+        while store.query_one({"uuid": quick.uuid}) is None:
+            assert time.monotonic() < deadline, "the quick job's output never reached the store"
+            time.sleep(0.05)
+        assert not run.done  # the held job holds the run open
+        assert store.query_one({"uuid": held.uuid}) is None
+    finally:
+        gate.touch()
+    run.wait(120)
+    assert run.ok
+    assert store.get_output(quick.uuid) == 3 and store.get_output(held.uuid) == str(gate)
+    assert store.count() == 2
 
 
 def test_external_references_read_the_store(base: Path) -> None:

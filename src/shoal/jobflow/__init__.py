@@ -27,8 +27,8 @@ from shoal.lazy import exports
 _WHERE = {
     "FlowRun": "shoal.jobflow.manager",
     "is_jobflow": "shoal.jobflow.graph",
-    "outputs": "shoal.jobflow.manager",
-    "replay": "shoal.jobflow.manager",
+    "outputs": "shoal.jobflow.jobstore",
+    "replay": "shoal.jobflow.jobstore",
     "resume": "shoal.jobflow.manager",
     "run": "shoal.jobflow.manager",
     "run_locally": "shoal.jobflow.manager",

@@ -6,7 +6,7 @@ index, ``on_missing_references``, output schemas, serialisation, additional stor
 Response and what it hands down to the jobs it makes); shoal does the managing. The scratch
 store is a ``JobStore`` of in-memory stores, filled from the bundles of the job's inputs; what
 ``Job.run`` writes there (one document, its blobs) is this job's :data:`Bundle`, the task's
-output. The driver copies it into the user's JobStore (``manager.replay``), so that store ends
+output. The driver copies it into the user's JobStore (``jobstore.py``), so that store ends
 as jobflow's ``run_locally`` would leave it, and the run directory keeps every output.
 
 A Response's new jobs become the tasks of a shoal Response: ``replace`` (its stand-in, the job
@@ -48,7 +48,7 @@ def run_job(job: Any, setup: Setup, *inputs: Bundle) -> Any:
 
     here = current()
     inputs = tuple(b for b in inputs if b is not None)  # None: a job that failed (tolerated)
-    store = scratch(job, inputs, setup.stores)
+    store = scratch(job, (*inputs, *exposed(job, here.dir)), setup.stores)
     folder = job_folder(setup, here.dir)
     try:
         with inside(folder):
@@ -62,6 +62,22 @@ def run_job(job: Any, setup: Setup, *inputs: Bundle) -> Any:
         raise
     own = bundle(store, job, here.task, inputs, response, folder)
     return respond(job, response, setup, inputs, here.task, own)
+
+
+def exposed(job: Any, taskdir: str) -> list[Bundle]:
+    """For a job that asks for the store (``expose_store``: ``CURRENT_JOB.store``), the
+    outputs of every job of the run that has finished, read from the run directory, as a
+    manager's store would hold them (jobflow's ``run_locally`` and jobflow-remote expose the
+    whole store). Nothing when the run directory cannot be read from here."""
+    if not getattr(job.config, "expose_store", False):
+        return []
+    from shoal.jobflow.jobstore import finished
+
+    rundir = Path(taskdir).parent.parent  # <run>/tasks/<id>
+    try:
+        return [b for _, b in finished(rundir)]
+    except Exception:  # a worker without the run directory: its inputs only
+        return []
 
 
 def every(inputs: tuple[Bundle, ...] | list[Bundle]) -> list[Bundle]:

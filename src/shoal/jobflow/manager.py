@@ -21,11 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import DefinitionError, StoreError
+from shoal.errors import DefinitionError
 from shoal.jobflow.execute import EXCEPTION, factory
 from shoal.jobflow.graph import (
     TAG,
-    Bundle,
     Setup,
     external,
     is_jobflow,
@@ -34,6 +33,7 @@ from shoal.jobflow.graph import (
     order,
     tasks_of,
 )
+from shoal.jobflow.jobstore import Live, finished, output, outputs, replay, stored
 from shoal.runtime import api
 from shoal.runtime.options import RunOptions
 from shoal.runtime.run import Run
@@ -50,6 +50,7 @@ class FlowRun(Run):
     returns its newest output as jobflow resolves a reference to it."""
 
     store: Any = None
+    live: Live | None = None  # copies outputs into the store while the run goes
     replayed = False
 
     def wait(self, timeout: float | None = None) -> FlowRun:
@@ -59,10 +60,10 @@ class FlowRun(Run):
         return self
 
     def replay(self) -> int:
-        """Copy the outputs of the run into its JobStore (once the run ended)."""
+        """Copy the outputs of the run not copied yet into its JobStore (once it ended)."""
         if self.replayed or self.store is None:
             return 0
-        n = replay(self.dir, self.store)
+        n = self.live.finish() if self.live is not None else replay(self.dir, self.store)
         self.replayed = True
         return n
 
@@ -80,10 +81,11 @@ class FlowRun(Run):
 
 
 def _adopt(r: Run, store: Any) -> FlowRun:
-    fr = FlowRun.__new__(FlowRun)
-    fr.__dict__.update(r.__dict__)
-    fr.store = store
-    return fr
+    """``r`` itself as a FlowRun: the same object, which a submitted run's thread updates."""
+    r.__class__ = FlowRun
+    assert isinstance(r, FlowRun)
+    r.store = store
+    return r
 
 
 # -- from a flow to a workflow --------------------------------------------------------------------
@@ -103,29 +105,6 @@ def _names(store: Any) -> tuple[str, ...] | None:
 
     extra = store.additional_stores
     return None if isinstance(extra, defaultdict) else tuple(extra)
-
-
-def stored(store: Any, uuid: str) -> Bundle | None:
-    """The newest output of job ``uuid`` in ``store`` as a bundle (None: it has none)."""
-    docs = list(store.docs_store.query({"uuid": uuid}, sort={"index": -1}, limit=1))
-    if not docs:
-        return None
-    doc = {k: v for k, v in docs[0].items() if k != "_id"}
-    blobs = [
-        (name, {k: v for k, v in b.items() if k != "_id"})
-        for name, s in store.additional_stores.items()
-        for b in s.query({"job_uuid": uuid, "job_index": doc["index"]})
-    ]
-    return {
-        "uuid": uuid,
-        "index": doc["index"],
-        "name": doc.get("name"),
-        "task": None,
-        "doc": doc,
-        "blobs": blobs,
-        "carried": [],
-        "response": None,
-    }
 
 
 def workflow(
@@ -190,8 +169,14 @@ def _launch(
     except BaseException:
         be.close()
         raise
-    r = (api.submit_with if submit else api.run_with)(wf, opts, be)
-    return _adopt(r, store)
+    live: list[Live] = []
+
+    def begun(rundir: Path) -> None:  # the store fills while the run goes
+        live.append(Live(rundir, store).start())
+
+    r = _adopt((api.submit_with if submit else api.run_with)(wf, opts, be, begun), store)
+    r.live = live[0] if live else None
+    return r
 
 
 def run(
@@ -236,90 +221,6 @@ def resume(run_dir: str | os.PathLike[str], store: Any = None, **options: Any) -
     return r
 
 
-# -- outputs ------------------------------------------------------------------------------------
-def _bundles(rundir: Path) -> list[Bundle]:
-    """The bundle of every job that succeeded, in the order the tasks were added."""
-    with Reader(rundir) as r:
-        return [r.result(row.id) for row in r.tasks(state="succeeded", tag=TAG)]
-
-
-def replay(rundir: str | os.PathLike[str], store: Any) -> int:
-    """Write the document and blobs of every job of the run into ``store``; the number of
-    documents written. Idempotent: documents are keyed by (uuid, index), blobs by blob_uuid."""
-    store.connect()
-    return _write(store, _bundles(Path(rundir)))
-
-
-def _write(store: Any, bundles: list[Bundle]) -> int:
-    docs: list[dict[str, Any]] = []
-    blobs: dict[str, list[dict[str, Any]]] = {}
-    for b in bundles:
-        docs.append(dict(b["doc"]))
-        for name, blob in b["blobs"]:
-            blobs.setdefault(name, []).append(dict(blob))
-    _upsert(store.docs_store, docs, ("uuid", "index"))
-    for name, items in blobs.items():
-        _upsert(store.additional_stores[name], items, ("blob_uuid",))
-    return len(docs)
-
-
-def _upsert(target: Any, docs: list[dict[str, Any]], key: tuple[str, ...]) -> None:
-    """Write ``docs`` into a maggma store, replacing those with the same ``key``. An
-    in-memory store (mongomock) scans every document for each upsert, which makes a bulk
-    replay quadratic: there the documents not in it yet are inserted at once."""
-    if not docs:
-        return
-    from maggma.stores import MemoryStore
-
-    if not isinstance(target, MemoryStore):
-        target.update(docs, key=list(key))
-        return
-    have = {tuple(d.get(k) for k in key) for d in target.query({}, properties=list(key))}
-    new = [d for d in docs if tuple(d[k] for k in key) not in have]
-    old = [d for d in docs if tuple(d[k] for k in key) in have]
-    if new:
-        target._collection.insert_many(new)
-    if old:
-        target.update(old, key=list(key))
-
-
-def outputs(rundir: str | os.PathLike[str]) -> Any:
-    """A JobStore of in-memory stores with every output of the run in ``rundir``: read them
-    back without the original store (``get_output``, ``query``)."""
-    from jobflow.core.store import JobStore
-    from maggma.stores import MemoryStore
-
-    found = _bundles(Path(rundir))
-    names = sorted({name for b in found for name, _ in b["blobs"]})
-    store = JobStore(MemoryStore(), additional_stores={n: MemoryStore() for n in names})
-    store.connect()
-    _write(store, found)
-    return store
-
-
-def output(rundir: Path, uuid: str, failed: Callable[[int], Any]) -> Any:
-    """Job ``uuid``'s newest output, decoded as a reference to it is; when it has none, the
-    error of its newest task (``failed``: ``Run.result`` of a task id)."""
-    from monty.json import MontyDecoder
-
-    store = outputs(rundir)
-    try:
-        value = store.get_output(uuid, which="last", load=True)
-    except ValueError:
-        tid = _task_of(rundir, uuid)
-        failed(tid)  # raises: failed, skipped, not run yet
-        raise StoreError(f"job {uuid} has no output in {rundir}") from None
-    return MontyDecoder().process_decoded(value)
-
-
-def _task_of(rundir: Path, uuid: str) -> int:
-    with Reader(rundir) as r:
-        rows = [row for row in r.tasks(tag=TAG) if f" {uuid}/" in row.name]
-    if not rows:
-        raise StoreError(f"no job {uuid} in the run in {rundir}")
-    return rows[-1].id
-
-
 # -- jobflow's run_locally --------------------------------------------------------------------
 def _stop_at_failure(event: Any, ctl: Any) -> None:
     """A rule: the first job that fails stops the run (``raise_immediately``)."""
@@ -357,9 +258,8 @@ def run_locally(
         logging.getLogger("jobflow").info("Started executing jobs locally")
 
     r = _launch(flow, store, setup, allow_external_references, options, then=then)
-    bundles = _bundles(r.dir)  # read once: for the store and for the return value
-    _write(store, bundles)
-    r.replayed = True
+    r.replay()
+    bundles = [b for _, b in finished(r.dir)]
     logging.getLogger("jobflow").info("Finished executing jobs locally")
     if raise_immediately:
         _raise_first_failure(r)

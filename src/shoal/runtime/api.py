@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,17 @@ def run(wf: Workflow, **options: Any) -> Run:
     return run_with(wf, RunOptions.of(options))
 
 
-def run_with(wf: Workflow, opts: RunOptions, backend: Backend | None = None) -> Run:
-    """:func:`run`, with the options checked and (perhaps) the backend made already."""
+def run_with(
+    wf: Workflow,
+    opts: RunOptions,
+    backend: Backend | None = None,
+    begun: Callable[[Path], Any] | None = None,
+) -> Run:
+    """:func:`run`, with the options checked and (perhaps) the backend made already;
+    ``begun`` is called with the run directory once it exists, before the run starts."""
     p = prepare(wf, opts, backend=backend)
+    if begun is not None:
+        begun(p.dir)
     r = Run(p.dir, wf.name, ids=p.ids)
     started(r)
     return p.execute(r)
@@ -133,9 +142,17 @@ def submit(wf: Workflow, **options: Any) -> Run:
     return submit_with(wf, RunOptions.of(options))
 
 
-def submit_with(wf: Workflow, opts: RunOptions, backend: Backend | None = None) -> Run:
-    """:func:`submit`, with the options checked and (perhaps) the backend made already."""
+def submit_with(
+    wf: Workflow,
+    opts: RunOptions,
+    backend: Backend | None = None,
+    begun: Callable[[Path], Any] | None = None,
+) -> Run:
+    """:func:`submit`, with the options checked and (perhaps) the backend made already;
+    ``begun`` as in :func:`run_with`."""
     p = prepare(wf, opts, backend=backend)
+    if begun is not None:
+        begun(p.dir)
     box: list[Run] = []
 
     def body() -> None:
