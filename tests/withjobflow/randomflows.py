@@ -4,7 +4,8 @@
 three earlier ones (whole, or an attribute chain into a list), each of a random kind: a plain
 value, a failure, a replace chain, a replace by a flow with and without an output, a list of
 jobs (a replace), a detour, an addition, ``stop_children``, an additional-store blob, a job
-that tolerates failed inputs (``on_missing_references`` NONE). The
+that tolerates failed inputs (``on_missing_references`` NONE), a job that reads the output of
+a job two steps up through the store it is given (``expose_store``). The
 test runs a deep copy with jobflow and one with shoal (random backend options) and compares
 the two JobStores (compare.same).
 
@@ -32,6 +33,7 @@ KINDS = (
     "stop",
     "blob",
     "gather",
+    "look",
 )
 
 
@@ -85,6 +87,14 @@ def gather(*values: Any) -> int:
     return number(values) + sum(v is None for v in values)
 
 
+@job(config=JobConfig(expose_store=True))
+def look(uuid: str, *values: Any) -> int:
+    """Reads job ``uuid``'s newest output (not one of its inputs) from ``CURRENT_JOB.store``."""
+    from jobflow import CURRENT_JOB
+
+    return number(values) + number(CURRENT_JOB.store.get_output(uuid))
+
+
 def generate(seed: int) -> Flow:
     rng = random.Random(seed)
     jobs: list[Any] = []
@@ -103,7 +113,12 @@ def generate(seed: int) -> Flow:
             if parent.name == "blob" and rng.random() < 0.5:
                 ref = ref["blob"]  # a reference into an additional store
             inputs.append(ref)
-        if kind == "blob":
+        above = sorted({u for ref in inputs for u in _owner(jobs, ref).input_uuids})
+        if kind == "look" and not above:
+            kind = "plain"  # nothing two steps up
+        if kind == "look":
+            jobs.append(look(rng.choice(above), *inputs))
+        elif kind == "blob":
             jobs.append(blob(*inputs))
         elif kind == "gather":
             jobs.append(gather(*inputs))
@@ -112,3 +127,8 @@ def generate(seed: int) -> Flow:
         if not inputs and kind not in ("gather", "blob"):
             roots.append(jobs[-1])
     return Flow(jobs, name=f"random-{seed}")
+
+
+def _owner(jobs: list[Any], ref: Any) -> Any:
+    """The job whose output ``ref`` refers to."""
+    return next(j for j in jobs if j.uuid == ref.uuid)

@@ -90,21 +90,23 @@ def _upsert(target: Any, docs: list[dict[str, Any]], key: tuple[str, ...]) -> No
     if not isinstance(target, MemoryStore):
         target.update(docs, key=list(key))
         return
-    have = {
-        tuple(d.get(k) for k in key): {k: v for k, v in d.items() if k != "_id"}
-        for d in target.query({})
-    }
+    have = {tuple(d.get(k) for k in key) for d in target.query({}, properties=list(key))}
     new = [d for d in docs if tuple(d[k] for k in key) not in have]
-    changed = [
-        d
-        for d in docs
-        if (old := have.get(tuple(d[k] for k in key))) is not None
-        and old != {k: v for k, v in d.items() if k != "_id"}
-    ]
+    old = [d for d in docs if tuple(d[k] for k in key) in have]
     if new:
         target._collection.insert_many(new)
-    if changed:
-        target.update(changed, key=list(key))
+    if old:  # a resume writes the whole run again: most are there as they are
+        there = {
+            tuple(d.get(k) for k in key): {k: v for k, v in d.items() if k != "_id"}
+            for d in target.query({})
+        }
+        changed = [d for d in old if there.get(tuple(d[k] for k in key)) != _plain(d)]
+        if changed:
+            target.update(changed, key=list(key))
+
+
+def _plain(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "_id"}
 
 
 class Live:
