@@ -208,16 +208,51 @@ def _find_global(obj: Any) -> tuple[str, str] | None:
     return None
 
 
+def _undecorated(module: str, qualname: str) -> Any:
+    """What a pickled decorated function stands for, where it is unpickled (see Pickler)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj.original
+
+
+def _decorated_at(fn: types.FunctionType) -> tuple[str, str] | None:
+    """(module, qualname) of the decorator wrapper whose ``original`` is ``fn`` (jobflow's
+    ``@job``), when workers can import that module; else None."""
+    mod = sys.modules.get(fn.__module__ or "")
+    if mod is None or mod.__name__ == "__main__" or "<locals>" in fn.__qualname__:
+        return None
+    by_value = getattr(cloudpickle.cloudpickle, "_is_registered_pickle_by_value", None)
+    if by_value is None or by_value(mod):  # sent by value (pickle_function), or unknown
+        return None
+    obj: Any = mod
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    if getattr(obj, "original", None) is not fn:
+        return None
+    return mod.__name__, fn.__qualname__
+
+
 class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, and a module-level ``ContextVar`` (which cannot be pickled) as a reference
-    to where it lives: a function sent by value, such as a jobflow ``@job`` defined in a
-    script, drags in its module's globals, and jobflow's include one."""
+    """cloudpickle, with two references where it would send values:
+
+    * a module-level ``ContextVar`` (which cannot be pickled) as where it lives: a function
+      sent by value, such as a jobflow ``@job`` defined in a script, drags in its module's
+      globals, and jobflow's include one;
+    * the function under a decorator that keeps it as ``original`` (jobflow's ``@job``: a
+      Job holds the undecorated function, which is not the module's attribute), as that
+      attribute's ``original``: not its code and globals in every Job's payload.
+    """
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is contextvars.ContextVar:
             where = _find_global(obj)
             if where is not None:
                 return (_module_attribute, where)
+        elif type(obj) is types.FunctionType:
+            found = _decorated_at(obj)
+            if found is not None:
+                return (_undecorated, found)
         return super().reducer_override(obj)
 
 
