@@ -46,3 +46,28 @@ def test_a_local_decorated_function_still_goes_by_value() -> None:
 
     copy = pickle.loads(cdumps(inner.original))
     assert copy is not inner.original and copy(1) == 2
+
+
+def test_a_decorated_function_of_a_module_workers_cannot_import_goes_by_value(
+    tmp_path: Any,
+) -> None:
+    """A module loaded from a file outside the import path (``importlib`` from a path): the
+    workers could not import it, so the function goes by value, as before."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "elsewhere_mod.py"
+    path.write_text("from tests_keeps import keeps\n@keeps\ndef f(x):\n    return x * 3\n")
+    sys.modules["tests_keeps"] = sys.modules[__name__]
+    spec = importlib.util.spec_from_file_location("elsewhere_mod", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["elsewhere_mod"] = mod
+    try:
+        spec.loader.exec_module(mod)
+        data = cdumps(mod.f.original)
+        del sys.modules["elsewhere_mod"]  # as in a worker: not importable
+        assert pickle.loads(data)(2) == 6
+    finally:
+        sys.modules.pop("elsewhere_mod", None)
+        sys.modules.pop("tests_keeps", None)

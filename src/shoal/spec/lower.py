@@ -208,6 +208,9 @@ def _find_global(obj: Any) -> tuple[str, str] | None:
     return None
 
 
+_IMPORTABLE: dict[str, bool] = {}  # module name -> whether workers find it (_importable)
+
+
 def _undecorated(module: str, qualname: str) -> Any:
     """What a pickled decorated function stands for, where it is unpickled (see Pickler)."""
     obj: Any = importlib.import_module(module)
@@ -225,6 +228,8 @@ def _decorated_at(fn: types.FunctionType) -> tuple[str, str] | None:
     by_value = getattr(cloudpickle.cloudpickle, "_is_registered_pickle_by_value", None)
     if by_value is None or by_value(mod):  # sent by value (pickle_function), or unknown
         return None
+    if not _IMPORTABLE.setdefault(mod.__name__, _importable(mod)):
+        return None  # loaded from a path the workers will not search
     obj: Any = mod
     for part in fn.__qualname__.split("."):
         obj = getattr(obj, part, None)
