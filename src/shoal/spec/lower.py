@@ -228,7 +228,10 @@ def _decorated_at(fn: types.FunctionType) -> tuple[str, str] | None:
     by_value = getattr(cloudpickle.cloudpickle, "_is_registered_pickle_by_value", None)
     if by_value is None or by_value(mod):  # sent by value (pickle_function), or unknown
         return None
-    if not _IMPORTABLE.setdefault(mod.__name__, _importable(mod)):
+    importable = _IMPORTABLE.get(mod.__name__)
+    if importable is None:
+        importable = _IMPORTABLE[mod.__name__] = _importable(mod)
+    if not importable:
         return None  # loaded from a path the workers will not search
     obj: Any = mod
     for part in fn.__qualname__.split("."):
@@ -295,8 +298,32 @@ def dumps(value: Any) -> bytes:
         if b"__main__" not in data:
             return data
     except Exception:
-        pass
+        try:  # the references of Pickler without cloudpickle's cost (a jobflow Job)
+            buf = io.BytesIO()
+            _Referring(buf, protocol=5).dump(value)
+            data = buf.getvalue()
+            if b"__main__" not in data:
+                return data
+        except Exception:
+            pass
     return cdumps(value)
+
+
+class _Referring(pickle.Pickler):
+    """Plain pickle, and the two references of :class:`Pickler` (a decorated function, a
+    module-level ContextVar); anything else that plain pickle refuses goes to cloudpickle."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is types.FunctionType:
+            found = _decorated_at(obj)
+            if found is not None:
+                return (_undecorated, found)
+        elif kind is contextvars.ContextVar:
+            where = _find_global(obj)
+            if where is not None:
+                return (_module_attribute, where)
+        return NotImplemented
 
 
 def pickle_args(t: Task) -> bytes:
