@@ -174,7 +174,7 @@ def _launch(
     def begun(rundir: Path) -> None:  # the store fills while the run goes
         live.append(Live(rundir, store).start())
 
-    r = _adopt((api.submit_with if submit else api.run_with)(wf, opts, be, begun), store)
+    r = _adopt(api.start(wf, opts, be, begun, background=submit), store)
     r.live = live[0] if live else None
     return r
 

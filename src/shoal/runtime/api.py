@@ -33,9 +33,8 @@ __all__ = [
     "prepare",
     "resume",
     "run",
-    "run_with",
+    "start",
     "submit",
-    "submit_with",
 ]
 
 
@@ -52,9 +51,11 @@ def prepare(
     opts: RunOptions,
     resume: Path | None = None,
     backend: Backend | None = None,
+    begun: Callable[[Path], Any] | None = None,
 ) -> Session:
     """The session of a new run of ``wf``, or (``resume``) of the run in that directory.
-    ``backend``: one made (and perhaps booted) from ``opts`` already (:func:`backend_of`)."""
+    ``backend``: one made (and perhaps booted) from ``opts`` already (:func:`backend_of`);
+    ``begun``: called with the run directory once it exists, before the run starts."""
     if resume is None and not isinstance(wf, Workflow):
         raise DefinitionError(f"shoal.run needs a Workflow, got {type(wf).__name__}")
     stop = opts.deadline()
@@ -73,33 +74,51 @@ def prepare(
     )
     show = opts.shows_progress()
     if resume is not None:
-        return resumed(resume, be, pol, show, extras)
-    assert wf is not None
-    base = Path(opts.base or os.getcwd())
-    return Session.new(wf, be, base, pol, show, extras, opts.stored())
+        session = resumed(resume, be, pol, show, extras)
+    else:
+        assert wf is not None
+        base = Path(opts.base or os.getcwd())
+        session = Session.new(wf, be, base, pol, show, extras, opts.stored())
+    if begun is not None:
+        begun(session.dir)
+    return session
 
 
 def run(wf: Workflow, **options: Any) -> Run:
     """Run ``wf`` to the end on this machine (by default) and return its :class:`Run`.
 
     The options (:class:`~shoal.runtime.options.RunOptions`) are listed below."""
-    return run_with(wf, RunOptions.of(options))
+    return start(wf, RunOptions.of(options))
 
 
-def run_with(
+def start(
     wf: Workflow,
     opts: RunOptions,
     backend: Backend | None = None,
     begun: Callable[[Path], Any] | None = None,
+    background: bool = False,
 ) -> Run:
-    """:func:`run`, with the options checked and (perhaps) the backend made already;
-    ``begun`` is called with the run directory once it exists, before the run starts."""
-    p = prepare(wf, opts, backend=backend)
-    if begun is not None:
-        begun(p.dir)
-    r = Run(p.dir, wf.name, ids=p.ids)
+    """:func:`run` (or, ``background``, :func:`submit`) with the options checked and perhaps
+    the backend made already (``begun``: see :func:`prepare`)."""
+    p = prepare(wf, opts, backend=backend, begun=begun)
+    if not background:
+        r = Run(p.dir, wf.name, ids=p.ids)
+        started(r)
+        return p.execute(r)
+    box: list[Run] = []
+
+    def body() -> None:
+        try:
+            p.execute(box[0])
+        except BaseException as err:  # handed to run.wait()
+            box[0].error = err
+
+    thread = threading.Thread(target=body, name=f"shoal-{wf.name}", daemon=True)
+    r = Run(p.dir, wf.name, thread, ids=p.ids)
+    box.append(r)
     started(r)
-    return p.execute(r)
+    thread.start()
+    return r
 
 
 def resume(run_dir: str | os.PathLike[str], **options: Any) -> Run:
@@ -139,34 +158,7 @@ def _stored_meta(rundir: Path) -> dict[str, Any]:
 def submit(wf: Workflow, **options: Any) -> Run:
     """Like :func:`run`, but return at once; the run goes on in a background thread."""
     options.setdefault("progress", False)
-    return submit_with(wf, RunOptions.of(options))
-
-
-def submit_with(
-    wf: Workflow,
-    opts: RunOptions,
-    backend: Backend | None = None,
-    begun: Callable[[Path], Any] | None = None,
-) -> Run:
-    """:func:`submit`, with the options checked and (perhaps) the backend made already;
-    ``begun`` as in :func:`run_with`."""
-    p = prepare(wf, opts, backend=backend)
-    if begun is not None:
-        begun(p.dir)
-    box: list[Run] = []
-
-    def body() -> None:
-        try:
-            p.execute(box[0])
-        except BaseException as err:  # handed to run.wait()
-            box[0].error = err
-
-    thread = threading.Thread(target=body, name=f"shoal-{wf.name}", daemon=True)
-    r = Run(p.dir, wf.name, thread, ids=p.ids)
-    box.append(r)
-    started(r)
-    thread.start()
-    return r
+    return start(wf, RunOptions.of(options), background=True)
 
 
 run.__doc__ = f"{run.__doc__}\n\n" + "\n".join("    " + line for line in doc().splitlines())
