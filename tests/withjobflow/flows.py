@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Any
 
-from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
+from jobflow import Flow, JobConfig, Maker, OnMissing, Response, flow, job
 from monty.json import MSONable
 from pydantic import BaseModel
 
@@ -204,3 +204,17 @@ def wait_for(path: str) -> str:
     while not os.path.exists(path):
         time.sleep(0.02)
     return path
+
+
+@job(config=JobConfig(resolve_references=False))
+def kind_of(x: Any) -> str:
+    """The type of what the job was given: a reference, not resolved."""
+    return type(x).__name__
+
+
+@flow
+def two_adds(n: int) -> Any:
+    """A flow made by jobflow's ``@flow``: its output is the second job's."""
+    first = add(n, 1)
+    second = add(first.output, 2)
+    return second.output

@@ -46,6 +46,28 @@ def test_every_response_field_as_jobflow(base: Path) -> None:
     assert [d["index"] for d in ours.docs_store.query({"uuid": jobs["r"].uuid})] == [1, 2, 3]
 
 
+def test_unresolved_references_flow_decorator_and_dynamic_updates(base: Path) -> None:
+    """``resolve_references=False`` hands the job the reference itself; a ``@flow`` function
+    makes a Flow whose output its dependents read; metadata and name updates made with
+    ``dynamic=True`` reach the jobs a Response makes, as jobflow passes them on."""
+    made = flows.two_adds(1)  # @flow: 1 + 1 + 2
+    raw = flows.kind_of(made.output)
+    after = flows.add(made.output, 10)
+    chain = flows.replace_self(2)  # indexes 1, 2, 3 of one uuid, made at run time
+    flow = Flow([made, raw, after, chain])
+    flow.update_metadata({"campaign": "eos"}, dynamic=True)
+    chain.append_name(" [loop]", dynamic=True)
+    theirs, ours, run = twin(flow, base=base)
+    same(theirs, ours, flow)
+    assert run.result(raw) == "OutputReference" == theirs.get_output(raw.uuid)
+    assert run.result(after) == 14
+    for store in (theirs, ours):
+        docs = sorted(store.query({"uuid": chain.uuid}), key=lambda d: d["index"])
+        assert [d["index"] for d in docs] == [1, 2, 3]
+        assert {d["name"] for d in docs} == {"replace_self [loop]"}
+        assert all(d["metadata"].get("campaign") == "eos" for d in docs)
+
+
 def test_references_at_depth(base: Path) -> None:
     p = flows.pair(5)
     chain = flows.ident(p.output["k"][0]["attr"])
