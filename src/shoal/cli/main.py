@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import runpy
-import socket
 import sqlite3
 import sys
 import time
@@ -194,49 +192,6 @@ def run(
         sys.exit(EXIT_FAILED)
 
 
-def _status(d: Path) -> dict[str, Any]:
-    with Reader(d) as r:
-        meta = r.meta()
-        counts = r.counts()
-        nodes = r.nodes()
-        running = r.running(limit=20)
-        failures = r.failures(limit=20)
-        rules = r.rules()
-    status_file = d / "status.json"
-    live: dict[str, Any] = {}
-    if status_file.exists():
-        try:
-            live = json.loads(status_file.read_text())
-        except (OSError, ValueError):
-            live = {}
-    if meta.get("state") == "running" and live.get("counts"):
-        # While a run goes on its store says "pending" for ready and queued tasks too (that
-        # saves two row updates per task); status.json has the live counts.
-        counts = {k: v for k, v in live["counts"].items() if v}
-    return {
-        "run": meta.get("name"),
-        "dir": str(d),
-        "state": meta.get("state"),
-        "created": meta.get("created"),
-        "ended": meta.get("ended"),
-        "total": sum(counts.values()),
-        "counts": counts,
-        "nodes": [
-            {"name": n["name"], "cores": len(n["cores"]), "gpus": len(n["gpus"])} for n in nodes
-        ],
-        "resources": live.get("resources"),
-        "throughput": live.get("throughput"),
-        "running": running,
-        "failures": failures,
-        "stop_reason": meta.get("stop_reason"),
-        "crash_reason": meta.get("crash_reason"),
-        "groups": live.get("groups", {}),
-        "rules": rules,
-        "pid": meta.get("pid"),
-        "host": meta.get("host"),
-    }
-
-
 def _num(x: Any) -> str:
     return "-" if x is None else f"{x:.4g}"
 
@@ -276,19 +231,6 @@ def _print_rules(rules: list[dict[str, Any]]) -> None:
             click.secho(f"      last error: {r['last_error']}", fg="red")
 
 
-def _driver_alive(st: dict[str, Any]) -> bool:
-    """Whether the driver of a run recorded as running still exists (unknowable elsewhere)."""
-    if st.get("host") != socket.gethostname() or not st.get("pid"):
-        return True
-    try:
-        os.kill(int(st["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @main.command()
 @click.argument("run_dir", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -297,8 +239,10 @@ def status(run_dir: str | None, as_json: bool) -> None:
 
     RUN_DIR defaults to the newest run directory in the current directory.
     """
-    st = _status(_rundir(run_dir))
-    if st["state"] == "running" and not _driver_alive(st):
+    from shoal.store.runs import Life, summary
+
+    st = summary(_rundir(run_dir), details=True)
+    if st["life"] == Life.LOST:
         st["state"] = "lost"
         st["note"] = (
             f"the driver (pid {st['pid']} on {st['host']}) is gone without recording an end: "
