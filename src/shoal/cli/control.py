@@ -158,6 +158,7 @@ def register(main: click.Group, rundir_of: Any) -> None:
     _add_rerun(main, rundir_of)
     _add_cancel(main, rundir_of)
     _add_submit(main, rundir_of)
+    _add_stop(main, rundir_of)
 
 
 def _add_resume(main: click.Group) -> None:
@@ -241,7 +242,9 @@ def _add_rerun(main: click.Group, rundir_of: Any) -> None:
 
     @main.command()
     @click.argument("task")
-    @click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+    @click.option(
+        "--run", "-r", "run_dir", help="The run directory (default: the newest one here)."
+    )
     @click.option("--downstream", is_flag=True, help="Also run what depends on it again.")
     @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
     def rerun(task: str, run_dir: str | None, downstream: bool, wait: float) -> None:
@@ -260,7 +263,9 @@ def _add_cancel(main: click.Group, rundir_of: Any) -> None:
 
     @main.command()
     @click.argument("tasks", nargs=-1)
-    @click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+    @click.option(
+        "--run", "-r", "run_dir", help="The run directory (default: the newest one here)."
+    )
     @click.option("--tag", help="Every unfinished task of this tag.")
     @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
     def cancel(tasks: tuple[str, ...], run_dir: str | None, tag: str | None, wait: float) -> None:
@@ -275,6 +280,31 @@ def _add_cancel(main: click.Group, rundir_of: Any) -> None:
         a = attach(d)
         rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
         _answer(a, rid, wait, d)
+
+
+def _add_stop(main: click.Group, rundir_of: Any) -> None:
+    """``shoal stop``."""
+
+    @main.command()
+    @click.option(
+        "--run", "-r", "run_dir", help="The run directory (default: the newest one here)."
+    )
+    @click.option(
+        "--now",
+        is_flag=True,
+        help="Cancel the running tasks too (default: let them finish, start nothing new).",
+    )
+    @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
+    def stop(run_dir: str | None, now: bool, wait: float) -> None:
+        """Stop a live run: nothing new starts; running tasks finish (or, --now, are
+        cancelled). The run ends as stopped and can be resumed (shoal resume RUN_DIR)."""
+        from shoal.runtime.requests import attach
+
+        d = rundir_of(run_dir)
+        a = attach(d)
+        if not a.live:
+            raise click.UsageError(f"no driver runs {d}: there is nothing to stop")
+        _answer(a, a.stop(drain=not now), wait, d)
 
 
 def _add_submit(main: click.Group, rundir_of: Any) -> None:

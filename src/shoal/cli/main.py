@@ -49,6 +49,13 @@ def _rundir(run_dir: str | None) -> Path:
     return latest_run(Path(run_dir) if run_dir else Path.cwd())
 
 
+def _one_run(given: str | None, option: str | None) -> str | None:
+    """The run named by RUN_DIR or --run/-r (not both)."""
+    if given and option and given != option:
+        raise click.UsageError(f"two runs named: {given} and --run {option}; give one")
+    return option or given
+
+
 def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -115,7 +122,7 @@ def _open_files() -> None:
         sys.exit(EXIT_INPUT)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="shoal")
 def main() -> None:
     """shoal runs ensembles of simulations and keeps the whole story on disk."""
@@ -233,12 +240,14 @@ def _print_rules(rules: list[dict[str, Any]]) -> None:
 
 @main.command()
 @click.argument("run_dir", required=False)
+@click.option("--run", "-r", "run_opt", help="The run directory (default: the newest one here).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def status(run_dir: str | None, as_json: bool) -> None:
+def status(run_dir: str | None, run_opt: str | None, as_json: bool) -> None:
     """Counts by state, running tasks, and failures with their reasons.
 
-    RUN_DIR defaults to the newest run directory in the current directory.
+    The run: --run/-r (or RUN_DIR), default the newest run directory here.
     """
+    run_dir = _one_run(run_dir, run_opt)
     from shoal.store.runs import Life, summary
 
     st = summary(_rundir(run_dir), details=True)
@@ -296,14 +305,23 @@ def status(run_dir: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_dir", required=False)
+@click.option("--run", "-r", "run_opt", help="The run directory (default: the newest one here).")
 @click.option("--state", help="Only tasks in this state (e.g. failed, running, succeeded).")
 @click.option("--tag", help="Only tasks with this tag.")
 @click.option("--limit", type=int, default=None, help="At most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def tasks(
-    run_dir: str | None, state: str | None, tag: str | None, limit: int | None, as_json: bool
+    run_dir: str | None,
+    run_opt: str | None,
+    state: str | None,
+    tag: str | None,
+    limit: int | None,
+    as_json: bool,
 ) -> None:
-    """List tasks: id, name, state, attempts and reason."""
+    """List tasks: id, name, state, attempts and reason. The run: --run/-r (or RUN_DIR)."""
+    run_dir = _one_run(run_dir, run_opt)
+    if limit is not None and limit < 1:
+        raise click.BadParameter(f"must be at least 1, got {limit}", param_hint="--limit")
     from shoal.core.states import State
 
     if state and state not in {s.value for s in State}:
@@ -330,15 +348,18 @@ def tasks(
 
 @main.command()
 @click.argument("task")
-@click.option("--run", "run_dir", help="The run directory (default: the newest one here).")
+@click.option("--run", "-r", "run_dir", help="The run directory (default: the newest one here).")
 def logs(task: str, run_dir: str | None) -> None:
     """Print a task's story, stdout, stderr and traceback. TASK is an id, a unique name, or
     the uuid of a jobflow job (its newest index)."""
+    from shoal.store.runs import placement_words
+
     d = _rundir(run_dir)
     with Reader(d) as r:
         row = r.find(task)
         attempts = r.attempts(row.id)
         story = r.story(row.id)
+        nodes = r.nodes()
     click.secho(
         f"task #{row.id} {row.name}: {row.state}" + (f" ({row.reason})" if row.reason else ""),
         bold=True,
@@ -353,7 +374,8 @@ def logs(task: str, run_dir: str | None) -> None:
             took = f" in {a['ended'] - a['started']:.3f} s"
         click.echo(
             f"  attempt {a['attempt']}: {a['outcome'] or 'running'}{took}"
-            f" on {a['placement']}" + (f" ({a['worker']})" if a["worker"] else "")
+            f" on {placement_words(a['placement'], nodes)}"
+            + (f" ({a['worker']})" if a["worker"] else "")
         )
     folder = d / "tasks" / str(row.id)
     for name in ("stdout", "stderr", "traceback.txt"):
@@ -365,19 +387,6 @@ def logs(task: str, run_dir: str | None) -> None:
         click.echo("  (the task printed nothing; no output folder was created)")
 
 
-def _where(placement: list[list[Any]] | None) -> str:
-    """A placement as words: node 0 cores 2,3 GPUs 1."""
-    if not placement:
-        return "?"
-    parts = []
-    for node, cores, gpus, _mem, _ranks in placement:
-        text = f"node {node} cores {','.join(map(str, cores))}"
-        if gpus:
-            text += f" GPUs {','.join(map(str, gpus))}"
-        parts.append(text)
-    return "; ".join(parts)
-
-
 def _register() -> None:
     from shoal.cli.control import register
 
@@ -387,6 +396,9 @@ def _register() -> None:
 
     register_files(main)
     register_slurm(main)
+    from shoal.cli.look import register as register_look
+
+    register_look(main, _rundir)
 
 
 _register()

@@ -222,6 +222,12 @@ class Reader:
             a["placement"] = json.loads(a["placement"]) if a["placement"] else None
         return out
 
+    def options(self, task: int) -> dict[str, Any]:
+        """The options a task was given (cpus, gpus, memory, timeout, retries...)."""
+        with self._q() as c:
+            row = c.execute("SELECT options FROM tasks WHERE id=?", (task,)).fetchone()
+        return dict(json.loads(row[0])) if row else {}
+
     def story(self, task: int) -> list[dict[str, Any]]:
         """Every transition of a task, oldest first, with the event that caused it."""
         return self._dicts(

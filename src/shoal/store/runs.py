@@ -115,14 +115,17 @@ def summary(rundir: Path, details: bool = False) -> dict[str, Any]:
         counts = {k: v for k, v in live["counts"].items() if v}
     created, ended = meta.get("created"), meta.get("ended")
     now = time.time()
+    state_of = life(state, meta.get("host"), meta.get("pid"))
+    if state_of == Life.LOST:  # it ended unrecorded: its last word is status.json's
+        ended = live.get("updated")
     took = ((ended or now) - created) if created else None
-    if state != "running" and not ended:
+    if state_of != Life.LIVE and not ended:
         took = None  # the end was never recorded
     done = sum(v for k, v in counts.items() if k in ("succeeded", "failed"))
     out: dict[str, Any] = {
         "run": meta.get("name"),
         "dir": str(rundir),
-        "life": life(state, meta.get("host"), meta.get("pid")).value,
+        "life": state_of.value,
         "state": state,
         "created": created,
         "ended": ended,
@@ -153,3 +156,29 @@ def summary(rundir: Path, details: bool = False) -> dict[str, Any]:
             }
         )
     return out
+
+
+def spans(ids: list[int] | tuple[int, ...]) -> str:
+    """Ids as ranges: 0-3,8,10-11."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def placement_words(placement: list[list[Any]] | None, nodes: list[dict[str, Any]]) -> str:
+    """A placement in words: ``node vm, cores 0-3, GPUs 1``; several nodes joined by ``;``.
+    ``nodes``: the run's nodes (``Reader.nodes``), whose names stand for their indexes."""
+    if not placement:
+        return "no placement"
+    parts = []
+    for node, cores, gpus, *_ in placement:
+        name = nodes[node]["name"] if 0 <= node < len(nodes) else f"#{node}"
+        text = f"node {name}, {'core' if len(cores) == 1 else 'cores'} {spans(cores)}"
+        if gpus:
+            text += f", {'GPU' if len(gpus) == 1 else 'GPUs'} {spans(gpus)}"
+        parts.append(text)
+    return "; ".join(parts)

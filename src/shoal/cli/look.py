@@ -1,0 +1,196 @@
+"""Commands that look at runs without touching them: ``shoal runs``, ``shoal result`` and
+``shoal explain``. Each reads the store read-only (``store/queries.py``, ``store/runs.py``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal.store.queries import WAITING, Reader
+from shoal.store.runs import Life, find_runs, live_status, placement_words, summary
+
+RUN_OPTION = click.option(
+    "--run", "-r", "run_dir", help="The run directory (default: the newest one here)."
+)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+def _took(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def register(main: click.Group, rundir_of: Any) -> None:
+    """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory)."""
+
+    @main.command()
+    @click.argument("base", required=False, type=click.Path(file_okay=False))
+    @click.option("--depth", type=click.IntRange(0, 10), default=3, help="Folders to descend.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    def runs(base: str | None, depth: int, as_json: bool) -> None:
+        """The runs under BASE (default: here), newest first: what each is now (live,
+        finished, interrupted, crashed, lost), its tasks, start, duration and throughput."""
+        where = Path(base) if base else Path.cwd()
+        if not where.is_dir():
+            raise click.BadParameter(f"{where} is not a directory", param_hint="BASE")
+        found = [summary(d) for d in find_runs(where, depth)]
+        if as_json:
+            click.echo(json.dumps(found, indent=2, default=str))
+            return
+        if not found:
+            click.echo(f"no runs under {where} (looked {depth} folders down)", err=True)
+            return
+        click.echo(
+            f"{'life':<12} {'outcome':<11} {'tasks':>13} {'failed':>7}  {'started':<16} "
+            f"{'took':>9} {'tasks/s':>8}  run"
+        )
+        for s in found:
+            done = sum(v for k, v in s["counts"].items() if k in ("succeeded", "failed"))
+            bad = sum(
+                v for k, v in s["counts"].items() if k in ("failed", "dep_failed", "cancelled")
+            )
+            rate = (s["throughput"] or {}).get("overall")
+            shown = Path(s["dir"])
+            with_base = shown.relative_to(where) if shown.is_relative_to(where) else shown
+            outcome = s["state"] if s["life"] == Life.FINISHED else "-"
+            tally = f"{done}/{s['total']}"
+            click.echo(
+                f"{s['life']:<12} {outcome:<11} {tally:>13} {bad:>7}  "
+                f"{_when(s['created']):<16} {_took(s['duration']):>9} "
+                f"{'-' if rate is None else f'{rate:.1f}':>8}  {with_base}"
+            )
+
+    @main.command()
+    @click.argument("task")
+    @RUN_OPTION
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def result(task: str, run_dir: str | None, as_json: bool) -> None:
+        """Print a finished task's result (TASK: id, name or a jobflow uuid), read from the
+        store without touching the run. Exits 1 for a task that failed, 2 for one that has
+        not finished."""
+        from shoal.runtime.imports import restored
+
+        d = rundir_of(run_dir)
+        with Reader(d) as r:
+            row = r.find(task)
+            if row.state != "succeeded":
+                why = f": {row.reason}" if row.reason else ""
+                click.secho(f"shoal: task #{row.id} {row.name} is {row.state}{why}", err=True)
+                sys.exit(1 if row.state in ("failed", "dep_failed", "cancelled") else 2)
+            meta = r.meta()
+            with restored(meta):  # the run's import path: its classes unpickle
+                value = r.result(row.id)
+        if as_json:
+            click.echo(json.dumps(value, indent=2, default=repr))
+        else:
+            import pprint
+
+            click.echo(pprint.pformat(value, width=100))
+
+    @main.command()
+    @click.argument("task")
+    @RUN_OPTION
+    def explain(task: str, run_dir: str | None) -> None:
+        """Why TASK is not running (its dependencies, the resources it needs against what is
+        free, the run itself), or what became of it."""
+        d = rundir_of(run_dir)
+        for line in why(d, task):
+            click.echo(line)
+
+
+def why(rundir: Path, ref: str) -> list[str]:
+    """The lines of ``shoal explain``: where a task stands and what it waits for."""
+    st = summary(rundir)
+    with Reader(rundir) as r:
+        row = r.find(ref)
+        nodes = r.nodes()
+        opts = r.options(row.id)
+        deps = [r.find(str(i)) for i in row.deps]
+        attempts = r.attempts(row.id)
+    out = [f"task #{row.id} {row.name}: {row.state}" + (f" ({row.reason})" if row.reason else "")]
+    if row.state == "running" and attempts:
+        a = attempts[-1]
+        since = time.time() - a["started"] if a["started"] else None
+        out.append(
+            f"  running attempt {a['attempt']} on {placement_words(a['placement'], nodes)}"
+            + (f" for {_took(since)}" if since is not None else "")
+        )
+        return out
+    if row.state not in (*WAITING, "retrying"):
+        out.append(f"  it is not waiting: {_ended(row.state)}")
+        return out
+    if st["life"] != Life.LIVE:
+        out.append(
+            f"  the run is {st['life']}: nothing starts until it is resumed (shoal resume {rundir})"
+        )
+    if row.state == "retrying":
+        out.append("  it failed and waits out its retry backoff before the next attempt")
+    unfinished = [t for t in deps if t.state != "succeeded"]
+    if unfinished:
+        shown = ", ".join(f"#{t.id} {t.name} ({t.state})" for t in unfinished[:10])
+        more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
+        out.append(
+            f"  it waits for {len(unfinished)} of its {len(deps)} dependencies: {shown}{more}"
+        )
+    elif row.state == "pending" and deps:
+        out.append("  its dependencies succeeded; it is about to be ready")
+    if row.state in ("ready", "queued") or not unfinished:
+        out.extend(_resources(rundir, row.state, opts, nodes, st))
+    return out
+
+
+def _ended(state: str) -> str:
+    return {
+        "succeeded": "it succeeded (shoal result TASK prints its result)",
+        "failed": "it failed (shoal logs TASK shows why; shoal retry or rerun runs it again)",
+        "dep_failed": "a task it depends on failed, so it never ran",
+        "cancelled": "it was cancelled",
+        "skipped": "it was skipped (a Response stopped its branch, or the run stopped)",
+    }.get(state, state)
+
+
+def _resources(
+    rundir: Path, state: str, opts: dict[str, Any], nodes: list[dict[str, Any]], st: dict[str, Any]
+) -> list[str]:
+    """What the task needs against the nodes and what is free now (status.json)."""
+    cpus, gpus = int(opts.get("cpus") or 1), int(opts.get("gpus") or 0)
+    ranks = int(opts.get("ranks") or 1)
+    need = f"{cpus * ranks} core(s)" + (f" and {gpus * ranks} GPU(s)" if gpus else "")
+    widest = max((len(n["cores"]) for n in nodes), default=0)
+    most_gpus = max((len(n["gpus"]) for n in nodes), default=0)
+    if ranks == 1 and (cpus > widest or gpus > most_gpus):
+        return [
+            f"  it needs {need} on one node, and the largest node has {widest} cores and "
+            f"{most_gpus} GPUs: it can never start here"
+        ]
+    if state == "queued":
+        return [
+            f"  it is queued on a slot behind a running task of the same shape ({need}); it "
+            "starts there when that task ends"
+        ]
+    res = live_status(rundir).get("resources") or {}
+    if not res:
+        return [f"  it needs {need}; how much is free is known only while the run goes"]
+    free_cores = res.get("cores", 0) - res.get("cores_used", 0)
+    free_gpus = res.get("gpus", 0) - res.get("gpus_used", 0)
+    line = f"  it needs {need}; free now: {free_cores} of {res.get('cores')} cores" + (
+        f", {free_gpus} of {res.get('gpus')} GPUs" if gpus else ""
+    )
+    if free_cores >= cpus * ranks and free_gpus >= gpus * ranks:
+        line += (
+            " (enough: tasks before it in the queue, or one the scheduler reserves for, go first)"
+        )
+    return [line]

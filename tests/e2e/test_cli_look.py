@@ -1,0 +1,192 @@
+"""``shoal runs``, ``shoal result``, ``shoal explain`` and ``shoal stop``, through the real
+command line: on finished runs (the ``project`` of test_cli.py), on a live run held open by a
+gate file, and on a run whose driver was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shoal.errors import StoreError
+from shoal.store.queries import Reader
+
+from .test_cli import Project, project, run_dirs, shoal_cli  # noqa: F401  # the fixture
+
+HELD = """
+import os, time, shoal
+
+@shoal.task
+def quick(x):
+    return {"x": x}
+
+@shoal.task
+def held(gate):
+    while not os.path.exists(gate):
+        time.sleep(0.05)
+    return "released"
+
+@shoal.task
+def after(values):
+    return len(values)
+
+with shoal.Workflow("held") as wf:
+    q = quick(1)
+    h = held(os.environ["GATE"])
+    a = after([q.out, h.out])
+    wide = quick.options(name="wide", cpus=2)(2).after(h)
+wf.run(cpus=2, progress=False)
+"""
+
+
+def _wait_for(what: str, check: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
+
+
+def _started(tmp_path: Path) -> tuple[subprocess.Popen[str], Path, Path]:
+    """A live run of HELD: ``quick`` done, ``held`` running until the gate file appears."""
+    (tmp_path / "held.py").write_text(textwrap.dedent(HELD))
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "run", "held.py"],
+        cwd=tmp_path,
+        env={**os.environ, "GATE": str(gate)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def running() -> bool:
+        runs = run_dirs(tmp_path)
+        if not runs:
+            return False
+        try:
+            with Reader(runs[0]) as r:
+                return r.find("held").state == "running" and r.find("quick").state == "succeeded"
+        except StoreError:  # the directory is there, its tasks not yet
+            return False
+
+    _wait_for("the held task to start", running)
+    return proc, gate, run_dirs(tmp_path)[0]
+
+
+def test_runs_lists_every_run_with_its_life(project: Project, tmp_path: Path) -> None:  # noqa: F811
+    p = shoal_cli(project.dir, "runs", "--json")
+    assert p.returncode == 0, p.stderr
+    found = {Path(r["dir"]).name: r for r in json.loads(p.stdout)}
+    fine, demo = found[project.fine_run.name], found[project.demo_run.name]
+    assert fine["life"] == demo["life"] == "finished"
+    assert (fine["state"], demo["state"]) == ("succeeded", "failed")
+    assert demo["counts"] == {"succeeded": 5, "failed": 1, "dep_failed": 1}
+    assert fine["duration"] > 0 and fine["throughput"]["overall"] > 0
+    text = shoal_cli(project.dir, "runs").stdout
+    assert "finished     failed" in text and "6/7" in text, text  # succeeded or failed of all
+    # deeper down, and bounded: a run two folders below is found, not with --depth 1
+    nested = tmp_path / "campaign" / "batch"
+    nested.mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(project.fine_run), str(nested)], check=True)
+    assert [
+        Path(r["dir"]).name for r in json.loads(shoal_cli(tmp_path, "runs", "--json").stdout)
+    ] == [project.fine_run.name]
+    assert json.loads(shoal_cli(tmp_path, "runs", "--json", "--depth", "1").stdout) == []
+
+
+def test_result_reads_without_touching_the_run(project: Project) -> None:  # noqa: F811
+    db = project.demo_run / "shoal.db"
+    before = (db.stat().st_mtime, (project.demo_run / "shoal.db-wal").exists())
+    with Reader(project.demo_run) as r:
+        story = len(r.story(3))
+    p = shoal_cli(project.dir, "result", "3", "--json")  # the first total
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == 5  # 0 + 1 + 4
+    failed = shoal_cli(project.dir, "result", "boom")
+    assert failed.returncode == 1 and "RuntimeError: boom failed on 3" in failed.stderr
+    assert shoal_cli(project.dir, "result", "-r", str(project.fine_run), "total").stdout == "14\n"
+    assert (db.stat().st_mtime, (project.demo_run / "shoal.db-wal").exists()) == before
+    with Reader(project.demo_run) as r:
+        assert len(r.story(3)) == story
+        assert "resumes" not in r.meta()
+
+
+def test_explain_a_finished_run(project: Project) -> None:  # noqa: F811
+    p = shoal_cli(project.dir, "explain", "boom")
+    assert p.returncode == 0, p.stderr
+    assert "it is not waiting: it failed" in p.stdout, p.stdout
+    downstream = shoal_cli(project.dir, "explain", "-r", str(project.demo_run), "5").stdout
+    assert "dep_failed" in downstream and "never ran" in downstream, downstream
+
+
+def test_explain_and_stop_a_live_run(tmp_path: Path) -> None:
+    proc, gate, rundir = _started(tmp_path)
+    try:
+        waiting = shoal_cli(tmp_path, "explain", "after").stdout
+        assert "it waits for 1 of its 2 dependencies: #1 held (running)" in waiting, waiting
+        running = shoal_cli(tmp_path, "explain", "held").stdout
+        assert "running attempt 1 on node " in running and ", core" in running, running
+        live = json.loads(shoal_cli(tmp_path, "runs", "--json").stdout)
+        assert [r["life"] for r in live] == ["live"]
+        stop = shoal_cli(tmp_path, "stop")
+        assert stop.returncode == 0 and "the run stops" in stop.stdout, stop.stdout + stop.stderr
+    finally:
+        gate.touch()  # the held task finishes; nothing new starts
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err  # stopped as asked: resumable
+    with Reader(rundir) as r:
+        assert r.find("held").state == "succeeded"
+        assert r.find("after").state in ("pending", "ready")  # never started
+    assert json.loads(shoal_cli(tmp_path, "runs", "--json").stdout)[0]["life"] == "interrupted"
+    again = shoal_cli(tmp_path, "stop")
+    assert again.returncode == 2 and "nothing to stop" in again.stderr, again.stderr
+    explained = shoal_cli(tmp_path, "explain", "after").stdout
+    assert "the run is interrupted: nothing starts until it is resumed" in explained, explained
+
+
+def test_a_killed_driver_makes_a_lost_run(tmp_path: Path) -> None:
+    proc, gate, rundir = _started(tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    gate.touch()
+    row = json.loads(shoal_cli(tmp_path, "runs", "--json").stdout)[0]
+    assert row["life"] == "lost" and row["state"] == "running"
+    assert "lost" in shoal_cli(tmp_path, "runs").stdout
+    explained = shoal_cli(tmp_path, "explain", "-r", str(rundir), "after").stdout
+    assert f"the run is lost: nothing starts until it is resumed (shoal resume {rundir})" in (
+        explained
+    ), explained
+
+
+def test_tasks_limit_must_be_positive_and_help_is_h(project: Project) -> None:  # noqa: F811
+    for bad in ("0", "-3"):
+        p = shoal_cli(project.dir, "tasks", "--limit", bad)
+        assert p.returncode == 2 and "must be at least 1" in p.stderr, p.stderr
+    assert (
+        shoal_cli(project.dir, "tasks", "-r", str(project.fine_run), "--limit", "2").stdout.count(
+            "\n"
+        )
+        == 2
+    )
+    assert "Usage: " in shoal_cli(project.dir, "-h").stdout
+    assert "Usage: " in shoal_cli(project.dir, "explain", "-h").stdout
+
+
+def test_logs_show_placements_in_words(project: Project) -> None:  # noqa: F811
+    out = shoal_cli(project.dir, "logs", "total", "-r", str(project.fine_run)).stdout
+    assert "on node " in out and ", core " in out, out
+    assert "[[" not in out, out
+
+
+@pytest.mark.parametrize("ref", ["nope", "999"])
+def test_unknown_tasks_are_named(project: Project, ref: str) -> None:  # noqa: F811
+    for cmd in ("explain", "result"):
+        p = shoal_cli(project.dir, cmd, ref)
+        assert p.returncode == 2 and ref in p.stderr and "Traceback" not in p.stderr, p.stderr
