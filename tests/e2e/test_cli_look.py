@@ -190,3 +190,24 @@ def test_unknown_tasks_are_named(project: Project, ref: str) -> None:  # noqa: F
     for cmd in ("explain", "result"):
         p = shoal_cli(project.dir, cmd, ref)
         assert p.returncode == 2 and ref in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_tasks_filters_sorts_and_pages(project: Project) -> None:  # noqa: F811
+    def ids(*args: str) -> list[int]:
+        p = shoal_cli(project.dir, "tasks", "-r", str(project.demo_run), "--json", *args)
+        assert p.returncode == 0, p.stderr
+        return [t["id"] for t in json.loads(p.stdout)]
+
+    assert ids("--state", "failed,dep_failed") == [4, 5]
+    assert ids("--state", "failed", "--state", "dep_failed") == [4, 5]
+    assert ids("--name", "squ*") == [0, 1, 2]
+    assert ids("--name", "squ*", "--sort", "-id", "--limit", "2") == [2, 1]
+    assert ids("--since", "1d") == list(range(7))  # every task started within a day
+    assert ids("--until", "1d") == []  # none before
+    rows = json.loads(shoal_cli(project.dir, "tasks", "--json", "--sort", "-runtime").stdout)
+    times = [t["runtime"] for t in rows if t["runtime"] is not None]
+    assert times == sorted(times, reverse=True) and rows[0]["started"] is not None
+    bad = shoal_cli(project.dir, "tasks", "--sort", "colour")
+    assert bad.returncode == 2 and "cannot sort by 'colour'" in bad.stderr, bad.stderr
+    text = shoal_cli(project.dir, "tasks", "--limit", "2")
+    assert "(2 of 7 shown)" in text.stderr, text.stderr

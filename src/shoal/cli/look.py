@@ -33,8 +33,109 @@ def _took(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def register(main: click.Group, rundir_of: Any) -> None:
-    """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory)."""
+def moment(text: str, now: float | None = None) -> float:
+    """A time as given on the command line: ``30m``, ``2h``, ``1d``, ``45s`` ago, or a date
+    and time (``2026-12-03 14:00``, ``2026-12-03T14:00:30``), or a time today (``14:00``)."""
+    import datetime as dt
+    import re
+
+    now = time.time() if now is None else now
+    ago = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if ago:
+        return now - float(ago[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago[2]]
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", text.strip()):
+            day = dt.datetime.fromtimestamp(now).date().isoformat()
+            return dt.datetime.fromisoformat(f"{day} {text.strip()}").timestamp()
+        return dt.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a time: give 30m, 2h, 1d (ago), 14:00 (today) or 2026-12-03 14:00"
+        ) from None
+
+
+def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
+    """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory,
+    ``one_run`` takes it from an argument or --run)."""
+
+    @main.command()
+    @click.argument("run_dir", required=False)
+    @click.option("--run", "-r", "run_opt", help="The run directory (default: the newest here).")
+    @click.option(
+        "--state",
+        "states",
+        multiple=True,
+        help="Only tasks in these states (repeat it, or failed,dep_failed).",
+    )
+    @click.option("--name", help="Only tasks whose name matches this glob (relax*).")
+    @click.option("--tag", help="Only tasks with this tag.")
+    @click.option("--since", help="Started (or last changed) since: 30m, 2h, 14:00, a date.")
+    @click.option("--until", help="Started (or last changed) until then.")
+    @click.option(
+        "--sort",
+        default="id",
+        show_default=True,
+        help="id, name, state, attempts, start or runtime; -runtime: longest first.",
+    )
+    @click.option("--limit", type=int, default=None, help="At most this many tasks.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    def tasks(
+        run_dir: str | None,
+        run_opt: str | None,
+        states: tuple[str, ...],
+        name: str | None,
+        tag: str | None,
+        since: str | None,
+        until: str | None,
+        sort: str,
+        limit: int | None,
+        as_json: bool,
+    ) -> None:
+        """List tasks: id, name, state, attempts, start, run time and reason. The run:
+        --run/-r (or RUN_DIR)."""
+        from shoal.core.states import State
+
+        if limit is not None and limit < 1:
+            raise click.BadParameter(f"must be at least 1, got {limit}", param_hint="--limit")
+        wanted = tuple(x.strip() for s in states for x in s.split(",") if x.strip())
+        known = {s.value for s in State}
+        for state in wanted:
+            if state not in known:
+                raise click.BadParameter(
+                    f"unknown state {state!r}; states are: {', '.join(s.value for s in State)}",
+                    param_hint="--state",
+                )
+        d = rundir_of(one_run(run_dir, run_opt))
+        start = moment(since) if since else None
+        end = moment(until) if until else None
+        with Reader(d) as r:
+            rows, total = r.table(wanted, name, tag, start, end, sort, limit)
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        [{**t, "attempts": r.attempts(t["id"])} for t in rows],
+                        indent=2,
+                        default=str,
+                    )
+                )
+                return
+            tried = {t["id"]: r.attempts(t["id"]) for t in rows if t["attempts"] > 1}
+        for t in rows:
+            reason = f"  {t['reason']}" if t["reason"] else ""
+            how = ""
+            if t["id"] in tried:  # what became of each attempt
+                how = " (" + ", ".join(a["kind"] or a["outcome"] or "?" for a in tried[t["id"]])
+                how += ")"
+            began = time.strftime("%H:%M:%S", time.localtime(t["started"])) if t["started"] else "-"
+            took = "-" if t["runtime"] is None else f"{t['runtime']:.2f} s"
+            click.echo(
+                f"{t['id']:>6}  {t['name']:<24} {t['state']:<10} attempts {t['attempts']}{how}"
+                f"  {began:>8} {took:>10}{reason}"
+            )
+        if not rows:
+            click.echo("no tasks" + (f" in state {', '.join(wanted)}" if wanted else ""), err=True)
+        elif total > len(rows):
+            click.echo(f"({len(rows)} of {total} shown)", err=True)
 
     @main.command()
     @click.argument("base", required=False, type=click.Path(file_okay=False))

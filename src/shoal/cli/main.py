@@ -304,49 +304,6 @@ def status(run_dir: str | None, run_opt: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_dir", required=False)
-@click.option("--run", "-r", "run_opt", help="The run directory (default: the newest one here).")
-@click.option("--state", help="Only tasks in this state (e.g. failed, running, succeeded).")
-@click.option("--tag", help="Only tasks with this tag.")
-@click.option("--limit", type=int, default=None, help="At most this many tasks.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def tasks(
-    run_dir: str | None,
-    run_opt: str | None,
-    state: str | None,
-    tag: str | None,
-    limit: int | None,
-    as_json: bool,
-) -> None:
-    """List tasks: id, name, state, attempts and reason. The run: --run/-r (or RUN_DIR)."""
-    run_dir = _one_run(run_dir, run_opt)
-    if limit is not None and limit < 1:
-        raise click.BadParameter(f"must be at least 1, got {limit}", param_hint="--limit")
-    from shoal.core.states import State
-
-    if state and state not in {s.value for s in State}:
-        known = ", ".join(s.value for s in State)
-        raise click.BadParameter(
-            f"unknown state {state!r}; states are: {known}", param_hint="--state"
-        )
-    d = _rundir(run_dir)
-    with Reader(d) as r:
-        rows = r.tasks(state=state, limit=limit, tag=tag)
-        if as_json:
-            _emit([{**t.as_dict(), "attempts": r.attempts(t.id)} for t in rows])
-            return
-        tried = {t.id: r.attempts(t.id) for t in rows if t.attempts > 1}
-    for t in rows:
-        reason = f"  {t.reason}" if t.reason else ""
-        how = ""
-        if t.id in tried:  # what became of each attempt
-            how = " (" + ", ".join(a["kind"] or a["outcome"] or "?" for a in tried[t.id]) + ")"
-        click.echo(f"{t.id:>6}  {t.name:<24} {t.state:<10} attempts {t.attempts}{how}{reason}")
-    if not rows:
-        click.echo("no tasks" + (f" in state {state}" if state else ""), err=True)
-
-
-@main.command()
 @click.argument("task")
 @click.option("--run", "-r", "run_dir", help="The run directory (default: the newest one here).")
 def logs(task: str, run_dir: str | None) -> None:
@@ -398,7 +355,7 @@ def _register() -> None:
     register_slurm(main)
     from shoal.cli.look import register as register_look
 
-    register_look(main, _rundir)
+    register_look(main, _rundir, _one_run)
 
 
 _register()

@@ -52,6 +52,15 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 WAITING = ("pending", "ready", "queued")
 
 _TASK_COLS = "id, name, kind, state, attempts, reason, updated, tags, deps, origin, alias"
+# What ``Reader.table`` sorts by, and the SQL of each
+_SORTS = {
+    "id": "t.id",
+    "name": "t.name",
+    "state": "t.state",
+    "attempts": "t.attempts",
+    "start": "a.started",
+    "runtime": "(a.ended - a.started)",
+}
 
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
@@ -114,20 +123,22 @@ class Reader:
                 counts[s] = counts.get(s, 0) + 1
         return counts
 
-    def _waiting(self) -> dict[int, str]:
+    def _waiting(self, ids: list[int] | None = None) -> dict[int, str]:
         """The exact state of each task whose row says it waits (pending, ready or queued).
 
         While a run goes on, the writer leaves a task's row alone when it moves between the
         waiting states (that saves two row updates per task), so such a row may say "pending"
         for a task that is ready or queued. Its last transition says where it stands.
+        ``ids``: only these tasks (a page of a table).
         """
         marks = ",".join("?" * len(WAITING))
+        only = f" AND t.id IN ({','.join(str(int(i)) for i in ids)})" if ids else ""
         with self._q() as c:
             rows = c.execute(
                 "SELECT t.id, t.state, tr.new FROM tasks t"
                 " LEFT JOIN (SELECT task, max(seq) AS seq FROM transitions GROUP BY task) l"
                 " ON l.task = t.id LEFT JOIN transitions tr ON tr.seq = l.seq"
-                f" WHERE t.state IN ({marks})",
+                f" WHERE t.state IN ({marks}){only}",
                 WAITING,
             ).fetchall()
         return {i: (new if new in WAITING else state) for i, state, new in rows}
@@ -167,6 +178,74 @@ class Reader:
         if tag:
             rows = [r for r in rows if tag in r.tags]
         return rows[:limit] if limit else rows
+
+    def table(
+        self,
+        states: tuple[str, ...] = (),
+        name: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        sort: str = "id",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Tasks as a table is shown (``shoal tasks``, the dashboard): the rows of one page
+        and how many match in all. Filters: any of ``states``, a ``name`` glob (``relax*``),
+        a ``tag``, a start (or last change) between ``since`` and ``until``; ``sort`` by
+        id, name, state, attempts, start or runtime (``-runtime``: largest first). Each row:
+        :meth:`TaskRow.as_dict`, and ``started`` and ``runtime`` of its newest attempt."""
+        key = sort.lstrip("-")
+        if key not in _SORTS:
+            raise StoreError(f"cannot sort by {key!r}; sort by one of: {', '.join(_SORTS)}")
+        where: list[str] = []
+        args: list[Any] = []
+        exact = any(s in WAITING for s in states)  # rows may lag: the exact state is after
+        if states:
+            wanted = sorted({*states, *(WAITING if exact else ())})
+            where.append(f"t.state IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if name:
+            where.append("t.name GLOB ?")
+            args.append(name)
+        if tag:
+            where.append("EXISTS (SELECT 1 FROM json_each(t.tags) WHERE value = ?)")
+            args.append(tag)
+        if since is not None:
+            where.append("COALESCE(a.started, t.updated) >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("COALESCE(a.started, t.updated) <= ?")
+            args.append(until)
+        base = " FROM tasks t LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempts" + (
+            " WHERE " + " AND ".join(where) if where else ""
+        )
+        order = f" ORDER BY {_SORTS[key]} {'DESC' if sort.startswith('-') else 'ASC'}, t.id"
+        cols = "SELECT " + ", ".join(f"t.{c.strip()}" for c in _TASK_COLS.split(","))
+        sql = cols + ", a.started, a.ended" + base + order
+        paged = not exact and limit is not None
+        if paged:
+            sql += f" LIMIT {int(limit or 0)} OFFSET {int(offset)}"
+        with self._q() as c:
+            found = c.execute(sql, args).fetchall()
+            total = c.execute("SELECT count(*)" + base, args).fetchone()[0] if paged else 0
+        rows = []
+        for r in found:
+            row = _task(r[:11]).as_dict()
+            row["started"] = r[11]
+            row["runtime"] = r[12] - r[11] if r[11] is not None and r[12] is not None else None
+            rows.append(row)
+        lagging = [row["id"] for row in rows if row["state"] in WAITING]
+        if lagging:
+            now = self._waiting(None if exact else lagging)
+            for row in rows:
+                row["state"] = now.get(row["id"], row["state"])
+        if exact:
+            rows = [row for row in rows if row["state"] in states]
+        if not paged:
+            total = len(rows)
+            rows = rows[offset : None if limit is None else offset + limit]
+        return rows, total
 
     def find(self, ref: str | int) -> TaskRow:
         """A task by id, or by name if the name is unique."""
