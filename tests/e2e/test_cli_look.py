@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -29,8 +30,10 @@ def quick(x):
 
 @shoal.task
 def held(gate):
+    print("waiting for the gate", flush=True)
     while not os.path.exists(gate):
         time.sleep(0.05)
+    print("through the gate")
     return "released"
 
 @shoal.task
@@ -211,3 +214,50 @@ def test_tasks_filters_sorts_and_pages(project: Project) -> None:  # noqa: F811
     assert bad.returncode == 2 and "cannot sort by 'colour'" in bad.stderr, bad.stderr
     text = shoal_cli(project.dir, "tasks", "--limit", "2")
     assert "(2 of 7 shown)" in text.stderr, text.stderr
+
+
+def test_logs_follow_and_status_watch_a_live_run(tmp_path: Path) -> None:
+    """``logs --follow`` prints what the task writes as it comes and ends with it; ``status
+    --watch`` shows the run again and again and ends when the run does."""
+    proc, gate, _ = _started(tmp_path)
+    cli = [sys.executable, "-m", "shoal.cli.main"]
+    follow = subprocess.Popen(
+        [*cli, "logs", "held", "--follow"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    watch = subprocess.Popen(
+        [*cli, "status", "--watch", "--every", "0.2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        deadline = time.monotonic() + 60
+        first = ""
+        while "[stdout]" not in first:  # the story comes first
+            left = deadline - time.monotonic()
+            assert left > 0, "logs --follow printed nothing of the task's output in 60 s"
+            if select.select([follow.stdout], [], [], left)[0]:
+                first = follow.stdout.readline()
+                assert first, "logs --follow ended before the task wrote anything"
+        assert first.strip() == "[stdout] waiting for the gate"
+        assert watch.stdout is not None
+        seen = 0
+        while seen < 2:  # the watch shows the live run again and again
+            left = deadline - time.monotonic()
+            assert left > 0, "status --watch did not show the run twice in 60 s"
+            if select.select([watch.stdout], [], [], left)[0]:
+                line = watch.stdout.readline()
+                assert line, "status --watch ended while the run was live"
+                seen += line.startswith("run held: running")
+        assert follow.poll() is None  # it goes on while the task runs
+    finally:
+        gate.touch()
+    rest, _ = follow.communicate(timeout=60)
+    assert "[stdout] through the gate" in rest and "ended: succeeded" in rest, rest
+    shown, _ = watch.communicate(timeout=60)  # ends by itself with the run
+    assert "run held: succeeded" in shown, shown
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    ended = shoal_cli(tmp_path, "logs", "held", "-f")  # an ended task: printed once, no wait
+    assert ended.returncode == 0 and "through the gate" in ended.stdout, ended.stdout

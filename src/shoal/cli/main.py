@@ -242,15 +242,38 @@ def _print_rules(rules: list[dict[str, Any]]) -> None:
 @click.argument("run_dir", required=False)
 @click.option("--run", "-r", "run_opt", help="The run directory (default: the newest one here).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def status(run_dir: str | None, run_opt: str | None, as_json: bool) -> None:
-    """Counts by state, running tasks, and failures with their reasons.
+@click.option("--watch", is_flag=True, help="Show it again every --every seconds while live.")
+@click.option(
+    "--every", type=click.FloatRange(0.1), default=2.0, show_default=True, help="With --watch."
+)
+def status(
+    run_dir: str | None, run_opt: str | None, as_json: bool, watch: bool, every: float
+) -> None:
+    """Counts by state, running tasks, and failures with their reasons; with --watch, again
+    and again until the run is no longer live (Ctrl-C ends the watch, not the run).
 
     The run: --run/-r (or RUN_DIR), default the newest run directory here.
     """
-    run_dir = _one_run(run_dir, run_opt)
+    from shoal.store.runs import Life
+
+    d = _rundir(_one_run(run_dir, run_opt))
+    while True:
+        if watch and not as_json and sys.stdout.isatty():
+            click.clear()
+        life = _show_status(d, as_json)
+        sys.stdout.flush()
+        if not watch or life != Life.LIVE:
+            return
+        time.sleep(every)
+        if not as_json:
+            click.echo()
+
+
+def _show_status(d: Path, as_json: bool) -> str:
+    """Print the status of the run in ``d``; its life."""
     from shoal.store.runs import Life, summary
 
-    st = summary(_rundir(run_dir), details=True)
+    st = summary(d, details=True)
     if st["life"] == Life.LOST:
         st["state"] = "lost"
         st["note"] = (
@@ -259,7 +282,7 @@ def status(run_dir: str | None, run_opt: str | None, as_json: bool) -> None:
         )
     if as_json:
         _emit(st)
-        return
+        return str(st["life"])
     end = st["ended"] or time.time()
     took = f"{end - st['created']:.1f} s" if st["created"] else "?"
     click.echo(f"run {st['run']}: {st['state']}  ({took})  {st['dir']}")
@@ -301,12 +324,16 @@ def status(run_dir: str | None, run_opt: str | None, as_json: bool) -> None:
             code = f" (exit {f['exit_code']})" if f["exit_code"] not in (None, 0) else ""
             click.echo(f"  #{f['id']} {f['name']}  {f['kind']}{code}: {f['reason']}")
             click.echo(f"      logs: {f['logs'] or NO_LOGS}")
+    return str(st["life"])
 
 
 @main.command()
 @click.argument("task")
 @click.option("--run", "-r", "run_dir", help="The run directory (default: the newest one here).")
-def logs(task: str, run_dir: str | None) -> None:
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then print what it writes, until it ends (Ctrl-C stops)."
+)
+def logs(task: str, run_dir: str | None, follow: bool) -> None:
     """Print a task's story, stdout, stderr and traceback. TASK is an id, a unique name, or
     the uuid of a jobflow job (its newest index)."""
     from shoal.store.runs import placement_words
@@ -335,6 +362,9 @@ def logs(task: str, run_dir: str | None) -> None:
             + (f" ({a['worker']})" if a["worker"] else "")
         )
     folder = d / "tasks" / str(row.id)
+    if follow and row.state not in _ENDED:
+        _follow(d, row.id, folder)
+        return
     for name in ("stdout", "stderr", "traceback.txt"):
         path = folder / name
         if path.exists() and path.stat().st_size:
@@ -342,6 +372,65 @@ def logs(task: str, run_dir: str | None) -> None:
             click.echo(path.read_text(errors="replace").rstrip())
     if not folder.exists():
         click.echo("  (the task printed nothing; no output folder was created)")
+
+
+_ENDED = ("succeeded", "failed", "dep_failed", "cancelled", "skipped")
+
+
+def _follow(d: Path, task: int, folder: Path, every: float = 0.2) -> None:
+    """Print what the task writes to stdout and stderr as it comes (each line as
+    ``[stdout] ...``), until it ends; then its traceback, if it failed.
+
+    A running attempt on the local backend writes into its worker's spool files
+    (``workers/<n>.out``, ``.err``), which move into the task's folder when it ends;
+    elsewhere (a command or isolated task, another backend) into the task's folder."""
+    from shoal.backends.local.worker_main import spool_of
+
+    names = ("stdout", "stderr")
+    kept = {n: _size(folder / n) for n in names}  # earlier attempts' output: not shown again
+    shown = dict.fromkeys(names, 0)
+    click.secho(f"--- following task #{task} (Ctrl-C stops following, not the task)", fg="cyan")
+    while True:
+        with Reader(d) as r:
+            row = r.find(str(task))
+        ended = row.state in _ENDED
+        spools = None if ended else spool_of(str(d / "workers"), task, row.attempts)
+        for i, name in enumerate(names):
+            if spools is None:
+                path, start = folder / name, kept[name] + shown[name]
+            else:
+                path, start = Path(spools[i]), shown[name]
+            data = _read_from(path, start)
+            cut = len(data) if ended else data.rfind(b"\n") + 1  # whole lines while it runs
+            shown[name] += cut
+            for line in data[:cut].decode(errors="replace").splitlines():
+                click.echo(f"[{name}] {line}")
+        sys.stdout.flush()  # a pipe (| grep) sees each line as it comes
+        if ended:
+            trace = folder / "traceback.txt"
+            if trace.exists() and trace.stat().st_size:
+                click.secho(f"--- traceback.txt ({trace})", fg="cyan")
+                click.echo(trace.read_text(errors="replace").rstrip())
+            click.secho(f"--- task #{task} ended: {row.state}", fg="cyan")
+            return
+        time.sleep(every)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """The bytes of ``path`` from ``offset`` on (nothing if it is shorter, or absent)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _register() -> None:

@@ -168,6 +168,21 @@ def running(path: str) -> tuple[int, int, int]:
         return 0, 0, 0
 
 
+def spool_of(workers: str, task: int, attempt: int) -> tuple[str, str] | None:
+    """The spool files (stdout, stderr) of the worker in the folder ``workers`` (a run's
+    ``workers/``) whose marker says it executes ``(task, attempt)``; None if none does. What
+    a running task printed is there until it ends (``shoal logs --follow``)."""
+    try:
+        names = os.listdir(workers)
+    except OSError:
+        return None
+    for name in names:
+        if name.endswith(".pid") and running(os.path.join(workers, name))[1:] == (task, attempt):
+            stem = os.path.join(workers, name[:-4])
+            return stem + ".out", stem + ".err"
+    return None
+
+
 class _Stop(Exception):
     """The driver said stop, or went away: end the worker."""
 
