@@ -261,3 +261,45 @@ def test_logs_follow_and_status_watch_a_live_run(tmp_path: Path) -> None:
     assert proc.returncode == 0
     ended = shoal_cli(tmp_path, "logs", "held", "-f")  # an ended task: printed once, no wait
     assert ended.returncode == 0 and "through the gate" in ended.stdout, ended.stdout
+
+
+FLAKY = """
+import os, shoal
+
+@shoal.task
+def flaky(i, where):
+    if not os.path.exists(os.path.join(where, f"fixed-{i}")):
+        raise RuntimeError(f"not fixed yet: {i}")
+    return i
+
+with shoal.Workflow("flaky") as wf:
+    bad = [flaky.options(tags=["flaky"])(i, os.getcwd()) for i in range(3)]
+    good = [flaky.options(tags=["ok"], name="fine")(i, os.getcwd()) for i in (7, 8)]
+for i in (7, 8):
+    open(f"fixed-{i}", "w").close()
+wf.run(cpus=2, progress=False)
+"""
+
+
+def test_rerun_in_bulk_by_tag_or_state(tmp_path: Path) -> None:
+    """``shoal rerun --tag T`` (or ``--state S``) names every finished task of it in one
+    request; on a stopped run it is carried out when the run resumes."""
+    (tmp_path / "flaky.py").write_text(textwrap.dedent(FLAKY))
+    first = shoal_cli(tmp_path, "run", "flaky.py")
+    assert first.returncode == 1, first.stderr
+    (rundir,) = run_dirs(tmp_path)
+    refused = shoal_cli(tmp_path, "rerun", "--state", "running")
+    assert refused.returncode == 2 and "a rerun takes finished tasks" in refused.stderr
+    none = shoal_cli(tmp_path, "rerun", "--tag", "nothing-has-it")
+    assert none.returncode == 2 and "no finished task of tag nothing-has-it" in none.stderr
+    for i in range(3):
+        (tmp_path / f"fixed-{i}").touch()
+    queued = shoal_cli(tmp_path, "rerun", "--tag", "flaky")
+    assert queued.returncode == 0 and "carried out when the run resumes" in queued.stdout
+    resumed = shoal_cli(tmp_path, "resume", str(rundir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with Reader(rundir) as r:
+        rows = r.tasks()
+        assert {t.state for t in rows} == {"succeeded"}
+        assert sorted(t.attempts for t in rows if "flaky" in t.tags) == [2, 2, 2]
+        assert [t.attempts for t in rows if "ok" in t.tags] == [1, 1]  # not run again

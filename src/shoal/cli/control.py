@@ -100,18 +100,38 @@ def check_retry(rundir: Path, tasks: tuple[str, ...], failed: bool, tag: str | N
         _refuse(rundir, f"there are no {what} to retry")
 
 
-def check_rerun(rundir: Path, task: str) -> None:
-    """A rerun needs a task that exists and has finished."""
+def chosen_to_rerun(
+    rundir: Path, tasks: tuple[str, ...], tag: str | None, states: tuple[str, ...]
+) -> list[int]:
+    """The ids a rerun names: TASKS, or every finished task of ``tag`` and ``states``; each
+    must exist and have finished."""
     from shoal.store.queries import Reader
 
-    with Reader(rundir) as r:
-        row = r.find(_task(task))
-    if row.state not in FINISHED:
-        _refuse(
-            rundir,
-            f"cannot rerun task #{row.id} {row.name}: it is {row.state}; it has not finished "
-            f"(wait for it, or cancel it first: shoal cancel {row.id} --run {rundir})",
+    if not (tasks or tag or states):
+        raise click.UsageError("name tasks, or give --tag T or --state S")
+    wanted = tuple(x.strip() for s in states for x in s.split(",") if x.strip())
+    bad = [s for s in wanted if s not in FINISHED]
+    if bad:
+        raise click.BadParameter(
+            f"{', '.join(bad)}: a rerun takes finished tasks ({', '.join(FINISHED)})",
+            param_hint="--state",
         )
+    with Reader(rundir) as r:
+        if tasks:
+            rows = [r.find(_task(t)) for t in tasks]
+            for row in rows:
+                if row.state not in FINISHED:
+                    _refuse(
+                        rundir,
+                        f"cannot rerun task #{row.id} {row.name}: it is {row.state}; it has "
+                        f"not finished (wait for it, or cancel it first: shoal cancel {row.id} "
+                        f"--run {rundir})",
+                    )
+            return [row.id for row in rows]
+        found, _ = r.table(wanted or FINISHED, tag=tag)
+    if not found:
+        _refuse(rundir, "no finished task" + (f" of tag {tag}" if tag else "") + " to rerun")
+    return [t["id"] for t in found]
 
 
 def check_cancel(rundir: Path, tasks: tuple[str, ...], tag: str | None) -> None:
@@ -241,20 +261,32 @@ def _add_rerun(main: click.Group, rundir_of: Any) -> None:
     """``shoal rerun TASK``."""
 
     @main.command()
-    @click.argument("task")
+    @click.argument("tasks", nargs=-1)
     @click.option(
         "--run", "-r", "run_dir", help="The run directory (default: the newest one here)."
     )
-    @click.option("--downstream", is_flag=True, help="Also run what depends on it again.")
+    @click.option("--tag", help="Every finished task of this tag.")
+    @click.option(
+        "--state", "states", multiple=True, help="Every task in these finished states (failed)."
+    )
+    @click.option("--downstream", is_flag=True, help="Also run what depends on them again.")
     @click.option("--wait", type=float, default=5.0, help="Seconds to wait for the answer.")
-    def rerun(task: str, run_dir: str | None, downstream: bool, wait: float) -> None:
-        """Run a finished task again (TASK: id or name), and with --downstream its dependents."""
+    def rerun(
+        tasks: tuple[str, ...],
+        run_dir: str | None,
+        tag: str | None,
+        states: tuple[str, ...],
+        downstream: bool,
+        wait: float,
+    ) -> None:
+        """Run finished tasks again (TASKS: ids or names, or every finished task of --tag
+        and --state), and with --downstream their dependents."""
         from shoal.runtime.requests import attach
 
         d = rundir_of(run_dir)
-        check_rerun(d, task)
+        chosen = chosen_to_rerun(d, tasks, tag, states)
         a = attach(d)
-        rid = a.rerun(_task(task), downstream)
+        rid = a.rerun(*chosen, downstream=downstream)
         _answer(a, rid, wait, d)
 
 

@@ -186,12 +186,17 @@ class Requests:
         return f"{len(ids) - len(notes)} task(s) retried" + "".join(f"; {n}" for n in notes)
 
     def _rerun(self, p: dict[str, Any], now: float) -> str:
-        tid = self._id(p["task"])
+        ids = [self._id(t) for t in (p.get("tasks") or [p["task"]])]
         down = bool(p.get("downstream"))
-        notes = self._handle([RerunRequested(now, tid, down, "rerun by request")])
-        if notes:
-            raise RequestRefused(notes[0])
-        return f"task #{tid} runs again" + (" with its downstream" if down else "")
+        notes = self._handle([RerunRequested(now, t, down, "rerun by request") for t in ids])
+        with_down = " with its downstream" if down else ""
+        if len(ids) == 1:
+            if notes:
+                raise RequestRefused(notes[0])
+            return f"task #{ids[0]} runs again{with_down}"
+        return f"{len(ids) - len(notes)} task(s) run again{with_down}" + "".join(
+            f"; {n}" for n in notes
+        )
 
     def _cancel(self, p: dict[str, Any], now: float) -> str:
         live = frozenset(x for x in State if not x.terminal)
@@ -271,8 +276,12 @@ class Attached:
             {"tasks": list(tasks), "failed": failed, "tag": tag, "changes": changes},
         )
 
-    def rerun(self, task: int | str, downstream: bool = False) -> int:
-        return self._put(RequestKind.RERUN, {"task": task, "downstream": downstream})
+    def rerun(self, *tasks: int | str, downstream: bool = False) -> int:
+        """Run finished tasks again (and, ``downstream``, what depends on them); each one
+        that cannot be is said in the answer, the others run."""
+        if not tasks:
+            raise RequestRefused("rerun(): name the tasks to run again")
+        return self._put(RequestKind.RERUN, {"tasks": list(tasks), "downstream": downstream})
 
     def cancel(self, *tasks: int | str, tag: str | None = None) -> int:
         if not (tasks or tag):
