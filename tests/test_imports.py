@@ -37,6 +37,7 @@ LAYERS = {
     "store": 2,
     "runtime": 3,
     "config": 3,
+    "report": 3,  # pictures of runs, read from the store
     "jobflow": 4,  # jobflow Flows run through the runtime
     "entry": 5,  # shoal.run/submit: a Workflow to the runtime, a jobflow Flow to jobflow
     "cli": 6,

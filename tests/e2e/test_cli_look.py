@@ -303,3 +303,39 @@ def test_rerun_in_bulk_by_tag_or_state(tmp_path: Path) -> None:
         assert {t.state for t in rows} == {"succeeded"}
         assert sorted(t.attempts for t in rows if "flaky" in t.tags) == [2, 2, 2]
         assert [t.attempts for t in rows if "ok" in t.tags] == [1, 1]  # not run again
+
+
+HOSTILE = """
+import shoal
+
+@shoal.task
+def step(*xs):
+    return len(xs)
+
+with shoal.Workflow("hostile") as wf:
+    a = step.options(name='<img src=x onerror=alert(1)> "quoted"')()
+    b = [step(a.out) for _ in range(3)]
+    c = step.options(name="last")(*[x.out for x in b])
+wf.run(cpus=2, progress=False)
+"""
+
+
+def test_graph_as_mermaid_dot_and_png(tmp_path: Path) -> None:
+    """Each task with its state and its edges; names escaped for each format; grouped by
+    name on request (or above 200 tasks); a PNG picture."""
+    (tmp_path / "hostile.py").write_text(textwrap.dedent(HOSTILE))
+    assert shoal_cli(tmp_path, "run", "hostile.py").returncode == 0
+    mer = shoal_cli(tmp_path, "graph").stdout
+    assert mer.startswith("flowchart TD\n")
+    assert 't0["#0 &lt;img src=x onerror=alert(1)&gt; &quot;quoted&quot;"]:::succeeded' in mer
+    assert "<img" not in mer
+    assert all(f"t0 --> t{i}" in mer and f"t{i} --> t4" in mer for i in (1, 2, 3)), mer
+    dot = shoal_cli(tmp_path, "graph", "--format", "dot").stdout
+    assert 't0 [label="#0 <img src=x onerror=alert(1)> \\"quoted\\"", fillcolor=' in dot, dot
+    grouped = shoal_cli(tmp_path, "graph", "--group").stdout
+    assert '["step<br/>3 tasks: 3 succeeded"]:::succeeded' in grouped, grouped
+    assert "-->|3|" in grouped, grouped
+    png = shoal_cli(tmp_path, "graph", "--format", "png", "-o", str(tmp_path / "g.png"))
+    assert png.returncode == 0, png.stderr
+    data = (tmp_path / "g.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from shoal.store.dag import MOST
 from shoal.store.queries import WAITING, Reader
 from shoal.store.runs import Life, find_runs, live_status, placement_words, summary
 
@@ -200,6 +201,42 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
             import pprint
 
             click.echo(pprint.pformat(value, width=100))
+
+    @main.command()
+    @RUN_OPTION
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["mermaid", "dot", "png"]),
+        default="mermaid",
+        show_default=True,
+    )
+    @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write it here.")
+    @click.option(
+        "--group/--no-group",
+        default=None,
+        help=f"One box per task name (default: above {MOST} tasks).",
+    )
+    def graph(run_dir: str | None, fmt: str, output: str | None, group: bool | None) -> None:
+        """The run's task graph, coloured by state: Mermaid or dot text (printed, or to
+        --output), or a PNG picture (--output, default graph.png in the run directory)."""
+        from shoal.store import dag
+
+        d = rundir_of(run_dir)
+        g = dag.dag(d, group=group)
+        if fmt == "png":
+            from shoal.report.figures import draw_dag
+
+            path = Path(output) if output else d / "graph.png"
+            draw_dag(g, path, d.name)
+            click.echo(str(path))
+            return
+        text = dag.mermaid(g) if fmt == "mermaid" else dag.dot(g)
+        if output:
+            Path(output).write_text(text)
+            click.echo(output)
+        else:
+            click.echo(text, nl=False)
 
     @main.command()
     @click.argument("task")

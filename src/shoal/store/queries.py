@@ -247,6 +247,14 @@ class Reader:
             rows = rows[offset : None if limit is None else offset + limit]
         return rows, total
 
+    def links(self) -> list[tuple[int, str, str, list[int]]]:
+        """Every task as (id, name, state, the ids it depends on), in id order: a graph."""
+        with self._q() as c:
+            rows = c.execute("SELECT id, name, state, deps FROM tasks ORDER BY id").fetchall()
+        lagging = [r[0] for r in rows if r[2] in WAITING]
+        exact = self._waiting(lagging) if lagging else {}
+        return [(i, n, exact.get(i, s), list(json.loads(d))) for i, n, s, d in rows]
+
     def find(self, ref: str | int) -> TaskRow:
         """A task by id, or by name if the name is unique."""
         row = self._find(ref)
