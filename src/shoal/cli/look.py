@@ -58,7 +58,14 @@ def moment(text: str, now: float | None = None) -> float:
 def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     """Add the commands to the ``shoal`` group (``rundir_of`` finds a run directory,
     ``one_run`` takes it from an argument or --run)."""
+    _add_tasks(main, rundir_of, one_run)
+    _add_runs(main, rundir_of, one_run)
+    _add_result(main, rundir_of, one_run)
+    _add_graph(main, rundir_of, one_run)
+    _add_explain(main, rundir_of, one_run)
 
+
+def _add_tasks(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     @main.command()
     @click.argument("run_dir", required=False)
     @click.option("--run", "-r", "run_opt", help="The run directory (default: the newest here).")
@@ -138,6 +145,8 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
         elif total > len(rows):
             click.echo(f"({len(rows)} of {total} shown)", err=True)
 
+
+def _add_runs(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     @main.command()
     @click.argument("base", required=False, type=click.Path(file_okay=False))
     @click.option("--depth", type=click.IntRange(0, 10), default=3, help="Folders to descend.")
@@ -175,6 +184,8 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
                 f"{'-' if rate is None else f'{rate:.1f}':>8}  {with_base}"
             )
 
+
+def _add_result(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     @main.command()
     @click.argument("task")
     @RUN_OPTION
@@ -202,6 +213,8 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
 
             click.echo(pprint.pformat(value, width=100))
 
+
+def _add_graph(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     @main.command()
     @RUN_OPTION
     @click.option(
@@ -238,6 +251,8 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
         else:
             click.echo(text, nl=False)
 
+
+def _add_explain(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     @main.command()
     @click.argument("task")
     @RUN_OPTION
