@@ -339,3 +339,13 @@ def test_graph_as_mermaid_dot_and_png(tmp_path: Path) -> None:
     assert png.returncode == 0, png.stderr
     data = (tmp_path / "g.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def test_a_script_task_traceback_names_the_script_and_line(project: Project) -> None:  # noqa: F811
+    """A task function of a script is sent by value; its traceback still says where it is
+    (cloudpickle alone says ``<dynamic-code>``)."""
+    out = shoal_cli(project.dir, "logs", "boom").stdout
+    script = project.dir / "demo.py"
+    line = script.read_text().splitlines().index('    raise RuntimeError(f"boom failed on {x}")')
+    assert f'File "{script}", line {line + 1}, in boom' in out, out
+    assert "<dynamic-code>" not in out

@@ -186,7 +186,7 @@ def run(
         else:
             sys.argv = [str(path), *args]
             sys.path.insert(0, str(path.resolve().parent))
-            runpy.run_path(str(path), run_name="__main__")
+            runpy.run_path(str(path.resolve()), run_name="__main__")  # tracebacks: its path
     if not ran.runs:
         click.secho(
             f"shoal: {file} finished without running a workflow (call wf.run())",

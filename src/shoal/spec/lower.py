@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import importlib.machinery
 import io
+import marshal
 import pickle
 import sys
 import types
@@ -250,6 +251,10 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     * the function under a decorator that keeps it as ``original`` (jobflow's ``@job``: a
       Job holds the undecorated function, which is not the module's attribute), as that
       attribute's ``original``: not its code and globals in every Job's payload.
+
+    And the code of a function sent by value (a script's) goes as it is (``marshal``, the
+    workers run the same Python): cloudpickle names its file ``<dynamic-code>``, so that a
+    traceback would not say which script and line failed.
     """
 
     def reducer_override(self, obj: Any) -> Any:
@@ -261,6 +266,8 @@ class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             found = _decorated_at(obj)
             if found is not None:
                 return (_undecorated, found)
+        elif type(obj) is types.CodeType:  # as it is: cloudpickle drops its file name
+            return (marshal.loads, (marshal.dumps(obj),))
         return super().reducer_override(obj)
 
 
