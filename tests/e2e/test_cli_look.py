@@ -349,3 +349,47 @@ def test_a_script_task_traceback_names_the_script_and_line(project: Project) -> 
     line = script.read_text().splitlines().index('    raise RuntimeError(f"boom failed on {x}")')
     assert f'File "{script}", line {line + 1}, in boom' in out, out
     assert "<dynamic-code>" not in out
+
+
+EVIL = """
+import shoal
+
+@shoal.task
+def bad():
+    raise ValueError("<script>alert('reason')</script>")
+
+with shoal.Workflow("evil") as wf:
+    bad.options(name="<img src=x onerror=alert(1)>")()
+wf.run(progress=False)
+"""
+
+
+def test_report_of_a_finished_run_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    (tmp_path / "evil.py").write_text(textwrap.dedent(EVIL))
+    assert shoal_cli(tmp_path, "run", "evil.py").returncode == 1
+    (rundir,) = run_dirs(tmp_path)
+    p = shoal_cli(tmp_path, "report")
+    assert p.returncode == 0, p.stderr
+    page = rundir / "report" / "report.html"
+    assert p.stdout.startswith(str(page))
+    text = page.read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "<img src=x" not in text
+    assert "&lt;script&gt;" in text and "<script" not in text
+    assert "efficiency (busy core-seconds / capacity)" in text
+    images = text.count('src="data:image/png;base64,')
+    assert images == 6 and "http" not in text.replace("http-equiv", "")  # opens offline
+    for name in ("utilization", "gantt", "runtimes", "waits", "failures", "throughput"):
+        assert (rundir / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_of_a_live_run(tmp_path: Path) -> None:
+    proc, gate, _ = _started(tmp_path)
+    try:
+        out = tmp_path / "live.html"
+        p = shoal_cli(tmp_path, "report", "-o", str(out))
+        assert p.returncode == 0, p.stderr
+        text = out.read_text()
+        assert "<th>life</th><td>live</td>" in text and "<th>attempts</th><td>2</td>" in text
+    finally:
+        gate.touch()
+    proc.communicate(timeout=60)

@@ -63,6 +63,7 @@ def register(main: click.Group, rundir_of: Any, one_run: Any) -> None:
     _add_result(main, rundir_of, one_run)
     _add_graph(main, rundir_of, one_run)
     _add_explain(main, rundir_of, one_run)
+    _add_report(main, rundir_of, one_run)
 
 
 def _add_tasks(main: click.Group, rundir_of: Any, one_run: Any) -> None:
@@ -262,6 +263,24 @@ def _add_explain(main: click.Group, rundir_of: Any, one_run: Any) -> None:
         d = rundir_of(run_dir)
         for line in why(d, task):
             click.echo(line)
+
+
+def _add_report(main: click.Group, rundir_of: Any, one_run: Any) -> None:
+    @main.command()
+    @click.argument("run_dir", required=False)
+    @click.option("--run", "-r", "run_opt", help="The run directory (default: the newest here).")
+    @click.option("--output", "-o", type=click.Path(dir_okay=False), help="The HTML file to write.")
+    def report(run_dir: str | None, run_opt: str | None, output: str | None) -> None:
+        """Write a self-contained HTML report of a run (finished, crashed or live), with PNG
+        figures beside it: utilization, a Gantt chart, run times and queue waits by tag,
+        failures by kind, throughput, and the efficiency (busy core-seconds / capacity).
+        Default: report/report.html in the run directory."""
+        from shoal.report.build import report as build
+
+        d = rundir_of(one_run(run_dir, run_opt))
+        started = time.monotonic()
+        path = build(d, Path(output) if output else None)
+        click.echo(f"{path}  ({time.monotonic() - started:.1f} s)")
 
 
 def why(rundir: Path, ref: str) -> list[str]:

@@ -366,6 +366,22 @@ class Reader:
         out: dict[str, Any] = pickle.loads(row[0]) if row[0] else {}
         return out
 
+    def timeline(self) -> Iterator[tuple[Any, ...]]:
+        """Every attempt that started, for pictures of a run: (task, attempt, placement as
+        stored, started (a running one: when it was handed to the backend, which is all the
+        store knows of it yet), ended or None, outcome or None, kind or None, the task's tags
+        as stored, when the task last became ready or None), in the order they started."""
+        with self._q() as c:
+            yield from c.execute(
+                "SELECT a.task, a.attempt, a.placement, COALESCE(a.started, a.dispatched),"
+                " a.ended, a.outcome, a.kind, t.tags, r.at FROM attempts a"
+                " JOIN tasks t ON t.id = a.task"
+                " LEFT JOIN (SELECT task, max(time) AS at FROM transitions WHERE new = 'ready'"
+                " GROUP BY task) r ON r.task = a.task"
+                " WHERE COALESCE(a.started, a.dispatched) IS NOT NULL"
+                " ORDER BY COALESCE(a.started, a.dispatched)"
+            )
+
     def failures(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Failed tasks with their reason, the last attempt's error kind and exit code, and
         their log folder (None when there is none: the task printed nothing)."""
