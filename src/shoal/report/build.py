@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,28 @@ def _figures(
     width: int,
     nodes: list[dict[str, Any]],
 ) -> dict[str, Path]:
+    """Draw every figure into ``folder``; their paths by name."""
     plt = pyplot()
     made: dict[str, Path] = {}
-
-    def save(name: str, fig: Any) -> None:
-        path = folder / f"{name}.png"
+    drawings: list[tuple[str, Callable[[Any], None]]] = [
+        ("utilization", lambda ax: _utilization(ax, t, span, cores, gpus)),
+        ("gantt", lambda ax: _gantt(ax, t, width, [n["name"] for n in nodes])),
+        ("runtimes", lambda ax: _spread(ax, t, t.end - t.start, "run time (s)")),
+        ("waits", lambda ax: _spread(ax, t, t.wait, "queue wait, ready to start (s)")),
+        ("failures", lambda ax: _failures(ax, t)),
+        ("throughput", lambda ax: _throughput(ax, t)),
+    ]
+    for name, draw in drawings:
+        fig, ax = plt.subplots(figsize=(9, 4 if name == "gantt" else 3.2))
+        draw(ax)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        made[name] = folder / f"{name}.png"
+        fig.savefig(made[name], dpi=100)
         plt.close(fig)
-        made[name] = path
+    return made
 
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+
+def _utilization(ax: Any, t: Timeline, span: float, cores: int, gpus: int) -> None:
     x, y = in_use(t, t.cores, span)
     ax.step(x, y, where="post", label="cores in use")
     ax.axhline(cores, color="k", ls="--", lw=0.8, label=f"capacity ({cores} cores)")
@@ -144,44 +156,36 @@ def _figures(
         ax.axhline(gpus, color="grey", ls=":", lw=0.8, label=f"{gpus} GPUs")
     ax.set(xlabel="seconds since the start", ylabel="in use", title="Utilization")
     ax.legend(loc="upper right", fontsize=8)
-    save("utilization", fig)
 
-    fig, ax = plt.subplots(figsize=(9, 4))
+
+def _gantt(ax: Any, t: Timeline, width: int, names: list[str]) -> None:
     n = len(t.start)
     pick = range(n) if n <= GANTT else [round(i * (n - 1) / (GANTT - 1)) for i in range(GANTT)]
     for i in pick:
         colour = "#31a354" if t.ok[i] else ("#fd8d3c" if t.kinds[i] == "running" else "#de2d26")
         for row in t.rows[i]:
             ax.barh(row, t.end[i] - t.start[i], left=t.start[i], height=0.8, color=colour)
-    names = [n["name"] for n in nodes]
     ax.set(xlabel="seconds since the start", ylabel="node:core")
     ticks = sorted({r for i in pick for r in t.rows[i]})[:40]
-    ax.set_yticks(
-        ticks,
-        [f"{names[r // width] if r // width < len(names) else '?'}:{r % width}" for r in ticks],
-        fontsize=6,
-    )
+    labels = [f"{names[r // width] if r // width < len(names) else '?'}:{r % width}" for r in ticks]
+    ax.set_yticks(ticks, labels, fontsize=6)
     note = f" (sampled: {len(pick)} of {n} attempts)" if n > GANTT else ""
     ax.set_title("Tasks on nodes and cores" + note)
-    save("gantt", fig)
 
+
+def _spread(ax: Any, t: Timeline, values: Any, label: str) -> None:
     groups = _by_tag(t)
-    for name, values, label in (
-        ("runtimes", t.end - t.start, "run time (s)"),
-        ("waits", t.wait, "queue wait, ready to start (s)"),
-    ):
-        fig, ax = plt.subplots(figsize=(9, 3.2))
-        for tag, idx in groups:
-            v = values[idx]
-            v = v[v == v]  # not nan
-            if len(v):
-                ax.hist(v, bins=40, histtype="step", label=f"{tag} ({len(v)})")
-        ax.set(xlabel=label, ylabel="attempts", title=label.split(" (")[0].capitalize() + " by tag")
-        if groups:
-            ax.legend(fontsize=8)
-        save(name, fig)
+    for tag, idx in groups:
+        v = values[idx]
+        v = v[v == v]  # not nan
+        if len(v):
+            ax.hist(v, bins=40, histtype="step", label=f"{tag} ({len(v)})")
+    ax.set(xlabel=label, ylabel="attempts", title=label.split(" (")[0].capitalize() + " by tag")
+    if groups:
+        ax.legend(fontsize=8)
 
-    fig, ax = plt.subplots(figsize=(9, 3))
+
+def _failures(ax: Any, t: Timeline) -> None:
     bad: dict[str, int] = {}
     for i in range(len(t.start)):
         if not t.ok[i] and t.kinds[i] != "running":
@@ -191,15 +195,13 @@ def _figures(
     else:
         ax.text(0.5, 0.5, "no failed attempts", ha="center", va="center", transform=ax.transAxes)
     ax.set(ylabel="attempts", title="Failed attempts by kind")
-    save("failures", fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3))
+
+def _throughput(ax: Any, t: Timeline) -> None:
     done = t.end[t.ok]
     if len(done):
         ax.hist(done, bins=min(100, max(10, len(done) // 20)), color="#3182bd")
     ax.set(xlabel="seconds since the start", ylabel="tasks finished", title="Throughput")
-    save("throughput", fig)
-    return made
 
 
 def _by_tag(t: Timeline) -> list[tuple[str, Any]]:
