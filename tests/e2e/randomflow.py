@@ -495,7 +495,45 @@ def check(case: Case, folder: Path, setup: Setup | None = None) -> list[str]:
     if drv.errors and not any("exited" in e for e in drv.errors):
         return problems
     timed = frozenset(t.name for t in case.all_tasks() if t.timeout is not None)
-    return problems + compare(exp, observe(rundir, files), case.crash, True, timed)
+    return problems + compare(exp, observe(rundir, files), case.crash, True, timed) + views(rundir)
+
+
+def views(rundir: Path) -> list[str]:
+    """The read-only views the CLI and the dashboard show (store/runs.py, Reader.table,
+    Reader.links, store/dag.py, ``shoal explain``) agree with the store's own rows."""
+    from collections import Counter
+
+    from shoal.cli.look import why
+    from shoal.store.dag import dag
+    from shoal.store.queries import Reader
+    from shoal.store.runs import Life, summary
+
+    out: list[str] = []
+    with _db(rundir) as c:
+        rows = {i: (s, json.loads(d)) for i, s, d in c.execute("SELECT id, state, deps FROM tasks")}
+    st = summary(rundir)
+    states = Counter(s for s, _ in rows.values())
+    if st["counts"] != dict(states):
+        out.append(f"views: summary counts {st['counts']}, the rows say {dict(states)}")
+    if st["life"] not in (Life.FINISHED, Life.INTERRUPTED):
+        out.append(f"views: an ended run reads as {st['life']}")
+    with Reader(rundir) as r:
+        for state in states:
+            got, total = r.table((state,))
+            want = sorted(i for i, (s, _) in rows.items() if s == state)
+            if [t["id"] for t in got] != want or total != len(want):
+                out.append(f"views: table of {state} has {[t['id'] for t in got]}, want {want}")
+        links = {i: (s, deps) for i, _, s, deps in r.links()}
+    if links != rows:
+        out.append("views: links() disagree with the rows")
+    g = dag(rundir)
+    if sum(sum(b.states.values()) for b in g.boxes.values()) != len(rows):
+        out.append("views: the graph's boxes do not hold every task once")
+    for tid, (state, _) in rows.items():
+        first = why(rundir, str(tid))[0]
+        if f": {state}" not in first:
+            out.append(f"views: explain of #{tid} says {first!r}, the row says {state}")
+    return out
 
 
 # -- shrinking -----------------------------------------------------------------------------------
