@@ -1,5 +1,5 @@
-"""Dependencies point one way: cli -> entry -> jobflow -> runtime/config -> backends/store -> core
--> spec.
+"""Dependencies point one way: cli -> entry -> jobflow -> runtime/config/report ->
+backends/store -> core -> spec.
 
 The test reads every module under ``src/shoal`` with ``ast`` and checks every import of a shoal
 module: at module level, inside functions, and under ``if TYPE_CHECKING:`` (a type-level
