@@ -41,7 +41,7 @@ LAYERS = {
     "jobflow": 4,  # jobflow Flows run through the runtime
     "entry": 5,  # shoal.run/submit: a Workflow to the runtime, a jobflow Flow to jobflow
     "cli": 6,
-    "dashboard": 6,
+    "dashboard": 5,  # the web view; shoal dashboard (cli) serves it
 }
 FREE = {"errors", "lazy"}  # importable by everyone (lazy: the packages' PEP 562 helper)
 FACADE = "__init__"  # shoal/__init__.py: the public API, on top of everything

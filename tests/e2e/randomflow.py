@@ -503,8 +503,8 @@ def views(rundir: Path) -> list[str]:
     Reader.links, store/dag.py, ``shoal explain``) agree with the store's own rows."""
     from collections import Counter
 
-    from shoal.cli.look import why
     from shoal.store.dag import dag
+    from shoal.store.explain import why
     from shoal.store.queries import Reader
     from shoal.store.runs import Life, summary
 

@@ -11,9 +11,17 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
+
+from shoal.store.selection import (
+    check_cancel,
+    check_retry,
+    chosen_to_rerun,
+    refuse,
+    task_ref,
+)
 
 EXIT_INPUT = 2  # a request refused (no such task, one that cannot be retried, ...)
 EXIT_STOPPED = 3  # the run stopped early (a signal, the deadline) and can be resumed
@@ -48,105 +56,6 @@ def deadline(time_left: float | None) -> float | None:
             " or set SHOAL_END_TIME to the end in epoch seconds"
         )
     return end - time_left * 60
-
-
-REOPENABLE = ("failed", "cancelled")  # what retry takes (shoal.core.reopen)
-FINISHED = ("succeeded", "failed", "dep_failed", "cancelled", "skipped")
-
-
-def _refuse(rundir: Path, what: str) -> NoReturn:
-    from shoal.errors import DefinitionError
-
-    raise DefinitionError(f"{what} (run {rundir}); nothing was asked of it")
-
-
-def _named(r: Any, tasks: tuple[str, ...]) -> list[Any]:
-    """The rows of the tasks named (ids or unique names); a missing one exits 2."""
-    return [r.find(_task(t)) for t in tasks]
-
-
-def check_retry(rundir: Path, tasks: tuple[str, ...], failed: bool, tag: str | None) -> None:
-    """Refuse at once what the driver would refuse: a task that does not exist, or that is not
-    failed or cancelled (only those can be retried), or a selection that names nothing."""
-    from shoal.store.queries import Reader
-
-    with Reader(rundir) as r:
-        for row in _named(r, tasks):
-            if row.state in REOPENABLE:
-                continue
-            why = f"cannot retry task #{row.id} {row.name}: it is {row.state}; only failed or "
-            why += "cancelled tasks can be retried"
-            if row.state == "dep_failed":
-                why += " (retry the task upstream of it that failed; it reopens with it)"
-            elif row.state in FINISHED:
-                why += f" (to run a finished task again: shoal rerun {row.id} --run {rundir})"
-            else:
-                why += " (it has not finished)"
-            _refuse(rundir, why)
-        if tasks:
-            return
-        found = r.tasks(state="failed") if failed else []
-        if tag:
-            found += [t for t in r.tasks(tag=tag) if t.state in REOPENABLE]
-    if not found:
-        what = " or ".join(
-            x
-            for x in (
-                "failed tasks" if failed else "",
-                f"failed or cancelled tasks tagged {tag!r}" if tag else "",
-            )
-            if x
-        )
-        _refuse(rundir, f"there are no {what} to retry")
-
-
-def chosen_to_rerun(
-    rundir: Path, tasks: tuple[str, ...], tag: str | None, states: tuple[str, ...]
-) -> list[int]:
-    """The ids a rerun names: TASKS, or every finished task of ``tag`` and ``states``; each
-    must exist and have finished."""
-    from shoal.store.queries import Reader
-
-    if not (tasks or tag or states):
-        raise click.UsageError("name tasks, or give --tag T or --state S")
-    wanted = tuple(x.strip() for s in states for x in s.split(",") if x.strip())
-    bad = [s for s in wanted if s not in FINISHED]
-    if bad:
-        raise click.BadParameter(
-            f"{', '.join(bad)}: a rerun takes finished tasks ({', '.join(FINISHED)})",
-            param_hint="--state",
-        )
-    with Reader(rundir) as r:
-        if tasks:
-            rows = [r.find(_task(t)) for t in tasks]
-            for row in rows:
-                if row.state not in FINISHED:
-                    _refuse(
-                        rundir,
-                        f"cannot rerun task #{row.id} {row.name}: it is {row.state}; it has "
-                        f"not finished (wait for it, or cancel it first: shoal cancel {row.id} "
-                        f"--run {rundir})",
-                    )
-            return [row.id for row in rows]
-        found, _ = r.table(wanted or FINISHED, tag=tag)
-    if not found:
-        _refuse(rundir, "no finished task" + (f" of tag {tag}" if tag else "") + " to rerun")
-    return [t["id"] for t in found]
-
-
-def check_cancel(rundir: Path, tasks: tuple[str, ...], tag: str | None) -> None:
-    """A cancel needs tasks that exist and have not finished."""
-    from shoal.store.queries import Reader
-
-    with Reader(rundir) as r:
-        for row in _named(r, tasks):
-            if row.state in FINISHED:
-                _refuse(
-                    rundir,
-                    f"cannot cancel task #{row.id} {row.name}: it already ended {row.state}",
-                )
-        if tag and not tasks and not [t for t in r.tasks(tag=tag) if t.state not in FINISHED]:
-            _refuse(rundir, f"no unfinished task is tagged {tag!r}: nothing to cancel")
 
 
 def _report(request: int, answer: str | None, live: bool, rundir: Path) -> None:
@@ -253,7 +162,7 @@ def _add_retry(main: click.Group, rundir_of: Any) -> None:
             changes["memory"] = memory
         check_retry(d, tasks, failed, tag)
         a = attach(d)
-        rid = a.retry(*[_task(t) for t in tasks], failed=failed, tag=tag, **changes)
+        rid = a.retry(*[task_ref(t) for t in tasks], failed=failed, tag=tag, **changes)
         _answer(a, rid, wait, d)
 
 
@@ -310,7 +219,7 @@ def _add_cancel(main: click.Group, rundir_of: Any) -> None:
         d = rundir_of(run_dir)
         check_cancel(d, tasks, tag)
         a = attach(d)
-        rid = a.cancel(*[_task(t) for t in tasks], tag=tag)
+        rid = a.cancel(*[task_ref(t) for t in tasks], tag=tag)
         _answer(a, rid, wait, d)
 
 
@@ -390,8 +299,4 @@ def check_submit(rundir: Path, flows: list[Any]) -> None:
     try:
         check_resources(plan.records, Pool(tuple(nodes)))
     except DefinitionError as err:
-        _refuse(rundir, f"cannot submit: {err}")
-
-
-def _task(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
+        refuse(rundir, f"cannot submit: {err}")

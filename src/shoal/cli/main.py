@@ -445,6 +445,9 @@ def _register() -> None:
     from shoal.cli.look import register as register_look
 
     register_look(main, _rundir, _one_run)
+    from shoal.cli.web import register as register_web
+
+    register_web(main)
 
 
 _register()

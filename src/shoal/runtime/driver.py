@@ -14,6 +14,7 @@ other processes and steering get narrow interfaces, never the driver itself.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -402,7 +403,10 @@ class Driver:
         return commands
 
     def _extra_status(self) -> dict[str, Any]:
-        return self.steering.summary() if self.steering is not None else {}
+        out = self.steering.summary() if self.steering is not None else {}
+        out["deadline"] = self.stop_at  # when nothing new starts (--time-left), for the dashboard
+        out["allocation_end"] = _allocation_end()
+        return out
 
     def _any_failed(self) -> bool:
         # Cancelled tasks do not count: a task is cancelled only on purpose (shoal cancel,
@@ -519,3 +523,14 @@ class Driver:
             self.log.info("stopping task %s attempt %s: %s", k.task, k.attempt, k.reason)
             self.killed[(k.task, k.attempt)] = k
             self.backend.cancel(k.task, k.attempt)
+
+
+def _allocation_end() -> float | None:
+    """When the batch allocation this driver runs in ends, as its environment says
+    (SHOAL_END_TIME, or Slurm's SLURM_JOB_END_TIME); None outside one, or when unreadable."""
+    for var in ("SHOAL_END_TIME", "SLURM_JOB_END_TIME"):
+        try:
+            return float(os.environ[var])
+        except (KeyError, ValueError):
+            continue
+    return None

@@ -254,7 +254,9 @@ class Session:
             run.state = state
             self.backend.close()
             try:
-                self.writer.set_meta(state=state, ended=time.time())
+                # The counts, so that a look at an ended run need not count a million rows
+                tally = {k.value: n for k, n in driver.scheduler.counts.items() if n}
+                self.writer.set_meta(state=state, ended=time.time(), counts=tally)
             except StoreError as err:  # e.g. the disk is full: keep the error that ended the run
                 self.log.error("could not record the end of the run: %s", err)
             finally:
@@ -396,6 +398,7 @@ def resumed(
         host=socket.gethostname(),
         resumes=resumes,
         ended=None,
+        counts=None,  # they change from now on; status.json has them while it runs
         stop_reason=None,  # a run stopped on purpose goes on when it is resumed
     )
     done = sum(1 for x in snap.states if x is State.SUCCEEDED)

@@ -96,23 +96,21 @@ def summary(rundir: Path, details: bool = False) -> dict[str, Any]:
     throughput (tasks finished a second: ``overall``, and ``recent`` while it runs, as
     status.json has them); with ``details``: its nodes, the tasks running and
     the failures (20 of each), the rules, and what status.json says of resources and groups."""
+    live = live_status(rundir)
     with Reader(rundir) as r:
         meta = r.meta()
-        counts = r.counts()
+        state = meta.get("state")
+        counts = _known_counts(meta, live) or r.counts()
         more = (
             {
                 "nodes": r.nodes(),
-                "running": r.running(limit=20),
-                "failures": r.failures(limit=20),
+                "running": r.running(limit=20) if counts.get("running") else [],
+                "failures": r.failures(limit=20) if counts.get("failed") else [],
                 "rules": r.rules(),
             }
             if details
             else {}
         )
-    live = live_status(rundir)
-    state = meta.get("state")
-    if state == "running" and live.get("counts"):
-        counts = {k: v for k, v in live["counts"].items() if v}
     created, ended = meta.get("created"), meta.get("ended")
     now = time.time()
     state_of = life(state, meta.get("host"), meta.get("pid"))
@@ -156,6 +154,19 @@ def summary(rundir: Path, details: bool = False) -> dict[str, Any]:
             }
         )
     return out
+
+
+def _known_counts(meta: dict[str, Any], live: dict[str, Any]) -> dict[str, int] | None:
+    """The counts by state without counting rows, where they are known: a live run's from
+    status.json, an ended run's from what the driver recorded at its end (a crashed run's
+    are counted: its last write may not have happened)."""
+    state = meta.get("state")
+    if state == "running" and live.get("counts"):
+        return {k: v for k, v in live["counts"].items() if v}
+    known = meta.get("counts")
+    if state not in ("running", "crashed") and isinstance(known, dict):
+        return {str(k): int(v) for k, v in known.items() if v}
+    return None
 
 
 def spans(ids: list[int] | tuple[int, ...]) -> str:

@@ -1,0 +1,1 @@
+"""``shoal dashboard``: a web view of runs (extra ``shoal[dashboard]``: Starlette, uvicorn)."""
