@@ -23,6 +23,7 @@ from shoal.store.queries import Reader
 
 EVIL = "<img src=x onerror=alert(1)>"
 TOKEN = "s3cret-token"
+HOSTS = ("testserver", "127.0.0.1")  # the test client says "testserver"
 
 
 def relax(i: int) -> dict[str, float]:
@@ -52,7 +53,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def client(base: Path) -> TestClient:
-    return TestClient(create_app(Dashboard(base, TOKEN)))
+    return TestClient(create_app(Dashboard(base, TOKEN, hosts=HOSTS)))
 
 
 def _key(client: TestClient) -> str:
@@ -184,7 +185,7 @@ def test_an_action_with_the_token_is_checked_then_queued_as_the_cli_does(
 ) -> None:
     copy = tmp_path / "runs"
     shutil.copytree(base, copy)
-    c = TestClient(create_app(Dashboard(copy, TOKEN)))
+    c = TestClient(create_app(Dashboard(copy, TOKEN, hosts=HOSTS)))
     key = _key(c)
     h = {"X-Shoal-Token": TOKEN}
     no = c.post("/api/action", json={"run": key, "action": "retry", "tasks": [0]}, headers=h)
@@ -202,7 +203,7 @@ def test_an_action_with_the_token_is_checked_then_queued_as_the_cli_does(
 
 
 def test_off_loopback_every_request_needs_the_token(base: Path) -> None:
-    c = TestClient(create_app(Dashboard(base, TOKEN, open_reads=False)))
+    c = TestClient(create_app(Dashboard(base, TOKEN, open_reads=False, hosts=HOSTS)))
     assert c.get("/api/runs").status_code == 401
     assert c.get("/api/runs", headers={"X-Shoal-Token": TOKEN}).status_code == 200
     assert c.get("/").status_code == 200  # the page itself holds no data
@@ -233,7 +234,7 @@ def test_a_crashed_run_shows_its_reason(tmp_path: Path, base: Path) -> None:
             "INSERT OR REPLACE INTO meta VALUES ('crash_reason', ?)",
             (json.dumps("OSError: disk full"),),
         )
-    c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN)))
+    c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN, hosts=HOSTS)))
     st = c.get("/api/run", params={"run": "one"}).json()
     assert st["life"] == "crashed" and st["crash_reason"] == "OSError: disk full"
     assert st["counts"] == {"succeeded": 11, "failed": 2}  # counted, not taken from meta
@@ -251,7 +252,7 @@ def test_a_run_mid_write_is_read_from_its_wal_and_a_torn_status_file(
     writer.execute("UPDATE tasks SET state='running' WHERE id=0")  # uncommitted: not seen
     (run / "status.json").write_text('{"counts": {"succeeded": 4')  # torn mid-write
     try:
-        c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN)))
+        c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN, hosts=HOSTS)))
         st = c.get("/api/run", params={"run": "one"}).json()
         assert st["life"] == "live" and st["counts"]["succeeded"] == 11
         assert c.get("/api/task", params={"run": "one", "id": 0}).json()["task"]["state"] == (
@@ -274,8 +275,68 @@ def test_a_run_from_an_older_shoal_is_listed_as_unreadable_not_a_broken_page(
             "CREATE TABLE tasks(id INTEGER PRIMARY KEY, name TEXT, state TEXT, deps TEXT, "
             "tags TEXT)"
         )
-    c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN)))
+    c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN, hosts=HOSTS)))
     (run,) = c.get("/api/runs").json()["runs"]
     assert run["life"] == "finished" and run["run"] == "old"
     page = c.get("/api/tasks", params={"run": "old-20250101"})
     assert page.status_code == 400 and "cannot read" in page.json()["error"]
+
+
+def test_shoal_dashboard_refuses_a_public_address_without_a_token(base: Path) -> None:
+    from click.testing import CliRunner
+
+    from shoal.cli.main import main
+
+    out = CliRunner().invoke(main, ["dashboard", str(base), "--host", "0.0.0.0"], env={})
+    assert out.exit_code == 2 and "give --token" in out.output
+
+
+def test_shoal_dashboard_says_when_its_port_is_taken(base: Path) -> None:
+    import socket
+
+    from click.testing import CliRunner
+
+    from shoal.cli.main import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = CliRunner().invoke(main, ["dashboard", str(base), "--port", str(port)])
+    assert out.exit_code == 2 and "--port 0" in out.output
+
+
+def test_a_request_naming_another_host_is_refused(base: Path) -> None:
+    """DNS rebinding: a site whose name now points at 127.0.0.1 still sends its own name."""
+    c = TestClient(create_app(Dashboard(base, TOKEN)), base_url="http://127.0.0.1:8765")
+    assert c.get("/api/runs").status_code == 200
+    assert c.get("/api/runs", headers={"Host": "localhost:8765"}).status_code == 200
+    assert c.get("/api/runs", headers={"Host": "evil.example:8765"}).status_code == 400
+
+
+def test_a_dashboard_of_one_run_directory(base: Path) -> None:
+    run = next(base.iterdir())
+    c = TestClient(create_app(Dashboard(run, TOKEN, hosts=HOSTS)))
+    (only,) = c.get("/api/runs").json()["runs"]
+    assert only["key"] == "."
+    assert c.get("/api/run", params={"run": "."}).json()["total"] == 13
+    assert c.get("/api/run").json()["total"] == 13  # the only run needs no name
+
+
+def test_a_live_run_shows_its_deadline_and_allocation_end(
+    tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver reports the allocation's end (SHOAL_END_TIME, or Slurm's
+    SLURM_JOB_END_TIME) in status.json; the run page shows it while the run is live."""
+    monkeypatch.setenv("SHOAL_END_TIME", "2000000000")
+    with shoal.Workflow("alloc") as wf:
+        shoal.task(relax)(1)
+    run = wf.run(cpus=1, base=tmp_path / "runs", progress=False)
+    status = json.loads((Path(run.dir) / "status.json").read_text())
+    assert status["allocation_end"] == 2e9 and status["deadline"] is None
+    with sqlite3.connect(Path(run.dir) / "shoal.db") as db:  # as if its driver still ran
+        db.execute("UPDATE meta SET value=? WHERE key='state'", (json.dumps("running"),))
+        db.execute("UPDATE meta SET value=? WHERE key='pid'", (json.dumps(1),))
+    c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN, hosts=HOSTS)))
+    st = c.get("/api/run").json()
+    assert st["life"] == "live" and st["allocation_end"] == 2e9 and st["now"] < 2e9

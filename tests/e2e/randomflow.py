@@ -533,6 +533,44 @@ def views(rundir: Path) -> list[str]:
         first = why(rundir, str(tid))[0]
         if f": {state}" not in first:
             out.append(f"views: explain of #{tid} says {first!r}, the row says {state}")
+    return out + dashboard_views(rundir, rows)
+
+
+def dashboard_views(rundir: Path, rows: dict[int, tuple[str, list[int]]]) -> list[str]:
+    """The dashboard's pages (shoal.dashboard.data) agree with the store: the charts count
+    every attempt and how it ended, and each task page its state, dependencies and
+    dependents."""
+    from collections import Counter
+
+    from shoal.dashboard import data
+
+    out: list[str] = []
+    page = data.run_page(data.Catalog(rundir), rundir)
+    charts = data.Charts().get(rundir, page["life"], page["ended"])
+    with _db(rundir) as c:
+        ended = Counter(
+            o
+            for (o,) in c.execute(
+                "SELECT outcome FROM attempts WHERE COALESCE(started, dispatched) IS NOT NULL"
+            )
+        )
+    if charts["attempts"] != sum(ended.values()):
+        out.append(f"dashboard: charts read {charts['attempts']} attempts, the store has {ended}")
+    for what in ("succeeded", "failed"):
+        if sum(charts[what]) != ended[what]:
+            out.append(f"dashboard: charts count {sum(charts[what])} {what}, store {ended[what]}")
+    if sum(t["attempts"] for t in charts["tags"]) < min(sum(ended.values()), 1):
+        out.append("dashboard: no tag statistics for a run with attempts")
+    for tid in sorted(rows)[:: max(1, len(rows) // 5)]:
+        t = data.task_page(rundir, tid)
+        state, deps = rows[tid]
+        needed_by = sorted(i for i, (_, d) in rows.items() if tid in d)
+        if t["task"]["state"] != state or [d["id"] for d in t["deps"]] != deps[:200]:
+            out.append(f"dashboard: task page of #{tid} says {t['task']}, the row {rows[tid]}")
+        if [d["id"] for d in t["dependents"]] != needed_by[:200]:
+            out.append(
+                f"dashboard: #{tid} is needed by {needed_by}, the page says {t['dependents']}"
+            )
     return out
 
 

@@ -32,7 +32,7 @@ def register(main: click.Group) -> None:
         try:
             import uvicorn
 
-            from shoal.dashboard.app import Dashboard, create_app, loopback
+            from shoal.dashboard.app import LOCAL_NAMES, Dashboard, create_app, loopback
         except ImportError as err:
             raise click.ClickException(
                 f"the dashboard needs Starlette and uvicorn ({err.name} is missing): "
@@ -48,7 +48,10 @@ def register(main: click.Group) -> None:
         folder = Path(base or ".").resolve()
         sock = _bind(host, port)
         bound = sock.getsockname()[1]
-        dash = Dashboard(folder, key, open_reads=local)
+        # Off loopback every request needs the token, which a rebound name cannot send:
+        # any name of this machine may be used then.
+        names = LOCAL_NAMES if local else ("*",)
+        dash = Dashboard(folder, key, open_reads=local, hosts=names)
         shown = "127.0.0.1" if local else host
         link = f"http://{shown}:{bound}/#token={key}"
         click.echo(f"shoal dashboard of {folder}")

@@ -10,6 +10,8 @@ Security, for a server on a shared login node:
   the header nor that content type without the browser asking first (and this server allows
   no other origin);
 - bound to anything but a loopback address, reading needs the token too;
+- requests naming this server by another name than its address (or localhost) are refused,
+  so that a site whose name an attacker points at 127.0.0.1 cannot read it (DNS rebinding);
 - files are found by task id and stream name, never by a path from the request; the store is
   opened read-only, and changed only through its requests table, as the CLI does.
 """
@@ -27,6 +29,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -51,6 +55,7 @@ HEADERS = {
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def loopback(host: str) -> bool:
@@ -66,11 +71,20 @@ def loopback(host: str) -> bool:
 class Dashboard:
     """The state of one dashboard: its runs, their charts, and its token."""
 
-    def __init__(self, base: Path, token: str, open_reads: bool = True) -> None:
+    def __init__(
+        self,
+        base: Path,
+        token: str,
+        open_reads: bool = True,
+        hosts: tuple[str, ...] = LOCAL_NAMES,
+    ) -> None:
         self.catalog = data.Catalog(base)
         self.charts = data.Charts()
         self.token = token
         self.open_reads = open_reads  # bound to loopback: reading needs no token
+        # The names the browser may use for this server (its Host header): a page of another
+        # site that rebinds its own name to 127.0.0.1 sends that name, and is refused.
+        self.hosts = hosts
 
     def holds_token(self, request: Request) -> bool:
         given = request.headers.get("x-shoal-token", "")
@@ -111,7 +125,10 @@ def create_app(dash: Dashboard) -> Starlette:
         Route("/api/events", guarded(events)),
         Route("/api/action", guarded(action), methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(dash.hosts))],
+    )
     app.state.dash = dash
     return app
 

@@ -27,7 +27,7 @@ from shoal.store.explain import why
 from shoal.store.queries import Reader
 from shoal.store.runs import DEPTH, Life, find_runs, live_status, placement_words, summary
 
-FIND_EVERY = 5.0  # seconds between looks for new run directories
+FIND_EVERY = 2.0  # seconds between looks for new run directories
 PREVIEW = 2000  # characters of a result's repr shown
 PREVIEW_BYTES = 1 << 20  # results larger than this are not unpickled for a preview
 TAIL = 64 * 1024  # bytes of a log file sent at once

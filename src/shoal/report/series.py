@@ -9,7 +9,6 @@ and adds what status.json says after it while the run goes on).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,26 @@ BINS = 240  # points of the utilization and throughput curves
 GANTT = 1500  # attempts in the Gantt chart at most (sampled evenly above)
 TAGS = 12  # tags with statistics at most (the largest)
 
-# Cores and GPUs of an attempt, summed over its nodes, and its first node and core, in SQL:
-# json.loads on a million placements would take longer than the rest together.
+# Cores (or GPUs: ``$[2]``) of an attempt summed over its nodes, in SQL: json.loads on a
+# million placements would take longer than the rest together.
+_SUM = (
+    "CASE WHEN json_array_length(placement) = 1 THEN json_array_length(placement, '$[0][{i}]')"
+    " ELSE (SELECT sum(json_array_length(value, '$[{i}]')) FROM json_each(placement)) END"
+)
 _ATTEMPTS = (
-    "SELECT COALESCE(a.started, a.dispatched), a.ended, a.outcome, a.kind, t.tags,"
-    " (SELECT sum(json_array_length(value, '$[1]')) FROM json_each(a.placement)),"
-    " (SELECT sum(json_array_length(value, '$[2]')) FROM json_each(a.placement)),"
-    " json_extract(a.placement, '$[0][0]'), json_extract(a.placement, '$[0][1][0]'), a.task"
-    " FROM attempts a JOIN tasks t ON t.id = a.task"
-    " WHERE COALESCE(a.started, a.dispatched) IS NOT NULL"
-    " ORDER BY COALESCE(a.started, a.dispatched)"
+    "SELECT COALESCE(started, dispatched), ended, outcome, "
+    + _SUM.format(i=1)
+    + ", "
+    + _SUM.format(i=2)
+    + ", task, attempt FROM attempts WHERE COALESCE(started, dispatched) IS NOT NULL"
+    " ORDER BY COALESCE(started, dispatched)"
+)
+# Per tag (NULL: untagged) and outcome (NULL: still running): attempts, and their run times
+_TAGS = (
+    "SELECT j.value, a.outcome, count(*), sum(COALESCE(a.ended, ?) - COALESCE(a.started,"
+    " a.dispatched)), max(COALESCE(a.ended, ?) - COALESCE(a.started, a.dispatched))"
+    " FROM attempts a JOIN tasks t ON t.id = a.task LEFT JOIN json_each(t.tags) j"
+    " WHERE COALESCE(a.started, a.dispatched) IS NOT NULL GROUP BY 1, 2"
 )
 
 
@@ -40,23 +49,24 @@ def series(rundir: Path, now: float | None = None, ended: float | None = None) -
     import numpy as np
 
     now = time.time() if now is None else now
+    until = ended if ended is not None else now
     with Reader(rundir) as r:
         meta = r.meta()
         nodes = r.nodes()
         rows = r.conn.execute(_ATTEMPTS).fetchall()
-    created = float(meta.get("created") or (rows[0][0] if rows else now))
-    until = ended if ended is not None else now
-    span = max(until - created, 1e-6)
-    n = len(rows)
-    start = np.fromiter((row[0] for row in rows), float, n) - created
-    end = np.fromiter((row[1] if row[1] is not None else until for row in rows), float, n)
-    end -= created
-    cores = np.fromiter((row[5] or 1 for row in rows), float, n)
-    gpus = np.fromiter((row[6] or 0 for row in rows), float, n)
-    outcome = [row[2] or "running" for row in rows]
-    ok = np.fromiter((o == "succeeded" for o in outcome), bool, n)
+        tags = r.conn.execute(_TAGS, (until, until)).fetchall()
+        created = float(meta.get("created") or (rows[0][0] if rows else now))
+        span = max(until - created, 1e-6)
+        n = len(rows)
+        start = np.fromiter((row[0] for row in rows), float, n) - created
+        end = np.fromiter((until if row[1] is None else row[1] for row in rows), float, n)
+        end -= created
+        cores = np.fromiter((row[3] or 1 for row in rows), float, n)
+        gpus = np.fromiter((row[4] or 0 for row in rows), float, n)
+        ok = np.fromiter((row[2] == "succeeded" for row in rows), bool, n)
+        bad = np.fromiter((row[2] == "failed" for row in rows), bool, n)
+        gantt = _gantt(r, rows, start, end, nodes)
     edges = np.linspace(0.0, span, BINS + 1)
-    width = edges[1] - edges[0]
     total_cores = sum(len(x["cores"]) for x in nodes)
     total_gpus = sum(len(x["gpus"]) for x in nodes)
     busy = float(((end - start) * cores).sum())
@@ -70,13 +80,11 @@ def series(rundir: Path, now: float | None = None, ended: float | None = None) -
         "time": edges[:-1].round(3).tolist(),
         "cores": _average(start, end, cores, edges).round(3).tolist(),
         "gpus": _average(start, end, gpus, edges).round(3).tolist(),
-        "width": width,  # of each bin, in seconds
+        "width": float(edges[1] - edges[0]),  # of each bin, in seconds
         "succeeded": np.histogram(end[ok], edges)[0].tolist(),  # attempts ended in each bin
-        "failed": np.histogram(end[np.asarray([o == "failed" for o in outcome], bool)], edges)[
-            0
-        ].tolist(),
-        "gantt": _gantt(rows, start, end, outcome, nodes),
-        "tags": _tags(rows, start, end, outcome),
+        "failed": np.histogram(end[bad], edges)[0].tolist(),
+        "gantt": gantt,
+        "tags": _tags(tags),
     }
 
 
@@ -102,48 +110,47 @@ def _average(start: Any, end: Any, what: Any, edges: Any) -> Any:
 
 
 def _gantt(
-    rows: list[Any], start: Any, end: Any, outcome: list[str], nodes: list[dict[str, Any]]
+    r: Reader, rows: list[Any], start: Any, end: Any, nodes: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Attempts as bars on (node, first core) rows: every one, or :data:`GANTT` of them
-    sampled evenly (and then said: ``sampled``)."""
+    sampled evenly (and then said: ``sampled``); only the sampled ones' placements are read."""
     n = len(rows)
     pick = range(n) if n <= GANTT else [round(i * (n - 1) / (GANTT - 1)) for i in range(GANTT)]
     names = [x["name"] for x in nodes]
     bars = []
     for i in pick:
-        node, core = rows[i][7], rows[i][8]
+        task, attempt = rows[i][5], rows[i][6]
+        got = r.conn.execute(
+            "SELECT json_extract(placement, '$[0][0]'), json_extract(placement, '$[0][1][0]')"
+            " FROM attempts WHERE task = ? AND attempt = ?",
+            (task, attempt),
+        ).fetchone()
+        node, core = got if got else (None, None)
         label = f"{names[node] if node is not None and node < len(names) else '?'}:{core or 0}"
-        bars.append(
-            [label, round(float(start[i]), 4), round(float(end[i]), 4), outcome[i], rows[i][9]]
-        )
+        outcome = rows[i][2] or "running"
+        bars.append([label, round(float(start[i]), 4), round(float(end[i]), 4), outcome, task])
     return {"bars": bars, "sampled": n > GANTT, "of": n}
 
 
-def _tags(rows: list[Any], start: Any, end: Any, outcome: list[str]) -> list[dict[str, Any]]:
-    """Per tag (the largest :data:`TAGS`, and the untagged): attempts, how they ended, and
-    their run times (mean, median, 90th percentile, longest)."""
-    import numpy as np
-
-    seen: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        for tag in json.loads(row[4]) or ("(no tag)",):
-            seen.setdefault(tag, []).append(i)
+def _tags(grouped: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Per tag (the largest :data:`TAGS`; "(no tag)" for the untagged): attempts, how they
+    ended, and their run times (mean and longest; a running one's up to now)."""
+    by: dict[str, dict[str, Any]] = {}
+    for tag, outcome, count, total, longest in grouped:
+        t = by.setdefault(
+            "(no tag)" if tag is None else str(tag),
+            {"attempts": 0, "succeeded": 0, "failed": 0, "running": 0, "sum": 0.0, "max": 0.0},
+        )
+        t["attempts"] += count
+        key = "running" if outcome is None else outcome
+        if key in ("succeeded", "failed", "running"):
+            t[key] += count
+        t["sum"] += total or 0.0
+        t["max"] = max(t["max"], longest or 0.0)
     out = []
-    for tag, idx in sorted(seen.items(), key=lambda kv: -len(kv[1]))[:TAGS]:
-        pos = np.asarray(idx)
-        took = end[pos] - start[pos]
-        ends = [outcome[i] for i in idx]
+    for tag, t in sorted(by.items(), key=lambda kv: -kv[1]["attempts"])[:TAGS]:
+        total = t.pop("sum")
         out.append(
-            {
-                "tag": tag,
-                "attempts": len(idx),
-                "succeeded": ends.count("succeeded"),
-                "failed": ends.count("failed"),
-                "running": ends.count("running"),
-                "mean": round(float(took.mean()), 4),
-                "p50": round(float(np.percentile(took, 50)), 4),
-                "p90": round(float(np.percentile(took, 90)), 4),
-                "max": round(float(took.max()), 4),
-            }
+            {"tag": tag, **t, "mean": round(total / t["attempts"], 4), "max": round(t["max"], 4)}
         )
     return out

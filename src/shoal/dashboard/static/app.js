@@ -349,11 +349,11 @@ async function drawCharts() {
     el("div", { class: "card", id: "gantt" }, gantt(c.gantt, c.span)),
     el("p", { class: "muted" }, `${c.attempts} attempts read in ${c.read_s} s`
       + (c.live.length ? `; ${c.live.length} live samples since` : "")));
-  const tags = el("table", {}, el("tr", {}, ["tag", "attempts", "succeeded", "failed", "running", "mean", "median", "90%", "longest"].map((h) => el("th", {}, h))));
+  const tags = el("table", {}, el("tr", {}, ["tag", "attempts", "succeeded", "failed", "running", "mean run time", "longest"].map((h) => el("th", {}, h))));
   for (const t of c.tags) {
     tags.append(el("tr", {}, el("td", {}, el("a", { href: runLink(RUN, "/tasks", { tag: t.tag }) }, t.tag)),
       ...[t.attempts, t.succeeded, t.failed, t.running].map((v) => el("td", { class: "num" }, v)),
-      ...[t.mean, t.p50, t.p90, t.max].map((v) => el("td", { class: "num" }, took(v)))));
+      ...[t.mean, t.max].map((v) => el("td", { class: "num" }, took(v)))));
   }
   document.getElementById("tags").replaceChildren(el("h2", {}, "By tag"), tags);
 }
