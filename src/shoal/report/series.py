@@ -9,6 +9,7 @@ and adds what status.json says after it while the run goes on).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def _average(start: Any, end: Any, what: Any, edges: Any) -> Any:
 def _gantt(
     r: Reader, rows: list[Any], start: Any, end: Any, nodes: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Attempts as bars on (node, first core) rows: every one, or :data:`GANTT` of them
+    """Attempts as bars on the (node, core) rows they held: every one, or :data:`GANTT` of them
     sampled evenly (and then said: ``sampled``); only the sampled ones' placements are read."""
     n = len(rows)
     pick = range(n) if n <= GANTT else [round(i * (n - 1) / (GANTT - 1)) for i in range(GANTT)]
@@ -121,14 +122,16 @@ def _gantt(
     for i in pick:
         task, attempt = rows[i][5], rows[i][6]
         got = r.conn.execute(
-            "SELECT json_extract(placement, '$[0][0]'), json_extract(placement, '$[0][1][0]')"
-            " FROM attempts WHERE task = ? AND attempt = ?",
-            (task, attempt),
+            "SELECT placement FROM attempts WHERE task = ? AND attempt = ?", (task, attempt)
         ).fetchone()
-        node, core = got if got else (None, None)
-        label = f"{names[node] if node is not None and node < len(names) else '?'}:{core or 0}"
+        slots = json.loads(got[0]) if got and got[0] else []
+        where = [
+            f"{names[node] if 0 <= node < len(names) else '?'}:{core}"
+            for node, cores, *_ in slots
+            for core in cores
+        ] or ["?:0"]
         outcome = rows[i][2] or "running"
-        bars.append([label, round(float(start[i]), 4), round(float(end[i]), 4), outcome, task])
+        bars.append([where, round(float(start[i]), 4), round(float(end[i]), 4), outcome, task])
     return {"bars": bars, "sampled": n > GANTT, "of": n}
 
 

@@ -172,20 +172,21 @@ function chart(title, xs, lines, opts) {
       "stroke-dasharray": "4 3" }));
     s.append(svg("text", { x: W - R - 2, y: Y(ref.y) - 3, "text-anchor": "end" }, ref.label));
   }
-  let ly = T + 4;
-  for (const line of lines) {
+  let lx = W - R;  // the legend: right-aligned in the title's row
+  for (const line of [...lines].reverse()) {
     const pts = line.xs.map((x, i) => `${X(x).toFixed(1)},${Y(line.ys[i]).toFixed(1)}`);
     if (pts.length) {
       s.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: line.colour,
         "stroke-width": 1.5 }));
     }
-    s.append(svg("text", { x: L + 8, y: ly + 8, fill: line.colour }, line.label));
-    ly += 12;
+    const label = svg("text", { x: lx, y: 13, fill: line.colour, "text-anchor": "end" }, `- ${line.label}`);
+    s.append(label);
+    lx -= 10 + 6 * line.label.length;
   }
   return s;
 }
 function gantt(g, span) {
-  const rows = [...new Set(g.bars.map((b) => b[0]))].sort();
+  const rows = [...new Set(g.bars.flatMap((b) => b[0]))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
   const W = 900, L = 70, R = 10, T = 20, B = 28, RH = Math.max(3, Math.min(14, 300 / Math.max(1, rows.length)));
   const H = T + B + RH * rows.length;
   const s = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, class: "gantt" });
@@ -198,11 +199,13 @@ function gantt(g, span) {
     }
   });
   const index = new Map(rows.map((r, i) => [r, i]));
-  for (const [row, a, b, outcome, task] of g.bars) {
-    const rect = svg("rect", { x: X(a), y: T + index.get(row) * RH, width: Math.max(1, X(b) - X(a)),
-      height: RH - 1, fill: COLOURS[outcome] || "#fb6a4a" });
-    rect.append(svg("title", {}, `task #${task} ${outcome}, ${took(b - a)}`));
-    s.append(rect);
+  for (const [where, a, b, outcome, task] of g.bars) {
+    for (const row of where) {  // one bar on each core the attempt held
+      const rect = svg("rect", { x: X(a), y: T + index.get(row) * RH, width: Math.max(1, X(b) - X(a)),
+        height: RH - 1, fill: COLOURS[outcome] || "#fb6a4a" });
+      rect.append(svg("title", {}, `task #${task} ${outcome}, ${took(b - a)}`));
+      s.append(rect);
+    }
   }
   for (let i = 0; i <= 4; i++) {
     s.append(svg("text", { x: X(span * i / 4), y: H - 10, "text-anchor": "middle" }, took(span * i / 4)));
