@@ -156,6 +156,10 @@ def test_the_graph_has_boxes_by_state_and_edges(client: TestClient) -> None:
     assert by["t3"]["state"] == "failed" and by["t12"]["level"] == 1
     grouped = client.get("/api/graph", params={"run": _key(client), "group": "name"}).json()
     assert grouped["grouped"] and len(grouped["boxes"]) == 2
+    failed = client.get("/api/graph", params={"run": _key(client), "state": "failed"}).json()
+    assert sorted(b["task"] for b in failed["boxes"]) == [3, 8] and failed["edges"] == []
+    tagged = client.get("/api/graph", params={"run": _key(client), "tag": "md"}).json()
+    assert tagged["tasks"] == 12 and tagged["edges"] == []  # the tagged t task is left out
 
 
 def test_actions_need_the_token_in_a_header_of_a_json_post(client: TestClient, base: Path) -> None:

@@ -223,13 +223,24 @@ def _add_graph(main: click.Group, rundir_of: Any, one_run: Any) -> None:
         default=None,
         help=f"One box per task name (default: above {MOST} tasks).",
     )
-    def graph(run_dir: str | None, fmt: str, output: str | None, group: bool | None) -> None:
+    @click.option("--state", "states", multiple=True, help="Only tasks in this state.")
+    @click.option("--tag", help="Only tasks with this tag.")
+    def graph(
+        run_dir: str | None,
+        fmt: str,
+        output: str | None,
+        group: bool | None,
+        states: tuple[str, ...],
+        tag: str | None,
+    ) -> None:
         """The run's task graph, coloured by state: Mermaid or dot text (printed, or to
-        --output), or a PNG picture (--output, default graph.png in the run directory)."""
+        --output), or a PNG picture (--output, default graph.png in the run directory).
+        --state and --tag draw a selection: those tasks and the dependencies among them."""
         from shoal.store import dag
 
         d = rundir_of(run_dir)
-        g = dag.dag(d, group=group)
+        wanted = tuple(x.strip() for s in states for x in s.split(",") if x.strip())
+        g = dag.dag(d, group=group, states=wanted, tag=tag)
         if fmt == "png":
             from shoal.report.figures import draw_dag
 

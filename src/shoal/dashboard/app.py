@@ -274,9 +274,10 @@ async def log(request: Request) -> Response:
 
 async def graph(request: Request) -> Response:
     d = rundir(request)
-    how = request.query_params.get("group", "auto")
-    group = {"auto": None, "name": True, "task": False}.get(how)
-    return _json(await run_in_threadpool(data.graph, d, group))
+    q = request.query_params
+    group = {"auto": None, "name": True, "task": False}.get(q.get("group", "auto"))
+    states = tuple(s for s in q.get("state", "").split(",") if s)
+    return _json(await run_in_threadpool(data.graph, d, group, states, q.get("tag") or None))
 
 
 async def events(request: Request) -> Response:

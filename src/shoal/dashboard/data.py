@@ -288,10 +288,13 @@ def log_tail(rundir: Path, task: int, stream: str, offset: int | None) -> dict[s
     }
 
 
-def graph(rundir: Path, group: bool | None) -> dict[str, Any]:
-    """The run's graph for drawing: boxes (tasks, or one per task name above 200 tasks)
-    with their state, counts and layer, and edges with how many dependencies they carry."""
-    d = dag(rundir, group=group)
+def graph(
+    rundir: Path, group: bool | None, states: tuple[str, ...] = (), tag: str | None = None
+) -> dict[str, Any]:
+    """The run's graph for drawing, or a selection's (tasks in ``states``, or of ``tag``):
+    boxes (tasks, or one per task name above 200 tasks) with their state, counts and layer,
+    and edges with how many dependencies they carry."""
+    d = dag(rundir, group=group, states=states, tag=tag)
     depth = levels(d)
     return {
         "grouped": d.grouped,

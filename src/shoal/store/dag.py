@@ -53,11 +53,21 @@ class Dag:
 PRESSING = ("failed", "running", "retrying", "dep_failed", "cancelled", "queued", "ready")
 
 
-def dag(rundir: Path, most: int = MOST, group: bool | None = None) -> Dag:
+def dag(
+    rundir: Path,
+    most: int = MOST,
+    group: bool | None = None,
+    states: tuple[str, ...] = (),
+    tag: str | None = None,
+) -> Dag:
     """The graph of the run in ``rundir``: task by task up to ``most`` tasks, grouped by
-    name above (or as ``group`` says)."""
+    name above (or as ``group`` says). A selection (tasks in ``states``, or of ``tag``)
+    draws those tasks only, with the dependencies among them."""
     with Reader(rundir) as r:
         rows = r.links()
+        if states or tag:
+            chosen = {t["id"] for t in r.table(states, tag=tag)[0]}
+            rows = [row for row in rows if row[0] in chosen]
     grouped = len(rows) > most if group is None else group
     boxes: dict[str, Box] = {}
     edges: Counter[tuple[str, str]] = Counter()

@@ -395,7 +395,10 @@ async function tasksPage() {
     el("button", { disabled: offset === 0, onclick: () => move(offset - limit) }, "previous"), " ",
     `rows ${page.rows.length ? offset + 1 : 0}-${offset + page.rows.length} of `, total, " ",
     el("button", { disabled: page.rows.length < limit, onclick: () => move(offset + limit) }, "next"));
-  main().replaceChildren(el("h1", {}, "Tasks"), form, pager, table);
+  const sel = {};
+  for (const k of ["state", "tag"]) if (q[k]) sel[k] = q[k];
+  const graphLink = el("a", { href: runLink(RUN, "/graph", sel) }, Object.keys(sel).length ? "graph of this selection" : "graph");
+  main().replaceChildren(el("h1", {}, "Tasks"), form, el("p", {}, graphLink), pager, table);
   const counted = await api("/api/count", query).catch(() => ({ total: "?" }));
   total.textContent = String(counted.total);
 }
@@ -460,7 +463,9 @@ async function followLog(box, id, stream, ended) {
 
 async function graphPage() {
   crumbs(["runs", "/"], [RUN, runLink(RUN, "/run")], ["graph"]);
-  const g = await api("/api/graph", { run: RUN, group: params.get("group") || "auto" });
+  const query = { run: RUN, group: params.get("group") || "auto" };
+  for (const k of ["state", "tag"]) if (params.get(k)) query[k] = params.get(k);
+  const g = await api("/api/graph", query);
   const byLevel = new Map();
   for (const b of g.boxes) { if (!byLevel.has(b.level)) byLevel.set(b.level, []); byLevel.get(b.level).push(b); }
   const BW = g.grouped ? 190 : 120, BH = g.grouped ? 46 : 28, GX = 16, GY = 44;
@@ -504,8 +509,11 @@ async function graphPage() {
       s.append(a);
     } else s.append(grp);
   }
-  const switcher = el("p", {}, g.grouped ? `${g.tasks} tasks, one box per task name. ` : `${g.tasks} tasks. `,
-    el("a", { href: runLink(RUN, "/graph", { group: g.grouped ? "task" : "name" }) }, g.grouped ? "draw every task" : "group by name"));
+  const chosen = ["state", "tag"].filter((k) => params.get(k)).map((k) => `${k} ${params.get(k)}`).join(", ");
+  const keep = Object.fromEntries(["state", "tag"].filter((k) => params.get(k)).map((k) => [k, params.get(k)]));
+  const switcher = el("p", {}, chosen ? `Selection (${chosen}): ` : "", g.grouped ? `${g.tasks} tasks, one box per task name. ` : `${g.tasks} tasks. `,
+    el("a", { href: runLink(RUN, "/graph", { ...keep, group: g.grouped ? "task" : "name" }) }, g.grouped ? "draw every task" : "group by name"),
+    chosen ? el("span", {}, " - ", el("a", { href: runLink(RUN, "/graph") }, "the whole run")) : null);
   main().replaceChildren(el("h1", {}, "Graph"), switcher, el("div", { class: "graph" }, s));
 }
 
