@@ -344,3 +344,20 @@ def test_a_live_run_shows_its_deadline_and_allocation_end(
     c = TestClient(create_app(Dashboard(tmp_path / "runs", TOKEN, hosts=HOSTS)))
     st = c.get("/api/run").json()
     assert st["life"] == "live" and st["allocation_end"] == 2e9 and st["now"] < 2e9
+
+
+def test_the_newest_runs_charts_are_read_before_their_first_visit(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.dashboard import data
+
+    cat, charts = data.Catalog(base), data.Charts()
+    data.warm(cat, charts)
+    run = next(iter(cat.keys().values()))
+
+    def no_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the charts were read again on the first visit")
+
+    monkeypatch.setattr(data, "series", no_read)
+    st = cat.summary(run)
+    assert charts.get(run, st["life"], st["ended"])["attempts"] == 13

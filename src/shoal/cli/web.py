@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -33,6 +34,7 @@ def register(main: click.Group) -> None:
             import uvicorn
 
             from shoal.dashboard.app import LOCAL_NAMES, Dashboard, create_app, loopback
+            from shoal.dashboard.data import warm
         except ImportError as err:
             raise click.ClickException(
                 f"the dashboard needs Starlette and uvicorn ({err.name} is missing): "
@@ -63,6 +65,10 @@ def register(main: click.Group) -> None:
             )
         click.echo("  (the token in the link unlocks actions; Ctrl-C stops the dashboard)")
         sys.stdout.flush()
+        # The newest runs' charts are read while the user opens the link
+        threading.Thread(
+            target=warm, args=(dash.catalog, dash.charts), name="shoal-warm", daemon=True
+        ).start()
         config = uvicorn.Config(create_app(dash), log_level="warning", access_log=False)
         server = uvicorn.Server(config)
         server.run(sockets=[sock])

@@ -128,12 +128,20 @@ class Charts:
 
     def __init__(self) -> None:
         self._watches: dict[Path, Watch] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[Path, threading.Lock] = {}  # one a run: a long read blocks no other
+        self._lock = threading.Lock()  # guards the two dicts
+
+    def _of(self, rundir: Path) -> tuple[Watch, threading.Lock]:
+        with self._lock:
+            return (
+                self._watches.setdefault(rundir, Watch()),
+                self._locks.setdefault(rundir, threading.Lock()),
+            )
 
     def sample(self, rundir: Path, live: dict[str, Any]) -> None:
         """Add what a live run's status.json says now (called each second by the live
         updates)."""
-        w = self._watches.get(rundir)
+        w = self._watches.get(rundir)  # a look without the lock: a sample may be skipped
         updated = live.get("updated")
         if w is None or not w.charts or not isinstance(updated, int | float):
             return
@@ -150,8 +158,8 @@ class Charts:
     def get(self, rundir: Path, life: str, ended: float | None) -> dict[str, Any]:
         """The charts of a run: read again when it ended since, or when it is live and the
         samples since are too few (nobody watched) or a while has passed."""
-        with self._lock:
-            w = self._watches.setdefault(rundir, Watch())
+        w, lock = self._of(rundir)
+        with lock:
             stale = not w.charts
             age = time.monotonic() - w.at
             if w.charts and life == Life.LIVE:
@@ -171,6 +179,18 @@ class Charts:
             out["live"] = [[round(t - w.charts["created"], 3), c, g, d] for t, c, g, d in w.samples]
             out["read_s"] = round(w.cost, 3)
             return out
+
+
+def warm(cat: Catalog, charts: Charts, most: int = 5) -> None:
+    """Read the charts of the newest ``most`` runs ahead of their first visit (a million
+    attempts take seconds); runs that cannot be read are left to their page to report."""
+    for rundir in list(cat.keys().values())[:most]:
+        st = cat.summary(rundir)
+        if "error" not in st:
+            try:
+                charts.get(rundir, st["life"], st.get("ended"))
+            except StoreError:
+                continue
 
 
 def run_page(cat: Catalog, rundir: Path) -> dict[str, Any]:
