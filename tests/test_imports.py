@@ -35,6 +35,7 @@ LAYERS = {
     "core": 1,
     "backends": 2,
     "store": 2,
+    "batch": 2,  # batch systems: scripts, commands and their parsers (no I/O of their own)
     "runtime": 3,
     "config": 3,
     "report": 3,  # pictures of runs, read from the store

@@ -12,6 +12,7 @@ Every error says what went wrong, why, and what to do next. The tree:
     ├── StoreError             the run directory cannot be read or written
     ├── RunInterrupted         a result asked of a run stopped early (also SystemExit, code 3)
     └── BackendError           the infrastructure under the run failed
+        └── BatchError         a batch system refused or failed a command (sbatch, qsub, ...)
 
 All of them pickle (they carry only plain strings and numbers), so they cross process borders.
 """
@@ -90,6 +91,11 @@ def _rebuild_interrupted(message: str, task: int, name: str, rundir: str) -> Run
 
 class BackendError(ShoalError):
     """The execution backend failed (not the user's code)."""
+
+
+class BatchError(BackendError):
+    """A batch system (Slurm, PBS, SGE) refused or failed a command: the message quotes what
+    it said and what to change."""
 
 
 class TaskFailed(ShoalError):

@@ -1,0 +1,191 @@
+"""Batch systems: the scripts each writes, the commands it runs, and its parsers on recorded
+output (tests/batch/recorded/README.md says where each file comes from); then the real ones
+this machine has: the shell always, Slurm when tests/infra started it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from shoal.batch import JobState, Output, Request, clock, local, seconds, system
+from shoal.errors import BatchError, DefinitionError
+
+RECORDED = Path(__file__).parent / "recorded"
+
+
+def _out(name: str, code: int = 0) -> Output:
+    return Output(code, (RECORDED / name).read_text())
+
+
+def test_time_limits_read_and_written() -> None:
+    assert seconds("30") == 1800 and seconds("2:00:00") == 7200 and seconds("10:30") == 630
+    assert seconds("1-12:00:00") == 129600 and seconds("2-3") == 2 * 86400 + 3 * 3600
+    assert clock(129600) == "36:00:00" and clock(59) == "00:00:59"
+    with pytest.raises(DefinitionError, match="2:00:00"):
+        seconds("two hours")
+
+
+def test_a_request_refuses_names_and_options_that_would_break_the_script() -> None:
+    with pytest.raises(DefinitionError, match="batch job name"):
+        Request("sweep; rm -rf ~")
+    with pytest.raises(DefinitionError, match="newline"):
+        Request("sweep", options=("--mem=4G\nrm -rf ~",))
+    with pytest.raises(DefinitionError, match="one node"):
+        Request("sweep", nodes=0)
+
+
+def test_each_batch_system_writes_its_directives_and_quotes_the_command() -> None:
+    req = Request(
+        "sweep",
+        nodes=2,
+        time_limit=7200,
+        cores_per_node=16,
+        account="m1234",
+        queue="debug",
+        output="/scratch/me/out.txt",
+        workdir="/scratch/me/a dir; rm -rf ~",
+        after="41",
+        environment=("module load python",),
+    )
+    command = ["python", "-m", "shoal.cli.main", "run", "it's.yaml"]
+    slurm = system("slurm").script(req, command)
+    assert "#SBATCH --nodes=2\n#SBATCH --time=02:00:00" in slurm
+    assert "#SBATCH --partition=debug" in slurm and "#SBATCH --account=m1234" in slurm
+    assert "#SBATCH --dependency=afterany:41" in slurm
+    assert "cd '/scratch/me/a dir; rm -rf ~'" in slurm
+    assert "exec python -m shoal.cli.main run 'it'\"'\"'s.yaml'" in slurm
+    assert "module load python\n" in slurm and "SHOAL_END_TIME=$(( $(date +%s) + 7200 ))" in slurm
+    pbs = system("pbs").script(req, command)
+    assert "#PBS -l select=2:ncpus=16:mpiprocs=16" in pbs and "#PBS -l walltime=02:00:00" in pbs
+    assert "#PBS -W depend=afterany:41" in pbs and "#PBS -q debug" in pbs
+    assert "#PBS -l nodes=2:ppn=16" in system("torque").script(req, command)
+    with pytest.raises(DefinitionError, match="parallel environment"):
+        system("sge").script(req, command)
+    sge = system("sge").script(
+        Request("sweep", nodes=2, time_limit=60, after="41", options=("-pe mpi 32",)), command
+    )
+    assert "#$ -l h_rt=00:01:00" in sge and "#$ -hold_jid 41" in sge and "#$ -pe mpi 32" in sge
+    with pytest.raises(DefinitionError, match="no batch system 'lsf'"):
+        system("lsf")
+
+
+def test_submissions_give_the_job_id_or_say_why_not() -> None:
+    slurm, sge, pbs = system("slurm"), system("sge"), system("pbs")
+    assert slurm.submitted(Output(0, "1234\n")) == "1234"
+    assert slurm.submitted(Output(0, "1234;perlmutter\n")) == "1234"
+    assert sge.submitted(Output(0, "87\n")) == "87"
+    assert sge.submitted(Output(0, "88.1-10:1\n")) == "88"
+    assert pbs.submitted(Output(0, "1234.pbs01\n")) == "1234.pbs01"
+    refused = Output(
+        1,
+        "",
+        "sbatch: error: QOSMaxSubmitJobPerUserLimit\nsbatch: error: Batch job submission "
+        "failed: Job violates accounting/QOS policy (job submit limit, user's size and/or "
+        "time limits)",
+    )
+    with pytest.raises(BatchError, match=r"sbatch refused the job: .*QOSMaxSubmitJobPerUser"):
+        slurm.submitted(refused)
+    assert slurm.limit_hit(refused)
+    wrong = Output(1, "", "sbatch: error: invalid partition specified: nope")
+    assert not slurm.limit_hit(wrong)
+    assert sge.limit_hit(Output(1, "", "job rejected: Only 100 jobs are allowed per user"))
+    assert pbs.limit_hit(Output(38, "", "qsub: would exceed queue generic's per-user limit"))
+
+
+def test_pbs_pro_json_status() -> None:
+    ids = ["1234.pbs01", "1235", "1236.pbs01", "1237.pbs01", "1238.pbs01", "1239.pbs01", "9"]
+    jobs = system("pbs").parse_status([_out("pbs_pro_qstat_f_F_json_x.json")], ids)
+    assert jobs["1234.pbs01"].state is JobState.DONE and jobs["1234.pbs01"].exit_code == 0
+    assert jobs["1235"].state is JobState.RUNNING  # asked without the server's name
+    assert jobs["1236.pbs01"].state is JobState.PENDING
+    assert "Insufficient amount of resource" in jobs["1236.pbs01"].reason
+    assert jobs["1237.pbs01"].state is JobState.TIMEOUT  # Exit_status -29: walltime
+    assert jobs["1238.pbs01"].state is JobState.CANCELLED  # 271: killed by qdel's SIGTERM
+    assert jobs["1239.pbs01"].state is JobState.PENDING  # held
+    assert jobs["9"].state is JobState.UNKNOWN
+    with pytest.raises(BatchError, match="not JSON"):
+        system("pbs").parse_status([Output(0, "{broken")], ["1"])
+
+
+def test_torque_text_status() -> None:
+    ids = ["77.torque01.example.org", "78", "79"]
+    jobs = system("torque").parse_status([_out("torque_qstat_f.txt")], ids)
+    assert jobs["77.torque01.example.org"].state is JobState.DONE
+    assert jobs["78"].state is JobState.RUNNING
+    assert jobs["79"].state is JobState.TIMEOUT  # exit_status -11: walltime
+    assert system("torque").status(["78"]) == [["qstat", "-f", "78"]]
+
+
+def test_slurm_status_from_squeue_then_sacct() -> None:
+    ids = ["5", "6", "7", "8"]
+    squeue = Output(0, "5|RUNNING|None\n6|PENDING|Dependency\n")
+    sacct = Output(0, "7|COMPLETED|0:0|None\n8|CANCELLED by 0|0:15|None\n5|RUNNING|0:0|None\n")
+    jobs = system("slurm").parse_status([squeue, sacct], ids)
+    assert jobs["5"].state is JobState.RUNNING
+    assert jobs["6"].state is JobState.PENDING and jobs["6"].reason == "Dependency"
+    assert jobs["7"].state is JobState.DONE and jobs["7"].exit_code == 0
+    assert jobs["8"].state is JobState.CANCELLED
+    gone = system("slurm").parse_status(
+        [Output(1, "", "slurm_load_jobs error: Invalid job id specified")], ["9"]
+    )
+    assert gone["9"].state is JobState.UNKNOWN
+
+
+def test_the_shell_runs_a_job_in_the_background_and_keeps_its_exit_code(
+    tmp_path: Path,
+) -> None:
+    """No batch system: the script runs detached; its state and exit code are read back."""
+    shell = system("shell", jobs=str(tmp_path / "jobs"))
+    script = tmp_path / "job.sh"
+    script.write_text(
+        shell.script(Request("quick", workdir=str(tmp_path)), ["bash", "-c", "echo hi; exit 3"])
+    )
+    first = shell.submitted(local(shell.submit(str(script))))
+    slow = tmp_path / "slow.sh"
+    slow.write_text(shell.script(Request("slow", workdir=str(tmp_path)), ["sleep", "60"]))
+    second = shell.submitted(local(shell.submit(str(slow))))
+    deadline = time.monotonic() + 60
+    while shell.ask(local, [first])[first].state is not JobState.FAILED:
+        assert time.monotonic() < deadline, "the quick job did not end"
+        time.sleep(0.05)
+    assert shell.ask(local, [first])[first].exit_code == 3
+    assert (tmp_path / "job.sh.out").read_text() == "hi\n"
+    assert shell.ask(local, [second])[second].state is JobState.RUNNING
+    assert local(shell.cancel([second])).code == 0
+    while shell.ask(local, [second])[second].state is JobState.RUNNING:
+        assert time.monotonic() < deadline, "the cancelled job still runs"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="no Slurm here (tests/infra)")
+def test_a_real_slurm_job_is_submitted_followed_and_its_chain_waits(tmp_path: Path) -> None:
+    slurm = system("slurm")
+    if local(["sinfo", "-h"]).code != 0:
+        pytest.skip("Slurm's controller does not answer (tests/infra/slurm-local.sh up)")
+    first = tmp_path / "first.sh"
+    req = Request("shoal-test", time_limit=120, workdir=str(tmp_path), output=str(tmp_path / "o1"))
+    first.write_text(slurm.script(req, ["bash", "-c", "sleep 1; exit 0"]))
+    a = slurm.submitted(local(slurm.submit(str(first))))
+    second = tmp_path / "second.sh"
+    req2 = Request(
+        "shoal-test-2", time_limit=120, workdir=str(tmp_path), output=str(tmp_path / "o2"), after=a
+    )
+    second.write_text(slurm.script(req2, ["bash", "-c", "exit 4"]))
+    b = slurm.submitted(local(slurm.submit(str(second))))
+    seen = set()
+    deadline = time.monotonic() + 120
+    while True:
+        jobs = slurm.ask(local, [a, b])
+        seen.add((jobs[a].state, jobs[b].state))
+        if jobs[b].state.ended or (jobs[b].state is JobState.UNKNOWN and jobs[a].state.ended):
+            break
+        assert time.monotonic() < deadline, f"the chain did not end: {jobs}"
+        time.sleep(0.2)
+    assert (JobState.RUNNING, JobState.PENDING) in seen or (
+        JobState.PENDING,
+        JobState.PENDING,
+    ) in seen
+    assert jobs[b].state in (JobState.FAILED, JobState.UNKNOWN)  # no accounting: gone
