@@ -89,7 +89,12 @@ def test_submissions_give_the_job_id_or_say_why_not() -> None:
     with pytest.raises(BatchError, match=r"sbatch refused the job: .*QOSMaxSubmitJobPerUser"):
         slurm.submitted(refused)
     assert slurm.limit_hit(refused)
-    wrong = Output(1, "", "sbatch: error: invalid partition specified: nope")
+    wrong = Output(  # recorded
+        1,
+        "",
+        "sbatch: error: invalid partition specified: nope\nsbatch: error: Batch job "
+        "submission failed: Invalid partition name specified",
+    )
     assert not slurm.limit_hit(wrong)
     assert sge.limit_hit(Output(1, "", "job rejected: Only 100 jobs are allowed per user"))
     assert pbs.limit_hit(Output(38, "", "qsub: would exceed queue generic's per-user limit"))
@@ -119,19 +124,62 @@ def test_torque_text_status() -> None:
     assert system("torque").status(["78"]) == [["qstat", "-f", "78"]]
 
 
-def test_slurm_status_from_squeue_then_sacct() -> None:
-    ids = ["5", "6", "7", "8"]
-    squeue = Output(0, "5|RUNNING|None\n6|PENDING|Dependency\n")
-    sacct = Output(0, "7|COMPLETED|0:0|None\n8|CANCELLED by 0|0:15|None\n5|RUNNING|0:0|None\n")
-    jobs = system("slurm").parse_status([squeue, sacct], ids)
-    assert jobs["5"].state is JobState.RUNNING
-    assert jobs["6"].state is JobState.PENDING and jobs["6"].reason == "Dependency"
-    assert jobs["7"].state is JobState.DONE and jobs["7"].exit_code == 0
-    assert jobs["8"].state is JobState.CANCELLED
-    gone = system("slurm").parse_status(
-        [Output(1, "", "slurm_load_jobs error: Invalid job id specified")], ["9"]
+def test_slurm_status_recorded_along_a_chain() -> None:
+    """Real squeue output (-t all) while job 57 waited for 55 (afterany), 56 failed with
+    exit code 4 and 58 was cancelled; then sacct's format for jobs squeue forgot."""
+    slurm = system("slurm")
+    ids = ["55", "56", "57", "58"]
+    first = slurm.parse_status([_out("slurm_squeue1.txt")], ids)
+    assert first["57"].state is JobState.PENDING and first["57"].reason == "Dependency"
+    assert all(first[i].state is JobState.RUNNING for i in ("55", "56", "58"))
+    second = slurm.parse_status([_out("slurm_squeue2.txt")], ids)
+    assert second["58"].state is JobState.CANCELLED and second["55"].state is JobState.DONE
+    assert second["56"].state is JobState.FAILED and second["56"].reason == "NonZeroExitCode"
+    assert second["57"].state is JobState.RUNNING
+    last = slurm.parse_status([_out("slurm_squeue3.txt")], ids)
+    assert [last[i].state for i in ids] == [
+        JobState.DONE,
+        JobState.FAILED,
+        JobState.DONE,
+        JobState.CANCELLED,
+    ]
+    forgotten = Output(1, "", "slurm_load_jobs error: Invalid job id specified")
+    sacct = Output(0, "7|COMPLETED|0:0|None\n8|CANCELLED by 0|0:15|None\n9|TIMEOUT|0:0|None\n")
+    old = slurm.parse_status([forgotten, sacct], ["7", "8", "9", "10"])
+    assert old["7"].state is JobState.DONE and old["7"].exit_code == 0
+    assert old["8"].state is JobState.CANCELLED and old["9"].state is JobState.TIMEOUT
+    assert old["10"].state is JobState.UNKNOWN
+
+
+def test_grid_engine_status_recorded_from_qstat_then_qacct() -> None:
+    """Real qstat while job 1 ran, 4 was being sent (t) and 3 waited for 1 (hqw, -hold_jid);
+    then qacct -j of a job that ended well, one that exited 4, one deleted while it ran
+    (qdel) and one killed at its time limit (h_rt)."""
+    sge = system("sge")
+    now = sge.parse_status([_out("sge_qstat1.txt")], ["1", "3", "4", "2"])
+    assert now["1"].state is JobState.RUNNING and now["4"].state is JobState.RUNNING
+    assert now["3"].state is JobState.PENDING and now["2"].state is JobState.UNKNOWN
+    held = sge.parse_status([_out("sge_qstat3.txt")], ["7"])
+    assert held["7"].state is JobState.PENDING and "hqw" in held["7"].reason
+    cases = {
+        "sge_qacct_done.txt": ("1", JobState.DONE, 0),
+        "sge_qacct_exit4.txt": ("2", JobState.FAILED, 4),
+        "sge_qacct_qdel.txt": ("4", JobState.CANCELLED, 137),
+        "sge_qacct_h_rt.txt": ("6", JobState.TIMEOUT, 137),
+    }
+    for name, (jid, state, code) in cases.items():
+        job = sge.parse_status([Output(0, ""), _out(name)], [jid])[jid]
+        assert (job.state, job.exit_code) == (state, code), name
+    gone = sge.parse_status([Output(0, ""), Output(1, "", "error: job id 7 not found")], ["7"])
+    assert gone["7"].state is JobState.UNKNOWN
+    refused = Output(
+        1,
+        "",
+        'Unable to run job: Job was rejected because job requests unknown queue "nope"\nExiting.',
     )
-    assert gone["9"].state is JobState.UNKNOWN
+    with pytest.raises(BatchError, match="unknown queue"):
+        sge.submitted(refused)
+    assert not sge.limit_hit(refused)
 
 
 def test_the_shell_runs_a_job_in_the_background_and_keeps_its_exit_code(
@@ -189,3 +237,30 @@ def test_a_real_slurm_job_is_submitted_followed_and_its_chain_waits(tmp_path: Pa
         JobState.PENDING,
     ) in seen
     assert jobs[b].state in (JobState.FAILED, JobState.UNKNOWN)  # no accounting: gone
+
+
+@pytest.mark.skipif(shutil.which("qsub") is None, reason="no Grid Engine here (tests/infra)")
+def test_a_real_grid_engine_job_is_followed_to_its_end(tmp_path: Path) -> None:
+    sge = system("sge")
+    if local(["qstat"]).code != 0:
+        pytest.skip("Grid Engine's qmaster does not answer (tests/infra/sge-local.sh up)")
+    first = tmp_path / "first.sh"
+    out = str(tmp_path / "o1")
+    first.write_text(
+        sge.script(
+            Request("shoal-a", time_limit=120, workdir=str(tmp_path), output=out),
+            ["bash", "-c", "echo ran; exit 0"],
+        )
+    )
+    a = sge.submitted(local(sge.submit(str(first))))
+    second = tmp_path / "second.sh"
+    req2 = Request("shoal-b", time_limit=120, workdir=str(tmp_path), output=out + "2", after=a)
+    second.write_text(sge.script(req2, ["bash", "-c", "exit 4"]))
+    b = sge.submitted(local(sge.submit(str(second))))
+    deadline = time.monotonic() + 120
+    while not (jobs := sge.ask(local, [a, b]))[b].state.ended:
+        assert time.monotonic() < deadline, f"the jobs did not end: {jobs}"
+        time.sleep(0.3)
+    assert jobs[a].state is JobState.DONE and jobs[a].exit_code == 0
+    assert jobs[b].state is JobState.FAILED and jobs[b].exit_code == 4
+    assert Path(out).read_text() == "ran\n"

@@ -114,7 +114,7 @@ def _qacct(text: str) -> Job | None:
             fields[key] = value.strip()
     if "jobnumber" not in fields:
         return None
-    code_text = fields.get("exit_status", "")
+    code_text = (fields.get("exit_status", "").split() or [""])[0]  # "137  (Killed)"
     code = int(code_text) if re.fullmatch(r"-?\d+", code_text) else None
     failed = fields.get("failed", "0")
     if failed.startswith("0") and code == 0:

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Single-node Son of Grid Engine (Debian 12: gridengine 8.1.9) on this host for tests: one
+# queue all.q of 16 slots, a scheduler that looks every second, root allowed to submit.
+# No systemd needed; run as root.
+#   sge-local.sh up|down|status      (all idempotent)
+# Afterwards: export SGE_ROOT=/var/lib/gridengine SGE_CELL=default (qsub finds them anyway
+# through /etc/default/gridengine).
+set -euo pipefail
+export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
+log() { echo "[sge-local $(date +%T)] $*" >&2; }
+
+install_pkgs() {
+  local need=0
+  for p in gridengine-master gridengine-exec gridengine-client; do
+    dpkg -s "$p" >/dev/null 2>&1 || need=1
+  done
+  [ $need = 0 ] && return
+  log "apt-get install gridengine"
+  # debconf answers, so that the install asks nothing
+  for p in gridengine-common gridengine-master gridengine-client gridengine-exec; do
+    printf '%s shared/gridenginemaster string %s\n%s shared/gridenginecell string default\n%s shared/gridengineconfig boolean true\n' \
+      "$p" "$(hostname)" "$p" "$p"
+  done | debconf-set-selections
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    gridengine-master gridengine-exec gridengine-client >/dev/null
+}
+
+editor() {  # a non-interactive EDITOR for qconf: a sed script over the file qconf opens
+  local f
+  f=$(mktemp)
+  printf '#!/bin/sh\nsed -i %s "$1"\n' "$1" >"$f"
+  chmod +x "$f"
+  echo "$f"
+}
+
+configure() {
+  # Before the master's first start: else "access denied (client IP resolved to localhost)"
+  echo "localhost $(hostname)" >"$SGE_ROOT/$SGE_CELL/common/host_aliases"
+  pgrep -x sge_qmaster >/dev/null || /etc/init.d/gridengine-master start >/dev/null
+  for _ in $(seq 50); do qstat >/dev/null 2>&1 && break; sleep 0.2; done
+  if ! qconf -sel 2>/dev/null | grep -qx localhost; then
+    printf 'hostname localhost\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n' >/tmp/sge-eh
+    qconf -Ae /tmp/sge-eh >/dev/null
+  fi
+  qconf -ss 2>/dev/null | grep -qx localhost || qconf -as localhost >/dev/null
+  if ! qconf -sql 2>/dev/null | grep -qx all.q; then
+    EDITOR=$(editor '-e "s/^pe_list .*/pe_list make/" -e "s/^hostlist .*/hostlist localhost/" -e "s/^slots .*/slots 16/" -e "s/^shell .*/shell \/bin\/bash/"') \
+      qconf -aq all.q >/dev/null
+  fi
+  EDITOR=$(editor '-e "s/^min_uid .*/min_uid 0/" -e "s/^min_gid .*/min_gid 0/"') qconf -mconf global >/dev/null 2>&1 || true
+  EDITOR=$(editor '-e "s/^schedule_interval .*/schedule_interval 0:0:1/" -e "s/^flush_submit_sec .*/flush_submit_sec 1/" -e "s/^flush_finish_sec .*/flush_finish_sec 1/"') \
+    qconf -msconf >/dev/null 2>&1 || true
+  pgrep -x sge_execd >/dev/null || /etc/init.d/gridengine-exec start >/dev/null
+}
+
+up() {
+  if qstat -f 2>/dev/null | grep -q "all.q@localhost"; then
+    log "already up"
+    return
+  fi
+  install_pkgs
+  configure
+  for _ in $(seq 100); do
+    qstat -f 2>/dev/null | grep -q "all.q@localhost" && { log "up"; return; }
+    sleep 0.2
+  done
+  log "all.q@localhost did not appear"; exit 1
+}
+
+down() {
+  /etc/init.d/gridengine-exec stop >/dev/null 2>&1 || true
+  qconf -km >/dev/null 2>&1 || true
+  log "down"
+}
+
+case "${1:-status}" in
+  up) up ;;
+  down) down ;;
+  status) qstat -f ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
