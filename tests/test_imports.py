@@ -37,6 +37,7 @@ LAYERS = {
     "store": 2,
     "batch": 2,  # batch systems: scripts, commands and their parsers (no I/O of their own)
     "runtime": 3,
+    "remote": 3,  # remote hosts: records, the SSH connection, checks
     "config": 3,
     "report": 3,  # pictures of runs, read from the store
     "jobflow": 4,  # jobflow Flows run through the runtime

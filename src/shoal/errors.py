@@ -12,6 +12,7 @@ Every error says what went wrong, why, and what to do next. The tree:
     ├── StoreError             the run directory cannot be read or written
     ├── RunInterrupted         a result asked of a run stopped early (also SystemExit, code 3)
     └── BackendError           the infrastructure under the run failed
+        ├── RemoteError        a remote host cannot be reached, or lacks what a run needs
         └── BatchError         a batch system refused or failed a command (sbatch, qsub, ...)
 
 All of them pickle (they carry only plain strings and numbers), so they cross process borders.
@@ -91,6 +92,12 @@ def _rebuild_interrupted(message: str, task: int, name: str, rundir: str) -> Run
 
 class BackendError(ShoalError):
     """The execution backend failed (not the user's code)."""
+
+
+class RemoteError(BackendError):
+    """A remote host cannot be reached, refuses the connection or the login, or lacks what a
+    remote run needs (its folder, its batch system, shoal): the message says which, and
+    what to do."""
 
 
 class BatchError(BackendError):

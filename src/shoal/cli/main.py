@@ -448,6 +448,9 @@ def _register() -> None:
     from shoal.cli.web import register as register_web
 
     register_web(main)
+    from shoal.cli.hosts import register as register_hosts
+
+    register_hosts(main)
 
 
 _register()
