@@ -9,13 +9,10 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,48 +22,7 @@ from shoal.remote.check import check
 from shoal.remote.hosts import Host
 from shoal.remote.ssh import Connection
 
-INFRA = Path(__file__).parents[1] / "infra" / "sshd-local.sh"
-DIR = Path(os.environ.get("SSHD_LOCAL_DIR", "/tmp/sshd-local"))
-PORT = int(os.environ.get("SSHD_LOCAL_PORT", "2222"))
-USER = os.environ.get("SSHD_LOCAL_USER", "cluster")
-
-
-@pytest.fixture(scope="module")
-def server() -> dict[str, Any]:
-    """The SSH server (started here when it is not up and this is root), and its host key."""
-    up = subprocess.run(["bash", str(INFRA), "status"], capture_output=True)
-    if up.returncode != 0:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip("no SSH server on 127.0.0.1: run tests/infra/sshd-local.sh up as root")
-        started = subprocess.run(["bash", str(INFRA), "up"], capture_output=True, text=True)
-        if started.returncode != 0:
-            pytest.skip(f"tests/infra/sshd-local.sh up failed: {started.stderr[-500:]}")
-    hostkey = (DIR / "hostkey.pub").read_text().split()
-    return {"line": f"[127.0.0.1]:{PORT} {hostkey[0]} {hostkey[1]}\n"}
-
-
-@pytest.fixture()
-def host(server: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Host]:
-    """A host record for the server: its key known, a name (so a master connection) of its
-    own for each test."""
-    known = tmp_path / "known_hosts"
-    known.write_text(server["line"])
-    key = tmp_path / "key"
-    shutil.copy(DIR / "userkey", key)
-    key.chmod(0o600)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:60]
-    h = Host(
-        name=name,
-        ssh=f"{USER}@127.0.0.1",
-        port=PORT,
-        identity=str(key),
-        known_hosts=str(known),
-        workdir=f"~/t/{name}",
-    )
-    yield h
-    conn = Connection(h)
-    conn.run(["rm", "-rf", f"t/{name}"])  # the "cluster" home outlives the test
-    conn.drop()
+from .conftest import USER
 
 
 def test_check_tries_each_part_and_says_what_is_missing(host: Host) -> None:

@@ -449,8 +449,10 @@ def _register() -> None:
 
     register_web(main)
     from shoal.cli.hosts import register as register_hosts
+    from shoal.cli.remote import register as register_remote
 
     register_hosts(main)
+    register_remote(main)
 
 
 _register()

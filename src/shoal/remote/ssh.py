@@ -17,7 +17,7 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shoal.batch.base import Output
@@ -176,23 +176,24 @@ class Connection:
         )
         return out.returncode == 0
 
-    def _rsync(self, source: str, dest: str, timeout: float) -> None:
+    def _rsync(self, source: str | list[str], dest: str, timeout: float, *flags: str) -> None:
         ssh = shlex.join(["ssh", *self.options()])
-        cmd = ["rsync", "-a", "--partial", "--protect-args", "-e", ssh, source, dest]
+        sources = [source] if isinstance(source, str) else source
+        cmd = ["rsync", "-a", "--partial", "--protect-args", *flags, "-e", ssh, *sources, dest]
         for attempt in range(self.retries + 1):
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except FileNotFoundError:
                 raise RemoteError("rsync was not found: install it here and on the host") from None
             except subprocess.TimeoutExpired:
-                raise RemoteError(f"copying {source} to {dest} took over {timeout:g} s") from None
+                raise RemoteError(f"copying to {dest} took over {timeout:g} s") from None
             if done.returncode == 0:
                 return
             if done.returncode == 255 and _ssh_failed(done.stderr) and not _transient(done.stderr):
                 raise RemoteError(self.explain(done.stderr))
             if done.returncode not in RSYNC_TRANSIENT or attempt == self.retries:
                 raise RemoteError(
-                    f"{self.host.name}: copying {source} to {dest} failed: "
+                    f"{self.host.name}: copying {' '.join(sources)[:300]} to {dest} failed: "
                     f"{done.stderr.strip()[-500:] or done.returncode}"
                 )
             self.drop()
@@ -202,6 +203,23 @@ class Connection:
         """Copy a file or a folder (with a trailing /: its contents) to ``remote`` there;
         a copy cut off is resumed (rsync --partial)."""
         self._rsync(str(local), f"{self.host.ssh}:{remote}", timeout)
+
+    def put_tree(
+        self, root: Path, files: Sequence[str], remote: str, timeout: float = 3600
+    ) -> None:
+        """Copy ``files`` (relative to ``root``) into the folder ``remote`` there, in the
+        same layout."""
+        sources = [f"{root}/./{f}" for f in files]
+        self._rsync(sources, f"{self.host.ssh}:{remote}/", timeout, "--relative")
+
+    def runner(self, environment: bool = True) -> Callable[..., Output]:
+        """A batch system's runner on this host (after ``pre_run``, by default: batch
+        commands often come with a module)."""
+
+        def run(argv: Sequence[str], stdin: str | None = None) -> Output:
+            return self.run(argv, stdin, environment=environment)
+
+        return run
 
     def get(self, remote: str, local: Path | str, timeout: float = 3600) -> None:
         """Copy ``remote`` there to ``local`` here."""

@@ -1,0 +1,116 @@
+"""``shoal remote submit|list|fetch`` and the commands that look at or change a remote run
+(``status``, ``tasks``, ``logs``, ``result``, ``explain``, ``retry``, ``rerun``, ``cancel``,
+``stop``): each runs the remote ``shoal`` over SSH in the run's folder there, so it reads and
+answers exactly as it does on the cluster."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+# Commands passed through to the remote shoal, with what each does
+PASSED = {
+    "status": "Counts, running tasks and failures of the run.",
+    "tasks": "Its tasks (shoal tasks' options: --state, --name, --tag, --sort...).",
+    "logs": "A task's story, stdout, stderr and traceback.",
+    "result": "A finished task's result.",
+    "explain": "Why a task is not running.",
+    "retry": "Run failed or cancelled tasks again.",
+    "rerun": "Run finished tasks again.",
+    "cancel": "Cancel tasks.",
+    "stop": "Stop the run (it can be resumed).",
+}
+
+
+@click.group()
+def remote() -> None:
+    """Runs sent to remote hosts (shoal host add): submit, list, look, control, fetch."""
+
+
+def register(main: click.Group) -> None:
+    main.add_command(remote)
+    for name, doc in PASSED.items():
+        remote.add_command(_passed(name, doc))
+
+
+@remote.command("submit")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--to", "to", required=True, help="The host (shoal host list).")
+@click.option("--nodes", default=1, show_default=True, help="Nodes of the allocation.")
+@click.option("--time", "limit", default="1:00:00", show_default=True, help="Time limit.")
+@click.option("--include", multiple=True, help="Inputs to stage too (globs beside FILE).")
+@click.option("--option", "options", multiple=True, help="A batch directive for this job.")
+def submit(
+    file: str, to: str, nodes: int, limit: str, include: tuple[str, ...], options: tuple[str, ...]
+) -> None:
+    """Send FILE (a workflow script or a config file) to a host: stage it and its inputs,
+    submit a batch job that runs it there, and record the run."""
+    from shoal.batch import seconds
+    from shoal.remote import hosts
+    from shoal.remote.submit import submit as send
+
+    h = hosts.find(to)
+    run = send(h, Path(file), nodes=nodes, limit=seconds(limit), include=include, options=options)
+    click.echo(f"remote run {run.name}: batch job {run.job} on {to} ({h.batch.value})")
+    click.echo(f"  folder there: {run.folder}")
+    click.echo(f"  follow it: shoal remote status {run.name}; shoal remote list")
+
+
+@remote.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_runs(as_json: bool) -> None:
+    """Every remote run: host, batch job and its state (asked of each host now)."""
+    from shoal.remote.follow import refresh
+
+    runs = refresh()
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in runs], indent=2))
+        return
+    if not runs:
+        click.echo("no remote runs yet: shoal remote submit FILE --to HOST")
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.submitted))
+        note = f"  ({r.note})" if r.note else ""
+        click.echo(f"{r.name:<34} {r.host:<12} job {r.job or '-':<10} {r.state:<10} {when}{note}")
+
+
+@remote.command("fetch")
+@click.argument("run")
+@click.option("--to", "dest", type=click.Path(file_okay=False), help="Where (default: ./RUN).")
+def fetch(run: str, dest: str | None) -> None:
+    """Copy the remote run's folder (its run directory, inputs and batch output) here; a
+    copy cut off is resumed when asked again."""
+    from shoal.remote import hosts, registry
+    from shoal.remote.ssh import Connection
+
+    r = registry.get(run)
+    local = Path(dest or r.name)
+    local.mkdir(parents=True, exist_ok=True)
+    Connection(hosts.find(r.host)).get(r.folder + "/", local)
+    click.echo(f"{r.name} -> {local}")
+
+
+def _passed(name: str, doc: str) -> click.Command:
+    @click.command(
+        name, help=f"{doc} Runs `shoal {name} ARGS` in RUN's folder there.",
+        context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    )  # fmt: skip
+    @click.argument("run")
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(run: str, args: tuple[str, ...]) -> None:
+        from shoal.remote import hosts, registry
+        from shoal.remote.ssh import Connection
+        from shoal.remote.submit import in_folder
+
+        r = registry.get(run)
+        conn = Connection(hosts.find(r.host))
+        out = conn.run(in_folder(r.folder, ["shoal", name, *args]), environment=True)
+        sys.stdout.write(out.stdout)
+        sys.stderr.write(out.stderr)
+        sys.exit(out.code)
+
+    return command

@@ -1,0 +1,118 @@
+"""Send a run to a remote host: stage the script or config file and the inputs named with it,
+write the batch script for the host's batch system, submit it, and record the run.
+
+The driver then runs inside the allocation exactly as ``shoal run`` does there (with
+``--time-left``, so that it stops starting tasks before the allocation ends and leaves the
+run resumable); nothing on the compute nodes reaches back to this machine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal.batch import JobState, Request, system
+from shoal.batch.base import BatchSystem
+from shoal.errors import BatchError, DefinitionError, RemoteError
+from shoal.remote import registry
+from shoal.remote.hosts import Host
+from shoal.remote.ssh import Connection
+
+SUBMIT_TRIES = 6  # a submission a site limit refuses is tried again this often
+SUBMIT_WAIT = 30.0  # seconds before the first retry (doubled each time)
+
+
+def time_left(limit: int) -> float:
+    """Minutes before the allocation's end at which the driver stops starting tasks: 5 % of
+    the limit, at least 30 s, at most 10 minutes (as ``shoal slurm submit``)."""
+    return min(10.0, max(0.5, 0.05 * limit / 60))
+
+
+def run_name(target: Path, now: float | None = None) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", target.stem)[:40] or "run"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
+def inputs(target: Path, include: Sequence[str]) -> list[str]:
+    """The files to stage, relative to the target's folder: the target, and each file the
+    ``include`` globs match there (a glob that matches nothing is an error: a typo)."""
+    root = target.parent
+    found = [target.name]
+    for pattern in include:
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise DefinitionError(
+                f"--include {pattern!r}: give a glob relative to {root} (inputs are staged "
+                "beside the workflow, in the same layout)"
+            )
+        matched = sorted(p for p in root.glob(pattern) if p.is_file())
+        if not matched:
+            raise DefinitionError(f"--include {pattern!r} matches no file in {root}")
+        found += [
+            str(p.relative_to(root)) for p in matched if str(p.relative_to(root)) not in found
+        ]
+    return found
+
+
+def submit(
+    host: Host,
+    target: Path,
+    *,
+    nodes: int = 1,
+    limit: int = 3600,
+    include: Sequence[str] = (),
+    options: Sequence[str] = (),
+    conn: Connection | None = None,
+) -> registry.RemoteRun:
+    """Stage, write the batch script, submit; the recorded run."""
+    if not target.is_file():
+        raise DefinitionError(f"{target}: no such file to run")
+    files = inputs(target, include)
+    conn = conn or Connection(host)
+    batch = system(host.batch.value)
+    base = conn.private_folder(host.workdir)
+    name = run_name(target)
+    folder = f"{base}/{name}"
+    run = registry.add(name, host.name, folder, target.name, host.batch.value)
+    try:
+        conn.private_folder(folder)
+        conn.put_tree(target.parent, files, folder)
+        req = Request(
+            name=f"shoal-{name}"[:64],
+            nodes=nodes,
+            time_limit=limit,
+            account=host.account,
+            queue=host.queue,
+            output=f"{folder}/batch.out",
+            workdir=folder,
+            options=(*host.options, *options),
+            environment=host.pre_run,
+        )
+        command = ["shoal", "run", target.name, "--time-left", f"{time_left(limit):g}"]
+        script = f"{folder}/job.sh"
+        conn.run(
+            ["sh", "-c", 'cat > "$1" && chmod 700 "$1"', "sh", script], batch.script(req, command)
+        )
+        job = _submit(conn, batch, script)
+    except (RemoteError, BatchError, DefinitionError) as err:
+        registry.update(run, state="failed", note=str(err))
+        raise
+    return registry.update(run, job=job, state=JobState.PENDING.value)
+
+
+def _submit(conn: Connection, batch: BatchSystem, script: str) -> str:
+    """Submit, trying again (with back-off) while a site's limit on jobs refuses it."""
+    wait = SUBMIT_WAIT
+    for attempt in range(SUBMIT_TRIES):
+        out = conn.run(batch.submit(script), environment=True)
+        if out.code == 0 or not batch.limit_hit(out) or attempt == SUBMIT_TRIES - 1:
+            return batch.submitted(out)
+        time.sleep(wait)
+        wait *= 2
+    raise AssertionError("unreachable")
+
+
+def in_folder(folder: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` run in ``folder`` there."""
+    return ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, *argv]
