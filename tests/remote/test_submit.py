@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from shoal.cli.main import main
+from shoal.remote.follow import FINAL
 from shoal.remote.hosts import Host
 from shoal.remote.ssh import Connection
 from shoal.store.queries import Reader
@@ -67,7 +68,7 @@ def _until_ended(cli: CliRunner, run: str, timeout: float = 180) -> dict[str, ob
         listed = cli.invoke(main, ["remote", "list", "--json"])
         assert listed.exit_code == 0, listed.output
         mine = next(r for r in json.loads(listed.output) if r["name"] == run)
-        if mine["state"] in ("done", "failed", "timeout", "cancelled", "unknown"):
+        if mine["state"] in FINAL:
             return dict(mine)
         assert time.monotonic() < deadline, f"the remote run did not end: {mine}"
         time.sleep(0.5)
@@ -108,7 +109,7 @@ def test_a_run_sent_to_a_host_runs_there_and_comes_back(
     assert sent.exit_code == 0, sent.output
     run = sent.output.split()[2].rstrip(":")  # "remote run NAME: batch job ..."
     mine = _until_ended(cli, run)
-    assert mine["state"] in ("done", "unknown"), mine  # unknown: Slurm without accounting
+    assert mine["state"] == "done", mine  # as the job's chain.log says
     status = cli.invoke(main, ["remote", "status", run])
     assert status.exit_code == 0 and "succeeded 11" in status.output, status.output
     tasks = cli.invoke(main, ["remote", "tasks", run, "--state", "succeeded", "--limit", "2"])
@@ -163,3 +164,85 @@ def test_a_refused_submission_is_recorded_with_the_reason(
     listed = json.loads(cli.invoke(main, ["remote", "list", "--json"]).output)
     assert listed[0]["state"] == "failed" and "sbatch refused" in listed[0]["note"]
     Connection(Host(**{**host.model_dump(), "name": name})).drop()
+
+
+LONG = """
+import time, shoal
+
+@shoal.task
+def step(i, seconds):
+    time.sleep(seconds)
+    return i
+
+with shoal.Workflow("long") as wf:
+    for i in range(NUMBER):
+        step(i, SECONDS)
+wf.run(cpus=2, progress=False)
+"""
+
+
+def _chain(cli: CliRunner, tmp_path: Path, name: str, number: int, seconds: float) -> str:
+    script = tmp_path / "long.py"
+    script.write_text(
+        textwrap.dedent(LONG).replace("NUMBER", str(number)).replace("SECONDS", str(seconds))
+    )
+    args = ["remote", "submit", str(script), "--to", name, "--until-done"]
+    sent = cli.invoke(main, [*args, "--time", "0:20", "--time-left", "0.1"])
+    assert sent.exit_code == 0, sent.output
+    return sent.output.split()[2].rstrip(":")
+
+
+def _links(host: Host, name: str, run: str) -> list[dict[str, object]]:
+    from shoal.remote import registry
+
+    conn = Connection(Host(**{**host.model_dump(), "name": name}))
+    text = conn.run(["cat", f"{registry.get(run).folder}/chain.log"]).stdout
+    conn.drop()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("batch", ["slurm", "sge"])
+def test_a_chain_of_allocations_carries_a_run_to_its_end(
+    batch: str,
+    host: Host,
+    remote_shoal: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each allocation lasts 20 s and its driver stops starting tasks 6 s before the end;
+    30 s of work (60 tasks of 1 s on 2 cores) needs at least two allocations, each queued by
+    the one before (afterany / -hold_jid), with no workstation taking part."""
+    needs = {"sge": "qsub", "slurm": "sbatch"}[batch]
+    if shutil.which(needs) is None:
+        pytest.skip(f"no {batch} on this machine (tests/infra)")
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    name = _add(cli, host, batch, remote_shoal)
+    run = _chain(cli, tmp_path, name, 60, 1.0)
+    mine = _until_ended(cli, run, timeout=400)
+    assert mine["state"] == "done", mine
+    links = _links(host, name, run)
+    ends = [e for e in links if e["event"] == "end"]
+    assert len(ends) >= 2, links
+    assert [e["decision"] for e in ends] == ["continue"] * (len(ends) - 1) + ["done"]
+    assert ends[-1]["finished"] == 60 and ends[-1]["code"] == 0
+    jobs = [e["job"] for e in links if e["event"] == "start"]
+    assert len(set(jobs)) == len(jobs) == len(ends)  # each link its own batch job
+    status = cli.invoke(main, ["remote", "status", run])
+    assert "succeeded 60" in status.output, status.output
+
+
+def test_a_chain_that_finishes_nothing_stops_and_says_why(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task longer than an allocation would restart forever: the chain stops after the
+    first link that finished no task."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("no Slurm on this machine (tests/infra)")
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    name = _add(cli, host, "slurm", remote_shoal)
+    run = _chain(cli, tmp_path, name, 1, 60.0)
+    mine = _until_ended(cli, run, timeout=300)
+    assert mine["state"] == "stalled", mine
+    assert "finished no task" in str(mine["note"]) and "longer --time" in str(mine["note"])

@@ -120,6 +120,7 @@ class BatchSystem(ABC):
 
     name: str = field(init=False, default="")
     directive: str = field(init=False, default="")  # the prefix of a directive line
+    job_variable: str = field(init=False, default="")  # holds the job's id inside the job
 
     def script(self, req: Request, command: Sequence[str]) -> str:
         """The batch script: directives, the environment lines, then ``command``."""
@@ -136,8 +137,9 @@ class BatchSystem(ABC):
         """The directive lines (without their prefix) a request asks for."""
 
     @abstractmethod
-    def submit(self, script: str) -> list[str]:
-        """The command that submits the batch script at path ``script``."""
+    def submit(self, script: str, after: str | None = None) -> list[str]:
+        """The command that submits the batch script at path ``script`` (to start after job
+        ``after`` ended, however it ended)."""
 
     @abstractmethod
     def submitted(self, out: Output) -> str:

@@ -32,6 +32,7 @@ class PBS(BatchSystem):
             raise ValueError(f"PBS flavour {self.flavour!r}: pro or torque")
         self.name = "pbs"
         self.directive = "#PBS"
+        self.job_variable = "PBS_JOBID"
 
     def directives(self, req: Request) -> list[str]:
         cores = req.cores_per_node or 1
@@ -54,8 +55,9 @@ class PBS(BatchSystem):
             out.append(f"-W depend=afterany:{req.after}")
         return out
 
-    def submit(self, script: str) -> list[str]:
-        return ["qsub", script]
+    def submit(self, script: str, after: str | None = None) -> list[str]:
+        chain = ["-W", f"depend=afterany:{after}"] if after else []
+        return ["qsub", *chain, script]
 
     def submitted(self, out: Output) -> str:
         text = out.stdout.strip()

@@ -22,6 +22,7 @@ class SGE(BatchSystem):
     def __post_init__(self) -> None:
         self.name = "sge"
         self.directive = "#$"
+        self.job_variable = "JOB_ID"
 
     def directives(self, req: Request) -> list[str]:
         if req.nodes > 1 and not any(o.startswith("-pe ") for o in req.options):
@@ -44,8 +45,9 @@ class SGE(BatchSystem):
             out.append(f"-hold_jid {req.after}")
         return out
 
-    def submit(self, script: str) -> list[str]:
-        return ["qsub", "-terse", script]
+    def submit(self, script: str, after: str | None = None) -> list[str]:
+        chain = ["-hold_jid", after] if after else []
+        return ["qsub", "-terse", *chain, script]
 
     def submitted(self, out: Output) -> str:
         text = out.stdout.strip()

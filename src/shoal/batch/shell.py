@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shoal.batch.base import BatchSystem, Job, JobState, Output, Request, clock
-from shoal.errors import BatchError
+from shoal.errors import BatchError, DefinitionError
 
 # $0: the script, $1: its output, $2: the folder of exit codes. The job prints its own
 # process id (setsid may fork), then lets go of the connection's output.
@@ -40,7 +40,12 @@ class Shell(BatchSystem):
     def directives(self, req: Request) -> list[str]:
         return [f"job {req.name}", f"time limit {clock(req.time_limit)}", f"output {req.output}"]
 
-    def submit(self, script: str) -> list[str]:
+    def submit(self, script: str, after: str | None = None) -> list[str]:
+        if after:
+            raise DefinitionError(
+                "without a batch system a job cannot wait for another: chains need Slurm, "
+                "PBS or Grid Engine"
+            )
         return ["bash", "-c", _START, script, script + ".out", self.jobs]
 
     def submitted(self, out: Output) -> str:

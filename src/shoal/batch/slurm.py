@@ -50,6 +50,7 @@ class Slurm(BatchSystem):
     def __post_init__(self) -> None:
         self.name = "slurm"
         self.directive = "#SBATCH"
+        self.job_variable = "SLURM_JOB_ID"
 
     def directives(self, req: Request) -> list[str]:
         out = [
@@ -67,8 +68,9 @@ class Slurm(BatchSystem):
             out.append(f"--dependency=afterany:{req.after}")
         return out
 
-    def submit(self, script: str) -> list[str]:
-        return ["sbatch", "--parsable", script]
+    def submit(self, script: str, after: str | None = None) -> list[str]:
+        chain = [f"--dependency=afterany:{after}"] if after else []
+        return ["sbatch", "--parsable", *chain, script]
 
     def submitted(self, out: Output) -> str:
         text = out.stdout.strip()

@@ -33,6 +33,7 @@ def remote() -> None:
 
 def register(main: click.Group) -> None:
     main.add_command(remote)
+    main.add_command(chain)
     for name, doc in PASSED.items():
         remote.add_command(_passed(name, doc))
 
@@ -44,8 +45,27 @@ def register(main: click.Group) -> None:
 @click.option("--time", "limit", default="1:00:00", show_default=True, help="Time limit.")
 @click.option("--include", multiple=True, help="Inputs to stage too (globs beside FILE).")
 @click.option("--option", "options", multiple=True, help="A batch directive for this job.")
+@click.option(
+    "--until-done",
+    is_flag=True,
+    help="Chain allocations: each submits its continuation, which resumes the run, until "
+    "the run ends (or an allocation finishes no task).",
+)
+@click.option(
+    "--time-left",
+    type=float,
+    help="Minutes before the allocation's end at which the driver stops starting tasks "
+    "(default: 5%% of --time, 0.5 to 10).",
+)
 def submit(
-    file: str, to: str, nodes: int, limit: str, include: tuple[str, ...], options: tuple[str, ...]
+    file: str,
+    to: str,
+    nodes: int,
+    limit: str,
+    include: tuple[str, ...],
+    options: tuple[str, ...],
+    until_done: bool,
+    time_left: float | None,
 ) -> None:
     """Send FILE (a workflow script or a config file) to a host: stage it and its inputs,
     submit a batch job that runs it there, and record the run."""
@@ -54,7 +74,16 @@ def submit(
     from shoal.remote.submit import submit as send
 
     h = hosts.find(to)
-    run = send(h, Path(file), nodes=nodes, limit=seconds(limit), include=include, options=options)
+    run = send(
+        h,
+        Path(file),
+        nodes=nodes,
+        limit=seconds(limit),
+        include=include,
+        options=options,
+        until_done=until_done,
+        minutes_left=time_left,
+    )
     click.echo(f"remote run {run.name}: batch job {run.job} on {to} ({h.batch.value})")
     click.echo(f"  folder there: {run.folder}")
     click.echo(f"  follow it: shoal remote status {run.name}; shoal remote list")
@@ -92,6 +121,20 @@ def fetch(run: str, dest: str | None) -> None:
     local.mkdir(parents=True, exist_ok=True)
     Connection(hosts.find(r.host)).get(r.folder + "/", local)
     click.echo(f"{r.name} -> {local}")
+
+
+@click.command("chain", hidden=True)
+@click.argument("file")
+@click.option("--batch", "kind", required=True)
+@click.option("--script", required=True)
+@click.option("--time-left", type=float, required=True)
+@click.option("--until-done", is_flag=True)
+def chain(file: str, kind: str, script: str, time_left: float, until_done: bool) -> None:
+    """One batch job of a remote run (what shoal remote submit writes into job.sh): run or
+    resume the run in this folder; with --until-done, keep a continuation queued."""
+    from shoal.remote.chain import run_link
+
+    sys.exit(run_link(Path.cwd(), file, kind, script, time_left, until_done))
 
 
 def _passed(name: str, doc: str) -> click.Command:

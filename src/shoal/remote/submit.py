@@ -63,9 +63,17 @@ def submit(
     limit: int = 3600,
     include: Sequence[str] = (),
     options: Sequence[str] = (),
+    until_done: bool = False,
+    minutes_left: float | None = None,
     conn: Connection | None = None,
 ) -> registry.RemoteRun:
-    """Stage, write the batch script, submit; the recorded run."""
+    """Stage, write the batch script, submit; the recorded run. ``until_done``: a chain of
+    allocations (:mod:`shoal.remote.chain`) until the run ends."""
+    if until_done and host.batch.value == "shell":
+        raise DefinitionError(
+            f"--until-done needs a batch system on {host.name} (its jobs wait for each "
+            "other); without one a run has no time limit to outlive"
+        )
     if not target.is_file():
         raise DefinitionError(f"{target}: no such file to run")
     files = inputs(target, include)
@@ -89,8 +97,11 @@ def submit(
             options=(*host.options, *options),
             environment=host.pre_run,
         )
-        command = ["shoal", "run", target.name, "--time-left", f"{time_left(limit):g}"]
         script = f"{folder}/job.sh"
+        left = time_left(limit) if minutes_left is None else minutes_left
+        command = ["shoal", "chain", target.name, "--batch", host.batch.value]
+        command += ["--script", script, "--time-left", f"{left:g}"]
+        command += ["--until-done"] if until_done else []
         conn.run(
             ["sh", "-c", 'cat > "$1" && chmod 700 "$1"', "sh", script], batch.script(req, command)
         )
