@@ -98,7 +98,7 @@ def remote_shoal(tmp_path_factory: pytest.TempPathFactory) -> str:
             conn.put(wheel, wheel.name)
             script = (
                 "python3 -m venv ~/venv && ~/venv/bin/pip install -q --force-reinstall "
-                '--no-deps "$1" && ~/venv/bin/pip install -q "$1"'
+                '--no-deps "$1" && ~/venv/bin/pip install -q "$1[dashboard]"'
                 ' && echo "$2" > ~/venv/.shoal-wheel'
             )
             done = conn.run(["sh", "-c", script, "sh", wheel.name, digest], timeout=600)

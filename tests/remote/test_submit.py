@@ -246,3 +246,47 @@ def test_a_chain_that_finishes_nothing_stops_and_says_why(
     mine = _until_ended(cli, run, timeout=300)
     assert mine["state"] == "stalled", mine
     assert "finished no task" in str(mine["note"]) and "longer --time" in str(mine["note"])
+
+
+def test_the_dashboard_of_a_remote_run_through_the_ssh_connection(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served on the host, bound to its 127.0.0.1 and needing the token even to read (a
+    login node is shared); reached here through the master connection's forward."""
+    import urllib.error
+    import urllib.request
+
+    from shoal.remote import hosts, registry
+    from shoal.remote.tunnel import open_tunnel
+
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    name = _add(cli, host, "shell", remote_shoal)
+    sent = cli.invoke(
+        main, ["remote", "submit", str(_project(tmp_path)), "--to", name, "--include", "inputs/*"]
+    )
+    run = sent.output.split()[2].rstrip(":")
+    _until_ended(cli, run)
+    conn = Connection(hosts.find(name))
+    tunnel = open_tunnel(conn, registry.get(run).folder)
+    try:
+        url = f"http://127.0.0.1:{tunnel.local_port}/api/runs"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code == 401  # no token, no data
+        ask = urllib.request.Request(url, headers={"X-Shoal-Token": tunnel.token})
+        with urllib.request.urlopen(ask, timeout=30) as resp:
+            runs = json.loads(resp.read())["runs"]
+        assert [r["run"] for r in runs] == ["squares"] and runs[0]["life"] == "finished"
+    finally:
+        tunnel.close()
+    gone = conn.run(["sh", "-c", 'kill -0 "$1" 2>/dev/null && echo alive || echo gone', "sh",
+                     tunnel.pid]).stdout.strip()  # fmt: skip
+    for _ in range(50):
+        if gone == "gone":
+            break
+        time.sleep(0.1)
+        gone = conn.run(["sh", "-c", 'kill -0 "$1" 2>/dev/null && echo alive || echo gone',
+                         "sh", tunnel.pid]).stdout.strip()  # fmt: skip
+    assert gone == "gone"
+    conn.drop()

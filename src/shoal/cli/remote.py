@@ -123,6 +123,30 @@ def fetch(run: str, dest: str | None) -> None:
     click.echo(f"{r.name} -> {local}")
 
 
+@remote.command("dashboard")
+@click.argument("run")
+@click.option("--port", default=0, help="Port here (default: any free one).")
+def dashboard(run: str, port: int) -> None:
+    """The dashboard of RUN, served on its host (bound to its 127.0.0.1, every request
+    needing the token) and reached through the SSH connection; Ctrl-C stops both."""
+    from shoal.remote import hosts, registry
+    from shoal.remote.ssh import Connection
+    from shoal.remote.tunnel import open_tunnel
+
+    r = registry.get(run)
+    tunnel = open_tunnel(Connection(hosts.find(r.host)), r.folder, port)
+    click.echo(f"dashboard of {r.name} on {r.host}: {tunnel.link}")
+    click.echo("  (Ctrl-C stops it)")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tunnel.close()
+
+
 @click.command("chain", hidden=True)
 @click.argument("file")
 @click.option("--batch", "kind", required=True)

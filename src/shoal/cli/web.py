@@ -26,7 +26,12 @@ def register(main: click.Group) -> None:
         help="The token that unlocks actions (default: a new random one, printed). Needed "
         "to bind anything but loopback. Also read from SHOAL_DASHBOARD_TOKEN.",
     )
-    def dashboard(base: str | None, host: str, port: int, token: str | None) -> None:
+    @click.option(
+        "--private",
+        is_flag=True,
+        help="Every request needs the token, reading too (for a login node others share).",
+    )
+    def dashboard(base: str | None, host: str, port: int, token: str | None, private: bool) -> None:
         """Serve a live web view of the runs under BASE (default: here), or of the run
         BASE. It binds 127.0.0.1: reach it from a laptop through the printed ssh -L line.
         Retry, rerun, cancel and stop need the token in the printed link."""
@@ -53,7 +58,7 @@ def register(main: click.Group) -> None:
         # Off loopback every request needs the token, which a rebound name cannot send:
         # any name of this machine may be used then.
         names = LOCAL_NAMES if local else ("*",)
-        dash = Dashboard(folder, key, open_reads=local, hosts=names)
+        dash = Dashboard(folder, key, open_reads=local and not private, hosts=names)
         shown = "127.0.0.1" if local else host
         link = f"http://{shown}:{bound}/#token={key}"
         click.echo(f"shoal dashboard of {folder}")

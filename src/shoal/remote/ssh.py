@@ -167,6 +167,24 @@ class Connection:
             timeout=30,
         )
 
+    def forward(self, local: int, remote: int, cancel: bool = False) -> None:
+        """Forward 127.0.0.1:``local`` here to 127.0.0.1:``remote`` there, through the master
+        connection (``cancel``: stop it)."""
+        self.run(["true"])  # a master to ask
+        spec = f"127.0.0.1:{local}:127.0.0.1:{remote}"
+        done = subprocess.run(
+            ["ssh", *self.options(), "-O", "cancel" if cancel else "forward", "-L", spec,
+             self.host.ssh],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # fmt: skip
+        if done.returncode != 0 and not cancel:
+            raise RemoteError(
+                f"{self.host.name}: cannot forward port {local} here to {remote} there: "
+                f"{done.stderr.strip()} (is port {local} taken here?)"
+            )
+
     def master(self) -> bool:
         """Whether a master connection is up."""
         out = subprocess.run(
