@@ -32,7 +32,7 @@ def test_check_tries_each_part_and_says_what_is_missing(host: Host) -> None:
     shoal = steps["shoal"]
     assert not shoal.ok and "shoal is not found" in shoal.said and "--pre-run" in shoal.said
     bare = "mkdir -p ~/onlysh && ln -sf /bin/sh ~/onlysh/sh && export PATH=~/onlysh"
-    sge = host.model_copy(update={"batch": "sge", "pre_run": (bare,)})
+    sge = host.but(batch="sge", pre_run=(bare,))
     batch = {s.what: s for s in check(sge)}["batch system (sge)"]
     assert not batch.ok and "qsub" in batch.said and "--pre-run" in batch.said
 
@@ -60,11 +60,11 @@ def test_hostile_names_stay_names(host: Host) -> None:
 def test_an_unknown_host_key_is_refused_unless_asked(host: Host, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    stranger = host.model_copy(update={"known_hosts": str(empty), "name": host.name + "-k"})
+    stranger = host.but(known_hosts=str(empty), name=host.name + "-k")
     with pytest.raises(RemoteError, match="host key is not among the known ones"):
         Connection(stranger, retries=0).run(["true"])
     assert empty.read_text() == ""  # nothing was trusted silently
-    trusting = stranger.model_copy(update={"accept_new_host_key": True, "name": host.name + "-a"})
+    trusting = stranger.but(accept_new_host_key=True, name=host.name + "-a")
     try:
         assert Connection(trusting).run(["true"]).code == 0
         assert "ssh-ed25519" in empty.read_text()  # recorded, as the user asked
@@ -75,10 +75,10 @@ def test_an_unknown_host_key_is_refused_unless_asked(host: Host, tmp_path: Path)
 def test_a_refused_login_and_an_unreachable_host_say_so(host: Host, tmp_path: Path) -> None:
     other = tmp_path / "otherkey"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    wrong = host.model_copy(update={"identity": str(other), "name": host.name + "-w"})
+    wrong = host.but(identity=str(other), name=host.name + "-w")
     with pytest.raises(RemoteError, match="the login was refused"):
         Connection(wrong, retries=0).run(["true"])
-    closed = host.model_copy(update={"port": 1, "name": host.name + "-c"})
+    closed = host.but(port=1, name=host.name + "-c")
     with pytest.raises(RemoteError, match=r"cannot connect after 2 tries: .*Connection refused"):
         Connection(closed, retries=1).run(["true"])
 
@@ -114,7 +114,7 @@ def test_a_copy_cut_in_the_middle_is_resumed_whole(host: Host, tmp_path: Path) -
     want = hashlib.sha256(big.read_bytes()).hexdigest()
     conn.run(["true"])
     pid = _master_pid(conn)
-    watcher = Connection(host.model_copy(update={"name": host.name + "-watch"}))
+    watcher = Connection(host.but(name=host.name + "-watch"))
     cut = threading.Event()
 
     def cut_when_writing() -> None:
@@ -164,7 +164,7 @@ def test_host_records_are_checked_kept_private_and_replaced_only_when_asked(
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
     with pytest.raises(DefinitionError, match="--replace"):
         hosts.save(h)
-    hosts.save(h.model_copy(update={"account": "m1234"}), replace=True)
+    hosts.save(h.but(account="m1234"), replace=True)
     assert hosts.find("perl").account == "m1234" and hosts.find("perl").batch == "slurm"
     with pytest.raises(DefinitionError, match=r"known: perl"):
         hosts.find("nersc")

@@ -123,7 +123,7 @@ def test_a_run_sent_to_a_host_runs_there_and_comes_back(
     (rundir,) = back.glob("squares-*")
     with Reader(rundir) as r:
         assert r.result(r.find("total").id) == 3 * sum(i * i for i in range(10))
-    Connection(Host(**{**host.model_dump(), "name": name})).drop()
+    Connection(host.but(name=name)).drop()
 
 
 def test_a_hostile_file_name_is_staged_and_run_as_a_name(
@@ -140,7 +140,7 @@ def test_a_hostile_file_name_is_staged_and_run_as_a_name(
     assert sent.exit_code == 0, sent.output
     run = sent.output.split()[2].rstrip(":")
     assert _until_ended(cli, run)["state"] == "done"
-    conn = Connection(Host(**{**host.model_dump(), "name": name}))
+    conn = Connection(host.but(name=name))
     home = conn.run(["find", ".", "-name", "pwned*"]).stdout
     assert home.strip() == "", home
     conn.drop()
@@ -163,7 +163,7 @@ def test_a_refused_submission_is_recorded_with_the_reason(
     assert "invalid partition" in sent.output.lower()
     listed = json.loads(cli.invoke(main, ["remote", "list", "--json"]).output)
     assert listed[0]["state"] == "failed" and "sbatch refused" in listed[0]["note"]
-    Connection(Host(**{**host.model_dump(), "name": name})).drop()
+    Connection(host.but(name=name)).drop()
 
 
 LONG = """
@@ -195,7 +195,7 @@ def _chain(cli: CliRunner, tmp_path: Path, name: str, number: int, seconds: floa
 def _links(host: Host, name: str, run: str) -> list[dict[str, object]]:
     from shoal.remote import registry
 
-    conn = Connection(Host(**{**host.model_dump(), "name": name}))
+    conn = Connection(host.but(name=name))
     text = conn.run(["cat", f"{registry.get(run).folder}/chain.log"]).stdout
     conn.drop()
     return [json.loads(line) for line in text.splitlines()]

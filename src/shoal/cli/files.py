@@ -8,9 +8,6 @@ from typing import Any
 
 import click
 
-from shoal.config import load
-from shoal.config.build import workflow
-
 FILES = (".yaml", ".yml", ".json", ".toml")
 
 
@@ -22,6 +19,8 @@ MAX_TASKS_HELP = (
 
 def run_file(file: str, sets: tuple[str, ...], max_tasks: int | None = None) -> list[Any]:
     """Build the ensemble of ``file`` and run it; returns the runs (one)."""
+    from shoal.config import load
+    from shoal.config.build import workflow
     from shoal.runtime.api import run
 
     ens = load(file, sets, max_tasks)
@@ -100,6 +99,8 @@ def register(main: click.Group) -> None:
         groups give a duration."""
         if not file.endswith(FILES):
             raise click.UsageError(f"{file}: shoal plan reads .yaml, .json or .toml files")
+        from shoal.config import load
+
         p = load(file, sets, max_tasks, imports=False).plan(first=first)
         if as_json:
             click.echo(json.dumps(p, indent=2))

@@ -74,7 +74,7 @@ def list_hosts(as_json: bool) -> None:
 
     found = hosts.load()
     if as_json:
-        click.echo(json.dumps([h.model_dump(mode="json") for h in found.values()], indent=2))
+        click.echo(json.dumps([h.as_dict() for h in found.values()], indent=2))
         return
     if not found:
         click.echo("no hosts yet: shoal host add NAME --ssh USER@HOST --batch slurm")
@@ -89,7 +89,7 @@ def show(name: str) -> None:
     """Everything recorded of host NAME."""
     from shoal.remote import hosts
 
-    click.echo(json.dumps(hosts.find(name).model_dump(mode="json"), indent=2))
+    click.echo(json.dumps(hosts.find(name).as_dict(), indent=2))
 
 
 @host.command("remove")

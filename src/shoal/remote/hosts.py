@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shoal.batch import Kind
 from shoal.errors import DefinitionError
@@ -23,13 +23,13 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 UNSAFE = re.compile(r"[`;&|<>\n\r]|\$\(")
 
 
-class Host(BaseModel):
-    """One remote host, as ``shoal host add`` records it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class Host:
+    """One remote host, as ``shoal host add`` records it. (A dataclass, not a pydantic
+    model: every remote command loads it, and this keeps ``shoal remote status`` quick.)"""
 
     name: str
-    ssh: str = Field(description="the destination: user@host, or a Host of ~/.ssh/config")
+    ssh: str  # the destination: user@host, or a Host of ~/.ssh/config
     port: int | None = None
     identity: str | None = None  # a private key file (ssh -i)
     proxy_jump: str | None = None  # ssh -J
@@ -43,37 +43,56 @@ class Host(BaseModel):
     accept_new_host_key: bool = False  # trust a host key seen for the first time
     known_hosts: str | None = None  # a known_hosts file instead of the user's own
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise ValueError("use letters, digits and _.- (at most 64), starting with one")
-        return v
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, Kind):
+            try:
+                object.__setattr__(self, "batch", Kind(self.batch))
+            except ValueError:
+                kinds = ", ".join(k.value for k in Kind)
+                raise DefinitionError(f"host {self.name!r}: batch: one of {kinds}") from None
+        problems = _problems(self)
+        if problems:
+            raise DefinitionError(f"host {self.name!r}: " + "; ".join(problems))
 
-    @field_validator("ssh")
-    @classmethod
-    def _ssh(cls, v: str) -> str:
-        if not v or v.startswith("-") or any(c.isspace() for c in v):
-            raise ValueError("give user@host or an ssh config alias (no spaces, no leading -)")
-        return v
+    def as_dict(self, defaults: bool = True) -> dict[str, Any]:
+        """The record as plain data (without the fields left at their defaults, unless
+        ``defaults``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not defaults and value == f.default:
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value.value if isinstance(value, Kind) else value
+        return out
 
-    @field_validator("workdir")
-    @classmethod
-    def _workdir(cls, v: str) -> str:
-        if not v or UNSAFE.search(v):
-            raise ValueError(
-                "a folder, which may use $VARIABLES and ~ but nothing a shell would run "
-                "(no ` ; & | < > $( or newlines)"
-            )
-        return v
+    def but(self, **changes: Any) -> Host:
+        """A copy with ``changes``."""
+        return replace(self, **changes)
 
-    @field_validator("ssh_options")
-    @classmethod
-    def _options(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for o in v:
-            if "=" not in o or o.startswith("-") or "\n" in o:
-                raise ValueError(f"{o!r}: write ssh options as Key=value (ssh -o Key=value)")
-        return v
+
+def _problems(h: Host) -> list[str]:
+    """What is wrong with a host record, in words."""
+    out = []
+    if not isinstance(h.name, str) or not NAME.match(h.name):
+        out.append("name: use letters, digits and _.- (at most 64), starting with one")
+    if not h.ssh or h.ssh.startswith("-") or any(c.isspace() for c in h.ssh):
+        out.append("ssh: give user@host or an ssh config alias (no spaces, no leading -)")
+    if h.port is not None and not (isinstance(h.port, int) and 0 < h.port < 65536):
+        out.append(f"port: {h.port!r} is not a port number")
+    if not h.workdir or UNSAFE.search(h.workdir):
+        out.append(
+            "workdir: a folder, which may use $VARIABLES and ~ but nothing a shell would run "
+            "(no ` ; & | < > $( or newlines)"
+        )
+    for o in h.ssh_options:
+        if "=" not in o or o.startswith("-") or "\n" in o:
+            out.append(f"ssh_options: {o!r}: write ssh options as Key=value (ssh -o Key=value)")
+    for line in (*h.pre_run, *h.options):
+        if "\n" in line:
+            out.append(f"{line!r} holds a newline: give one line each")
+    return out
 
 
 def config_dir() -> Path:
@@ -101,11 +120,11 @@ def load() -> dict[str, Host]:
     if not isinstance(raw, dict):
         raise DefinitionError(f"{path} is not a mapping of host names to hosts")
     out = {}
-    for name, fields in raw.items():
+    for name, given in raw.items():
         try:
-            out[str(name)] = Host(name=str(name), **(fields or {}))
-        except (ValidationError, TypeError) as err:
-            raise DefinitionError(f"{path}: host {name!r}: {_words(err)}") from None
+            out[str(name)] = make(name=str(name), **(given or {}))
+        except DefinitionError as err:
+            raise DefinitionError(f"{path}: {err}") from None
     return out
 
 
@@ -119,12 +138,24 @@ def find(name: str) -> Host:
     return hosts[name]
 
 
-def make(**fields: Any) -> Host:
-    """A host from the command line's fields, or a DefinitionError that says what is wrong."""
+def make(**given: Any) -> Host:
+    """A host from plain fields (the command line's, the file's), or a DefinitionError that
+    says what is wrong."""
+    known = {f.name for f in fields(Host)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise DefinitionError(
+            f"host {given.get('name')!r}: unknown field(s) {', '.join(unknown)} (known: "
+            f"{', '.join(sorted(known))})"
+        )
+    for key in ("ssh_options", "pre_run", "options"):
+        if key in given:
+            value = given[key]
+            given[key] = (value,) if isinstance(value, str) else tuple(value)
     try:
-        return Host(**fields)
-    except ValidationError as err:
-        raise DefinitionError(f"host {fields.get('name')!r}: {_words(err)}") from None
+        return Host(**given)
+    except TypeError as err:
+        raise DefinitionError(f"host {given.get('name')!r}: {err}") from None
 
 
 def save(host: Host, replace: bool = False) -> Path:
@@ -151,22 +182,14 @@ def remove(name: str) -> Path:
 def _write(hosts: dict[str, Host]) -> Path:
     path = _file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = {
-        name: h.model_dump(mode="json", exclude={"name"}, exclude_defaults=True)
-        for name, h in sorted(hosts.items())
-    }
+    data = {}
+    for name, h in sorted(hosts.items()):
+        record = h.as_dict(defaults=False)
+        record.pop("name", None)
+        data[name] = record
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(yaml.safe_dump(data, sort_keys=False))
     os.replace(tmp, path)
     return path
-
-
-def _words(err: ValidationError | TypeError) -> str:
-    if isinstance(err, TypeError):
-        return str(err)
-    return "; ".join(
-        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-        for e in err.errors()
-    )

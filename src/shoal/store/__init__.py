@@ -13,7 +13,24 @@ Rules of this package: it imports spec and core (the data it stores), never back
 sibling layer), runtime, config or cli; every change of a run is one transaction.
 """
 
-from shoal.store.queries import Reader, TaskRow
-from shoal.store.writer import Batch, Writer
+from typing import TYPE_CHECKING
+
+from shoal.lazy import exports
+
+if TYPE_CHECKING:
+    from shoal.store.queries import Reader, TaskRow
+    from shoal.store.writer import Batch, Writer
+
+# Imported on first use: a reader (the CLI, the dashboard) never loads the writer's imports
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "Reader": "shoal.store.queries",
+        "TaskRow": "shoal.store.queries",
+        "Batch": "shoal.store.writer",
+        "Writer": "shoal.store.writer",
+    },
+    globals(),
+)
 
 __all__ = ["Batch", "Reader", "TaskRow", "Writer"]
