@@ -132,6 +132,12 @@ class BatchSystem(ABC):
         lines += ["exec " + shlex.join(command), ""]
         return "\n".join(lines)
 
+    def optional(self, req: Request, queue: str, account: str, after: str) -> list[str]:
+        """The directives of what a request may leave out (queue, account, the job to wait
+        for), each written by its format (``"-q {}"``)."""
+        given = ((queue, req.queue), (account, req.account), (after, req.after))
+        return [form.format(value) for form, value in given if value]
+
     @abstractmethod
     def directives(self, req: Request) -> list[str]:
         """The directive lines (without their prefix) a request asks for."""

@@ -47,13 +47,9 @@ class PBS(BatchSystem):
             f"-o {req.output}",
             "-j oe",
         ]
-        if req.queue:
-            out.append(f"-q {req.queue}")
-        if req.account:
-            out.append(f"-A {req.account}")
-        if req.after:
-            out.append(f"-W depend=afterany:{req.after}")
-        return out
+        return out + self.optional(
+            req, queue="-q {}", account="-A {}", after="-W depend=afterany:{}"
+        )
 
     def submit(self, script: str, after: str | None = None) -> list[str]:
         chain = ["-W", f"depend=afterany:{after}"] if after else []

@@ -37,13 +37,7 @@ class SGE(BatchSystem):
             f"-o {req.output}",
             "-j y",
         ]
-        if req.queue:
-            out.append(f"-q {req.queue}")
-        if req.account:
-            out.append(f"-A {req.account}")
-        if req.after:
-            out.append(f"-hold_jid {req.after}")
-        return out
+        return out + self.optional(req, queue="-q {}", account="-A {}", after="-hold_jid {}")
 
     def submit(self, script: str, after: str | None = None) -> list[str]:
         chain = ["-hold_jid", after] if after else []

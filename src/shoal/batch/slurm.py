@@ -60,13 +60,9 @@ class Slurm(BatchSystem):
             "--exclusive",
             f"--output={req.output}",
         ]
-        if req.queue:
-            out.append(f"--partition={req.queue}")
-        if req.account:
-            out.append(f"--account={req.account}")
-        if req.after:
-            out.append(f"--dependency=afterany:{req.after}")
-        return out
+        return out + self.optional(
+            req, queue="--partition={}", account="--account={}", after="--dependency=afterany:{}"
+        )
 
     def submit(self, script: str, after: str | None = None) -> list[str]:
         chain = [f"--dependency=afterany:{after}"] if after else []

@@ -109,6 +109,17 @@ def _int(request: Request, name: str, default: int | None = None) -> int | None:
         raise ValueError(f"{name}={value!r} is not a whole number") from None
 
 
+def _filters(request: Request) -> dict[str, Any]:
+    """The task table's filters a request gives (``Reader.table``'s arguments)."""
+    q = request.query_params
+    return {
+        "states": tuple(s for s in q.get("state", "").split(",") if s),
+        "name": q.get("name") or None,
+        "tag": q.get("tag") or None,
+        "text": q.get("text") or None,
+    }
+
+
 def create_app(dash: Dashboard) -> Starlette:
     """The application serving ``dash``."""
     routes = [Route(p, page) for p in PAGES] + [
@@ -204,7 +215,6 @@ async def charts(request: Request) -> Response:
 async def tasks(request: Request) -> Response:
     d = rundir(request)
     q = request.query_params
-    states = tuple(s for s in q.get("state", "").split(",") if s)
     limit = min(max(_int(request, "limit", 50) or 50, 1), 500)
     offset = max(_int(request, "offset", 0) or 0, 0)
 
@@ -213,15 +223,9 @@ async def tasks(request: Request) -> Response:
 
         with Reader(d) as r:
             rows, total = r.table(
-                states,
-                name=q.get("name") or None,
-                tag=q.get("tag") or None,
-                text=q.get("text") or None,
-                sort=q.get("sort") or "id",
-                limit=limit,
-                offset=offset,
+                **_filters(request), sort=q.get("sort") or "id", limit=limit, offset=offset,
                 count=False,
-            )
+            )  # fmt: skip
         return {"rows": rows, "offset": offset, "limit": limit, "total": total}
 
     return _json(await run_in_threadpool(get))
@@ -242,13 +246,7 @@ async def count(request: Request) -> Response:
             counts = dash.catalog.summary(d).get("counts", {})
             return {"total": sum(v for k, v in counts.items() if not states or k in states)}
         with Reader(d) as r:
-            _, total = r.table(
-                states,
-                name=q.get("name") or None,
-                tag=q.get("tag") or None,
-                text=q.get("text") or None,
-                limit=1,
-            )
+            _, total = r.table(**_filters(request), limit=1)
         return {"total": total}
 
     return _json(await run_in_threadpool(get))
