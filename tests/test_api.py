@@ -91,6 +91,8 @@ ERRORS: list[BaseException] = [
         "task 'md' (#5) has no result: run 'x' was interrupted", task=5, name="md", rundir="/r"
     ),
     shoal.RequestRefused("cannot retry task 4: it is running; only failed or cancelled tasks can"),
+    shoal.errors.RemoteError("perlmutter (me@perlmutter): the login was refused"),
+    shoal.errors.BatchError("sbatch refused the job: invalid partition specified: nope"),
 ]
 
 

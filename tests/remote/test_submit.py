@@ -6,10 +6,15 @@ brings it back, and the results read here as any run's."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -290,3 +295,113 @@ def test_the_dashboard_of_a_remote_run_through_the_ssh_connection(
                          "sh", tunnel.pid]).stdout.strip()  # fmt: skip
     assert gone == "gone"
     conn.drop()
+
+
+def _cut_when(conn: Connection, watcher: Connection, path: str, seen: str) -> threading.Thread:
+    """A thread that kills ``conn``'s master connection once ``seen`` shows in the listing
+    of ``path`` there (read through another connection)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listing = watcher.run(["sh", "-c", 'ls -aR "$1" 2>/dev/null || true', "sh", path])
+            if seen in listing.stdout:
+                out = subprocess.run(
+                    ["ssh", *conn.options(), "-O", "check", conn.host.ssh],
+                    capture_output=True,
+                    text=True,
+                )
+                found = re.search(r"pid=(\d+)", out.stderr)
+                if found:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(found[1]), 9)
+                    cuts.append(seen)
+                return
+            time.sleep(0.02)
+
+    cuts: list[str] = []
+    thread = threading.Thread(target=run)
+    thread.cuts = cuts  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_a_link_cut_while_staging_monitoring_and_fetching(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master connection is killed while an input is being staged, while the run is
+    followed, and while it is fetched: each operation is tried again and completes, and the
+    registry stays right."""
+    from shoal.remote import hosts, registry
+    from shoal.remote.submit import submit
+
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    name = _add(cli, host, "shell", remote_shoal)
+    script = _project(tmp_path)
+    big = script.parent / "inputs" / "big.bin"
+    big.write_bytes(os.urandom(120 * 1024 * 1024))
+    h = hosts.find(name)
+    conn = Connection(h)
+    watcher = Connection(h.but(name=name + "-w"))
+    base = conn.private_folder(h.workdir)
+    cut = _cut_when(conn, watcher, base, ".big.bin.")  # rsync's temporary file: staging
+    run = submit(h, script, include=["inputs/*"], conn=conn)
+    cut.join()
+    assert cut.cuts, "the staging ended before the link could be cut"  # type: ignore[attr-defined]
+    assert registry.get(run.name).job == run.job and run.state == "pending"
+    conn.run(["true"])
+    subprocess.run(["ssh", *conn.options(), "-O", "exit", h.ssh], capture_output=True)
+    assert _until_ended(cli, run.name)["state"] == "done"  # followed over a new master
+    back = tmp_path / "back"
+    fetched_cut: list[bool] = []
+
+    def cut_fetch() -> None:
+        if _wait_local(back, ".big.bin."):  # rsync's temporary file here: fetching
+            _kill_master(conn)
+            fetched_cut.append(True)
+
+    fetch_cut = threading.Thread(target=cut_fetch)
+    fetch_cut.start()
+    conn.get(f"{run.folder}/", back)
+    fetch_cut.join()
+    assert fetched_cut, "the fetch ended before the link could be cut"
+    fetched = hashlib.sha256((back / "inputs" / "big.bin").read_bytes()).digest()
+    assert fetched == hashlib.sha256(big.read_bytes()).digest()
+    watcher.drop()
+    conn.drop()
+
+
+def _wait_local(folder: Path, seen: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.exists() and any(seen in p.name for p in folder.rglob("*")):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _kill_master(conn: Connection) -> None:
+    out = subprocess.run(
+        ["ssh", *conn.options(), "-O", "check", conn.host.ssh], capture_output=True, text=True
+    )
+    found = re.search(r"pid=(\d+)", out.stderr)
+    if found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(found[1]), 9)
+
+
+def test_a_host_with_another_shoal_is_refused_before_anything_is_staged(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    fake = (
+        "mkdir -p ~/oldshoal && printf '#!/bin/sh\\necho shoal, version 0.0.1\\n' > "
+        "~/oldshoal/shoal && chmod +x ~/oldshoal/shoal && export PATH=~/oldshoal:$PATH"
+    )
+    name = _add(cli, host, "shell", fake)
+    sent = cli.invoke(main, ["remote", "submit", str(_project(tmp_path)), "--to", name])
+    assert sent.exit_code == 2 and "shoal 0.0.1" in sent.output and "same version" in sent.output
+    listed = json.loads(cli.invoke(main, ["remote", "list", "--json"]).output)
+    assert listed == []  # nothing was recorded or staged

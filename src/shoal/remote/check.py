@@ -45,7 +45,7 @@ def check(host: Host, conn: Connection | None = None) -> list[Step]:
     except RemoteError as err:
         steps.append(Step("work folder", False, str(err)))
     steps.append(_batch(host, conn))
-    steps.append(_shoal(host, conn))
+    steps.append(shoal_there(host, conn))
     return steps
 
 
@@ -65,7 +65,7 @@ def _batch(host: Host, conn: Connection) -> Step:
     return Step(f"batch system ({host.batch})", True, ", ".join(names) + " found")
 
 
-def _shoal(host: Host, conn: Connection) -> Step:
+def shoal_there(host: Host, conn: Connection) -> Step:
     out = conn.run(["shoal", "--version"], environment=True)
     if out.code != 0:
         return Step(

@@ -210,9 +210,15 @@ class Connection:
             if done.returncode == 255 and _ssh_failed(done.stderr) and not _transient(done.stderr):
                 raise RemoteError(self.explain(done.stderr))
             if done.returncode not in RSYNC_TRANSIENT or attempt == self.retries:
+                full = "No space left on device" in done.stderr or "Disk quota" in done.stderr
+                hint = (
+                    " The disk (or quota) there is full: free space, or use another folder."
+                    if full
+                    else ""
+                )
                 raise RemoteError(
                     f"{self.host.name}: copying {' '.join(sources)[:300]} to {dest} failed: "
-                    f"{done.stderr.strip()[-500:] or done.returncode}"
+                    f"{done.stderr.strip()[-500:] or done.returncode}.{hint}"
                 )
             self.drop()
             time.sleep(BACKOFF * 2**attempt)

@@ -17,6 +17,7 @@ from shoal.batch import JobState, Request, system
 from shoal.batch.base import BatchSystem
 from shoal.errors import BatchError, DefinitionError, RemoteError
 from shoal.remote import registry
+from shoal.remote.check import shoal_there
 from shoal.remote.hosts import Host
 from shoal.remote.ssh import Connection
 
@@ -79,6 +80,7 @@ def submit(
     files = inputs(target, include)
     conn = conn or Connection(host)
     batch = system(host.batch.value)
+    same_shoal(host, conn)
     base = conn.private_folder(host.workdir)
     name = run_name(target)
     folder = f"{base}/{name}"
@@ -110,6 +112,14 @@ def submit(
         registry.update(run, state="failed", note=str(err))
         raise
     return registry.update(run, job=job, state=JobState.PENDING.value)
+
+
+def same_shoal(host: Host, conn: Connection) -> None:
+    """Refuse to send a run to a host whose shoal is missing or another version: the run
+    would be written there by one and read here by the other."""
+    step = shoal_there(host, conn)
+    if not step.ok:
+        raise RemoteError(f"{host.name}: {step.said}")
 
 
 def _submit(conn: Connection, batch: BatchSystem, script: str) -> str:
