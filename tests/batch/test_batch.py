@@ -269,3 +269,25 @@ def test_a_real_grid_engine_job_is_followed_to_its_end(tmp_path: Path) -> None:
     assert jobs[a].state is JobState.DONE and jobs[a].exit_code == 0
     assert jobs[b].state is JobState.FAILED and jobs[b].exit_code == 4
     assert Path(out).read_text() == "ran\n"
+
+
+def test_the_nodes_of_a_grid_engine_or_pbs_allocation(tmp_path: Path) -> None:
+    """Grid Engine's PE_HOSTFILE (recorded from a job of -pe mpi 2 here) and PBS's
+    PBS_NODEFILE (a host once per slot)."""
+    from shoal.batch.nodes import allocated, pbs_nodefile, pe_hostfile
+
+    assert pe_hostfile((RECORDED / "sge_pe_hostfile.txt").read_text()) == [("localhost", 2)]
+    two = pe_hostfile("n1 16 all.q@n1 UNDEFINED\nn2 8 all.q@n2 UNDEFINED\nn1 4 big.q@n1 0\n")
+    assert two == [("n1", 20), ("n2", 8)]
+    assert pbs_nodefile((RECORDED / "pbs_nodefile.txt").read_text()) == [
+        ("n001.cluster", 4),
+        ("n002.cluster", 4),
+    ]
+    with pytest.raises(BatchError, match="line 1"):
+        pe_hostfile("garbage\n")
+    hostfile = tmp_path / "pe"
+    hostfile.write_text("localhost 2 all.q@localhost UNDEFINED\n")
+    assert allocated({"PE_HOSTFILE": str(hostfile)}) == [("localhost", 2)]
+    assert allocated({}) is None
+    with pytest.raises(BatchError, match="cannot be read"):
+        allocated({"PBS_NODEFILE": str(tmp_path / "missing")})

@@ -37,16 +37,31 @@ editor() {  # a non-interactive EDITOR for qconf: a sed script over the file qco
 configure() {
   # Before the master's first start: else "access denied (client IP resolved to localhost)"
   echo "localhost $(hostname)" >"$SGE_ROOT/$SGE_CELL/common/host_aliases"
-  pgrep -x sge_qmaster >/dev/null || /etc/init.d/gridengine-master start >/dev/null
-  for _ in $(seq 50); do qstat >/dev/null 2>&1 && break; sleep 0.2; done
+  for _ in $(seq 50); do  # a master still exiting (qconf -km takes seconds) is waited for
+    qstat >/dev/null 2>&1 && break
+    pgrep -x sge_qmaster >/dev/null || /etc/init.d/gridengine-master start >/dev/null
+    sleep 0.2
+  done
   if ! qconf -sel 2>/dev/null | grep -qx localhost; then
     printf 'hostname localhost\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\nxuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\nreport_variables NONE\n' >/tmp/sge-eh
     qconf -Ae /tmp/sge-eh >/dev/null
   fi
   qconf -ss 2>/dev/null | grep -qx localhost || qconf -as localhost >/dev/null
+  # Two parallel environments: smp (all slots on one host) and mpi (spread round robin),
+  # as sites name them; qrsh -inherit may start processes inside either (control_slaves)
+  for pe in smp mpi; do
+    if ! qconf -spl 2>/dev/null | grep -qx "$pe"; then
+      rule='$pe_slots'; [ "$pe" = mpi ] && rule='$round_robin'
+      printf 'pe_name %s\nslots 999\nuser_lists NONE\nxuser_lists NONE\nstart_proc_args NONE\nstop_proc_args NONE\nallocation_rule %s\ncontrol_slaves TRUE\njob_is_first_task FALSE\nurgency_slots min\naccounting_summary FALSE\nqsort_args NONE\n' \
+        "$pe" "$rule" >/tmp/sge-pe
+      qconf -Ap /tmp/sge-pe >/dev/null
+    fi
+  done
   if ! qconf -sql 2>/dev/null | grep -qx all.q; then
-    EDITOR=$(editor '-e "s/^pe_list .*/pe_list make/" -e "s/^hostlist .*/hostlist localhost/" -e "s/^slots .*/slots 16/" -e "s/^shell .*/shell \/bin\/bash/"') \
+    EDITOR=$(editor '-e "s/^pe_list .*/pe_list smp mpi/" -e "s/^hostlist .*/hostlist localhost/" -e "s/^slots .*/slots 16/" -e "s/^shell .*/shell \/bin\/bash/"') \
       qconf -aq all.q >/dev/null
+  elif ! qconf -sq all.q | grep -q "pe_list.*mpi"; then
+    EDITOR=$(editor '-e "s/^pe_list .*/pe_list smp mpi/"') qconf -mq all.q >/dev/null
   fi
   EDITOR=$(editor '-e "s/^min_uid .*/min_uid 0/" -e "s/^min_gid .*/min_gid 0/"') qconf -mconf global >/dev/null 2>&1 || true
   EDITOR=$(editor '-e "s/^schedule_interval .*/schedule_interval 0:0:1/" -e "s/^flush_submit_sec .*/flush_submit_sec 1/" -e "s/^flush_finish_sec .*/flush_finish_sec 1/"') \
@@ -54,18 +69,18 @@ configure() {
   pgrep -x sge_execd >/dev/null || /etc/init.d/gridengine-exec start >/dev/null
 }
 
+ready() {  # the queue is there, and its execd answers (no "u" state: unknown)
+  qstat -f 2>/dev/null | grep "all.q@localhost" | grep -vq " [a-zA-Z]*u[a-zA-Z]*$"
+}
+
 up() {
-  if qstat -f 2>/dev/null | grep -q "all.q@localhost"; then
-    log "already up"
-    return
-  fi
   install_pkgs
   configure
-  for _ in $(seq 100); do
-    qstat -f 2>/dev/null | grep -q "all.q@localhost" && { log "up"; return; }
+  for _ in $(seq 150); do
+    ready && { log "up"; return; }
     sleep 0.2
   done
-  log "all.q@localhost did not appear"; exit 1
+  log "all.q@localhost is not ready: $(qstat -f 2>&1 | tail -2)"; exit 1
 }
 
 down() {
