@@ -35,7 +35,7 @@ LAYERS = {
     "core": 1,
     "backends": 2,
     "store": 2,
-    "batch": 2,  # batch systems: scripts, commands and their parsers (no I/O of their own)
+    "batch": 1,  # batch systems: scripts, commands and their parsers (a leaf: backends use it)
     "runtime": 3,
     "remote": 3,  # remote hosts: records, the SSH connection, checks
     "config": 3,

@@ -291,3 +291,25 @@ def test_the_nodes_of_a_grid_engine_or_pbs_allocation(tmp_path: Path) -> None:
     assert allocated({}) is None
     with pytest.raises(BatchError, match="cannot be read"):
         allocated({"PBS_NODEFILE": str(tmp_path / "missing")})
+
+
+def test_a_local_run_in_a_grid_engine_allocation_uses_its_slots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a job of one slot on a shared node, shoal uses one core, not the node's all."""
+    import os
+    import socket
+
+    from shoal.backends.local import LocalBackend
+
+    hostfile = tmp_path / "pe_hostfile"
+    hostfile.write_text(f"{socket.gethostname()} 1 all.q@{socket.gethostname()} UNDEFINED\n")
+    monkeypatch.setenv("PE_HOSTFILE", str(hostfile))
+    b = LocalBackend()
+    assert len(b.node.cores) == 1
+    assert any("gives this host 1 slot" in n for n in b.notes())
+    assert len(LocalBackend(cpus=2).node.cores) == 2  # what the user asks wins
+    hostfile.write_text(f"{socket.gethostname()} 2 q UNDEFINED\nother 8 q UNDEFINED\n")
+    two = LocalBackend()
+    assert len(two.node.cores) == min(2, len(os.sched_getaffinity(0)))
+    assert any("1 other host(s) are not used yet" in n for n in two.notes())

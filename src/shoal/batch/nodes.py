@@ -46,3 +46,19 @@ def allocated(environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]
             except OSError as err:
                 raise BatchError(f"{var}={path} cannot be read: {err}") from None
     return None
+
+
+def slots_here(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """(slots on this host, hosts in all) of the Grid Engine or PBS allocation this process
+    runs in; None outside one, or when this host is not among its hosts."""
+    import socket
+
+    hosts = allocated(environ)
+    if not hosts:
+        return None
+    names = {socket.gethostname(), socket.getfqdn(), "localhost"}
+    short = {n.split(".")[0] for n in names}
+    for host, slots in hosts:
+        if host in names or host.split(".")[0] in short:
+            return slots, len(hosts)
+    return None

@@ -44,6 +44,7 @@ from shoal.backends.env import detect_gpus, fold, gpu_vars, python_path
 from shoal.backends.execute import GRACE, attempt_vars_bytes
 from shoal.backends.local.workers import TRUST, WorkerPool, WorkerProcess
 from shoal.backends.processes import Environment, Processes
+from shoal.batch.nodes import slots_here
 from shoal.core.events import Outcome
 from shoal.core.resources import Node
 from shoal.errors import DefinitionError
@@ -70,13 +71,20 @@ class LocalBackend(WorkerPool, Backend):
         python: str = sys.executable,
     ) -> None:
         self.real = sorted(os.sched_getaffinity(0))
+        self._notes: list[str] = []
         ncpu = len(self.real) if cpus is None else cpus
+        given = slots_here() if cpus is None else None
+        if given is not None:  # a Grid Engine or PBS allocation: its slots here, not the node
+            ncpu = min(given[0], len(self.real))
+            self._notes.append(
+                f"the allocation gives this host {given[0]} slot(s): {ncpu} core(s) used"
+                + (f"; its {given[1] - 1} other host(s) are not used yet" if given[1] > 1 else "")
+            )
         if ncpu < 1:
             raise DefinitionError(f"cpus must be at least 1, got {cpus}")
         ngpu = detect_gpus() if gpus is None else gpus
         mem = memory if memory is not None else psutil.virtual_memory().total // 2**20
         self.node = Node.sized(socket.gethostname() or "localhost", ncpu, ngpu, mem)
-        self._notes: list[str] = []
         if pin not in (None, True, False, "fold"):
             raise DefinitionError(f"pin must be True, False or 'fold', got {pin!r}")
         if pin is None:
