@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import time
 
 from shoal.backends.slurm.parse import field, job_layout
+from shoal.batch import local
 from shoal.core.resources import Node
-from shoal.errors import BackendError
+from shoal.errors import BackendError, BatchError
 
 
 def run(argv: list[str], timeout: float = 60) -> str:
     """Run a Slurm command; its stdout, or a BackendError that says what went wrong."""
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise BackendError(
-            f"{argv[0]} was not found: the Slurm backend needs Slurm's commands on PATH"
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"{shlex.join(argv)} did not answer in {timeout:g} s") from None
-    if out.returncode != 0:
-        raise BackendError(f"{shlex.join(argv)} failed: {out.stderr.strip() or out.returncode}")
+        out = local(argv, timeout=timeout)
+    except BatchError as err:
+        raise BackendError(f"{err} (the Slurm backend runs Slurm's commands)") from None
+    if out.code != 0:
+        raise BackendError(f"{shlex.join(argv)} failed: {out.stderr.strip() or out.code}")
     return out.stdout
 
 
