@@ -312,4 +312,4 @@ def test_a_local_run_in_a_grid_engine_allocation_uses_its_slots(
     hostfile.write_text(f"{socket.gethostname()} 2 q UNDEFINED\nother 8 q UNDEFINED\n")
     two = LocalBackend()
     assert len(two.node.cores) == min(2, len(os.sched_getaffinity(0)))
-    assert any("1 other host(s) are not used yet" in n for n in two.notes())
+    assert any("1 other host(s) are left unused" in n for n in two.notes())

@@ -30,6 +30,10 @@ def make_backend(
         from shoal.backends.dask import DaskBackend
 
         return DaskBackend()
+    if backend == "allocation":
+        from shoal.backends.allocation import in_allocation
+
+        return in_allocation()
     if backend == "flux":
         from shoal.backends.flux import FluxBackend
 
@@ -42,18 +46,25 @@ def make_backend(
         return LocalBackend(cpus=cpus, gpus=gpus, memory=mem, pin=pin, launcher=launcher)
     raise DefinitionError(
         f"unknown backend {backend!r}: shoal offers 'local' (the default outside Slurm), "
-        "'slurm' (the default inside an allocation), 'dask' (with SHOAL_DASK_ADDRESS or a "
+        "'slurm' (the default inside an allocation), 'allocation' (the default inside a Grid "
+        "Engine or PBS allocation of several hosts), 'dask' (with SHOAL_DASK_ADDRESS or a "
         "DaskBackend(...) object) and 'flux' (experimental: only when asked for by name)"
     )
 
 
 def default_backend() -> str:
-    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), else 'local'; SHOAL_BACKEND decides
-    when set. Flux is experimental (its backend has never run against a real broker here), so
-    it is never chosen silently, even inside a Flux instance: ask for it by name."""
+    """'slurm' inside a Slurm allocation (SLURM_JOB_ID), 'allocation' inside a Grid Engine or
+    PBS allocation of several hosts, else 'local'; SHOAL_BACKEND decides when set. Flux is
+    experimental (its backend has never run against a real broker here), so it is never
+    chosen silently, even inside a Flux instance: ask for it by name."""
     chosen = os.environ.get("SHOAL_BACKEND")
     if chosen:
         return chosen
     if os.environ.get("SLURM_JOB_ID"):
         return "slurm"
+    from shoal.batch.nodes import allocated
+
+    hosts = allocated()
+    if hosts is not None and len(hosts) > 1:  # one host: the local backend, on its slots
+        return "allocation"
     return "local"

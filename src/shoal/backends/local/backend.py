@@ -78,7 +78,12 @@ class LocalBackend(WorkerPool, Backend):
             ncpu = min(given[0], len(self.real))
             self._notes.append(
                 f"the allocation gives this host {given[0]} slot(s): {ncpu} core(s) used"
-                + (f"; its {given[1] - 1} other host(s) are not used yet" if given[1] > 1 else "")
+                + (
+                    f"; its {given[1] - 1} other host(s) are left unused: the 'allocation' "
+                    "backend (the default there) uses them all"
+                    if given[1] > 1
+                    else ""
+                )
             )
         if ncpu < 1:
             raise DefinitionError(f"cpus must be at least 1, got {cpus}")

@@ -11,84 +11,15 @@ the Dask backend, never the other way round.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from shoal.backends.dask.backend import DaskBackend, security
-from shoal.backends.env import python_path
-from shoal.backends.slurm.parse import dask_worker_argv
+from shoal.backends.dask.backend import DaskBackend
+from shoal.backends.dask.spawn import start_cluster
+from shoal.backends.slurm.parse import worker_step
 from shoal.backends.slurm.query import allocation
 from shoal.errors import BackendError
-
-REVIVALS = 5  # times a worker step is started again after it ended
-
-
-class WorkerSteps:
-    """The scheduler and the worker steps started for one Dask backend (its ``spawned``): a
-    worker step that ends is started again, up to REVIVALS times per node; all of them stop
-    when the backend closes."""
-
-    def __init__(self, log: Path, temporary: Path | None) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []  # the scheduler, then a step per node
-        # node name -> the worker step's argv, log and environment, to start it again
-        self.spawn: dict[str, tuple[list[str], IO[bytes], dict[str, str]]] = {}
-        self.revived: dict[str, int] = {}
-        self.log = log  # the scheduler's and the workers' log
-        self.temporary = temporary  # a folder of their own, removed when they stop
-
-    def start(self, argv: list[str], out: IO[bytes], env: dict[str, str], node: str = "") -> None:
-        """Start the scheduler (no ``node``) or the worker step of ``node``."""
-        if node:
-            self.spawn[node] = (argv, out, env)
-        self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env))
-
-    def revive(self, say: Callable[[str], None]) -> None:
-        """Start again a worker step that ended (the step was lost), so that the tasks of its
-        node have a worker again."""
-        for i, (name, (argv, log, env)) in enumerate(list(self.spawn.items()), start=1):
-            p = self.procs[i]
-            if p.poll() is None:
-                continue
-            n = self.revived.get(name, 0)
-            if n >= REVIVALS:
-                continue
-            self.revived[name] = n + 1
-            say(
-                f"the Dask worker step on {name} ended (exit {p.returncode}); shoal started it "
-                f"again (see {self.log})"
-            )
-            self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self) -> None:
-        """Stop the workers, then the scheduler; remove a folder of their own."""
-        for p in reversed(self.procs):
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except Exception:
-                p.kill()
-        self.procs = []
-        self.spawn = {}
-        self._tidy()
-
-    def abandon(self) -> None:
-        """They did not come up: stop them without waiting."""
-        for p in self.procs:
-            p.terminate()
-        self._tidy()
-
-    def _tidy(self) -> None:
-        if self.temporary is not None:
-            shutil.rmtree(self.temporary, ignore_errors=True)
-            self.temporary = None
 
 
 def in_allocation(
@@ -116,65 +47,11 @@ def in_allocation(
     if not job:
         raise BackendError("dask_workers.in_allocation runs inside a Slurm allocation")
     nodes = allocation(job)
-    temporary = folder is None
-    folder = Path(tempfile.mkdtemp(prefix="shoal-dask-")) if folder is None else folder
-    folder.mkdir(parents=True, exist_ok=True)
-    sfile = folder / "scheduler.json"
-    sfile.unlink(missing_ok=True)
-    single = len(nodes) == 1 and nodes[0].name in (socket.gethostname(), "localhost")
-    if host is None:
-        host = "127.0.0.1" if single else socket.gethostbyname(socket.gethostname())
-    sec, tls = security(folder / "tls")
-    steps = WorkerSteps(folder / "dask.log", folder if temporary else None)
-    env = {**os.environ, "PYTHONPATH": python_path()}  # the driver's modules import there
-    log = open(folder / "dask.log", "ab")  # noqa: SIM115 - the processes write to it
-    steps.start(_scheduler_argv(python, host, tls, sfile), log, env)
-    for n in nodes:
-        # the worker binds to this address on its node: loopback on a single node, else
-        # the node's own name (resolved there), never every interface
-        where = "127.0.0.1" if single else n.name
-        argv = dask_worker_argv(
-            job, n, overlap=overlap, python=python, scheduler_file=sfile, host=where, tls=tls
-        )
-        steps.start(argv, log, env, node=n.name)
-    deadline = time.monotonic() + timeout
-    while not sfile.exists():
-        if time.monotonic() > deadline or steps.procs[0].poll() is not None:
-            steps.abandon()
-            raise BackendError(f"the Dask scheduler did not start; see {folder / 'dask.log'}")
-        time.sleep(0.05)
-    try:
-        backend = DaskBackend(
-            scheduler_file=str(sfile),
-            wait_for=len(nodes),
-            timeout=timeout,
-            python=python,
-            security=sec,
-            **options,
-        )
-    except BaseException:
-        steps.abandon()
-        raise BackendError(
-            f"the Dask workers did not join the scheduler; see {folder / 'dask.log'}"
-        ) from None
-    backend.spawned = steps
-    return backend
 
+    def step(name: str, cores: int, gpus: int) -> list[str]:
+        return worker_step(str(job), name, cores, overlap)
 
-def _scheduler_argv(python: str, host: str, tls: list[str], sfile: Path) -> list[str]:
-    """The Dask scheduler's command line: TLS only, on ``host``, no dashboard."""
-    return [
-        python,
-        "-m",
-        "distributed.cli.dask_scheduler",
-        "--host",
-        host,
-        "--port",
-        "0",
-        "--protocol",
-        "tls",
-        *tls,
-        "--scheduler-file",
-        str(sfile),
-        "--no-dashboard",
-    ]
+    hosts = [(n.name, len(n.cores), len(n.gpus)) for n in nodes]
+    return start_cluster(
+        hosts, step, host=host, python=python, timeout=timeout, folder=folder, **options
+    )

@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from shoal.backends.base import Job
 from shoal.backends.execute import describe_exit
 from shoal.core.events import Outcome
-from shoal.core.resources import Node, Placement
+from shoal.core.resources import Placement
 from shoal.spec.kinds import Failure
 
 # srun's own messages when a step cannot be created for a passing reason (retry later)
@@ -156,42 +155,16 @@ def hostfile_text(p: Placement, hosts: Sequence[str]) -> str:
     return "".join(f"{hosts[s.node]}\n" * s.ranks for s in p.slots)
 
 
-def dask_worker_argv(
-    job: str,
-    node: Node,
-    *,
-    overlap: bool,
-    python: str,
-    scheduler_file: Path,
-    host: str,
-    tls: Sequence[str],
-) -> list[str]:
-    """The ``srun`` line of one persistent Dask worker holding every core and GPU of ``node``
-    (``overlap``: steps can still be created beside it), bound to ``host`` on that node."""
+def worker_step(job: str, name: str, cores: int, overlap: bool) -> list[str]:
+    """The ``srun`` words that start one persistent Dask worker on node ``name`` as a job
+    step holding ``cores`` (``overlap``: steps can still be created beside it)."""
     return [
         "srun",
         f"--jobid={job}",
         "--overlap" if overlap else "--exact",
         "-N1",
         "-n1",
-        f"--cpus-per-task={len(node.cores)}",
-        f"--nodelist={node.name}",
-        f"--job-name=shoal-dask-{node.name}",
-        python,
-        "-m",
-        "distributed.cli.dask_worker",
-        "--scheduler-file",
-        str(scheduler_file),
-        "--host",
-        host,
-        "--protocol",
-        "tls",
-        *tls,
-        "--name",
-        node.name,
-        "--nthreads",
-        str(len(node.cores)),
-        "--resources",
-        f"cores={len(node.cores)},gpus={len(node.gpus)}",
-        "--no-dashboard",
+        f"--cpus-per-task={cores}",
+        f"--nodelist={name}",
+        f"--job-name=shoal-dask-{name}",
     ]
