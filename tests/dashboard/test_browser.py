@@ -221,9 +221,9 @@ def _shot(page: Page, name: str) -> None:
 def test_the_runs_page_lists_every_run_with_its_life(world: dict[str, Any]) -> None:
     page = _page(world)
     page.goto(world["url"] + "/")
-    page.wait_for_selector("#runs tr[data-run]")
     rows = page.locator("#runs tr[data-run]")
-    assert rows.count() == 2
+    # the live run shows within seconds of its folder appearing, without a reload
+    expect(rows).to_have_count(2, timeout=WAIT)
     text = page.locator("#runs").inner_text()
     assert "live" in text and "finished" in text and "3001" in text
     _shot(page, "runs")
