@@ -159,6 +159,8 @@ def test_grid_engine_status_recorded_from_qstat_then_qacct() -> None:
     now = sge.parse_status([_out("sge_qstat1.txt")], ["1", "3", "4", "2"])
     assert now["1"].state is JobState.RUNNING and now["4"].state is JobState.RUNNING
     assert now["3"].state is JobState.PENDING and now["2"].state is JobState.UNKNOWN
+    ending = Output(0, "     58 0.50000 job.sh root dr 12/03/2026 18:58:00 all.q@localhost 2\n")
+    assert sge.parse_status([ending], ["58"])["58"].state is JobState.RUNNING  # not ended yet
     held = sge.parse_status([_out("sge_qstat3.txt")], ["7"])
     assert held["7"].state is JobState.PENDING and "hqw" in held["7"].reason
     cases = {

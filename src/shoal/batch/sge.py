@@ -82,8 +82,8 @@ def _state(code: str) -> JobState:
     """qstat's state letters: qw, hqw, r, t, Rr, s, dr, Eqw..."""
     if "E" in code:
         return JobState.FAILED  # an error state: the job stays until deleted
-    if "d" in code:
-        return JobState.CANCELLED  # being deleted
+    # "d" (being deleted) is not an end yet: a qdel, or the end of a job whose qrsh -inherit
+    # tasks are being cleaned up; qacct tells how it ended once qstat forgets it
     if "r" in code or "t" in code:
         return JobState.RUNNING
     return JobState.PENDING
