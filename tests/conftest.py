@@ -24,3 +24,17 @@ def base(tmp_path: Path) -> Path:
     d = tmp_path / "runs"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def lammps() -> None:
+    """Skip without a LAMMPS binary and an MPI launcher; fail instead where
+    ``SHOAL_NEED_LAMMPS`` is set (CI: ``.ci/run`` installs Debian's lammps)."""
+    import shutil
+
+    missing = [p for p in ("lmp", "mpiexec") if shutil.which(p) is None]
+    if missing:
+        what = f"needs {' and '.join(missing)} on PATH (Debian: apt-get install lammps)"
+        if os.environ.get("SHOAL_NEED_LAMMPS"):
+            pytest.fail(f"{what}, and SHOAL_NEED_LAMMPS is set (CI): .ci/run installs it")
+        pytest.skip(what)

@@ -41,6 +41,7 @@ PUBLIC = [
     "ShoalError",
     "StoreError",
     "Strategy",
+    "TASK_DIR",
     "Task",
     "TaskFailed",
     "TaskSkipped",

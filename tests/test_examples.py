@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,62 @@ def test_atomate2_eos_through_cli(tmp_path: Path) -> None:
     assert fitted == pytest.approx(relaxed, abs=0.002)
     assert bulk == pytest.approx(133.6, abs=2.0)
     assert not list(work.iterdir()), "a job wrote into the directory the run started from"
+
+
+# -- lj_liquid.py (LAMMPS) ---------------------------------------------------------------------
+@pytest.mark.usefixtures("lammps")
+def test_lj_liquid_quick(base: Path) -> None:
+    """Real ``lmp`` runs on two MPI ranks each, one per temperature, then the analysis: the
+    pressure recomputed from g(r) matches LAMMPS's from the forces, and rises with T."""
+    np = pytest.importorskip("numpy")
+    lj = load("lj_liquid")
+    mpi = lj.mpi_for("lmp")
+    temps = lj.QUICK
+    wf, runs, result = lj.build(temps, steps=1000, cells=5, env=mpi["env"])
+    run = wf.run(base=base, launcher=mpi["launcher"], mpi=mpi["mpi"])
+
+    assert run.ok, run.failures()
+    assert run.status()["counts"] == {"succeeded": len(temps) + 1}
+    folders = [Path(run.result(t)["dir"]) for t in runs]
+    for folder in folders:  # each ran in its own task folder, on two ranks
+        assert {"log.lammps", "rdf.dat", "averages.dat"} <= {p.name for p in folder.iterdir()}
+        assert f"on {lj.RANKS} procs" in (folder / "log.lammps").read_text()
+        assert folder.parent == run.dir / "tasks"
+    out = run.result(result)
+    assert out["ok"], out["table"]
+    assert [row["T"] for row in out["rows"]] == list(temps)
+    assert out["worst"] < lj.TOLERANCE  # the virial theorem, two ways
+    assert out["held"] < 0.03  # the thermostat held each temperature
+    pressures = [row["P_lammps"] for row in out["rows"]]
+    assert pressures == sorted(pressures) and out["slope"] > 0
+    # Recompute one pressure from the files, independently of the analysis task.
+    rdf = np.loadtxt(folders[0] / "rdf.dat", skiprows=4)
+    temp = np.loadtxt(folders[0] / "averages.dat", ndmin=2)[-1, 1]
+    r, g = rdf[:, 1], rdf[:, 2]
+    y = 24 * (2 * r**-10 - r**-4) * g
+    virial = 2 * np.pi / 3 * lj.RHO**2 * float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(r)))
+    assert lj.RHO * temp + virial == pytest.approx(out["rows"][0]["P_gr"], rel=0.01)
+
+
+@pytest.mark.usefixtures("lammps")
+def test_lj_liquid_finds_the_mpi_that_matches_lmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``lmp`` linked with Open MPI with only an MPICH ``mpiexec`` on PATH is refused with
+    what to install: two serial copies would otherwise write over each other's files."""
+    lj = load("lj_liquid")
+    assert lj.mpi_for("lmp")["flavor"] in ("openmpi", "mpich")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "lmp").symlink_to(shutil.which("lmp") or "lmp")
+    for name in ("mpiexec", "mpiexec.openmpi", "mpiexec.mpich"):
+        (fake / name).write_text("#!/bin/sh\necho 'HYDRA build details:'\necho 'Version: 4.1'\n")
+        (fake / name).chmod(0o755)
+    if lj.mpi_for("lmp")["flavor"] == "mpich":
+        for name in ("mpiexec", "mpiexec.openmpi", "mpiexec.mpich"):
+            (fake / name).write_text("#!/bin/sh\necho 'mpiexec (OpenRTE) 4.1.4'\n")
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")  # the fakes first
+    with pytest.raises(RuntimeError, match=r"is linked with (openmpi|mpich), and no mpiexec of"):
+        lj.mpi_for(str(fake / "lmp"))
+    with pytest.raises(RuntimeError, match=r"no LAMMPS binary 'no-such-lmp'"):
+        lj.mpi_for("no-such-lmp")

@@ -37,6 +37,7 @@ _WHERE = {
     "Event": "shoal.runtime.steering.controller",
     "Controller": "shoal.runtime.steering.controller",
     "Ref": "shoal.spec.refs",
+    "TASK_DIR": "shoal.spec.task",
     "Task": "shoal.spec.task",
     "command": "shoal.spec.task",
     "task": "shoal.spec.task",
@@ -50,6 +51,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "TASK_DIR",
     "BackendError",
     "Controller",
     "DefinitionError",
@@ -105,5 +107,5 @@ if TYPE_CHECKING:
     from shoal.spec.refs import Ref
     from shoal.spec.response import Response
     from shoal.spec.steer import Strategy
-    from shoal.spec.task import Task, command, task
+    from shoal.spec.task import TASK_DIR, Task, command, task
     from shoal.spec.workflow import Workflow

@@ -241,6 +241,16 @@ class BackendContract:
         assert o.ok, o.error
         assert pickle.loads(o.result or b"") is None
 
+    def test_a_command_runs_in_its_workdir(self, backend: Backend, rundir: Path) -> None:
+        where = rundir / "tasks" / "5"  # what the runtime gives for workdir=shoal.TASK_DIR
+        where.mkdir(parents=True)
+        cmd = self.command_job(backend, rundir, 5, ["/bin/sh", "-c", "pwd; echo made > here"])
+        cmd.workdir = str(where)
+        o = self.run_one(backend, cmd)
+        assert o.ok, o.error
+        assert pickle.loads(o.result or b"")["stdout"] == f"{where.resolve()}\n"
+        assert (where / "here").read_text() == "made\n"
+
     def test_missing_program_fails_cleanly(self, backend: Backend, rundir: Path) -> None:
         o = self.run_one(backend, self.command_job(backend, rundir, 4, ["/no/such/program-shoal"]))
         assert not o.ok

@@ -386,3 +386,32 @@ groups:
     assert energies[0] == {"a": 3.4, "e": pytest.approx(0.04), "element": "Ag"}
     assert [run.result(t) for t in by["double"]] == [pytest.approx(2 * e["a"]) for e in energies]
     assert run.result(by["best"][0]) == pytest.approx(3.6)
+
+
+def test_commands_run_in_their_own_task_folders_when_asked(tmp_path: Path) -> None:
+    """``workdir: '{task_dir}'`` (``shoal.TASK_DIR`` in Python): each command runs in its own
+    task folder, made before it starts, where a program writes its files (as LAMMPS does);
+    ``{task_dir}/sub`` is a folder below it, and ``{task_dir}`` inside a path is refused."""
+    path = write(
+        tmp_path,
+        "files.yaml",
+        "resources: {cpus: 2}\ngroups:\n  a:\n    command: 'echo {n} > out.txt'\n"
+        "    sweep: {n: [1, 2, 3]}\n    workdir: '{task_dir}'\n"
+        "  b:\n    command: pwd\n    sweep: {n: [1]}\n    workdir: '{task_dir}/scratch'\n",
+    )
+    ens = load(path)
+    wf = workflow(ens)
+    run = shoal.run(wf, base=tmp_path, **ens.run_options())
+    assert run.ok, run.failures()
+    folders = [Path(run.result(t)["dir"]) for t in wf.tasks]
+    assert len(set(folders)) == 4
+    assert [(f / "out.txt").read_text() for f in folders[:3]] == ["1\n", "2\n", "3\n"]
+    assert run.result(wf.tasks[3])["stdout"] == f"{(folders[3] / 'scratch').resolve()}\n"
+    assert not (tmp_path / "out.txt").exists()  # nothing where the run was started
+
+    with shoal.Workflow("api") as api:
+        t = shoal.command("sh -c 'echo $PWD'", workdir=shoal.TASK_DIR)()
+    done = shoal.run(api, base=tmp_path, cpus=1)
+    assert done.result(t)["stdout"] == f"{Path(done.result(t)['dir']).resolve()}\n"
+    with pytest.raises(DefinitionError, match=r"may only start the path"):
+        shoal.command("pwd", workdir="runs/{task_dir}")

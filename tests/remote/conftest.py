@@ -77,7 +77,8 @@ def remote_shoal(tmp_path_factory: pytest.TempPathFactory) -> str:
         capture_output=True,
     )
     (wheel,) = out.glob("shoal-*.whl")
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
+    # numpy: the LAMMPS example's analysis (tests/remote/test_lammps.py); part of the recipe
+    digest = hashlib.sha256(wheel.read_bytes() + b"+numpy").hexdigest()[:16]
     key = out / "key"
     shutil.copy(DIR / "userkey", key)
     key.chmod(0o600)
@@ -98,7 +99,7 @@ def remote_shoal(tmp_path_factory: pytest.TempPathFactory) -> str:
             conn.put(wheel, wheel.name)
             script = (
                 "python3 -m venv ~/venv && ~/venv/bin/pip install -q --force-reinstall "
-                '--no-deps "$1" && ~/venv/bin/pip install -q "$1[dashboard]"'
+                '--no-deps "$1" && ~/venv/bin/pip install -q "$1[dashboard]" numpy'
                 ' && echo "$2" > ~/venv/.shoal-wheel'
             )
             done = conn.run(["sh", "-c", script, "sh", wheel.name, digest], timeout=600)

@@ -15,6 +15,7 @@ def make_backend(
     memory: int | str | None,
     pin: bool | str | None,
     launcher: str,
+    mpi: str | None = None,
 ) -> Backend:
     if isinstance(backend, Backend):
         if cpus is not None or gpus is not None:
@@ -25,7 +26,7 @@ def make_backend(
     if backend == "slurm":
         from shoal.backends.slurm import SlurmBackend
 
-        return SlurmBackend()
+        return SlurmBackend(mpi=mpi)
     if backend == "dask":
         from shoal.backends.dask import DaskBackend
 

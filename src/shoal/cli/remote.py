@@ -38,8 +38,9 @@ def register(main: click.Group) -> None:
         remote.add_command(_passed(name, doc))
 
 
-@remote.command("submit")
+@remote.command("submit", context_settings={"ignore_unknown_options": True})
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--to", "to", required=True, help="The host (shoal host list).")
 @click.option("--nodes", default=1, show_default=True, help="Nodes of the allocation.")
 @click.option("--time", "limit", default="1:00:00", show_default=True, help="Time limit.")
@@ -59,6 +60,7 @@ def register(main: click.Group) -> None:
 )
 def submit(
     file: str,
+    args: tuple[str, ...],
     to: str,
     nodes: int,
     limit: str,
@@ -68,7 +70,8 @@ def submit(
     time_left: float | None,
 ) -> None:
     """Send FILE (a workflow script or a config file) to a host: stage it and its inputs,
-    submit a batch job that runs it there, and record the run."""
+    submit a batch job that runs it there, and record the run. Extra ARGS are passed to a
+    script as sys.argv[1:], as by shoal run."""
     from shoal.batch import seconds
     from shoal.remote import hosts
     from shoal.remote.submit import submit as send
@@ -83,6 +86,7 @@ def submit(
         options=options,
         until_done=until_done,
         minutes_left=time_left,
+        args=args,
     )
     click.echo(f"remote run {run.name}: batch job {run.job} on {to} ({h.batch.value})")
     click.echo(f"  folder there: {run.folder}")
@@ -153,12 +157,16 @@ def dashboard(run: str, port: int) -> None:
 @click.option("--script", required=True)
 @click.option("--time-left", type=float, required=True)
 @click.option("--until-done", is_flag=True)
-def chain(file: str, kind: str, script: str, time_left: float, until_done: bool) -> None:
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def chain(
+    file: str, kind: str, script: str, time_left: float, until_done: bool, args: tuple[str, ...]
+) -> None:
     """One batch job of a remote run (what shoal remote submit writes into job.sh): run or
-    resume the run in this folder; with --until-done, keep a continuation queued."""
+    resume the run in this folder; with --until-done, keep a continuation queued. ARGS
+    (after --) are the script's."""
     from shoal.remote.chain import run_link
 
-    sys.exit(run_link(Path.cwd(), file, kind, script, time_left, until_done))
+    sys.exit(run_link(Path.cwd(), file, kind, script, time_left, until_done, args))
 
 
 def _passed(name: str, doc: str) -> click.Command:

@@ -28,10 +28,11 @@ from shoal.errors import DefinitionError
 from shoal.spec.options import Options, parse_memory
 from shoal.spec.refs import StoredRef
 from shoal.spec.request import Request
-from shoal.spec.task import Task, check_command, placeholders, render_command
+from shoal.spec.task import TASK_DIR, Task, check_command, placeholders, render_command
 
 SWEPT = ("cpus", "gpus", "ranks", "priority", "timeout", "memory")  # may be "{param}"
 INDEX = "index"  # a placeholder every group has: the task's position in its group
+_KEEP = {TASK_DIR[1:-1]: TASK_DIR}  # workdir: '{task_dir}' stays, for the run to fill in
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Group:
         """Task ``i`` of the group (not yet in any workflow)."""
         opts = self.task_options(row, i)
         values = self.fields(row, i)
-        workdir = self.workdir.format_map(values) if self.workdir else None
+        workdir = self.workdir.format_map({**values, **_KEEP}) if self.workdir else None
         env = {k: v.format_map(values) for k, v in self.env.items()} if self.env else None
         if self.template is not None:
             kw = {k: values[k] for k in self._placeholders}
@@ -576,7 +577,7 @@ def check_template(
             )
     for key, text in [("workdir", g.workdir or ""), *((f"env.{k}", v) for k, v in g.env.items())]:
         for name in _fields(text, where(key)):
-            if name not in params | {INDEX}:
+            if name not in params | {INDEX} | (set(_KEEP) if key == "workdir" else set()):
                 raise DefinitionError(
                     f"{where(key)}: {text!r} uses {{{name}}}, which is not a parameter of group "
                     f"{g.name!r}"

@@ -66,6 +66,7 @@ class OptionsModel(Model):
     reserve_after: Number | None = None
     pin: bool | Literal["fold"] | None = None
     launcher: str | None = None
+    mpi: Literal["pmix", "pmi2", "none"] | None = None
     prefetch: int | None = Field(None, ge=0)
     stop_mode: Literal["cancel", "finish"] | None = None
     retries: int | None = Field(None, ge=0)

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,16 @@ def _log(folder: Path, **entry: Any) -> None:
 
 
 def run_link(
-    folder: Path, target: str, kind: str, script: str, time_left: float, until_done: bool
+    folder: Path,
+    target: str,
+    kind: str,
+    script: str,
+    time_left: float,
+    until_done: bool,
+    args: Sequence[str] = (),
 ) -> int:
     """One link of the chain (or the only job, without ``until_done``); its exit code is
-    the driver's."""
+    the driver's. ``args``: the script's own arguments (a resume does not need them)."""
     batch = system(kind)
     # this job's id: the batch system's variable; without one (the shell), the process that
     # runs the batch script is the job
@@ -84,6 +91,7 @@ def run_link(
     _log(folder, event="start", link=number, job=this, next=following, finished=before)
     verb = ["resume", str(rundir)] if rundir else ["run", target]
     argv = [sys.executable, "-m", "shoal.cli.main", *verb, "--time-left", f"{time_left:g}"]
+    argv += ["--", *args] if args and not rundir else []
     code = subprocess.call(argv, cwd=folder)
     runs = find_runs(folder, depth=1)
     after = finished(runs[0] if runs else None)

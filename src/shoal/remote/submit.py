@@ -67,9 +67,11 @@ def submit(
     until_done: bool = False,
     minutes_left: float | None = None,
     conn: Connection | None = None,
+    args: Sequence[str] = (),
 ) -> registry.RemoteRun:
     """Stage, write the batch script, submit; the recorded run. ``until_done``: a chain of
-    allocations (:mod:`shoal.remote.chain`) until the run ends."""
+    allocations (:mod:`shoal.remote.chain`) until the run ends; ``args``: the script's own
+    arguments (``sys.argv[1:]`` there)."""
     if until_done and host.batch.value == "shell":
         raise DefinitionError(
             f"--until-done needs a batch system on {host.name} (its jobs wait for each "
@@ -77,6 +79,8 @@ def submit(
         )
     if not target.is_file():
         raise DefinitionError(f"{target}: no such file to run")
+    if args and target.suffix != ".py":
+        raise DefinitionError(f"{target}: extra arguments {' '.join(args)!r} are for scripts")
     files = inputs(target, include)
     conn = conn or Connection(host)
     batch = system(host.batch.value)
@@ -104,6 +108,7 @@ def submit(
         command = ["shoal", "chain", target.name, "--batch", host.batch.value]
         command += ["--script", script, "--time-left", f"{left:g}"]
         command += ["--until-done"] if until_done else []
+        command += ["--", *args] if args else []
         conn.run(
             ["sh", "-c", 'cat > "$1" && chmod 700 "$1"', "sh", script], batch.script(req, command)
         )

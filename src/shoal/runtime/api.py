@@ -40,7 +40,9 @@ __all__ = [
 
 def backend_of(opts: RunOptions) -> Backend:
     """The backend the options ask for, told what to preload (not started yet)."""
-    be = make_backend(opts.backend, opts.cpus, opts.gpus, opts.memory, opts.pin, opts.launcher)
+    be = make_backend(
+        opts.backend, opts.cpus, opts.gpus, opts.memory, opts.pin, opts.launcher, opts.mpi
+    )
     if opts.preload:
         be.preload(tuple(opts.preload))
     return be

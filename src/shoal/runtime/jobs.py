@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from shoal.backends.base import Job
@@ -12,7 +13,7 @@ from shoal.errors import DefinitionError
 from shoal.runtime.outputs import OutputCache
 from shoal.runtime.work import Work, isolated
 from shoal.spec.kinds import Failure
-from shoal.spec.task import render_command
+from shoal.spec.task import TASK_DIR, render_command
 from shoal.store.pickles import loads
 
 
@@ -63,6 +64,9 @@ class Jobs:
                     job.payload = r.payload
             else:
                 assert r.template is not None
+                if r.workdir is not None and r.workdir.startswith(TASK_DIR):
+                    job.workdir = job.folder + r.workdir[len(TASK_DIR) :]
+                    os.makedirs(job.workdir, exist_ok=True)
                 if r.has_refs:
                     values = self.outputs.resolve(r)[1]
                 else:

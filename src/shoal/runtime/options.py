@@ -71,6 +71,13 @@ class RunOptions:
     launcher: str = field(
         default="mpiexec -n {ranks}", metadata=_m("the MPI launcher template, with {ranks}")
     )
+    mpi: str | None = field(
+        default=None,
+        metadata=_m(
+            "under Slurm, srun's --mpi plug-in for tasks of several ranks: 'pmix' for Open "
+            "MPI, 'pmi2' for MPICH (default: the cluster's MpiDefault)"
+        ),
+    )
     progress: bool | None = field(
         default=None,
         metadata=_m("show a progress bar (default: only under shoal run)", stored=False),

@@ -257,12 +257,24 @@ def _check_env(where: str, env: Mapping[str, Any] | None) -> dict[str, str]:
     return dict(env)
 
 
+TASK_DIR = "{task_dir}"
+"""A command's ``workdir`` that stands for its own task folder (``tasks/<id>`` of the run),
+created before the command starts: ``shoal.command("lmp -in in.lj", workdir=shoal.TASK_DIR)``.
+It may start a longer path (``TASK_DIR + "/scratch"``)."""
+
+
 def _check_workdir(where: str, workdir: Any) -> str | None:
     if workdir is None:
         return None
     if not isinstance(workdir, str | os.PathLike):
         raise DefinitionError(f"{where}: workdir must be a path, got {workdir!r}")
-    return os.fspath(workdir)
+    text = os.fspath(workdir)
+    if TASK_DIR in text and not text.startswith(TASK_DIR):
+        raise DefinitionError(
+            f"{where}: workdir {text!r} has {TASK_DIR} inside it; it stands for the task's "
+            f"folder and may only start the path, e.g. {TASK_DIR + '/scratch'!r}"
+        )
+    return text
 
 
 class CommandFactory:
@@ -341,7 +353,8 @@ def command(
     ``after=[...]`` adds ordering-only dependencies. The task's output is a dict:
     ``returncode`` (0), ``stdout`` (the text it printed, up to 1 MiB) and ``dir`` (its task
     folder, which holds the full ``stdout`` and ``stderr`` files). Without ``workdir`` a
-    command runs in the directory the run was started from.
+    command runs in the directory the run was started from; ``workdir=shoal.TASK_DIR`` runs
+    it in its own task folder (for programs that write files where they run).
     """
     opts = Options().merged(f"command {template!r}", **options)
     return CommandFactory(template, opts, workdir, env)
