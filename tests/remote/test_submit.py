@@ -405,3 +405,88 @@ def test_a_host_with_another_shoal_is_refused_before_anything_is_staged(
     assert sent.exit_code == 2 and "shoal 0.0.1" in sent.output and "same version" in sent.output
     listed = json.loads(cli.invoke(main, ["remote", "list", "--json"]).output)
     assert listed == []  # nothing was recorded or staged
+
+
+def test_an_expired_allocation_says_so_and_the_run_resumes_in_a_new_job(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grid Engine jobs of 10 s (h_rt). One whose task outlives it is killed by Grid Engine:
+    ``remote list`` says the time limit ended it and how to go on. One whose driver stops
+    starting tasks at the end (``--time-left 0``) says that it stopped, and ``remote resume``
+    submits it again, job after job, until the run is done; the registry follows."""
+    if shutil.which("qsub") is None:
+        pytest.skip("no Grid Engine on this machine (tests/infra)")
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    cli = CliRunner()
+    name = _add(cli, host, "sge", remote_shoal)
+
+    def send(number: int, seconds: float, left: str = "0") -> str:
+        script = tmp_path / "long.py"
+        text = textwrap.dedent(LONG).replace("NUMBER", str(number))
+        script.write_text(text.replace("SECONDS", str(seconds)))
+        args = ["remote", "submit", str(script), "--to", name, "--time", "0:00:10"]
+        sent = cli.invoke(main, [*args, "--time-left", left])
+        assert sent.exit_code == 0, sent.output
+        return sent.output.split()[2].rstrip(":")
+
+    # A driver that believes the allocation ends a minute later than it does (as when a
+    # site kills early) is still running its task when Grid Engine kills the job.
+    killed = _until_ended(cli, send(1, 60.0, left="-1"))
+    assert killed["state"] == "timeout", killed
+    assert "time limit ended job" in str(killed["note"]), killed
+    assert f"shoal remote resume {killed['name']}" in str(killed["note"]), killed
+
+    run = send(24, 1.0)
+    mine = _until_ended(cli, run)
+    resumes = 0
+    while mine["state"] == "stopped" and resumes < 6:  # a job does ~8 s of the 12 s of work
+        assert f"shoal remote resume {run}" in str(mine["note"]), mine
+        busy = cli.invoke(main, ["remote", "resume", run])
+        assert busy.exit_code == 0 and "resumes it" in busy.output, busy.output
+        resumes += 1
+        again = cli.invoke(main, ["remote", "resume", run])  # its job may still be queued
+        assert again.exit_code == 2 and "resumes the run itself" in again.output, again.output
+        mine = _until_ended(cli, run)
+    assert resumes >= 1 and mine["state"] == "done", mine
+    status = cli.invoke(main, ["remote", "status", run])
+    assert "succeeded 24" in status.output, status.output
+    Connection(host.but(name=name)).drop()
+
+
+def test_a_full_remote_disk_is_said_and_the_run_recorded_as_failed(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's work folder on a file system of 256 KiB (a tmpfs of the cluster's user)
+    and an input of 1 MiB: staging fails, the message says the disk there is full and what
+    to do, and the registry records the run as failed with that reason."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system for the cluster's user needs root")
+    small = Path(f"/tmp/shoal-full-{os.getpid()}")
+    small.mkdir(exist_ok=True)
+    user = host.ssh.split("@")[0]
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=256k,mode=0700,uid={user},gid={user}", "tmpfs",
+         str(small)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+        cli = CliRunner()
+        name = _add(cli, host.but(workdir=str(small)), "shell", remote_shoal)
+        script = _project(tmp_path)
+        (script.parent / "inputs" / "big.dat").write_bytes(os.urandom(1 << 20))
+        args = ["remote", "submit", str(script), "--to", name, "--include", "inputs/*"]
+        sent = cli.invoke(main, args)
+        assert sent.exit_code == 2, sent.output
+        assert "The disk (or quota) there is full" in sent.output, sent.output
+        assert "free space, or use another folder" in sent.output
+        assert len(sent.output.splitlines()) < 25  # one screen
+        (listed,) = json.loads(cli.invoke(main, ["remote", "list", "--json"]).output)
+        assert listed["state"] == "failed" and listed["job"] is None
+        assert "is full" in listed["note"]
+        Connection(host.but(name=name)).drop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+        small.rmdir()

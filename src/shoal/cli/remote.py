@@ -93,6 +93,19 @@ def submit(
     click.echo(f"  follow it: shoal remote status {run.name}; shoal remote list")
 
 
+@remote.command("resume")
+@click.argument("run")
+def resume(run: str) -> None:
+    """Submit RUN's batch script again: a new job resumes the run where the last one left it
+    (an allocation that expired, a job killed or cancelled, tasks retried)."""
+    from shoal.remote import hosts, registry
+    from shoal.remote.submit import resubmit
+
+    r = registry.get(run)
+    again = resubmit(r, hosts.find(r.host))
+    click.echo(f"remote run {again.name}: batch job {again.job} on {again.host} resumes it")
+
+
 @remote.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_runs(as_json: bool) -> None:

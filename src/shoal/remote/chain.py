@@ -110,7 +110,11 @@ def run_link(
         )
         decision = "no progress"
     elif code == STOPPED:
-        why = refused or "stopped early; no chain was asked (--until-done)"
+        why = refused or (
+            "the driver stopped early (the allocation's end was near, or a stop was asked) "
+            f"and no chain was asked (--until-done): shoal remote resume {folder.name} "
+            "continues the run in a new job"
+        )
         decision = "stopped"
     else:
         why = "the run ended" if code in (0, 1) else f"the driver exited with code {code}"

@@ -9,7 +9,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from shoal.batch import JobState, system
+from shoal.batch import Job, JobState, system
 from shoal.errors import BatchError, DefinitionError, RemoteError
 from shoal.remote import hosts, registry
 from shoal.remote.chain import LOG
@@ -48,9 +48,7 @@ def _refresh_host(host: hosts.Host, waiting: list[registry.RemoteRun]) -> None:
             continue
         last = _last_link(conn, r.folder, r.job or "")
         if last is None:  # killed before it could say: the batch system's word
-            note = job.reason or "the job ended without a word in chain.log (killed?)"
-            state = job.state.value if job.state.ended else "unknown"
-            registry.update(r, state=state, note=note)
+            registry.update(r, state=_silent_state(job), note=_silent_note(r, job))
         elif last.get("decision") == "continue" and last.get("next"):
             registry.update(r, job=str(last["next"]), state="pending", note=last.get("why"))
         else:
@@ -70,3 +68,25 @@ def _last_link(conn: Connection, folder: str, job: str) -> dict[str, Any] | None
         if entry.get("event") == "end" and str(entry.get("job")) == job:
             found = entry
     return found
+
+
+def _silent_state(job: Job) -> str:
+    return job.state.value if job.state.ended else "unknown"
+
+
+def _silent_note(r: registry.RemoteRun, job: Job) -> str:
+    """What to say of a job that ended without its driver saying how (killed)."""
+    said = f" ({job.reason})" if job.reason else ""
+    if job.state is JobState.TIMEOUT:
+        return (
+            f"the allocation's time limit ended job {job.id} before its driver stopped{said}. "
+            f"The run is kept: shoal remote resume {r.name} continues it in a new job; give "
+            "a later submit a longer --time, or --until-done"
+        )
+    if job.state is JobState.CANCELLED:
+        return f"job {job.id} was cancelled{said}; shoal remote resume {r.name} continues the run"
+    return (
+        f"job {job.id} ended without a word in chain.log{said} (killed, or its node failed): "
+        f"see batch.out (shoal remote fetch {r.name}); shoal remote resume {r.name} continues "
+        "the run"
+    )

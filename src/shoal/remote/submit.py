@@ -119,6 +119,29 @@ def submit(
     return registry.update(run, job=job, state=JobState.PENDING.value)
 
 
+def resubmit(
+    run: registry.RemoteRun, host: Host, conn: Connection | None = None
+) -> registry.RemoteRun:
+    """Submit the run's batch script again: its driver resumes the run where the last job
+    left it (an allocation that expired, a job killed or cancelled, tasks marked for
+    another try). Refused while a job of the run may still be queued or running."""
+    if run.state in ("submitting", "pending", "running", "unknown") and run.job:
+        raise DefinitionError(
+            f"remote run {run.name} has batch job {run.job} ({run.state}): it resumes the run "
+            f"itself. Wait for it (shoal remote list), or end it first (shoal remote stop "
+            f"{run.name})"
+        )
+    if run.job is None:
+        raise DefinitionError(
+            f"remote run {run.name} was never submitted ({run.note or run.state}): send it "
+            "again with shoal remote submit"
+        )
+    conn = conn or Connection(host)
+    same_shoal(host, conn)
+    job = _submit(conn, system(host.batch.value), f"{run.folder}/job.sh")
+    return registry.update(run, job=job, state=JobState.PENDING.value, note="resumed")
+
+
 def same_shoal(host: Host, conn: Connection) -> None:
     """Refuse to send a run to a host whose shoal is missing or another version: the run
     would be written there by one and read here by the other."""
