@@ -12,7 +12,16 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.batch.base import BatchSystem, Job, JobState, Output, Request, clock, seconds
+from shoal.batch.base import (
+    BatchSystem,
+    Job,
+    JobState,
+    Output,
+    Request,
+    clock,
+    seconds,
+    stop_margin,
+)
 from shoal.errors import BatchError, DefinitionError
 
 
@@ -75,5 +84,6 @@ __all__ = [
     "clock",
     "local",
     "seconds",
+    "stop_margin",
     "system",
 ]

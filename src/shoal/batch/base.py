@@ -73,6 +73,12 @@ class Request:
                 raise DefinitionError(f"batch option {option!r} holds a newline")
 
 
+def stop_margin(limit: int) -> float:
+    """Minutes before an allocation of ``limit`` seconds ends at which its driver stops
+    starting tasks (``--time-left``): 5 % of the limit, at least 30 s, at most 10 minutes."""
+    return min(10.0, max(0.5, 0.05 * limit / 60))
+
+
 def clock(seconds: int) -> str:
     """Seconds as HH:MM:SS (hours may exceed 24), which every batch system accepts."""
     h, rest = divmod(int(seconds), 3600)
@@ -127,7 +133,8 @@ class BatchSystem(ABC):
         lines = ["#!/bin/bash", *(f"{self.directive} {d}" for d in self.directives(req))]
         lines += [f"{self.directive} {o}" for o in req.options]
         lines += ["", "set -e", f"cd {shlex.quote(req.workdir)}", *req.environment]
-        # when the allocation ends, for the driver's --time-left (Slurm also sets its own)
+        # when the allocation ends, for the driver's --time-left: the limit asked for, which
+        # is never later than the batch system's end (Slurm rounds a limit up to minutes)
         lines.append(f"export SHOAL_END_TIME=$(( $(date +%s) + {int(req.time_limit)} ))")
         lines += ["exec " + shlex.join(command), ""]
         return "\n".join(lines)

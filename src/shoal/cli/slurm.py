@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -17,31 +16,16 @@ from pathlib import Path
 
 import click
 
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
 
 def minutes(limit: str) -> float:
     """Slurm's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in minutes."""
-    m = _TIME.match(limit.strip())
-    if not m:
-        raise click.UsageError(
-            f"--time {limit!r}: use Slurm's format, e.g. 30 (minutes), 2:00:00 or 1-12:00:00"
-        )
-    days, a, b, c = m.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        h, mi, s = int(a), int(b or 0), int(c or 0)
-        return int(days) * 1440 + h * 60 + mi + s / 60
-    if b is None:  # MM
-        return float(a)
-    if c is None:  # MM:SS
-        return int(a) + int(b) / 60
-    return int(a) * 60 + int(b) + int(c) / 60  # HH:MM:SS
+    from shoal.batch import seconds
+    from shoal.errors import DefinitionError
 
-
-def default_time_left(limit_minutes: float) -> float:
-    """Minutes before the end at which the driver stops starting tasks: 5 % of the time limit,
-    at least 30 s, at most 10 minutes."""
-    return min(10.0, max(0.5, 0.05 * limit_minutes))
+    try:
+        return seconds(limit) / 60
+    except DefinitionError as err:
+        raise click.UsageError(f"--time: {err}") from None
 
 
 def script(
@@ -57,32 +41,25 @@ def script(
     workdir: Path,
     python: str = sys.executable,
 ) -> str:
-    """The batch script: #SBATCH lines, then the driver inside the allocation."""
-    name = Path(target).stem if not resume else Path(target).name
-    lines = [
-        "#!/bin/bash",
-        f"#SBATCH --job-name=shoal-{name}",
-        f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --time={time_limit}",
-        "#SBATCH --exclusive",
-        f"#SBATCH --output={workdir / 'shoal-slurm-%j.out'}",
-    ]
-    if partition:
-        lines.append(f"#SBATCH --partition={partition}")
-    if account:
-        lines.append(f"#SBATCH --account={account}")
-    lines.extend(f"#SBATCH {x}" for x in extra)
+    """The batch script (written by the batch layer, as for remote runs): #SBATCH lines,
+    then the driver inside the allocation, its tasks as job steps."""
+    from shoal.batch import Request, system
+
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(target).stem if not resume else Path(target).name)
     verb = ["resume", target] if resume else ["run", target]
+    req = Request(
+        name=f"shoal-{name}"[:64],
+        nodes=nodes,
+        time_limit=round(minutes(time_limit) * 60),
+        account=account,
+        queue=partition,
+        output=str(workdir / "shoal-slurm-%j.out"),
+        workdir=str(workdir),
+        options=extra,
+        environment=("export SHOAL_BACKEND=slurm",),
+    )
     cmd = [python, "-m", "shoal.cli.main", *verb, "--time-left", f"{time_left:g}"]
-    lines += [
-        "",
-        "# written by shoal slurm submit: the driver runs here, its tasks run as job steps",
-        f"cd {shlex.quote(str(workdir))}",
-        "export SHOAL_BACKEND=slurm",
-        "exec " + shlex.join(cmd),
-        "",
-    ]
-    return "\n".join(lines)
+    return system("slurm").script(req, cmd)
 
 
 def _partition_nodes(partition: str | None) -> tuple[str, int] | None:
@@ -208,8 +185,10 @@ def _checked(
         raise click.UsageError("give a FILE to run, or --resume RUN_DIR (not both)")
     if nodes < 1:
         raise click.UsageError("--nodes must be at least 1")
+    from shoal.batch import stop_margin
+
     limit = minutes(time_limit)
-    left = default_time_left(limit) if time_left is None else time_left
+    left = stop_margin(round(limit * 60)) if time_left is None else time_left
     if left >= limit:
         raise click.UsageError(
             f"--time-left {left:g} min leaves no time in a {limit:g} min allocation"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shoal.batch import JobState, Request, system
+from shoal.batch import JobState, Request, stop_margin, system
 from shoal.batch.base import BatchSystem
 from shoal.errors import BatchError, DefinitionError, RemoteError
 from shoal.remote import registry
@@ -23,12 +23,6 @@ from shoal.remote.ssh import Connection
 
 SUBMIT_TRIES = 6  # a submission a site limit refuses is tried again this often
 SUBMIT_WAIT = 30.0  # seconds before the first retry (doubled each time)
-
-
-def time_left(limit: int) -> float:
-    """Minutes before the allocation's end at which the driver stops starting tasks: 5 % of
-    the limit, at least 30 s, at most 10 minutes (as ``shoal slurm submit``)."""
-    return min(10.0, max(0.5, 0.05 * limit / 60))
 
 
 def run_name(target: Path, now: float | None = None) -> str:
@@ -104,7 +98,7 @@ def submit(
             environment=host.pre_run,
         )
         script = f"{folder}/job.sh"
-        left = time_left(limit) if minutes_left is None else minutes_left
+        left = stop_margin(limit) if minutes_left is None else minutes_left
         command = ["shoal", "chain", target.name, "--batch", host.batch.value]
         command += ["--script", script, "--time-left", f"{left:g}"]
         command += ["--until-done"] if until_done else []
