@@ -285,12 +285,20 @@ def script(t: T, folder: str) -> str:
     if any(ch in folder for ch in "'{} \n\"\\$"):
         raise ValueError(f"the case folder {folder!r} must not need quoting")
     n = count_path(folder, t.name)
+    # a command run in its own task folder (workdir=shoal.TASK_DIR) checks it is there, and
+    # fails with code 97 if not: the model expects no such failure
+    here = '[ "$(pwd -P)" = "$(cd "$SHOAL_TASK_DIR" && pwd -P)" ] || exit 97; '
     if len(t.acts) == 1:
         body = _sh(t.acts[0])
     else:
         arms = [f"{i + 1}) {_sh(a)};;" for i, a in enumerate(t.acts[:-1])]
         body = f"case $n in {' '.join(arms)} *) {_sh(t.acts[-1])};; esac"
-    return f"echo >> {n}; n=$(wc -l < {n}); {body}"
+    return f"{here if in_task_dir(t) else ''}echo >> {n}; n=$(wc -l < {n}); {body}"
+
+
+def in_task_dir(t: T) -> bool:
+    """Whether a command task runs in its own task folder (by its name: half of them)."""
+    return t.kind == "cmd" and (zlib.crc32(t.name.encode()) >> 1) % 2 == 1
 
 
 def template(t: T, folder: str, nargs: int) -> str:
@@ -336,7 +344,8 @@ def build(t: T, refs: dict[str, Any], folder: str, given: list[Any] | None = Non
             opts["escalate"] = {"timeout": t.escalate}
     after = [refs[a] for a in t.after]
     if t.kind == "cmd":
-        cmd = shoal.command(template(t, folder, len(inputs)), **opts)
+        workdir = shoal.TASK_DIR if in_task_dir(t) else None
+        cmd = shoal.command(template(t, folder, len(inputs)), workdir=workdir, **opts)
         return cmd(after=after, **{f"a{i}": x for i, x in enumerate(inputs)})
     if t.kind == "iso":
         opts["isolate"] = True
