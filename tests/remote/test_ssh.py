@@ -172,6 +172,34 @@ def test_host_records_are_checked_kept_private_and_replaced_only_when_asked(
     assert hosts.load() == {}
 
 
+def test_a_project_file_of_hosts_beside_the_users_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``shoal-hosts.yaml`` in the current folder adds a project's hosts (readable by all:
+    it holds no secret); a name defined there and in the user's own file is refused, so a
+    project cannot redirect a host of the user's."""
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.chdir(tmp_path)
+    mine = hosts.make(name="perl", ssh="me@perlmutter", batch="slurm")
+    hosts.save(mine)
+    shared = hosts.make(name="group", ssh="me@frontier", batch="slurm", account="mat123")
+    path = hosts.save(shared, project=True)
+    assert path == tmp_path / hosts.PROJECT and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert set(hosts.load()) == {"perl", "group"} and hosts.find("group").account == "mat123"
+    assert hosts.where("group") == path and hosts.where("perl").name == "hosts.yaml"
+    with pytest.raises(DefinitionError, match=r"defined in .*hosts.yaml already"):
+        hosts.save(mine, project=True)
+    path.write_text(path.read_text() + "perl:\n  ssh: evil@elsewhere\n")
+    with pytest.raises(DefinitionError, match=r"host 'perl' is defined in .* and in .*"):
+        hosts.load()
+    path.write_text("group: [not, a, mapping]\n")
+    with pytest.raises(DefinitionError, match=r"shoal-hosts.yaml: host 'group'"):
+        hosts.load()
+    path.unlink()
+    monkeypatch.chdir(tmp_path / "cfg")  # elsewhere: the project's hosts are not there
+    assert set(hosts.load()) == {"perl"}
+
+
 def test_shoal_host_add_list_check_remove(
     host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -490,3 +490,33 @@ def test_a_full_remote_disk_is_said_and_the_run_recorded_as_failed(
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
         small.rmdir()
+
+
+def test_a_run_on_a_project_host_is_followed_from_any_folder(
+    host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host recorded in the project's ``shoal-hosts.yaml``: the run sent from the project
+    folder is listed, looked at and fetched from another folder, where that file is not (the
+    registry keeps the host's record of the submission)."""
+    monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
+    script = _project(tmp_path)
+    monkeypatch.chdir(script.parent)
+    cli = CliRunner()
+    name = f"{host.name[:40]}-proj"
+    args = ["host", "add", name, "--ssh", host.ssh, "--port", str(host.port), "--project"]
+    args += ["-i", str(host.identity), "--known-hosts", str(host.known_hosts)]
+    args += ["--workdir", f"{host.workdir}/proj", "--pre-run", remote_shoal]
+    added = cli.invoke(main, args)
+    assert added.exit_code == 0 and "shoal-hosts.yaml" in added.output, added.output
+    assert "(project)" in cli.invoke(main, ["host", "list"]).output
+    sent = cli.invoke(main, ["remote", "submit", "flow.py", "--to", name, "--include", "inputs/*"])
+    assert sent.exit_code == 0, sent.output
+    run = sent.output.split()[2].rstrip(":")
+    monkeypatch.chdir(tmp_path)  # no shoal-hosts.yaml here
+    assert name not in cli.invoke(main, ["host", "list"]).output
+    assert _until_ended(cli, run)["state"] == "done"
+    status = cli.invoke(main, ["remote", "status", run])
+    assert status.exit_code == 0 and "succeeded 11" in status.output, status.output
+    fetched = cli.invoke(main, ["remote", "fetch", run, "--to", str(tmp_path / "back")])
+    assert fetched.exit_code == 0, fetched.output
+    Connection(host.but(name=name)).drop()

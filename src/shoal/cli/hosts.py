@@ -51,7 +51,12 @@ def register(main: click.Group) -> None:
 )
 @click.option("--known-hosts", help="A known_hosts file to use instead of your own.")
 @click.option("--replace", is_flag=True, help="Replace a host of that name.")
-def add(name: str, ssh: str, replace: bool, **fields: object) -> None:
+@click.option(
+    "--project",
+    is_flag=True,
+    help="Record it in ./shoal-hosts.yaml, the project's hosts (to share), not your own.",
+)
+def add(name: str, ssh: str, replace: bool, project: bool, **fields: object) -> None:
     """Record host NAME (nothing is contacted; shoal host check NAME tries it)."""
     from shoal.remote import hosts
 
@@ -62,7 +67,7 @@ def add(name: str, ssh: str, replace: bool, **fields: object) -> None:
     if "ssh_option" in given:
         given["ssh_options"] = given.pop("ssh_option")
     h = hosts.make(name=name, ssh=ssh, **given)
-    path = hosts.save(h, replace=replace)
+    path = hosts.save(h, replace=replace, project=project)
     click.echo(f"host {name} recorded in {path}; try it: shoal host check {name}")
 
 
@@ -80,7 +85,8 @@ def list_hosts(as_json: bool) -> None:
         click.echo("no hosts yet: shoal host add NAME --ssh USER@HOST --batch slurm")
     for h in found.values():
         port = f":{h.port}" if h.port else ""
-        click.echo(f"{h.name:<16} {h.ssh}{port:<6} {h.batch.value:<7} {h.workdir}")
+        mark = "  (project)" if hosts.where(h.name).name == hosts.PROJECT else ""
+        click.echo(f"{h.name:<16} {h.ssh}{port:<6} {h.batch.value:<7} {h.workdir}{mark}")
 
 
 @host.command("show")

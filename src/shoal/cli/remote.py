@@ -98,11 +98,11 @@ def submit(
 def resume(run: str) -> None:
     """Submit RUN's batch script again: a new job resumes the run where the last one left it
     (an allocation that expired, a job killed or cancelled, tasks retried)."""
-    from shoal.remote import hosts, registry
+    from shoal.remote import registry
     from shoal.remote.submit import resubmit
 
     r = registry.get(run)
-    again = resubmit(r, hosts.find(r.host))
+    again = resubmit(r, registry.host_of(r))
     click.echo(f"remote run {again.name}: batch job {again.job} on {again.host} resumes it")
 
 
@@ -130,13 +130,13 @@ def list_runs(as_json: bool) -> None:
 def fetch(run: str, dest: str | None) -> None:
     """Copy the remote run's folder (its run directory, inputs and batch output) here; a
     copy cut off is resumed when asked again."""
-    from shoal.remote import hosts, registry
+    from shoal.remote import registry
     from shoal.remote.ssh import Connection
 
     r = registry.get(run)
     local = Path(dest or r.name)
     local.mkdir(parents=True, exist_ok=True)
-    Connection(hosts.find(r.host)).get(r.folder + "/", local)
+    Connection(registry.host_of(r)).get(r.folder + "/", local)
     click.echo(f"{r.name} -> {local}")
 
 
@@ -146,12 +146,12 @@ def fetch(run: str, dest: str | None) -> None:
 def dashboard(run: str, port: int) -> None:
     """The dashboard of RUN, served on its host (bound to its 127.0.0.1, every request
     needing the token) and reached through the SSH connection; Ctrl-C stops both."""
-    from shoal.remote import hosts, registry
+    from shoal.remote import registry
     from shoal.remote.ssh import Connection
     from shoal.remote.tunnel import open_tunnel
 
     r = registry.get(run)
-    tunnel = open_tunnel(Connection(hosts.find(r.host)), r.folder, port)
+    tunnel = open_tunnel(Connection(registry.host_of(r)), r.folder, port)
     click.echo(f"dashboard of {r.name} on {r.host}: {tunnel.link}")
     click.echo("  (Ctrl-C stops it)")
     sys.stdout.flush()
@@ -190,12 +190,12 @@ def _passed(name: str, doc: str) -> click.Command:
     @click.argument("run")
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def command(run: str, args: tuple[str, ...]) -> None:
-        from shoal.remote import hosts, registry
+        from shoal.remote import registry
         from shoal.remote.ssh import Connection
         from shoal.remote.submit import in_folder
 
         r = registry.get(run)
-        conn = Connection(hosts.find(r.host))
+        conn = Connection(registry.host_of(r))
         out = conn.run(in_folder(r.folder, ["shoal", name, *args]), environment=True)
         sys.stdout.write(out.stdout)
         sys.stderr.write(out.stderr)

@@ -27,9 +27,9 @@ def refresh() -> list[registry.RemoteRun]:
     for r in registry.all_runs():
         if r.job and r.state not in FINAL:
             by_host[r.host].append(r)
-    for name, waiting in by_host.items():
+    for waiting in by_host.values():
         try:
-            _refresh_host(hosts.find(name), waiting)
+            _refresh_host(registry.host_of(waiting[0]), waiting)
         except (RemoteError, BatchError, DefinitionError) as err:
             for r in waiting:
                 registry.update(r, note=f"not asked: {str(err)[:200]}")

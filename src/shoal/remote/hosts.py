@@ -1,8 +1,9 @@
 """Remote hosts: where a cluster is reached (anything OpenSSH accepts), its batch system,
 the folder runs go to there, what to run before shoal (modules, environments), and default
 batch options. Kept in ``hosts.yaml`` in shoal's config folder (``$SHOAL_CONFIG_DIR``, else
-``$XDG_CONFIG_HOME/shoal``, else ``~/.config/shoal``), private to the user; no password or
-secret is ever stored (OpenSSH's agent, keys and config do that).
+``$XDG_CONFIG_HOME/shoal``, else ``~/.config/shoal``), private to the user, or in a
+project's ``shoal-hosts.yaml`` in the folder shoal runs from, to share with the project. No
+password or secret is ever stored (OpenSSH's agent, keys and config do that).
 """
 
 from __future__ import annotations
@@ -104,13 +105,33 @@ def config_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".config") / "shoal"
 
 
-def _file() -> Path:
-    return config_dir() / "hosts.yaml"
+PROJECT = "shoal-hosts.yaml"  # a project's hosts, in the folder shoal is run from
+
+
+def _file(project: bool = False) -> Path:
+    return Path.cwd() / PROJECT if project else config_dir() / "hosts.yaml"
 
 
 def load() -> dict[str, Host]:
-    """Every host recorded, by name."""
-    path = _file()
+    """Every host recorded, by name: the user's (``hosts.yaml`` in the config folder) and
+    the project's (``shoal-hosts.yaml`` in the current folder). A name in both is an error:
+    a project must not redirect a host the user defined."""
+    mine, project = _read(_file()), _read(_file(project=True))
+    both = sorted(set(mine) & set(project))
+    if both:
+        raise DefinitionError(
+            f"host {both[0]!r} is defined in {_file()} and in {_file(project=True)}: rename "
+            "it in one of them"
+        )
+    return {**mine, **project}
+
+
+def where(name: str) -> Path:
+    """The file that defines host ``name``."""
+    return _file(project=True) if name in _read(_file(project=True)) else _file()
+
+
+def _read(path: Path) -> dict[str, Host]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -121,6 +142,11 @@ def load() -> dict[str, Host]:
         raise DefinitionError(f"{path} is not a mapping of host names to hosts")
     out = {}
     for name, given in raw.items():
+        if not isinstance(given, dict | None):
+            raise DefinitionError(
+                f"{path}: host {name!r} must be a mapping of fields (ssh: ..., batch: ...), "
+                f"not {type(given).__name__}"
+            )
         try:
             out[str(name)] = make(name=str(name), **(given or {}))
         except DefinitionError as err:
@@ -158,29 +184,38 @@ def make(**given: Any) -> Host:
         raise DefinitionError(f"host {given.get('name')!r}: {err}") from None
 
 
-def save(host: Host, replace: bool = False) -> Path:
-    """Record ``host``; an existing one of that name is replaced only when asked. The file is
-    written whole, then moved into place, readable by the user only."""
-    hosts = load()
+def save(host: Host, replace: bool = False, project: bool = False) -> Path:
+    """Record ``host`` (in the project's file with ``project``); an existing one of that
+    name is replaced only when asked. The file is written whole, then moved into place."""
+    hosts = _read(_file(project))
+    other = _read(_file(not project))
+    if host.name in other:
+        raise DefinitionError(
+            f"host {host.name!r} is defined in {_file(not project)} already: choose another "
+            "name, or remove it there first"
+        )
     if host.name in hosts and not replace:
         raise DefinitionError(
             f"host {host.name!r} exists; give --replace to replace it, or shoal host remove "
             f"{host.name} first"
         )
     hosts[host.name] = host
-    return _write(hosts)
+    return _write(hosts, project)
 
 
 def remove(name: str) -> Path:
-    hosts = load()
+    path = where(name)
+    hosts = _read(path)
     if name not in hosts:
         raise DefinitionError(f"no host {name!r} to remove")
     del hosts[name]
-    return _write(hosts)
+    return _write(hosts, path.name == PROJECT)
 
 
-def _write(hosts: dict[str, Host]) -> Path:
-    path = _file()
+def _write(hosts: dict[str, Host], project: bool = False) -> Path:
+    """The user's file readable by the user only; a project's (no secrets are ever in
+    either) readable by all, to be shared with the project."""
+    path = _file(project)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = {}
     for name, h in sorted(hosts.items()):
@@ -188,7 +223,7 @@ def _write(hosts: dict[str, Host]) -> Path:
         record.pop("name", None)
         data[name] = record
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if project else 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(yaml.safe_dump(data, sort_keys=False))
     os.replace(tmp, path)

@@ -6,6 +6,7 @@ after, so that a submission cut off half-way is visible and can be checked, neve
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import DefinitionError, StoreError
-from shoal.remote.hosts import config_dir
+from shoal.remote import hosts
+from shoal.remote.hosts import Host, config_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
@@ -28,7 +30,9 @@ CREATE TABLE IF NOT EXISTS runs(
     state TEXT NOT NULL,         -- submitting, pending, running, ended, failed, cancelled, unknown
     submitted REAL NOT NULL,
     updated REAL NOT NULL,
-    note TEXT);
+    note TEXT,
+    record TEXT);                -- the host's record at submission (JSON), for a host that
+                                 -- lives in a project's file elsewhere
 """
 
 
@@ -45,6 +49,7 @@ class RemoteRun:
     submitted: float
     updated: float
     note: str | None
+    record: str | None = None
 
 
 def _path() -> Path:
@@ -59,6 +64,8 @@ def _db() -> Iterator[sqlite3.Connection]:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        if "record" not in {r[1] for r in conn.execute("PRAGMA table_info(runs)")}:
+            conn.execute("ALTER TABLE runs ADD COLUMN record TEXT")  # a registry of before
     except sqlite3.Error as err:
         raise StoreError(f"cannot open the registry of remote runs {path}: {err}") from None
     path.chmod(0o600)
@@ -68,14 +75,15 @@ def _db() -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def add(name: str, host: str, folder: str, target: str, batch: str) -> RemoteRun:
+def add(name: str, host: Host, folder: str, target: str) -> RemoteRun:
     now = time.time()
+    record = json.dumps(host.as_dict(defaults=False))
     with _db() as c:
         try:
             cur = c.execute(
-                "INSERT INTO runs(name, host, folder, target, batch, state, submitted, updated)"
-                " VALUES (?, ?, ?, ?, ?, 'submitting', ?, ?)",
-                (name, host, folder, target, batch, now, now),
+                "INSERT INTO runs(name, host, folder, target, batch, state, submitted, updated,"
+                " record) VALUES (?, ?, ?, ?, ?, 'submitting', ?, ?, ?)",
+                (name, host.name, folder, target, host.batch.value, now, now, record),
             )
         except sqlite3.IntegrityError:
             raise DefinitionError(f"a remote run {name!r} exists already") from None
@@ -109,3 +117,14 @@ def get(ref: str) -> RemoteRun:
 def all_runs() -> list[RemoteRun]:
     with _db() as c:
         return [RemoteRun(*r) for r in c.execute("SELECT * FROM runs ORDER BY id DESC")]
+
+
+def host_of(run: RemoteRun) -> Host:
+    """The host of a run: as recorded now (the user's or this project's file), else as it
+    was when the run was submitted (a project's host, from another folder)."""
+    known = hosts.load()
+    if run.host in known:
+        return known[run.host]
+    if run.record:
+        return hosts.make(**json.loads(run.record))
+    return hosts.find(run.host)  # says it is unknown, and how to add it

@@ -82,7 +82,7 @@ def submit(
     base = conn.private_folder(host.workdir)
     name = run_name(target)
     folder = f"{base}/{name}"
-    run = registry.add(name, host.name, folder, target.name, host.batch.value)
+    run = registry.add(name, host, folder, target.name)
     try:
         conn.private_folder(folder)
         conn.put_tree(target.parent, files, folder)
