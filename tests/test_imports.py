@@ -44,6 +44,7 @@ LAYERS = {
     "entry": 5,  # shoal.run/submit: a Workflow to the runtime, a jobflow Flow to jobflow
     "cli": 6,
     "dashboard": 5,  # the web view; shoal dashboard (cli) serves it
+    "mcp": 5,  # the MCP server for agents; shoal mcp (cli) serves it
 }
 FREE = {"errors", "lazy"}  # importable by everyone (lazy: the packages' PEP 562 helper)
 FACADE = "__init__"  # shoal/__init__.py: the public API, on top of everything

@@ -453,6 +453,9 @@ def _register() -> None:
 
     register_hosts(main)
     register_remote(main)
+    from shoal.cli.agents import register as register_agents
+
+    register_agents(main)
 
 
 _register()

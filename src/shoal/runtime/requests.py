@@ -301,3 +301,31 @@ def attach(run_dir: str | os.PathLike[str]) -> Attached:
     ``.rerun``, ``.cancel``, ``.stop``; a live driver takes each within a second, a stopped run
     when it resumes."""
     return Attached(Path(run_dir))
+
+
+def check_submit(rundir: Path, flows: list[Any]) -> None:
+    """Refuse at once what the driver would refuse anyway: tasks that no node of the run
+    can hold (a stopped run would only answer when it resumes)."""
+    from shoal.core.resources import Node, Pool
+    from shoal.errors import DefinitionError
+    from shoal.runtime.work import check_resources
+    from shoal.spec.lower import Functions, lower
+    from shoal.spec.response import tasks_of
+    from shoal.spec.task import detached
+    from shoal.store.queries import Reader
+    from shoal.store.selection import refuse
+
+    tasks = list({t.key: t for f in flows for t in tasks_of(f, "submit")}.values())
+    with Reader(rundir) as r:
+        nodes = [
+            Node(n["name"], tuple(n["cores"]), tuple(n["gpus"]), n["memory"]) for n in r.nodes()
+        ]
+    try:
+        with detached():
+            plan = lower(tasks, "submit", 0, {}, Functions())
+    except DefinitionError:  # e.g. references to the run's tasks: the driver checks them
+        return
+    try:
+        check_resources(plan.records, Pool(tuple(nodes)))
+    except DefinitionError as err:
+        refuse(rundir, f"cannot submit: {err}")
