@@ -224,3 +224,50 @@ def test_over_http_the_token_is_needed_and_the_tools_are_the_same(tmp_path: Path
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+LONG = """\
+resources: {cpus: 1}
+groups:
+  slow:
+    command: sleep {s}
+    sweep: {s: [30, 30, 30, 30]}
+"""
+
+
+def test_an_agent_steers_a_live_run_explains_cancels_stops_and_reports(tmp_path: Path) -> None:
+    """A live run of four 30 s tasks on one core: explain says why the second waits, cancel
+    ends it, submit adds a task into the live run, stop ends the run (resumable), rerun
+    queues a finished task again, and report writes the figures."""
+
+    async def agent() -> None:
+        async with _stdio(tmp_path, "--allow-write") as c:
+            sent = (await c.call_tool("submit", {"yaml": LONG})).structured_content
+            folder = sent["folder"]
+            assert (tmp_path / folder / "shoal.db").exists()
+            deadline = time.monotonic() + 60
+            while True:  # until the first task runs
+                st = (await c.call_tool("status", {"run": folder})).structured_content
+                if st["counts"].get("running"):
+                    break
+                assert time.monotonic() < deadline, st
+                await anyio.sleep(0.2)
+            why = (await c.call_tool("explain", {"run": folder, "task": "1"})).structured_content
+            assert any("core" in line or "wait" in line for line in why["lines"]), why
+            gone = await c.call_tool("cancel", {"run": folder, "tasks": ["1"]})
+            assert not gone.is_error and gone.structured_content["live"] is True, gone
+            more = "groups:\n  late:\n    command: echo late\n"
+            added = await c.call_tool("submit", {"yaml": more, "run": folder})
+            assert not added.is_error and added.structured_content["live"] is True, added
+            stopped = await c.call_tool("stop", {"run": folder, "now": True})
+            assert not stopped.is_error, stopped
+            done = (await c.call_tool("wait", {"run": folder, "timeout": 60})).structured_content
+            assert done["waited"] == "ended" and done["state"] == "stopped", done
+            assert done["counts"].get("cancelled") == 1 and done["total"] == 5, done
+            rerun = await c.call_tool("rerun", {"run": folder, "tasks": ["1"]})
+            assert rerun.is_error or rerun.structured_content["live"] is False
+            rep = (await c.call_tool("report", {"run": folder})).structured_content
+            assert Path(rep["html"]).is_file() and rep["figures"], rep
+            assert all(Path(f).is_relative_to(tmp_path) for f in rep["figures"])
+
+    run(agent)
