@@ -533,7 +533,7 @@ def views(rundir: Path) -> list[str]:
         first = why(rundir, str(tid))[0]
         if f": {state}" not in first:
             out.append(f"views: explain of #{tid} says {first!r}, the row says {state}")
-    return out + dashboard_views(rundir, rows)
+    return out + dashboard_views(rundir, rows) + mcp_views(rundir, rows)
 
 
 def dashboard_views(rundir: Path, rows: dict[int, tuple[str, list[int]]]) -> list[str]:
@@ -571,6 +571,39 @@ def dashboard_views(rundir: Path, rows: dict[int, tuple[str, list[int]]]) -> lis
             out.append(
                 f"dashboard: #{tid} is needed by {needed_by}, the page says {t['dependents']}"
             )
+    return out
+
+
+def mcp_views(rundir: Path, rows: dict[int, tuple[str, list[int]]]) -> list[str]:
+    """What an agent reads through the MCP tools (shoal.mcp.tools, the server's bodies)
+    agrees with the store: every task's state, page by page; the counts; the log of each
+    failed task."""
+    from collections import Counter
+
+    from shoal.mcp import tools
+    from shoal.mcp.guard import Guard
+
+    out: list[str] = []
+    g = Guard(rundir.parent.resolve())
+    seen: dict[int, str] = {}
+    offset = 0
+    while True:
+        page = tools.tasks(g, rundir.name, [], None, None, "id", 97, offset)
+        seen.update({t["id"]: t["state"] for t in page["tasks"]})
+        offset += 97
+        if offset >= (page["total"] or 0):
+            break
+    truth = {tid: state for tid, (state, _) in rows.items()}
+    if seen != truth:
+        wrong = sorted(i for i in set(seen) | set(truth) if seen.get(i) != truth.get(i))[:5]
+        out.append(f"mcp: tasks pages differ from the store at {wrong}")
+    counts = tools.status(g, rundir.name)["counts"]
+    if counts != dict(Counter(truth.values())):
+        out.append(f"mcp: status counts {counts}, the store {dict(Counter(truth.values()))}")
+    for tid in [i for i, s in truth.items() if s == "failed"][:3]:
+        log = tools.logs(g, rundir.name, str(tid))
+        if log["state"] != "failed" or not log["attempts"]:
+            out.append(f"mcp: logs of failed #{tid} say {log['state']}, {log['attempts']}")
     return out
 
 
