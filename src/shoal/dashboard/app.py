@@ -343,30 +343,9 @@ async def action(request: Request) -> Response:
 def act(d: Path, body: dict[str, Any]) -> dict[str, Any]:
     """Carry out an action as the CLI does: check it against the store (a refusal raises),
     queue the request, and wait a few seconds for a live driver's answer."""
-    from shoal.runtime.requests import Attached
-    from shoal.store.selection import check_cancel, check_retry, chosen_to_rerun, task_ref
+    from shoal.runtime.requests import act as queue
 
-    kind = body["action"]
-    tasks = tuple(str(t) for t in body.get("tasks") or ())
-    tag = body.get("tag") or None
-    states = tuple(str(s) for s in body.get("states") or ())
-    a = Attached(d)
-    if kind == "retry":
-        failed = bool(body.get("failed"))
-        if not (tasks or failed or tag):
-            raise ValueError("a retry names tasks, or failed, or a tag")
-        check_retry(d, tasks, failed, tag)
-        request = a.retry(*[task_ref(t) for t in tasks], failed=failed, tag=tag)
-    elif kind == "rerun":
-        chosen = chosen_to_rerun(d, tasks, tag, states)
-        request = a.rerun(*chosen, downstream=bool(body.get("downstream")))
-    elif kind == "cancel":
-        if not (tasks or tag):
-            raise ValueError("a cancel names tasks, or a tag")
-        check_cancel(d, tasks, tag)
-        request = a.cancel(*[task_ref(t) for t in tasks], tag=tag)
-    else:
-        request = a.stop(drain=not body.get("now"))
+    a, request = queue(d, body["action"], body)
     live = a.live
     answer = a.answer(request, 5.0 if live else 0.0)
     if answer is None and not live:

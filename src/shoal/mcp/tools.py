@@ -313,31 +313,11 @@ def into(g: Guard, d: Path, ens: Any) -> dict[str, Any]:
 
 def control(g: Guard, run: str | None, verb: str, **given: Any) -> dict[str, Any]:
     """retry, rerun, cancel or stop, through the run's requests (as the CLI does)."""
-    from shoal.runtime.requests import attach
-    from shoal.store.selection import check_cancel, check_retry, chosen_to_rerun, task_ref
+    from shoal.runtime.requests import act
 
     d = g.run(run)
-    names = tuple(str(t) for t in given.get("tasks") or ())
-    tag = given.get("tag")
-    a = attach(d)
     try:
-        if verb == "retry":
-            if not (names or given.get("failed") or tag):
-                raise DefinitionError("name tasks, or give failed=true or a tag")
-            check_retry(d, names, bool(given.get("failed")), tag)
-            rid = a.retry(*[task_ref(t) for t in names], failed=bool(given.get("failed")), tag=tag)
-        elif verb == "rerun":
-            chosen = chosen_to_rerun(d, names, tag, ())
-            rid = a.rerun(*chosen, downstream=bool(given.get("downstream")))
-        elif verb == "cancel":
-            if not (names or tag):
-                raise DefinitionError("name tasks, or give a tag")
-            check_cancel(d, names, tag)
-            rid = a.cancel(*[task_ref(t) for t in names], tag=tag)
-        else:
-            if not a.live:
-                raise DefinitionError(f"no driver runs {d}: there is nothing to stop")
-            rid = a.stop(drain=not given.get("now"))
+        a, rid = act(d, verb, given)
     except ShoalError as err:
         raise Refused("refused", str(err), verb, "status and tasks show what can be done") from None
     answer = a.answer(rid, 5.0 if a.live else 0)

@@ -329,3 +329,36 @@ def check_submit(rundir: Path, flows: list[Any]) -> None:
         check_resources(plan.records, Pool(tuple(nodes)))
     except DefinitionError as err:
         refuse(rundir, f"cannot submit: {err}")
+
+
+def act(d: Path, kind: str, given: dict[str, Any]) -> tuple[Attached, int]:
+    """Check a control request against the store, as the CLI does (a refusal raises
+    :class:`~shoal.errors.DefinitionError` saying why), then queue it: ``retry``, ``rerun``,
+    ``cancel`` or ``stop`` of run ``d``, for the dashboard and the MCP server. ``given``:
+    ``tasks`` (ids or names), ``tag``, ``failed``, ``states``, ``downstream``, ``now``."""
+    from shoal.errors import DefinitionError
+    from shoal.store.selection import check_cancel, check_retry, chosen_to_rerun, task_ref
+
+    tasks = tuple(str(t) for t in given.get("tasks") or ())
+    tag = given.get("tag") or None
+    a = Attached(d)
+    if kind == "retry":
+        failed = bool(given.get("failed"))
+        if not (tasks or failed or tag):
+            raise DefinitionError("a retry names tasks, or failed, or a tag")
+        check_retry(d, tasks, failed, tag)
+        return a, a.retry(*[task_ref(t) for t in tasks], failed=failed, tag=tag)
+    if kind == "rerun":
+        states = tuple(str(s) for s in given.get("states") or ())
+        chosen = chosen_to_rerun(d, tasks, tag, states)
+        return a, a.rerun(*chosen, downstream=bool(given.get("downstream")))
+    if kind == "cancel":
+        if not (tasks or tag):
+            raise DefinitionError("a cancel names tasks, or a tag")
+        check_cancel(d, tasks, tag)
+        return a, a.cancel(*[task_ref(t) for t in tasks], tag=tag)
+    if kind != "stop":
+        raise DefinitionError(f"no request {kind!r}: retry, rerun, cancel or stop")
+    if not a.live:
+        raise DefinitionError(f"no driver runs {d}: there is nothing to stop")
+    return a, a.stop(drain=not given.get("now"))
