@@ -6,7 +6,6 @@ steps in a Slurm allocation), and the analysis's physically checked number read 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from shoal.remote.hosts import Host
 from shoal.remote.ssh import Connection
 from shoal.store.queries import Reader
 
-from .test_submit import _add, _until_ended
+from .test_submit import _add, _need, _until_ended
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -27,9 +26,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 def test_the_lammps_example_runs_through_a_batch_system(
     batch: str, host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    needs = {"sge": "qsub", "slurm": "sbatch"}[batch]
-    if shutil.which(needs) is None:
-        pytest.skip(f"no {batch} on this machine (tests/infra)")
+    _need(batch)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, batch, remote_shoal)

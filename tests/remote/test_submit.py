@@ -67,6 +67,15 @@ def _add(cli: CliRunner, host: Host, batch: str, pre_run: str) -> str:
     return name
 
 
+def _need(batch: str) -> None:
+    """Skip when the batch system is not on this machine (tests/infra starts them)."""
+    needs = {"sge": "qsub", "slurm": "sbatch"}.get(batch)
+    if needs and shutil.which(needs) is None:
+        pytest.skip(f"no {batch} on this machine (tests/infra)")
+    if batch == "sge" and subprocess.run(["qstat"], capture_output=True).returncode != 0:
+        pytest.skip("Grid Engine does not answer (tests/infra/sge-local.sh up)")
+
+
 def _until_ended(cli: CliRunner, run: str, timeout: float = 180) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
@@ -87,11 +96,7 @@ def test_a_run_sent_to_a_host_runs_there_and_comes_back(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    needs = {"sge": "qsub", "slurm": "sbatch"}.get(batch)
-    if needs and shutil.which(needs) is None:
-        pytest.skip(f"no {batch} on this machine (tests/infra)")
-    if batch == "sge" and subprocess.run(["qstat"], capture_output=True).returncode != 0:
-        pytest.skip("Grid Engine does not answer (tests/infra/sge-local.sh up)")
+    _need(batch)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.chdir(tmp_path)
     cli = CliRunner()
@@ -217,9 +222,7 @@ def test_a_chain_of_allocations_carries_a_run_to_its_end(
     """Each allocation lasts 20 s and its driver stops starting tasks 6 s before the end;
     30 s of work (60 tasks of 1 s on 2 cores) needs at least two allocations, each queued by
     the one before (afterany / -hold_jid), with no workstation taking part."""
-    needs = {"sge": "qsub", "slurm": "sbatch"}[batch]
-    if shutil.which(needs) is None:
-        pytest.skip(f"no {batch} on this machine (tests/infra)")
+    _need(batch)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, batch, remote_shoal)
