@@ -940,10 +940,13 @@ def test_reservation_starts_a_starving_large_task() -> None:
     assert started, "the 4-core task never started"
     # before reserve_after: backfill, small tasks submitted after the large one started
     assert any(task_ > big and t < wait for t, task_ in log)
-    # from reserve_after on: the node drains; no small task starts until the large one has
-    assert not [task_ for t, task_ in log if wait <= t < started[0] and task_ != big]
+    # the clock starts when a younger task first starts ahead of it (t = 1: waiting behind
+    # the four tasks that were running already is no starvation); from reserve_after later
+    # on the node drains (the small tasks have no estimate: none could end before it fits)
+    passed = 1.0
+    assert not [task_ for t, task_ in log if passed + wait <= t < started[0] and task_ != big]
     # it started as soon as the 4 small tasks running at reserve_after had all finished
-    assert started[0] == wait + 3
+    assert started[0] == passed + wait + 3
 
 
 @pytest.mark.parametrize(("big_estimate", "small_estimate"), [(0.0, 100.0), (10.0, 100.0)])
@@ -955,7 +958,49 @@ def test_longer_estimates_do_not_switch_the_reservation_off(
     wait = 10.0
     log, big = stream(wait, big_estimate=big_estimate, small_estimate=small_estimate)
     started = [t for t, task_ in log if task_ == big]
-    assert started and started[0] <= wait + 3, log
+    assert started and started[0] <= 1 + wait + 3, log
+
+
+def test_waiting_in_a_long_queue_is_not_starving() -> None:
+    """The starvation clock runs only while younger tasks start ahead of the oldest: a large
+    task that waited 100 s behind long tasks (nothing passing it) gets no reservation, so a
+    small task that fits starts at once; once passed over for reserve_after, it gets one."""
+    sched = Scheduler([Node.sized("n0", 4)], Policy(reserve_after=10))
+    sched.handle(sub(0, task(0, request=Request(cpus=3)), task(1, request=Request(cpus=4))))
+    assert dispatched(sched.handle(sub(100, task(2)))) == [2]  # passed over from now on
+    assert dispatched(sched.handle(Succeeded(105, 2, 1), sub(105, task(3)))) == [3]
+    # at 110 it has been passed over for 10 s: the node keeps its core for it
+    assert dispatched(sched.handle(Succeeded(110, 3, 1), sub(110, task(4)))) == []
+    assert dispatched(sched.handle(Succeeded(111, 0, 1))) == [1]
+
+
+def test_a_reserved_node_takes_only_what_does_not_delay_the_starving_task() -> None:
+    """EASY backfilling on the reserved node: with the running tasks' estimates, a task that
+    will end before the starving one fits may start there, and one that fits in what it
+    leaves spare; a longer one may not."""
+    node = Node.sized("n0", 8, 2)
+    sched = Scheduler([node], Policy(reserve_after=0))
+    sched.handle(sub(0, task(0, request=Request(cpus=4), estimate=10.0)))
+    big = task(1, request=Request(cpus=7), estimate=5.0)  # fits at t = 10, leaving 1 core
+    assert dispatched(sched.handle(sub(1, big))) == []
+    two = task(2, request=Request(cpus=2), estimate=50.0)  # would delay it
+    assert dispatched(sched.handle(sub(2, two))) == []
+    assert dispatched(sched.handle(sub(3, task(3, estimate=5.0)))) == [3]  # ends at 8 < 10
+    spare = task(4, request=Request(cpus=1, gpus=1), estimate=80.0)  # in what is spare at 10
+    assert dispatched(sched.handle(sub(4, spare))) == [4]
+    assert sched.state(2) is RDY
+    assert dispatched(sched.handle(Succeeded(8, 3, 1))) == []  # 2 is still too long
+    assert 1 in dispatched(sched.handle(Succeeded(10, 0, 1)))  # on time
+
+
+def test_idle_gpus_go_to_gpu_tasks_first_among_equals() -> None:
+    """Among equally urgent tasks (no priority, no estimate), one that uses an idle GPU
+    starts before an older CPU task: the cores the CPU task would take are used later, an
+    idle GPU is lost."""
+    sched = Scheduler([Node.sized("n0", 4, 1)], Policy())
+    sched.handle(sub(0, task(0, request=Request(cpus=3))))
+    out = sched.handle(sub(1, task(1, request=Request(cpus=1)), task(2, request=Request(1, 1))))
+    assert dispatched(out) == [2]
 
 
 def test_without_reservation_the_large_task_starves() -> None:

@@ -7,12 +7,15 @@
   that small tasks fill the gaps at the end; measured on W3 (bench/RESULTS.md) it did worse than
   submission order with the local backend, whose workers serve one task width each and must be
   replaced when the mix of widths changes, so it is not the default. A task that does not fit yet
-  does not block smaller ones behind it, with one guard against starvation: once the most urgent
-  ready task (by priority, then age) has waited ``reserve_after`` seconds, it gets a reservation.
-  The node it is most likely to fit on (the one with the most free cores among those large enough)
-  takes no new work until the task starts there; other nodes keep backfilling. On a single node
-  this means the node drains until the large task fits. The reservation is derived afresh on every
-  pass, so there is no reservation state to persist or to go stale.
+  does not block smaller ones behind it, with one guard against starvation: once younger tasks
+  have been starting ahead of the oldest ready task (of the top priority) for ``reserve_after``
+  seconds, it gets a reservation. The node it is most likely to fit on (the one with the most
+  free cores among those large enough) takes no new work that would delay it: a task starts
+  there only if it is expected to end before the large task would fit anyway, or if it fits in
+  what the large task leaves spare (EASY backfilling, :class:`Window`, with estimates given or
+  learned per shape; without any, the node drains until the large task fits). Other nodes keep
+  backfilling. The reservation is derived afresh on every pass; only when the oldest task was
+  first passed over is kept (``TaskTable.passed``), and a resume starts that clock anew.
 * ``waves``: start everything that fits, then start nothing until all of it has finished.
   It exists to compare against; it wastes the cores that wait for the slowest task of a wave.
 
@@ -26,7 +29,7 @@ from shoal.core.chains import Chains
 from shoal.core.commands import Command
 from shoal.core.policy import Mode, Order
 from shoal.core.ready import band
-from shoal.core.resources import Pool, Request
+from shoal.core.resources import Placement, Pool, Request
 from shoal.core.tasks import TaskTable
 
 
@@ -43,6 +46,8 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
     records = table.records
     blocked: set[Request] = set()
     avoid: frozenset[int] = frozenset()
+    window: Window | None = None
+    guard: int | None = None  # the oldest ready task, whose wait the guard times
     largest = policy.order is Order.LARGEST
     while queue:
         heads = queue.heads()  # most urgent first (ready.urgency), then submission
@@ -50,33 +55,49 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
         if not avoid and not waves:
             # Starvation guard: among the heads of the top priority, the one that has waited
             # longest (not the longest estimate: a stream of long small tasks must not
-            # starve a wide one), once it has waited reserve_after seconds, goes first if
-            # it fits, and gets a reservation if it does not.
+            # starve a wide one), once younger tasks have been starting ahead of it for
+            # reserve_after seconds, goes first if it fits, and gets a reservation if it does
+            # not. (Waiting in a long queue is no starvation: only being passed over is.)
             top = band(heads[0][0][0])
             oldest = min(
                 (h for h in heads if band(h[0][0]) == top),
                 key=lambda h: records[h[0][1]].ready_since,
             )
             (_, task, _), request = oldest
-            waited = table.now - records[task].ready_since
+            guard = task
+            passed = table.passed
+            waited = table.now - passed[1] if passed and passed[0] == task else 0.0
             if waited >= policy.reserve_after:
                 if pool.fits(request):
                     first = oldest
                 else:
                     blocked.add(request)
                     avoid = reserve(pool, request)
+                    window = Window.of(chains, avoid, request)
         if largest:  # among equal priority, the biggest first: small ones fill the gaps
             heads.sort(key=lambda h: (band(h[0][0]), _size(h[1]), h[0][0], h[0][1]))
+        elif any(f.ngpus for f in pool.free) and any(r.gpus for _, r in heads):
+            # GPUs are idle: among equally urgent tasks (same priority, no estimate to order
+            # them), those that use GPUs first: a core a CPU task does not take now is taken
+            # later, a GPU left idle is lost
+            heads.sort(key=lambda h: (h[0][0], not h[1].gpus))
         if first is not None and heads[0] is not first:
             heads.remove(first)
             heads.insert(0, first)
         started = False
-        for _, request in heads:
+        for (_, task, _), request in heads:
             if request in blocked:
                 continue
             placement = pool.allocate(request, avoid)
+            if placement is None and window is not None:
+                placement = window.take(chains, records[task].info.estimate, request)
             if placement is not None:
                 chains.start(queue.pop(request), placement, cause, out)
+                if guard is not None:  # the oldest started, or was passed over: since when
+                    if task == guard:
+                        table.passed = guard = None
+                    elif table.passed is None or table.passed[0] != guard:
+                        table.passed = (guard, table.now)
                 started = True
                 break
             blocked.add(request)
@@ -84,6 +105,79 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
             break
     if policy.prefetch and not waves:
         chains.prefetch(avoid, cause, out)
+
+
+class Window:
+    """Backfill on a reserved node (EASY backfilling): the time ``shadow`` at which the
+    starving task will fit there, from the expected ends of the tasks running there (start
+    plus estimate, given or learned per shape), and the cores and GPUs it leaves ``spare``
+    then. A task may start on the node if it is expected to end before the shadow time, or
+    if it fits in what is spare then: the starving task starts no later for it. A running
+    task past its estimate is expected to end now, which closes the window: an estimate
+    that was too short delays the starving task by that task's overrun at most."""
+
+    __slots__ = ("node", "now", "shadow", "spare")
+
+    def __init__(self, node: int, now: float, shadow: float, spare: list[int]) -> None:
+        self.node, self.now, self.shadow, self.spare = node, now, shadow, spare
+
+    @classmethod
+    def of(cls, chains: Chains, reserved: frozenset[int], request: Request) -> Window | None:
+        """The window on the one reserved node, or None where it cannot be known (a task of
+        unknown run time there, memory, several nodes)."""
+        if len(reserved) != 1 or request.memory or request.ranks != 1:
+            return None
+        (node,) = reserved
+        free = chains.pool.free[node]
+        have = [free.ncores, free.ngpus]
+        now = chains.table.now
+        ends: list[tuple[float, int, int]] = []
+        for tid, rec in chains.running.items():
+            placement = chains.flights[tid].placement
+            if placement is None:
+                continue
+            for slot in placement.slots:
+                if slot.node != node:
+                    continue
+                guess = _estimate(chains, rec.info.estimate, rec.info.request)
+                if guess is None:
+                    return None
+                end = max(now, chains.flights[tid].since + guess)
+                ends.append((end, len(slot.cores), len(slot.gpus)))
+        ends.sort()
+        shadow = now
+        for end, cores, gpus in ends:
+            if have[0] >= request.cpus and have[1] >= request.gpus:
+                break
+            shadow = end
+            have[0] += cores
+            have[1] += gpus
+        if have[0] < request.cpus or have[1] < request.gpus:
+            return None
+        return cls(node, now, shadow, [have[0] - request.cpus, have[1] - request.gpus])
+
+    def take(self, chains: Chains, estimate: float, request: Request) -> Placement | None:
+        """A placement on the reserved node for a task that does not delay the starving one."""
+        if request.memory or request.ranks != 1:
+            return None
+        guess = _estimate(chains, estimate, request)
+        before = guess is not None and self.now + guess <= self.shadow
+        cpus, gpus = request.cpus, request.gpus
+        spare = cpus <= self.spare[0] and gpus <= self.spare[1]
+        if not (before or spare):
+            return None
+        others = frozenset(range(len(chains.pool.nodes))) - {self.node}
+        placement = chains.pool.allocate(request, others)
+        if placement is not None and not before:
+            self.spare[0] -= cpus
+            self.spare[1] -= gpus
+        return placement
+
+
+def _estimate(chains: Chains, given: float, request: Request) -> float | None:
+    """A task's expected run time: its own estimate, else the moving average of finished
+    tasks of its shape, else None (unknown)."""
+    return given if given > 0 else chains.runtime.get(request)
 
 
 def reserve(pool: Pool, request: Request) -> frozenset[int]:

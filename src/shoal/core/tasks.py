@@ -85,6 +85,9 @@ class TaskTable:
         self.open = 0  # tasks not in a terminal state
         self.heap = ReadyHeap()
         self.now = 0.0
+        # the oldest ready task that did not fit while younger ones started, and since when
+        # (placement.schedule's starvation guard); soft state: a resume starts its clock anew
+        self.passed: tuple[int, float] | None = None
 
     # -- the one place a state changes ------------------------------------------------------
     def move(
