@@ -67,6 +67,7 @@ def tasks(
     with Reader(d) as r:
         try:
             rows, total = r.table(tuple(states), name, tag, sort=sort, limit=limit, offset=offset)
+            rows = [{**row, "attempts": r.attempts(row["id"])} for row in rows]  # as the CLI
         except ShoalError as err:
             raise Refused(
                 "bad_argument",
