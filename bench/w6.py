@@ -15,7 +15,12 @@ for the policy of today (``Policy()``) and for submission order with no core at 
 (``greedy``: whenever resources free up, the first tasks in order that fit start), the
 reference every run is measured beside.
 
-    python bench/w6.py [--seeds 20] [--tasks 400] [--json PATH]
+``--real K`` also runs the first K workloads of one node (cpu-first) through the real local
+backend (``wf.run(cpus=16, gpus=4)``, pretended GPUs, Python tasks that sleep their duration
+times ``--scale`` seconds), beside the simulated core on the same workload: efficiency from
+first start to last end (the store's attempts) and end to end (``wf.run``'s wall time).
+
+    python bench/w6.py [--seeds 20] [--tasks 400] [--real 3 --scale 0.02] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import common
+
+import shoal
 from shoal.core.commands import Dispatch
 from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Node
 from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
 from shoal.spec.request import Request
+from shoal.store.queries import Reader
 
 CORES, GPUS = 16, 4
 ERROR = 0.5  # sigma of the lognormal error of the estimates
@@ -155,12 +164,49 @@ def measure(seeds: int, tasks: int) -> dict[str, Any]:
     return out
 
 
+def nap(d: float) -> float:
+    time.sleep(d)
+    return d
+
+
+def real(jobs: list[Job], scale: float, estimates: list[float] | None) -> dict[str, float]:
+    """One node's workload through the local backend: efficiency (first start to last end,
+    and end to end) against the bound, beside the simulated core's."""
+    low = bound(jobs, 1) * scale
+    sim = bound(jobs, 1) / core(jobs, 1, estimates, Policy())
+    with common.tempbase() as base:
+        fn = shoal.task(nap)
+        with shoal.Workflow("w6") as wf:
+            for i, j in enumerate(jobs):
+                guess = estimates[i] * scale if estimates else None
+                fn.options(cpus=j.cpus, gpus=j.gpus, estimate=guess)(j.duration * scale)
+        t0 = time.perf_counter()
+        run = common.run_shoal(wf, base, None, cpus=CORES, gpus=GPUS)
+        wall = time.perf_counter() - t0
+        with Reader(run.dir) as r:
+            first, last = r.conn.execute("SELECT min(started), max(ended) FROM attempts").fetchone()
+    return {"simulated": sim, "span": low / (last - first), "wall": low / wall}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--tasks", type=int, default=400, help="tasks per node")
     p.add_argument("--json", help="write the numbers here too")
+    p.add_argument("--real", type=int, default=0, help="workloads run by the local backend")
+    p.add_argument("--scale", type=float, default=0.02, help="seconds per unit of duration")
     a = p.parse_args()
+    if a.real:
+        for seed in range(a.real):
+            jobs = workload(a.tasks, seed, "cpu-first")
+            for name, est in (("none", None), ("estimates", guesses(jobs, seed))):
+                r = real(jobs, a.scale, est)
+                print(
+                    f"W6 real, seed {seed}, {name}: simulated core {r['simulated']:.3f}, "
+                    f"local backend {r['span']:.3f} (first start to last end), "
+                    f"{r['wall']:.3f} end to end"
+                )
+        return
     t0 = time.perf_counter()
     res = measure(a.seeds, a.tasks)
     took = time.perf_counter() - t0
