@@ -76,7 +76,7 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
                     window = Window.of(chains, avoid, request)
         if largest:  # among equal priority, the biggest first: small ones fill the gaps
             heads.sort(key=lambda h: (band(h[0][0]), _size(h[1]), h[0][0], h[0][1]))
-        elif any(f.ngpus for f in pool.free) and any(r.gpus for _, r in heads):
+        elif pool.idle_gpus and any(r.gpus for _, r in heads):
             # GPUs are idle: among equally urgent tasks (same priority, no estimate to order
             # them), those that use GPUs first: a core a CPU task does not take now is taken
             # later, a GPU left idle is lost

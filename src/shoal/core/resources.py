@@ -93,6 +93,7 @@ class Pool:
 
     nodes: tuple[Node, ...]
     free: list[_Free] = field(init=False)
+    idle_gpus: int = field(init=False)  # free GPUs on all nodes (no scan to ask)
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -101,6 +102,7 @@ class Pool:
             _Free(_bits(n.cores), _bits(n.gpus), n.memory, len(n.cores), len(n.gpus))
             for n in self.nodes
         ]
+        self.idle_gpus = sum(len(n.gpus) for n in self.nodes)
 
     # -- questions ------------------------------------------------------------------------
     def _ranks_fitting(self, i: int, req: Request) -> int:
@@ -177,6 +179,7 @@ class Pool:
         f.gpus &= ~_bits(gpus)
         f.ncores -= len(cores)
         f.ngpus -= len(gpus)
+        self.idle_gpus -= len(gpus)
         f.memory -= mem
         return Slot(i, cores, gpus, mem, ranks)
 
@@ -190,6 +193,7 @@ class Pool:
             f.gpus |= gpus
             f.ncores += len(s.cores)
             f.ngpus += len(s.gpus)
+            self.idle_gpus += len(s.gpus)
             f.memory += s.memory
 
     # -- accounting -----------------------------------------------------------------------
@@ -203,6 +207,7 @@ class Pool:
 
     def check(self, placements: Sequence[Placement]) -> None:
         """Assert that held placements and free resources add up to capacity, with no overlap."""
+        assert self.idle_gpus == sum(f.ngpus for f in self.free), "the idle GPU count is off"
         for i, node in enumerate(self.nodes):
             f = self.free[i]
             held_c = held_g = 0
