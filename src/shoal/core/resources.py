@@ -87,6 +87,9 @@ class _Free:
     ngpus: int
 
 
+INDEXED = 8  # from this many nodes on, one-rank requests find their node in an index
+
+
 @dataclass(slots=True)
 class Pool:
     """Free resources of every node, with allocation and release of placements."""
@@ -94,6 +97,13 @@ class Pool:
     nodes: tuple[Node, ...]
     free: list[_Free] = field(init=False)
     idle_gpus: int = field(init=False)  # free GPUs on all nodes (no scan to ask)
+    # Nodes by what they have free: rooms[gpus][cores] holds the nodes with exactly that many
+    # free (an ordered set), top[gpus] the most free cores of any node with that many free
+    # GPUs (-1: none). A one-rank request finds its node by a few lookups, however many
+    # nodes there are; it is kept only where that pays and memory is not counted.
+    rooms: list[list[dict[int, None]]] | None = field(init=False)
+    top: list[int] = field(init=False)
+    refusals: dict[Request, str | None] = field(init=False)  # nodes never change: kept
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -103,6 +113,46 @@ class Pool:
             for n in self.nodes
         ]
         self.idle_gpus = sum(len(n.gpus) for n in self.nodes)
+        self.refusals = {}
+        self.rooms = None
+        self.top = []
+        if len(self.nodes) >= INDEXED and not any(n.memory for n in self.nodes):
+            cores = max(len(n.cores) for n in self.nodes)
+            gpus = max(len(n.gpus) for n in self.nodes)
+            self.rooms = [[{} for _ in range(cores + 1)] for _ in range(gpus + 1)]
+            self.top = [-1] * (gpus + 1)
+            for i, f in enumerate(self.free):
+                self._enter(i, f.ncores, f.ngpus)
+
+    def _enter(self, i: int, cores: int, gpus: int) -> None:
+        assert self.rooms is not None
+        self.rooms[gpus][cores][i] = None
+        if cores > self.top[gpus]:
+            self.top[gpus] = cores
+
+    def _leave(self, i: int, cores: int, gpus: int) -> None:
+        assert self.rooms is not None
+        row = self.rooms[gpus]
+        del row[cores][i]
+        if not row[cores] and cores == self.top[gpus]:
+            c = cores - 1
+            while c >= 0 and not row[c]:
+                c -= 1
+            self.top[gpus] = c
+
+    def _room(self, req: Request, avoid: frozenset[int]) -> int | None:
+        """The node for a one-rank request, from the index: the tightest fit, counting GPUs
+        first for a task without GPUs (it goes where GPUs are used already, or are none)."""
+        assert self.rooms is not None
+        for g in range(req.gpus, len(self.rooms)):
+            if self.top[g] < req.cpus:
+                continue
+            row = self.rooms[g]
+            for c in range(req.cpus, self.top[g] + 1):
+                for i in row[c]:
+                    if i not in avoid:
+                        return i
+        return None
 
     # -- questions ------------------------------------------------------------------------
     def _ranks_fitting(self, i: int, req: Request) -> int:
@@ -115,6 +165,8 @@ class Pool:
         return n
 
     def fits(self, req: Request, avoid: frozenset[int] = frozenset()) -> bool:
+        if self.rooms is not None and req.ranks == 1 and req.cpus > 0:
+            return self._room(req, avoid) is not None
         total = 0
         for i in range(len(self.nodes)):
             if i in avoid:
@@ -127,6 +179,14 @@ class Pool:
 
     def refusal(self, req: Request) -> str | None:
         """Why ``req`` can never fit on these nodes, even when all of them are idle (or None)."""
+        if req in self.refusals:
+            return self.refusals[req]
+        why = self._refusal(req)
+        if len(self.refusals) < 4096:
+            self.refusals[req] = why
+        return why
+
+    def _refusal(self, req: Request) -> str | None:
         if req.cpus < 0 or req.gpus < 0 or req.ranks < 1 or req.memory < 0:
             return f"a request of {req.describe()} is not valid"
         per_node = []
@@ -148,6 +208,9 @@ class Pool:
     # -- changes --------------------------------------------------------------------------
     def allocate(self, req: Request, avoid: frozenset[int] = frozenset()) -> Placement | None:
         """Place all ranks on one node if possible, else spread them; None if it does not fit."""
+        if self.rooms is not None and req.ranks == 1 and req.cpus > 0:
+            i = self._room(req, avoid)
+            return None if i is None else Placement((self._take(i, req, 1),))
         counts: list[tuple[int, int]] = []
         for i in range(len(self.nodes)):
             if i in avoid:
@@ -172,6 +235,8 @@ class Pool:
 
     def _take(self, i: int, req: Request, ranks: int) -> Slot:
         f = self.free[i]
+        if self.rooms is not None:
+            self._leave(i, f.ncores, f.ngpus)
         cores = _take(f.cores, req.cpus * ranks)
         gpus = _take(f.gpus, req.gpus * ranks)
         mem = req.memory * ranks if self.nodes[i].memory else 0
@@ -181,6 +246,8 @@ class Pool:
         f.ngpus -= len(gpus)
         self.idle_gpus -= len(gpus)
         f.memory -= mem
+        if self.rooms is not None:
+            self._enter(i, f.ncores, f.ngpus)
         return Slot(i, cores, gpus, mem, ranks)
 
     def release(self, placement: Placement) -> None:
@@ -189,12 +256,16 @@ class Pool:
             cores, gpus = _bits(s.cores), _bits(s.gpus)
             if f.cores & cores or f.gpus & gpus:
                 raise AssertionError(f"releasing resources that are already free: {s}")
+            if self.rooms is not None:
+                self._leave(s.node, f.ncores, f.ngpus)
             f.cores |= cores
             f.gpus |= gpus
             f.ncores += len(s.cores)
             f.ngpus += len(s.gpus)
             self.idle_gpus += len(s.gpus)
             f.memory += s.memory
+            if self.rooms is not None:
+                self._enter(s.node, f.ncores, f.ngpus)
 
     # -- accounting -----------------------------------------------------------------------
     def totals(self) -> dict[str, int]:
@@ -208,6 +279,11 @@ class Pool:
     def check(self, placements: Sequence[Placement]) -> None:
         """Assert that held placements and free resources add up to capacity, with no overlap."""
         assert self.idle_gpus == sum(f.ngpus for f in self.free), "the idle GPU count is off"
+        if self.rooms is not None:
+            for i, f in enumerate(self.free):
+                assert i in self.rooms[f.ngpus][f.ncores], f"node {i} is misfiled in the index"
+            for g, row in enumerate(self.rooms):
+                assert self.top[g] == max((c for c, r in enumerate(row) if r), default=-1)
         for i, node in enumerate(self.nodes):
             f = self.free[i]
             held_c = held_g = 0

@@ -1,0 +1,112 @@
+"""W7: a thousand nodes through the pure core: cost per completion and packing at scale.
+
+A simulated allocation of N nodes of 64 cores and 4 GPUs (default 1,000) and the 1-node
+reference, each with the W6 mix scaled to its size (``--per-node`` tasks per node: half GPU
+tasks of 1-2 GPUs and 1-4 cores, half CPU tasks of 1-8 cores, lognormal durations) and rough
+estimates (sigma 0.5). The core (``Scheduler``) runs on a simulated clock with no overhead;
+the wall time spent in ``Scheduler.handle`` per completion is the cost of a decision.
+
+Targets (issue 21): the cost per completion at N nodes at most 2x that at 1 node; packing
+at least 0.95 of the lower bound with estimates.
+
+    python bench/w7.py [--nodes 1000] [--per-node 1000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import random
+import time
+from typing import Any
+
+from shoal.core.commands import Dispatch
+from shoal.core.machine import Policy, Scheduler
+from shoal.core.resources import Node
+from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
+from shoal.spec.request import Request
+
+CORES, GPUS = 64, 4
+
+
+def workload(n: int, seed: int) -> list[tuple[float, int, int, float]]:
+    """(duration, cpus, gpus, estimate) of ``n`` tasks, shuffled."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        d = rng.lognormvariate(0.0, 0.8)
+        cpus, gpus = (rng.randint(1, 4), rng.choice((1, 2))) if i % 2 else (rng.randint(1, 8), 0)
+        out.append((d, cpus, gpus, d * rng.lognormvariate(0.0, 0.5)))
+    rng.shuffle(out)
+    return out
+
+
+def simulate(nodes: int, tasks: list[tuple[float, int, int, float]]) -> dict[str, float]:
+    sched = Scheduler([Node.sized(f"n{i}", CORES, GPUS) for i in range(nodes)], Policy())
+    infos = tuple(
+        TaskInfo(i, request=Request(c, g), estimate=e) for i, (_, c, g, e) in enumerate(tasks)
+    )
+    ends: list[tuple[float, int, int]] = []
+    spent = 0.0
+
+    def handle(*events: Any) -> None:
+        nonlocal spent
+        t0 = time.perf_counter()
+        out = sched.handle(*events)
+        spent += time.perf_counter() - t0
+        now = events[0].now
+        for c in out:
+            if type(c) is Dispatch:
+                heapq.heappush(ends, (now + tasks[c.task][0], c.task, c.attempt))
+
+    handle(Submitted(0.0, infos))
+    submit_s = spent
+    spent = 0.0
+    now = 0.0
+    while ends:
+        now, task, attempt = heapq.heappop(ends)
+        batch = [Succeeded(now, task, attempt)]
+        while ends and ends[0][0] <= now:
+            _, t, a = heapq.heappop(ends)
+            batch.append(Succeeded(now, t, a))
+        handle(*batch)
+    if not sched.done:
+        raise SystemExit(f"the core left work undone: {dict(sched.counts)}")
+    cores = sum(d * c for d, c, _, _ in tasks) / (CORES * nodes)
+    gpus = sum(d * g for d, _, g, _ in tasks) / (GPUS * nodes)
+    low = max(cores, gpus, max(d for d, _, _, _ in tasks))
+    return {
+        "us_per_completion": spent / len(tasks) * 1e6,
+        "submit_s": submit_s,
+        "efficiency": low / now,
+        "completions_per_s": len(tasks) / spent,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--per-node", type=int, default=1000, help="tasks per node")
+    p.add_argument("--json", help="write the numbers here too")
+    a = p.parse_args()
+    res = {}
+    for nodes in (1, a.nodes, 1):  # the reference before and after
+        key = f"{nodes} node(s)" + (" again" if nodes == 1 and res else "")
+        res[key] = simulate(nodes, workload(a.per_node * nodes, 1))
+        r = res[key]
+        print(
+            f"W7 {key}: {r['us_per_completion']:.1f} us per completion "
+            f"({r['completions_per_s']:,.0f}/s), submit {r['submit_s']:.2f} s, "
+            f"packing {r['efficiency']:.3f} of the bound"
+        )
+    ref = min(res["1 node(s)"]["us_per_completion"], res["1 node(s) again"]["us_per_completion"])
+    big = res[f"{a.nodes} node(s)"]["us_per_completion"]
+    print(f"W7 cost at {a.nodes} nodes / 1 node: {big / ref:.2f} (target <= 2)")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
