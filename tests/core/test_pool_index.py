@@ -55,3 +55,21 @@ def test_cpu_tasks_go_where_gpus_are_used_and_gpu_tasks_fit_tightly() -> None:
     big = pool.allocate(Request(8, 2))
     assert small is not None and big is not None
     assert small.slots[0].node == big.slots[0].node  # the tightest fit: one node fills first
+
+
+def test_the_stateful_suite_with_every_pool_indexed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler's state machine (tests/core/test_stateful.py), its pools of 1-3 nodes
+    indexed as if they were many: placements, reservations, prefetch and kills keep every
+    invariant on the index path too."""
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from shoal.core import resources
+
+    from .test_stateful import SchedulerMachine
+
+    monkeypatch.setattr(resources, "INDEXED", 1)
+    run_state_machine_as_test(
+        SchedulerMachine,
+        settings=settings(max_examples=60, stateful_step_count=40, deadline=None),
+    )
