@@ -147,6 +147,8 @@ def test_what_an_agent_may_not_do_is_refused_with_structured_errors(tmp_path: Pa
             assert refused["error"] == "read_only" and "--allow-write" in refused["fix"]
             assert _error(await c.call_tool("stop", {}))["error"] == "read_only"
             assert not list(tmp_path.glob("inline-*"))  # nothing ran
+            await c.call_tool("plan", {"yaml": SWEEP})
+            assert not (tmp_path / ".shoal-mcp").exists()  # a read-only server writes nothing
             for where in ("../", str(outside), "link.yaml"):
                 err = _error(await c.call_tool("plan", {"file": where}))
                 assert err["error"] in ("outside_base", "bad_argument"), err

@@ -179,12 +179,24 @@ def source(g: Guard, file: str | None, yaml_text: str | None) -> Path:
     import hashlib
 
     assert yaml_text is not None
-    folder = g.base / INLINE
+    folder = g.base / INLINE if g.write else _scratch()  # a read-only server writes nothing
     folder.mkdir(exist_ok=True)
     digest = hashlib.sha256(yaml_text.encode()).hexdigest()[:12]
     path = folder / f"inline-{digest}.yaml"
     path.write_text(yaml_text)
     return path
+
+
+_SCRATCH: list[Path] = []
+
+
+def _scratch() -> Path:
+    """A private folder of this server's, outside the base, for inline YAML to plan."""
+    import tempfile
+
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="shoal-mcp-")))
+    return _SCRATCH[0]
 
 
 def plan(g: Guard, file: str | None, yaml_text: str | None, first: int) -> dict[str, Any]:
