@@ -169,7 +169,9 @@ def nap(d: float) -> float:
     return d
 
 
-def real(jobs: list[Job], scale: float, estimates: list[float] | None) -> dict[str, float]:
+def real(
+    jobs: list[Job], scale: float, estimates: list[float] | None, backend: str = "local"
+) -> dict[str, float]:
     """One node's workload through the local backend: efficiency (first start to last end,
     and end to end) against the bound, beside the simulated core's."""
     low = bound(jobs, 1) * scale
@@ -181,7 +183,8 @@ def real(jobs: list[Job], scale: float, estimates: list[float] | None) -> dict[s
                 guess = estimates[i] * scale if estimates else None
                 fn.options(cpus=j.cpus, gpus=j.gpus, estimate=guess)(j.duration * scale)
         t0 = time.perf_counter()
-        run = common.run_shoal(wf, base, None, cpus=CORES, gpus=GPUS)
+        size: dict[str, Any] = {"cpus": CORES, "gpus": GPUS} if backend == "local" else {}
+        run = common.run_shoal(wf, base, None, backend=backend, **size)
         wall = time.perf_counter() - t0
         with Reader(run.dir) as r:
             first, last = r.conn.execute("SELECT min(started), max(ended) FROM attempts").fetchone()
@@ -195,15 +198,18 @@ def main() -> None:
     p.add_argument("--json", help="write the numbers here too")
     p.add_argument("--real", type=int, default=0, help="workloads run by the local backend")
     p.add_argument("--scale", type=float, default=0.02, help="seconds per unit of duration")
+    p.add_argument(
+        "--backend", default="local", help="local, or slurm (inside an allocation of a node)"
+    )
     a = p.parse_args()
     if a.real:
         for seed in range(a.real):
             jobs = workload(a.tasks, seed, "cpu-first")
             for name, est in (("none", None), ("estimates", guesses(jobs, seed))):
-                r = real(jobs, a.scale, est)
+                r = real(jobs, a.scale, est, a.backend)
                 print(
                     f"W6 real, seed {seed}, {name}: simulated core {r['simulated']:.3f}, "
-                    f"local backend {r['span']:.3f} (first start to last end), "
+                    f"{a.backend} backend {r['span']:.3f} (first start to last end), "
                     f"{r['wall']:.3f} end to end"
                 )
         return
