@@ -9,7 +9,11 @@ the wall time spent in ``Scheduler.handle`` per completion is the cost of a deci
 Targets (issue 21): the cost per completion at N nodes at most 2x that at 1 node; packing
 at least 0.95 of the lower bound with estimates.
 
-    python bench/w7.py [--nodes 1000] [--per-node 1000] [--json PATH]
+``--driver N`` runs N tasks of the same mix through the real driver (``wf.run``, its store
+included) with a backend whose tasks complete at once (no processes): the most completions
+per second the driver keeps up with, at 1 node and at ``--nodes``.
+
+    python bench/w7.py [--nodes 1000] [--per-node 1000] [--driver 100000] [--json PATH]
 """
 
 from __future__ import annotations
@@ -17,11 +21,19 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import pickle
 import random
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import common
+
+import shoal
+from shoal.backends.base import Backend, Job
 from shoal.core.commands import Dispatch
+from shoal.core.events import Outcome
 from shoal.core.machine import Policy, Scheduler
 from shoal.core.resources import Node
 from shoal.core.stimuli import Submitted, Succeeded, TaskInfo
@@ -84,12 +96,76 @@ def simulate(nodes: int, tasks: list[tuple[float, int, int, float]]) -> dict[str
     }
 
 
+class Instant(Backend):
+    """A backend of ``count`` pretended nodes whose tasks succeed the moment they are
+    submitted: what is left is the driver's own cost (scheduling, store, outcomes)."""
+
+    name = "instant"
+    capabilities = frozenset({"python"})
+
+    def __init__(self, count: int) -> None:
+        self._nodes = [Node.sized(f"n{i}", CORES, GPUS) for i in range(count)]
+        self._done: list[Outcome] = []
+        self._none = pickle.dumps(None)
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes)
+
+    def start(self, rundir: Path) -> None:
+        pass
+
+    def define(self, function: int, payload: bytes) -> None:
+        pass
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        now = time.time()
+        self._done.extend(
+            Outcome(j.task, j.attempt, True, now, now, result=self._none) for j in jobs
+        )
+
+    def cancel(self, task: int, attempt: int) -> None:
+        pass
+
+    def poll(self, timeout: float) -> list[Outcome]:
+        out, self._done = self._done, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def noop() -> None:
+    return None
+
+
+def driver(nodes: int, n: int) -> dict[str, float]:
+    """``n`` tasks of the mix through ``wf.run`` on :class:`Instant`: completions per second."""
+    fn = shoal.task(noop)
+    with shoal.Workflow("w7") as wf:
+        for _, cpus, gpus, estimate in workload(n, 2):
+            fn.options(cpus=cpus, gpus=gpus, estimate=estimate)()
+    with common.tempbase() as base:
+        t0 = time.perf_counter()
+        common.run_shoal(wf, base, None, backend=Instant(nodes), progress=False)
+        took = time.perf_counter() - t0
+    return {"completions_per_s": n / took, "wall_s": took}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--per-node", type=int, default=1000, help="tasks per node")
     p.add_argument("--json", help="write the numbers here too")
+    p.add_argument("--driver", type=int, default=0, help="tasks through the real driver")
     a = p.parse_args()
+    if a.driver:
+        for nodes in (1, a.nodes, 1):
+            r = driver(nodes, a.driver)
+            print(
+                f"W7 driver, {nodes} node(s), {a.driver:,} tasks: "
+                f"{r['completions_per_s']:,.0f} completions/s ({r['wall_s']:.1f} s)"
+            )
+        return
     res = {}
     for nodes in (1, a.nodes, 1):  # the reference before and after
         key = f"{nodes} node(s)" + (" again" if nodes == 1 and res else "")
