@@ -25,16 +25,22 @@ After placing, a backfill pass queues work behind running tasks (prefetch and fo
 
 from __future__ import annotations
 
+from bisect import insort
+
 from shoal.core.chains import Chains
 from shoal.core.commands import Command
 from shoal.core.policy import Mode, Order
-from shoal.core.ready import band
+from shoal.core.ready import Item, band
 from shoal.core.resources import Placement, Pool, Request
-from shoal.core.tasks import TaskTable
+from shoal.core.tasks import TaskRecord, TaskTable
 
 
 def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -> None:
-    """One scheduling pass: start what fits, most urgent first, then queue behind."""
+    """One scheduling pass: start what fits, most urgent first, then queue behind.
+
+    The heads of the shapes are read and sorted once per pass; a start changes only the head
+    of its own shape, which is put back in order (a pass costs O(shapes + starts x log)). A
+    shape that did not fit stays blocked for the pass: within a pass resources only shrink."""
     policy = chains.policy
     queue = table.heap
     if not (queue or (policy.follow and chains.open)):
@@ -48,9 +54,10 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
     avoid: frozenset[int] = frozenset()
     window: Window | None = None
     guard: int | None = None  # the oldest ready task, whose wait the guard times
-    largest = policy.order is Order.LARGEST
-    while queue:
-        heads = queue.heads()  # most urgent first (ready.urgency), then submission
+    key = _largest_first if policy.order is Order.LARGEST else _gpus_first
+    heads = sorted([(key(item, r), item, r) for item, r in queue.heads()])
+    oldest: tuple[float, Item, Request] | None = None
+    while heads:
         first = None
         if not avoid and not waves:
             # Starvation guard: among the heads of the top priority, the one that has waited
@@ -58,53 +65,94 @@ def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -
             # starve a wide one), once younger tasks have been starting ahead of it for
             # reserve_after seconds, goes first if it fits, and gets a reservation if it does
             # not. (Waiting in a long queue is no starvation: only being passed over is.)
-            top = band(heads[0][0][0])
-            oldest = min(
-                (h for h in heads if band(h[0][0]) == top),
-                key=lambda h: records[h[0][1]].ready_since,
-            )
-            (_, task, _), request = oldest
-            guard = task
+            if oldest is None:
+                oldest = _oldest(heads, records)
+            _, (_, guard, _), request = oldest
             passed = table.passed
-            waited = table.now - passed[1] if passed and passed[0] == task else 0.0
+            waited = table.now - passed[1] if passed and passed[0] == guard else 0.0
             if waited >= policy.reserve_after:
                 if pool.fits(request):
-                    first = oldest
+                    first = request
                 else:
                     blocked.add(request)
                     avoid = reserve(pool, request)
                     window = Window.of(chains, avoid, request)
-        if largest:  # among equal priority, the biggest first: small ones fill the gaps
-            heads.sort(key=lambda h: (band(h[0][0]), _size(h[1]), h[0][0], h[0][1]))
-        elif pool.idle_gpus and any(r.gpus for _, r in heads):
-            # GPUs are idle: among equally urgent tasks (same priority, no estimate to order
-            # them), those that use GPUs first: a core a CPU task does not take now is taken
-            # later, a GPU left idle is lost
-            heads.sort(key=lambda h: (h[0][0], not h[1].gpus))
-        if first is not None and heads[0] is not first:
-            heads.remove(first)
-            heads.insert(0, first)
-        started = False
-        for (_, task, _), request in heads:
-            if request in blocked:
-                continue
-            placement = pool.allocate(request, avoid)
-            if placement is None and window is not None:
-                placement = window.take(chains, records[task].info.estimate, request)
-            if placement is not None:
-                chains.start(queue.pop(request), placement, cause, out)
-                if guard is not None:  # the oldest started, or was passed over: since when
-                    if task == guard:
-                        table.passed = guard = None
-                    elif table.passed is None or table.passed[0] != guard:
-                        table.passed = (guard, table.now)
-                started = True
-                break
-            blocked.add(request)
-        if not started:
+        at = _start(heads, first, blocked, avoid, window, chains, cause, out)
+        if at < 0:
             break
+        _, (_, task, _), request = heads.pop(at)
+        if guard is not None:  # the oldest started, or was passed over: since when
+            if task == guard:
+                table.passed = guard = None
+            elif table.passed is None or table.passed[0] != guard:
+                table.passed = (guard, table.now)
+        new = queue.head(request)
+        if new is not None:
+            insort(heads, (key(new, request), new, request))
+        if oldest is not None:  # only the started shape's head changed
+            if task == oldest[1][1]:
+                oldest = None
+            elif new is not None and band(new[0]) == band(oldest[1][0]):
+                mine = (records[new[1]].ready_since, new, request)
+                if mine[:2] < oldest[:2]:
+                    oldest = mine
     if policy.prefetch and not waves:
         chains.prefetch(avoid, cause, out)
+
+
+def _start(
+    heads: list[tuple[tuple[float, ...], Item, Request]],
+    first: Request | None,
+    blocked: set[Request],
+    avoid: frozenset[int],
+    window: Window | None,
+    chains: Chains,
+    cause: str,
+    out: list[Command],
+) -> int:
+    """Start the first head (``first``'s shape before all) that fits; its index in ``heads``,
+    or -1 when none does. A shape that does not fit is blocked."""
+    pool = chains.pool
+    order = range(len(heads))
+    if first is not None:
+        at = next(i for i, h in enumerate(heads) if h[2] == first)
+        order = [at, *(i for i in order if i != at)]  # type: ignore[assignment]
+    for i in order:
+        _, (_, task, _), request = heads[i]
+        if request in blocked:
+            continue
+        placement = pool.allocate(request, avoid)
+        if placement is None and window is not None:
+            placement = window.take(chains, chains.table.records[task].info.estimate, request)
+        if placement is not None:
+            chains.start(chains.table.heap.pop(request), placement, cause, out)
+            return i
+        blocked.add(request)
+    return -1
+
+
+def _oldest(
+    heads: list[tuple[tuple[float, ...], Item, Request]], records: dict[int, TaskRecord]
+) -> tuple[float, Item, Request]:
+    """Among the heads of the top priority, the one ready longest (then the most urgent)."""
+    top = min(band(item[0]) for _, item, _ in heads)
+    return min(
+        (records[item[1]].ready_since, item, request)
+        for _, item, request in heads
+        if band(item[0]) == top
+    )
+
+
+def _gpus_first(item: Item, request: Request) -> tuple[float, ...]:
+    """Urgency order (ready.urgency), and among equally urgent tasks those that use GPUs first:
+    a core a CPU task does not take now is taken later, a GPU left idle is lost. (Where no GPU
+    is idle, a GPU task does not fit and is passed by, so the order then is urgency's.)"""
+    return (item[0], not request.gpus, item[1])
+
+
+def _largest_first(item: Item, request: Request) -> tuple[float, ...]:
+    """Among equal priority, the biggest first: small ones fill the gaps."""
+    return (band(item[0]), *_size(request), item[0], item[1])
 
 
 class Window:

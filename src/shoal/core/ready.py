@@ -84,6 +84,10 @@ class ReadyHeap:
         out.sort(key=lambda pair: pair[0])
         return out
 
+    def head(self, request: Request) -> Item | None:
+        """The most urgent live item of this shape, or None."""
+        return self._clean(request) if request in self.heaps else None
+
     def peek(self, request: Request) -> int | None:
         """The most urgent live task of this shape, or None."""
         if request not in self.heaps:
