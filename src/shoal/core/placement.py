@@ -25,6 +25,7 @@ After placing, a backfill pass queues work behind running tasks (prefetch and fo
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 
 from shoal.core.chains import Chains
@@ -135,12 +136,15 @@ def _oldest(
     heads: list[tuple[tuple[float, ...], Item, Request]], records: dict[int, TaskRecord]
 ) -> tuple[float, Item, Request]:
     """Among the heads of the top priority, the one ready longest (then the most urgent)."""
-    top = min(band(item[0]) for _, item, _ in heads)
-    return min(
-        (records[item[1]].ready_since, item, request)
-        for _, item, request in heads
-        if band(item[0]) == top
-    )
+    top = min(math.ceil(item[0]) for _, item, _ in heads)  # band(), inline: a pass calls it often
+    best: tuple[float, Item, Request] | None = None
+    for _, item, request in heads:
+        if math.ceil(item[0]) == top:
+            mine = (records[item[1]].ready_since, item, request)
+            if best is None or mine[:2] < best[:2]:
+                best = mine
+    assert best is not None
+    return best
 
 
 def _gpus_first(item: Item, request: Request) -> tuple[float, ...]:

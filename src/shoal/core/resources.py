@@ -68,14 +68,17 @@ def _bits(ids: Iterable[int]) -> int:
     return mask
 
 
-def _take(mask: int, n: int) -> tuple[int, ...]:
-    """The ``n`` lowest set bits of ``mask`` as ids (the caller checked there are enough)."""
+def _take(mask: int, n: int) -> tuple[tuple[int, ...], int]:
+    """The ``n`` lowest set bits of ``mask`` as ids, and as a mask (the caller checked there
+    are enough)."""
     out: list[int] = []
-    while len(out) < n:
+    taken = 0
+    for _ in range(n):
         low = mask & -mask
         out.append(low.bit_length() - 1)
         mask ^= low
-    return tuple(out)
+        taken |= low
+    return tuple(out), taken
 
 
 @dataclass(slots=True)
@@ -237,14 +240,16 @@ class Pool:
         f = self.free[i]
         if self.rooms is not None:
             self._leave(i, f.ncores, f.ngpus)
-        cores = _take(f.cores, req.cpus * ranks)
-        gpus = _take(f.gpus, req.gpus * ranks)
-        mem = req.memory * ranks if self.nodes[i].memory else 0
-        f.cores &= ~_bits(cores)
-        f.gpus &= ~_bits(gpus)
+        cores, taken = _take(f.cores, req.cpus * ranks)
+        f.cores &= ~taken
         f.ncores -= len(cores)
-        f.ngpus -= len(gpus)
-        self.idle_gpus -= len(gpus)
+        gpus: tuple[int, ...] = ()
+        if req.gpus:
+            gpus, taken = _take(f.gpus, req.gpus * ranks)
+            f.gpus &= ~taken
+            f.ngpus -= len(gpus)
+            self.idle_gpus -= len(gpus)
+        mem = req.memory * ranks if self.nodes[i].memory else 0
         f.memory -= mem
         if self.rooms is not None:
             self._enter(i, f.ncores, f.ngpus)

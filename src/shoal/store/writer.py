@@ -48,19 +48,21 @@ NAMES: dict[State, str] = {s: s.value for s in State}
 QUIET = frozenset({State.PENDING, State.READY, State.QUEUED})
 QUIET_FROM = frozenset({None, State.PENDING, State.READY, State.QUEUED})
 
-_placements: dict[int, tuple[Placement, str]] = {}
+
+def _ints(ids: tuple[int, ...]) -> str:
+    return ",".join(map(str, ids))
 
 
 def placement_json(p: Placement) -> str:
-    """JSON of a placement; cached, since queued tasks reuse the placement of their slot."""
-    hit = _placements.get(id(p))
-    if hit is not None and hit[0] is p:
-        return hit[1]
-    if len(_placements) > 4096:
-        _placements.clear()
-    text = json.dumps([[s.node, list(s.cores), list(s.gpus), s.memory, s.ranks] for s in p.slots])
-    _placements[id(p)] = (p, text)
-    return text
+    """JSON of a placement, ``[[node, [cores], [gpus], memory, ranks], ...]``: written by
+    hand, as a placement holds only ints (json.dumps costs several times more per start)."""
+    return (
+        "["
+        + ",".join(
+            f"[{s.node},[{_ints(s.cores)}],[{_ints(s.gpus)}],{s.memory},{s.ranks}]" for s in p.slots
+        )
+        + "]"
+    )
 
 
 @dataclass(slots=True)
@@ -133,7 +135,7 @@ class Writer:
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="shoal-checkpoint", daemon=True
         )
-        self._options_cache: dict[int, tuple[Options, str]] = {}
+        self._options_cache: dict[Options, str] = {}  # by value: equal options, one JSON
 
     def _create(self) -> None:
         """Build the schema in a side file and rename it into place: a reader that finds
@@ -174,10 +176,13 @@ class Writer:
             )
 
     def _options(self, o: Options) -> str:
-        hit = self._options_cache.get(id(o))
-        if hit is None or hit[0] is not o:
-            hit = self._options_cache[id(o)] = (o, options_json(o))
-        return hit[1]
+        cache = self._options_cache
+        text = cache.get(o)
+        if text is None:
+            text = options_json(o)
+            if len(cache) < 4096:  # tasks of a run share a few sets of options
+                cache[o] = text
+        return text
 
     def add_plan(self, plan: Plan, origin: str = "workflow", born: float | None = None) -> None:
         """Store the tasks and functions of a plan (before any of them is scheduled).
