@@ -212,13 +212,12 @@ class Driver:
         for i, (_, payload) in enumerate(self.plan.functions):
             b.define(self.plan.first_function + i, payload)
         b.warm(*workers_wanted(self.plan, b))
-        infos = [self.work.info(r) for r in self.plan.records]
         # Backend threads (process chains) need the GIL right after their child exits; the
         # default 5 ms switch interval would leave them waiting behind the loop for that long.
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, 0.001))
         try:
-            self._loop(infos)
+            self._loop([self.work.info(r) for r in self.plan.records])  # freed as it starts
         finally:
             sys.setswitchinterval(interval)
         return self._end()
@@ -293,6 +292,7 @@ class Driver:
             if st is not None:
                 commands = self._steer(commands, outcomes)
             batch, acts = self._decide(commands, outcomes)
+            commands = []  # a new run's first holds a birth per task: not kept past here
             if batch:
                 self.writer.commit(batch)  # persist first ...
             self._act(acts)  # ... then act
@@ -485,8 +485,7 @@ class Driver:
         for c in commands:
             if isinstance(c, Transition):
                 if born and c.old is None and c.task < len(self.plan.records):
-                    batch.born.append(c)  # stored with the plan already
-                    continue
+                    continue  # stored with the plan already (Writer.add_plan)
                 if self.doomed and c.task in self.doomed and c.old is QUEUED:
                     doomed = self.doomed.pop(c.task)
                     if c.new is RUNNING and c.attempt == doomed.attempt:

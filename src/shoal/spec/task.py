@@ -40,6 +40,8 @@ class Collector(Protocol):
 
     def add(self, *items: Any) -> Any: ...
 
+    def adopt(self, item: Any) -> None: ...
+
 
 def open_workflows() -> list[Collector]:
     """The workflows whose ``with`` block is open in this thread, innermost last."""
@@ -128,7 +130,7 @@ class Task(Handle):
             self.after(*after)
         stack = open_workflows()
         if stack:
-            stack[-1].add(self)
+            stack[-1].adopt(self)
 
     def _depend(self, other: Task) -> None:
         if not any(other is d for d in self.deps):

@@ -39,7 +39,9 @@ class Workflow:
             )
         self.name = name
         self.items: list[Task | Workflow] = []
-        self._keys: set[int] = set()
+        # ids of the items, to add each once: built on the first add(); a task made inside
+        # the ``with`` block is new, so it is appended without one (a set costs ~66 B a task)
+        self._keys: set[int] | None = None
         self.own_rules: list[Rule] = []
         self.own_strategies: list[Strategy] = []
         self.own_tracked: dict[str, Tracker] = {}
@@ -47,7 +49,13 @@ class Workflow:
             self.track(**track)
         stack = open_workflows()
         if stack:
-            stack[-1].add(self)
+            stack[-1].adopt(self)
+
+    def adopt(self, item: Task | Workflow) -> None:
+        """Add an item that was just made (so not in this workflow yet)."""
+        self.items.append(item)
+        if self._keys is not None:
+            self._keys.add(id(item))
 
     def __enter__(self) -> Workflow:
         open_workflows().append(self)
@@ -72,6 +80,8 @@ class Workflow:
                 )
             if item is self:
                 raise DefinitionError(f"workflow {self.name!r} cannot contain itself")
+            if self._keys is None:
+                self._keys = {id(i) for i in self.items}
             key = id(item)
             if key not in self._keys:
                 self._keys.add(key)

@@ -72,7 +72,6 @@ class Batch:
     transitions: list[Transition] = field(default_factory=list)
     dispatched: list[tuple[int, int, Placement, float]] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
-    born: list[Transition] = field(default_factory=list)  # births stored with the plan
     plans: list[tuple[Plan, str]] = field(default_factory=list)  # work added, and by whom
     aliases: list[tuple[int, int]] = field(default_factory=list)  # (task, replaced by)
     options: list[tuple[int, Options]] = field(default_factory=list)  # changed by a retry
@@ -454,8 +453,6 @@ def _task_rows(batch: Batch) -> list[tuple[str, int, str | None, float, int]]:
     was inserted as "pending").
     """
     last: dict[int, Transition] = {}
-    for t in batch.born:  # their rows exist; the task's row may still need its state
-        last[t.task] = t
     for t in batch.transitions:
         last[t.task] = t
     return [
