@@ -53,7 +53,7 @@ def deep(s: Scheduler) -> Any:
         dict(chains.runtime),
         s.stopped,
         {r: sorted(h) for r, h in table.heap.heaps.items()},
-        dict(table.heap.live),
+        sorted(i for h in table.heap.heaps.values() for i in h if table.heap.live(i)),
         table.heap.size,
         [(f.cores, f.gpus, f.memory, f.ncores, f.ngpus) for f in s.pool.free],
     )

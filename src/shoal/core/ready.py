@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from typing import Protocol
 
 from shoal.core.resources import Request
+from shoal.core.states import State
+
+READY = State.READY
 
 # (urgency, task id, generation): the smallest item is the most urgent, oldest first.
 Item = tuple[float, int, int]
@@ -43,32 +47,52 @@ def band(key: float) -> int:
     return math.ceil(key)
 
 
-@dataclass(slots=True)
+class Entry(Protocol):
+    """What the queue reads of a task's record (core.tasks.TaskRecord)."""
+
+    state: State
+    generation: int
+
+
 class ReadyHeap:
-    heaps: dict[Request, list[Item]] = field(default_factory=dict)
-    live: dict[int, int] = field(default_factory=dict)  # task id -> generation in the heap
-    size: int = 0
+    """The ready tasks, one heap per shape. An item is live while its task is ready with the
+    item's generation, which the task's record says (``records``: the table's): no second
+    index of the queued tasks (a million queued tasks would pay ~40 B each for one)."""
+
+    __slots__ = ("heaps", "records", "size")
+
+    def __init__(self, records: Mapping[int, Entry]) -> None:
+        self.heaps: dict[Request, list[Item]] = {}
+        self.records = records
+        self.size = 0
 
     def push(
         self, task: int, request: Request, priority: int, generation: int, estimate: float = 0.0
     ) -> None:
+        """Queue a task that just became ready with this generation (its record says so)."""
         heap = self.heaps.get(request)
         if heap is None:
             heap = self.heaps[request] = []
         key = urgency(priority, estimate) if estimate else -priority  # no call for most tasks
         heapq.heappush(heap, (key, task, generation))
-        self.live[task] = generation
         self.size += 1
 
     def discard(self, task: int) -> None:
-        if self.live.pop(task, None) is not None:
+        """A task leaves the queue (called before it leaves the ready state)."""
+        if self.records[task].state is READY:
             self.size -= 1
+
+    def live(self, item: Item) -> bool:
+        e = self.records[item[1]]
+        return e.generation == item[2] and e.state is READY
 
     def _clean(self, request: Request) -> Item | None:
         heap = self.heaps[request]
+        records = self.records
         while heap:
             item = heap[0]
-            if self.live.get(item[1]) == item[2]:
+            e = records[item[1]]
+            if e.generation == item[2] and e.state is READY:
                 return item
             heapq.heappop(heap)
         del self.heaps[request]
@@ -99,9 +123,8 @@ class ReadyHeap:
         item = self._clean(request)
         assert item is not None
         heapq.heappop(self.heaps[request])
-        del self.live[item[1]]
         self.size -= 1
-        return item[1]
+        return item[1]  # the caller moves it out of the ready state
 
     def __len__(self) -> int:
         return self.size

@@ -83,7 +83,7 @@ class TaskTable:
         self.records: dict[int, TaskRecord] = {}
         self.counts: dict[State, int] = {s: 0 for s in State}
         self.open = 0  # tasks not in a terminal state
-        self.heap = ReadyHeap()
+        self.heap = ReadyHeap(self.records)
         self.now = 0.0
         # the oldest ready task that did not fit while younger ones started, and since when
         # (placement.schedule's starvation guard); soft state: a resume starts its clock anew
