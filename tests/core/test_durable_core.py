@@ -19,7 +19,7 @@ from shoal.core import (
     Succeeded,
     TaskInfo,
     Tick,
-    Transition,
+    transitions,
 )
 from shoal.core.stimuli import Rerun, Restored
 from shoal.errors import DefinitionError
@@ -44,7 +44,7 @@ def t(id: int, *deps: int, **kw: object) -> TaskInfo:
 
 
 def steps(out: Sequence[Command]) -> list[tuple[int, State | None, State]]:
-    return [(c.task, c.old, c.new) for c in out if isinstance(c, Transition)]
+    return [(c.task, c.old, c.new) for c in transitions(out)]
 
 
 def started(out: Sequence[Command]) -> list[int]:
@@ -176,7 +176,7 @@ def test_restore_of_tasks_that_were_queued_when_the_driver_died() -> None:
     s = sched(cores=1)
     que = State.QUEUED
     out = s.handle(Restored(9, (t(0), t(1), t(2, 0)), (que, que, que), (3, 1, 1)))
-    moves = [(c.task, c.old, c.new, c.reason) for c in out if isinstance(c, Transition)]
+    moves = [(c.task, c.old, c.new, c.reason) for c in transitions(out)]
     assert (0, que, RDY, "its attempt was lost with the driver") in moves
     assert (2, que, PEN, "resumed") in moves  # it waits for task 0 again
     assert started(out) == [0] and s.attempt(0) == 4

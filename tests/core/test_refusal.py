@@ -25,7 +25,7 @@ from shoal.core import (
     Succeeded,
     TaskInfo,
     Tick,
-    Transition,
+    transitions,
 )
 from shoal.core.refusals import (
     Refused,
@@ -52,7 +52,7 @@ def task(id: int, *deps: int, **kw: object) -> TaskInfo:
 
 
 def steps(commands: Sequence[Command]) -> list[tuple[int, State | None, State]]:
-    return [(c.task, c.old, c.new) for c in commands if isinstance(c, Transition)]
+    return [(c.task, c.old, c.new) for c in transitions(commands)]
 
 
 def queued_with_a_follower() -> Scheduler:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from shoal.core import (
+    Born,
     Cancel,
     Command,
     Dispatch,
@@ -46,6 +47,9 @@ from shoal.core import (
     TaskInfo,
     Tick,
     Transition,
+)
+from shoal.core import (
+    transitions as every_transition,
 )
 from shoal.core.refusals import RefusedReport
 from shoal.core.states import EVENT_EDGES, INITIAL, TERMINAL, TRANSITIONS, Cause
@@ -98,7 +102,7 @@ class Attempt:
 
 
 def transitions(out: list[Command], task: int) -> list[Transition]:
-    return [c for c in out if isinstance(c, Transition) and c.task == task]
+    return [c for c in every_transition(out) if c.task == task]
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -171,6 +175,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             if isinstance(c, Transition):
                 assert not awaiting, f"{c} comes between a move and its Dispatch"
                 self.on_transition(c, awaiting)
+            elif isinstance(c, Born):
+                assert not awaiting, f"{c} comes between a move and its Dispatch"
+                assert len(set(c.ready + c.pending)) == len(c), f"a task born twice: {c}"
+                for t in c.transitions():
+                    self.on_transition(t, awaiting)
             elif isinstance(c, Dispatch):
                 assert awaiting.pop(c.task, None) is (RUNNING if c.after is None else QUEUED), c
                 if self.s.policy.mode == "waves" and c.after is None and not fresh:
@@ -385,7 +394,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.next_id += n
         self.infos.update((t.id, t) for t in batch)
         out = self.feed(Submitted(self.now, tuple(batch)))
-        assert [(t.task, t.old, t.new) for t in out if isinstance(t, Transition)][:n] == [
+        assert [(t.task, t.old, t.new) for t in every_transition(out)][:n] == [
             (t.id, None, READY) for t in batch
         ]
 
@@ -655,9 +664,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert transitions(out, task)[0].new in (READY, PENDING)
         for t in taken:  # pending again, waiting for the new output; its old attempt is stale
             assert self.states[t] is PENDING, (t, self.states[t])
-            follower = any(
-                isinstance(c, Transition) and c.task == t and "ahead of it" in c.reason for c in out
-            )
+            follower = any(c.task == t and "ahead of it" in c.reason for c in every_transition(out))
             assert follower or any(isinstance(c, Kill) and c.task == t for c in out), t
         if downstream:
             for t in below:  # reopened, unless something else upstream of it ended badly

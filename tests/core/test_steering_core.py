@@ -25,7 +25,7 @@ from shoal.core import (
     Submitted,
     Succeeded,
     TaskInfo,
-    Transition,
+    transitions,
 )
 from shoal.errors import DefinitionError, ResourceError
 
@@ -42,7 +42,7 @@ def t(id: int, *deps: int, **kw: object) -> TaskInfo:
 
 
 def steps(commands: Sequence[Command]) -> list[tuple[int, State | None, State]]:
-    return [(c.task, c.old, c.new) for c in commands if isinstance(c, Transition)]
+    return [(c.task, c.old, c.new) for c in transitions(commands)]
 
 
 def started(commands: Sequence[Command]) -> list[int]:
@@ -277,7 +277,7 @@ def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
     waits for the new output, instead of the rerun being refused (found by the randomized
     suite, seed 20001). It costs no attempt; the backend is told to drop it, and a late
     report of that attempt changes nothing."""
-    from shoal.core.commands import Kill, Transition
+    from shoal.core.commands import Kill
     from shoal.core.stimuli import Rerun, Succeeded
 
     s, child = _queued_child()
@@ -285,7 +285,7 @@ def test_a_rerun_takes_back_a_child_queued_behind_another_task() -> None:
     assert s.state(child) is State.PENDING
     kills = [c for c in out if isinstance(c, Kill)]
     assert [(k.task, k.attempt, k.kind) for k in kills] == [(child, 1, "stopped")]
-    moves = [(c.task, c.new) for c in out if isinstance(c, Transition)]
+    moves = [(c.task, c.new) for c in transitions(out)]
     assert (child, State.PENDING) in moves
     s.handle(Succeeded(0.003, 1, 1))  # the task ahead ends; the dropped one never ran
     assert s.handle(Succeeded(0.004, child, 1)) == []  # or it ran anyway: stale

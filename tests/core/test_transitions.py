@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from shoal.core import (
+    Born,
     Cancel,
     Command,
     Dispatch,
@@ -32,6 +33,7 @@ from shoal.core import (
     TaskInfo,
     Tick,
     Transition,
+    transitions,
 )
 from shoal.core.ready import band, urgency
 from shoal.core.states import TERMINAL, TRANSITIONS, IllegalTransition, check
@@ -54,7 +56,7 @@ def sub(now: float, *tasks: TaskInfo) -> Submitted:
 
 
 def steps(commands: Sequence[Command]) -> list[Step]:
-    return [(c.task, c.old, c.new) for c in commands if isinstance(c, Transition)]
+    return [(c.task, c.old, c.new) for c in transitions(commands)]
 
 
 def dispatched(commands: Sequence[Command]) -> list[int]:
@@ -576,7 +578,7 @@ def play(s: Scenario) -> tuple[Scheduler, list[Command]]:
     for ev in s.events:
         got = sched.handle(ev)
         for c in got:
-            if isinstance(c, Transition):
+            if isinstance(c, Transition | Born):
                 assert c.time == ev.now  # the fake clock only moves forward in these tables
         out += got
     return sched, out
@@ -613,7 +615,7 @@ def test_scenario(s: Scenario) -> None:
         assert text in k.reason
 
     for t, text in s.reasons:
-        last = [c for c in out if isinstance(c, Transition) and c.task == t][-1]
+        last = [c for c in transitions(out) if c.task == t][-1]
         assert text in last.reason, (t, last.reason)
 
     # the scheduler's own view agrees with the transitions it reported
@@ -686,15 +688,13 @@ def test_dep_failed_at_submission_names_the_root_task() -> None:
     at_once = Scheduler([Node.sized("n0", 1)])
     at_once.handle(sub(0, task(0), task(1, 0), task(2, 1)))
     out = at_once.handle(Failed(1, 0, 1, "boom"))
-    assert {c.task: c.reason for c in out if isinstance(c, Transition)}[2] == (
-        "upstream task 0 failed"
-    )
+    assert {c.task: c.reason for c in transitions(out)}[2] == ("upstream task 0 failed")
 
     later = Scheduler([Node.sized("n0", 1)])
     later.handle(sub(0, task(0)))
     later.handle(Failed(1, 0, 1, "boom"))
     out = later.handle(sub(2, task(1, 0), task(2, 1)))
-    reasons = {c.task: c.reason for c in out if isinstance(c, Transition) and c.new is DEP}
+    reasons = {c.task: c.reason for c in transitions(out) if c.new is DEP}
     assert reasons[1] == "upstream task 0 failed"
     # task 1 never ran, so "upstream task 1 failed" would blame the wrong task
     assert reasons[2] == "upstream task 0 failed"

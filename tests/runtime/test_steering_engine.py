@@ -13,7 +13,7 @@ import pytest
 
 import shoal
 from shoal.core import Node, Scheduler, State, Stimulus, Submitted, Succeeded, TaskInfo
-from shoal.core.commands import Kill, Transition
+from shoal.core.commands import Kill, transitions
 from shoal.core.events import Outcome
 from shoal.core.stimuli import Failed, Stop
 from shoal.errors import DefinitionError
@@ -379,7 +379,7 @@ def test_retry_with_more_time_from_a_failure_rule() -> None:
     rig.finish(t, ok=False)
     rig.finish(t, ok=False)
     assert rig.state(t) is State.FAILED and rig.host.scheduler.attempt(t) == 3
-    retries = [c for c in rig.transitions if isinstance(c, Transition) and c.old is State.FAILED]
+    retries = [c for c in transitions(rig.transitions) if c.old is State.FAILED]
     assert len(retries) == 2 and all(c.cause == "retry(task 0)" for c in retries)
 
 

@@ -33,7 +33,7 @@ The contract (docs/contract.md):
   its reason and traceback; ``shoal resume`` carries on from the store.
 """
 
-from shoal.core.commands import Command, Dispatch, Kill, Transition
+from shoal.core.commands import Born, Command, Dispatch, Kill, Transition, transitions
 from shoal.core.machine import Scheduler
 from shoal.core.policy import Mode, Order, Policy
 from shoal.core.refusals import (
@@ -68,6 +68,7 @@ __all__ = [
     "EVENT_EDGES",
     "TERMINAL",
     "TRANSITIONS",
+    "Born",
     "Cancel",
     "CancelRequested",
     "Cause",
@@ -104,4 +105,5 @@ __all__ = [
     "Tick",
     "Transition",
     "UnknownEvent",
+    "transitions",
 ]

@@ -3,7 +3,8 @@
 Rules of this module:
 
 1. :meth:`TaskTable.move` is the only code that changes the state of a task that exists. A task
-   gets its first state once, when it is born (:meth:`TaskTable.insert`, :meth:`TaskTable.restore`).
+   gets its first state once, when it is born (:meth:`TaskTable.insert`, which emits one
+   :class:`~shoal.core.commands.Born` for a submission, and :meth:`TaskTable.restore`).
 2. ``move`` checks the transition against :data:`~shoal.core.states.TRANSITIONS`, keeps
    ``counts`` and ``open`` equal to what the records say, and emits the
    :class:`~shoal.core.commands.Transition` that the runtime persists before it acts.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from shoal.core.commands import Command, Transition
+from shoal.core.commands import Born, Command, Transition
 from shoal.core.ready import ReadyHeap
 from shoal.core.resources import Pool
 from shoal.core.states import TERMINAL, IllegalTransition, State, check
@@ -227,10 +228,15 @@ class TaskTable:
     def insert(self, tasks: Sequence[TaskInfo], cause: str, out: list[Command]) -> list[int]:
         """Add checked tasks, each born ready or pending; return the dependencies that were
         in flight (queued or running), whose chains must look at their children again."""
+        if not tasks:
+            return []
         records = self.records
         for t in tasks:
             records[t.id] = TaskRecord(t)
         touched: list[int] = []
+        births = Born(cause, self.now, [], [])  # before what follows: filled in below
+        out.append(births)
+        ready, pending = births.ready, births.pending
         for t in tasks:
             e = records[t.id]
             failed_dep: TaskRecord | None = None
@@ -248,15 +254,17 @@ class TaskTable:
                     if state in TERMINAL:
                         failed_dep = dep
             # A task is born pending, or ready when it waits for nothing (one transition).
-            born = READY if e.waiting == 0 else PENDING
-            e.state = born
-            self.counts[born] += 1
             self.open += 1
-            out.append(Transition(cause, t.id, None, born, self.now))
-            if born is READY:
+            if e.waiting == 0:
+                e.state = READY
+                self.counts[READY] += 1
+                ready.append(t.id)
                 self._enqueue(e)
-            elif failed_dep is not None:
-                self.end_downstream(failed_dep, [e], cause, out)
+            else:  # born pending (the record's default state)
+                self.counts[PENDING] += 1
+                pending.append(t.id)
+                if failed_dep is not None:
+                    self.end_downstream(failed_dep, [e], cause, out)
         return touched
 
     def restore(

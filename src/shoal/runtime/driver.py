@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.backends.base import Backend, Job
-from shoal.core.commands import Command, Dispatch, Kill, Transition
+from shoal.core.commands import Born, Command, Dispatch, Kill, Transition
 from shoal.core.events import Outcome
 from shoal.core.machine import Scheduler
 from shoal.core.policy import Policy
@@ -481,11 +481,13 @@ class Driver:
         batch.outcomes = outcomes
         acts = _Acts()
         now = self.clock()
-        born = self.born is not None
+        stored = len(self.plan.records) if self.born is not None else 0
         for c in commands:
-            if isinstance(c, Transition):
-                if born and c.old is None and c.task < len(self.plan.records):
-                    continue  # stored with the plan already (Writer.add_plan)
+            if type(c) is Born:
+                if (c.ready and c.ready[0] < stored) or (c.pending and c.pending[0] < stored):
+                    continue  # the plan's births: stored with the plan already (add_plan)
+                batch.transitions.extend(c.transitions())
+            elif isinstance(c, Transition):
                 if self.doomed and c.task in self.doomed and c.old is QUEUED:
                     doomed = self.doomed.pop(c.task)
                     if c.new is RUNNING and c.attempt == doomed.attempt:

@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal.core.commands import Transition
+from shoal.core.commands import Transition, transitions
 from shoal.core.events import Outcome
 from shoal.core.machine import Scheduler
 from shoal.core.states import TERMINAL, State
@@ -185,9 +185,7 @@ class Steering:
         self.now = now
         records = self.host.records
         rules = self.rules if self.task_rules else None
-        for c in commands:
-            if type(c) is not Transition:
-                continue
+        for c in transitions(commands):
             new = c.new
             r = records[c.task]
             tags = r.options.tags
