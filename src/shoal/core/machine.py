@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 
 from shoal.core import reopen
 from shoal.core import validate as _invariants
@@ -358,7 +357,7 @@ class Scheduler:
             if request != info.request and self._pool.refusal(request):
                 request = info.request  # more memory than any node has: keep what it had
             if request != info.request or timeout != info.timeout:
-                back.info = replace(info, request=request, timeout=timeout)
+                back.info = info.but(request=request, timeout=timeout)
             table.ready(back, cause, out, f"retry after attempt {attempt}")
         self._chains.time_out(cause, out)
 

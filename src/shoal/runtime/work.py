@@ -17,11 +17,11 @@ from typing import Any
 
 from shoal.backends.base import Backend, pooled
 from shoal.core.resources import Pool
-from shoal.core.stimuli import Stimulus, StopRequested, Succeeded, TaskInfo
+from shoal.core.stimuli import Shape, Stimulus, StopRequested, Succeeded, TaskInfo
 from shoal.errors import DefinitionError, ResourceError
 from shoal.spec.kinds import Lane
 from shoal.spec.lower import Functions, Plan, Record, lower
-from shoal.spec.options import Request
+from shoal.spec.options import Options, Request
 from shoal.spec.response import decode
 from shoal.spec.retry import Backoff
 from shoal.spec.task import Task, detached
@@ -100,7 +100,7 @@ class Work:
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
         self.gate_of: dict[int, tuple[int, ...]] = {}  # task -> its Response's gate tasks
-        self.shapes: dict[tuple[int, str], tuple[Any, Request, Lane | None]] = {}
+        self.shapes: dict[tuple[int, str], tuple[Options, Shape, Shape]] = {}
         self.batch = Batch()  # the driver's batch for the next commit (it swaps it in)
         self.stimuli: list[Stimulus] = []  # found while turning a Response into work
         self.on_added: list[Callable[[list[Record]], None]] = []  # told of every added record
@@ -108,30 +108,24 @@ class Work:
     # -- what the core sees of a task ---------------------------------------------------------
     def info(self, r: Record) -> TaskInfo:
         o = r.options
-        # One Request and lane per distinct Options and kind (a million tasks share a few).
+        # One Shape per distinct Options and kind (a million tasks share a few), and one more
+        # for the tasks of them that may follow.
         key = (id(o), r.kind)
         hit = self.shapes.get(key)
         if hit is None or hit[0] is not o:
             lane = self.lane(r) if self.lanes else None
-            hit = self.shapes[key] = (o, o.request, lane)
-        retry = o.retry if o.retry is not None else self.default_retry
-        estimate = o.estimate or 0.0
+            retry = o.retry if o.retry is not None else self.default_retry
+            alone = Shape(
+                o.request, o.priority, o.timeout, lane, retry, o.estimate or 0.0, False, o.tolerate
+            )
+            hit = self.shapes[key] = (o, alone, dataclasses.replace(alone, follow=True))
         # A Python task in the workers may follow the task it waits for (its output is then
         # resolved in the worker that ran that task); a command's line is rendered here.
         # A task that tolerates failures does not follow: it may start after one.
-        follow = hit[2] is Lane.WORKERS and r.kind == "python" and bool(r.deps) and not o.tolerate
-        return TaskInfo(
-            r.id,
-            r.deps,
-            hit[1],
-            o.priority,
-            o.timeout,
-            hit[2],
-            retry,
-            estimate,
-            follow,
-            o.tolerate,
+        follow = (
+            hit[1].lane is Lane.WORKERS and r.kind == "python" and bool(r.deps) and not o.tolerate
         )
+        return TaskInfo.of(r.id, r.deps, hit[2] if follow else hit[1])
 
     def lane(self, r: Record) -> Lane:
         """Which backend queue runs the task: persistent workers, or child processes."""
