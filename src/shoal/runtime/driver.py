@@ -47,7 +47,7 @@ from shoal.runtime.outputs import OutputCache
 from shoal.runtime.requests import Requests
 from shoal.runtime.status import StatusFile
 from shoal.runtime.steering import Steering
-from shoal.runtime.work import Work, check_resources, workers_wanted
+from shoal.runtime.work import HandleIds, Work, check_resources, workers_wanted
 from shoal.spec.kinds import Failure
 from shoal.spec.lower import Functions, Plan, Record
 from shoal.spec.retry import Backoff
@@ -122,7 +122,7 @@ class Driver:
         rules: list[Rule] | None = None,
         strategies: list[Strategy] | None = None,
         tracked: dict[str, Tracker] | None = None,
-        ids: dict[int, int] | None = None,
+        ids: HandleIds | None = None,
         functions: Functions | None = None,
         restore: Any = None,
         born: float | None = None,

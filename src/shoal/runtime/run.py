@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ class Run:
         rundir: Path,
         name: str,
         thread: threading.Thread | None = None,
-        ids: dict[int, int] | None = None,
+        ids: Mapping[int, int] | None = None,
     ) -> None:
         self.dir = Path(rundir)
         self.name = name
-        self._ids = ids or {}  # task handle key -> id in this run (a handle may join other runs)
+        self._ids = (
+            ids if ids is not None else {}
+        )  # task handle key -> id in this run (a handle may join other runs)
         self._thread = thread
         self.error: BaseException | None = None  # set when the driver itself crashed
         self.state = "running" if thread else "unknown"

@@ -31,7 +31,7 @@ from shoal.runtime.imports import check, recorded
 from shoal.runtime.options import StopMode
 from shoal.runtime.progress import Progress, summary
 from shoal.runtime.run import Run
-from shoal.runtime.work import check_resources, workers_wanted
+from shoal.runtime.work import HandleIds, check_resources, workers_wanted
 from shoal.spec.lower import Functions, Plan
 from shoal.spec.retry import Backoff
 from shoal.spec.steer import Rule, Strategy
@@ -119,7 +119,7 @@ class Contents:
     rules: list[Rule]
     strategies: list[Strategy]
     tracked: dict[str, Any]
-    ids: dict[int, int]  # handle key -> id (a new run's tasks; none for a resumed one)
+    ids: HandleIds  # handle key -> id (a new run's tasks; none for a resumed one)
     restore: Snapshot | None = None
 
 
@@ -174,7 +174,7 @@ class Session:
             check_resources(plan.records, Pool(tuple(backend.nodes())))
             rundir = new_rundir(base, wf.name)
             lock = Lock(rundir).acquire()
-            ids = {t.key: t.id for t in wf.tasks if t.id is not None}
+            ids = HandleIds((t.key, t.id) for t in wf.tasks if t.id is not None)
             contents = Contents(plan, functions, wf.rules, wf.strategies, wf.tracked, ids)
             self = cls(contents, backend, rundir, policy, progress, extras, lock)
             self._start()  # workers import while the plan is written to the store
@@ -382,7 +382,7 @@ def resumed(
             else:
                 rules.append(obj)
         tracked = _unblob(snap.meta.get("tracked")) or {}
-        contents = Contents(plan, functions, rules, strategies, tracked, {}, snap)
+        contents = Contents(plan, functions, rules, strategies, tracked, HandleIds(), snap)
         p = Session(contents, backend, rundir, policy, progress, extras, lock)
     except BaseException:
         lock.release()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from shoal.backends.base import Backend, pooled
@@ -71,6 +72,65 @@ def workers_wanted(plan: Plan, backend: Backend) -> tuple[int, int, bool]:
     return min(widths[cpus], cores // cpus), cpus, python
 
 
+class HandleIds(Mapping[int, int]):
+    """Task handle key -> the task's id in a run (shared by :class:`Work` and the user's
+    ``Run``). A workflow's tasks are made in order and numbered in order, so keys and ids count
+    up together: runs of them are kept as (first key, first id, length), a few entries for a
+    million tasks instead of ~42 bytes each in a dict; a pair that breaks the run goes into a
+    dict."""
+
+    def __init__(self, pairs: Iterable[tuple[int, int]] = ()) -> None:
+        self._keys: list[int] = []  # first key of each run, ascending
+        self._runs: list[tuple[int, int]] = []  # (first id, length) of each run
+        self._other: dict[int, int] = {}
+        for key, tid in pairs:
+            self[key] = tid
+
+    def __setitem__(self, key: int, tid: int) -> None:
+        if self.get(key) == tid:
+            return
+        if self._keys and key not in self._other:
+            first, (start, n) = self._keys[-1], self._runs[-1]
+            if key == first + n and tid == start + n:
+                self._runs[-1] = (start, n + 1)
+                return
+            if key > first + n:
+                self._keys.append(key)
+                self._runs.append((tid, 1))
+                return
+        elif not self._keys:
+            self._keys.append(key)
+            self._runs.append((tid, 1))
+            return
+        self._other[key] = tid  # out of order, or a new id for a key: it wins over a run
+
+    def __getitem__(self, key: int) -> int:
+        tid = self._other.get(key)
+        if tid is not None:
+            return tid
+        at = bisect_right(self._keys, key) - 1
+        if at >= 0:
+            start, n = self._runs[at]
+            if key - self._keys[at] < n:
+                return start + key - self._keys[at]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[int]:
+        for first, (_, n) in zip(self._keys, self._runs, strict=True):
+            for key in range(first, first + n):
+                if key not in self._other:
+                    yield key
+        yield from self._other
+
+    def __len__(self) -> int:
+        inside = sum(1 for key in self._other if self._in_run(key))
+        return sum(n for _, n in self._runs) - inside + len(self._other)
+
+    def _in_run(self, key: int) -> bool:
+        at = bisect_right(self._keys, key) - 1
+        return at >= 0 and key - self._keys[at] < self._runs[at][1]
+
+
 class Work:
     """The run's records and everything that changes them while it runs."""
 
@@ -80,7 +140,7 @@ class Work:
         backend: Backend,
         log: logging.Logger,
         *,
-        ids: dict[int, int] | None = None,
+        ids: HandleIds | None = None,
         functions: Functions | None = None,
         default_retry: Backoff | None = None,
     ) -> None:
@@ -88,7 +148,7 @@ class Work:
         self.backend = backend  # only to define the functions of added work
         self.log = log
         self.records: list[Record] = plan.records  # ids are 0..n-1, in order
-        self.ids = ids if ids is not None else {}  # handle key -> id (shared with the Run)
+        self.ids = ids if ids is not None else HandleIds()  # shared with the Run
         if functions is None:
             functions = Functions()
             functions.count = len(plan.functions)
