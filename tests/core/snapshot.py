@@ -52,8 +52,8 @@ def deep(s: Scheduler) -> Any:
         {r: {k: (c.key, tuple(c.tasks)) for k, c in d.items()} for r, d in chains.open.items()},
         dict(chains.runtime),
         s.stopped,
-        {r: sorted(h) for r, h in table.heap.heaps.items()},
-        sorted(i for h in table.heap.heaps.values() for i in h if table.heap.live(i)),
+        {r: sorted(line.items()) for r, line in table.heap.heaps.items()},
+        sorted(i for _, i in table.heap.items() if table.heap.live(i)),
         table.heap.size,
         [(f.cores, f.gpus, f.memory, f.ncores, f.ngpus) for f in s.pool.free],
     )

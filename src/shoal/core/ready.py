@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 from shoal.core.resources import Request
@@ -54,15 +55,54 @@ class Entry(Protocol):
     generation: int
 
 
+class Line:
+    """The ready tasks of one shape: a heap of items, and beside it a line of task ids that
+    share one key and came in id order for the first time (generation 1: the common case of
+    tasks submitted together with no estimate), kept as 8-byte ints instead of an item each.
+    Merged, the two give the order one heap would."""
+
+    __slots__ = ("at", "heap", "ids", "key", "last")
+
+    def __init__(self) -> None:
+        self.heap: list[Item] = []
+        self.ids = array("q")  # the line; ids[at:] are waiting
+        self.at = 0
+        self.key: float = 0
+        self.last = -1
+
+    def push(self, key: float, task: int, generation: int) -> None:
+        ids = self.ids
+        if generation == 1:
+            if self.at == len(ids):  # empty: it starts anew with this key
+                if ids:
+                    self.ids = ids = array("q")
+                    self.at = 0
+                self.key = key
+                self.last = task
+                ids.append(task)
+                return
+            if key == self.key and task > self.last:
+                self.last = task
+                ids.append(task)
+                return
+        heapq.heappush(self.heap, (key, task, generation))
+
+    def items(self) -> Iterator[Item]:
+        yield from self.heap
+        key = self.key
+        for task in self.ids[self.at :]:
+            yield (key, task, 1)
+
+
 class ReadyHeap:
-    """The ready tasks, one heap per shape. An item is live while its task is ready with the
-    item's generation, which the task's record says (``records``: the table's): no second
-    index of the queued tasks (a million queued tasks would pay ~40 B each for one)."""
+    """The ready tasks, one :class:`Line` per shape. An item is live while its task is ready
+    with the item's generation, which the task's record says (``records``: the table's): no
+    second index of the queued tasks (a million queued tasks would pay ~40 B each for one)."""
 
     __slots__ = ("heaps", "records", "size")
 
     def __init__(self, records: Mapping[int, Entry]) -> None:
-        self.heaps: dict[Request, list[Item]] = {}
+        self.heaps: dict[Request, Line] = {}
         self.records = records
         self.size = 0
 
@@ -70,11 +110,10 @@ class ReadyHeap:
         self, task: int, request: Request, priority: int, generation: int, estimate: float = 0.0
     ) -> None:
         """Queue a task that just became ready with this generation (its record says so)."""
-        heap = self.heaps.get(request)
-        if heap is None:
-            heap = self.heaps[request] = []
-        key = urgency(priority, estimate) if estimate else -priority  # no call for most tasks
-        heapq.heappush(heap, (key, task, generation))
+        line = self.heaps.get(request)
+        if line is None:
+            line = self.heaps[request] = Line()
+        line.push(urgency(priority, estimate) if estimate else -priority, task, generation)
         self.size += 1
 
     def discard(self, task: int) -> None:
@@ -86,15 +125,41 @@ class ReadyHeap:
         e = self.records[item[1]]
         return e.generation == item[2] and e.state is READY
 
+    def items(self) -> Iterator[tuple[Request, Item]]:
+        """Every entry, live or not, with its shape."""
+        for request, line in self.heaps.items():
+            for item in line.items():
+                yield request, item
+
     def _clean(self, request: Request) -> Item | None:
-        heap = self.heaps[request]
+        """The most urgent live item of a shape, dropping dead ones on the way."""
+        line = self.heaps[request]
         records = self.records
+        heap = line.heap
         while heap:
             item = heap[0]
             e = records[item[1]]
             if e.generation == item[2] and e.state is READY:
-                return item
+                break
             heapq.heappop(heap)
+        ids = line.ids
+        at = line.at
+        end = len(ids)
+        while at < end:
+            e = records[ids[at]]
+            if e.generation == 1 and e.state is READY:
+                break
+            at += 1
+        if at > 4096 and at * 2 > end:  # let the line's front go
+            del ids[:at]
+            at = 0
+            end = len(ids)
+        line.at = at
+        if at < end:
+            first = (line.key, ids[at], 1)
+            return heap[0] if heap and heap[0] < first else first
+        if heap:
+            return heap[0]
         del self.heaps[request]
         return None
 
@@ -122,7 +187,11 @@ class ReadyHeap:
     def pop(self, request: Request) -> int:
         item = self._clean(request)
         assert item is not None
-        heapq.heappop(self.heaps[request])
+        line = self.heaps[request]
+        if line.heap and line.heap[0] is item:
+            heapq.heappop(line.heap)
+        else:
+            line.at += 1
         self.size -= 1
         return item[1]  # the caller moves it out of the ready state
 

@@ -212,8 +212,8 @@ def _check_ready(table: TaskTable, ready: int) -> None:
     q = table.heap
     if len(q) != ready:
         _fail(f"the ready queue counts {len(q)} tasks, {ready} tasks are ready")
-    items = {(item[1], item[2]) for heap in q.heaps.values() for item in heap}
-    live = sum(1 for heap in q.heaps.values() for item in heap if q.live(item))
+    items = {(item[1], item[2]) for _, item in q.items()}
+    live = sum(1 for _, item in q.items() if q.live(item))
     if live != ready:
         _fail(f"the ready queue holds {live} live items, {ready} tasks are ready")
     for tid, e in table.records.items():
