@@ -239,7 +239,7 @@ class Work:
             return None
         r = self.records[task]
         options = r.options.merged(f"retry of task {r.name!r} (#{task})", **changes)
-        check_resources([dataclasses.replace(r, options=options)], self.pool)
+        check_resources([r.with_options(options)], self.pool)
         r.options = options
         self.batch.options.append((task, options))
         return self.info(r)

@@ -17,7 +17,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cloudpickle
@@ -27,21 +27,138 @@ from shoal.spec.options import Options
 from shoal.spec.task import Task
 
 
-@dataclass(slots=True)
-class Record:
-    """One task as plain data: what the store keeps and the runtime dispatches."""
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What the records of one kind of task share (a million tasks have a few kinds)."""
 
-    id: int
-    name: str
     kind: str
     options: Options
-    deps: tuple[int, ...]
-    payload: bytes  # pickled (args, kwargs) with references as StoredRef
-    has_refs: bool
     function: int = -1  # index into Plan.functions
     template: str | None = None
     workdir: str | None = None
     env: dict[str, str] | None = None
+
+
+_kinds: dict[tuple[Any, ...], Kind] = {}
+
+
+def _kind(
+    kind: str,
+    options: Options,
+    function: int,
+    template: str | None,
+    workdir: str | None,
+    env: dict[str, str] | None,
+) -> Kind:
+    """The shared :class:`Kind` of these fields (a bounded cache by value and identity)."""
+    key = (kind, id(options), function, template, workdir, id(env) if env else None)
+    hit = _kinds.get(key)
+    if hit is None or hit.options is not options or (env and hit.env is not env):
+        if len(_kinds) >= 4096:
+            _kinds.clear()
+        hit = _kinds[key] = Kind(kind, options, function, template, workdir, env)
+    return hit
+
+
+class Record:
+    """One task as plain data: what the store keeps and the runtime dispatches. What tasks
+    of one kind share is in :attr:`kind_of` (read through ``kind``, ``options``,
+    ``function``, ``template``, ``workdir``, ``env``): a record costs 80 bytes, not 120."""
+
+    __slots__ = ("deps", "has_refs", "id", "kind_of", "name", "payload")
+
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        kind: str,
+        options: Options,
+        deps: tuple[int, ...],
+        payload: bytes,  # pickled (args, kwargs) with references as StoredRef
+        has_refs: bool,
+        function: int = -1,  # index into Plan.functions
+        template: str | None = None,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.deps = deps
+        self.payload = payload
+        self.has_refs = has_refs
+        self.kind_of = _kind(kind, options, function, template, workdir, env)
+
+    @property
+    def kind(self) -> str:
+        return self.kind_of.kind
+
+    @property
+    def options(self) -> Options:
+        return self.kind_of.options
+
+    @options.setter
+    def options(self, options: Options) -> None:  # this record's alone from now on
+        self.kind_of = replace(self.kind_of, options=options)
+
+    def with_options(self, options: Options) -> Record:
+        """A copy of this record with other options."""
+        copy = Record.__new__(Record)
+        copy.id, copy.name, copy.deps = self.id, self.name, self.deps
+        copy.payload, copy.has_refs = self.payload, self.has_refs
+        copy.kind_of = replace(self.kind_of, options=options)
+        return copy
+
+    @property
+    def function(self) -> int:
+        return self.kind_of.function
+
+    @property
+    def template(self) -> str | None:
+        return self.kind_of.template
+
+    @property
+    def workdir(self) -> str | None:
+        return self.kind_of.workdir
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        return self.kind_of.env
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.id, self.name, self.deps, self.payload, self.has_refs, self.kind_of)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        k = self.kind_of
+        return (
+            f"Record(id={self.id}, name={self.name!r}, kind={k.kind!r}, deps={self.deps}, "
+            f"function={k.function}, options={k.options!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        k = self.kind_of
+        return (
+            Record,
+            (
+                self.id,
+                self.name,
+                k.kind,
+                k.options,
+                self.deps,
+                self.payload,
+                self.has_refs,
+                k.function,
+                k.template,
+                k.workdir,
+                k.env,
+            ),
+        )
 
 
 @dataclass(slots=True)
