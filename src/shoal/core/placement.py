@@ -33,7 +33,7 @@ from shoal.core.commands import Command
 from shoal.core.policy import Mode, Order
 from shoal.core.ready import Item, band
 from shoal.core.resources import Placement, Pool, Request
-from shoal.core.tasks import TaskRecord, TaskTable
+from shoal.core.tasks import Records, TaskTable
 
 
 def schedule(table: TaskTable, chains: Chains, cause: str, out: list[Command]) -> None:
@@ -133,7 +133,7 @@ def _start(
 
 
 def _oldest(
-    heads: list[tuple[tuple[float, ...], Item, Request]], records: dict[int, TaskRecord]
+    heads: list[tuple[tuple[float, ...], Item, Request]], records: Records
 ) -> tuple[float, Item, Request]:
     """Among the heads of the top priority, the one ready longest (then the most urgent)."""
     top = min(math.ceil(item[0]) for _, item, _ in heads)  # band(), inline: a pass calls it often

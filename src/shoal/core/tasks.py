@@ -14,7 +14,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from shoal.core.commands import Born, Command, Transition
 from shoal.core.ready import ReadyHeap
@@ -34,20 +34,31 @@ DEP_FAILED, SKIPPED = State.DEP_FAILED, State.SKIPPED
 REOPENABLE = frozenset({FAILED, CANCELLED})
 
 
+class Rare:
+    """The parts of a task's record that few tasks ever set (see :class:`TaskRecord`)."""
+
+    __slots__ = ("first", "gates", "root", "skips")
+
+    def __init__(self) -> None:
+        self.first = 0
+        self.gates: list[int] | None = None
+        self.root: int | None = None
+        self.skips = False
+
+
 class TaskRecord:
     """The table's record of one task. What only an attempt in flight has (its chain, its
-    placement, a kill on the way) is in :class:`~shoal.core.chains.Flight` instead."""
+    placement, a kill on the way) is in :class:`~shoal.core.chains.Flight` instead. What few
+    tasks set (``first``, ``gates``, ``root``, ``skips``) lives in a :class:`Rare` made on
+    the first change from its default: a million plain tasks pay one slot for the four."""
 
     __slots__ = (
         "attempt",
         "children",
-        "first",
-        "gates",
         "generation",
         "info",
+        "rare",
         "ready_since",
-        "root",
-        "skips",
         "state",
         "waiting",
     )
@@ -57,15 +68,61 @@ class TaskRecord:
         self.state = state
         self.waiting = 0  # tasks it waits for (deps and gates) that have not succeeded
         self.children: list[int] | None = None
-        self.gates: list[int] | None = None  # tasks a Response made it wait for, besides deps
         self.attempt = attempt
-        # attempts a retry budget does not count: those before the last reopen, and those
-        # given back unstarted
-        self.first = 0
         self.generation = 0  # ready: which push into the ready queue is the live one
         self.ready_since = 0.0
-        self.root: int | None = None  # dep_failed/cancelled/skipped: the task where it started
-        self.skips = False  # succeeded with a Response that stopped its children
+        self.rare: Rare | None = None
+
+    def _rare(self) -> Rare:
+        r = self.rare
+        if r is None:
+            r = self.rare = Rare()
+        return r
+
+    @property
+    def first(self) -> int:
+        """Attempts a retry budget does not count: those before the last reopen, and those
+        given back unstarted."""
+        r = self.rare
+        return 0 if r is None else r.first
+
+    @first.setter
+    def first(self, value: int) -> None:
+        if value or self.rare is not None:
+            self._rare().first = value
+
+    @property
+    def gates(self) -> list[int] | None:
+        """Tasks a Response made it wait for, besides its deps."""
+        r = self.rare
+        return None if r is None else r.gates
+
+    @gates.setter
+    def gates(self, value: list[int] | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().gates = value
+
+    @property
+    def root(self) -> int | None:
+        """dep_failed, cancelled or skipped: the task where it started."""
+        r = self.rare
+        return None if r is None else r.root
+
+    @root.setter
+    def root(self, value: int | None) -> None:
+        if value is not None or self.rare is not None:
+            self._rare().root = value
+
+    @property
+    def skips(self) -> bool:
+        """It succeeded with a Response that stopped its children."""
+        r = self.rare
+        return False if r is None else r.skips
+
+    @skips.setter
+    def skips(self, value: bool) -> None:
+        if value or self.rare is not None:
+            self._rare().skips = value
 
     def waits_for(self) -> Sequence[int]:
         """Its dependencies and the gates a Response added."""
@@ -76,12 +133,86 @@ class TaskRecord:
         return self.info.id if self.root is None else self.root
 
 
+class Records(Mapping[int, TaskRecord]):
+    """Task id -> record. A run numbers its tasks 0, 1, 2, ... (work added later goes on from
+    there), so the records sit in a list at their id: 8 bytes a task where a dict costs ~42.
+    An id far past the end (only tests make those) goes into a dict instead of a long gap."""
+
+    __slots__ = ("_far", "_list", "_size")
+
+    GAP = 1024  # an id at most this far past the end pads the list with holes
+
+    def __init__(self) -> None:
+        self._list: list[TaskRecord | None] = []
+        self._far: dict[int, TaskRecord] = {}
+        self._size = 0
+
+    def __getitem__(self, tid: int) -> TaskRecord:
+        if tid >= 0:
+            try:
+                e = self._list[tid]
+            except IndexError:
+                return self._far[tid]
+            if e is not None:
+                return e
+        raise KeyError(tid)
+
+    def get(self, tid: int, default: TaskRecord | None = None) -> TaskRecord | None:  # type: ignore[override]
+        try:
+            return self[tid]
+        except (KeyError, TypeError):
+            return default
+
+    def __contains__(self, tid: object) -> bool:
+        return isinstance(tid, int) and self.get(tid) is not None
+
+    def __setitem__(self, tid: int, e: TaskRecord) -> None:
+        lst = self._list
+        if tid < 0:
+            raise KeyError(f"task ids are >= 0, not {tid}")
+        if tid < len(lst):
+            if lst[tid] is None:
+                self._size += 1
+            lst[tid] = e
+            return
+        if tid in self._far:
+            self._far[tid] = e
+        elif tid - len(lst) <= self.GAP:
+            lst.extend([None] * (tid - len(lst)))
+            lst.append(e)
+            self._size += 1
+        else:
+            self._far[tid] = e
+            self._size += 1
+
+    def __iter__(self) -> Iterator[int]:
+        for tid, e in enumerate(self._list):
+            if e is not None:
+                yield tid
+        yield from self._far
+
+    def items(self) -> Iterator[tuple[int, TaskRecord]]:  # type: ignore[override]
+        for tid, e in enumerate(self._list):
+            if e is not None:
+                yield tid, e
+        yield from self._far.items()
+
+    def values(self) -> Iterator[TaskRecord]:  # type: ignore[override]
+        for e in self._list:
+            if e is not None:
+                yield e
+        yield from self._far.values()
+
+    def __len__(self) -> int:
+        return self._size
+
+
 class TaskTable:
     """Every task of the run, the count per state, and the ready queue."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool  # read only: whether a request can ever fit
-        self.records: dict[int, TaskRecord] = {}
+        self.records = Records()
         self.counts: dict[State, int] = {s: 0 for s in State}
         self.open = 0  # tasks not in a terminal state
         self.heap = ReadyHeap(self.records)
