@@ -114,11 +114,12 @@ class Chains:
         """Start attempt n+1 of a ready task on ``placement``, heading a new chain."""
         e = self.table.records[task]
         e.attempt += 1
-        chain = Chain(next(self.keys), placement, e.info.request, task, e.info.lane)
+        shape = e.info.shape
+        chain = Chain(next(self.keys), placement, shape.request, task, shape.lane)
         f = self.flights[task] = Flight(chain)
         self._run(e, f, placement, cause, out)
         out.append(Dispatch(cause, task, e.attempt, placement))
-        if self.policy.prefetch and e.info.lane:
+        if self.policy.prefetch and shape.lane:
             self.open.setdefault(chain.request, {})[chain.key] = chain
 
     def _run(
@@ -129,8 +130,9 @@ class Chains:
         f.since = table.now
         self.running[e.info.id] = e
         table.move(e, RUNNING, cause, out)
-        if e.info.timeout is not None:
-            heapq.heappush(self.deadlines, (table.now + e.info.timeout, e.info.id, e.attempt))
+        timeout = e.info.shape.timeout
+        if timeout is not None:
+            heapq.heappush(self.deadlines, (table.now + timeout, e.info.id, e.attempt))
 
     def _queue(self, e: TaskRecord, chain: Chain, follows: int | None) -> int:
         """Queue a new attempt of ``e`` at the end of ``chain``; return the task ahead of it."""

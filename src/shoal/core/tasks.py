@@ -138,36 +138,38 @@ class Records(Mapping[int, TaskRecord]):
     there), so the records sit in a list at their id: 8 bytes a task where a dict costs ~42.
     An id far past the end (only tests make those) goes into a dict instead of a long gap."""
 
-    __slots__ = ("_far", "_list", "_size")
+    __slots__ = ("_far", "_size", "rows")
 
     GAP = 1024  # an id at most this far past the end pads the list with holes
 
     def __init__(self) -> None:
-        self._list: list[TaskRecord | None] = []
+        # the records of ids below len(rows), at their index (None: no such task); hot loops
+        # read it directly, as a list lookup costs a tenth of a method call
+        self.rows: list[TaskRecord | None] = []
         self._far: dict[int, TaskRecord] = {}
         self._size = 0
 
     def __getitem__(self, tid: int) -> TaskRecord:
-        if tid >= 0:
-            try:
-                e = self._list[tid]
-            except IndexError:
-                return self._far[tid]
+        rows = self.rows
+        if 0 <= tid < len(rows):
+            e = rows[tid]
             if e is not None:
                 return e
-        raise KeyError(tid)
+            raise KeyError(tid)
+        return self._far[tid]  # a negative id is never there
 
     def get(self, tid: int, default: TaskRecord | None = None) -> TaskRecord | None:  # type: ignore[override]
-        try:
-            return self[tid]
-        except (KeyError, TypeError):
-            return default
+        rows = self.rows
+        if type(tid) is int and 0 <= tid < len(rows):
+            e = rows[tid]
+            return default if e is None else e
+        return self._far.get(tid, default)
 
     def __contains__(self, tid: object) -> bool:
         return isinstance(tid, int) and self.get(tid) is not None
 
     def __setitem__(self, tid: int, e: TaskRecord) -> None:
-        lst = self._list
+        lst = self.rows
         if tid < 0:
             raise KeyError(f"task ids are >= 0, not {tid}")
         if tid < len(lst):
@@ -186,19 +188,19 @@ class Records(Mapping[int, TaskRecord]):
             self._size += 1
 
     def __iter__(self) -> Iterator[int]:
-        for tid, e in enumerate(self._list):
+        for tid, e in enumerate(self.rows):
             if e is not None:
                 yield tid
         yield from self._far
 
     def items(self) -> Iterator[tuple[int, TaskRecord]]:  # type: ignore[override]
-        for tid, e in enumerate(self._list):
+        for tid, e in enumerate(self.rows):
             if e is not None:
                 yield tid, e
         yield from self._far.items()
 
     def values(self) -> Iterator[TaskRecord]:  # type: ignore[override]
-        for e in self._list:
+        for e in self.rows:
             if e is not None:
                 yield e
         yield from self._far.values()
@@ -215,7 +217,7 @@ class TaskTable:
         self.records = Records()
         self.counts: dict[State, int] = {s: 0 for s in State}
         self.open = 0  # tasks not in a terminal state
-        self.heap = ReadyHeap(self.records)
+        self.heap = ReadyHeap(self.records, self.records.rows)
         self.now = 0.0
         # the oldest ready task that did not fit while younger ones started, and since when
         # (placement.schedule's starvation guard); soft state: a resume starts its clock anew
@@ -244,7 +246,8 @@ class TaskTable:
         e.generation += 1
         e.ready_since = self.now
         i = e.info
-        self.heap.push(i.id, i.request, i.priority, e.generation, i.estimate)
+        s = i.shape  # read once, not through TaskInfo's properties
+        self.heap.push(i.id, s.request, s.priority, e.generation, s.estimate)
 
     def wait(self, e: TaskRecord, cause: str, out: list[Command], reason: str) -> None:
         """Back to ready, or to pending if it still waits for a task (a follower)."""

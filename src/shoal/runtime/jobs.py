@@ -37,24 +37,25 @@ class Jobs:
     def job(self, d: Dispatch) -> Job | Outcome:
         """The job of ``d``, or the failure of the task if its inputs cannot be prepared."""
         r = self.work.records[d.task]
-        o = r.options
+        k = r.kind_of  # read once, not through Record's properties
+        o = k.options
         job = Job(
             task=r.id,
             attempt=d.attempt,
             name=r.name,
-            kind=r.kind,
+            kind=k.kind,
             placement=d.placement,
             folder=f"{self.tasks_root}/{r.id}",
-            function=r.function,
-            workdir=r.workdir,
-            env=r.env or {},
+            function=k.function,
+            workdir=k.workdir,
+            env=k.env or {},
             ranks=o.ranks,
             cpus=o.cpus,
             after=d.after,
             isolate=isolated(r),
         )
         try:
-            if r.kind == "python":
+            if k.kind == "python":
                 if d.follows:
                     job.payload = self.outputs.payload(r, local=d.after)
                     job.follows = True

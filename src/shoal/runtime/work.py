@@ -49,13 +49,14 @@ def check_resources(records: list[Record], pool: Pool) -> None:
 
 def isolated(r: Record) -> bool:
     """Runs in a fresh process of its own (``isolate``, or by default a GPU task)."""
-    o = r.options
+    o = r.kind_of.options
     return bool(o.isolate) if o.isolate is not None else o.gpus > 0
 
 
 def on_workers(r: Record, commands: bool) -> bool:
     """Runs in a persistent worker (and so may be queued behind another task there)."""
-    return pooled(r.kind, isolated(r), r.options.ranks, commands)
+    k = r.kind_of
+    return pooled(k.kind, isolated(r), k.options.ranks, commands)
 
 
 def workers_wanted(plan: Plan, backend: Backend) -> tuple[int, int, bool]:

@@ -205,20 +205,21 @@ class Writer:
             (
                 r.id,
                 r.name,
-                r.kind,
-                r.function if r.function >= 0 else None,
-                r.template,
+                k.kind,
+                k.function if k.function >= 0 else None,
+                k.template,
                 r.payload,
                 int(r.has_refs),
                 f"[{','.join(map(str, r.deps))}]",  # ids: the JSON of a list of ints
-                self._options(r.options),
-                r.workdir,
-                json.dumps(r.env) if r.env else None,
-                json.dumps(r.options.tags) if r.options.tags else "[]",
+                self._options(k.options),
+                k.workdir,
+                json.dumps(k.env) if k.env else None,
+                json.dumps(k.options.tags) if k.options.tags else "[]",
                 "pending",
                 origin,
             )
             for r in plan.records
+            for k in (r.kind_of,)  # what the kind shares, read once (not through properties)
         )
         first = plan.first_function
         self.conn.executemany(
