@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.backends.slurm_fixtures import slurm  # noqa: F401  (Slurm tests anywhere)
 
 # Open MPI refuses to run as root without these, and oversubscribes only when told to.
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")

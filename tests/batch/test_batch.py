@@ -210,11 +210,9 @@ def test_the_shell_runs_a_job_in_the_background_and_keeps_its_exit_code(
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is None, reason="no Slurm here (tests/infra)")
+@pytest.mark.usefixtures("slurm")
 def test_a_real_slurm_job_is_submitted_followed_and_its_chain_waits(tmp_path: Path) -> None:
     slurm = system("slurm")
-    if local(["sinfo", "-h"]).code != 0:
-        pytest.skip("Slurm's controller does not answer (tests/infra/slurm-local.sh up)")
     first = tmp_path / "first.sh"
     req = Request("shoal-test", time_limit=120, workdir=str(tmp_path), output=str(tmp_path / "o1"))
     first.write_text(slurm.script(req, ["bash", "-c", "sleep 1; exit 0"]))

@@ -26,8 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tests.backends, for the Dask and Slurm fixtures
     sys.path.insert(0, str(ROOT))
 
-from tests.backends.slurm_fixtures import slurm_ready  # noqa: E402
-
 # Seeds chosen to cover the features (tests/e2e/flowgen.py): 2 a strategy chain; 7 cancel,
 # submit and retry rules; 10 a stop_run Response and a resume; 15 a cancel rule; 21 a stop
 # rule and a resume.
@@ -85,17 +83,12 @@ def test_dask(seed: int, prefetch: int | None, dask_scheduler: str, tmp_path: Pa
     _check(seed, "dask", tmp_path, Setup(prefetch=prefetch, dask=dask_scheduler))
 
 
-@pytest.mark.skipif(slurm_ready() is not None, reason=str(slurm_ready()))
+@pytest.mark.usefixtures("slurm")
 @pytest.mark.parametrize("seed", [0])
 def test_slurm(seed: int, tmp_path: Path) -> None:
-    import subprocess
-
     from tests.backends.slurm_fixtures import allocate, release
 
-    try:
-        job = allocate("-N1", "-n4", "--immediate=60")
-    except (AssertionError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"no Slurm allocation within a minute (the node is busy?): {err}")
+    job = allocate("-N1", "-n4")
     old = os.environ.get("SLURM_JOB_ID")
     os.environ["SLURM_JOB_ID"] = job
     try:

@@ -78,9 +78,20 @@ ready() {  # the queue is there, and its execd answers (no "u" state: unknown)
 
 up() {
   install_pkgs
+  local fresh=0
+  qstat >/dev/null 2>&1 || fresh=1
   configure
   for _ in $(seq 150); do
-    ready && { log "up"; return; }
+    if ready; then
+      # A fresh start forgets the jobs of an earlier life (a machine copied while tests ran,
+      # a crash): the master recovers them from its spool, and they would hold slots.
+      if [ $fresh = 1 ] && [ -n "$(qstat -u '*' 2>/dev/null)" ]; then
+        log "deleting jobs left from before: $(qstat -u '*' | awk 'NR>2 {print $1}' | xargs)"
+        qdel -f -u '*' >/dev/null 2>&1 || true
+      fi
+      log "up"
+      return
+    fi
     sleep 0.2
   done
   log "all.q@localhost is not ready: $(qstat -f 2>&1 | tail -2)"; exit 1

@@ -112,8 +112,11 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSu
 CONF
 }
 
-# alive PIDFILE COMM : pid file exists, process exists and has the expected name
-alive() { [ -f "$1" ] && local p && p=$(cat "$1") && [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = "$2" ]; }
+# alive PIDFILE COMM : pid file exists, process exists (not a zombie) and has the expected name
+alive() {
+  [ -f "$1" ] && local p && p=$(cat "$1") && [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = "$2" ] \
+    && ! grep -q '^State:[[:space:]]*Z' "/proc/$p/status" 2>/dev/null
+}
 wait_for() { # tries cmd...
   local n=$1; shift
   for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -154,6 +157,12 @@ up() {
     [ -n "$(sacctmgr -n -P show cluster format=cluster | grep -x localcluster || true)" ] \
       || sacctmgr -i add cluster localcluster >/dev/null
   fi
+  if ! alive "$D/run/slurmctld.pid" slurmctld && ! alive "$D/run/slurmd.pid" slurmd; then
+    # A fresh start forgets the jobs of an earlier life (a machine copied while tests ran, a
+    # crash): their processes are gone, but recovered jobs would hold the node for ever.
+    rm -rf "$D/state" "$D/spool"
+    mkdir -p "$D/state" "$D/spool"
+  fi
   alive "$D/run/slurmctld.pid" slurmctld || /usr/sbin/slurmctld -f "$CONF"
   alive "$D/run/slurmd.pid" slurmd || /usr/sbin/slurmd -f "$CONF" -N localhost
   if ! wait_for 300 node_ready; then
@@ -162,6 +171,10 @@ up() {
     esac
     wait_for 100 node_ready || { log "node not ready"; sinfo -N -l >&2; exit 1; }
   fi
+  local held
+  held=$(squeue -h -o '%i %j %T %M' 2>/dev/null || true)
+  [ -z "$held" ] || log "jobs already in the queue (cancel them if they are stale: scancel --full -u root):
+$held"
   sinfo -N -o '%N %T %c %m %G'
 }
 

@@ -24,9 +24,14 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 @pytest.mark.usefixtures("lammps")
 @pytest.mark.parametrize("batch", ["sge", "slurm"])
 def test_the_lammps_example_runs_through_a_batch_system(
-    batch: str, host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    batch: str,
+    host: Host,
+    remote_shoal: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    _need(batch)
+    _need(batch, request)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, batch, remote_shoal)

@@ -67,8 +67,11 @@ def _add(cli: CliRunner, host: Host, batch: str, pre_run: str) -> str:
     return name
 
 
-def _need(batch: str) -> None:
-    """Skip when the batch system is not on this machine (tests/infra starts them)."""
+def _need(batch: str, request: pytest.FixtureRequest) -> None:
+    """Skip when the batch system is not on this machine (tests/infra starts them); for
+    Slurm, fail at once when its node cannot be had (the ``slurm`` fixture)."""
+    if batch == "slurm":
+        request.getfixturevalue("slurm")
     needs = {"sge": "qsub", "slurm": "sbatch"}.get(batch)
     if needs and shutil.which(needs) is None:
         pytest.skip(f"no {batch} on this machine (tests/infra)")
@@ -95,8 +98,9 @@ def test_a_run_sent_to_a_host_runs_there_and_comes_back(
     remote_shoal: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    _need(batch)
+    _need(batch, request)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     monkeypatch.chdir(tmp_path)
     cli = CliRunner()
@@ -156,11 +160,10 @@ def test_a_hostile_file_name_is_staged_and_run_as_a_name(
     conn.drop()
 
 
+@pytest.mark.usefixtures("slurm")
 def test_a_refused_submission_is_recorded_with_the_reason(
     host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if shutil.which("sbatch") is None:
-        pytest.skip("no Slurm on this machine (tests/infra)")
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, "slurm", remote_shoal)
@@ -218,11 +221,12 @@ def test_a_chain_of_allocations_carries_a_run_to_its_end(
     remote_shoal: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Each allocation lasts 20 s and its driver stops starting tasks 6 s before the end;
     30 s of work (60 tasks of 1 s on 2 cores) needs at least two allocations, each queued by
     the one before (afterany / -hold_jid), with no workstation taking part."""
-    _need(batch)
+    _need(batch, request)
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, batch, remote_shoal)
@@ -240,13 +244,12 @@ def test_a_chain_of_allocations_carries_a_run_to_its_end(
     assert "succeeded 60" in status.output, status.output
 
 
+@pytest.mark.usefixtures("slurm")
 def test_a_chain_that_finishes_nothing_stops_and_says_why(
     host: Host, remote_shoal: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task longer than an allocation would restart forever: the chain stops after the
     first link that finished no task."""
-    if shutil.which("sbatch") is None:
-        pytest.skip("no Slurm on this machine (tests/infra)")
     monkeypatch.setenv("SHOAL_CONFIG_DIR", str(tmp_path / "cfg"))
     cli = CliRunner()
     name = _add(cli, host, "slurm", remote_shoal)
