@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -216,47 +218,75 @@ def test_tasks_filters_sorts_and_pages(project: Project) -> None:  # noqa: F811
     assert "(2 of 7 shown)" in text.stderr, text.stderr
 
 
+class _Lines:
+    """The lines a child prints, read by a thread as they come. (``select`` on a text pipe
+    followed by ``readline`` misses lines: ``readline`` takes all that is waiting into
+    Python's buffer, and ``select`` then waits for the pipe, which is empty. A loaded machine
+    is where two lines arrive together.)"""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put(None)  # the end
+
+    def next(self, deadline: float, what: str) -> str:
+        """The next line; fails with ``what`` and the lines so far at the deadline or the end."""
+        try:
+            line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"{what} in 60 s; it printed {self.seen}") from None
+        assert line is not None, f"it ended first: {what}; it printed {self.seen}"
+        self.seen.append(line)
+        return line
+
+    def rest(self, timeout: float) -> str:
+        """All it printed after the lines taken, once it has ended."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"it did not end in {timeout} s: {self.seen}"
+        out = []
+        while (line := self.queue.get_nowait()) is not None:
+            out.append(line)
+        return "".join(out)
+
+
 def test_logs_follow_and_status_watch_a_live_run(tmp_path: Path) -> None:
     """``logs --follow`` prints what the task writes as it comes and ends with it; ``status
     --watch`` shows the run again and again and ends when the run does."""
     proc, gate, _ = _started(tmp_path)
     cli = [sys.executable, "-m", "shoal.cli.main"]
+    out = subprocess.PIPE
     follow = subprocess.Popen(
-        [*cli, "logs", "held", "--follow"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        [*cli, "logs", "held", "--follow"], cwd=tmp_path, stdout=out, text=True
     )
     watch = subprocess.Popen(
-        [*cli, "status", "--watch", "--every", "0.2"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        text=True,
+        [*cli, "status", "--watch", "--every", "0.2"], cwd=tmp_path, stdout=out, text=True
     )
+    assert follow.stdout is not None and watch.stdout is not None
+    followed, watched = _Lines(follow.stdout), _Lines(watch.stdout)
     try:
-        assert follow.stdout is not None
         deadline = time.monotonic() + 60
         first = ""
         while "[stdout]" not in first:  # the story comes first
-            left = deadline - time.monotonic()
-            assert left > 0, "logs --follow printed nothing of the task's output in 60 s"
-            if select.select([follow.stdout], [], [], left)[0]:
-                first = follow.stdout.readline()
-                assert first, "logs --follow ended before the task wrote anything"
+            first = followed.next(deadline, "logs --follow printed nothing of the task's output")
         assert first.strip() == "[stdout] waiting for the gate"
-        assert watch.stdout is not None
         seen = 0
         while seen < 2:  # the watch shows the live run again and again
-            left = deadline - time.monotonic()
-            assert left > 0, "status --watch did not show the run twice in 60 s"
-            if select.select([watch.stdout], [], [], left)[0]:
-                line = watch.stdout.readline()
-                assert line, "status --watch ended while the run was live"
-                seen += line.startswith("run held: running")
+            line = watched.next(deadline, "status --watch did not show the live run twice")
+            seen += line.startswith("run held: running")
         assert follow.poll() is None  # it goes on while the task runs
     finally:
         gate.touch()
-    rest, _ = follow.communicate(timeout=60)
+    rest = followed.rest(60)
     assert "[stdout] through the gate" in rest and "ended: succeeded" in rest, rest
-    shown, _ = watch.communicate(timeout=60)  # ends by itself with the run
+    shown = watched.rest(60)  # ends by itself with the run
     assert "run held: succeeded" in shown, shown
+    assert follow.wait(60) == 0 and watch.wait(60) == 0
     proc.communicate(timeout=60)
     assert proc.returncode == 0
     ended = shoal_cli(tmp_path, "logs", "held", "-f")  # an ended task: printed once, no wait
