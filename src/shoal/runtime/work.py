@@ -161,7 +161,7 @@ class Work:
         self.needed = {d for r in plan.records if r.has_refs for d in r.deps}
         self.alias: dict[int, int] = {}  # task -> the task that replaced it (Response)
         self.gate_of: dict[int, tuple[int, ...]] = {}  # task -> its Response's gate tasks
-        self.shapes: dict[tuple[int, str], tuple[Options, Shape, Shape]] = {}
+        self.shapes: dict[tuple[int, str], tuple[Options, Shape, Shape | None]] = {}
         self.batch = Batch()  # the driver's batch for the next commit (it swaps it in)
         self.stimuli: list[Stimulus] = []  # found while turning a Response into work
         self.on_added: list[Callable[[list[Record]], None]] = []  # told of every added record
@@ -179,14 +179,20 @@ class Work:
             alone = Shape(
                 o.request, o.priority, o.timeout, lane, retry, o.estimate or 0.0, False, o.tolerate
             )
-            hit = self.shapes[key] = (o, alone, dataclasses.replace(alone, follow=True))
+            hit = self.shapes[key] = (o, alone, None)
         # A Python task in the workers may follow the task it waits for (its output is then
         # resolved in the worker that ran that task); a command's line is rendered here.
         # A task that tolerates failures does not follow: it may start after one.
         follow = (
             hit[1].lane is Lane.WORKERS and r.kind == "python" and bool(r.deps) and not o.tolerate
         )
-        return TaskInfo.of(r.id, r.deps, hit[2] if follow else hit[1])
+        if not follow:
+            return TaskInfo.of(r.id, r.deps, hit[1])
+        shape = hit[2]
+        if shape is None:  # made when first needed: tasks with options of their own seldom do
+            shape = dataclasses.replace(hit[1], follow=True)
+            self.shapes[key] = (o, hit[1], shape)
+        return TaskInfo.of(r.id, r.deps, shape)
 
     def lane(self, r: Record) -> Lane:
         """Which backend queue runs the task: persistent workers, or child processes."""
